@@ -1,0 +1,136 @@
+/* Helpers every probe family uses: event transport, loss counters, filters,
+ * and reading kernel struct fields at offsets the loader took from BTF.
+ *
+ * Compile-time switches (passed as -D by tracer/probes/program.py, never
+ * spliced into the text):
+ *   USE_PERF_BUFFER      kernel has no BPF ring buffer (< 5.8)
+ *   RINGBUF_PAGES        ring buffer size in pages
+ *   FILTER_PID           only processes listed in filter_pid
+ *   FILTER_COMM          only tasks whose comm equals filter_comm[0]
+ *   FILTER_PORT          only connections with a local or remote port in filter_port
+ *   FILTER_FAMILY=2|10   only IPv4 or only IPv6
+ *   OFF_<NAME>           struct member offsets (see tracer/probes/offsets.py)
+ */
+#ifndef CONNSCOPE_COMMON_H
+#define CONNSCOPE_COMMON_H
+
+#include "event.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+
+/* TCP states: part of the kernel's tracepoint ABI (include/net/tcp_states.h) */
+#define TCP_ESTABLISHED 1
+#define TCP_SYN_SENT 2
+#define TCP_SYN_RECV 3
+#define TCP_CLOSE 7
+#define TCP_CLOSE_WAIT 8
+#define TCP_LISTEN 10
+
+#define ECONNREFUSED 111
+#define ETIMEDOUT 110
+
+BPF_PERCPU_ARRAY(counters, u64, CTR_MAX);
+
+static __always_inline void count(u32 slot)
+{
+    u64 *v = counters.lookup(&slot);
+    if (v)
+        (*v)++;
+}
+
+/* bcc cannot rewrite map calls inside macros, hence a function; inlined, so
+ * `size` is a constant the verifier can check. */
+#ifdef USE_PERF_BUFFER
+BPF_PERF_OUTPUT(events);
+static __always_inline void emit(void *ctx, void *ev, u32 size)
+{
+    if (events.perf_submit(ctx, ev, size) < 0)
+        count(CTR_LOST_EVENTS);
+}
+#else
+BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+/* ringbuf_output copies from the stack: one code path for both transports. */
+static __always_inline void emit(void *ctx, void *ev, u32 size)
+{
+    if (events.ringbuf_output(ev, size, 0) < 0)
+        count(CTR_LOST_EVENTS);
+}
+#endif
+
+struct comm_filter {
+    char comm[16];
+};
+
+#ifdef FILTER_PID
+BPF_HASH(filter_pid, u32, u8, 1024);
+#endif
+#ifdef FILTER_COMM
+BPF_ARRAY(filter_comm, struct comm_filter, 1);
+#endif
+#ifdef FILTER_PORT
+BPF_HASH(filter_port, u16, u8, 1024);
+#endif
+
+/* Process-side filters, checked in process context (connect, accept). */
+static __always_inline int task_wanted(u32 tgid, const char *comm)
+{
+#ifdef FILTER_PID
+    if (!filter_pid.lookup(&tgid))
+        return 0;
+#endif
+#ifdef FILTER_COMM
+    u32 zero = 0;
+    struct comm_filter *want = filter_comm.lookup(&zero);
+    if (!want)
+        return 0;
+#pragma unroll
+    for (int i = 0; i < 16; i++) {
+        if (want->comm[i] != comm[i])
+            return 0;
+        if (comm[i] == 0)
+            break;
+    }
+#endif
+    return 1;
+}
+
+static __always_inline int family_wanted(u16 family)
+{
+#ifdef FILTER_FAMILY
+    return family == FILTER_FAMILY;
+#else
+    return family == AF_INET || family == AF_INET6;
+#endif
+}
+
+static __always_inline int ports_wanted(u16 lport, u16 rport)
+{
+#ifdef FILTER_PORT
+    if (filter_port.lookup(&lport) || filter_port.lookup(&rport))
+        return 1;
+    return 0;
+#else
+    return 1;
+#endif
+}
+
+/* Without BTF, offsets can only come from headers, and only when those are
+ * the running kernel's own (the loader checks that before defining this). */
+#ifdef OFFSETS_FROM_HEADERS
+#include <net/sock.h>
+#define OFF_SK_ERR offsetof(struct sock, sk_err)
+#endif
+
+/* Read a kernel struct member at an offset that came from the running
+ * kernel's BTF. Headers here may belong to another kernel, so neither
+ * `sk->field` nor offsetof() is ever used on kernel structs. */
+#define READ_AT(base, off, type)                                             \
+    ({                                                                       \
+        type __v = 0;                                                        \
+        bpf_probe_read_kernel(&__v, sizeof(__v), (const char *)(base) + (off)); \
+        __v;                                                                 \
+    })
+
+#endif

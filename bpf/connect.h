@@ -1,0 +1,122 @@
+/* Connect latency: from connect() to the first answer, with the outcome and
+ * the SYN retransmits in between. Handlers only; the hooks that call them are
+ * in main.c, one thin wrapper per backend.
+ *
+ * Life of an entry in `inflight` (keyed by the kernel socket address):
+ *   connect_begin   process context (the caller's pid and comm are right here)
+ *   connect_dest    the socket enters SYN_SENT: destination is known
+ *   connect_syn_rtx each SYN retransmit
+ *   connect_end     the socket leaves SYN_SENT: one event, entry deleted
+ *   connect_forget  tcp_destroy_sock: nothing outlives its socket
+ */
+#ifndef CONNSCOPE_CONNECT_H
+#define CONNSCOPE_CONNECT_H
+
+#include "common.h"
+
+#ifndef MAX_INFLIGHT
+#define MAX_INFLIGHT 65536
+#endif
+
+struct inflight_connect {
+    u64 ts_ns;
+    u32 pid;
+    u32 tid;
+    u8 daddr[16];
+    u16 dport;
+    u16 syn_retransmits;
+    u8 family;
+    u8 have_dest;
+    char comm[16];
+};
+
+BPF_HASH(inflight, u64, struct inflight_connect, MAX_INFLIGHT);
+
+static __always_inline void connect_begin(u64 sk, u16 family)
+{
+    if (!family_wanted(family))
+        return;
+    struct inflight_connect c = {};
+    u64 id = bpf_get_current_pid_tgid();
+    c.pid = id >> 32;
+    c.tid = (u32)id;
+    bpf_get_current_comm(&c.comm, sizeof(c.comm));
+    if (!task_wanted(c.pid, c.comm))
+        return;
+    c.family = family;
+    c.ts_ns = bpf_ktime_get_ns();
+    if (inflight.update(&sk, &c) != 0)
+        count(CTR_INFLIGHT_FULL);
+}
+
+/* The destination is set before the socket enters SYN_SENT, the source port
+ * only after (inet_hash_connect); and if no source port can be had, the
+ * kernel clears the destination again before we see the failure. So keep it. */
+static __always_inline void connect_dest(u64 sk, u16 dport, const u8 *daddr)
+{
+    struct inflight_connect *c = inflight.lookup(&sk);
+    if (!c)
+        return;
+    c->dport = dport;
+    __builtin_memcpy(c->daddr, daddr, 16);
+    c->have_dest = 1;
+}
+
+static __always_inline void connect_syn_rtx(u64 sk)
+{
+    struct inflight_connect *c = inflight.lookup(&sk);
+    if (c)
+        c->syn_retransmits++;
+}
+
+static __always_inline void connect_end(void *ctx, u64 sk, int newstate, u16 sport,
+                                        u16 dport, const u8 *saddr, const u8 *daddr)
+{
+    struct inflight_connect *c = inflight.lookup(&sk);
+    if (!c)
+        return;
+    struct connect_event ev = {};
+    ev.type = EV_CONNECT;
+    ev.ts_end_ns = bpf_ktime_get_ns();
+    ev.ts_start_ns = c->ts_ns;
+    ev.pid = c->pid;
+    ev.tid = c->tid;
+    ev.sk = sk;
+    ev.family = c->family;
+    ev.syn_retransmits = c->syn_retransmits;
+    __builtin_memcpy(ev.comm, c->comm, sizeof(ev.comm));
+    __builtin_memcpy(ev.saddr, saddr, 16);
+    ev.sport = sport;
+    if (dport == 0 && c->have_dest) {
+        ev.dport = c->dport;
+        __builtin_memcpy(ev.daddr, c->daddr, 16);
+    } else {
+        ev.dport = dport;
+        __builtin_memcpy(ev.daddr, daddr, 16);
+    }
+    inflight.delete(&sk);
+
+    if (newstate == TCP_ESTABLISHED) {
+        ev.outcome = OUTCOME_ESTABLISHED;
+    } else {
+        /* tcp_reset() and tcp_write_err() set sk_err before tcp_done()
+         * moves the socket to CLOSE, so it names the cause here. */
+        ev.err = READ_AT(sk, OFF_SK_ERR, int);
+        if (ev.err == ECONNREFUSED)
+            ev.outcome = OUTCOME_REFUSED;
+        else if (ev.err == ETIMEDOUT)
+            ev.outcome = OUTCOME_TIMEOUT;
+        else
+            ev.outcome = OUTCOME_ERROR;
+    }
+    if (!ports_wanted(ev.sport, ev.dport))
+        return;
+    emit(ctx, &ev, sizeof(ev));
+}
+
+static __always_inline void connect_forget(u64 sk)
+{
+    inflight.delete(&sk);
+}
+
+#endif

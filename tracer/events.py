@@ -1,0 +1,131 @@
+"""Decoding of kernel records into Python objects.
+
+The layout of every record is defined once, in bpf/event.h; this module
+parses that header (fixed-size integers and arrays only, see its comment) into
+ctypes structures, so kernel and user space cannot drift apart.
+"""
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+EVENT_HEADER = BPF_DIR / "event.h"
+
+_CTYPES = {
+    "__u8": ctypes.c_uint8, "__s8": ctypes.c_int8, "char": ctypes.c_char,
+    "__u16": ctypes.c_uint16, "__s16": ctypes.c_int16,
+    "__u32": ctypes.c_uint32, "__s32": ctypes.c_int32,
+    "__u64": ctypes.c_uint64, "__s64": ctypes.c_int64,
+}
+_STRUCT_RE = re.compile(r"struct\s+(\w+)\s*\{(.*?)\};", re.S)
+_MEMBER_RE = re.compile(r"^\s*(\w+)\s+(\w+)\s*(?:\[(\d+)\])?\s*;")
+_DEFINE_RE = re.compile(r"^#define\s+(\w+)\s+(-?\d+)\b", re.M)
+
+
+class HeaderError(Exception):
+    pass
+
+
+def _strip_comments(text: str) -> str:
+    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+    return re.sub(r"//[^\n]*", "", text)
+
+
+@lru_cache(maxsize=None)
+def parse_header(path: Path = EVENT_HEADER) -> tuple[dict[str, type], dict[str, int]]:
+    """Return ({struct name: ctypes.Structure}, {#define name: int})."""
+    text = _strip_comments(path.read_text())
+    constants = {m.group(1): int(m.group(2)) for m in _DEFINE_RE.finditer(text)}
+    structs: dict[str, type] = {}
+    for m in _STRUCT_RE.finditer(text):
+        name, body = m.group(1), m.group(2)
+        fields = []
+        for line in body.split(";"):
+            if not line.strip():
+                continue
+            mm = _MEMBER_RE.match(line + ";")
+            if not mm or mm.group(1) not in _CTYPES:
+                raise HeaderError(f"{path}: struct {name}: cannot decode member {line.strip()!r}")
+            ctype = _CTYPES[mm.group(1)]
+            if mm.group(3):
+                ctype = ctype * int(mm.group(3))
+            fields.append((mm.group(2), ctype))
+        structs[name] = type(name, (ctypes.Structure,), {"_fields_": fields})
+    return structs, constants
+
+
+_STRUCTS, C = parse_header()
+ConnectRecord = _STRUCTS["connect_event"]
+
+OUTCOMES = {
+    C["OUTCOME_ESTABLISHED"]: "established",
+    C["OUTCOME_REFUSED"]: "refused",
+    C["OUTCOME_TIMEOUT"]: "timeout",
+    C["OUTCOME_ERROR"]: "error",
+}
+AF_INET, AF_INET6 = 2, 10
+
+
+def format_addr(family: int, raw: bytes) -> str:
+    if family == AF_INET:
+        return str(ipaddress.IPv4Address(bytes(raw[:4])))
+    return str(ipaddress.IPv6Address(bytes(raw[:16])))
+
+
+@dataclass(frozen=True, slots=True)
+class Connect:
+    """One resolved outgoing connect attempt."""
+
+    ts_start_ns: int          # CLOCK_MONOTONIC, as the kernel took it
+    ts_end_ns: int
+    pid: int
+    tid: int
+    comm: str
+    family: int               # 4 or 6
+    saddr: str
+    sport: int
+    daddr: str
+    dport: int
+    outcome: str
+    err: int                  # kernel errno when it failed, else 0
+    syn_retransmits: int
+
+    @property
+    def latency_us(self) -> float | None:
+        """connect() to first answer; None when no answer came."""
+        if self.outcome in ("established", "refused"):
+            return (self.ts_end_ns - self.ts_start_ns) / 1000.0
+        return None
+
+
+def decode_connect(buf) -> Connect:
+    """Decode one connect_event record (bytes-like)."""
+    r = ConnectRecord.from_buffer_copy(buf[: ctypes.sizeof(ConnectRecord)])
+    fam = r.family
+    return Connect(
+        ts_start_ns=r.ts_start_ns,
+        ts_end_ns=r.ts_end_ns,
+        pid=r.pid,
+        tid=r.tid,
+        comm=r.comm.decode("utf-8", "replace"),
+        family=4 if fam == AF_INET else 6,
+        saddr=format_addr(fam, bytes(r.saddr)),
+        sport=r.sport,
+        daddr=format_addr(fam, bytes(r.daddr)),
+        dport=r.dport,
+        outcome=OUTCOMES.get(r.outcome, "error"),
+        err=r.err,
+        syn_retransmits=r.syn_retransmits,
+    )
+
+
+def record_type(buf) -> int:
+    return int.from_bytes(bytes(buf[:4]), "little")
+
+
+DECODERS = {C["EV_CONNECT"]: decode_connect}

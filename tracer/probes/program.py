@@ -1,0 +1,104 @@
+"""Building and loading the BPF program for one backend.
+
+The C sources in bpf/ are compiled as they are; everything that varies
+(backend, transport, filters, struct offsets) is a -D switch, never text
+spliced into the source.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from tracer.events import BPF_DIR
+from tracer.filters import Filters
+
+MAIN_SOURCE = BPF_DIR / "main.c"
+BACKENDS = ("tracepoint", "kprobe", "fentry")
+
+# kprobe wrappers in bpf/main.c and the kernel function each attaches to.
+KPROBES = {"kp_tcp_v4_connect": "tcp_v4_connect", "kp_tcp_v6_connect": "tcp_v6_connect"}
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    backend: str
+    filters: Filters
+    ringbuf: bool = True
+    ringbuf_pages: int = 1024  # 4 MiB: ~40k connect events before loss
+    max_inflight: int = 65536
+
+
+def cflags(opts: BuildOptions, offset_flags: list[str]) -> list[str]:
+    if opts.backend not in BACKENDS:
+        raise ValueError(f"unknown backend {opts.backend!r}")
+    flags = [f"-DBACKEND_{opts.backend.upper()}",
+             f"-DMAX_INFLIGHT={opts.max_inflight}"]
+    if opts.ringbuf:
+        flags.append(f"-DRINGBUF_PAGES={opts.ringbuf_pages}")
+    else:
+        flags.append("-DUSE_PERF_BUFFER")
+    f = opts.filters
+    if f.pids:
+        flags.append("-DFILTER_PID")
+    if f.comm:
+        flags.append("-DFILTER_COMM")
+    if f.ports:
+        flags.append("-DFILTER_PORT")
+    if f.family:
+        flags.append(f"-DFILTER_FAMILY={2 if f.family == 4 else 10}")
+    return flags + list(offset_flags)
+
+
+_LOCAL_INCLUDE = re.compile(r'^#include "([\w.]+)"\s*$', re.M)
+
+
+def source_text(path: Path = MAIN_SOURCE, _seen: set | None = None) -> str:
+    """main.c with its local includes inlined.
+
+    bcc rewrites map calls (`table.lookup(...)`) only in the main file it is
+    given, never in files it reads from disk; so the shared handlers in
+    bpf/*.h are inlined here, each once.
+    """
+    seen = set() if _seen is None else _seen
+
+    def inline(m):
+        name = m.group(1)
+        if name in seen:
+            return f"/* {name}: already included */"
+        seen.add(name)
+        return f"/* --- {name} --- */\n" + source_text(BPF_DIR / name, seen)
+
+    return _LOCAL_INCLUDE.sub(inline, path.read_text())
+
+
+def load(opts: BuildOptions, offset_flags: list[str], env: dict[str, str]):
+    """Compile and load; returns the bcc.BPF object with hooks attached."""
+    os.environ.update(env)
+    from bcc import BPF  # only the probe layer imports bcc
+
+    bpf = BPF(text=source_text(), cflags=cflags(opts, offset_flags))
+    if opts.backend == "kprobe":
+        for fn, target in KPROBES.items():
+            bpf.attach_kprobe(event=target, fn_name=fn)
+    _fill_filter_maps(bpf, opts.filters)
+    return bpf
+
+
+def _fill_filter_maps(bpf, f: Filters) -> None:
+    import ctypes as ct
+
+    if f.pids:
+        table = bpf["filter_pid"]
+        for pid in f.pids:
+            table[ct.c_uint32(pid)] = ct.c_uint8(1)
+    if f.ports:
+        table = bpf["filter_port"]
+        for port in f.ports:
+            table[ct.c_uint16(port)] = ct.c_uint8(1)
+    if f.comm:
+        table = bpf["filter_comm"]
+        leaf = table.Leaf()
+        leaf.comm = f.comm.encode()[:15]
+        table[ct.c_int(0)] = leaf

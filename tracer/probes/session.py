@@ -1,0 +1,103 @@
+"""A running set of probes: load, poll the event buffer, count losses, close.
+
+Decoding happens in the buffer callback (tracer/events.py); what comes out of
+`poll()` is plain Python objects, so nothing past this module knows bcc.
+"""
+from __future__ import annotations
+
+import ctypes
+import time
+from dataclasses import dataclass, field
+
+from tracer import events
+from tracer.events import C
+from tracer.filters import Filters
+from tracer.probes import program
+
+
+class ProbeError(Exception):
+    """Loading or attaching failed; the message says why, in one line."""
+
+
+@dataclass
+class LoadInfo:
+    backend: str
+    transport: str           # "ring buffer" or "perf buffer"
+    offsets_from: str
+    headers: str
+    load_seconds: float
+    notes: list[str] = field(default_factory=list)
+
+
+class ProbeSession:
+    def __init__(self, backend: str, filters: Filters, *, ringbuf: bool, offset_flags: list[str],
+                 env: dict[str, str], offsets_from: str = "", headers: str = ""):
+        self._opts = program.BuildOptions(backend=backend, filters=filters, ringbuf=ringbuf)
+        self._offset_flags = offset_flags
+        self._env = env
+        self._bpf = None
+        self._pending: list = []
+        self._perf_lost = 0
+        self.decode_errors = 0
+        self.info = LoadInfo(backend, "ring buffer" if ringbuf else "perf buffer",
+                             offsets_from, headers, 0.0)
+
+    def open(self) -> "ProbeSession":
+        t0 = time.monotonic()
+        try:
+            self._bpf = program.load(self._opts, self._offset_flags, self._env)
+        except Exception as e:  # bcc raises bare Exception for compile/attach failures
+            raise ProbeError(f"cannot load the {self._opts.backend} programs: {_first_line(e)}") from e
+        if self._opts.ringbuf:
+            self._bpf["events"].open_ring_buffer(self._on_event)
+        else:
+            self._bpf["events"].open_perf_buffer(self._on_event, page_cnt=256,
+                                                 lost_cb=self._on_perf_lost)
+        self.info.load_seconds = time.monotonic() - t0
+        return self
+
+    def _on_event(self, *args):
+        # ring buffer: (ctx, data, size); perf buffer: (cpu, data, size)
+        data, size = args[1], args[2]
+        buf = ctypes.string_at(data, size)
+        decoder = events.DECODERS.get(events.record_type(buf))
+        if decoder is None:
+            self.decode_errors += 1
+            return
+        self._pending.append(decoder(buf))
+
+    def _on_perf_lost(self, lost):
+        self._perf_lost += lost
+
+    def poll(self, timeout_ms: int = 100) -> list:
+        """Wait up to timeout_ms for events; return those decoded since the last call."""
+        if self._opts.ringbuf:
+            self._bpf.ring_buffer_poll(timeout_ms)
+        else:
+            self._bpf.perf_buffer_poll(timeout_ms)
+        out, self._pending = self._pending, []
+        return out
+
+    def counters(self) -> dict[str, int]:
+        """Kernel-side loss counters, summed over CPUs."""
+        table = self._bpf["counters"]
+        def total(slot):
+            return sum(table[ctypes.c_int(slot)])
+        return {
+            "lost_events": total(C["CTR_LOST_EVENTS"]) + self._perf_lost,
+            "untracked_connects": total(C["CTR_INFLIGHT_FULL"]),
+            "decode_errors": self.decode_errors,
+        }
+
+    def inflight(self) -> int:
+        return len(self._bpf["inflight"])
+
+    def close(self) -> None:
+        if self._bpf is not None:
+            bpf, self._bpf = self._bpf, None
+            bpf.cleanup()
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]
