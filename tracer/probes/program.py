@@ -78,10 +78,10 @@ def load(opts: BuildOptions, offset_flags: list[str], env: dict[str, str]):
     os.environ.update(env)
     from bcc import BPF  # only the probe layer imports bcc
 
-    bpf = BPF(text=source_text(), cflags=cflags(opts, offset_flags))
+    bpf = BPF(text=source_text().encode(), cflags=cflags(opts, offset_flags))
     if opts.backend == "kprobe":
         for fn, target in KPROBES.items():
-            bpf.attach_kprobe(event=target, fn_name=fn)
+            bpf.attach_kprobe(event=target.encode(), fn_name=fn.encode())
     _fill_filter_maps(bpf, opts.filters)
     return bpf
 

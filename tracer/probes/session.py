@@ -49,9 +49,9 @@ class ProbeSession:
         except Exception as e:  # bcc raises bare Exception for compile/attach failures
             raise ProbeError(f"cannot load the {self._opts.backend} programs: {_first_line(e)}") from e
         if self._opts.ringbuf:
-            self._bpf["events"].open_ring_buffer(self._on_event)
+            self._bpf[b"events"].open_ring_buffer(self._on_event)
         else:
-            self._bpf["events"].open_perf_buffer(self._on_event, page_cnt=256,
+            self._bpf[b"events"].open_perf_buffer(self._on_event, page_cnt=256,
                                                  lost_cb=self._on_perf_lost)
         self.info.load_seconds = time.monotonic() - t0
         return self
@@ -80,7 +80,7 @@ class ProbeSession:
 
     def counters(self) -> dict[str, int]:
         """Kernel-side loss counters, summed over CPUs."""
-        table = self._bpf["counters"]
+        table = self._bpf[b"counters"]
         def total(slot):
             return sum(table[ctypes.c_int(slot)])
         return {
@@ -90,7 +90,7 @@ class ProbeSession:
         }
 
     def inflight(self) -> int:
-        return len(self._bpf["inflight"])
+        return len(self._bpf[b"inflight"])
 
     def close(self) -> None:
         if self._bpf is not None:

@@ -1,0 +1,96 @@
+"""Plain periodic tables on a text stream: `top --plain`, pipes, ssh without a
+pty, and the live view until the TUI is there."""
+from __future__ import annotations
+
+import sys
+import time
+
+from tracer.aggregate.connects import ConnectRow, ConnectTable
+
+
+def fmt_us(us: float | None) -> str:
+    if us is None:
+        return "-"
+    if us < 1000:
+        return f"{us:.0f}us"
+    if us < 1_000_000:
+        return f"{us / 1000:.1f}ms"
+    return f"{us / 1_000_000:.2f}s"
+
+
+def rank(rows: list[ConnectRow]) -> list[ConnectRow]:
+    """Worst first: failures, then SYN retransmits, then p99 latency."""
+    return sorted(rows, key=lambda r: (-(r.refused + r.timeout + r.error), -r.syn_retransmits,
+                                       -(r.p99_us or 0.0), -r.attempts))
+
+
+HEADER = (f"{'DESTINATION':<28} {'CONN/s':>7} {'TOTAL':>7} {'REFUSED':>7} {'TIMEOUT':>7} "
+          f"{'ERROR':>6} {'SYNRTX':>6} {'p50':>8} {'p95':>8} {'p99':>8} {'max':>8}")
+
+
+def format_row(r: ConnectRow) -> str:
+    return (f"{r.label[:28]:<28} {r.rate:>7.1f} {r.attempts:>7} {r.refused:>7} {r.timeout:>7} "
+            f"{r.error:>6} {r.syn_retransmits:>6} {fmt_us(r.p50_us):>8} {fmt_us(r.p95_us):>8} "
+            f"{fmt_us(r.p99_us):>8} {fmt_us(r.max_us):>8}")
+
+
+def format_table(status, connects: ConnectTable, limit: int = 15, title: str = "") -> str:
+    lost = status.lost_total
+    lines = [
+        f"{time.strftime('%H:%M:%S')} {title}events {status.events_total} "
+        f"({status.events_per_s:.0f}/s)  lost {lost}{'  <-- EVENTS LOST' if lost else ''}  "
+        f"in-flight connects {status.inflight}",
+        HEADER,
+    ]
+    rows = rank(connects.by_destination())
+    lines += [format_row(r) for r in rows[:limit]]
+    if len(rows) > limit:
+        lines.append(f"... {len(rows) - limit} more destinations")
+    if not rows:
+        lines.append("(no connects yet)")
+    return "\n".join(lines) + "\n"
+
+
+class ConsoleSink:
+    def __init__(self, stream=None, limit: int = 15, title: str = ""):
+        self.stream = stream or sys.stdout
+        self.limit = limit
+        self.title = title
+
+    def on_events(self, events) -> None:
+        pass
+
+    def on_interval(self, status, connects) -> None:
+        self.stream.write(format_table(status, connects, self.limit, self.title) + "\n")
+        self.stream.flush()
+
+    def close(self, status) -> None:
+        self.stream.flush()
+
+
+class StatusLineSink:
+    """`record`'s short status line on stderr every few seconds."""
+
+    def __init__(self, every_s: float = 5.0, stream=None, files=lambda: 0):
+        self.every_s = every_s
+        self.stream = stream or sys.stderr
+        self.files = files
+        self._last = time.monotonic()
+
+    def on_events(self, events) -> None:
+        pass
+
+    def line(self, status) -> str:
+        return (f"connscope: {status.elapsed_s:.0f}s  events {status.events_total} "
+                f"({status.events_per_s:.0f}/s)  lost {status.lost_total}  files {self.files()}")
+
+    def on_interval(self, status, connects) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.every_s:
+            self._last = now
+            self.stream.write(self.line(status) + "\n")
+            self.stream.flush()
+
+    def close(self, status) -> None:
+        self.stream.write(self.line(status) + "  (stopped)\n")
+        self.stream.flush()
