@@ -1,0 +1,527 @@
+"""What this host can trace with, and which backend to use.
+
+Each check reads what the kernel exposes (sysfs, tracefs, /proc, BTF) rather
+than guessing from the version, because distributions and sandboxes switch
+features off independently: the kernel this project is developed on has BTF
+and the trampoline code, yet fentry programs fail to load with EPERM and
+CONFIG_KPROBES is off. The only sure test of fentry is loading one, so that
+check (and the ring buffer's) runs only as root and only when asked.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import gzip
+import os
+import platform
+import re
+import struct
+from dataclasses import dataclass, field
+from typing import Optional
+
+from tracer.probes import headers as headers_mod
+from tracer.probes.btf import BTF, BTFError, kernel_btf
+from tracer.probes.headers import HeaderTree
+
+BACKENDS = ("auto", "fentry", "kprobe", "tracepoint")
+AUTO_ORDER = ("fentry", "kprobe", "tracepoint")  # cheapest per event first
+
+BTF_PATH = "/sys/kernel/btf/vmlinux"
+TRACEFS_DIRS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+KPROBE_PMU = "/sys/bus/event_source/devices/kprobe"
+KALLSYMS = "/proc/kallsyms"
+
+# Every tracepoint connscope uses; the tracepoint backend cannot work without
+# the required one, the others narrow what it sees.
+TRACEPOINTS = (
+    "sock/inet_sock_set_state",
+    "tcp/tcp_retransmit_skb",
+    "tcp/tcp_retransmit_synack",
+    "tcp/tcp_destroy_sock",
+    "tcp/tcp_receive_reset",
+    "skb/kfree_skb",
+    "sched/sched_process_exit",
+)
+REQUIRED_TRACEPOINTS = ("sock/inet_sock_set_state",)
+
+# Functions the kprobe and fentry backends hook. GCC may inline or rename
+# (".isra.0") any of them, so they are looked up rather than assumed.
+KPROBE_TARGETS = (
+    "tcp_v4_connect", "tcp_v6_connect", "inet_csk_accept",
+    "tcp_conn_request", "tcp_v4_syn_recv_sock", "tcp_v6_syn_recv_sock",
+)
+REQUIRED_KPROBE_TARGETS = ("tcp_v4_connect", "inet_csk_accept", "tcp_conn_request",
+                           "tcp_v4_syn_recv_sock")
+FENTRY_TEST_FUNCTION = "tcp_v4_connect"
+
+CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
+RINGBUF_MIN_KERNEL = (5, 8)
+
+
+class BackendUnavailable(Exception):
+    """The requested backend cannot work here; the message says why and what to do."""
+
+
+@dataclass
+class Feature:
+    ok: bool
+    detail: str
+    tested: bool = True  # False: could not be checked here (needs root, or not asked)
+
+
+@dataclass
+class Features:
+    is_root: bool
+    privileges: Feature          # CAP_BPF+CAP_PERFMON or CAP_SYS_ADMIN
+    kernel_release: str
+    btf: Feature
+    headers: HeaderTree
+    bcc: Feature                 # detail: version, or why it does not import
+    kprobes: Feature
+    kprobe_targets: dict[str, bool]  # function -> listed in /proc/kallsyms
+    fentry: Feature
+    tracepoints: Feature         # ok: every REQUIRED_TRACEPOINTS exists
+    tracepoint_presence: dict[str, bool]  # "sock/inet_sock_set_state" -> exists
+    ringbuf: Feature
+    load_tested: bool = False    # whether test programs were loaded
+    notes: list[str] = field(default_factory=list)
+
+    def missing_kprobe_targets(self, required_only: bool = False) -> list[str]:
+        names = REQUIRED_KPROBE_TARGETS if required_only else KPROBE_TARGETS
+        return [n for n in names if not self.kprobe_targets.get(n, False)]
+
+    def missing_tracepoints(self, required_only: bool = False) -> list[str]:
+        names = REQUIRED_TRACEPOINTS if required_only else TRACEPOINTS
+        return [n for n in names if not self.tracepoint_presence.get(n, False)]
+
+
+# --- small readers --------------------------------------------------------------
+
+def kernel_version(release: str) -> tuple[int, int, int]:
+    """'6.18.44-fc-v657' -> (6, 18, 44); missing parts are 0."""
+    m = re.match(r"(\d+)(?:\.(\d+))?(?:\.(\d+))?", release)
+    if not m:
+        return (0, 0, 0)
+    return tuple(int(x or 0) for x in m.groups())  # type: ignore[return-value]
+
+
+def effective_capabilities(status_text: str) -> int:
+    m = re.search(r"^CapEff:\s*([0-9a-fA-F]+)", status_text, re.M)
+    return int(m.group(1), 16) if m else 0
+
+
+def kernel_config(release: str) -> Optional[dict[str, str]]:
+    """CONFIG_* values from /proc/config.gz or /boot/config-<release>; None if neither."""
+    for path, opener in (("/proc/config.gz", gzip.open), (f"/boot/config-{release}", open)):
+        try:
+            with opener(path, "rt") as f:
+                text = f.read()
+        except OSError:
+            continue
+        config = {}
+        for line in text.splitlines():
+            m = re.match(r"(CONFIG_\w+)=(.*)", line)
+            if m:
+                config[m.group(1)] = m.group(2)
+            else:
+                m = re.match(r"# (CONFIG_\w+) is not set", line)
+                if m:
+                    config[m.group(1)] = "n"
+        return config
+    return None
+
+
+def kallsyms_names(wanted: set[str], path: str = KALLSYMS) -> set[str]:
+    """Which of `wanted` are symbol names in /proc/kallsyms (readable without root)."""
+    found = set()
+    try:
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3 and parts[2] in wanted:
+                    found.add(parts[2])
+    except OSError:
+        pass
+    return found
+
+
+def _tracefs_root() -> Optional[str]:
+    for d in TRACEFS_DIRS:
+        if os.path.isdir(os.path.join(d, "events")):
+            return d
+    return None
+
+
+# --- individual checks -----------------------------------------------------------
+
+def _check_privileges(is_root: bool) -> Feature:
+    try:
+        with open("/proc/self/status") as f:
+            caps = effective_capabilities(f.read())
+    except OSError:
+        caps = 0
+    has = {name: bool(caps >> bit & 1) for name, bit in
+           (("CAP_SYS_ADMIN", CAP_SYS_ADMIN), ("CAP_BPF", CAP_BPF), ("CAP_PERFMON", CAP_PERFMON))}
+    held = [n for n, v in has.items() if v]
+    ok = has["CAP_SYS_ADMIN"] or (has["CAP_BPF"] and has["CAP_PERFMON"])
+    who = "root" if is_root else f"uid {os.geteuid()}"
+    if ok:
+        return Feature(True, f"{who} with {', '.join(held)}")
+    return Feature(False, f"{who} without CAP_BPF+CAP_PERFMON or CAP_SYS_ADMIN: "
+                          f"tracing needs root (sudo)")
+
+
+def _check_btf(path: str) -> tuple[Feature, Optional[BTF]]:
+    if not os.path.exists(path):
+        return Feature(False, f"no {path} (kernel built without CONFIG_DEBUG_INFO_BTF)"), None
+    try:
+        btf = kernel_btf() if path == BTF_PATH else BTF.load(path)
+    except BTFError as e:
+        return Feature(False, str(e)), None
+    return Feature(True, f"{path}"), btf
+
+
+def _check_bcc() -> Feature:
+    try:
+        import bcc  # only tracer/probes imports bcc
+    except Exception as e:  # ImportError, or a broken libbcc raising OSError
+        return Feature(False, f"python3 cannot import bcc ({e}); install python3-bpfcc")
+    version = getattr(bcc, "__version__", "unknown version")
+    return Feature(True, f"bcc {version}")
+
+
+def _check_kprobes(config: Optional[dict[str, str]]) -> Feature:
+    # bcc attaches through the kprobe PMU (perf_event_open) and falls back to
+    # kprobe_events in tracefs; either is enough.
+    root = _tracefs_root()
+    events = root is not None and os.path.exists(os.path.join(root, "kprobe_events"))
+    pmu = os.path.isdir(KPROBE_PMU)
+    if pmu or events:
+        how = " and ".join(w for w, ok in (("kprobe PMU", pmu), ("kprobe_events in tracefs", events)) if ok)
+        return Feature(True, f"{how} present")
+    if config is not None:
+        if config.get("CONFIG_KPROBES", "n") == "n":
+            return Feature(False, "CONFIG_KPROBES is off")
+        if config.get("CONFIG_KPROBE_EVENTS", "n") == "n":
+            return Feature(False, "CONFIG_KPROBE_EVENTS is off")
+    where = "tracefs" if root else "tracefs (not mounted or not readable)"
+    return Feature(False, f"no kprobe PMU in /sys/bus/event_source/devices and no kprobe_events in {where}")
+
+
+def _check_tracepoints(is_root: bool) -> tuple[Feature, dict[str, bool]]:
+    root = _tracefs_root()
+    if root is not None:
+        presence = {tp: os.path.exists(os.path.join(root, "events", tp, "format")) for tp in TRACEPOINTS}
+        source = f"{root}/events"
+    else:
+        # Without root tracefs is not readable; kallsyms names every
+        # tracepoint's iterator (__traceiter_<name>, 5.10+) or the tracepoint itself.
+        names = {tp.split("/")[1] for tp in TRACEPOINTS}
+        syms = kallsyms_names({p + n for n in names for p in ("__traceiter_", "__tracepoint_")})
+        if not syms:
+            return (Feature(False, "cannot check: tracefs is not readable and /proc/kallsyms "
+                                   "lists no tracepoints" + ("" if is_root else " (run as root)"), tested=False),
+                    {tp: False for tp in TRACEPOINTS})
+        presence = {tp: any(p + tp.split("/")[1] in syms for p in ("__traceiter_", "__tracepoint_"))
+                    for tp in TRACEPOINTS}
+        source = "from /proc/kallsyms; tracefs needs root"
+    missing = [tp for tp in TRACEPOINTS if not presence[tp]]
+    required_missing = [tp for tp in REQUIRED_TRACEPOINTS if not presence[tp]]
+    if not missing:
+        detail = f"all {len(TRACEPOINTS)} present ({source})"
+    else:
+        detail = f"missing {', '.join(missing)} ({source})"
+    return Feature(not required_missing, detail), presence
+
+
+# Raw bpf(2): the two load tests need no compiler, so they cost well under a
+# millisecond (a bcc compile of the same program takes 0.2 s here and 30 s in
+# a TCG guest) and work before any header tree exists.
+_BPF_NR = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351}
+BPF_MAP_CREATE, BPF_PROG_LOAD, BPF_RAW_TRACEPOINT_OPEN = 0, 5, 17
+BPF_MAP_TYPE_RINGBUF = 27
+BPF_PROG_TYPE_TRACING, BPF_TRACE_FENTRY = 26, 24
+_RETURN_0 = (0x00000000000000B7, 0x0000000000000095)  # r0 = 0; exit
+_ATTR_SIZE = 128  # union bpf_attr prefix we fill; the kernel accepts a shorter one
+
+
+def _bpf(cmd: int, attr: ctypes.Array) -> tuple[int, int]:
+    """bpf(cmd, attr): (result, errno)."""
+    nr = _BPF_NR.get(platform.machine())
+    if nr is None:
+        return -1, errno.ENOSYS
+    libc = ctypes.CDLL(None, use_errno=True)
+    ret = libc.syscall(ctypes.c_long(nr), ctypes.c_int(cmd), ctypes.byref(attr), ctypes.c_uint(len(attr)))
+    return ret, (ctypes.get_errno() if ret < 0 else 0)
+
+
+def _errno_text(err: int) -> str:
+    return f"{errno.errorcode.get(err, str(err))} ({os.strerror(err)})"
+
+
+def _create_ringbuf_map() -> Optional[int]:
+    """Create and close a BPF ring buffer map; None on success, else errno."""
+    attr = ctypes.create_string_buffer(_ATTR_SIZE)
+    struct.pack_into("<IIII", attr, 0, BPF_MAP_TYPE_RINGBUF, 0, 0, 4096)  # type, key, value, size
+    fd, err = _bpf(BPF_MAP_CREATE, attr)
+    if fd < 0:
+        return err
+    os.close(fd)
+    return None
+
+
+def _vmlinux_btf_id(fn: str) -> int:
+    """BTF type id of kernel function `fn` (negative errno when unknown), via libbpf."""
+    try:
+        libbpf = ctypes.CDLL("libbpf.so.1")
+    except OSError:
+        return -errno.ENOENT
+    find = libbpf.libbpf_find_vmlinux_btf_id
+    find.argtypes, find.restype = (ctypes.c_char_p, ctypes.c_int), ctypes.c_int
+    return find(fn.encode(), BPF_TRACE_FENTRY)
+
+
+def _test_fentry(fn: str = FENTRY_TEST_FUNCTION) -> Feature:
+    """Load `r0 = 0; exit` as an fentry program on `fn` and attach it, as bcc's
+    KFUNC_PROBE does (BPF_PROG_LOAD, then BPF_RAW_TRACEPOINT_OPEN), then detach."""
+    btf_id = _vmlinux_btf_id(fn)
+    if btf_id <= 0:
+        return Feature(False, f"not tested: no BTF id for {fn} (libbpf: "
+                              f"{_errno_text(-btf_id) if btf_id < 0 else 'none'})", tested=False)
+    insns = (ctypes.c_uint64 * len(_RETURN_0))(*_RETURN_0)
+    license = ctypes.create_string_buffer(b"GPL")
+    log = ctypes.create_string_buffer(4096)
+    attr = ctypes.create_string_buffer(_ATTR_SIZE)
+    # prog_type, insn_cnt, insns, license, log_level, log_size, log_buf
+    struct.pack_into("<IIQQIIQ", attr, 0, BPF_PROG_TYPE_TRACING, len(_RETURN_0), ctypes.addressof(insns),
+                     ctypes.addressof(license), 1, len(log), ctypes.addressof(log))
+    struct.pack_into("<I", attr, 68, BPF_TRACE_FENTRY)  # expected_attach_type
+    struct.pack_into("<I", attr, 108, btf_id)           # attach_btf_id
+    prog, err = _bpf(BPF_PROG_LOAD, attr)
+    if prog < 0:
+        verifier = log.value.decode(errors="replace").strip().splitlines()
+        as_root = ", even as root" if err == errno.EPERM and os.geteuid() == 0 else ""
+        return Feature(False, f"{_errno_text(err)} when loading a BPF_PROG_TYPE_TRACING program{as_root}"
+                              + (f": {verifier[-1]}" if verifier else ""))
+    try:
+        link_attr = ctypes.create_string_buffer(16)
+        struct.pack_into("<QI", link_attr, 0, 0, prog)  # name = NULL: attach at attach_btf_id
+        link, err = _bpf(BPF_RAW_TRACEPOINT_OPEN, link_attr)
+        if link < 0:
+            return Feature(False, f"a test fentry program on {fn} loaded but attaching it fails with "
+                                  f"{_errno_text(err)}")
+        os.close(link)
+    finally:
+        os.close(prog)
+    return Feature(True, f"a test fentry program on {fn} loaded and attached")
+
+
+def _check_ringbuf(release: str, btf: Optional[BTF], load_tests: bool, is_root: bool) -> Feature:
+    version = kernel_version(release)
+    if version < RINGBUF_MIN_KERNEL:
+        return Feature(False, f"kernel {release} is older than 5.8 (falls back to the perf buffer)")
+    if btf is not None:
+        try:
+            btf.enum_value("bpf_map_type", "BPF_MAP_TYPE_RINGBUF")
+        except BTFError:
+            return Feature(False, "BTF has no BPF_MAP_TYPE_RINGBUF (falls back to the perf buffer)")
+    if not load_tests:
+        why = "not load-tested" + ("" if is_root else ": needs root")
+        return Feature(True, f"kernel >= 5.8 ({why})", tested=False)
+    err = _create_ringbuf_map()
+    if err is None:
+        return Feature(True, "a test ring buffer map was created")
+    return Feature(False, f"creating a ring buffer map fails with {_errno_text(err)}; "
+                          f"falls back to the perf buffer")
+
+
+def _check_fentry(btf: Optional[BTF], load_tests: bool, is_root: bool) -> Feature:
+    if platform.machine() not in ("x86_64", "aarch64"):
+        return Feature(False, f"no BPF trampolines on {platform.machine()}")
+    if btf is None:
+        return Feature(False, "needs kernel BTF, which this kernel lacks")
+    if not btf.has_function(FENTRY_TEST_FUNCTION):
+        return Feature(False, f"BTF does not describe {FENTRY_TEST_FUNCTION}")
+    if not load_tests:
+        return Feature(False, "not tested: loading a test program needs root" if not is_root
+                       else "not tested (load tests were not asked for)", tested=False)
+    return _test_fentry()
+
+
+# --- everything -----------------------------------------------------------------
+
+def probe_features(load_tests: Optional[bool] = None, *, release: Optional[str] = None,
+                   tree: Optional[HeaderTree] = None) -> Features:
+    """Probe the host. load_tests: load tiny test programs (fentry, ring buffer);
+    None means "when root". As root this also mounts tracefs/debugfs if needed."""
+    is_root = os.geteuid() == 0
+    if load_tests is None:
+        load_tests = is_root
+    release = release or os.uname().release
+    notes: list[str] = []
+    if is_root:
+        try:
+            headers_mod.ensure_tracefs()
+        except headers_mod.TracefsUnavailable as e:
+            notes.append(str(e))
+    privileges = _check_privileges(is_root)
+    btf_feature, btf = _check_btf(BTF_PATH)
+    tree = tree if tree is not None else headers_mod.find_header_tree(release)
+    bcc = _check_bcc()
+    config = kernel_config(release)
+    kprobes = _check_kprobes(config)
+    targets = kallsyms_names(set(KPROBE_TARGETS))
+    kprobe_targets = {name: name in targets for name in KPROBE_TARGETS}
+    tracepoints, presence = _check_tracepoints(is_root)
+    can_load = load_tests and privileges.ok
+    fentry = _check_fentry(btf, can_load, is_root)
+    ringbuf = _check_ringbuf(release, btf, can_load, is_root)
+    return Features(is_root=is_root, privileges=privileges, kernel_release=release, btf=btf_feature,
+                    headers=tree, bcc=bcc, kprobes=kprobes, kprobe_targets=kprobe_targets,
+                    fentry=fentry, tracepoints=tracepoints, tracepoint_presence=presence,
+                    ringbuf=ringbuf, load_tested=can_load, notes=notes)
+
+
+# --- backend choice ---------------------------------------------------------------
+
+def _toolchain_problem(f: Features) -> Optional[str]:
+    """What every backend needs: bcc, a header tree, and a way to place struct fields."""
+    release = f.kernel_release
+    if not f.bcc.ok:
+        return "bcc is not installed: install python3-bpfcc (apt-get install python3-bpfcc)"
+    if f.headers.path is None:
+        if f.headers.kind == "unmerged":
+            return (f"the kernel headers found ({f.headers.version}) must be merged into connscope's "
+                    f"cache first: run as root")
+        return (f"no kernel headers for bcc to compile against: install linux-headers-{release}, "
+                f"or any linux-headers package when there is none for this kernel "
+                f"(struct offsets then come from BTF)")
+    if not f.btf.ok and not f.headers.matches_running_kernel:
+        return (f"this kernel has no BTF and the installed headers are for {f.headers.version}, "
+                f"not {release}: struct offsets cannot be known; install linux-headers-{release}")
+    return None
+
+
+def _alternatives(f: Features, exclude: str) -> str:
+    """'; use --backend tracepoint or --backend kprobe' for the backends that work."""
+    works = [b for b in ("tracepoint", "kprobe", "fentry") if b != exclude and _backend_problem(b, f, False) is None]
+    if not works:
+        return ""
+    return "; use " + " or ".join(f"--backend {b}" for b in works)
+
+
+def _backend_problem(backend: str, f: Features, suggest: bool = True) -> Optional[str]:
+    """Why `backend` cannot work here, or None. Assumes the toolchain is fine."""
+    alt = (lambda: _alternatives(f, backend)) if suggest else (lambda: "")
+    if backend == "kprobe":
+        if not f.kprobes.ok:
+            return f"kprobes are not available on this kernel ({f.kprobes.detail}){alt()}"
+        missing = f.missing_kprobe_targets(required_only=True)
+        if missing:
+            return (f"the kprobe backend hooks {', '.join(missing)}, which /proc/kallsyms does not "
+                    f"list (inlined or renamed in this kernel){alt()}")
+        return None
+    if backend == "fentry":
+        if not f.fentry.ok:
+            if not f.fentry.tested:
+                why = f.fentry.detail.replace("not tested: ", "", 1)
+                return f"fentry (BPF trampolines) could not be tested: {why}"
+            return f"fentry (BPF trampolines) does not load on this kernel: {f.fentry.detail}{alt()}"
+        return None
+    if backend == "tracepoint":
+        if not f.tracepoints.ok:
+            if not f.tracepoints.tested:
+                why = f.tracepoints.detail.replace("cannot check: ", "", 1)
+                return f"tracepoints could not be checked: {why}"
+            missing = f.missing_tracepoints(required_only=True)
+            return (f"the tracepoint backend needs the {', '.join(missing)} tracepoint, which this "
+                    f"kernel does not have (it needs Linux 4.16 or newer){alt()}")
+        return None
+    raise BackendUnavailable(f"unknown backend '{backend}': choose one of {', '.join(BACKENDS)}")
+
+
+def choose_backend(requested: str, features: Features) -> str:
+    """The backend to load for `--backend requested`; raises BackendUnavailable with the reason.
+
+    auto picks the first that works of fentry (cheapest per event), kprobe,
+    tracepoint.
+    """
+    if requested not in BACKENDS:
+        raise BackendUnavailable(f"unknown backend '{requested}': choose one of {', '.join(BACKENDS)}")
+    problem = _toolchain_problem(features)
+    if problem:
+        raise BackendUnavailable(problem)
+    if requested != "auto":
+        problem = _backend_problem(requested, features)
+        if problem:
+            raise BackendUnavailable(problem)
+        return requested
+    for backend in AUTO_ORDER:
+        if _backend_problem(backend, features, suggest=False) is None:
+            return backend
+    raise BackendUnavailable("no backend works here: " + "; ".join(
+        _backend_problem(b, features, suggest=False) or "" for b in AUTO_ORDER))
+
+
+def _short_problem(backend: str, f: Features) -> str:
+    if backend == "fentry":
+        return f.fentry.detail
+    if backend == "kprobe":
+        if not f.kprobes.ok:
+            return f.kprobes.detail
+        return f"{', '.join(f.missing_kprobe_targets(required_only=True))} not in /proc/kallsyms"
+    return f.tracepoints.detail
+
+
+def auto_reason(features: Features) -> str:
+    """What auto picks and why the faster ones were passed over, one line: for doctor."""
+    try:
+        chosen = choose_backend("auto", features)
+    except BackendUnavailable as e:
+        return f"nothing: {e}"
+    skipped = [f"{b}: {_short_problem(b, features)}" for b in AUTO_ORDER[:AUTO_ORDER.index(chosen)]]
+    if not skipped:
+        return f"{chosen}: works here and costs least per event"
+    return f"{chosen} ({'; '.join(skipped)})"
+
+
+def backend_visibility(backend: str, features: Features) -> list[str]:
+    """What `backend` can and cannot see on this host, one short line each."""
+    f = features
+    lines: list[str] = []
+    problem = _toolchain_problem(f) or _backend_problem(backend, f, suggest=False)
+    if problem:
+        lines.append(f"not usable here: {problem}")
+    tp = f.tracepoint_presence
+
+    def has(name: str) -> bool:
+        return tp.get(name, False)
+
+    if backend == "tracepoint":
+        lines.append("connects: caller pid at sock:inet_sock_set_state CLOSE->SYN_SENT, "
+                     "which runs inside connect()")
+        lines.append("connect latency and outcome: inet_sock_set_state SYN_SENT->ESTABLISHED/CLOSE")
+        lines.append("accept wait: measured from the tracepoint path (handshake done at "
+                     "SYN_RECV->ESTABLISHED, to the accepting process)")
+        lines.append("accept-queue drops: from listener sk_drops via sock_diag, not from the drop points")
+    elif backend in ("kprobe", "fentry"):
+        how = "kprobes" if backend == "kprobe" else "BPF trampolines (cheaper per hit than kprobes)"
+        present = [n for n in KPROBE_TARGETS if f.kprobe_targets.get(n)]
+        lines.append(f"hooks {', '.join(present) or 'nothing'} directly, through {how}")
+        missing = f.missing_kprobe_targets()
+        if missing:
+            lines.append(f"cannot hook {', '.join(missing)}: not in /proc/kallsyms (inlined or renamed)")
+        lines.append("connects: pid and start time at the connect function itself")
+        lines.append("accept-queue drops: at the drop point (tcp_conn_request, tcp_v4_syn_recv_sock)")
+    else:
+        raise BackendUnavailable(f"unknown backend '{backend}': choose one of {', '.join(BACKENDS[1:])}")
+    # Tracepoints every backend uses for the rest.
+    lines.append("SYN retransmits: " + ("tcp:tcp_retransmit_skb" if has("tcp/tcp_retransmit_skb")
+                                        else "not seen (no tcp:tcp_retransmit_skb)"))
+    lines.append("refused connects: " + ("RST seen at tcp:tcp_receive_reset" if has("tcp/tcp_receive_reset")
+                                         else "outcome only (no tcp:tcp_receive_reset)"))
+    if not has("skb/kfree_skb"):
+        lines.append("drop reasons: not seen (no skb:kfree_skb)")
+    if not has("sched/sched_process_exit"):
+        lines.append("process exit: not seen (no sched:sched_process_exit); stale entries age out")
+    return lines

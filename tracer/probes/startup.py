@@ -1,0 +1,41 @@
+"""From `--backend X` to a running ProbeSession: pick the backend, mount
+tracefs, find a header tree, take struct offsets from BTF, load."""
+from __future__ import annotations
+
+import os
+
+from tracer.filters import Filters
+from tracer.probes import headers
+from tracer.probes.btf import BTF, BTFError
+from tracer.probes.features import BackendUnavailable, choose_backend, probe_features
+from tracer.probes.offsets import OffsetError, offset_cflags
+from tracer.probes.session import ProbeError, ProbeSession
+
+BTF_PATH = "/sys/kernel/btf/vmlinux"
+
+# Everything start() can raise for a reason the user can fix; the CLI prints
+# these as one "Error:" line.
+STARTUP_ERRORS = (BackendUnavailable, BTFError, OffsetError, ProbeError,
+                  headers.TracefsUnavailable)
+
+
+class NotPermitted(ProbeError):
+    pass
+
+
+def start(requested: str, filters: Filters) -> ProbeSession:
+    if os.geteuid() != 0:
+        raise NotPermitted("tracing loads BPF programs and needs root: run it with sudo")
+    features = probe_features()
+    backend = choose_backend(requested, features)
+    headers.ensure_tracefs()
+    tree = features.headers
+    if tree.path is None:
+        raise ProbeError(f"no kernel header tree to compile against ({tree.how}); "
+                         f"install linux-headers-{os.uname().release} or any linux-headers package")
+    btf = BTF.load(BTF_PATH) if os.path.exists(BTF_PATH) else None
+    flags, offsets_from = offset_cflags(btf, tree.matches_running_kernel)
+    session = ProbeSession(backend, filters, ringbuf=features.ringbuf.ok, offset_flags=flags,
+                           env=headers.bcc_environment(tree), offsets_from=offsets_from,
+                           headers=tree.how)
+    return session.open()
