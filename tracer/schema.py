@@ -1,0 +1,203 @@
+"""The one Parquet schema of a connscope recording.
+
+Every table, column, type and description lives here and nowhere else: the
+writer, the readers (replay, report) and the README (via `describe_markdown`)
+all take it from this module. SPEC.md fixes the names and types of the
+required columns; the rest are ours and may grow (bump SCHEMA_VERSION when a
+change would surprise an existing reader: a rename, a removal, a new type).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import pyarrow as pa
+
+SCHEMA_VERSION = "1"
+
+# File metadata keys; readers check the version before trusting column meanings.
+VERSION_KEY = "connscope.schema_version"
+TABLE_KEY = "connscope.table"
+
+
+class Column(NamedTuple):
+    name: str
+    type: pa.DataType
+    description: str
+    nullable: bool = False
+
+
+TS = pa.timestamp("us", tz="UTC")
+_I8, _I32, _I64, _F64, _STR = pa.int8(), pa.int32(), pa.int64(), pa.float64(), pa.string()
+
+
+def _common(ts_meaning: str) -> list[Column]:
+    return [
+        Column("ts", TS, f"{ts_meaning} (UTC, microseconds)"),
+        Column("host", _STR, "host name of the machine that was traced"),
+        Column("run_id", _STR, "recording run; names the manifest `DIR/runs/<run_id>.json`"),
+    ]
+
+
+def _process(owner_known: bool = True) -> list[Column]:
+    unknown = "" if owner_known else "; null if unknown"
+    return [
+        Column("pid", _I32, f"process id (the thread group id){unknown}", not owner_known),
+        Column("comm", _STR, f"process name (task comm, at most 15 characters){unknown}",
+               not owner_known),
+    ]
+
+
+_FAMILY = Column("family", _I8, "address family: 4 or 6")
+
+
+def _endpoint(addr: str, port: str, who: str) -> list[Column]:
+    return [
+        Column(addr, _STR, f"{who} address (IPv4 dotted or IPv6 text)"),
+        Column(port, _I32, f"{who} port"),
+    ]
+
+
+_TABLE_ROWS = {
+    "connects": "one row per outgoing connect attempt, written when it resolves",
+    "accepts": "one row per connection accepted by an application",
+    "overflows": "one row per listening socket and interval with at least one drop",
+    "listeners": "one row per listening socket and interval",
+    "sockets": "one row per process and interval",
+}
+
+_COLUMNS: dict[str, list[Column]] = {
+    "connects": [
+        *_common("when connect() was called"),
+        *_process(),
+        Column("tid", _I32, "thread id that called connect()"),
+        _FAMILY,
+        *_endpoint("saddr", "sport", "local (source)"),
+        *_endpoint("daddr", "dport", "remote (destination)"),
+        Column("latency_us", _F64,
+               "connect() call to handshake resolved, microseconds; null if it never resolved",
+               True),
+        Column("outcome", _STR, "established, refused, timeout or error"),
+        Column("syn_retransmits", _I32, "SYN retransmissions before the attempt resolved"),
+        Column("errno", _I32,
+               "kernel error of a failed attempt (e.g. 111 ECONNREFUSED, 110 ETIMEDOUT); "
+               "null if established", True),
+    ],
+    "accepts": [
+        *_common("when accept() returned"),
+        *_process(),
+        _FAMILY,
+        *_endpoint("laddr", "lport", "local (listening)"),
+        *_endpoint("raddr", "rport", "remote (client)"),
+        Column("queue_wait_us", _F64,
+               "handshake done to accept() returned, microseconds; null if unknown", True),
+        Column("backlog_len", _I32, "accept queue length seen at accept"),
+        Column("backlog_max", _I32, "accept queue limit (listen() backlog, capped by somaxconn)"),
+        Column("listener_pid", _I32,
+               "process that owns the listening socket, if not the acceptor; null if unknown",
+               True),
+    ],
+    "overflows": [
+        *_common("end of the interval"),
+        _FAMILY,
+        *_endpoint("laddr", "lport", "listening"),
+        *_process(owner_known=False),
+        Column("drops", _I64,
+               "connections dropped in the interval because the accept queue was full"),
+        Column("syn_drops", _I64,
+               "SYNs dropped in the interval for a full SYN or accept queue"),
+        Column("backlog_max", _I32, "accept queue limit"),
+        Column("backlog_peak", _I32, "highest accept queue length seen in the interval"),
+        Column("interval_s", _F64, "length of the interval, seconds"),
+        Column("synack_retransmits", _I64, "SYN-ACK retransmissions in the interval"),
+    ],
+    "listeners": [
+        *_common("end of the interval"),
+        _FAMILY,
+        *_endpoint("laddr", "lport", "listening"),
+        *_process(owner_known=False),
+        Column("backlog_max", _I32, "accept queue limit"),
+        Column("queue_len", _I32, "accept queue length at the end of the interval"),
+        Column("queue_peak", _I32, "highest accept queue length seen in the interval"),
+        Column("overflows_total", _I64,
+               "accept-queue overflows of this socket since the recording started"),
+        Column("syn_queue_len", _I32,
+               "half-open connections (SYN queue) at the end of the interval"),
+        Column("drops", _I64, "connections dropped in the interval"),
+        Column("accepts", _I64, "connections accepted in the interval"),
+        Column("accept_wait_p99_us", _F64,
+               "99th percentile of handshake done to accept() in the interval, microseconds; "
+               "null if nothing was accepted", True),
+    ],
+    "sockets": [
+        *_common("end of the interval"),
+        *_process(),
+        Column("established", _I32, "ESTABLISHED TCP sockets held at the end of the interval"),
+        Column("syn_sent", _I32, "SYN_SENT TCP sockets held at the end of the interval"),
+        Column("listen", _I32, "LISTEN TCP sockets held at the end of the interval"),
+        Column("close_wait", _I32, "CLOSE_WAIT TCP sockets held at the end of the interval"),
+        Column("other", _I32, "TCP sockets in any other state at the end of the interval"),
+        Column("opened", _I64, "TCP sockets opened in the interval"),
+        Column("closed", _I64, "TCP sockets closed in the interval"),
+        Column("fds", _I32, "open file descriptors at the end of the interval"),
+        Column("fd_limit", _I64, "file descriptor limit (RLIMIT_NOFILE soft limit)"),
+        Column("tx_queue_bytes", _I64,
+               "bytes in the send queues of its TCP sockets at the end of the interval"),
+        Column("rx_queue_bytes", _I64,
+               "bytes in the receive queues of its TCP sockets at the end of the interval"),
+    ],
+}
+
+TABLES: tuple[str, ...] = tuple(_COLUMNS)
+
+
+def _build(table: str) -> pa.Schema:
+    fields = [
+        pa.field(c.name, c.type, nullable=c.nullable,
+                 metadata={"description": c.description})
+        for c in _COLUMNS[table]
+    ]
+    return pa.schema(fields, metadata={
+        VERSION_KEY: SCHEMA_VERSION,
+        TABLE_KEY: table,
+        "connscope.description": _TABLE_ROWS[table],
+    })
+
+
+# Built once: pyarrow schemas are immutable, so every caller can share them.
+_SCHEMAS = {table: _build(table) for table in TABLES}
+
+
+class UnknownTable(ValueError):
+    def __init__(self, table: str):
+        super().__init__(f"unknown table {table!r}; the tables are {', '.join(TABLES)}")
+
+
+def schema(table: str) -> pa.Schema:
+    """The Arrow schema of `table`, with field descriptions and version metadata."""
+    try:
+        return _SCHEMAS[table]
+    except KeyError:
+        raise UnknownTable(table) from None
+
+
+def _type_name(t: pa.DataType) -> str:
+    # str(pa.float64()) is "double"; SPEC.md and numpy users say float64.
+    return "float64" if t == _F64 else str(t)
+
+
+def describe_markdown() -> str:
+    """Every table's columns, types and descriptions, as Markdown for the README."""
+    out = [
+        f"Schema version {SCHEMA_VERSION} (file metadata key `{VERSION_KEY}`; "
+        f"`{TABLE_KEY}` names the table).",
+        "",
+    ]
+    for table in TABLES:
+        out += [f"### `{table}`", "", _TABLE_ROWS[table][0].upper() + _TABLE_ROWS[table][1:] + ".",
+                "", "| column | type | null | description |", "|---|---|---|---|"]
+        for c in _COLUMNS[table]:
+            out.append(f"| `{c.name}` | {_type_name(c.type)} | {'yes' if c.nullable else ''} "
+                       f"| {c.description} |")
+        out.append("")
+    return "\n".join(out)

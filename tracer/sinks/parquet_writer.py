@@ -1,0 +1,436 @@
+"""Streaming Parquet recording: one writer per table, rotation, crash safety, disk limits.
+
+Layout (SPEC.md "Parquet recordings"):
+
+    DIR/<table>/date=YYYY-MM-DD/<host>-<run start>-<seq>.parquet
+    DIR/runs/<run_id>.json
+
+One TableWriter per table (tracer/sinks/table_writer.py) buffers rows in
+memory and flushes them every `flush_interval_s` (default 2 s) to a journal,
+one fsynced Arrow IPC batch per flush (tracer/sinks/journal.py);
+rotation (rows, bytes, age; default 1M rows, 64 MiB, 60 s) turns the journal
+into a Parquet file under its final name. Readers never see a partial file.
+
+Crash bound: a recorder killed with kill -9 (or a power cut) loses only the
+rows not yet flushed, i.e. at most one flush interval plus one tick of the
+caller or of the background flusher. The next start (`recover`, run by every
+`Recording`) turns the journals left behind into Parquet and quarantines what
+cannot be read (tracer/sinks/recovery.py).
+
+Partitioning follows each row's own `ts`, so `date=` always agrees with `ts`
+even for rows that arrive just after midnight.
+
+Disk full or unwritable: the Recording stops writing, says why in
+`paused_reason`, counts the rows it drops and retries on every flush; files
+already finalized are never touched.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import secrets
+import socket
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Mapping
+
+from tracer import __version__
+from tracer.schema import SCHEMA_VERSION, TABLES, UnknownTable
+from tracer.sinks.durable_files import FILE_MODE, make_dirs, own
+from tracer.sinks.manifest import iso_utc, new_manifest, write_manifest
+from tracer.sinks.recovery import recover_locked
+from tracer.sinks.table_writer import Rows, TableWriter, rows_to_batch, safe_name
+
+__all__ = ["Recording", "RecordingBusy", "RecordingError", "RecordingIncomplete",
+           "TableWriter", "recover", "rows_to_batch"]
+
+LOCK_FILE = ".connscope.lock"
+
+
+class RecordingError(Exception):
+    """A recording cannot start or could not be completed; the message is one line."""
+
+
+class RecordingBusy(RecordingError):
+    pass
+
+
+class RecordingIncomplete(RecordingError):
+    pass
+
+
+# ---------------------------------------------------------------- directory lock, recovery
+
+def _lock_directory(directory: Path) -> int:
+    make_dirs(directory)
+    path = directory / LOCK_FILE
+    # held read-only: an fd open for writing would stop a remount read-only, and
+    # flock does not need one
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise RecordingBusy(f"{directory} is being recorded by another connscope "
+                            f"(pid {holder}); choose another directory") from None
+    try:
+        os.fchmod(fd, FILE_MODE)
+        own(fd)
+        wfd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+        try:
+            os.write(wfd, f"{os.getpid()}\n".encode())
+        finally:
+            os.close(wfd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _unlock_directory(fd: int) -> None:
+    os.close(fd)  # closing the only descriptor releases the flock
+
+
+def recover(directory) -> list[str]:
+    """Finalize or quarantine what a crashed recorder left in `directory`.
+
+    Returns one human-readable line per file handled. Raises RecordingBusy if a
+    recorder is writing to `directory` right now, RecordingError if the
+    directory cannot be written.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    try:
+        fd = _lock_directory(directory)
+    except OSError as e:
+        raise RecordingError(f"cannot recover {directory}: {e.strerror or e}") from None
+    try:
+        return recover_locked(directory)
+    except OSError as e:
+        raise RecordingError(f"cannot recover {directory}: {e.strerror or e}") from None
+    finally:
+        _unlock_directory(fd)
+
+
+# ---------------------------------------------------------------- a whole recording
+
+_STORAGE_WORDS = {
+    errno.ENOSPC: "disk full on",
+    errno.EDQUOT: "disk quota exceeded on",
+    errno.EROFS: "read-only file system at",
+    errno.EACCES: "permission denied on",
+    errno.EPERM: "permission denied on",
+}
+
+
+class Recording:
+    """All tables of one recording run in DIR, plus its manifest.
+
+    Call `write(table, rows)` as rows arrive; `write` flushes when due unless
+    `background_flush=True`, in which case a thread calls `tick()`. Call
+    `tick()` at least every second or so when no rows arrive, and `close()`
+    at the end (or use `with`).
+
+    Rows buffered but not yet flushed are what a kill -9 loses: at most
+    `flush_interval_s` plus one tick (see the module docstring).
+    """
+
+    def __init__(self, directory, *, host: str | None = None, run_id: str | None = None,
+                 backend: str = "unknown", version: str = __version__,
+                 options: Mapping | None = None, start: datetime | None = None, flush_interval_s: float = 2.0,
+                 rotate_rows: int = 1_000_000, rotate_bytes: int = 64 << 20,
+                 rotate_age_s: float = 60.0, max_bytes: int | None = None,
+                 max_buffer_rows: int = 1 << 18,
+                 clock: Callable[[], float] = time.monotonic,
+                 background_flush: bool = False):
+        self.directory = Path(directory)
+        self.host = host or socket.gethostname()
+        start = start or datetime.now(timezone.utc)
+        if start.tzinfo is None:
+            start = start.replace(tzinfo=timezone.utc)  # naive means UTC, as for ts
+        self.start = start.astimezone(timezone.utc)
+        self.run_id = run_id or (f"{safe_name(self.host)}-{self.start:%Y%m%dT%H%M%SZ}-"
+                                 f"{secrets.token_hex(3)}")
+        self.max_bytes = max_bytes
+        self.flush_interval_s = flush_interval_s
+        self._clock = clock
+        self._io_lock = threading.RLock()
+        self._closed = False
+        self._cause: str | None = None
+        self._abandoned: str | None = None
+        self._background_error: BaseException | None = None
+        self._next_tick = clock() + flush_interval_s
+        self._manifest_dirty = False
+        self.deleted_files = 0
+        self.deleted_bytes = 0
+        self.lost_events = {t: 0 for t in TABLES}
+
+        try:
+            self._lock_fd = _lock_directory(self.directory)
+        except OSError as e:
+            raise RecordingError(f"cannot write to {self.directory}: {e.strerror}") from None
+        try:
+            self.recovered = recover_locked(self.directory)
+            self._finalized = self._scan_finalized()
+            self.manifest = new_manifest(
+                run_id=self.run_id, host=self.host, backend=backend, version=version,
+                schema_version=SCHEMA_VERSION, start=self.start,
+                options=dict(options or {}), tables=TABLES)
+            write_manifest(self.directory, self.manifest)
+        except OSError as e:
+            _unlock_directory(self._lock_fd)
+            raise RecordingError(f"cannot write to {self.directory}: "
+                                 f"{e.strerror or e}") from None
+        except BaseException:
+            _unlock_directory(self._lock_fd)
+            raise
+
+        self._writers = {
+            t: TableWriter(self.directory, t, host=self.host, run_id=self.run_id,
+                           run_start=self.start, flush_interval_s=flush_interval_s,
+                           rotate_rows=rotate_rows, rotate_bytes=rotate_bytes,
+                           rotate_age_s=rotate_age_s, max_buffer_rows=max_buffer_rows,
+                           clock=clock, on_file=self._file_finalized)
+            for t in TABLES
+        }
+        self._stop = threading.Event()
+        self._thread = None
+        if background_flush:
+            self._thread = threading.Thread(target=self._flush_loop, name="connscope-parquet",
+                                            daemon=True)
+            self._thread.start()
+
+    # -- API
+
+    def write(self, table: str, rows: Rows) -> int:
+        """Buffer rows for `table`; return how many were accepted (0 if dropped)."""
+        self._raise_background_error()
+        try:
+            writer = self._writers[table]
+        except KeyError:
+            raise UnknownTable(table) from None
+        n = writer.write(rows)
+        if self._thread is None and self._clock() >= self._next_tick:
+            self.tick()
+        return n
+
+    def add_lost(self, table: str, count: int) -> None:
+        """Count events of `table` the kernel dropped before we read them."""
+        if table not in self.lost_events:
+            raise UnknownTable(table)
+        self.lost_events[table] += count
+
+    def set_lost(self, totals: Mapping[str, int]) -> None:
+        """Set the running totals of lost events, e.g. {"connects": 12}."""
+        for table, count in totals.items():
+            if table not in self.lost_events:
+                raise UnknownTable(table)
+            self.lost_events[table] = count
+
+    def set_backend(self, backend: str) -> None:
+        """Record the backend actually used (known only after the probes load)."""
+        with self._io_lock:
+            self.manifest["backend"] = backend
+            try:
+                write_manifest(self.directory, self.manifest)
+            except OSError as e:
+                self._pause(e)
+                self._manifest_dirty = True
+
+    def abandon(self, reason: str) -> None:
+        """Close a run that failed to start: status "abandoned" with `reason` in the manifest.
+
+        Best effort: storage errors are not raised, because the caller is already
+        handling the failure that matters.
+        """
+        self._abandoned = reason
+        try:
+            self.close()
+        except RecordingIncomplete:
+            pass
+
+    def tick(self) -> None:
+        """Do what is due: flushes, age rotations, retries after a storage error."""
+        self._each_writer(lambda w: w.tick())
+
+    def flush(self) -> None:
+        """Flush every table's buffer to its journal now, and do what `tick` would."""
+        self._each_writer(lambda w: w.tick(flush=True))
+
+    def rotate(self) -> None:
+        """Finalize every open file now (readers then see all rows flushed so far)."""
+        self._each_writer(lambda w: w.flush() | w.rotate())
+
+    @property
+    def paused_reason(self) -> str | None:
+        if self._cause is None:
+            return None
+        return f"{self._cause}: writing paused, {self.dropped_rows} rows dropped"
+
+    @property
+    def dropped_rows(self) -> int:
+        return sum(w.dropped_rows for w in self._writers.values())
+
+    def status(self) -> dict:
+        ws = self._writers.values()
+        return {
+            "run_id": self.run_id,
+            "directory": str(self.directory),
+            "rows": {w.table: w.rows for w in ws},
+            "rows_finalized": {w.table: w.rows_finalized for w in ws},
+            "buffered_rows": sum(w.buffered_rows for w in ws),
+            "dropped_rows": {w.table: w.dropped_rows for w in ws},
+            "lost_events": dict(self.lost_events),
+            "files_written": sum(len(w.files) for w in ws),
+            "bytes_written": sum(w.bytes_finalized for w in ws),
+            "journal_bytes": sum(w.journal_bytes for w in ws),
+            "paused_reason": self.paused_reason,
+            "deleted_files": self.deleted_files,
+            "deleted_bytes": self.deleted_bytes,
+            "recovered": list(self.recovered),
+        }
+
+    def close(self) -> None:
+        """Finalize every file and the manifest. Idempotent.
+
+        Raises RecordingIncomplete if storage errors kept rows from being
+        finalized (what is on disk stays for the next start to recover).
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+        try:
+            with self._io_lock:
+                failed = None
+                for w in self._writers.values():
+                    try:
+                        w.close()
+                    except OSError as e:
+                        failed = failed or e
+                        self._pause(e)
+                if failed is None:
+                    self._cause = None  # everything reached the disk in the end
+                try:
+                    self._enforce_max_bytes()
+                    self._update_manifest(final=True)
+                    write_manifest(self.directory, self.manifest)
+                except OSError as e:
+                    failed = failed or e
+                    self._pause(e)
+            self._raise_background_error()
+            if failed is not None:
+                raise RecordingIncomplete(
+                    f"{self.paused_reason}; files still being written stay in "
+                    f"{self.directory} for the next start to recover")
+        finally:
+            _unlock_directory(self._lock_fd)
+
+    def __enter__(self) -> "Recording":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- internals
+
+    def _each_writer(self, action: Callable[[TableWriter], object]) -> None:
+        self._raise_background_error()
+        with self._io_lock:
+            if self._closed:
+                return
+            self._next_tick = self._clock() + self.flush_interval_s
+            wrote, failed = False, False
+            for w in self._writers.values():
+                try:
+                    wrote = bool(action(w)) or wrote
+                except OSError as e:
+                    failed = True
+                    self._pause(e)
+            try:
+                if self._manifest_dirty:
+                    self._update_manifest(final=False)
+                    write_manifest(self.directory, self.manifest)
+                    self._manifest_dirty = False
+                self._enforce_max_bytes()
+            except OSError as e:
+                failed = True
+                self._pause(e)
+            if wrote and not failed:
+                self._cause = None  # the disk took data again
+
+    def _pause(self, e: OSError) -> None:
+        words = _STORAGE_WORDS.get(e.errno)
+        if words:
+            self._cause = f"{words} {self.directory}"
+        else:
+            self._cause = f"cannot write to {self.directory}: {e.strerror or e}"
+
+    def _file_finalized(self, path: Path, rows: int, size: int) -> None:
+        self._finalized.append((path, size))
+        self._manifest_dirty = True
+
+    def _update_manifest(self, final: bool) -> None:
+        m = self.manifest
+        m["rows"] = {w.table: w.rows_finalized for w in self._writers.values()}
+        m["dropped_rows"] = {w.table: w.dropped_rows for w in self._writers.values()}
+        m["lost_events"] = dict(self.lost_events)
+        m["files"] = sum(len(w.files) for w in self._writers.values())
+        m["deleted_files"] = self.deleted_files
+        if final:
+            m["end"] = iso_utc(datetime.now(timezone.utc))
+            m["status"] = "complete" if self._cause is None else "incomplete"
+            if self._abandoned is not None:
+                m["status"], m["reason"] = "abandoned", self._abandoned
+
+    def _scan_finalized(self) -> list[tuple[Path, int]]:
+        found = []
+        for table in TABLES:
+            for p in (self.directory / table).glob("date=*/*.parquet"):
+                st = p.stat()
+                found.append((st.st_mtime, str(p), st.st_size))
+        found.sort()
+        return [(Path(p), size) for _, p, size in found]
+
+    def _enforce_max_bytes(self) -> None:
+        """Delete the oldest finalized files until DIR fits in max_bytes (open journals count too)."""
+        if self.max_bytes is None:
+            return
+        total = sum(size for _, size in self._finalized)
+        total += sum(w.journal_bytes for w in self._writers.values())
+        while total > self.max_bytes and self._finalized:
+            path, size = self._finalized.pop(0)
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            total -= size
+            self.deleted_files += 1
+            self.deleted_bytes += size
+            try:
+                path.parent.rmdir()  # an emptied date= partition
+            except OSError:
+                pass
+
+    def _raise_background_error(self) -> None:
+        err, self._background_error = self._background_error, None
+        if err is not None:
+            raise err
+
+    def _flush_loop(self) -> None:
+        # ticks are cheap when nothing is due; a quarter interval keeps the loss bound tight
+        period = max(0.05, self.flush_interval_s / 4)
+        while not self._stop.wait(period):
+            try:
+                self.tick()
+            except BaseException as e:  # a bug, not a storage error: hand it to the caller
+                self._background_error = e
+                return

@@ -1,0 +1,345 @@
+"""One table of a recording: rows in, rotating journals and Parquet files out.
+
+`rows_to_batch` turns what the decoders hand over (dicts, columns or Arrow)
+into a batch of the one schema; `TableWriter` buffers batches, journals them
+per UTC date partition and rotates the journals into Parquet
+(tracer/sinks/journal.py). `Recording` (parquet_writer.py) runs one per table.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence, Union
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tracer.schema import schema
+from tracer.sinks.durable_files import make_dirs
+from tracer.sinks.journal import (
+    HOST_KEY,
+    JOURNAL_SUFFIX,
+    PARQUET_TMP_SUFFIX,
+    ROW_GROUP_ROWS,
+    RUN_ID_KEY,
+    Journal,
+    journal_to_parquet,
+)
+
+_US_PER_DAY = 86_400_000_000
+_EPOCH = date(1970, 1, 1)
+
+Rows = Union[Sequence[Mapping], Mapping[str, Sequence], pa.RecordBatch, pa.Table]
+
+
+# ---------------------------------------------------------------- rows to Arrow
+
+def rows_to_batch(table: str, rows: Rows, *, host: str, run_id: str) -> pa.RecordBatch:
+    """Convert rows of `table` to one RecordBatch with the recording schema.
+
+    `rows` is a list of dicts, a dict of columns, or a RecordBatch/Table. Missing
+    nullable columns become null; `host` and `run_id` are filled in where absent.
+    `ts` is int microseconds since the epoch (UTC) or a datetime (naive = UTC).
+    Raises ValueError for unknown columns or a missing required value.
+    """
+    sch = schema(table)
+    if isinstance(rows, (pa.RecordBatch, pa.Table)):
+        _check_names(table, rows.schema.names)
+        n = rows.num_rows
+        cols = []
+        for f in sch:
+            if f.name in rows.schema.names:
+                col = rows.column(f.name)
+                if isinstance(col, pa.ChunkedArray):
+                    col = col.combine_chunks()
+                cols.append(col if col.type == f.type else col.cast(f.type))
+            else:
+                cols.append(pa.nulls(n, f.type))
+        batch = pa.RecordBatch.from_arrays(cols, schema=sch)
+    elif isinstance(rows, Mapping):
+        _check_names(table, rows.keys())
+        lengths = {len(v) for v in rows.values()}
+        if len(lengths) > 1:
+            raise ValueError(f"{table}: columns have different lengths {sorted(lengths)}")
+        n = lengths.pop() if lengths else 0
+        batch = pa.RecordBatch.from_arrays(
+            [_column(rows[f.name], f.type) if f.name in rows else pa.nulls(n, f.type)
+             for f in sch],
+            schema=sch)
+    else:
+        rows = list(rows)
+        _check_names(table, set().union(*rows) if rows else ())
+        batch = pa.RecordBatch.from_pylist(rows, schema=sch)
+
+    batch = _fill_constant(batch, "host", host)
+    batch = _fill_constant(batch, "run_id", run_id)
+    for i, f in enumerate(sch):
+        missing = batch.column(i).null_count
+        if missing and not f.nullable:
+            raise ValueError(f"{table}.{f.name} is required but {missing} of "
+                             f"{batch.num_rows} rows have no value")
+    return batch
+
+
+def _column(values, type_: pa.DataType) -> pa.Array:
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if isinstance(values, pa.Array):
+        return values if values.type == type_ else values.cast(type_)
+    return pa.array(values, type=type_)
+
+
+def _check_names(table: str, names: Iterable[str]) -> None:
+    unknown = set(names) - set(schema(table).names)
+    if unknown:
+        raise ValueError(f"{table} has no column {', '.join(sorted(unknown))}")
+
+
+def _fill_constant(batch: pa.RecordBatch, name: str, value: str) -> pa.RecordBatch:
+    i = batch.schema.get_field_index(name)
+    col = batch.column(i)
+    if not col.null_count:
+        return batch
+    return batch.set_column(i, batch.schema.field(i), pc.fill_null(col, value))
+
+
+def _days(batch: pa.RecordBatch | pa.Table) -> pa.Array:
+    """UTC day number (days since 1970-01-01) of every row's ts."""
+    us = batch.column("ts").cast(pa.int64())
+    # floor division so a (nonsensical) pre-1970 ts still lands on a real day
+    return pc.floor(pc.divide(pc.cast(us, pa.float64()), float(_US_PER_DAY))).cast(pa.int64())
+
+
+def _day_name(day: int) -> str:
+    return (_EPOCH + timedelta(days=day)).isoformat()
+
+# ---------------------------------------------------------------- one table
+
+class TableWriter:
+    """Buffers the rows of one table and writes them as rotating Parquet files.
+
+    `write()` only converts and buffers (it never touches the disk); `flush()`
+    appends the buffer to the journals, one batch per date partition, fsynced;
+    `tick()` flushes when the oldest buffered row is `flush_interval_s` old and
+    rotates journals older than `rotate_age_s`. Rotation also happens after
+    `rotate_rows` rows or `rotate_bytes` journal bytes. Storage errors propagate
+    as OSError after the writer has put itself back in a state where the next
+    flush can try again.
+    """
+
+    def __init__(self, directory, table: str, *, host: str, run_id: str, run_start: datetime,
+                 flush_interval_s: float = 2.0, rotate_rows: int = 1_000_000,
+                 rotate_bytes: int = 64 << 20, rotate_age_s: float = 60.0,
+                 max_buffer_rows: int = 1 << 18, row_group_rows: int = ROW_GROUP_ROWS,
+                 clock: Callable[[], float] = time.monotonic,
+                 on_file: Callable[[Path, int, int], None] | None = None):
+        self.directory = Path(directory)
+        self.table = table
+        self.schema = schema(table)
+        self.host = host
+        self.run_id = run_id
+        self.flush_interval_s = flush_interval_s
+        self.rotate_rows = rotate_rows
+        self.rotate_bytes = rotate_bytes
+        self.rotate_age_s = rotate_age_s
+        self.max_buffer_rows = max_buffer_rows
+        self.row_group_rows = row_group_rows
+        self._clock = clock
+        self._on_file = on_file
+        self._file_prefix = f"{safe_name(host)}-{run_start.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}"
+        self._journal_schema = self.schema.with_metadata(
+            {**self.schema.metadata, RUN_ID_KEY.encode(): run_id.encode(),
+             HOST_KEY.encode(): host.encode()})
+
+        self._lock = threading.Lock()      # guards the buffer (write() vs flush())
+        self._io_lock = threading.RLock()  # one flush/rotate/close at a time
+        self._buffer: list[pa.RecordBatch] = []
+        self._buffered = 0
+        self._buffer_since: float | None = None
+        self._journals: dict[int, Journal] = {}  # by UTC day number
+        self._pending: list[Path] = []            # journals abandoned after an error
+        self._seq = 0
+        self._closed = False
+
+        self.rows = 0            # rows given to write(), including any dropped
+        self.rows_finalized = 0  # rows in finalized Parquet files
+        self.dropped_rows = 0    # rows lost to storage errors or a full buffer
+        self.files: list[Path] = []
+        self.bytes_finalized = 0
+
+    # -- buffering
+
+    def write(self, rows: Rows) -> int:
+        """Buffer rows (see `rows_to_batch`); return how many were accepted."""
+        if self._closed:
+            raise RuntimeError(f"{self.table}: write after close")
+        batch = rows_to_batch(self.table, rows, host=self.host, run_id=self.run_id)
+        n = batch.num_rows
+        if not n:
+            return 0
+        with self._lock:
+            self.rows += n
+            if self._buffered + n > self.max_buffer_rows:
+                # nobody is flushing (or the disk refuses): bound memory, count the loss
+                self.dropped_rows += n
+                return 0
+            self._buffer.append(batch)
+            self._buffered += n
+            if self._buffer_since is None:
+                self._buffer_since = self._clock()
+        return n
+
+    @property
+    def buffered_rows(self) -> int:
+        return self._buffered
+
+    @property
+    def journal_bytes(self) -> int:
+        return sum(j.bytes for j in list(self._journals.values()))
+
+    def flush_due(self, now: float | None = None) -> bool:
+        since = self._buffer_since
+        if since is None:
+            return False
+        now = self._clock() if now is None else now
+        return now - since >= self.flush_interval_s
+
+    # -- disk
+
+    def flush(self) -> bool:
+        """Append the buffer to the journals and fsync; return whether anything was written."""
+        with self._io_lock:
+            with self._lock:
+                batches, self._buffer = self._buffer, []
+                self._buffered, self._buffer_since = 0, None
+            try:
+                wrote = self._finalize_pending()
+            except OSError:
+                # the disk refuses: these rows are lost, the next flush tries again
+                with self._lock:
+                    self.dropped_rows += sum(b.num_rows for b in batches)
+                raise
+            if batches:
+                self._append(pa.Table.from_batches(batches, schema=self.schema))
+                wrote = True
+            for day, j in list(self._journals.items()):
+                if j.rows >= self.rotate_rows or j.bytes >= self.rotate_bytes:
+                    self._rotate(day)
+            return wrote
+
+    def tick(self, flush: bool = False) -> bool:
+        """Flush if due (or if `flush`), rotate journals old enough; return whether anything was written."""
+        with self._io_lock:
+            now = self._clock()
+            due = flush or self.flush_due(now) or self._pending
+            wrote = self.flush() if due else False
+            for day, j in list(self._journals.items()):
+                if now - j.opened_at >= self.rotate_age_s:
+                    self._rotate(day)
+                    wrote = True
+            return wrote
+
+    def rotate(self) -> bool:
+        """Finalize every open journal now; return whether any was finalized."""
+        with self._io_lock:
+            days = list(self._journals)
+            for day in days:
+                self._rotate(day)
+            return bool(days)
+
+    def close(self) -> None:
+        """Flush and finalize everything. Idempotent; storage errors propagate (once)."""
+        with self._io_lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self.flush()
+                self.rotate()
+            finally:
+                # whatever is still open is left on disk for `recover`
+                for j in self._journals.values():
+                    j.abandon()
+                self._journals.clear()
+
+    def _append(self, table: pa.Table) -> None:
+        days = _days(table)
+        bounds = pc.min_max(days)
+        lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
+        if lo == hi:
+            parts = [(lo, table)]
+        else:
+            parts = [(d, table.filter(pc.equal(days, d)))
+                     for d in sorted(pc.unique(days).to_pylist())]
+        done = 0
+        try:
+            for day, part in parts:
+                j = self._journals.get(day) or self._open(day)
+                j.append(part.combine_chunks().to_batches(max_chunksize=part.num_rows or 1)[0])
+                done += part.num_rows
+        except OSError:
+            with self._lock:
+                self.dropped_rows += table.num_rows - done
+            self._abandon_all()
+            raise
+
+    def _open(self, day: int) -> Journal:
+        part_dir = self.directory / self.table / f"date={_day_name(day)}"
+        make_dirs(part_dir)
+        while True:
+            self._seq += 1
+            base = part_dir / f"{self._file_prefix}-{self._seq:04d}"
+            if not any(base.with_name(base.name + s).exists()
+                       for s in (".parquet", JOURNAL_SUFFIX, PARQUET_TMP_SUFFIX)):
+                break  # names can repeat when two runs start in the same second
+        j = Journal(base, self._journal_schema, self._clock())
+        self._journals[day] = j
+        return j
+
+    def _rotate(self, day: int) -> None:
+        j = self._journals.pop(day)
+        try:
+            j.close()
+        except OSError:
+            j.abandon()
+            self._pending.append(j.path)
+            raise
+        self._pending.append(j.path)
+        self._finalize_pending()
+
+    def _abandon_all(self) -> None:
+        for j in self._journals.values():
+            j.abandon()
+            self._pending.append(j.path)
+        self._journals.clear()
+
+    def _finalize_pending(self) -> bool:
+        wrote = False
+        while self._pending:
+            path = self._pending[0]
+            if not path.exists():
+                self._pending.pop(0)
+                continue
+            result = journal_to_parquet(path, self.row_group_rows)
+            self._pending.pop(0)
+            if result is None:
+                # not one complete batch reached the disk: nothing to keep
+                os.unlink(path)
+                continue
+            final, rows, size, _ = result
+            self.rows_finalized += rows
+            self.files.append(final)
+            self.bytes_finalized += size
+            wrote = True
+            if self._on_file:
+                self._on_file(final, rows, size)
+        return wrote
+
+
+def safe_name(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", s) or "host"
