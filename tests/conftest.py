@@ -8,7 +8,7 @@ def pytest_collection_modifyitems(config, items):
     with a permission error deep inside bcc."""
     if os.geteuid() == 0:
         return
-    skip = pytest.mark.skip(reason="loads BPF into the kernel: needs root (run: sudo ./run test)")
+    skip = pytest.mark.skip(reason="needs root: loads BPF, builds namespaces or mounts file systems (run: sudo ./run test)")
     for item in items:
         if "kernel" in item.keywords or "vm" in item.keywords:
             item.add_marker(skip)

@@ -1,11 +1,163 @@
+"""The click commands. Parsing and error reporting only: the work is done
+by tracer.run (live and recording), tracer.doctor, and the sinks."""
+from __future__ import annotations
+
+import sys
+
 import click
 
+from tracer import __version__
 
-@click.group(invoke_without_command=True)
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+BACKENDS = ("auto", "kprobe", "fentry", "tracepoint")
+
+
+def tracing_options(f):
+    """Options shared by `top` and `record` (SPEC)."""
+    decorators = [
+        click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+                     help="How to hook the kernel; auto picks the best that works here."),
+        click.option("--interval", type=click.FloatRange(min=0.1, max=3600), default=1.0,
+                     show_default=True, metavar="SECONDS",
+                     help="Period of snapshots and aggregates."),
+        click.option("--pid", "pids", type=click.IntRange(min=1), multiple=True,
+                     help="Only this process (repeatable)."),
+        click.option("--comm", help="Only processes with this name (as in ps -o comm)."),
+        click.option("--port", "ports", type=click.IntRange(1, 65535), multiple=True,
+                     help="Only connections with this local or remote port (repeatable)."),
+        click.option("-4", "ipv4", is_flag=True, help="IPv4 only."),
+        click.option("-6", "ipv6", is_flag=True, help="IPv6 only."),
+    ]
+    for d in reversed(decorators):
+        f = d(f)
+    return f
+
+
+class Group(click.Group):
+    """`connscope` with no subcommand is `connscope top`."""
+
+    def parse_args(self, ctx, args):
+        if not args or (args[0].startswith("-") and args[0] not in ("-h", "--help", "--version",
+                                                                     "--debug")):
+            args = ["top", *args]
+        elif args == ["--debug"]:
+            args = ["--debug", "top"]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=Group, context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="connscope")
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
 @click.pass_context
-def cli(ctx):
-    """connscope: TCP connection tracer."""
+def cli(ctx, debug):
+    """connscope: see TCP connection trouble as it happens.
+
+    \b
+    Examples:
+      sudo connscope                       live view (same as 'connscope top')
+      sudo connscope record --out /var/tmp/rec --duration 300
+      connscope doctor                     what this host supports, and advice
+    """
+    ctx.obj = {"debug": debug}
 
 
-def main():
-    cli()
+def _options(backend, interval, pids, comm, ports, ipv4, ipv6, **extra):
+    from tracer.filters import Filters, FilterError
+
+    try:
+        filters = Filters.build(pids=pids, comm=comm, ports=ports, ipv4=ipv4, ipv6=ipv6)
+    except FilterError as e:
+        raise click.UsageError(str(e))
+    return {"backend": backend, "interval": interval, "filters": filters, **extra}
+
+
+@cli.command(context_settings=CONTEXT)
+@tracing_options
+@click.option("--record", "record_dir", type=click.Path(file_okay=False), metavar="DIR",
+              help="Also write Parquet to DIR, as 'record' does.")
+@click.option("--plain", is_flag=True, help="Print plain periodic tables instead of the TUI.")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Stop after this long.")
+def top(record_dir, plain, duration, **opts):
+    """Live view of connects, listeners and sockets.
+
+    \b
+    Examples:
+      sudo connscope top
+      sudo connscope top --port 5432 --record /var/tmp/incident
+      sudo connscope top --plain | tee trace.txt
+    """
+    from tracer import run
+
+    run.live(**_options(**opts), record_dir=record_dir, plain=plain, duration=duration)
+
+
+@cli.command(context_settings=CONTEXT)
+@tracing_options
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, metavar="DIR",
+              help="Recording directory (created if missing).")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Stop after this long (default: until SIGINT/SIGTERM).")
+def record(out_dir, duration, **opts):
+    """Record to Parquet without a screen.
+
+    A status line goes to stderr every few seconds; SIGINT or SIGTERM stop the
+    recording with every file finalized.
+
+    \b
+    Examples:
+      sudo connscope record --out /var/tmp/rec --duration 60
+      duckdb -c "select * from read_parquet('/var/tmp/rec/connects/**/*.parquet', hive_partitioning=true)"
+    """
+    from tracer import run
+
+    run.record(**_options(**opts), out_dir=out_dir, duration=duration)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def doctor(as_json):
+    """What this host supports, which backend 'auto' picks, and advice.
+
+    \b
+    Examples:
+      connscope doctor
+      sudo connscope doctor --json | jq .backend
+    """
+    import json
+
+    from tracer import doctor as doc
+
+    report = doc.collect()
+    if as_json:
+        click.echo(json.dumps(report, indent=2, sort_keys=True, default=str))
+    else:
+        click.echo(doc.render_text(report), nl=False)
+
+
+def main(argv=None):
+    """Entry point: domain errors become one 'Error:' line and exit 1."""
+    from tracer.errors import USER_ERRORS
+
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="connscope", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except USER_ERRORS as e:
+        if debug:
+            raise
+        click.echo(f"Error: {e}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as e:  # a bug: still one line unless --debug
+        if debug:
+            raise
+        click.echo(f"Error: internal error: {type(e).__name__}: {e} (run with --debug for details)",
+                   err=True)
+        sys.exit(2)

@@ -1,0 +1,106 @@
+"""Wiring for `top` and `record`: probes -> collector -> sinks.
+
+SIGINT and SIGTERM only set a flag; the collector sees it within one poll
+(100 ms) and leaves through its single exit path, which finalizes every sink.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import time
+import uuid
+from contextlib import contextmanager
+
+from tracer import __version__
+from tracer.clock import Clock
+from tracer.collector import Collector
+from tracer.filters import Filters
+from tracer.probes import startup
+from tracer.sinks.console import ConsoleSink, StatusLineSink
+from tracer.sinks.recorder import RecordSink
+
+
+@contextmanager
+def stop_on_signals():
+    flag = {"stop": False}
+
+    def handler(signum, frame):
+        flag["stop"] = True
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield lambda: flag["stop"]
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def new_run_id(start: float) -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(start)) + "-" + uuid.uuid4().hex[:8]
+
+
+def _open_recording(out_dir: str, backend: str, options: dict, start: float):
+    """Create the recording before loading BPF, so a bad --out fails fast."""
+    from tracer.sinks.parquet_writer import Recording
+
+    host = socket.gethostname()
+    run_id = new_run_id(start)
+    recording = Recording(out_dir, host=host, run_id=run_id, backend=backend,
+                          version=__version__, options=options, background_flush=True)
+    return recording, host, run_id
+
+
+def _options_dict(backend, interval, filters: Filters, **extra) -> dict:
+    return {"backend": backend, "interval": interval, "filters": filters.as_dict(), **extra}
+
+
+def _collect(session, sinks, interval, duration):
+    collector = Collector(session, sinks, interval)
+    with stop_on_signals() as should_stop:
+        try:
+            return collector.run(should_stop, duration)
+        finally:
+            session.close()
+
+
+def record(*, backend: str, interval: float, filters: Filters, out_dir: str,
+           duration: float | None) -> None:
+    start = time.time()
+    recording, host, run_id = _open_recording(
+        out_dir, backend, _options_dict(backend, interval, filters, duration=duration), start)
+    try:
+        session = startup.start(backend, filters)
+    except BaseException:
+        recording.abandon("tracer failed to start")
+        raise
+    recording.set_backend(session.info.backend)
+    clock = Clock()
+    sys.stderr.write(f"connscope: recording to {out_dir} (run {run_id}, backend "
+                     f"{session.info.backend}, {session.info.offsets_from}); Ctrl-C stops\n")
+    sinks = [RecordSink(recording, clock, host, run_id),
+             StatusLineSink(files=lambda: recording.status()["files_written"])]
+    _collect(session, sinks, interval, duration)
+
+
+def live(*, backend: str, interval: float, filters: Filters, record_dir: str | None,
+         plain: bool, duration: float | None) -> None:
+    start = time.time()
+    recording = None
+    if record_dir:
+        recording, host, run_id = _open_recording(
+            record_dir, backend, _options_dict(backend, interval, filters, command="top"), start)
+    try:
+        session = startup.start(backend, filters)
+    except BaseException:
+        if recording is not None:
+            recording.abandon("tracer failed to start")
+        raise
+    clock = Clock()
+    title = f"[{session.info.backend}] "
+    sinks = [ConsoleSink(title=title)]
+    if recording is not None:
+        recording.set_backend(session.info.backend)
+        sinks.append(RecordSink(recording, clock, host, run_id))
+    _collect(session, sinks, interval, duration)
