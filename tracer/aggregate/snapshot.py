@@ -1,0 +1,114 @@
+"""What every view renders: an immutable picture of aggregate state at the
+end of one interval. The collector builds one per interval; the TUI, the plain
+console view and replay all read only this, never the live aggregators, so a
+render can never block collection or see half-updated state."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tracer.aggregate.connects import ConnectRow
+
+
+@dataclass(frozen=True)
+class ListenerRow:
+    family: int                 # 4 or 6
+    laddr: str
+    lport: int
+    pid: int | None             # owner (None if unknown)
+    comm: str | None
+    backlog_max: int            # effective: min(listen() backlog, somaxconn)
+    queue_len: int              # accept queue now
+    queue_peak: int             # highest seen in the interval
+    syn_queue_len: int | None   # half-open connections now (None if unknown)
+    drops: int                  # accept-queue-full drops in the interval (ACK time)
+    syn_drops: int              # SYNs dropped for a full queue in the interval
+    drops_total: int            # drops + syn_drops since start
+    drops_per_s: float
+    accepts: int                # in the interval
+    accept_wait_p50_us: float | None
+    accept_wait_p99_us: float | None
+    synack_retransmits: int     # in the interval
+
+    @property
+    def label(self) -> str:
+        return f"[{self.laddr}]:{self.lport}" if self.family == 6 else f"{self.laddr}:{self.lport}"
+
+
+@dataclass(frozen=True)
+class PoolAdvice:
+    destination: str            # "addr:port"
+    arrival_per_s: float        # new connections per second
+    hold_s: float               # mean time each connection is held
+    concurrency_mean: float     # observed
+    concurrency_p99: float
+    concurrency_peak: int
+    recommended: int            # Little's law with headroom
+    in_use: int                 # what the process appears to hold now
+    verdict: str                # "pooled", "churning (no pooling)", ...
+
+
+@dataclass(frozen=True)
+class ProcessRow:
+    pid: int
+    comm: str
+    established: int
+    syn_sent: int
+    listen: int
+    close_wait: int
+    other: int
+    opened_per_s: float
+    closed_per_s: float
+    fds: int | None
+    fd_limit: int | None        # soft RLIMIT_NOFILE
+    tx_queue_bytes: int
+    rx_queue_bytes: int
+    churning: bool              # opens many short-lived connections: not pooling
+    advice: tuple[PoolAdvice, ...] = ()
+
+    @property
+    def sockets(self) -> int:
+        return self.established + self.syn_sent + self.listen + self.close_wait + self.other
+
+    @property
+    def fd_ratio(self) -> float | None:
+        if self.fds is None or not self.fd_limit:
+            return None
+        return self.fds / self.fd_limit
+
+
+@dataclass(frozen=True)
+class Notable:
+    """A line for the event log: something a person should notice."""
+
+    ts_us: int                  # wall clock, microseconds since the epoch
+    severity: str               # "info", "warn", "crit"
+    kind: str                   # "drop burst", "slow connect", "refused", "timeout", "lost events", ...
+    text: str
+
+
+@dataclass(frozen=True)
+class Header:
+    host: str
+    kernel: str
+    backend: str
+    blind_spots: tuple[str, ...] = ()   # what this backend cannot see here
+    recording_path: str | None = None
+    source: str = "live"                # "live" or "replay <dir>"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    ts_us: int                          # end of the interval, wall clock
+    interval_s: float
+    header: Header
+    events_total: int
+    events_per_s: float
+    lost_events: int                    # total since start: ring buffer full, maps full
+    destinations: tuple[ConnectRow, ...] = ()
+    processes_connects: tuple[ConnectRow, ...] = ()
+    listeners: tuple[ListenerRow, ...] = ()
+    processes: tuple[ProcessRow, ...] = ()
+    notable: tuple[Notable, ...] = ()   # newest last; bounded
+    recording_bytes: int | None = None
+    recording_warning: str | None = None  # e.g. "disk full: writing paused"
+    extra: dict = field(default_factory=dict)
