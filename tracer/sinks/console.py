@@ -11,9 +11,10 @@ from tracer.aggregate.connects import ConnectRow, ConnectTable
 def fmt_us(us: float | None) -> str:
     if us is None:
         return "-"
-    if us < 1000:
+    # Compare with the rounding points, so 999.6 shows as 1.0ms, not 1000us.
+    if us < 999.5:
         return f"{us:.0f}us"
-    if us < 1_000_000:
+    if us < 999_950:
         return f"{us / 1000:.1f}ms"
     return f"{us / 1_000_000:.2f}s"
 

@@ -1,0 +1,93 @@
+"""Plain console output: units, worst-first ordering, and the table's markers."""
+
+import pytest
+
+from tracer.aggregate.connects import ConnectRow, ConnectTable
+from tracer.collector import Status
+from tracer.events import Connect
+from tracer.sinks.console import HEADER, fmt_us, format_table, rank
+
+
+@pytest.mark.parametrize("us,text", [
+    (None, "-"), (0, "0us"), (12.4, "12us"), (999, "999us"),
+    (1000, "1.0ms"), (1500, "1.5ms"), (250_000, "250.0ms"), (999_000, "999.0ms"),
+    (1_000_000, "1.00s"), (2_345_678, "2.35s"), (127_000_000, "127.00s"),
+])
+def test_fmt_us(us, text):
+    assert fmt_us(us) == text
+
+
+@pytest.mark.parametrize("us,text", [(999.6, "1.0ms"), (999_960, "1.00s")])
+def test_fmt_us_rounding_never_shows_1000_of_a_unit(us, text):
+    assert fmt_us(us) == text
+
+
+def row(label, refused=0, timeout=0, error=0, syn=0, p99=None, attempts=10):
+    return ConnectRow(key=(4, label, 80), label=label, attempts=attempts, rate=1.0,
+                      established=attempts - refused - timeout - error, refused=refused,
+                      timeout=timeout, error=error, syn_retransmits=syn, p50_us=p99, p95_us=p99,
+                      p99_us=p99, max_us=p99, p99_history=())
+
+
+def test_rank_failures_then_syn_retransmits_then_p99():
+    rows = [
+        row("fast", p99=100.0),
+        row("no-latency", p99=None),
+        row("slow", p99=900_000.0),
+        row("retransmits", syn=50, p99=3_000_000.0),
+        row("one-refused", refused=1, p99=50.0),
+        row("timeout+error", timeout=1, error=1),
+        row("more-retransmits", syn=51, p99=10.0),
+    ]
+    assert [r.label for r in rank(rows)] == [
+        "timeout+error", "one-refused", "more-retransmits", "retransmits", "slow", "fast",
+        "no-latency"]
+
+
+def test_rank_breaks_ties_by_attempts():
+    assert [r.label for r in rank([row("few", attempts=2), row("many", attempts=200)])] == [
+        "many", "few"]
+
+
+def status(lost_events=0, untracked=0, decode_errors=0):
+    return Status(elapsed_s=12.0, events_total=345, events_per_s=28.7, lost_events=lost_events,
+                  untracked_connects=untracked, decode_errors=decode_errors, inflight=3)
+
+
+def connect(daddr, outcome="established", latency_us=800.0):
+    return Connect(ts_start_ns=10**9, ts_end_ns=10**9 + int(latency_us * 1000), pid=7, tid=7,
+                   comm="app", family=4, saddr="127.0.0.1", sport=50000, daddr=daddr, dport=5432,
+                   outcome=outcome, err=0, syn_retransmits=0)
+
+
+def test_empty_table():
+    out = format_table(status(), ConnectTable())
+    lines = out.splitlines()
+    assert "events 345 (29/s)" in lines[0]
+    assert "in-flight connects 3" in lines[0]
+    assert "EVENTS LOST" not in out
+    assert lines[1] == HEADER
+    assert lines[2:] == ["(no connects yet)"]
+
+
+@pytest.mark.parametrize("kw", [{"lost_events": 1}, {"untracked": 2}, {"decode_errors": 5}])
+def test_lost_events_are_flagged(kw):
+    st = status(**kw)
+    first = format_table(st, ConnectTable()).splitlines()[0]
+    assert f"lost {st.lost_total}  <-- EVENTS LOST" in first
+
+
+def test_rows_worst_first_and_limited():
+    t = ConnectTable()
+    for i in range(20):
+        t.add(connect(f"127.0.0.{i + 1}", latency_us=100.0 + i))
+    t.add(connect("127.0.0.99", outcome="refused"))
+    t.roll(1.0)
+    lines = format_table(status(), t, limit=15).splitlines()
+    assert lines[2].startswith("127.0.0.99:5432 ")
+    assert len(lines) == 2 + 15 + 1
+    assert lines[-1] == "... 6 more destinations"
+    assert "(no connects yet)" not in lines
+    # then by p99: 127.0.0.20 had the slowest established connect
+    assert lines[3].split()[0] == "127.0.0.20:5432"
+    assert lines[3].split()[-1] == "119us"

@@ -1,0 +1,156 @@
+"""Record decoding: the ctypes layout against a C compiler, and decode_connect on
+records packed by hand."""
+
+import ctypes
+import shutil
+import socket
+import struct
+import subprocess
+
+import pytest
+
+from tracer import events
+from tracer.events import EVENT_HEADER, HeaderError, decode_connect, parse_header
+
+STRUCTS, CONSTANTS = parse_header()
+
+
+def compiler_layout(tmp_path):
+    """{struct: (sizeof, alignof, {member: (offset, size)})} and {define: value},
+    as gcc sees bpf/event.h."""
+    if not shutil.which("gcc"):
+        pytest.skip("gcc is not installed: cannot check the layout against a C compiler")
+    lines = ["#include <stdio.h>", "#include <stddef.h>", "#include <linux/types.h>",
+             f'#include "{EVENT_HEADER}"', "int main(void) {"]
+    for name, cls in STRUCTS.items():
+        lines.append(f'printf("S {name} %zu %zu\\n", sizeof(struct {name}), _Alignof(struct {name}));')
+        for member, _ in cls._fields_:
+            lines.append(f'printf("M {name} {member} %zu %zu\\n", offsetof(struct {name}, {member}), '
+                         f"sizeof(((struct {name} *)0)->{member}));")
+    for define in CONSTANTS:
+        lines.append(f'printf("D {define} %lld\\n", (long long)({define}));')
+    lines += ["return 0;", "}"]
+    src, exe = tmp_path / "layout.c", tmp_path / "layout"
+    src.write_text("\n".join(lines) + "\n")
+    cc = subprocess.run(["gcc", "-Wall", "-Werror", "-o", str(exe), str(src)],
+                        capture_output=True, text=True, timeout=60)
+    if cc.returncode and "linux/types.h" in cc.stderr and "No such file" in cc.stderr:
+        pytest.skip("<linux/types.h> is missing (install linux-libc-dev)")
+    assert cc.returncode == 0, cc.stderr
+    out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=30, check=True).stdout
+    structs, defines = {}, {}
+    for line in out.splitlines():
+        kind, *f = line.split()
+        if kind == "S":
+            structs[f[0]] = (int(f[1]), int(f[2]), {})
+        elif kind == "M":
+            structs[f[0]][2][f[1]] = (int(f[2]), int(f[3]))
+        else:
+            defines[f[0]] = int(f[1])
+    return structs, defines
+
+
+def test_ctypes_layout_matches_the_c_compiler(tmp_path):
+    c_structs, c_defines = compiler_layout(tmp_path)
+    assert "connect_event" in STRUCTS
+    for name, cls in STRUCTS.items():
+        size, align, members = c_structs[name]
+        assert ctypes.sizeof(cls) == size, name
+        assert ctypes.alignment(cls) == align, name
+        for member, (offset, msize) in members.items():
+            field = getattr(cls, member)
+            assert (field.offset, field.size) == (offset, msize), (name, member)
+    assert CONSTANTS == c_defines
+
+
+# connect_event by hand, native byte order (the kernel's), no padding per event.h's rule
+LAYOUT = "=IIIiQQQ16s16sHHHBB16s"
+
+
+def pack(family=socket.AF_INET, saddr="10.1.2.3", daddr="192.168.7.9", sport=54321, dport=443,
+         outcome="OUTCOME_ESTABLISHED", err=0, comm=b"curl", start=7_000_000_000,
+         end=7_000_250_000, pid=4242, tid=4243, syn_retransmits=2):
+    out = outcome if isinstance(outcome, int) else CONSTANTS[outcome]
+    return struct.pack(LAYOUT, CONSTANTS["EV_CONNECT"], pid, tid, err, start, end,
+                       0xFFFF888812345678, socket.inet_pton(family, saddr),
+                       socket.inet_pton(family, daddr), sport, dport, syn_retransmits, family, out,
+                       comm)
+
+
+def test_hand_packed_layout_has_the_size_of_the_record():
+    assert struct.calcsize(LAYOUT) == ctypes.sizeof(events.ConnectRecord)
+
+
+def test_decode_ipv4():
+    ev = decode_connect(pack())
+    assert (ev.family, ev.saddr, ev.daddr, ev.sport, ev.dport) == (4, "10.1.2.3", "192.168.7.9",
+                                                                   54321, 443)
+    assert (ev.pid, ev.tid, ev.comm, ev.syn_retransmits, ev.err) == (4242, 4243, "curl", 2, 0)
+    assert (ev.ts_start_ns, ev.ts_end_ns) == (7_000_000_000, 7_000_250_000)
+    assert ev.outcome == "established"
+    assert ev.latency_us == 250.0
+    assert events.record_type(pack()) == CONSTANTS["EV_CONNECT"]
+    assert events.DECODERS[events.record_type(pack())] is decode_connect
+
+
+def test_decode_ipv6():
+    ev = decode_connect(pack(family=socket.AF_INET6, saddr="fd00::2", daddr="2001:db8::1:0:0:1",
+                             dport=8443))
+    assert (ev.family, ev.saddr, ev.daddr, ev.dport) == (6, "fd00::2", "2001:db8::1:0:0:1", 8443)
+
+
+def test_decode_ignores_trailing_bytes():
+    # perf buffer records are padded; the decoder must read only its struct
+    assert decode_connect(pack() + b"\xff" * 4) == decode_connect(pack())
+
+
+@pytest.mark.parametrize("outcome,name,latency", [
+    ("OUTCOME_ESTABLISHED", "established", 250.0),
+    ("OUTCOME_REFUSED", "refused", 250.0),
+    ("OUTCOME_TIMEOUT", "timeout", None),
+    ("OUTCOME_ERROR", "error", None),
+    (200, "error", None),  # a value this build does not know
+])
+def test_outcomes_and_latency(outcome, name, latency):
+    ev = decode_connect(pack(outcome=outcome, err=0 if name == "established" else 111))
+    assert ev.outcome == name
+    assert ev.latency_us == latency
+    assert ev.err == (0 if name == "established" else 111)
+
+
+@pytest.mark.parametrize("raw,want", [
+    (b"curl", "curl"),
+    (b"ab\0stale-bytes", "ab"),
+    (b"0123456789abcdef", "0123456789abcdef"),  # all 16 bytes, no NUL
+    (b"caf\xc3\xa9", "caf\u00e9"),
+    (b"bad\xff", "bad\ufffd"),
+])
+def test_comm(raw, want):
+    assert decode_connect(pack(comm=raw)).comm == want
+
+
+@pytest.mark.parametrize("member", [
+    "__u8 *ptr;",
+    "char* name;",
+    "__u128 wide;",
+    "unsigned long n;",
+    "__u32 flags : 3;",
+    "__u8 comm[TASK_COMM_LEN];",
+    "struct in6_addr addr;",
+])
+def test_parse_header_refuses_what_it_cannot_decode(tmp_path, member):
+    h = tmp_path / "bad.h"
+    h.write_text(f"#define X 1\nstruct ok {{ __u32 a; }};\nstruct bad {{\n  __u32 type;\n  {member}\n}};\n")
+    with pytest.raises(HeaderError, match="struct bad"):
+        parse_header(h)
+
+
+def test_parse_header_reads_a_valid_header(tmp_path):
+    h = tmp_path / "ok.h"
+    h.write_text("/* struct ignored { void *p; }; */\n#define A 5 // five\n#define B -2\n"
+                 "struct two {\n  __u64 ts; // when\n  __s16 delta;\n  char name[4];\n};\n")
+    structs, constants = parse_header(h)
+    assert constants == {"A": 5, "B": -2}
+    assert list(structs) == ["two"]
+    assert [f for f, _ in structs["two"]._fields_] == ["ts", "delta", "name"]
+    assert ctypes.sizeof(structs["two"]) == 16
