@@ -120,7 +120,27 @@ static __always_inline int ports_wanted(u16 lport, u16 rport)
  * the running kernel's own (the loader checks that before defining this). */
 #ifdef OFFSETS_FROM_HEADERS
 #include <net/sock.h>
+#include <net/inet_connection_sock.h>
+#include <linux/fdtable.h>
+#include <linux/net.h>
 #define OFF_SK_ERR offsetof(struct sock, sk_err)
+#define OFF_SKC_FAMILY offsetof(struct sock, __sk_common.skc_family)
+#define OFF_SKC_STATE offsetof(struct sock, __sk_common.skc_state)
+#define OFF_SKC_NUM offsetof(struct sock, __sk_common.skc_num)
+#define OFF_SKC_DPORT offsetof(struct sock, __sk_common.skc_dport)
+#define OFF_SKC_RCV_SADDR offsetof(struct sock, __sk_common.skc_rcv_saddr)
+#define OFF_SKC_DADDR offsetof(struct sock, __sk_common.skc_daddr)
+#define OFF_SKC_V6_RCV_SADDR offsetof(struct sock, __sk_common.skc_v6_rcv_saddr)
+#define OFF_SKC_V6_DADDR offsetof(struct sock, __sk_common.skc_v6_daddr)
+#define OFF_SK_ACK_BACKLOG offsetof(struct sock, sk_ack_backlog)
+#define OFF_SK_MAX_ACK_BACKLOG offsetof(struct sock, sk_max_ack_backlog)
+#define OFF_ICSK_ACCEPT_QUEUE_QLEN offsetof(struct inet_connection_sock, icsk_accept_queue.qlen)
+#define OFF_TASK_FILES offsetof(struct task_struct, files)
+#define OFF_FILES_FDT offsetof(struct files_struct, fdt)
+#define OFF_FDT_MAX_FDS offsetof(struct fdtable, max_fds)
+#define OFF_FDT_FD offsetof(struct fdtable, fd)
+#define OFF_FILE_PRIVATE_DATA offsetof(struct file, private_data)
+#define OFF_SOCKET_SK offsetof(struct socket, sk)
 #endif
 
 /* Read a kernel struct member at an offset that came from the running
@@ -132,5 +152,24 @@ static __always_inline int ports_wanted(u16 lport, u16 rport)
         bpf_probe_read_kernel(&__v, sizeof(__v), (const char *)(base) + (off)); \
         __v;                                                                 \
     })
+
+/* The struct sock behind file descriptor fd of the current task, or 0:
+ * task->files->fdt->fd[fd]->private_data (a struct socket)->sk. */
+static __always_inline u64 sk_of_fd(int fd)
+{
+    u64 task = bpf_get_current_task();
+    u64 files = READ_AT(task, OFF_TASK_FILES, u64);
+    if (!files || fd < 0)
+        return 0;
+    u64 fdt = READ_AT(files, OFF_FILES_FDT, u64);
+    if (!fdt || (u32)fd >= READ_AT(fdt, OFF_FDT_MAX_FDS, u32))
+        return 0;
+    u64 fds = READ_AT(fdt, OFF_FDT_FD, u64);
+    u64 file = READ_AT(fds + 8 * (u64)fd, 0, u64);
+    if (!file)
+        return 0;
+    u64 sock = READ_AT(file, OFF_FILE_PRIVATE_DATA, u64);
+    return sock ? READ_AT(sock, OFF_SOCKET_SK, u64) : 0;
+}
 
 #endif

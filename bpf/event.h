@@ -11,6 +11,7 @@
 #define CONNSCOPE_EVENT_H
 
 #define EV_CONNECT 1
+#define EV_ACCEPT 2
 
 /* connect outcomes, decided when the socket leaves SYN_SENT */
 #define OUTCOME_ESTABLISHED 0
@@ -21,7 +22,9 @@
 /* counters[] slots, summed over CPUs by user space */
 #define CTR_LOST_EVENTS 0      /* ring/perf buffer full: event dropped */
 #define CTR_INFLIGHT_FULL 1    /* connect not tracked: in-flight map full */
-#define CTR_MAX 4
+#define CTR_HANDSHAKES_FULL 2  /* accept wait not measured: handshake map full */
+#define CTR_LISTENERS_FULL 3   /* listener not tracked: listener map full */
+#define CTR_MAX 8
 
 struct connect_event {
     __u32 type;          /* EV_CONNECT */
@@ -38,6 +41,50 @@ struct connect_event {
     __u16 syn_retransmits;
     __u8 family;         /* AF_INET or AF_INET6 */
     __u8 outcome;        /* OUTCOME_* */
+    char comm[16];
+};
+
+/* One accepted connection, emitted in the accepting process's context. */
+struct accept_event {
+    __u32 type;          /* EV_ACCEPT */
+    __u32 pid;           /* thread group id of the caller of accept() */
+    __u32 tid;
+    __u32 backlog_len;   /* listener's accept queue, including this connection */
+    __u64 ts_ns;         /* accept() returned, CLOCK_MONOTONIC */
+    __u64 ts_handshake_ns; /* handshake completed (queued); 0 if before we started */
+    __u64 sk;            /* the accepted socket: correlation key only */
+    __u8 laddr[16];
+    __u8 raddr[16];
+    __u16 lport;
+    __u16 rport;
+    __u32 backlog_max;
+    __u8 family;
+    __u8 pad[7];
+    char comm[16];
+};
+
+/* Identity of a listening socket; addr all zero for a wildcard bind. */
+struct listener_key {
+    __u8 addr[16];
+    __u16 port;          /* host byte order */
+    __u8 family;         /* AF_INET or AF_INET6 */
+    __u8 pad;
+};
+
+/* Per-listener counters, aggregated in the kernel and read by user space
+ * once per interval (a SYN flood costs map updates, not events). Counters
+ * are cumulative; user space takes differences. */
+struct listener_stats {
+    __u64 ack_overflows;      /* handshake done but accept queue full: connection dropped */
+    __u64 syn_overflows;      /* SYN dropped, accept queue full (seen at the drop point only by kprobe/fentry) */
+    __u64 synack_retransmits;
+    __u64 accepts;
+    __u64 handshakes;         /* connections queued for accept */
+    __u64 sk;                 /* last kernel address seen for it */
+    __u32 backlog_max;
+    __u32 syn_queue_len;
+    __u32 pid;                /* owner: who called listen(), when we saw it */
+    __u32 closed;             /* LISTEN -> CLOSE seen: user space removes it once read */
     char comm[16];
 };
 

@@ -9,6 +9,7 @@
  */
 #include "common.h"
 #include "connect.h"
+#include "listeners.h"
 
 /* Tracepoint argument arrays are 4 bytes for IPv4: widen to the event's 16. */
 #define ADDR16(dst, args, v4, v6, family)                                    \
@@ -42,7 +43,32 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
         ADDR16(saddr, args, saddr, saddr_v6, family);
         ADDR16(daddr, args, daddr, daddr_v6, family);
         connect_end(args, sk, newstate, args->sport, args->dport, saddr, daddr);
+        return 0;
     }
+    if (oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED) {
+        /* Same softirq that just put the child in the accept queue. */
+        child_queued(sk);
+        return 0;
+    }
+    if (newstate == TCP_LISTEN && args->sport) {
+        /* Inside listen(): current task owns the listener. (A listen()
+         * without bind() gets its port only after this: seen later.) */
+        listener_open(sk);
+        return 0;
+    }
+    if (oldstate == TCP_LISTEN) {
+        struct listener_key k = {};
+        k.family = family;
+        k.port = args->sport;
+        ADDR16(k.addr, args, saddr, saddr_v6, family);
+        listener_close(sk, &k);
+    }
+    return 0;
+}
+
+TRACEPOINT_PROBE(tcp, tcp_retransmit_synack)
+{
+    synack_retransmit((u64)args->skaddr);
     return 0;
 }
 
@@ -55,9 +81,79 @@ TRACEPOINT_PROBE(tcp, tcp_retransmit_skb)
 
 TRACEPOINT_PROBE(tcp, tcp_destroy_sock)
 {
-    connect_forget((u64)args->skaddr);
+    u64 sk = (u64)args->skaddr;
+    connect_forget(sk);
+    child_forget(sk);
+    /* A listener can go without a LISTEN -> CLOSE we saw (its network
+     * namespace deleted, or known to us only from a drop). */
+    struct listener_key k = {};
+    k.family = args->family;
+    k.port = args->sport;
+    ADDR16(k.addr, args, saddr, saddr_v6, args->family);
+    listener_close(sk, &k);
     return 0;
 }
+
+#ifdef BACKEND_TRACEPOINT
+#ifdef REASON_TCP_LISTEN_OVERFLOW
+#ifndef OFFSETS_FROM_HEADERS
+/* The tracepoint's struct names this enum; the generic headers may lack it
+ * (or have another kernel's values). Its values come from BTF, so an
+ * int-sized stand-in is all the compiler needs. */
+enum skb_drop_reason { CONNSCOPE_SKB_DROP_REASON_FROM_BTF = 0 };
+#endif
+/* Without kprobes the drop points cannot be hooked. The ACK-time overflow
+ * frees the packet with this reason and the listener as rx_sk (kernels that
+ * have rx_sk); SYN-time drops are only in the listener's sk_drops, which
+ * user space reads through sock_diag. */
+TRACEPOINT_PROBE(skb, kfree_skb)
+{
+    if (args->reason != REASON_TCP_LISTEN_OVERFLOW || !args->rx_sk)
+        return 0;
+    listener_overflow((u64)args->rx_sk, 0);
+    return 0;
+}
+#endif
+
+/* accept() has no tracepoint of its own: the syscall ones are the only
+ * process-context hook here. They tax every syscall a little (see
+ * BENCHMARKS.md); the kprobe and fentry backends do not need them. */
+static __always_inline void accept_enter_fd(int fd)
+{
+    u64 lsk = sk_of_fd(fd);
+    if (lsk && READ_AT(lsk, OFF_SKC_STATE, u8) == TCP_LISTEN)
+        accept_begin(lsk);
+}
+
+static __always_inline void accept_exit_fd(void *ctx, long ret)
+{
+    accept_end(ctx, ret >= 0 ? sk_of_fd((int)ret) : 0);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_accept4)
+{
+    accept_enter_fd((int)args->fd);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_accept)
+{
+    accept_enter_fd((int)args->fd);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_accept4)
+{
+    accept_exit_fd(args, args->ret);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_accept)
+{
+    accept_exit_fd(args, args->ret);
+    return 0;
+}
+#endif
 
 #ifdef BACKEND_KPROBE
 int kp_tcp_v4_connect(struct pt_regs *ctx)
@@ -69,6 +165,36 @@ int kp_tcp_v4_connect(struct pt_regs *ctx)
 int kp_tcp_v6_connect(struct pt_regs *ctx)
 {
     connect_begin((u64)PT_REGS_PARM1(ctx), AF_INET6);
+    return 0;
+}
+
+int kp_inet_csk_accept(struct pt_regs *ctx)
+{
+    accept_begin((u64)PT_REGS_PARM1(ctx));
+    return 0;
+}
+
+int kretp_inet_csk_accept(struct pt_regs *ctx)
+{
+    accept_end(ctx, (u64)PT_REGS_RC(ctx));
+    return 0;
+}
+
+/* The two places the kernel drops for a full accept queue, each checked
+ * with the kernel's own test (sk_acceptq_is_full) on entry. */
+int kp_tcp_conn_request(struct pt_regs *ctx)
+{
+    u64 lsk = (u64)PT_REGS_PARM3(ctx);
+    if (acceptq_full(lsk))
+        listener_overflow(lsk, 1);
+    return 0;
+}
+
+int kp_tcp_syn_recv_sock(struct pt_regs *ctx)
+{
+    u64 lsk = (u64)PT_REGS_PARM1(ctx);
+    if (acceptq_full(lsk))
+        listener_overflow(lsk, 0);
     return 0;
 }
 #endif

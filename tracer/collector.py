@@ -1,9 +1,10 @@
-"""The collection loop: poll the probes, feed aggregation and sinks, and
-close an interval every --interval seconds.
+"""The collection loop: poll the probes, feed aggregation, and once per
+--interval build a Snapshot and hand it to every sink.
 
 Single-threaded on purpose: the poll has a short timeout, so a stop request
 (SIGINT/SIGTERM set a flag) is seen within ~100 ms, and there is one exit
-path that closes every sink.
+path that closes every sink. (The TUI runs this loop in a worker thread and
+receives the snapshots; it never calls into the loop.)
 """
 from __future__ import annotations
 
@@ -12,6 +13,11 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from tracer.aggregate.connects import ConnectTable
+from tracer.aggregate.listeners import ListenerTable
+from tracer.aggregate.notable import NotableLog
+from tracer.aggregate.snapshot import Header, Snapshot
+from tracer.clock import Clock
+from tracer.events import Accept, Connect
 
 
 @dataclass(frozen=True)
@@ -23,26 +29,41 @@ class Status:
     untracked_connects: int  # in-flight map full
     decode_errors: int
     inflight: int
+    untracked_other: int = 0  # handshake or listener maps full
 
     @property
     def lost_total(self) -> int:
-        return self.lost_events + self.untracked_connects + self.decode_errors
+        return self.lost_events + self.untracked_connects + self.decode_errors + self.untracked_other
 
 
 class Sink(Protocol):
     def on_events(self, events: list) -> None: ...
-    def on_interval(self, status: Status, connects: ConnectTable) -> None: ...
-    def close(self, status: Status) -> None: ...
+    def on_interval(self, status: Status, snapshot: Snapshot) -> None: ...
+    def close(self, status: Status, snapshot: Snapshot) -> None: ...
+
+
+def no_listener_view():
+    return [], {}
 
 
 class Collector:
-    def __init__(self, session, sinks: list, interval: float = 1.0):
+    def __init__(self, session, sinks: list, interval: float = 1.0, *, header: Header,
+                 clock: Clock | None = None,
+                 listener_view: Callable[[], tuple[list, dict]] = no_listener_view,
+                 drop_points_hooked: bool = False):
         self.session = session
         self.sinks = sinks
         self.interval = interval
+        self.header = header
+        self.clock = clock or Clock()
+        self.listener_view = listener_view
         self.connects = ConnectTable()
+        self.listeners = ListenerTable(drop_points_hooked)
+        self.log = NotableLog()
         self._events_total = 0
         self._events_at_tick = 0
+        self._lost_at_tick = 0
+        self.listener_view_error: str | None = None
 
     def _status(self, started: float, seconds: float) -> Status:
         c = self.session.counters()
@@ -52,6 +73,7 @@ class Collector:
             events_per_s=rate, lost_events=c["lost_events"],
             untracked_connects=c["untracked_connects"], decode_errors=c["decode_errors"],
             inflight=self.session.inflight(),
+            untracked_other=c.get("untracked_accept_waits", 0) + c.get("untracked_listeners", 0),
         )
 
     def _drain(self, timeout_ms: int) -> None:
@@ -60,19 +82,57 @@ class Collector:
             return
         self._events_total += len(events)
         for ev in events:
-            self.connects.add(ev)
+            if isinstance(ev, Connect):
+                self.connects.add(ev)
+                self.log.connect(ev, self.clock.wall_us(ev.ts_end_ns))
+            elif isinstance(ev, Accept):
+                self.listeners.add_accept(ev)
         for sink in self.sinks:
             sink.on_events(events)
 
+    def _snapshot(self, seconds: float, status: Status) -> Snapshot:
+        now_us = time.time_ns() // 1000
+        self.connects.roll(seconds)
+        try:
+            diag, owners = self.listener_view()
+            self.listener_view_error = None
+        except OSError as e:   # the kernel's socket table is a bonus, never fatal
+            diag, owners = [], {}
+            self.listener_view_error = f"socket table unreadable: {e}"
+        listener_rows = self.listeners.update(
+            seconds, diag, self.session.listener_counters(), self.session.take_listener_peaks(),
+            owners)
+        self.log.listeners(listener_rows, now_us)
+        self.log.lost_events(status.lost_total - self._lost_at_tick, now_us)
+        self._lost_at_tick = status.lost_total
+        return Snapshot(
+            ts_us=now_us, interval_s=seconds, header=self.header,
+            events_total=status.events_total, events_per_s=status.events_per_s,
+            lost_events=status.lost_total,
+            destinations=tuple(self.connects.by_destination()),
+            processes_connects=tuple(self.connects.by_process()),
+            listeners=tuple(listener_rows),
+            notable=self.log.roll(now_us),
+        )
+
     def _tick(self, started: float, last_tick: float, now: float) -> None:
         seconds = now - last_tick
-        self.connects.roll(seconds)
         status = self._status(started, seconds)
+        snapshot = self._snapshot(seconds, status)
         self._events_at_tick = self._events_total
         for sink in self.sinks:
-            sink.on_interval(status, self.connects)
+            sink.on_interval(status, snapshot)
+
+    def _prime(self) -> None:
+        try:
+            diag, _ = self.listener_view()
+        except OSError:
+            diag = []
+        self.listeners.prime(diag, self.session.listener_counters())
+        self.session.take_listener_peaks()
 
     def run(self, should_stop: Callable[[], bool], duration: float | None = None) -> Status:
+        self._prime()
         started = last_tick = time.monotonic()
         deadline = started + duration if duration else None
         try:
@@ -88,15 +148,16 @@ class Collector:
                     self._tick(started, last_tick, now)
                     last_tick = now
         finally:
-            # Events already in the buffer belong to this run: take them.
+            # Events already in the buffer belong to this run: take them, and
+            # close the last (partial) interval so per-interval tables have it.
             self._drain(0)
-            now = time.monotonic()
-            self.connects.roll(max(now - last_tick, 1e-9))
-            status = self._status(started, max(now - last_tick, 1e-9))
+            seconds = max(time.monotonic() - last_tick, 1e-9)
+            status = self._status(started, seconds)
+            snapshot = self._snapshot(seconds, status)
             errors = []
             for sink in self.sinks:
                 try:
-                    sink.close(status)
+                    sink.close(status, snapshot)
                 except Exception as e:  # close every sink, then report
                     errors.append(e)
             if errors:

@@ -61,6 +61,9 @@ def parse_header(path: Path = EVENT_HEADER) -> tuple[dict[str, type], dict[str, 
 
 _STRUCTS, C = parse_header()
 ConnectRecord = _STRUCTS["connect_event"]
+AcceptRecord = _STRUCTS["accept_event"]
+ListenerKey = _STRUCTS["listener_key"]
+ListenerStatsRecord = _STRUCTS["listener_stats"]
 
 OUTCOMES = {
     C["OUTCOME_ESTABLISHED"]: "established",
@@ -124,8 +127,81 @@ def decode_connect(buf) -> Connect:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Accept:
+    """One connection taken from an accept queue by an application."""
+
+    ts_ns: int                # accept() returned, CLOCK_MONOTONIC
+    ts_handshake_ns: int      # handshake completed; 0 if before the tracer started
+    pid: int
+    tid: int
+    comm: str
+    family: int
+    laddr: str
+    lport: int
+    raddr: str
+    rport: int
+    backlog_len: int
+    backlog_max: int
+
+    @property
+    def queue_wait_us(self) -> float | None:
+        """Handshake done to accept() returned: time spent waiting in the queue."""
+        if not self.ts_handshake_ns or self.ts_handshake_ns > self.ts_ns:
+            return None
+        return (self.ts_ns - self.ts_handshake_ns) / 1000.0
+
+
+def decode_accept(buf) -> Accept:
+    r = AcceptRecord.from_buffer_copy(buf[: ctypes.sizeof(AcceptRecord)])
+    fam = r.family
+    return Accept(
+        ts_ns=r.ts_ns, ts_handshake_ns=r.ts_handshake_ns, pid=r.pid, tid=r.tid,
+        comm=r.comm.decode("utf-8", "replace"), family=4 if fam == AF_INET else 6,
+        laddr=format_addr(fam, bytes(r.laddr)), lport=r.lport,
+        raddr=format_addr(fam, bytes(r.raddr)), rport=r.rport,
+        backlog_len=r.backlog_len, backlog_max=r.backlog_max,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerCounters:
+    """Cumulative per-listener counters from the kernel's `listeners` map."""
+
+    family: int
+    laddr: str
+    lport: int
+    ack_overflows: int
+    syn_overflows: int
+    synack_retransmits: int
+    accepts: int
+    handshakes: int
+    backlog_max: int
+    syn_queue_len: int
+    pid: int | None
+    comm: str | None
+    closed: bool
+
+    @property
+    def key(self) -> tuple:
+        return (self.family, self.laddr, self.lport)
+
+
+def decode_listener(key, value) -> ListenerCounters:
+    fam = key.family
+    return ListenerCounters(
+        family=4 if fam == AF_INET else 6, laddr=format_addr(fam, bytes(key.addr)),
+        lport=key.port, ack_overflows=value.ack_overflows, syn_overflows=value.syn_overflows,
+        synack_retransmits=value.synack_retransmits, accepts=value.accepts,
+        handshakes=value.handshakes, backlog_max=value.backlog_max,
+        syn_queue_len=value.syn_queue_len, pid=value.pid or None,
+        comm=value.comm.decode("utf-8", "replace") if value.pid else None,
+        closed=bool(value.closed),
+    )
+
+
 def record_type(buf) -> int:
     return int.from_bytes(bytes(buf[:4]), "little")
 
 
-DECODERS = {C["EV_CONNECT"]: decode_connect}
+DECODERS = {C["EV_CONNECT"]: decode_connect, C["EV_ACCEPT"]: decode_accept}

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 
 from tracer import __version__
 from tracer.clock import Clock
+from tracer.aggregate.snapshot import Header
 from tracer.collector import Collector
 from tracer.filters import Filters
 from tracer.probes import startup
@@ -56,8 +57,43 @@ def _options_dict(backend, interval, filters: Filters, **extra) -> dict:
     return {"backend": backend, "interval": interval, "filters": filters.as_dict(), **extra}
 
 
-def _collect(session, sinks, interval, duration):
-    collector = Collector(session, sinks, interval)
+BLIND_SPOTS = {
+    "tracepoint": ("accept() seen through syscall tracepoints (small cost on every syscall)",
+                   "SYN-time drops only for listeners in this network namespace"),
+}
+
+
+def header_for(session, recording_path=None, source="live") -> Header:
+    return Header(host=socket.gethostname(), kernel=os.uname().release,
+                  backend=session.info.backend,
+                  blind_spots=BLIND_SPOTS.get(session.info.backend, ()) + tuple(session.info.notes),
+                  recording_path=recording_path, source=source)
+
+
+def make_collector(session, sinks, interval, clock, recording_path=None) -> Collector:
+    return Collector(session, sinks, interval, header=header_for(session, recording_path),
+                     clock=clock,
+                     listener_view=listener_view(),
+                     drop_points_hooked=session.info.backend in ("kprobe", "fentry"))
+
+
+def listener_view():
+    """The kernel's own table of listening sockets and their owners, read
+    once per interval (cheap: listeners are few; owners are cached by inode)."""
+    from tracer.probes import sock_diag
+    from tracer.probes.listener_owners import OwnerCache
+
+    owners = OwnerCache()
+
+    def read():
+        diag = sock_diag.listeners()
+        return diag, owners.resolve({s.inode for s in diag})
+
+    return read
+
+
+def _collect(session, sinks, interval, duration, clock, recording_path=None):
+    collector = make_collector(session, sinks, interval, clock, recording_path)
     with stop_on_signals() as should_stop:
         try:
             return collector.run(should_stop, duration)
@@ -79,9 +115,9 @@ def record(*, backend: str, interval: float, filters: Filters, out_dir: str,
     clock = Clock()
     sys.stderr.write(f"connscope: recording to {out_dir} (run {run_id}, backend "
                      f"{session.info.backend}, {session.info.offsets_from}); Ctrl-C stops\n")
-    sinks = [RecordSink(recording, clock, host, run_id),
+    sinks = [RecordSink(recording, clock),
              StatusLineSink(files=lambda: recording.status()["files_written"])]
-    _collect(session, sinks, interval, duration)
+    _collect(session, sinks, interval, duration, clock, out_dir)
 
 
 def live(*, backend: str, interval: float, filters: Filters, record_dir: str | None,
@@ -102,5 +138,5 @@ def live(*, backend: str, interval: float, filters: Filters, record_dir: str | N
     sinks = [ConsoleSink(title=title)]
     if recording is not None:
         recording.set_backend(session.info.backend)
-        sinks.append(RecordSink(recording, clock, host, run_id))
-    _collect(session, sinks, interval, duration)
+        sinks.append(RecordSink(recording, clock))
+    _collect(session, sinks, interval, duration, clock, record_dir)

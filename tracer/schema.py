@@ -122,8 +122,10 @@ _COLUMNS: dict[str, list[Column]] = {
         Column("overflows_total", _I64,
                "accept-queue overflows of this socket since the recording started"),
         Column("syn_queue_len", _I32,
-               "half-open connections (SYN queue) at the end of the interval"),
-        Column("drops", _I64, "connections dropped in the interval"),
+               "half-open connections (SYN queue) when last seen by a hook; null if never seen",
+               True),
+        Column("drops", _I64, "connections and SYNs dropped for a full accept queue in the "
+               "interval (overflows.drops + overflows.syn_drops)"),
         Column("accepts", _I64, "connections accepted in the interval"),
         Column("accept_wait_p99_us", _F64,
                "99th percentile of handshake done to accept() in the interval, microseconds; "

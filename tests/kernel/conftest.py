@@ -49,3 +49,50 @@ def probe_session():
 def tracer(probe_session):
     probe_session.poll(0)  # discard what earlier tests left
     return Tracer(probe_session)
+
+
+class CollectorRun:
+    """The real collection loop (probes -> aggregation -> snapshots) in a
+    thread, while the test body makes traffic; snapshots are kept."""
+
+    def __init__(self, session, interval=0.5):
+        import threading
+
+        from tracer.run import make_collector
+        from tracer.clock import Clock
+
+        self.snapshots = []
+        self.events = []
+        self._stop = threading.Event()
+        outer = self
+
+        class Keep:
+            def on_events(self, events):
+                outer.events.extend(events)
+
+            def on_interval(self, status, snapshot):
+                outer.snapshots.append(snapshot)
+
+            def close(self, status, snapshot):
+                outer.snapshots.append(snapshot)
+
+        self.collector = make_collector(session, [Keep()], interval, Clock())
+        self._thread = threading.Thread(target=self.collector.run, args=(self._stop.is_set,))
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(10)
+
+    def listener_rows(self, port):
+        return [r for s in self.snapshots for r in s.listeners if r.lport == port]
+
+
+@pytest.fixture
+def collector_run(probe_session):
+    probe_session.poll(0)
+    probe_session.take_listener_peaks()
+    return lambda interval=0.5: CollectorRun(probe_session, interval)

@@ -3,9 +3,10 @@
 import pytest
 
 from tracer.aggregate.connects import ConnectRow, ConnectTable
+from tracer.aggregate.snapshot import Header, ListenerRow, Snapshot
 from tracer.collector import Status
 from tracer.events import Connect
-from tracer.sinks.console import HEADER, fmt_us, format_table, rank
+from tracer.sinks.console import HEADER, LISTENER_HEADER, fmt_us, format_table, rank
 
 
 @pytest.mark.parametrize("us,text", [
@@ -60,8 +61,15 @@ def connect(daddr, outcome="established", latency_us=800.0):
                    outcome=outcome, err=0, syn_retransmits=0)
 
 
+def snap(table: ConnectTable | None = None, listeners=()) -> Snapshot:
+    return Snapshot(ts_us=0, interval_s=1.0, header=Header("h", "k", "tracepoint"),
+                    events_total=0, events_per_s=0.0, lost_events=0,
+                    destinations=tuple(table.by_destination()) if table else (),
+                    listeners=tuple(listeners))
+
+
 def test_empty_table():
-    out = format_table(status(), ConnectTable())
+    out = format_table(status(), snap())
     lines = out.splitlines()
     assert "events 345 (29/s)" in lines[0]
     assert "in-flight connects 3" in lines[0]
@@ -73,7 +81,7 @@ def test_empty_table():
 @pytest.mark.parametrize("kw", [{"lost_events": 1}, {"untracked": 2}, {"decode_errors": 5}])
 def test_lost_events_are_flagged(kw):
     st = status(**kw)
-    first = format_table(st, ConnectTable()).splitlines()[0]
+    first = format_table(st, snap()).splitlines()[0]
     assert f"lost {st.lost_total}  <-- EVENTS LOST" in first
 
 
@@ -83,7 +91,7 @@ def test_rows_worst_first_and_limited():
         t.add(connect(f"127.0.0.{i + 1}", latency_us=100.0 + i))
     t.add(connect("127.0.0.99", outcome="refused"))
     t.roll(1.0)
-    lines = format_table(status(), t, limit=15).splitlines()
+    lines = format_table(status(), snap(t), limit=15).splitlines()
     assert lines[2].startswith("127.0.0.99:5432 ")
     assert len(lines) == 2 + 15 + 1
     assert lines[-1] == "... 6 more destinations"
@@ -91,3 +99,22 @@ def test_rows_worst_first_and_limited():
     # then by p99: 127.0.0.20 had the slowest established connect
     assert lines[3].split()[0] == "127.0.0.20:5432"
     assert lines[3].split()[-1] == "119us"
+
+
+def listener(port, drops_per_s=0.0, drops_total=0, peak=1, backlog=128):
+    return ListenerRow(family=4, laddr="0.0.0.0", lport=port, pid=42, comm="nginx",
+                       backlog_max=backlog, queue_len=peak, queue_peak=peak, syn_queue_len=0,
+                       drops=int(drops_per_s), syn_drops=0, drops_total=drops_total,
+                       drops_per_s=drops_per_s, accepts=3, accept_wait_p50_us=50.0,
+                       accept_wait_p99_us=2_000_000.0, synack_retransmits=0)
+
+
+def test_listeners_dropping_now_come_first():
+    rows = [listener(80, peak=100), listener(443, drops_per_s=12.0, drops_total=12),
+            listener(8080, drops_total=5)]
+    lines = format_table(status(), snap(listeners=rows)).splitlines()
+    start = lines.index(LISTENER_HEADER)
+    order = [line.split()[0] for line in lines[start + 1:start + 4]]
+    assert order == ["0.0.0.0:443", "0.0.0.0:8080", "0.0.0.0:80"]
+    assert "nginx[42]" in lines[start + 1]
+    assert "2.00s" in lines[start + 1]   # accept wait p99

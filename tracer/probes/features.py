@@ -501,9 +501,11 @@ def backend_visibility(backend: str, features: Features) -> list[str]:
         lines.append("connects: caller pid at sock:inet_sock_set_state CLOSE->SYN_SENT, "
                      "which runs inside connect()")
         lines.append("connect latency and outcome: inet_sock_set_state SYN_SENT->ESTABLISHED/CLOSE")
-        lines.append("accept wait: measured from the tracepoint path (handshake done at "
-                     "SYN_RECV->ESTABLISHED, to the accepting process)")
-        lines.append("accept-queue drops: from listener sk_drops via sock_diag, not from the drop points")
+        lines.append("accepts: acceptor pid and accept wait via syscalls:sys_{enter,exit}_accept{,4} "
+                     "(enabling any syscall tracepoint adds a small cost to every syscall)")
+        lines.append("accept-queue drops: ACK-time drops at skb:kfree_skb (TCP_LISTEN_OVERFLOW, "
+                     "kernels with rx_sk); SYN-time drops from the listener's sk_drops via "
+                     "sock_diag, so only for the network namespace connscope runs in")
     elif backend in ("kprobe", "fentry"):
         how = "kprobes" if backend == "kprobe" else "BPF trampolines (cheaper per hit than kprobes)"
         present = [n for n in KPROBE_TARGETS if f.kprobe_targets.get(n)]
@@ -518,8 +520,8 @@ def backend_visibility(backend: str, features: Features) -> list[str]:
     # Tracepoints every backend uses for the rest.
     lines.append("SYN retransmits: " + ("tcp:tcp_retransmit_skb" if has("tcp/tcp_retransmit_skb")
                                         else "not seen (no tcp:tcp_retransmit_skb)"))
-    lines.append("refused connects: " + ("RST seen at tcp:tcp_receive_reset" if has("tcp/tcp_receive_reset")
-                                         else "outcome only (no tcp:tcp_receive_reset)"))
+    lines.append("connect outcome: the socket's own error (sk_err, at a BTF offset) when it "
+                 "leaves SYN_SENT: refused, timeout or other")
     if not has("skb/kfree_skb"):
         lines.append("drop reasons: not seen (no skb:kfree_skb)")
     if not has("sched/sched_process_exit"):

@@ -11,6 +11,23 @@ from __future__ import annotations
 # -D name -> (struct, member path). Add here when a program reads a new field.
 NEEDED = {
     "OFF_SK_ERR": ("sock", "sk_err"),
+    "OFF_SKC_FAMILY": ("sock", "__sk_common.skc_family"),
+    "OFF_SKC_STATE": ("sock", "__sk_common.skc_state"),
+    "OFF_SKC_NUM": ("sock", "__sk_common.skc_num"),
+    "OFF_SKC_DPORT": ("sock", "__sk_common.skc_dport"),
+    "OFF_SKC_RCV_SADDR": ("sock", "__sk_common.skc_rcv_saddr"),
+    "OFF_SKC_DADDR": ("sock", "__sk_common.skc_daddr"),
+    "OFF_SKC_V6_RCV_SADDR": ("sock", "__sk_common.skc_v6_rcv_saddr"),
+    "OFF_SKC_V6_DADDR": ("sock", "__sk_common.skc_v6_daddr"),
+    "OFF_SK_ACK_BACKLOG": ("sock", "sk_ack_backlog"),
+    "OFF_SK_MAX_ACK_BACKLOG": ("sock", "sk_max_ack_backlog"),
+    "OFF_ICSK_ACCEPT_QUEUE_QLEN": ("inet_connection_sock", "icsk_accept_queue.qlen"),
+    "OFF_TASK_FILES": ("task_struct", "files"),
+    "OFF_FILES_FDT": ("files_struct", "fdt"),
+    "OFF_FDT_MAX_FDS": ("fdtable", "max_fds"),
+    "OFF_FDT_FD": ("fdtable", "fd"),
+    "OFF_FILE_PRIVATE_DATA": ("file", "private_data"),
+    "OFF_SOCKET_SK": ("socket", "sk"),
 }
 
 
@@ -29,3 +46,24 @@ def offset_cflags(btf, headers_match_kernel: bool) -> tuple[list[str], str]:
         "this kernel has no BTF (/sys/kernel/btf/vmlinux) and no headers of its own: "
         "struct offsets cannot be known; install linux-headers-$(uname -r)"
     )
+
+
+KFREE_SKB_FORMAT = "/sys/kernel/tracing/events/skb/kfree_skb/format"
+
+
+def drop_reason_cflags(btf, format_path: str = KFREE_SKB_FORMAT) -> list[str]:
+    """-DREASON_TCP_LISTEN_OVERFLOW=N when skb:kfree_skb names the receiving
+    socket (rx_sk, 6.12+) and the kernel has that drop reason; the value is
+    the kernel's own (enums change between kernels), never hard-coded."""
+    try:
+        with open(format_path) as f:
+            fmt = f.read()
+    except OSError:
+        return []
+    if "rx_sk;" not in fmt or btf is None:
+        return []
+    try:
+        value = btf.enum_value("skb_drop_reason", "SKB_DROP_REASON_TCP_LISTEN_OVERFLOW")
+    except Exception:
+        return []
+    return [f"-DREASON_TCP_LISTEN_OVERFLOW={value}"]

@@ -17,8 +17,19 @@ from tracer.filters import Filters
 MAIN_SOURCE = BPF_DIR / "main.c"
 BACKENDS = ("tracepoint", "kprobe", "fentry")
 
-# kprobe wrappers in bpf/main.c and the kernel function each attaches to.
-KPROBES = {"kp_tcp_v4_connect": "tcp_v4_connect", "kp_tcp_v6_connect": "tcp_v6_connect"}
+# kprobe wrappers in bpf/main.c: (function in bpf/main.c, kernel function, required)
+KPROBES = (
+    ("kp_tcp_v4_connect", "tcp_v4_connect", True),
+    ("kp_tcp_v6_connect", "tcp_v6_connect", False),
+    ("kp_inet_csk_accept", "inet_csk_accept", True),
+    ("kp_tcp_conn_request", "tcp_conn_request", True),
+    ("kp_tcp_syn_recv_sock", "tcp_v4_syn_recv_sock", True),
+    ("kp_tcp_syn_recv_sock", "tcp_v6_syn_recv_sock", False),
+)
+KRETPROBES = (("kretp_inet_csk_accept", "inet_csk_accept", True),)
+# Threads blocked in accept() each hold a kretprobe instance; a server with
+# many acceptor threads needs more than the kernel's default (2 x CPUs).
+KRETPROBE_MAXACTIVE = 4096
 
 
 @dataclass(frozen=True)
@@ -79,11 +90,31 @@ def load(opts: BuildOptions, offset_flags: list[str], env: dict[str, str]):
     from bcc import BPF  # only the probe layer imports bcc
 
     bpf = BPF(text=source_text().encode(), cflags=cflags(opts, offset_flags))
+    notes = []
     if opts.backend == "kprobe":
-        for fn, target in KPROBES.items():
-            bpf.attach_kprobe(event=target.encode(), fn_name=fn.encode())
+        notes = _attach_kprobes(bpf)
     _fill_filter_maps(bpf, opts.filters)
-    return bpf
+    return bpf, notes
+
+
+def _attach_kprobes(bpf) -> list[str]:
+    """Attach every kprobe; a missing optional function (IPv6 built as a
+    module, a function inlined by the compiler) is a note, not a failure."""
+    notes = []
+    for kind, table in (("kprobe", KPROBES), ("kretprobe", KRETPROBES)):
+        for fn, target, required in table:
+            try:
+                if kind == "kprobe":
+                    bpf.attach_kprobe(event=target.encode(), fn_name=fn.encode())
+                else:
+                    bpf.attach_kretprobe(event=target.encode(), fn_name=fn.encode(),
+                                         maxactive=KRETPROBE_MAXACTIVE)
+            except Exception as e:
+                if required:
+                    raise RuntimeError(f"cannot attach {kind} to {target}: {e}") from e
+                notes.append(f"{kind} {target} not attached ({e}); "
+                             f"{'IPv6 ' if 'v6' in target else ''}events from it are missing")
+    return notes
 
 
 def _fill_filter_maps(bpf, f: Filters) -> None:

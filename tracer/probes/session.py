@@ -45,7 +45,8 @@ class ProbeSession:
     def open(self) -> "ProbeSession":
         t0 = time.monotonic()
         try:
-            self._bpf = program.load(self._opts, self._offset_flags, self._env)
+            self._bpf, notes = program.load(self._opts, self._offset_flags, self._env)
+            self.info.notes.extend(notes)
         except Exception as e:  # bcc raises bare Exception for compile/attach failures
             raise ProbeError(f"cannot load the {self._opts.backend} programs: {_first_line(e)}") from e
         if self._opts.ringbuf:
@@ -86,8 +87,39 @@ class ProbeSession:
         return {
             "lost_events": total(C["CTR_LOST_EVENTS"]) + self._perf_lost,
             "untracked_connects": total(C["CTR_INFLIGHT_FULL"]),
+            "untracked_accept_waits": total(C["CTR_HANDSHAKES_FULL"]),
+            "untracked_listeners": total(C["CTR_LISTENERS_FULL"]),
             "decode_errors": self.decode_errors,
         }
+
+    def listener_counters(self) -> list:
+        """Cumulative per-listener counters; entries of closed listeners are
+        removed once read (their last counts are in this result)."""
+        table = self._bpf[b"listeners"]
+        out = []
+        for key, value in list(table.items()):
+            rec = events.decode_listener(key, value)
+            out.append(rec)
+            if rec.closed:
+                try:
+                    del table[key]
+                except KeyError:
+                    pass
+        return out
+
+    def take_listener_peaks(self) -> dict:
+        """{(family, laddr, lport): peak accept queue} since the last call."""
+        table = self._bpf[b"listener_peak"]
+        out = {}
+        for key, value in list(table.items()):
+            fam = key.family
+            out[(4 if fam == events.AF_INET else 6, events.format_addr(fam, bytes(key.addr)),
+                 key.port)] = value.value
+            try:
+                del table[key]
+            except KeyError:
+                pass
+        return out
 
     def inflight(self) -> int:
         return len(self._bpf[b"inflight"])

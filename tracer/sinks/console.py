@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 import time
 
-from tracer.aggregate.connects import ConnectRow, ConnectTable
+from tracer.aggregate.connects import ConnectRow
+from tracer.aggregate.snapshot import ListenerRow, Snapshot
 
 
 def fmt_us(us: float | None) -> str:
@@ -35,7 +36,25 @@ def format_row(r: ConnectRow) -> str:
             f"{fmt_us(r.p99_us):>8} {fmt_us(r.max_us):>8}")
 
 
-def format_table(status, connects: ConnectTable, limit: int = 15, title: str = "") -> str:
+LISTENER_HEADER = (f"{'LISTENER':<28} {'OWNER':<22} {'QUEUE':>9} {'PEAK':>5} {'DROPS/s':>8} "
+                   f"{'DROPS':>8} {'ACCEPT/s':>8} {'WAIT p50':>9} {'WAIT p99':>9}")
+
+
+def format_listener(r: ListenerRow, seconds: float) -> str:
+    owner = f"{r.comm}[{r.pid}]" if r.pid else "?"
+    accept_rate = r.accepts / seconds if seconds > 0 else 0.0
+    return (f"{r.label[:28]:<28} {owner[:22]:<22} {f'{r.queue_len}/{r.backlog_max}':>9} "
+            f"{r.queue_peak:>5} {r.drops_per_s:>8.1f} {r.drops_total:>8} {accept_rate:>8.1f} "
+            f"{fmt_us(r.accept_wait_p50_us):>9} {fmt_us(r.accept_wait_p99_us):>9}")
+
+
+def rank_listeners(rows) -> list[ListenerRow]:
+    """Dropping now, then dropped before, then fullest queue."""
+    return sorted(rows, key=lambda r: (-r.drops_per_s, -r.drops_total,
+                                       -(r.queue_peak / r.backlog_max if r.backlog_max else 0)))
+
+
+def format_table(status, snapshot: Snapshot, limit: int = 15, title: str = "") -> str:
     lost = status.lost_total
     lines = [
         f"{time.strftime('%H:%M:%S')} {title}events {status.events_total} "
@@ -43,12 +62,18 @@ def format_table(status, connects: ConnectTable, limit: int = 15, title: str = "
         f"in-flight connects {status.inflight}",
         HEADER,
     ]
-    rows = rank(connects.by_destination())
+    rows = rank(list(snapshot.destinations))
     lines += [format_row(r) for r in rows[:limit]]
     if len(rows) > limit:
         lines.append(f"... {len(rows) - limit} more destinations")
     if not rows:
         lines.append("(no connects yet)")
+    listeners = rank_listeners(snapshot.listeners)
+    if listeners:
+        lines += ["", LISTENER_HEADER]
+        lines += [format_listener(r, snapshot.interval_s) for r in listeners[:limit]]
+        if len(listeners) > limit:
+            lines.append(f"... {len(listeners) - limit} more listeners")
     return "\n".join(lines) + "\n"
 
 
@@ -61,11 +86,11 @@ class ConsoleSink:
     def on_events(self, events) -> None:
         pass
 
-    def on_interval(self, status, connects) -> None:
-        self.stream.write(format_table(status, connects, self.limit, self.title) + "\n")
+    def on_interval(self, status, snapshot) -> None:
+        self.stream.write(format_table(status, snapshot, self.limit, self.title) + "\n")
         self.stream.flush()
 
-    def close(self, status) -> None:
+    def close(self, status, snapshot) -> None:
         self.stream.flush()
 
 
@@ -85,13 +110,13 @@ class StatusLineSink:
         return (f"connscope: {status.elapsed_s:.0f}s  events {status.events_total} "
                 f"({status.events_per_s:.0f}/s)  lost {status.lost_total}  files {self.files()}")
 
-    def on_interval(self, status, connects) -> None:
+    def on_interval(self, status, snapshot) -> None:
         now = time.monotonic()
         if now - self._last >= self.every_s:
             self._last = now
             self.stream.write(self.line(status) + "\n")
             self.stream.flush()
 
-    def close(self, status) -> None:
+    def close(self, status, snapshot) -> None:
         self.stream.write(self.line(status) + "  (stopped)\n")
         self.stream.flush()

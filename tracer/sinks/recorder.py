@@ -1,49 +1,84 @@
-"""Events and interval state as rows of the Parquet tables (tracer/schema.py)."""
+"""Events and interval snapshots as rows of the Parquet tables (tracer/schema.py)."""
 from __future__ import annotations
 
+from tracer.aggregate.snapshot import ListenerRow, Snapshot
 from tracer.clock import Clock
-from tracer.events import Connect
+from tracer.events import Accept, Connect
 
 
-def connect_row(ev: Connect, clock: Clock, host: str, run_id: str) -> dict:
+def connect_row(ev: Connect, clock: Clock) -> dict:
     return {
         "ts": clock.wall_us(ev.ts_start_ns),   # SPEC: when connect() was called
-        "host": host,
-        "run_id": run_id,
-        "pid": ev.pid,
-        "tid": ev.tid,
-        "comm": ev.comm,
-        "family": ev.family,
-        "saddr": ev.saddr,
-        "sport": ev.sport,
-        "daddr": ev.daddr,
-        "dport": ev.dport,
-        "latency_us": ev.latency_us,
-        "outcome": ev.outcome,
+        "pid": ev.pid, "tid": ev.tid, "comm": ev.comm, "family": ev.family,
+        "saddr": ev.saddr, "sport": ev.sport, "daddr": ev.daddr, "dport": ev.dport,
+        "latency_us": ev.latency_us, "outcome": ev.outcome,
         "syn_retransmits": ev.syn_retransmits,
         "errno": ev.err if ev.outcome != "established" else None,
+    }
+
+
+def accept_row(ev: Accept, clock: Clock) -> dict:
+    return {
+        "ts": clock.wall_us(ev.ts_ns), "pid": ev.pid, "comm": ev.comm, "family": ev.family,
+        "laddr": ev.laddr, "lport": ev.lport, "raddr": ev.raddr, "rport": ev.rport,
+        "queue_wait_us": ev.queue_wait_us, "backlog_len": ev.backlog_len,
+        "backlog_max": ev.backlog_max, "listener_pid": None,
+    }
+
+
+def listener_row(r: ListenerRow, ts_us: int) -> dict:
+    return {
+        "ts": ts_us, "family": r.family, "laddr": r.laddr, "lport": r.lport, "pid": r.pid,
+        "comm": r.comm, "backlog_max": r.backlog_max, "queue_len": r.queue_len,
+        "queue_peak": r.queue_peak, "overflows_total": r.drops_total,
+        "syn_queue_len": r.syn_queue_len, "drops": r.drops + r.syn_drops,
+        "accepts": r.accepts, "accept_wait_p99_us": r.accept_wait_p99_us,
+    }
+
+
+def overflow_row(r: ListenerRow, ts_us: int, interval_s: float) -> dict:
+    return {
+        "ts": ts_us, "family": r.family, "laddr": r.laddr, "lport": r.lport, "pid": r.pid,
+        "comm": r.comm, "drops": r.drops, "syn_drops": r.syn_drops,
+        "backlog_max": r.backlog_max, "backlog_peak": r.queue_peak, "interval_s": interval_s,
+        "synack_retransmits": r.synack_retransmits,
     }
 
 
 class RecordSink:
     """Feeds a tracer.sinks.parquet_writer.Recording."""
 
-    def __init__(self, recording, clock: Clock, host: str, run_id: str):
+    def __init__(self, recording, clock: Clock):
         self.recording = recording
         self.clock = clock
-        self.host = host
-        self.run_id = run_id
 
     def on_events(self, events) -> None:
-        rows = [connect_row(ev, self.clock, self.host, self.run_id)
-                for ev in events if isinstance(ev, Connect)]
-        if rows:
-            self.recording.write("connects", rows)
+        connects, accepts = [], []
+        for ev in events:
+            if isinstance(ev, Connect):
+                connects.append(connect_row(ev, self.clock))
+            elif isinstance(ev, Accept):
+                accepts.append(accept_row(ev, self.clock))
+        if connects:
+            self.recording.write("connects", connects)
+        if accepts:
+            self.recording.write("accepts", accepts)
 
-    def on_interval(self, status, connects) -> None:
-        self.recording.set_lost({"connects": status.lost_total})
-        self.recording.flush()
+    def _interval(self, status, snap: Snapshot) -> None:
+        listeners = [listener_row(r, snap.ts_us) for r in snap.listeners]
+        overflows = [overflow_row(r, snap.ts_us, snap.interval_s) for r in snap.listeners
+                     if r.drops or r.syn_drops]
+        if listeners:
+            self.recording.write("listeners", listeners)
+        if overflows:
+            self.recording.write("overflows", overflows)
+        # Every lost kernel event may have been any kind of row: say so on each.
+        self.recording.set_lost({"connects": status.lost_total, "accepts": status.lost_total})
 
-    def close(self, status) -> None:
-        self.recording.set_lost({"connects": status.lost_total})
+    def on_interval(self, status, snapshot: Snapshot) -> None:
+        self._interval(status, snapshot)
+        self.recording.tick()
+
+    def close(self, status, snapshot: Snapshot) -> None:
+        self._interval(status, snapshot)
         self.recording.close()

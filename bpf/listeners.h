@@ -1,0 +1,233 @@
+/* Accept queues: per-listener counters aggregated in the kernel (handshakes,
+ * overflows, SYN-ACK retransmits, accepts, queue peak) and one event per
+ * accepted connection with how long it waited in the queue.
+ *
+ * Listeners are keyed by what they are bound to (family, address, port), so
+ * that every hook can find the same entry whether it sees the listening
+ * socket itself (listen(), accept(), a drop) or only a child's local end.
+ * Handlers only; the hooks that call them are in main.c.
+ */
+#ifndef CONNSCOPE_LISTENERS_H
+#define CONNSCOPE_LISTENERS_H
+
+#include "common.h"
+
+#ifndef MAX_LISTENERS
+#define MAX_LISTENERS 4096
+#endif
+#ifndef MAX_HANDSHAKES
+#define MAX_HANDSHAKES 65536
+#endif
+
+struct handshake {
+    u64 ts_ns;
+    struct listener_key listener;
+};
+
+BPF_HASH(listeners, struct listener_key, struct listener_stats, MAX_LISTENERS);
+/* Peak accept queue since user space last deleted the entry (each interval).
+ * Separate from `listeners` so that resetting it cannot lose counter updates. */
+BPF_HASH(listener_peak, struct listener_key, u32, MAX_LISTENERS);
+/* Children between handshake and accept(): when they were queued. */
+BPF_HASH(handshakes, u64, struct handshake, MAX_HANDSHAKES);
+/* accept() in progress on this thread: the listening socket. */
+BPF_HASH(accepting, u32, u64, 16384);
+
+static __always_inline void local_key_of(u64 sk, struct listener_key *k)
+{
+    k->family = READ_AT(sk, OFF_SKC_FAMILY, u16);
+    k->port = READ_AT(sk, OFF_SKC_NUM, u16);
+    if (k->family == AF_INET) {
+        u32 a = READ_AT(sk, OFF_SKC_RCV_SADDR, u32);
+        __builtin_memcpy(k->addr, &a, 4);
+    } else {
+        bpf_probe_read_kernel(k->addr, 16, (const char *)sk + OFF_SKC_V6_RCV_SADDR);
+    }
+}
+
+static __always_inline void remote_of(u64 sk, u16 family, u8 *addr, u16 *port)
+{
+    *port = bpf_ntohs(READ_AT(sk, OFF_SKC_DPORT, u16));
+    if (family == AF_INET) {
+        u32 a = READ_AT(sk, OFF_SKC_DADDR, u32);
+        __builtin_memcpy(addr, &a, 4);
+    } else {
+        bpf_probe_read_kernel(addr, 16, (const char *)sk + OFF_SKC_V6_DADDR);
+    }
+}
+
+static __always_inline struct listener_stats *listener_get(struct listener_key *k)
+{
+    struct listener_stats *st = listeners.lookup(k);
+    if (st)
+        return st;
+    struct listener_stats zero = {};
+    if (listeners.insert(k, &zero) != 0 && !listeners.lookup(k)) {
+        count(CTR_LISTENERS_FULL);
+        return 0;
+    }
+    return listeners.lookup(k);
+}
+
+/* The listener a child belongs to: bound to the child's local address, or
+ * to the wildcard address of its family. */
+static __always_inline struct listener_stats *listener_of_child(struct listener_key *k)
+{
+    struct listener_stats *st = listeners.lookup(k);
+    if (st)
+        return st;
+    __builtin_memset(k->addr, 0, 16);
+    return listeners.lookup(k);
+}
+
+static __always_inline void note_queue(struct listener_key *k, struct listener_stats *st, u64 lsk)
+{
+    u32 q = READ_AT(lsk, OFF_SK_ACK_BACKLOG, u32);
+    st->sk = lsk;
+    st->backlog_max = READ_AT(lsk, OFF_SK_MAX_ACK_BACKLOG, u32);
+    st->syn_queue_len = READ_AT(lsk, OFF_ICSK_ACCEPT_QUEUE_QLEN, u32);
+    u32 *peak = listener_peak.lookup(k);
+    if (!peak)
+        listener_peak.update(k, &q);
+    else if (q > *peak)
+        *peak = q;
+}
+
+/* listen(): process context, so the owner is the current task. */
+static __always_inline void listener_open(u64 lsk)
+{
+    struct listener_key k = {};
+    local_key_of(lsk, &k);
+    struct listener_stats *st = listener_get(&k);
+    if (!st)
+        return;
+    u64 id = bpf_get_current_pid_tgid();
+    st->pid = id >> 32;
+    bpf_get_current_comm(&st->comm, sizeof(st->comm));
+    st->closed = 0;
+    note_queue(&k, st, lsk);
+}
+
+/* The key comes from the caller: by the time LISTEN -> CLOSE is traced the
+ * kernel has already released the port (inet_num is 0). */
+static __always_inline void listener_close(u64 lsk, struct listener_key *k)
+{
+    struct listener_stats *st = listeners.lookup(k);
+    if (st && st->sk == lsk)
+        st->closed = 1;
+}
+
+/* A passive child finished its handshake and sits in the accept queue. */
+static __always_inline void child_queued(u64 child)
+{
+    struct handshake h = {};
+    h.ts_ns = bpf_ktime_get_ns();
+    local_key_of(child, &h.listener);
+    struct listener_stats *st = listener_of_child(&h.listener);
+    if (st) {
+        st->handshakes++;
+        if (st->sk)
+            note_queue(&h.listener, st, st->sk);
+    }
+    if (handshakes.update(&child, &h) != 0)
+        count(CTR_HANDSHAKES_FULL);
+}
+
+/* The accept queue was full: a connection (ACK time) or a SYN was dropped. */
+static __always_inline void listener_overflow(u64 lsk, int at_syn)
+{
+    struct listener_key k = {};
+    local_key_of(lsk, &k);
+    struct listener_stats *st = listener_get(&k);
+    if (!st)
+        return;
+    if (at_syn)
+        st->syn_overflows++;
+    else
+        st->ack_overflows++;
+    note_queue(&k, st, lsk);
+}
+
+static __always_inline int acceptq_full(u64 lsk)
+{
+    return READ_AT(lsk, OFF_SK_ACK_BACKLOG, u32) > READ_AT(lsk, OFF_SK_MAX_ACK_BACKLOG, u32);
+}
+
+static __always_inline void synack_retransmit(u64 lsk)
+{
+    struct listener_key k = {};
+    local_key_of(lsk, &k);
+    struct listener_stats *st = listener_get(&k);
+    if (st) {
+        st->synack_retransmits++;
+        st->sk = lsk;
+    }
+}
+
+/* accept() entered on this thread for listening socket lsk. */
+static __always_inline void accept_begin(u64 lsk)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    char comm[16];
+    bpf_get_current_comm(&comm, sizeof(comm));
+    if (!task_wanted(id >> 32, comm))
+        return;
+    u32 tid = (u32)id;
+    accepting.update(&tid, &lsk);
+}
+
+/* accept() returned child (0 on failure): process context. */
+static __always_inline void accept_end(void *ctx, u64 child)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = (u32)id;
+    u64 *lskp = accepting.lookup(&tid);
+    if (!lskp)
+        return;
+    u64 lsk = *lskp;
+    accepting.delete(&tid);
+    if (!child)
+        return;
+
+    struct accept_event ev = {};
+    ev.type = EV_ACCEPT;
+    ev.ts_ns = bpf_ktime_get_ns();
+    ev.pid = id >> 32;
+    ev.tid = tid;
+    ev.sk = child;
+    bpf_get_current_comm(&ev.comm, sizeof(ev.comm));
+
+    struct listener_key k = {};
+    local_key_of(child, &k);
+    ev.family = k.family;
+    ev.lport = k.port;
+    __builtin_memcpy(ev.laddr, k.addr, 16);
+    remote_of(child, k.family, ev.raddr, &ev.rport);
+    if (!family_wanted(ev.family) || !ports_wanted(ev.lport, ev.rport))
+        return;
+
+    struct handshake *h = handshakes.lookup(&child);
+    if (h) {
+        ev.ts_handshake_ns = h->ts_ns;
+        handshakes.delete(&child);
+    }
+    /* The queue as accept() found it: what is left plus the one it took. */
+    ev.backlog_len = READ_AT(lsk, OFF_SK_ACK_BACKLOG, u32) + 1;
+    ev.backlog_max = READ_AT(lsk, OFF_SK_MAX_ACK_BACKLOG, u32);
+
+    struct listener_key lk = {};
+    local_key_of(lsk, &lk);
+    struct listener_stats *st = listener_get(&lk);
+    if (st) {
+        st->accepts++;
+        note_queue(&lk, st, lsk);
+    }
+    emit(ctx, &ev, sizeof(ev));
+}
+
+static __always_inline void child_forget(u64 sk)
+{
+    handshakes.delete(&sk);
+}
+
+#endif

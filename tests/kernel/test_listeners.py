@@ -1,0 +1,224 @@
+"""Accept queues against the kernel's own counters (/proc/net/netstat
+ListenOverflows, ListenDrops), `ss`, and timestamps the test takes."""
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+pytestmark = pytest.mark.kernel
+
+
+def netstat():
+    lines = open("/proc/net/netstat").read().splitlines()
+    for head, vals in zip(lines[::2], lines[1::2]):
+        if head.startswith("TcpExt:"):
+            d = dict(zip(head.split()[1:], map(int, vals.split()[1:])))
+            return d["ListenOverflows"], d["ListenDrops"]
+    raise AssertionError("no TcpExt in /proc/net/netstat")
+
+
+def flood(addr, port, n, family=socket.AF_INET, threads=5):
+    """n non-blocking connects from several threads; sockets kept open (and
+    returned) so that their SYN retransmits keep arriving at the full queue."""
+    socks, lock = [], threading.Lock()
+
+    def work(k):
+        mine = []
+        for _ in range(k):
+            s = socket.socket(family)
+            s.setblocking(False)
+            s.connect_ex((addr, port))
+            mine.append(s)
+        with lock:
+            socks.extend(mine)
+
+    ts = [threading.Thread(target=work, args=(n // threads,)) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(10)
+    return socks
+
+
+def ss_recv_q(port):
+    out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True,
+                         timeout=10).stdout.split()
+    return int(out[1])
+
+
+def listener(addr="127.0.0.1", backlog=4, family=socket.AF_INET):
+    s = socket.socket(family)
+    s.bind((addr, 0))
+    s.listen(backlog)
+    return s, s.getsockname()[1]
+
+
+def test_overflow_matches_listen_overflows_and_drops(collector_run):
+    srv, port = listener(backlog=4)
+    before = netstat()
+    with collector_run(0.5) as run:
+        socks = flood("127.0.0.1", port, 50)
+        time.sleep(3.2)       # SYN retransmits at 1, 2, 3 s keep hitting the full queue
+        after_live = netstat()
+        recv_q = ss_recv_q(port)
+        time.sleep(0.6)       # one more interval closes after the last counted drop
+    after = netstat()
+    for s in socks:
+        s.close()
+    srv.close()
+    rows = run.listener_rows(port)
+    assert rows, "listener never reported"
+    drops = sum(r.drops for r in rows)
+    syn_drops = sum(r.syn_drops for r in rows)
+    overflows, listen_drops = after[0] - before[0], after[1] - before[1]
+    assert overflows > 0, "the test did not overflow the queue"
+    # Nothing else on this host overflows, so the whole delta is this listener's.
+    assert drops + syn_drops == overflows
+    assert drops + syn_drops == listen_drops
+    assert max(r.queue_peak for r in rows) == 5   # the kernel's limit: backlog + 1
+    assert {r.backlog_max for r in rows} == {4}
+    assert recv_q == 5
+    assert rows[-1].queue_len == 5
+    assert after_live[0] <= after[0]
+
+
+def test_two_listeners_only_one_overflowing(collector_run):
+    busy, busy_port = listener(backlog=2)
+    calm, calm_port = listener(backlog=64)
+    with collector_run(0.5) as run:
+        a = flood("127.0.0.1", busy_port, 20)
+        b = flood("127.0.0.1", calm_port, 20)
+        time.sleep(2.0)
+    for s in a + b:
+        s.close()
+    busy_rows, calm_rows = run.listener_rows(busy_port), run.listener_rows(calm_port)
+    assert sum(r.drops + r.syn_drops for r in busy_rows) > 0
+    assert sum(r.drops + r.syn_drops for r in calm_rows) == 0
+    assert max(r.queue_peak for r in calm_rows) == 20
+    busy.close()
+    calm.close()
+
+
+def test_ipv6_listener_overflow(collector_run):
+    srv, port = listener("::1", backlog=3, family=socket.AF_INET6)
+    before = netstat()
+    with collector_run(0.5) as run:
+        socks = flood("::1", port, 30, family=socket.AF_INET6)
+        time.sleep(2.5)
+    after = netstat()
+    for s in socks:
+        s.close()
+    srv.close()
+    rows = run.listener_rows(port)
+    assert rows and all(r.family == 6 and r.laddr == "::1" for r in rows)
+    assert sum(r.drops + r.syn_drops for r in rows) == after[0] - before[0] > 0
+
+
+def test_queue_wait_is_time_spent_in_the_queue(collector_run):
+    srv, port = listener(backlog=16)
+    connected_at = {}
+    with collector_run(0.5) as run:
+        early = []
+        for _ in range(3):
+            c = socket.create_connection(("127.0.0.1", port))
+            connected_at[c.getsockname()[1]] = time.monotonic_ns()
+            early.append(c)
+        time.sleep(2.0)
+        accepted_at = {}
+        for _ in range(3):
+            conn, peer = srv.accept()
+            accepted_at[peer[1]] = time.monotonic_ns()
+            conn.close()
+        # Later connections are accepted as soon as they arrive.
+        late = []
+        for _ in range(3):
+            c = socket.create_connection(("127.0.0.1", port))
+            conn, peer = srv.accept()
+            accepted_at[peer[1]] = time.monotonic_ns()
+            connected_at[peer[1]] = connected_at.get(peer[1], accepted_at[peer[1]])
+            late.append(c)
+            conn.close()
+        time.sleep(0.7)
+    early_ports = [c.getsockname()[1] for c in early]
+    late_ports = [c.getsockname()[1] for c in late]
+    for c in early + late:
+        c.close()
+    srv.close()
+    accepts = {e.rport: e for e in run.events if getattr(e, "lport", None) == port
+               and hasattr(e, "queue_wait_us")}
+    assert len(accepts) == 6
+    for sport in early_ports:
+        ev = accepts[sport]
+        expected_us = (accepted_at[sport] - connected_at[sport]) / 1000
+        assert ev.pid == os.getpid()
+        assert ev.queue_wait_us == pytest.approx(expected_us, abs=20_000)
+        assert ev.queue_wait_us > 1_900_000
+    for sport in late_ports:
+        assert accepts[sport].queue_wait_us < 20_000
+    assert accepts[early_ports[0]].backlog_len == 3
+    assert {e.backlog_max for e in accepts.values()} == {16}
+
+
+CHILD_LISTENER = r"""
+import socket, sys, time
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(8)
+print(s.getsockname()[1], flush=True)
+sys.stdin.readline()
+"""
+
+EXEC_LISTENER = r"""
+import os, socket, sys
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(8)
+os.set_inheritable(s.fileno(), True)
+print(s.getsockname()[1], flush=True)
+# exec keeps the pid and the socket: the owner must still be this pid
+os.execv("/bin/sleep", ["sleep", "30"])
+"""
+
+
+def test_owner_of_listener_opened_by_child_and_kept_across_exec(collector_run):
+    child = subprocess.Popen([sys.executable, "-c", CHILD_LISTENER], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    exe = subprocess.Popen([sys.executable, "-c", EXEC_LISTENER], stdout=subprocess.PIPE,
+                           text=True)
+    try:
+        child_port = int(child.stdout.readline())
+        exec_port = int(exe.stdout.readline())
+        time.sleep(0.3)
+        with collector_run(0.5) as run:
+            time.sleep(1.2)
+        [c_row] = run.listener_rows(child_port)[-1:]
+        [e_row] = run.listener_rows(exec_port)[-1:]
+        assert c_row.pid == child.pid
+        assert c_row.comm == open(f"/proc/{child.pid}/comm").read().strip()
+        assert e_row.pid == exe.pid
+        assert e_row.comm == "sleep"
+    finally:
+        child.kill()
+        exe.kill()
+        child.wait(5)
+        exe.wait(5)
+
+
+def test_listener_closed_and_reopened_and_backlog_over_somaxconn(collector_run):
+    somaxconn = int(open("/proc/sys/net/core/somaxconn").read())
+    with collector_run(0.4) as run:
+        srv, port = listener(backlog=somaxconn * 4)
+        time.sleep(0.9)
+        srv.close()
+        time.sleep(0.9)
+        srv = socket.socket()
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind(("127.0.0.1", port))
+        srv.listen(7)
+        time.sleep(0.9)
+    srv.close()
+    rows = run.listener_rows(port)
+    assert rows[0].backlog_max == somaxconn       # the effective value
+    assert rows[-1].backlog_max == 7
+    gap = [s for s in run.snapshots if not any(r.lport == port for r in s.listeners)]
+    assert gap, "closed listener kept being reported"

@@ -1,0 +1,160 @@
+"""Listening sockets per interval: queue depth, peaks, drops, accept waits.
+
+Three sources are joined on (family, address, port):
+  * the kernel's socket table (sock_diag): current queue, backlog, sk_drops,
+    inode (hence owner) -- for every listener, including ones older than us;
+  * the BPF `listeners` map: cumulative counters taken at the hooks;
+  * accept events: how long each connection waited in the queue.
+
+Drop arithmetic (measured on 6.18, see KERNEL.md and tests/kernel/test_listeners.py):
+a listener's sk_drops counts every listen drop once, except that an
+ACK-time overflow (the handshake finished into a full queue) is counted
+twice: once in tcp_v4_syn_recv_sock and once more when the packet is
+discarded. So over an interval, with K ACK-time overflows seen by BPF:
+
+    ListenDrops share  = d(sk_drops) - K
+    drops (ACK time)   = K
+    syn_drops          = d(sk_drops) - 2K
+
+With kprobe/fentry both drop points are hooked directly and the counts are
+taken as they are.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tracer.aggregate.histogram import Histogram
+from tracer.aggregate.snapshot import ListenerRow
+
+
+def split_drops(d_sk_drops: int, d_ack_overflows: int) -> tuple[int, int]:
+    """(drops, syn_drops) from sk_drops and the ACK-time overflows it double-counts."""
+    k = max(0, d_ack_overflows)
+    syn = max(0, d_sk_drops - 2 * k)
+    return k, syn
+
+
+@dataclass
+class _Listener:
+    family: int
+    laddr: str
+    lport: int
+    pid: int | None = None
+    comm: str | None = None
+    backlog_max: int = 0
+    queue_len: int = 0
+    syn_queue_len: int | None = None
+    sk_drops: int | None = None            # last sock_diag value
+    counters: object | None = None         # last ListenerCounters
+    drops_total: int = 0
+    waits: Histogram = field(default_factory=Histogram)
+    accepts_window: int = 0
+    seen_now: bool = False
+
+
+class ListenerTable:
+    def __init__(self, drop_points_hooked: bool):
+        # kprobe/fentry see both drop points; tracepoints need sk_drops.
+        self.drop_points_hooked = drop_points_hooked
+        self._by_key: dict[tuple, _Listener] = {}
+
+    def _get(self, key: tuple) -> _Listener:
+        lst = self._by_key.get(key)
+        if lst is None:
+            lst = self._by_key[key] = _Listener(*key)
+        return lst
+
+    def _listener_of(self, family: int, laddr: str, lport: int) -> _Listener | None:
+        lst = self._by_key.get((family, laddr, lport))
+        if lst is None:
+            lst = self._by_key.get((family, "0.0.0.0" if family == 4 else "::", lport))
+        return lst
+
+    def prime(self, diag=(), counters=()) -> None:
+        """Take the starting values, so the first interval counts only what
+        happens in it (sk_drops of old listeners, counters of a reused session)."""
+        for c in counters:
+            self._get(c.key).counters = c
+        for s in diag:
+            lst = self._get((s.family, s.saddr, s.sport))
+            lst.sk_drops = s.drops
+            lst.queue_len = s.rqueue
+            lst.backlog_max = s.wqueue
+
+    def add_accept(self, ev) -> None:
+        lst = self._listener_of(ev.family, ev.laddr, ev.lport)
+        if lst is None:
+            lst = self._get((ev.family, ev.laddr, ev.lport))
+        lst.accepts_window += 1
+        wait = ev.queue_wait_us
+        if wait is not None:
+            lst.waits.add(wait)
+
+    def update(self, seconds: float, diag=(), counters=(), peaks=None,
+               owners=None) -> list[ListenerRow]:
+        """Close an interval. diag: sock_diag LISTEN sockets (objects with
+        family, saddr, sport, rqueue, wqueue, drops, inode); counters: BPF
+        ListenerCounters; peaks: {key: peak}; owners: {inode: (pid, comm)}."""
+        peaks = peaks or {}
+        owners = owners or {}
+        for lst in self._by_key.values():
+            lst.seen_now = False
+        new_drops: dict[tuple, tuple[int, int]] = {}
+
+        prev_counters = {k: v.counters for k, v in self._by_key.items()}
+        for c in counters:
+            lst = self._get(c.key)
+            lst.counters = c
+            lst.seen_now = not c.closed
+            if c.pid:
+                lst.pid, lst.comm = c.pid, c.comm
+            if c.backlog_max:
+                lst.backlog_max = c.backlog_max
+            lst.syn_queue_len = c.syn_queue_len
+
+        prev_sk_drops = {k: v.sk_drops for k, v in self._by_key.items()}
+        for s in diag:
+            key = (s.family, s.saddr, s.sport)
+            lst = self._get(key)
+            lst.seen_now = True
+            lst.queue_len = s.rqueue
+            lst.backlog_max = s.wqueue
+            lst.sk_drops = s.drops
+            owner = owners.get(s.inode)
+            if owner:
+                lst.pid, lst.comm = owner
+
+        rows = []
+        for key, lst in list(self._by_key.items()):
+            c, pc = lst.counters, prev_counters.get(key)
+            d_ack = (c.ack_overflows - (pc.ack_overflows if pc else 0)) if c else 0
+            d_syn_hook = (c.syn_overflows - (pc.syn_overflows if pc else 0)) if c else 0
+            d_synack = (c.synack_retransmits - (pc.synack_retransmits if pc else 0)) if c else 0
+            if self.drop_points_hooked:
+                drops, syn_drops = d_ack, d_syn_hook
+            else:
+                prev = prev_sk_drops.get(key)
+                if lst.sk_drops is not None and prev is not None:
+                    drops, syn_drops = split_drops(lst.sk_drops - prev, d_ack)
+                else:
+                    # First sight of this listener, or not visible to
+                    # sock_diag (another network namespace): only what BPF saw.
+                    drops, syn_drops = d_ack, 0
+            lst.drops_total += drops + syn_drops
+            peak = max(peaks.get(key, 0), lst.queue_len)
+            rows.append(ListenerRow(
+                family=lst.family, laddr=lst.laddr, lport=lst.lport, pid=lst.pid, comm=lst.comm,
+                backlog_max=lst.backlog_max, queue_len=lst.queue_len, queue_peak=peak,
+                syn_queue_len=lst.syn_queue_len, drops=drops, syn_drops=syn_drops,
+                drops_total=lst.drops_total,
+                drops_per_s=(drops + syn_drops) / seconds if seconds > 0 else 0.0,
+                accepts=lst.accepts_window,
+                accept_wait_p50_us=lst.waits.percentile(50),
+                accept_wait_p99_us=lst.waits.percentile(99),
+                synack_retransmits=d_synack,
+            ))
+            lst.waits = Histogram()
+            lst.accepts_window = 0
+            if not lst.seen_now:
+                del self._by_key[key]   # closed: its last interval is reported above
+        return rows

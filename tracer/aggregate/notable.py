@@ -1,0 +1,63 @@
+"""The event log: things a person should notice, one line each, bounded."""
+from __future__ import annotations
+
+from collections import deque
+
+from tracer.aggregate.snapshot import ListenerRow, Notable
+
+SLOW_CONNECT_US = 1_000_000     # a connect over 1 s is worth a line of its own
+MAX_LINES = 500
+MAX_PER_INTERVAL = 20           # a storm of failures must not flood the log
+
+
+def fmt_ms(us: float) -> str:
+    return f"{us / 1000:.1f} ms" if us < 1_000_000 else f"{us / 1_000_000:.2f} s"
+
+
+class NotableLog:
+    def __init__(self, max_lines: int = MAX_LINES):
+        self.lines: deque[Notable] = deque(maxlen=max_lines)
+        self._window: list[Notable] = []
+        self._suppressed = 0
+
+    def _add(self, n: Notable) -> None:
+        if len(self._window) < MAX_PER_INTERVAL:
+            self._window.append(n)
+        else:
+            self._suppressed += 1
+
+    def connect(self, ev, ts_us: int) -> None:
+        dest = f"[{ev.daddr}]:{ev.dport}" if ev.family == 6 else f"{ev.daddr}:{ev.dport}"
+        who = f"{ev.comm}[{ev.pid}]"
+        if ev.outcome == "refused":
+            self._add(Notable(ts_us, "warn", "refused", f"{who} -> {dest} refused"))
+        elif ev.outcome == "timeout":
+            self._add(Notable(ts_us, "crit", "timeout",
+                              f"{who} -> {dest} timed out after {ev.syn_retransmits} SYN retransmits"))
+        elif ev.outcome == "established" and ev.latency_us and ev.latency_us >= SLOW_CONNECT_US:
+            self._add(Notable(ts_us, "warn", "slow connect",
+                              f"{who} -> {dest} took {fmt_ms(ev.latency_us)}"
+                              f" ({ev.syn_retransmits} SYN retransmits)"))
+
+    def listeners(self, rows: list[ListenerRow], ts_us: int) -> None:
+        for r in rows:
+            lost = r.drops + r.syn_drops
+            if lost:
+                owner = f" ({r.comm}[{r.pid}])" if r.pid else ""
+                self._add(Notable(ts_us, "crit", "drop burst",
+                                  f"{r.label}{owner} dropped {lost} (accept queue "
+                                  f"{r.queue_peak}/{r.backlog_max}: {r.drops} at handshake, "
+                                  f"{r.syn_drops} SYNs)"))
+
+    def lost_events(self, new_lost: int, ts_us: int) -> None:
+        if new_lost > 0:
+            self._add(Notable(ts_us, "crit", "lost events",
+                              f"{new_lost} kernel events lost this interval: counts are low"))
+
+    def roll(self, ts_us: int) -> tuple[Notable, ...]:
+        self.lines.extend(self._window)
+        if self._suppressed:
+            self.lines.append(Notable(ts_us, "info", "suppressed",
+                                      f"{self._suppressed} more notable events this interval"))
+        self._window, self._suppressed = [], 0
+        return tuple(self.lines)
