@@ -156,6 +156,8 @@ TRACEPOINT_PROBE(syscalls, sys_exit_accept)
 #endif
 
 #ifdef BACKEND_KPROBE
+#include <uapi/linux/ptrace.h>
+
 int kp_tcp_v4_connect(struct pt_regs *ctx)
 {
     connect_begin((u64)PT_REGS_PARM1(ctx), AF_INET);
@@ -206,9 +208,52 @@ KFUNC_PROBE(tcp_v4_connect, void *sk)
     return 0;
 }
 
+#ifndef NO_TCP_V6_FENTRY
 KFUNC_PROBE(tcp_v6_connect, void *sk)
 {
     connect_begin((u64)sk, AF_INET6);
     return 0;
 }
+#endif
+
+KFUNC_PROBE(inet_csk_accept, void *sk)
+{
+    accept_begin((u64)sk);
+    return 0;
+}
+
+/* fexit finds the return value after all the arguments, and the number of
+ * arguments changed in 6.10 (the loader reads it from BTF). */
+#if INET_CSK_ACCEPT_NARGS == 2
+KRETFUNC_PROBE(inet_csk_accept, void *sk, void *arg, void *ret)
+#else
+KRETFUNC_PROBE(inet_csk_accept, void *sk, int flags, void *err, int kern, void *ret)
+#endif
+{
+    accept_end(ctx, (u64)ret);
+    return 0;
+}
+
+KFUNC_PROBE(tcp_conn_request, void *rsk_ops, void *af_ops, void *sk)
+{
+    if (acceptq_full((u64)sk))
+        listener_overflow((u64)sk, 1);
+    return 0;
+}
+
+KFUNC_PROBE(tcp_v4_syn_recv_sock, void *sk)
+{
+    if (acceptq_full((u64)sk))
+        listener_overflow((u64)sk, 0);
+    return 0;
+}
+
+#ifndef NO_TCP_V6_FENTRY
+KFUNC_PROBE(tcp_v6_syn_recv_sock, void *sk)
+{
+    if (acceptq_full((u64)sk))
+        listener_overflow((u64)sk, 0);
+    return 0;
+}
+#endif
 #endif

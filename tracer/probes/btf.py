@@ -297,6 +297,21 @@ class BTF:
     def has_function(self, name: str) -> bool:
         return bool(self._named(name, (FUNC,)))
 
+    def function_arity(self, name: str) -> int:
+        """Number of parameters of kernel function `name` (its FUNC_PROTO's
+        vlen). fexit programs find the return value after the arguments, so
+        they need this when a function's signature changed between kernels
+        (inet_csk_accept: 4 parameters before 6.10, 2 since)."""
+        ids = self._named(name, (FUNC,))
+        if not ids:
+            raise self._error(f"no function {name!r}")
+        i, _, _, _ = self._type(ids[0])
+        proto = self._words[i + 2]
+        _, kind, vlen, _ = self._type(proto)
+        if kind != FUNC_PROTO:
+            raise self._error(f"function {name!r} has no prototype")
+        return vlen
+
     def offsets(self, spec: dict[str, tuple[str, str]]) -> dict[str, int]:
         """{'SK_ERR': ('sock', 'sk_err')} -> {'SK_ERR': 284}"""
         return {macro: self.member_offset(struct, path) for macro, (struct, path) in spec.items()}

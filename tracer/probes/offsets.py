@@ -67,3 +67,13 @@ def drop_reason_cflags(btf, format_path: str = KFREE_SKB_FORMAT) -> list[str]:
     except Exception:
         return []
     return [f"-DREASON_TCP_LISTEN_OVERFLOW={value}"]
+
+
+def fentry_cflags(btf) -> list[str]:
+    """What fentry/fexit programs must know about function signatures here."""
+    if btf is None:
+        raise OffsetError("fentry needs kernel BTF (/sys/kernel/btf/vmlinux)")
+    flags = [f"-DINET_CSK_ACCEPT_NARGS={btf.function_arity('inet_csk_accept')}"]
+    if not (btf.has_function("tcp_v6_syn_recv_sock") and btf.has_function("tcp_v6_connect")):
+        flags.append("-DNO_TCP_V6_FENTRY")   # IPv6 built as a module, or off
+    return flags

@@ -8,7 +8,7 @@ from tracer.filters import Filters
 from tracer.probes import headers
 from tracer.probes.btf import BTF, BTFError
 from tracer.probes.features import BackendUnavailable, choose_backend, probe_features
-from tracer.probes.offsets import OffsetError, drop_reason_cflags, offset_cflags
+from tracer.probes.offsets import OffsetError, drop_reason_cflags, fentry_cflags, offset_cflags
 from tracer.probes.session import ProbeError, ProbeSession
 
 BTF_PATH = "/sys/kernel/btf/vmlinux"
@@ -36,6 +36,8 @@ def start(requested: str, filters: Filters) -> ProbeSession:
     btf = BTF.load(BTF_PATH) if os.path.exists(BTF_PATH) else None
     flags, offsets_from = offset_cflags(btf, tree.matches_running_kernel)
     flags += drop_reason_cflags(btf)
+    if backend == "fentry":
+        flags += fentry_cflags(btf)
     session = ProbeSession(backend, filters, ringbuf=features.ringbuf.ok, offset_flags=flags,
                            env=headers.bcc_environment(tree), offsets_from=offsets_from,
                            headers=tree.how)

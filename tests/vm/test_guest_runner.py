@@ -1,0 +1,150 @@
+"""The QEMU guest runner (vagrant/guest.py): the guest really runs Debian's
+6.1 cloud kernel with kprobes and fentry, commands' output, exit codes and
+result files come back, and a hung guest is killed."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+import guest  # on sys.path through conftest.py
+import guest_packages
+from guest import Package, VersionMismatch, check_kernel_headers
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+
+
+# --- no VM needed -------------------------------------------------------------
+
+def test_version_check_rejects_headers_of_another_kernel():
+    image = Package("linux-image-6.1.0-50-cloud-amd64", "6.1.176-1")
+    with pytest.raises(VersionMismatch, match="differ"):
+        check_kernel_headers(image, Package("linux-headers-6.1.0-49-cloud-amd64", "6.1.170-1"))
+    # Same ABI name, another upload: struct layouts may still differ.
+    with pytest.raises(VersionMismatch, match="differ"):
+        check_kernel_headers(image, Package("linux-headers-6.1.0-50-cloud-amd64", "6.1.176-2"))
+
+
+def test_version_check_accepts_the_matching_headers():
+    image = Package("linux-image-6.1.0-50-cloud-amd64-unsigned", "6.1.176-1")
+    headers = Package("linux-headers-6.1.0-50-cloud-amd64", "6.1.176-1")
+    assert check_kernel_headers(image, headers) == "6.1.0-50-cloud-amd64"
+
+
+def test_kernel_version_is_read_from_the_meta_package_dependency():
+    show = ("Package: linux-image-cloud-amd64\nVersion: 6.1.176-1\n"
+            "Depends: linux-image-6.1.0-50-cloud-amd64 (= 6.1.176-1)\n\n"
+            "Package: linux-headers-cloud-amd64\nVersion: 6.1.176-1\n"
+            "Depends: linux-headers-6.1.0-50-cloud-amd64 (= 6.1.176-1)\n")
+    assert guest_packages._depends_on(show, "linux-headers-cloud-amd64") == \
+        Package("linux-headers-6.1.0-50-cloud-amd64", "6.1.176-1")
+
+
+def test_mirror_is_found_in_both_apt_source_formats():
+    deb822 = ("Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\n"
+              "Components: main\n\nTypes: deb\nURIs: http://mirror.example/debian-security\n"
+              "Suites: bookworm-security\nComponents: main\n")
+    one_line = "deb [arch=amd64] http://other.example/debian bookworm main contrib\n"
+    assert [e[0] for e in guest_packages._sources_entries(deb822, deb822=True) if "bookworm" in e[1]] == \
+        ["http://mirror.example/debian"]
+    assert [e[:3] for e in guest_packages._sources_entries(one_line, deb822=False)] == \
+        [("http://other.example/debian", ["bookworm"], ["main", "contrib"])]
+
+
+@pytest.mark.skipif(shutil.which("apt-get") is None, reason="needs apt-get to resolve the kernel")
+def test_unreachable_mirror_falls_back_to_cached_image_or_says_why(tmp_path, monkeypatch):
+    # Port 9 on loopback refuses connections: apt really fails.
+    monkeypatch.setenv("CONNSCOPE_VM_MIRROR", "http://127.0.0.1:9/debian")
+    apt_conf = tmp_path / "apt.conf"
+    apt_conf.write_text('Acquire::Retries "0";\n')  # read instead of /etc/apt/apt.conf
+    monkeypatch.setenv("APT_CONFIG", str(apt_conf))
+    with pytest.raises(guest.GuestError, match="apt-get update for bookworm .* failed"):
+        guest.build_image(tmp_path)
+    cached = tmp_path / "0123456789abcdef"
+    cached.mkdir()
+    for name in ("root.img", "vmlinuz", "manifest.json"):
+        (cached / name).write_text("{}")
+    (tmp_path / ".tmp-fedcba9876543210-x").mkdir()  # an interrupted build is no image
+    assert guest.build_image(tmp_path) == cached
+
+
+# --- in the guest --------------------------------------------------------------
+
+PROBE_COMMAND = (
+    "uname -r; "
+    "test -d /sys/kernel/tracing/events && echo tracefs; "
+    'python3 -c "import bcc; print(bcc.BPF.support_kfunc())"; '
+    "grep -c . /sys/kernel/tracing/available_filter_functions; "
+    "grep -x tcp_v4_connect /sys/kernel/tracing/available_filter_functions"
+)
+
+
+@pytest.mark.vm
+def test_guest_runs_debian_cloud_kernel_with_kprobes_and_fentry(guest_image):
+    code, output = guest.run(PROBE_COMMAND, PROJECT_DIR, timeout=300, image=guest_image)
+    assert code == 0, output
+    release, tracefs, kfunc, functions, kprobe_target = output.splitlines()
+    assert re.fullmatch(r"6\.1\.0-\d+-cloud-amd64", release)
+    assert release == guest.read_manifest(guest_image)["kernel_release"]
+    assert tracefs == "tracefs"
+    assert kfunc == "True"
+    assert int(functions) > 10_000
+    assert kprobe_target == "tcp_v4_connect"
+
+
+@pytest.mark.vm
+def test_exit_code_output_and_results_come_back(guest_image, tmp_path):
+    chunks = []
+    command = ('echo "$(uname -r)" > "$CONNSCOPE_VM_RESULTS/release"; '
+               'mkdir "$CONNSCOPE_VM_RESULTS/sub" && echo nested > "$CONNSCOPE_VM_RESULTS/sub/file"; '
+               "echo to-stdout; echo to-stderr >&2; exit 3")
+    code, output = guest.run(command, PROJECT_DIR, timeout=300, image=guest_image,
+                             results_dir=tmp_path, on_output=chunks.append)
+    assert code == 3
+    assert output.splitlines() == ["to-stdout", "to-stderr"]
+    assert "".join(chunks) == output
+    manifest = guest.read_manifest(guest_image)
+    assert (tmp_path / "release").read_text() == manifest["kernel_release"] + "\n"
+    assert (tmp_path / "sub" / "file").read_text() == "nested\n"
+
+
+@pytest.mark.vm
+def test_hung_guest_is_killed_at_the_timeout(guest_image):
+    started = time.monotonic()
+    # 15 s: boot takes ~3 s under TCG, so "started" is out well before.
+    with pytest.raises(guest.GuestTimeout, match="did not finish within 15s") as caught:
+        guest.run("echo started; sleep 600", PROJECT_DIR, timeout=15, image=guest_image)
+    assert time.monotonic() - started < 25
+    assert caught.value.output == "started\n"
+
+
+@pytest.mark.vm
+@pytest.mark.slow
+def test_kprobe_and_fentry_count_every_loopback_connect(guest_image):
+    # One bcc program with both probe types: a compile costs ~25 s under TCG.
+    code, output = guest.run("python3 tests/vm/guest_scripts/connect_counts.py 23",
+                             PROJECT_DIR, timeout=600, image=guest_image)
+    assert code == 0, output
+    counts = json.loads(output.splitlines()[-1])
+    assert (counts["kprobe"], counts["kfunc"]) == (23, 23), counts
+
+
+@pytest.mark.vm
+def test_pytest_session_in_guest_with_host_venv_returns_junit(guest_image, tmp_path):
+    # How the kernel tests run in the guest: the project venv carries pyarrow,
+    # which bookworm does not package, and the JUnit report comes back.
+    site = guest.venv_site_packages(PROJECT_DIR, guest_image)
+    command = ('python3 -c "import pyarrow, click, bcc" && '
+               "python3 -m pytest -p no:cacheprovider -q tests/vm/test_guest_runner.py -m 'not vm' "
+               '--junitxml="$CONNSCOPE_VM_RESULTS/junit.xml"')
+    code, output = guest.run(command, PROJECT_DIR, timeout=600, image=guest_image,
+                             site_packages=site, results_dir=tmp_path)
+    assert code == 0, output
+    suite = ET.parse(tmp_path / "junit.xml").getroot().find("testsuite")
+    assert int(suite.get("tests")) >= 4 and int(suite.get("failures")) == 0, output
+    assert int(suite.get("errors")) == 0 and int(suite.get("skipped")) == 0, output
