@@ -93,6 +93,21 @@ def top(record_dir, plain, duration, **opts):
 
 
 @cli.command(context_settings=CONTEXT)
+@click.argument("directory", type=click.Path(), metavar="DIR")
+def replay(directory):
+    """Replay a recording in the live view: play, pause, step, faster, slower,
+    jump to the worst moment (press ? in the view for every key).
+
+    \b
+    Examples:
+      connscope replay /var/tmp/rec
+    """
+    from tracer import replay as replay_recording
+
+    replay_recording.run(directory)
+
+
+@cli.command(context_settings=CONTEXT)
 @tracing_options
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, metavar="DIR",
               help="Recording directory (created if missing).")
@@ -133,6 +148,27 @@ def doctor(as_json):
         click.echo(json.dumps(report, indent=2, sort_keys=True, default=str))
     else:
         click.echo(doc.render_text(report), nl=False)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("directory", type=click.Path(), metavar="DIR")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False),
+              metavar="FILE", help="Also write one self-contained HTML file with charts.")
+def report(directory, html_path):
+    """Postmortem summary of a recording: what to look at first, slow and failing
+    destinations, listeners that dropped connections, processes, pool advice.
+
+    DIR may hold several hosts and runs (e.g. a fleet's recordings copied into
+    one directory); unreadable files are skipped and listed.
+
+    \b
+    Examples:
+      connscope report /var/tmp/rec
+      connscope report /var/tmp/rec --html incident.html
+    """
+    from tracer.report.command import report as run_report
+
+    run_report(directory, html_path)
 
 
 def main(argv=None):

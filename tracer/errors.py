@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from tracer.filters import FilterError
 from tracer.probes.startup import STARTUP_ERRORS
+from tracer.replay import ReplayError
+from tracer.report.reader import ReportError
 from tracer.sinks.parquet_writer import RecordingError
 
-USER_ERRORS = (FilterError, RecordingError, *STARTUP_ERRORS)
+USER_ERRORS = (FilterError, RecordingError, ReportError, ReplayError, *STARTUP_ERRORS)

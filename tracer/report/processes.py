@@ -1,0 +1,113 @@
+"""Processes by TCP sockets held and by churn, from the per-interval `sockets` table.
+
+A process is (host, pid, comm): pids are reused, and a fleet repeats them.
+Rates divide by the span the process was seen: last ts - first ts + one
+interval (each row covers the interval that ends at its ts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tracer.report.arrow_stats import bucket_start, sums_by, ts_us
+
+KEY = ["host", "pid", "comm"]
+STATES = ("established", "syn_sent", "listen", "close_wait", "other")
+CLOSE_WAIT_LEAK = 10    # this many sockets stuck in CLOSE_WAIT at the end is a leak, not noise
+FD_WARN = 0.8
+
+
+@dataclass(frozen=True)
+class ProcessStats:
+    host: str
+    pid: int
+    comm: str
+    peak_sockets: int
+    last_sockets: int
+    peak_established: int
+    first_close_wait: int
+    last_close_wait: int
+    peak_close_wait: int
+    opened: int
+    closed: int
+    span_s: float
+    peak_fds: int | None
+    fd_limit: int | None
+    # ((bucket_start_us, sockets, established, close_wait, fds or None), ...), maxima
+    timeline: tuple = ()
+
+    @property
+    def label(self) -> str:
+        return f"{self.comm} ({self.pid}) on {self.host}"
+
+    @property
+    def opened_per_s(self) -> float:
+        return self.opened / self.span_s if self.span_s else 0.0
+
+    @property
+    def closed_per_s(self) -> float:
+        return self.closed / self.span_s if self.span_s else 0.0
+
+    @property
+    def fd_ratio(self) -> float | None:
+        if self.peak_fds is None or not self.fd_limit:
+            return None
+        return self.peak_fds / self.fd_limit
+
+    @property
+    def close_wait_leak(self) -> bool:
+        """CLOSE_WAIT sockets pile up: the peer closed, the application never did."""
+        return (self.last_close_wait >= CLOSE_WAIT_LEAK
+                and self.last_close_wait > self.first_close_wait)
+
+
+def with_totals(sockets: pa.Table) -> pa.Table:
+    """`sockets` plus `total` (all states) and `us` (ts in µs) columns."""
+    total = None
+    for s in STATES:
+        col = pc.cast(pc.fill_null(sockets.column(s), 0), pa.int64())
+        total = col if total is None else pc.add(total, col)
+    if total is None:
+        total = pa.array([], pa.int64())
+    return sockets.append_column("total", total).append_column("us", ts_us(sockets))
+
+
+def process_stats(sockets: pa.Table, interval_us: int, bucket_us: int) -> list[ProcessStats]:
+    """Every process seen, most sockets first; timelines in `bucket_us` buckets."""
+    if not sockets.num_rows:
+        return []
+    t = with_totals(sockets).sort_by([("us", "ascending")])
+    rows = sums_by(t, KEY, [
+        ("total", "max"), ("total", "last"), ("established", "max"), ("close_wait", "first"),
+        ("close_wait", "last"), ("close_wait", "max"), ("opened", "sum"), ("closed", "sum"),
+        ("us", "min"), ("us", "max"), ("fds", "max"), ("fd_limit", "max")])
+    tl = t.append_column("bucket", bucket_start(t, bucket_us))
+    timelines: dict[tuple, list] = {}
+    for r in sums_by(tl, [*KEY, "bucket"], [("total", "max"), ("established", "max"),
+                                             ("close_wait", "max"), ("fds", "max")]):
+        timelines.setdefault((r["host"], r["pid"], r["comm"]), []).append(
+            (r["bucket"], r["total_max"], r["established_max"] or 0, r["close_wait_max"] or 0,
+             r["fds_max"]))
+    out = []
+    for r in rows:
+        key = (r["host"], r["pid"], r["comm"])
+        out.append(ProcessStats(
+            host=r["host"], pid=r["pid"], comm=r["comm"] or "?",
+            peak_sockets=r["total_max"], last_sockets=r["total_last"],
+            peak_established=r["established_max"] or 0,
+            first_close_wait=r["close_wait_first"] or 0,
+            last_close_wait=r["close_wait_last"] or 0, peak_close_wait=r["close_wait_max"] or 0,
+            opened=r["opened_sum"] or 0, closed=r["closed_sum"] or 0,
+            span_s=(r["us_max"] - r["us_min"] + interval_us) / 1e6,
+            peak_fds=r["fds_max"], fd_limit=r["fd_limit_max"],
+            timeline=tuple(sorted(timelines.get(key, ())))))
+    out.sort(key=lambda p: (-p.peak_sockets, p.host, p.pid))
+    return out
+
+
+def by_churn(stats: list[ProcessStats], n: int = 10) -> list[ProcessStats]:
+    ranked = [p for p in stats if p.opened or p.closed]
+    return sorted(ranked, key=lambda p: (-(p.opened_per_s + p.closed_per_s), p.host, p.pid))[:n]
