@@ -13,6 +13,7 @@
 #define CONNSCOPE_CONNECT_H
 
 #include "common.h"
+#include "sockets.h"
 
 #ifndef MAX_INFLIGHT
 #define MAX_INFLIGHT 65536
@@ -111,6 +112,8 @@ static __always_inline void connect_end(void *ctx, u64 sk, int newstate, u16 spo
     }
     if (!ports_wanted(ev.sport, ev.dport))
         return;
+    if (ev.outcome == OUTCOME_ESTABLISHED)
+        sock_opened(sk, ev.ts_end_ns, ev.pid, ev.comm, ev.family, ev.daddr, ev.dport, ev.sport, 0);
     emit(ctx, &ev, sizeof(ev));
 }
 

@@ -12,6 +12,7 @@
 
 #define EV_CONNECT 1
 #define EV_ACCEPT 2
+#define EV_CLOSE 3
 
 /* connect outcomes, decided when the socket leaves SYN_SENT */
 #define OUTCOME_ESTABLISHED 0
@@ -24,6 +25,7 @@
 #define CTR_INFLIGHT_FULL 1    /* connect not tracked: in-flight map full */
 #define CTR_HANDSHAKES_FULL 2  /* accept wait not measured: handshake map full */
 #define CTR_LISTENERS_FULL 3   /* listener not tracked: listener map full */
+#define CTR_OWNED_FULL 4       /* connection lifetime not tracked: owner map full */
 #define CTR_MAX 8
 
 struct connect_event {
@@ -63,6 +65,24 @@ struct accept_event {
     char comm[16];
 };
 
+/* A connection we saw open (connect or accept) is finished: the socket
+ * reached CLOSE. Gives churn and lifetimes per process and destination. */
+struct close_event {
+    __u32 type;          /* EV_CLOSE */
+    __u32 pid;           /* who opened it (connect() caller or acceptor) */
+    __u64 ts_ns;         /* reached CLOSE */
+    __u64 ts_open_ns;    /* handshake completed */
+    __u64 sk;
+    __u8 raddr[16];      /* the remote end */
+    __u16 rport;
+    __u16 lport;
+    __u8 family;
+    __u8 passive;        /* 1: accepted, 0: connected */
+    __u8 oldstate;       /* state it closed from (TIME_WAIT entry shows as FIN_WAIT2 etc.) */
+    __u8 pad;
+    char comm[16];
+};
+
 /* Identity of a listening socket; addr all zero for a wildcard bind. */
 struct listener_key {
     __u8 addr[16];
@@ -71,11 +91,17 @@ struct listener_key {
     __u8 pad;
 };
 
+/* Kinds of accept-queue overflow */
+#define OVERFLOW_ACK 0       /* handshake done, request socket dropped */
+#define OVERFLOW_SYN 1       /* SYN dropped */
+#define OVERFLOW_COOKIE 2    /* SYN-cookie handshake done, dropped */
+
 /* Per-listener counters, aggregated in the kernel and read by user space
  * once per interval (a SYN flood costs map updates, not events). Counters
  * are cumulative; user space takes differences. */
 struct listener_stats {
     __u64 ack_overflows;      /* handshake done but accept queue full: connection dropped */
+    __u64 cookie_overflows;   /* the same for a SYN-cookie handshake (no request socket) */
     __u64 syn_overflows;      /* SYN dropped, accept queue full (seen at the drop point only by kprobe/fentry) */
     __u64 synack_retransmits;
     __u64 accepts;

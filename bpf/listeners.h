@@ -11,6 +11,7 @@
 #define CONNSCOPE_LISTENERS_H
 
 #include "common.h"
+#include "sockets.h"
 
 #ifndef MAX_LISTENERS
 #define MAX_LISTENERS 4096
@@ -133,16 +134,19 @@ static __always_inline void child_queued(u64 child)
         count(CTR_HANDSHAKES_FULL);
 }
 
-/* The accept queue was full: a connection (ACK time) or a SYN was dropped. */
-static __always_inline void listener_overflow(u64 lsk, int at_syn)
+/* The accept queue was full: a connection (ACK time, with a request socket
+ * or from a SYN cookie) or a SYN was dropped. kind: OVERFLOW_*. */
+static __always_inline void listener_overflow(u64 lsk, int kind)
 {
     struct listener_key k = {};
     local_key_of(lsk, &k);
     struct listener_stats *st = listener_get(&k);
     if (!st)
         return;
-    if (at_syn)
+    if (kind == OVERFLOW_SYN)
         st->syn_overflows++;
+    else if (kind == OVERFLOW_COOKIE)
+        st->cookie_overflows++;
     else
         st->ack_overflows++;
     note_queue(&k, st, lsk);
@@ -222,6 +226,8 @@ static __always_inline void accept_end(void *ctx, u64 child)
         st->accepts++;
         note_queue(&lk, st, lsk);
     }
+    sock_opened(child, ev.ts_handshake_ns ? ev.ts_handshake_ns : ev.ts_ns, ev.pid, ev.comm,
+                ev.family, ev.raddr, ev.rport, ev.lport, 1);
     emit(ctx, &ev, sizeof(ev));
 }
 

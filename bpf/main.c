@@ -8,6 +8,7 @@
  *   BACKEND_FENTRY      BPF trampolines on the same functions (lowest cost)
  */
 #include "common.h"
+#include "sockets.h"
 #include "connect.h"
 #include "listeners.h"
 
@@ -50,6 +51,10 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
         child_queued(sk);
         return 0;
     }
+    if (newstate == TCP_CLOSE && oldstate != TCP_LISTEN) {
+        sock_closed(args, sk, oldstate);
+        return 0;
+    }
     if (newstate == TCP_LISTEN && args->sport) {
         /* Inside listen(): current task owns the listener. (A listen()
          * without bind() gets its port only after this: seen later.) */
@@ -84,6 +89,7 @@ TRACEPOINT_PROBE(tcp, tcp_destroy_sock)
     u64 sk = (u64)args->skaddr;
     connect_forget(sk);
     child_forget(sk);
+    sock_forget(sk);
     /* A listener can go without a LISTEN -> CLOSE we saw (its network
      * namespace deleted, or known to us only from a drop). */
     struct listener_key k = {};
@@ -108,9 +114,17 @@ enum skb_drop_reason { CONNSCOPE_SKB_DROP_REASON_FROM_BTF = 0 };
  * user space reads through sock_diag. */
 TRACEPOINT_PROBE(skb, kfree_skb)
 {
-    if (args->reason != REASON_TCP_LISTEN_OVERFLOW || !args->rx_sk)
+    u64 rx_sk = (u64)args->rx_sk;
+    if (!rx_sk)
         return 0;
-    listener_overflow((u64)args->rx_sk, 0);
+    if (args->reason == REASON_TCP_LISTEN_OVERFLOW) {
+        listener_overflow(rx_sk, OVERFLOW_ACK);
+    } else if (args->reason == REASON_NO_SOCKET &&
+               READ_AT(rx_sk, OFF_SKC_STATE, u8) == TCP_LISTEN) {
+        /* A SYN-cookie ACK that found the queue full: no request socket,
+         * so the kernel reports it as NO_SOCKET on the listener. */
+        listener_overflow(rx_sk, OVERFLOW_COOKIE);
+    }
     return 0;
 }
 #endif
@@ -188,7 +202,7 @@ int kp_tcp_conn_request(struct pt_regs *ctx)
 {
     u64 lsk = (u64)PT_REGS_PARM3(ctx);
     if (acceptq_full(lsk))
-        listener_overflow(lsk, 1);
+        listener_overflow(lsk, OVERFLOW_SYN);
     return 0;
 }
 
@@ -196,7 +210,7 @@ int kp_tcp_syn_recv_sock(struct pt_regs *ctx)
 {
     u64 lsk = (u64)PT_REGS_PARM1(ctx);
     if (acceptq_full(lsk))
-        listener_overflow(lsk, 0);
+        listener_overflow(lsk, OVERFLOW_ACK);
     return 0;
 }
 #endif
@@ -237,14 +251,14 @@ KRETFUNC_PROBE(inet_csk_accept, void *sk, int flags, void *err, int kern, void *
 KFUNC_PROBE(tcp_conn_request, void *rsk_ops, void *af_ops, void *sk)
 {
     if (acceptq_full((u64)sk))
-        listener_overflow((u64)sk, 1);
+        listener_overflow((u64)sk, OVERFLOW_SYN);
     return 0;
 }
 
 KFUNC_PROBE(tcp_v4_syn_recv_sock, void *sk)
 {
     if (acceptq_full((u64)sk))
-        listener_overflow((u64)sk, 0);
+        listener_overflow((u64)sk, OVERFLOW_ACK);
     return 0;
 }
 
@@ -252,7 +266,7 @@ KFUNC_PROBE(tcp_v4_syn_recv_sock, void *sk)
 KFUNC_PROBE(tcp_v6_syn_recv_sock, void *sk)
 {
     if (acceptq_full((u64)sk))
-        listener_overflow((u64)sk, 0);
+        listener_overflow((u64)sk, OVERFLOW_ACK);
     return 0;
 }
 #endif

@@ -15,9 +15,10 @@ from typing import Callable, Protocol
 from tracer.aggregate.connects import ConnectTable
 from tracer.aggregate.listeners import ListenerTable
 from tracer.aggregate.notable import NotableLog
+from tracer.aggregate.sockets import ProcessTable
 from tracer.aggregate.snapshot import Header, Snapshot
 from tracer.clock import Clock
-from tracer.events import Accept, Connect
+from tracer.events import Accept, Close, Connect
 
 
 @dataclass(frozen=True)
@@ -42,28 +43,31 @@ class Sink(Protocol):
     def close(self, status: Status, snapshot: Snapshot) -> None: ...
 
 
-def no_listener_view():
-    return [], {}
+def no_kernel_view():
+    """(listening sockets, {inode: (pid, comm)}, {pid: Holding}) when there is
+    no socket table to read (tests of the loop itself)."""
+    return [], {}, {}
 
 
 class Collector:
     def __init__(self, session, sinks: list, interval: float = 1.0, *, header: Header,
                  clock: Clock | None = None,
-                 listener_view: Callable[[], tuple[list, dict]] = no_listener_view,
+                 kernel_view: Callable[[], tuple[list, dict, dict]] = no_kernel_view,
                  drop_points_hooked: bool = False):
         self.session = session
         self.sinks = sinks
         self.interval = interval
         self.header = header
         self.clock = clock or Clock()
-        self.listener_view = listener_view
+        self.kernel_view = kernel_view
         self.connects = ConnectTable()
         self.listeners = ListenerTable(drop_points_hooked)
+        self.processes = ProcessTable()
         self.log = NotableLog()
         self._events_total = 0
         self._events_at_tick = 0
         self._lost_at_tick = 0
-        self.listener_view_error: str | None = None
+        self.kernel_view_error: str | None = None
 
     def _status(self, started: float, seconds: float) -> Status:
         c = self.session.counters()
@@ -73,7 +77,8 @@ class Collector:
             events_per_s=rate, lost_events=c["lost_events"],
             untracked_connects=c["untracked_connects"], decode_errors=c["decode_errors"],
             inflight=self.session.inflight(),
-            untracked_other=c.get("untracked_accept_waits", 0) + c.get("untracked_listeners", 0),
+            untracked_other=(c.get("untracked_accept_waits", 0) + c.get("untracked_listeners", 0)
+                             + c.get("untracked_lifetimes", 0)),
         )
 
     def _drain(self, timeout_ms: int) -> None:
@@ -85,8 +90,14 @@ class Collector:
             if isinstance(ev, Connect):
                 self.connects.add(ev)
                 self.log.connect(ev, self.clock.wall_us(ev.ts_end_ns))
+                if ev.outcome == "established":
+                    self.processes.opened(ev.pid, ev.comm, (ev.family, ev.daddr, ev.dport),
+                                          ev.latency_us)
             elif isinstance(ev, Accept):
                 self.listeners.add_accept(ev)
+                self.processes.opened(ev.pid, ev.comm, None)
+            elif isinstance(ev, Close):
+                self.processes.closed(ev)
         for sink in self.sinks:
             sink.on_events(events)
 
@@ -94,14 +105,15 @@ class Collector:
         now_us = time.time_ns() // 1000
         self.connects.roll(seconds)
         try:
-            diag, owners = self.listener_view()
-            self.listener_view_error = None
-        except OSError as e:   # the kernel's socket table is a bonus, never fatal
-            diag, owners = [], {}
-            self.listener_view_error = f"socket table unreadable: {e}"
+            diag, owners, holdings = self.kernel_view()
+            self.kernel_view_error = None
+        except OSError as e:   # the kernel's socket table adds to BPF, never fatal
+            diag, owners, holdings = [], {}, {}
+            self.kernel_view_error = f"socket table unreadable: {e}"
         listener_rows = self.listeners.update(
             seconds, diag, self.session.listener_counters(), self.session.take_listener_peaks(),
             owners)
+        process_rows = self.processes.update(seconds, holdings)
         self.log.listeners(listener_rows, now_us)
         self.log.lost_events(status.lost_total - self._lost_at_tick, now_us)
         self._lost_at_tick = status.lost_total
@@ -112,6 +124,7 @@ class Collector:
             destinations=tuple(self.connects.by_destination()),
             processes_connects=tuple(self.connects.by_process()),
             listeners=tuple(listener_rows),
+            processes=tuple(process_rows),
             notable=self.log.roll(now_us),
         )
 
@@ -125,7 +138,7 @@ class Collector:
 
     def _prime(self) -> None:
         try:
-            diag, _ = self.listener_view()
+            diag, _, _ = self.kernel_view()
         except OSError:
             diag = []
         self.listeners.prime(diag, self.session.listener_counters())

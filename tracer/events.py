@@ -62,6 +62,7 @@ def parse_header(path: Path = EVENT_HEADER) -> tuple[dict[str, type], dict[str, 
 _STRUCTS, C = parse_header()
 ConnectRecord = _STRUCTS["connect_event"]
 AcceptRecord = _STRUCTS["accept_event"]
+CloseRecord = _STRUCTS["close_event"]
 ListenerKey = _STRUCTS["listener_key"]
 ListenerStatsRecord = _STRUCTS["listener_stats"]
 
@@ -171,7 +172,8 @@ class ListenerCounters:
     family: int
     laddr: str
     lport: int
-    ack_overflows: int
+    ack_overflows: int        # with a request socket: sk_drops counts these twice
+    cookie_overflows: int     # SYN-cookie handshakes: sk_drops counts these once
     syn_overflows: int
     synack_retransmits: int
     accepts: int
@@ -191,7 +193,8 @@ def decode_listener(key, value) -> ListenerCounters:
     fam = key.family
     return ListenerCounters(
         family=4 if fam == AF_INET else 6, laddr=format_addr(fam, bytes(key.addr)),
-        lport=key.port, ack_overflows=value.ack_overflows, syn_overflows=value.syn_overflows,
+        lport=key.port, ack_overflows=value.ack_overflows,
+        cookie_overflows=value.cookie_overflows, syn_overflows=value.syn_overflows,
         synack_retransmits=value.synack_retransmits, accepts=value.accepts,
         handshakes=value.handshakes, backlog_max=value.backlog_max,
         syn_queue_len=value.syn_queue_len, pid=value.pid or None,
@@ -200,8 +203,38 @@ def decode_listener(key, value) -> ListenerCounters:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Close:
+    """A connection we saw opened is finished (its socket reached CLOSE)."""
+
+    ts_ns: int
+    ts_open_ns: int
+    pid: int                  # who opened it
+    comm: str
+    family: int
+    raddr: str
+    rport: int
+    lport: int
+    passive: bool             # accepted (True) or connected (False)
+    oldstate: int
+
+    @property
+    def lifetime_us(self) -> float:
+        return max(0, self.ts_ns - self.ts_open_ns) / 1000.0
+
+
+def decode_close(buf) -> Close:
+    r = CloseRecord.from_buffer_copy(buf[: ctypes.sizeof(CloseRecord)])
+    fam = r.family
+    return Close(ts_ns=r.ts_ns, ts_open_ns=r.ts_open_ns, pid=r.pid,
+                 comm=r.comm.decode("utf-8", "replace"), family=4 if fam == AF_INET else 6,
+                 raddr=format_addr(fam, bytes(r.raddr)), rport=r.rport, lport=r.lport,
+                 passive=bool(r.passive), oldstate=r.oldstate)
+
+
 def record_type(buf) -> int:
     return int.from_bytes(bytes(buf[:4]), "little")
 
 
-DECODERS = {C["EV_CONNECT"]: decode_connect, C["EV_ACCEPT"]: decode_accept}
+DECODERS = {C["EV_CONNECT"]: decode_connect, C["EV_ACCEPT"]: decode_accept,
+            C["EV_CLOSE"]: decode_close}

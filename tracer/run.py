@@ -73,21 +73,27 @@ def header_for(session, recording_path=None, source="live") -> Header:
 def make_collector(session, sinks, interval, clock, recording_path=None) -> Collector:
     return Collector(session, sinks, interval, header=header_for(session, recording_path),
                      clock=clock,
-                     listener_view=listener_view(),
+                     kernel_view=kernel_view(),
                      drop_points_hooked=session.info.backend in ("kprobe", "fentry"))
 
 
-def listener_view():
-    """The kernel's own table of listening sockets and their owners, read
-    once per interval (cheap: listeners are few; owners are cached by inode)."""
-    from tracer.probes import sock_diag
-    from tracer.probes.listener_owners import OwnerCache
+def kernel_view():
+    """The kernel's socket table joined with /proc, read once per interval:
+    listeners (queues, sk_drops, owners) and what every process holds."""
+    from tracer.aggregate.sockets import tally
+    from tracer.probes.socket_table import SocketTable
 
-    owners = OwnerCache()
+    table = SocketTable()
 
     def read():
-        diag = sock_diag.listeners()
-        return diag, owners.resolve({s.inode for s in diag})
+        sockets, snap, _ = table.read()
+        listeners = table.listeners(sockets)
+        owners = {s.inode: (snap.holders[s.inode][0],
+                            snap.comm_by_pid.get(snap.holders[s.inode][0], "?"))
+                  for s in listeners if s.inode in snap.holders}
+        holdings = tally(sockets, snap.holders, snap.comm_by_pid, snap.fds_by_pid,
+                         snap.nofile_by_pid)
+        return listeners, owners, holdings
 
     return read
 

@@ -64,6 +64,8 @@ _TABLE_ROWS = {
     "overflows": "one row per listening socket and interval with at least one drop",
     "listeners": "one row per listening socket and interval",
     "sockets": "one row per process and interval",
+    "pools": "one row per process, remote endpoint and interval with connection activity: "
+             "the pool sizing advice (Little's law) behind the live view",
 }
 
 _COLUMNS: dict[str, list[Column]] = {
@@ -141,12 +143,27 @@ _COLUMNS: dict[str, list[Column]] = {
         Column("other", _I32, "TCP sockets in any other state at the end of the interval"),
         Column("opened", _I64, "TCP sockets opened in the interval"),
         Column("closed", _I64, "TCP sockets closed in the interval"),
-        Column("fds", _I32, "open file descriptors at the end of the interval"),
-        Column("fd_limit", _I64, "file descriptor limit (RLIMIT_NOFILE soft limit)"),
+        Column("fds", _I32, "open file descriptors at the end of the interval; null if unreadable",
+               True),
+        Column("fd_limit", _I64, "file descriptor limit (RLIMIT_NOFILE soft limit); null if "
+               "unlimited or unreadable", True),
         Column("tx_queue_bytes", _I64,
                "bytes in the send queues of its TCP sockets at the end of the interval"),
         Column("rx_queue_bytes", _I64,
                "bytes in the receive queues of its TCP sockets at the end of the interval"),
+    ],
+    "pools": [
+        *_common("end of the interval"),
+        *_process(),
+        Column("destination", _STR, "remote endpoint the process connects to (addr:port)"),
+        Column("arrival_per_s", _F64, "new connections per second to it, over the last 30 intervals"),
+        Column("hold_s", _F64, "mean time each of those connections was held, seconds (0 if none closed)"),
+        Column("concurrency_mean", _F64, "connections in use on average: observed, or arrival x hold"),
+        Column("concurrency_p99", _F64, "99th percentile of connections held at interval ends"),
+        Column("concurrency_peak", _I32, "most connections held at an interval end"),
+        Column("recommended", _I32, "pool size that covers the busiest demand with 25 % headroom"),
+        Column("in_use", _I32, "connections held at the end of the interval"),
+        Column("verdict", _STR, "pooled, churning (no pooling), or mixed or idle, with the figures"),
     ],
 }
 

@@ -143,6 +143,9 @@ def test_duckdb_reads_the_same_recording(incident):
     data = read_recording(incident)
     con = _duck()
     for table in TABLES:
+        if not (incident / table).exists():   # a table the synthetic incident has no rows for
+            assert data.tables[table].num_rows == 0, table
+            continue
         n = con.execute(f"select count(*) from read_parquet('{incident}/{table}/**/*.parquet', "
                         f"hive_partitioning=true)").fetchone()[0]
         assert n == data.tables[table].num_rows, table

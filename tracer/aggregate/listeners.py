@@ -6,15 +6,17 @@ Three sources are joined on (family, address, port):
   * the BPF `listeners` map: cumulative counters taken at the hooks;
   * accept events: how long each connection waited in the queue.
 
-Drop arithmetic (measured on 6.18, see KERNEL.md and tests/kernel/test_listeners.py):
-a listener's sk_drops counts every listen drop once, except that an
-ACK-time overflow (the handshake finished into a full queue) is counted
-twice: once in tcp_v4_syn_recv_sock and once more when the packet is
-discarded. So over an interval, with K ACK-time overflows seen by BPF:
+Drop arithmetic (measured on 6.18; tests/kernel/test_sock_diag.py pins it):
+a listener's sk_drops counts every listen drop once, except that an ACK-time
+overflow with a request socket (the handshake finished into a full queue) is
+counted twice: once in tcp_v4_syn_recv_sock and once more when the packet is
+discarded (kfree_skb reason TCP_LISTEN_OVERFLOW). The same overflow for a
+SYN-cookie handshake has no request socket, is discarded as NO_SOCKET on the
+listener, and is counted once. With R and C those two as seen by BPF:
 
-    ListenDrops share  = d(sk_drops) - K
-    drops (ACK time)   = K
-    syn_drops          = d(sk_drops) - 2K
+    ListenDrops share  = d(sk_drops) - R
+    drops (ACK time)   = R + C
+    syn_drops          = d(sk_drops) - 2R - C
 
 With kprobe/fentry both drop points are hooked directly and the counts are
 taken as they are.
@@ -27,11 +29,12 @@ from tracer.aggregate.histogram import Histogram
 from tracer.aggregate.snapshot import ListenerRow
 
 
-def split_drops(d_sk_drops: int, d_ack_overflows: int) -> tuple[int, int]:
-    """(drops, syn_drops) from sk_drops and the ACK-time overflows it double-counts."""
-    k = max(0, d_ack_overflows)
-    syn = max(0, d_sk_drops - 2 * k)
-    return k, syn
+def split_drops(d_sk_drops: int, d_request_overflows: int, d_cookie_overflows: int = 0
+                ) -> tuple[int, int]:
+    """(drops, syn_drops) from the change in sk_drops and the ACK-time
+    overflows seen by BPF (request-socket ones are in sk_drops twice)."""
+    r, c = max(0, d_request_overflows), max(0, d_cookie_overflows)
+    return r + c, max(0, d_sk_drops - 2 * r - c)
 
 
 @dataclass
@@ -128,6 +131,7 @@ class ListenerTable:
         for key, lst in list(self._by_key.items()):
             c, pc = lst.counters, prev_counters.get(key)
             d_ack = (c.ack_overflows - (pc.ack_overflows if pc else 0)) if c else 0
+            d_cookie = (c.cookie_overflows - (pc.cookie_overflows if pc else 0)) if c else 0
             d_syn_hook = (c.syn_overflows - (pc.syn_overflows if pc else 0)) if c else 0
             d_synack = (c.synack_retransmits - (pc.synack_retransmits if pc else 0)) if c else 0
             if self.drop_points_hooked:
@@ -135,11 +139,11 @@ class ListenerTable:
             else:
                 prev = prev_sk_drops.get(key)
                 if lst.sk_drops is not None and prev is not None:
-                    drops, syn_drops = split_drops(lst.sk_drops - prev, d_ack)
+                    drops, syn_drops = split_drops(lst.sk_drops - prev, d_ack, d_cookie)
                 else:
                     # First sight of this listener, or not visible to
                     # sock_diag (another network namespace): only what BPF saw.
-                    drops, syn_drops = d_ack, 0
+                    drops, syn_drops = d_ack + d_cookie, 0
             lst.drops_total += drops + syn_drops
             peak = max(peaks.get(key, 0), lst.queue_len)
             rows.append(ListenerRow(

@@ -64,10 +64,17 @@ class ProcessRow:
     rx_queue_bytes: int
     churning: bool              # opens many short-lived connections: not pooling
     advice: tuple[PoolAdvice, ...] = ()
+    opened: int = 0             # connections opened in the interval (connect + accept)
+    closed: int = 0             # connections it opened that closed in the interval
 
     @property
     def sockets(self) -> int:
         return self.established + self.syn_sent + self.listen + self.close_wait + self.other
+
+    @property
+    def fd_warning(self) -> bool:
+        r = self.fd_ratio
+        return r is not None and r >= 0.8
 
     @property
     def fd_ratio(self) -> float | None:

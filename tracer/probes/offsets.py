@@ -52,7 +52,7 @@ KFREE_SKB_FORMAT = "/sys/kernel/tracing/events/skb/kfree_skb/format"
 
 
 def drop_reason_cflags(btf, format_path: str = KFREE_SKB_FORMAT) -> list[str]:
-    """-DREASON_TCP_LISTEN_OVERFLOW=N when skb:kfree_skb names the receiving
+    """-DREASON_TCP_LISTEN_OVERFLOW=N -DREASON_NO_SOCKET=M when skb:kfree_skb names the receiving
     socket (rx_sk, 6.12+) and the kernel has that drop reason; the value is
     the kernel's own (enums change between kernels), never hard-coded."""
     try:
@@ -63,10 +63,11 @@ def drop_reason_cflags(btf, format_path: str = KFREE_SKB_FORMAT) -> list[str]:
     if "rx_sk;" not in fmt or btf is None:
         return []
     try:
-        value = btf.enum_value("skb_drop_reason", "SKB_DROP_REASON_TCP_LISTEN_OVERFLOW")
+        overflow = btf.enum_value("skb_drop_reason", "SKB_DROP_REASON_TCP_LISTEN_OVERFLOW")
+        no_socket = btf.enum_value("skb_drop_reason", "SKB_DROP_REASON_NO_SOCKET")
     except Exception:
         return []
-    return [f"-DREASON_TCP_LISTEN_OVERFLOW={value}"]
+    return [f"-DREASON_TCP_LISTEN_OVERFLOW={overflow}", f"-DREASON_NO_SOCKET={no_socket}"]
 
 
 def fentry_cflags(btf) -> list[str]:

@@ -89,6 +89,7 @@ class ProbeSession:
             "untracked_connects": total(C["CTR_INFLIGHT_FULL"]),
             "untracked_accept_waits": total(C["CTR_HANDSHAKES_FULL"]),
             "untracked_listeners": total(C["CTR_LISTENERS_FULL"]),
+            "untracked_lifetimes": total(C["CTR_OWNED_FULL"]),
             "decode_errors": self.decode_errors,
         }
 

@@ -45,6 +45,25 @@ def overflow_row(r: ListenerRow, ts_us: int, interval_s: float) -> dict:
     }
 
 
+def socket_row(r, ts_us: int) -> dict:
+    return {
+        "ts": ts_us, "pid": r.pid, "comm": r.comm, "established": r.established,
+        "syn_sent": r.syn_sent, "listen": r.listen, "close_wait": r.close_wait, "other": r.other,
+        "opened": r.opened, "closed": r.closed, "fds": r.fds, "fd_limit": r.fd_limit,
+        "tx_queue_bytes": r.tx_queue_bytes, "rx_queue_bytes": r.rx_queue_bytes,
+    }
+
+
+def pool_rows(r, ts_us: int) -> list[dict]:
+    return [{
+        "ts": ts_us, "pid": r.pid, "comm": r.comm, "destination": a.destination,
+        "arrival_per_s": a.arrival_per_s, "hold_s": a.hold_s,
+        "concurrency_mean": a.concurrency_mean, "concurrency_p99": a.concurrency_p99,
+        "concurrency_peak": a.concurrency_peak, "recommended": a.recommended,
+        "in_use": a.in_use, "verdict": a.verdict,
+    } for a in r.advice]
+
+
 class RecordSink:
     """Feeds a tracer.sinks.parquet_writer.Recording."""
 
@@ -72,6 +91,12 @@ class RecordSink:
             self.recording.write("listeners", listeners)
         if overflows:
             self.recording.write("overflows", overflows)
+        sockets = [socket_row(r, snap.ts_us) for r in snap.processes]
+        pools = [row for r in snap.processes for row in pool_rows(r, snap.ts_us)]
+        if sockets:
+            self.recording.write("sockets", sockets)
+        if pools:
+            self.recording.write("pools", pools)
         # Every lost kernel event may have been any kind of row: say so on each.
         self.recording.set_lost({"connects": status.lost_total, "accepts": status.lost_total})
 

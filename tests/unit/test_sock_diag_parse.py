@@ -1,0 +1,197 @@
+"""The sock_diag netlink parser, fed hand-built datagrams.
+
+The byte layouts here are written out from the kernel's UAPI headers
+(linux/netlink.h, linux/inet_diag.h, linux/sock_diag.h) independently of
+the module's own struct formats, so a wrong offset in either shows up.
+"""
+import errno
+import socket
+import struct
+
+import pytest
+
+from tracer.probes import sock_diag as sd
+
+SEQ = 7
+NLM_F_MULTI = 0x2
+
+
+def nlmsg(mtype, payload, seq=SEQ, flags=NLM_F_MULTI):
+    # struct nlmsghdr { u32 len; u16 type; u16 flags; u32 seq; u32 pid; }, padded to 4
+    msg = struct.pack("<IHHII", 16 + len(payload), mtype, flags, seq, 4242) + payload
+    return msg + b"\0" * (-len(msg) % 4)
+
+
+def nla(atype, payload):
+    attr = struct.pack("<HH", 4 + len(payload), atype) + payload
+    return attr + b"\0" * (-len(attr) % 4)
+
+
+def diag_msg(af, state, src, sport, dst, dport, *, cookie=0, rqueue=0, wqueue=0,
+             uid=0, inode=0, attrs=b""):
+    # struct inet_diag_msg: 4 x u8, inet_diag_sockid (be16 sport, be16 dport,
+    # be32 src[4], be32 dst[4], u32 if, u32 cookie[2]), then 5 x u32.
+    def addr(text):
+        raw = socket.inet_pton(af, text)
+        return raw + b"\0" * (16 - len(raw))
+    body = bytes([af, state, 0, 0])
+    body += sport.to_bytes(2, "big") + dport.to_bytes(2, "big")
+    body += addr(src) + addr(dst)
+    body += struct.pack("<III", 0, cookie & 0xFFFFFFFF, cookie >> 32)
+    body += struct.pack("<IIIII", 0, rqueue, wqueue, uid, inode)
+    assert len(body) == 72  # sizeof(struct inet_diag_msg)
+    return nlmsg(sd.SOCK_DIAG_BY_FAMILY, body + attrs)
+
+
+def skmeminfo(rmem=0, rcvbuf=131072, wmem_alloc=0, sndbuf=16384, fwd=0, wmem_queued=0,
+              optmem=0, backlog=0, drops=0):
+    return nla(7, struct.pack("<9I", rmem, rcvbuf, wmem_alloc, sndbuf, fwd, wmem_queued,
+                              optmem, backlog, drops))
+
+
+def done(err=0):
+    return nlmsg(3, struct.pack("<i", err))
+
+
+def error(err):
+    # struct nlmsgerr { int error; struct nlmsghdr msg; }
+    return nlmsg(2, struct.pack("<i", err) + struct.pack("<IHHII", 72, 20, 0x301, SEQ, 0), flags=0)
+
+
+def parse(data):
+    out = []
+    finished = sd.parse_datagram(data, SEQ, out)
+    return out, finished
+
+
+def test_ipv4_established_with_memory_and_shutdown():
+    data = diag_msg(socket.AF_INET, 1, "10.1.2.3", 8080, "192.168.7.9", 51234,
+                    cookie=0x0000_0001_8000_0002, rqueue=100, wqueue=7, uid=1000, inode=424242,
+                    attrs=nla(8, b"\x01") + skmeminfo(rmem=2304, wmem_queued=4608, drops=3))
+    (s,), finished = parse(data)
+    assert not finished
+    assert s == sd.TcpSocket(family=4, state=1, saddr="10.1.2.3", sport=8080,
+                             daddr="192.168.7.9", dport=51234, inode=424242, uid=1000,
+                             cookie=(1 << 32) | 0x8000_0002, rqueue=100, wqueue=7, drops=3,
+                             rmem_alloc=2304, wmem_queued=4608, shutdown=1)
+    assert s.state_name == "ESTABLISHED"
+
+
+def test_listener_queue_fields_and_ipv6_wildcard():
+    data = diag_msg(socket.AF_INET6, 10, "::", 443, "::", 0, rqueue=5, wqueue=4,
+                    inode=9, attrs=skmeminfo(drops=12))
+    (s,), _ = parse(data)
+    assert (s.family, s.state_name, s.saddr, s.sport, s.daddr, s.dport) == (6, "LISTEN", "::", 443, "::", 0)
+    assert (s.rqueue, s.wqueue, s.drops) == (5, 4, 12)
+
+
+def test_ipv4_mapped_ipv6_addresses_are_text_like_ss():
+    data = diag_msg(socket.AF_INET6, 8, "::ffff:127.0.0.1", 40000, "::ffff:127.0.0.1", 5000)
+    (s,), _ = parse(data)
+    assert (s.family, s.saddr, s.daddr) == (6, "::ffff:127.0.0.1", "::ffff:127.0.0.1")
+    assert s.state_name == "CLOSE_WAIT"
+
+
+def test_time_wait_without_attributes_has_no_memory_fields():
+    (s,), _ = parse(diag_msg(socket.AF_INET, 6, "127.0.0.1", 1, "127.0.0.1", 2))
+    assert (s.inode, s.drops, s.rmem_alloc, s.wmem_queued, s.shutdown) == (0, None, None, None, None)
+
+
+def test_short_skmeminfo_from_an_old_kernel_gives_no_drops():
+    # Kernels before SK_MEMINFO_DROPS sent 8 values.
+    attr = nla(7, struct.pack("<8I", 1, 2, 3, 4, 5, 6, 7, 8))
+    (s,), _ = parse(diag_msg(socket.AF_INET, 1, "1.1.1.1", 1, "2.2.2.2", 2, attrs=attr))
+    assert (s.rmem_alloc, s.wmem_queued, s.drops) == (1, 6, None)
+
+
+def test_unknown_and_nested_flagged_attributes_are_skipped():
+    attrs = nla(4, b"cubic\0") + nla(0x8000 | 7, struct.pack("<9I", *range(9)))
+    (s,), _ = parse(diag_msg(socket.AF_INET, 1, "1.1.1.1", 1, "2.2.2.2", 2, attrs=attrs))
+    assert s.drops == 8  # NLA_F_NESTED stripped, the attribute still read
+
+
+def test_multipart_dump_ends_only_at_done():
+    first = diag_msg(socket.AF_INET, 10, "0.0.0.0", 22, "0.0.0.0", 0) + \
+        diag_msg(socket.AF_INET, 1, "127.0.0.1", 22, "127.0.0.1", 5555)
+    out = []
+    assert sd.parse_datagram(first, SEQ, out) is False
+    assert sd.parse_datagram(diag_msg(socket.AF_INET, 1, "127.0.0.1", 22, "127.0.0.1", 6666) + done(),
+                             SEQ, out) is True
+    assert [s.dport for s in out] == [0, 5555, 6666]
+
+
+def test_messages_of_another_request_are_ignored():
+    stale = nlmsg(sd.SOCK_DIAG_BY_FAMILY, diag_msg(socket.AF_INET, 1, "1.1.1.1", 1, "2.2.2.2", 2)[16:], seq=SEQ - 1)
+    out, finished = parse(stale + done())
+    assert out == [] and finished
+
+
+def test_nlmsg_error_raises_with_the_errno_text():
+    with pytest.raises(sd.SockDiagError, match="Operation not permitted"):
+        parse(error(-errno.EPERM))
+
+
+def test_missing_tcp_diag_module_says_how_to_fix():
+    with pytest.raises(sd.SockDiagError, match="modprobe tcp_diag"):
+        parse(error(-errno.ENOENT))
+
+
+def test_error_zero_is_an_ack_not_a_failure():
+    out, finished = parse(error(0) + done())
+    assert out == [] and finished
+
+
+def test_done_carrying_an_error_raises():
+    with pytest.raises(sd.SockDiagError, match="Interrupted system call"):
+        parse(done(-errno.EINTR))
+
+
+def test_interrupted_dump_raises():
+    msg = bytearray(diag_msg(socket.AF_INET, 1, "1.1.1.1", 1, "2.2.2.2", 2))
+    struct.pack_into("<H", msg, 6, NLM_F_MULTI | 0x10)  # NLM_F_DUMP_INTR
+    with pytest.raises(sd.SockDiagError, match="DUMP_INTR"):
+        parse(bytes(msg))
+
+
+@pytest.mark.parametrize("cut", [20, 60])
+def test_truncated_message_raises(cut):
+    msg = bytearray(diag_msg(socket.AF_INET, 1, "1.1.1.1", 1, "2.2.2.2", 2)[:16 + cut])
+    struct.pack_into("<I", msg, 0, len(msg))
+    with pytest.raises(sd.SockDiagError, match="truncated"):
+        parse(bytes(msg))
+
+
+def test_length_past_the_datagram_raises():
+    msg = bytearray(diag_msg(socket.AF_INET, 1, "1.1.1.1", 1, "2.2.2.2", 2))
+    struct.pack_into("<I", msg, 0, len(msg) + 40)
+    with pytest.raises(sd.SockDiagError, match="malformed"):
+        parse(bytes(msg))
+
+
+def test_attribute_length_past_the_message_raises():
+    bad = struct.pack("<HH", 200, 7) + b"\0" * 8
+    with pytest.raises(sd.SockDiagError, match="malformed attribute"):
+        parse(diag_msg(socket.AF_INET, 1, "1.1.1.1", 1, "2.2.2.2", 2, attrs=bad))
+
+
+def test_request_layout():
+    req = sd.build_request(6, sd.state_mask(sd.LISTEN), seq=99)
+    assert len(req) == 16 + 56  # nlmsghdr + inet_diag_req_v2
+    length, mtype, flags, seq, pid = struct.unpack_from("<IHHII", req)
+    assert (length, mtype, flags, seq, pid) == (72, 20, 0x301, 99, 0)  # REQUEST | DUMP
+    family, proto, ext, pad, states = struct.unpack_from("<BBBBI", req, 16)
+    assert (family, proto, pad) == (socket.AF_INET6, socket.IPPROTO_TCP, 0)
+    assert ext == 1 << (7 - 1)  # INET_DIAG_SKMEMINFO
+    assert states == 1 << 10
+    assert req[24:] == b"\0" * 48  # no socket id: dump everything
+
+
+def test_state_mask_adds_request_sockets_to_syn_recv():
+    assert sd.state_mask(sd.SYN_RECV) == (1 << 3) | (1 << 12)
+    assert sd.ALL_STATES & (1 << sd.BOUND_INACTIVE) == 0
+    assert all(sd.ALL_STATES & (1 << s) for s in range(1, 13))
+
+
+def test_bad_family_is_refused_before_any_io():
+    with pytest.raises(sd.SockDiagError, match="family must be 4 or 6"):
+        sd.tcp_sockets(families=(5,))

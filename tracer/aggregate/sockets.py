@@ -1,0 +1,177 @@
+"""Per-process TCP sockets per interval: what each process holds (by state,
+from the kernel's socket table joined with /proc, exactly as ss -tanp does),
+how fast it opens and closes connections (from BPF events), how long it
+keeps them, and what pool would serve it. Pure state."""
+from __future__ import annotations
+
+import statistics
+from collections import deque
+from dataclasses import dataclass, field
+
+from tracer.aggregate import pools
+from tracer.aggregate.histogram import Histogram
+from tracer.aggregate.snapshot import PoolAdvice, ProcessRow
+
+# TCP state numbers (include/net/tcp_states.h)
+ESTABLISHED, SYN_SENT, LISTEN, CLOSE_WAIT = 1, 2, 10, 8
+WINDOW = 30              # intervals of history behind the advice
+FD_WARN_RATIO = 0.8
+
+
+@dataclass
+class Holding:
+    """What one process holds at one scan."""
+
+    comm: str
+    established: int = 0
+    syn_sent: int = 0
+    listen: int = 0
+    close_wait: int = 0
+    other: int = 0
+    tx_queue_bytes: int = 0
+    rx_queue_bytes: int = 0
+    fds: int | None = None
+    fd_limit: int | None = None
+    by_remote: dict = field(default_factory=dict)   # (family, raddr, rport) -> established
+
+
+def tally(sockets, holders: dict[int, tuple[int, ...]], comms: dict[int, str],
+          fds: dict[int, int], limits: dict[int, int | None]) -> dict[int, Holding]:
+    """Join the socket table with /proc: a socket counts once for every
+    process that holds it (after fork both do; dup'ed fds count once)."""
+    out: dict[int, Holding] = {}
+    for s in sockets:
+        for pid in holders.get(s.inode, ()) if s.inode else ():
+            h = out.get(pid)
+            if h is None:
+                h = out[pid] = Holding(comms.get(pid, "?"), fds=fds.get(pid),
+                                       fd_limit=limits.get(pid))
+            if s.state == ESTABLISHED:
+                h.established += 1
+                key = (s.family, s.daddr, s.dport)
+                h.by_remote[key] = h.by_remote.get(key, 0) + 1
+            elif s.state == SYN_SENT:
+                h.syn_sent += 1
+            elif s.state == LISTEN:
+                h.listen += 1
+                continue   # a listener's queues are not buffer bytes
+            elif s.state == CLOSE_WAIT:
+                h.close_wait += 1
+            else:
+                h.other += 1
+            h.tx_queue_bytes += s.wqueue
+            h.rx_queue_bytes += s.rqueue
+    return out
+
+
+@dataclass
+class _Flow:
+    """One process talking to one remote endpoint."""
+
+    opens: deque = field(default_factory=lambda: deque(maxlen=WINDOW))     # per interval
+    seconds: deque = field(default_factory=lambda: deque(maxlen=WINDOW))
+    held: deque = field(default_factory=lambda: deque(maxlen=WINDOW))      # scan samples
+    lifetimes_s: deque = field(default_factory=lambda: deque(maxlen=4096))
+    connect: Histogram = field(default_factory=Histogram)
+    opens_now: int = 0
+
+
+class ProcessTable:
+    def __init__(self):
+        self._flows: dict[int, dict[tuple, _Flow]] = {}   # pid -> (family, raddr, rport) -> flow
+        self._opened: dict[int, int] = {}
+        self._closed: dict[int, int] = {}
+        self._comm: dict[int, str] = {}
+
+    def _flow(self, pid: int, key: tuple) -> _Flow:
+        flows = self._flows.setdefault(pid, {})
+        f = flows.get(key)
+        if f is None:
+            f = flows[key] = _Flow()
+        return f
+
+    def opened(self, pid: int, comm: str, remote: tuple | None,
+               connect_us: float | None = None) -> None:
+        """A connection opened by pid: remote=(family, addr, port) for one it
+        connected, None for one it accepted (counted, but pools are about
+        the connections a process opens)."""
+        self._opened[pid] = self._opened.get(pid, 0) + 1
+        self._comm[pid] = comm
+        if remote is None:
+            return
+        f = self._flow(pid, remote)
+        f.opens_now += 1
+        if connect_us is not None:
+            f.connect.add(connect_us)
+
+    def closed(self, ev) -> None:
+        self._closed[ev.pid] = self._closed.get(ev.pid, 0) + 1
+        if not ev.passive:   # pools are about connections a process opens
+            self._flow(ev.pid, (ev.family, ev.raddr, ev.rport)).lifetimes_s.append(
+                ev.lifetime_us / 1e6)
+
+    def _advice(self, pid: int) -> tuple[PoolAdvice, ...]:
+        out = []
+        for (family, raddr, rport), f in self._flows.get(pid, {}).items():
+            seconds = sum(f.seconds) or 1.0
+            rate = sum(f.opens) / seconds
+            hold = statistics.fmean(f.lifetimes_s) if f.lifetimes_s else None
+            median_hold = statistics.median(f.lifetimes_s) if f.lifetimes_s else None
+            held = list(f.held) or [0]
+            in_use = f.held[-1] if f.held else 0
+            little = pools.littles_law(rate, hold) if hold is not None else 0.0
+            peak = max(held)
+            p99 = sorted(held)[min(len(held) - 1, int(0.99 * len(held)))]
+            demand = max(little, float(p99))
+            rec = pools.recommended_pool(demand)
+            connect_s = (f.connect.percentile(50) or 0) / 1e6 if f.connect.count else None
+            mean_held = statistics.fmean(held)
+            if not (rate or in_use or mean_held):
+                continue
+            dest = f"[{raddr}]:{rport}" if family == 6 else f"{raddr}:{rport}"
+            out.append(PoolAdvice(
+                destination=dest, arrival_per_s=rate, hold_s=hold or 0.0,
+                concurrency_mean=max(mean_held, little), concurrency_p99=float(p99),
+                concurrency_peak=peak, recommended=rec, in_use=in_use,
+                verdict=pools.verdict(rate, median_hold, in_use, rec, connect_s)))
+        out.sort(key=lambda a: -a.arrival_per_s)
+        return tuple(out[:10])
+
+    def update(self, seconds: float, holdings: dict[int, Holding]) -> list[ProcessRow]:
+        """Close an interval with the latest scan."""
+        for pid, h in holdings.items():   # flows seen only by the scan (pooled, or older than us)
+            for key in h.by_remote:
+                self._flow(pid, key)
+        for pid, flows in self._flows.items():
+            h = holdings.get(pid)
+            for key, f in flows.items():
+                f.opens.append(f.opens_now)
+                f.seconds.append(seconds)
+                f.opens_now = 0
+                f.held.append(h.by_remote.get(key, 0) if h else 0)
+        rows = []
+        pids = set(holdings) | set(self._opened) | set(self._closed)
+        for pid in pids:
+            h = holdings.get(pid) or Holding(self._comm.get(pid, "?"))
+            advice = self._advice(pid)
+            rows.append(ProcessRow(
+                pid=pid, comm=h.comm if h.comm != "?" else self._comm.get(pid, "?"),
+                established=h.established, syn_sent=h.syn_sent, listen=h.listen,
+                close_wait=h.close_wait, other=h.other,
+                opened_per_s=self._opened.get(pid, 0) / seconds if seconds > 0 else 0.0,
+                closed_per_s=self._closed.get(pid, 0) / seconds if seconds > 0 else 0.0,
+                fds=h.fds, fd_limit=h.fd_limit, tx_queue_bytes=h.tx_queue_bytes,
+                rx_queue_bytes=h.rx_queue_bytes,
+                churning=any(a.verdict.startswith("churning") for a in advice),
+                advice=advice,
+                opened=self._opened.get(pid, 0), closed=self._closed.get(pid, 0),
+            ))
+        self._opened, self._closed = {}, {}
+        # forget flows with nothing left in the window
+        for pid in list(self._flows):
+            flows = self._flows[pid]
+            for key in [k for k, f in flows.items() if not any(f.opens) and not any(f.held)]:
+                del flows[key]
+            if not flows:
+                del self._flows[pid]
+        return rows
