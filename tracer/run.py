@@ -126,6 +126,69 @@ def record(*, backend: str, interval: float, filters: Filters, out_dir: str,
     _collect(session, sinks, interval, duration, clock, out_dir)
 
 
+class TuiSink:
+    """Hands each snapshot to the TUI; never waits for it."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def on_events(self, events) -> None:
+        pass
+
+    def on_interval(self, status, snapshot) -> None:
+        self.app.post_snapshot(snapshot)
+
+    def close(self, status, snapshot) -> None:
+        self.app.post_snapshot(snapshot)
+
+
+def _exit_app(app) -> None:
+    try:
+        app.call_from_thread(app.exit)
+    except RuntimeError:   # already gone
+        pass
+
+
+def _run_tui(session, sinks, interval, duration, clock, recording_path) -> None:
+    """The collector in a worker thread, the TUI in this one. Whatever ends
+    first (q, SIGTERM, --duration, an error in collection) ends both, and the
+    terminal is restored by Textual on the way out."""
+    import threading
+
+    from tracer.tui.app import build_app
+
+    app = build_app(header_for(session, recording_path))
+    stop = threading.Event()
+    failure: list[BaseException] = []
+    collector = make_collector(session, [TuiSink(app), *sinks], interval, clock, recording_path)
+
+    def collect():
+        try:
+            collector.run(stop.is_set, duration)
+        except BaseException as e:   # reported after the terminal is back
+            failure.append(e)
+        finally:
+            session.close()
+            if not stop.is_set():
+                _exit_app(app)
+
+    def on_signal(signum, frame):
+        stop.set()
+        app.exit()   # signal handlers run in the main thread, the app's own
+
+    worker = threading.Thread(target=collect, name="collector", daemon=True)
+    old = signal.signal(signal.SIGTERM, on_signal)
+    worker.start()
+    try:
+        app.run()
+    finally:
+        stop.set()
+        signal.signal(signal.SIGTERM, old)
+        worker.join(15)
+    if failure:
+        raise failure[0]
+
+
 def live(*, backend: str, interval: float, filters: Filters, record_dir: str | None,
          plain: bool, duration: float | None) -> None:
     start = time.time()
@@ -140,9 +203,13 @@ def live(*, backend: str, interval: float, filters: Filters, record_dir: str | N
             recording.abandon("tracer failed to start")
         raise
     clock = Clock()
-    title = f"[{session.info.backend}] "
-    sinks = [ConsoleSink(title=title)]
+    sinks = []
     if recording is not None:
         recording.set_backend(session.info.backend)
         sinks.append(RecordSink(recording, clock))
-    _collect(session, sinks, interval, duration, clock, record_dir)
+    # Not a terminal (| tee, ssh without a pty, scripts) or asked for: plain tables.
+    if plain or not (sys.stdout.isatty() and sys.stdin.isatty()):
+        sinks.insert(0, ConsoleSink(title=f"[{session.info.backend}] "))
+        _collect(session, sinks, interval, duration, clock, record_dir)
+    else:
+        _run_tui(session, sinks, interval, duration, clock, record_dir)
