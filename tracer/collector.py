@@ -44,15 +44,15 @@ class Sink(Protocol):
 
 
 def no_kernel_view():
-    """(listening sockets, {inode: (pid, comm)}, {pid: Holding}) when there is
-    no socket table to read (tests of the loop itself)."""
-    return [], {}, {}
+    """(listening sockets, {inode: (pid, comm)}, {pid: Holding}, scan time)
+    when there is no socket table to read (tests of the loop itself)."""
+    return [], {}, {}, None
 
 
 class Collector:
     def __init__(self, session, sinks: list, interval: float = 1.0, *, header: Header,
                  clock: Clock | None = None,
-                 kernel_view: Callable[[], tuple[list, dict, dict]] = no_kernel_view,
+                 kernel_view: Callable[[], tuple[list, dict, dict, float | None]] = no_kernel_view,
                  drop_points_hooked: bool = False):
         self.session = session
         self.sinks = sinks
@@ -104,16 +104,19 @@ class Collector:
     def _snapshot(self, seconds: float, status: Status) -> Snapshot:
         now_us = time.time_ns() // 1000
         self.connects.roll(seconds)
+        now_ns = time.monotonic_ns()
+        self.connects.set_pending({k: (n, (now_ns - oldest) / 1e9)
+                                   for k, (n, oldest) in self.session.pending_connects().items()})
         try:
-            diag, owners, holdings = self.kernel_view()
+            diag, owners, holdings, scanned_at = self.kernel_view()
             self.kernel_view_error = None
         except OSError as e:   # the kernel's socket table adds to BPF, never fatal
-            diag, owners, holdings = [], {}, {}
+            diag, owners, holdings, scanned_at = [], {}, {}, None
             self.kernel_view_error = f"socket table unreadable: {e}"
         listener_rows = self.listeners.update(
             seconds, diag, self.session.listener_counters(), self.session.take_listener_peaks(),
             owners)
-        process_rows = self.processes.update(seconds, holdings)
+        process_rows = self.processes.update(seconds, holdings, scanned_at)
         self.log.listeners(listener_rows, now_us)
         self.log.lost_events(status.lost_total - self._lost_at_tick, now_us)
         self._lost_at_tick = status.lost_total
@@ -138,7 +141,7 @@ class Collector:
 
     def _prime(self) -> None:
         try:
-            diag, _, _ = self.kernel_view()
+            diag, _, _, _ = self.kernel_view()
         except OSError:
             diag = []
         self.listeners.prime(diag, self.session.listener_counters())

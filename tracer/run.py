@@ -79,7 +79,8 @@ def make_collector(session, sinks, interval, clock, recording_path=None) -> Coll
 
 def kernel_view():
     """The kernel's socket table joined with /proc, read once per interval:
-    listeners (queues, sk_drops, owners) and what every process holds."""
+    listeners (queues, sk_drops, owners), what every process holds, and when
+    that scan was taken (a reused scan is not a new sample)."""
     from tracer.aggregate.sockets import tally
     from tracer.probes.socket_table import SocketTable
 
@@ -93,7 +94,7 @@ def kernel_view():
                   for s in listeners if s.inode in snap.holders}
         holdings = tally(sockets, snap.holders, snap.comm_by_pid, snap.fds_by_pid,
                          snap.nofile_by_pid)
-        return listeners, owners, holdings
+        return listeners, owners, holdings, snap.taken_at
 
     return read
 

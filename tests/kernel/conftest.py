@@ -8,31 +8,53 @@ from tracer.filters import Filters
 
 
 class Tracer:
-    """A live ProbeSession for tests: poll until what we wait for has arrived."""
+    """A live ProbeSession for tests, polled continuously by a thread (as the
+    real collector does), so that traffic from anything else on the machine
+    cannot overflow the ring buffer while the test body is busy."""
 
     def __init__(self, session):
+        import threading
+
         self.session = session
         self.seen = []
+        self._lock = threading.RLock()   # predicates call connects_to under it
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
 
-    def drain(self):
-        self.seen += self.session.poll(0)
+    def _poll(self):
+        while not self._stop.is_set():
+            got = self.session.poll(50)
+            if got:
+                with self._lock:
+                    self.seen.extend(got)
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(5)
 
     def wait_for(self, predicate, timeout_s=10.0, settle_s=0.3):
-        """Poll until predicate(events) is true, then a little longer so that
+        """Wait until predicate(events) is true, then a little longer so that
         surplus events (which would make counts wrong) have a chance to show."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            self.seen += self.session.poll(50)
-            if predicate(self.seen):
-                end = time.monotonic() + settle_s
-                while time.monotonic() < end:
-                    self.seen += self.session.poll(50)
-                return self.seen
-        return self.seen
+            with self._lock:
+                ok = predicate(list(self.seen))
+            if ok:
+                time.sleep(settle_s)
+                break
+            time.sleep(0.05)
+        with self._lock:
+            return list(self.seen)
 
     def connects_to(self, port, addr=None):
-        return [e for e in self.seen if getattr(e, "dport", None) == port
+        with self._lock:
+            seen = list(self.seen)
+        return [e for e in seen if getattr(e, "dport", None) == port
                 and (addr is None or e.daddr == addr)]
+
+    def lost(self) -> dict:
+        return self.session.counters()
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +70,9 @@ def probe_session():
 @pytest.fixture
 def tracer(probe_session):
     probe_session.poll(0)  # discard what earlier tests left
-    return Tracer(probe_session)
+    t = Tracer(probe_session)
+    yield t
+    t.close()
 
 
 class CollectorRun:

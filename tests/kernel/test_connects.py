@@ -19,6 +19,13 @@ pytestmark = pytest.mark.kernel
 
 PR_SET_NAME = 15
 
+# Under emulation (the TCG test guest, CONNSCOPE_VM=1) the client wakes up
+# late after the kernel has seen the answer, and the delaying relay runs
+# late too: seen up to 9.5 ms apart and RTTs up to 124 ms there. The host
+# values are the real claim; these only keep the guest run meaningful.
+CLIENT_AGREEMENT_US = 25_000 if os.environ.get("CONNSCOPE_VM") else 2000
+RTT_CEILING_US = 160_000 if os.environ.get("CONNSCOPE_VM") else 130_000
+
 
 def set_thread_name(name: str) -> None:
     ctypes.CDLL(None).prctl(PR_SET_NAME, name.encode(), 0, 0, 0)
@@ -70,30 +77,56 @@ def _timed_connects(addr, port, n, ns, family):
     return out
 
 
+# The client runs as its own process at SCHED_FIFO: in the test process it
+# would share the GIL with the thread polling the tracer, and waiting for the
+# GIL after connect() returns showed up as tens of milliseconds of "latency".
+TIMED_CLIENT = r"""
+import os, socket, sys, time
+addr, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+try:
+    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(20))
+except OSError:
+    pass
+for _ in range(n):
+    s = socket.socket(family)
+    t0 = time.perf_counter_ns()
+    err = s.connect_ex((addr, port))
+    t1 = time.perf_counter_ns()
+    print(s.getsockname()[1], (t1 - t0) / 1000.0, err, flush=True)
+    s.close()
+"""
+
+
 @pytest.mark.parametrize("family", [4, 6])
 def test_latency_matches_client_through_50ms_link(tracer, family):
     n = 23  # prime: an off-by-some in the tracer cannot match it by accident
     with delayed_link(delay_ms=50) as link:
         server_ip = link.server_ip4 if family == 4 else link.server_ip6
-        fam = socket.AF_INET if family == 4 else socket.AF_INET6
         with tcp_server(link.ns_server, server_ip) as srv:
-            client = timed_connects(server_ip, srv.port, n, ns=link.ns_client, family=fam)
+            proc = link.popen(link.ns_client, [sys.executable, "-c", TIMED_CLIENT, server_ip,
+                                               str(srv.port), str(n)],
+                              stdout=subprocess.PIPE, text=True)
+            out, _ = proc.communicate(timeout=60)
+            client = [(int(a), float(b), int(c)) for a, b, c in
+                      (line.split() for line in out.splitlines())]
+            client_pid = proc.pid
             events = tracer.wait_for(lambda ev: len(tracer.connects_to(srv.port, server_ip)) >= n)
             mine = tracer.connects_to(srv.port, server_ip)
     assert all(err == 0 for _, _, err in client)
-    assert len(mine) == n, f"expected exactly {n} connects rows, got {len(mine)}"
+    assert len(mine) == n, f"expected exactly {n} connects rows, got {len(mine)} ({tracer.lost()})"
     by_sport = {e.sport: e for e in mine}
     assert len(by_sport) == n
     for sport, elapsed_us, _ in client:
         ev = by_sport[sport]
         assert ev.outcome == "established"
         assert ev.family == family
-        assert ev.pid == os.getpid()
+        assert ev.pid == client_pid
         assert ev.syn_retransmits == 0
         # One RTT is 100 ms; the tracer sees it from inside the kernel, the
-        # client around the syscall: the two agree within 2 ms.
-        assert abs(ev.latency_us - elapsed_us) < 2000, (sport, ev.latency_us, elapsed_us)
-        assert 100_000 <= ev.latency_us < 130_000
+        # client around the syscall: the two agree within 2 ms (on the host).
+        assert abs(ev.latency_us - elapsed_us) < CLIENT_AGREEMENT_US, (sport, ev.latency_us, elapsed_us)
+        assert 100_000 <= ev.latency_us < RTT_CEILING_US
     assert events  # the tracer saw the run
 
 

@@ -98,7 +98,8 @@ def test_rows_worst_first_and_limited():
     assert "(no connects yet)" not in lines
     # then by p99: 127.0.0.20 had the slowest established connect
     assert lines[3].split()[0] == "127.0.0.20:5432"
-    assert lines[3].split()[-1] == "119us"
+    assert lines[3].split()[-2] == "119us"   # max, then the pending column
+    assert lines[3].split()[-1] == "-"
 
 
 def listener(port, drops_per_s=0.0, drops_total=0, peak=1, backlog=128):
@@ -118,3 +119,13 @@ def test_listeners_dropping_now_come_first():
     assert order == ["0.0.0.0:443", "0.0.0.0:8080", "0.0.0.0:80"]
     assert "nginx[42]" in lines[start + 1]
     assert "2.00s" in lines[start + 1]   # accept wait p99
+
+
+def test_destination_with_connects_stuck_shows_first():
+    t = ConnectTable()
+    t.add(connect("127.0.0.5", latency_us=900_000.0))
+    t.roll(1.0)
+    t.set_pending({(4, "10.0.0.9", 443): (37, 4.2)})
+    lines = format_table(status(), snap(t)).splitlines()
+    assert lines[2].split()[0] == "10.0.0.9:443"
+    assert lines[2].endswith("37 (4.2s)")

@@ -57,6 +57,8 @@ class ConnectRow:
     p99_us: float | None
     max_us: float | None
     p99_history: tuple     # last HISTORY interval p99s (None where no sample)
+    pending: int = 0       # connects still waiting for an answer
+    oldest_pending_s: float | None = None
 
 
 class _Keyed:
@@ -85,8 +87,15 @@ class _Keyed:
             hist.append(w.latency.percentile(99))
         self.window = {}
 
-    def rows(self, label) -> list[ConnectRow]:
+    def rows(self, label, pending=None) -> list[ConnectRow]:
+        pending = pending or {}
         out = []
+        for key in pending.keys() - self.total.keys():
+            n, age = pending[key]
+            out.append(ConnectRow(key=key, label=label(key), attempts=0, rate=0.0, established=0,
+                                  refused=0, timeout=0, error=0, syn_retransmits=0, p50_us=None,
+                                  p95_us=None, p99_us=None, max_us=None, p99_history=(),
+                                  pending=n, oldest_pending_s=age))
         for key, s in self.total.items():
             h = s.latency
             out.append(ConnectRow(
@@ -95,6 +104,8 @@ class _Keyed:
                 syn_retransmits=s.syn_retransmits, p50_us=h.percentile(50), p95_us=h.percentile(95),
                 p99_us=h.percentile(99), max_us=h.max if h.count else None,
                 p99_history=tuple(self.history.get(key, ())),
+                pending=pending.get(key, (0, None))[0],
+                oldest_pending_s=pending.get(key, (0, None))[1],
             ))
         return out
 
@@ -108,6 +119,7 @@ class ConnectTable:
     """Per-destination and per-process connect statistics."""
 
     def __init__(self):
+        self._pending: dict = {}
         self._dest = _Keyed()
         self._proc = _Keyed()
         self._comm: dict[int, str] = {}
@@ -124,8 +136,12 @@ class ConnectTable:
         self._dest.roll(seconds)
         self._proc.roll(seconds)
 
+    def set_pending(self, pending: dict) -> None:
+        """{(family, daddr, dport): (count, oldest age in seconds)} right now."""
+        self._pending = pending
+
     def by_destination(self) -> list[ConnectRow]:
-        return self._dest.rows(destination_label)
+        return self._dest.rows(destination_label, self._pending)
 
     def by_process(self) -> list[ConnectRow]:
         return self._proc.rows(lambda k: f"{k[0]} {self._comm.get(k[0], '?')}")

@@ -44,8 +44,9 @@ def verdict(opens_per_s: float, median_hold_s: float | None, in_use: int,
     if is_churning(opens_per_s, median_hold_s):
         text = (f"churning: {opens_per_s:.0f} new connections/s held "
                 f"{median_hold_s * 1000:.0f} ms each; a pool of {recommended} would serve it")
-        if connect_s:
-            text += (f"; connecting alone costs {connect_overhead(opens_per_s, connect_s):.2f} "
+        overhead = connect_overhead(opens_per_s, connect_s or 0.0)
+        if overhead >= 0.005:   # shown to two decimals: "0.00" would say nothing
+            text += (f"; connecting alone costs {overhead:.2f} "
                      f"connections' worth of time")
         return text
     if in_use and opens_per_s < CHURN_MIN_RATE:

