@@ -33,6 +33,33 @@ def tracing_options(f):
     return f
 
 
+class Size(click.ParamType):
+    """A byte count: 500M, 2G, 1.5T or a plain number of bytes."""
+
+    name = "size"
+    UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().upper().removesuffix("B").removesuffix("I")
+        unit = text[-1:] if text[-1:] in self.UNITS else ""
+        try:
+            n = float(text[: len(text) - len(unit)])
+        except ValueError:
+            self.fail(f"{value!r} is not a size (examples: 500M, 2G)", param, ctx)
+        if n <= 0:
+            self.fail(f"{value!r}: a size must be positive", param, ctx)
+        return int(n * self.UNITS[unit])
+
+
+def recording_options(f):
+    return click.option(
+        "--max-size", type=Size(), metavar="SIZE",
+        help="Keep the recording under SIZE (e.g. 2G): the oldest finished files are deleted "
+             "first. For long unattended runs.")(f)
+
+
 class Group(click.Group):
     """`connscope` with no subcommand is `connscope top`."""
 
@@ -75,10 +102,11 @@ def _options(backend, interval, pids, comm, ports, ipv4, ipv6, **extra):
 @tracing_options
 @click.option("--record", "record_dir", type=click.Path(file_okay=False), metavar="DIR",
               help="Also write Parquet to DIR, as 'record' does.")
+@recording_options
 @click.option("--plain", is_flag=True, help="Print plain periodic tables instead of the TUI.")
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Stop after this long.")
-def top(record_dir, plain, duration, **opts):
+def top(record_dir, max_size, plain, duration, **opts):
     """Live view of connects, listeners and sockets.
 
     \b
@@ -89,7 +117,8 @@ def top(record_dir, plain, duration, **opts):
     """
     from tracer import run
 
-    run.live(**_options(**opts), record_dir=record_dir, plain=plain, duration=duration)
+    run.live(**_options(**opts), record_dir=record_dir, plain=plain, duration=duration,
+             max_bytes=max_size)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -113,7 +142,8 @@ def replay(directory):
               help="Recording directory (created if missing).")
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Stop after this long (default: until SIGINT/SIGTERM).")
-def record(out_dir, duration, **opts):
+@recording_options
+def record(out_dir, duration, max_size, **opts):
     """Record to Parquet without a screen.
 
     A status line goes to stderr every few seconds; SIGINT or SIGTERM stop the
@@ -126,7 +156,7 @@ def record(out_dir, duration, **opts):
     """
     from tracer import run
 
-    run.record(**_options(**opts), out_dir=out_dir, duration=duration)
+    run.record(**_options(**opts), out_dir=out_dir, duration=duration, max_bytes=max_size)
 
 
 @cli.command(context_settings=CONTEXT)

@@ -53,13 +53,15 @@ class Collector:
     def __init__(self, session, sinks: list, interval: float = 1.0, *, header: Header,
                  clock: Clock | None = None,
                  kernel_view: Callable[[], tuple[list, dict, dict, float | None]] = no_kernel_view,
-                 drop_points_hooked: bool = False):
+                 drop_points_hooked: bool = False,
+                 recording_status: Callable[[], dict] | None = None):
         self.session = session
         self.sinks = sinks
         self.interval = interval
         self.header = header
         self.clock = clock or Clock()
         self.kernel_view = kernel_view
+        self.recording_status = recording_status
         self.connects = ConnectTable()
         self.listeners = ListenerTable(drop_points_hooked)
         self.processes = ProcessTable()
@@ -129,7 +131,15 @@ class Collector:
             listeners=tuple(listener_rows),
             processes=tuple(process_rows),
             notable=self.log.roll(now_us),
+            **self._recording_fields(),
         )
+
+    def _recording_fields(self) -> dict:
+        if self.recording_status is None:
+            return {}
+        rec = self.recording_status()
+        return {"recording_bytes": rec.get("bytes_written", 0) + rec.get("journal_bytes", 0),
+                "recording_warning": rec.get("paused_reason")}
 
     def _tick(self, started: float, last_tick: float, now: float) -> None:
         seconds = now - last_tick

@@ -42,14 +42,18 @@ def new_run_id(start: float) -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(start)) + "-" + uuid.uuid4().hex[:8]
 
 
-def _open_recording(out_dir: str, backend: str, options: dict, start: float):
+def _open_recording(out_dir: str, backend: str, options: dict, start: float,
+                    max_bytes: int | None = None):
     """Create the recording before loading BPF, so a bad --out fails fast."""
     from tracer.sinks.parquet_writer import Recording
 
     host = socket.gethostname()
     run_id = new_run_id(start)
     recording = Recording(out_dir, host=host, run_id=run_id, backend=backend,
-                          version=__version__, options=options, background_flush=True)
+                          version=__version__, options=options, background_flush=True,
+                          max_bytes=max_bytes)
+    for line in recording.recovered:   # what a crashed run left, finalized or quarantined
+        sys.stderr.write(f"connscope: {line}\n")
     return recording, host, run_id
 
 
@@ -70,9 +74,10 @@ def header_for(session, recording_path=None, source="live") -> Header:
                   recording_path=recording_path, source=source)
 
 
-def make_collector(session, sinks, interval, clock, recording_path=None) -> Collector:
+def make_collector(session, sinks, interval, clock, recording_path=None,
+                   recording_status=None) -> Collector:
     return Collector(session, sinks, interval, header=header_for(session, recording_path),
-                     clock=clock,
+                     clock=clock, recording_status=recording_status,
                      kernel_view=kernel_view(),
                      drop_points_hooked=session.info.backend in ("kprobe", "fentry"))
 
@@ -99,8 +104,14 @@ def kernel_view():
     return read
 
 
-def _collect(session, sinks, interval, duration, clock, recording_path=None):
-    collector = make_collector(session, sinks, interval, clock, recording_path)
+def _recording_args(recording) -> dict:
+    if recording is None:
+        return {}
+    return {"recording_path": str(recording.directory), "recording_status": recording.status}
+
+
+def _collect(session, sinks, interval, duration, clock, recording=None):
+    collector = make_collector(session, sinks, interval, clock, **_recording_args(recording))
     with stop_on_signals() as should_stop:
         try:
             return collector.run(should_stop, duration)
@@ -109,10 +120,11 @@ def _collect(session, sinks, interval, duration, clock, recording_path=None):
 
 
 def record(*, backend: str, interval: float, filters: Filters, out_dir: str,
-           duration: float | None) -> None:
+           duration: float | None, max_bytes: int | None = None) -> None:
     start = time.time()
     recording, host, run_id = _open_recording(
-        out_dir, backend, _options_dict(backend, interval, filters, duration=duration), start)
+        out_dir, backend, _options_dict(backend, interval, filters, duration=duration,
+                                        max_bytes=max_bytes), start, max_bytes)
     try:
         session = startup.start(backend, filters)
     except BaseException:
@@ -123,8 +135,8 @@ def record(*, backend: str, interval: float, filters: Filters, out_dir: str,
     sys.stderr.write(f"connscope: recording to {out_dir} (run {run_id}, backend "
                      f"{session.info.backend}, {session.info.offsets_from}); Ctrl-C stops\n")
     sinks = [RecordSink(recording, clock),
-             StatusLineSink(files=lambda: recording.status()["files_written"])]
-    _collect(session, sinks, interval, duration, clock, out_dir)
+             StatusLineSink(recording_status=recording.status)]
+    _collect(session, sinks, interval, duration, clock, recording)
 
 
 class TuiSink:
@@ -150,7 +162,7 @@ def _exit_app(app) -> None:
         pass
 
 
-def _run_tui(session, sinks, interval, duration, clock, recording_path) -> None:
+def _run_tui(session, sinks, interval, duration, clock, recording) -> None:
     """The collector in a worker thread, the TUI in this one. Whatever ends
     first (q, SIGTERM, --duration, an error in collection) ends both, and the
     terminal is restored by Textual on the way out."""
@@ -158,10 +170,11 @@ def _run_tui(session, sinks, interval, duration, clock, recording_path) -> None:
 
     from tracer.tui.app import build_app
 
-    app = build_app(header_for(session, recording_path))
+    app = build_app(header_for(session, str(recording.directory) if recording else None))
     stop = threading.Event()
     failure: list[BaseException] = []
-    collector = make_collector(session, [TuiSink(app), *sinks], interval, clock, recording_path)
+    collector = make_collector(session, [TuiSink(app), *sinks], interval, clock,
+                               **_recording_args(recording))
 
     def collect():
         try:
@@ -191,12 +204,13 @@ def _run_tui(session, sinks, interval, duration, clock, recording_path) -> None:
 
 
 def live(*, backend: str, interval: float, filters: Filters, record_dir: str | None,
-         plain: bool, duration: float | None) -> None:
+         plain: bool, duration: float | None, max_bytes: int | None = None) -> None:
     start = time.time()
     recording = None
     if record_dir:
         recording, host, run_id = _open_recording(
-            record_dir, backend, _options_dict(backend, interval, filters, command="top"), start)
+            record_dir, backend, _options_dict(backend, interval, filters, command="top"), start,
+            max_bytes)
     try:
         session = startup.start(backend, filters)
     except BaseException:
@@ -211,6 +225,6 @@ def live(*, backend: str, interval: float, filters: Filters, record_dir: str | N
     # Not a terminal (| tee, ssh without a pty, scripts) or asked for: plain tables.
     if plain or not (sys.stdout.isatty() and sys.stdin.isatty()):
         sinks.insert(0, ConsoleSink(title=f"[{session.info.backend}] "))
-        _collect(session, sinks, interval, duration, clock, record_dir)
+        _collect(session, sinks, interval, duration, clock, recording)
     else:
-        _run_tui(session, sinks, interval, duration, clock, record_dir)
+        _run_tui(session, sinks, interval, duration, clock, recording)

@@ -103,23 +103,38 @@ class ConsoleSink:
 
 
 class StatusLineSink:
-    """`record`'s short status line on stderr every few seconds."""
+    """`record`'s short status line on stderr every few seconds.
+    recording_status: a callable returning Recording.status()."""
 
-    def __init__(self, every_s: float = 5.0, stream=None, files=lambda: 0):
+    def __init__(self, every_s: float = 5.0, stream=None, recording_status=None):
         self.every_s = every_s
         self.stream = stream or sys.stderr
-        self.files = files
+        self.recording_status = recording_status or (lambda: {})
         self._last = time.monotonic()
+        self._warned: str | None = None
 
     def on_events(self, events) -> None:
         pass
 
     def line(self, status) -> str:
-        return (f"connscope: {status.elapsed_s:.0f}s  events {status.events_total} "
-                f"({status.events_per_s:.0f}/s)  lost {status.lost_total}  files {self.files()}")
+        rec = self.recording_status()
+        text = (f"connscope: {status.elapsed_s:.0f}s  events {status.events_total} "
+                f"({status.events_per_s:.0f}/s)  lost {status.lost_total}  "
+                f"files {rec.get('files_written', 0)} "
+                f"({rec.get('bytes_written', 0) / 1e6:.1f} MB)")
+        dropped = sum((rec.get("dropped_rows") or {}).values())
+        if rec.get("paused_reason"):
+            text += f"  WARNING: {rec['paused_reason']}"
+        elif dropped:
+            text += f"  ({dropped} rows were dropped while writing was paused)"
+        return text
 
     def on_interval(self, status, snapshot) -> None:
         now = time.monotonic()
+        paused = self.recording_status().get("paused_reason")
+        if paused != self._warned:   # a pause or a resume is said at once
+            self._warned = paused
+            self._last = 0.0
         if now - self._last >= self.every_s:
             self._last = now
             self.stream.write(self.line(status) + "\n")
