@@ -1,0 +1,49 @@
+"""`connscope replay DIR`: a recording turned back into the Snapshots the live
+view showed (timeline.py, from rows.py and latency.py), moved through with
+play, pause, step, speed and jump to the worst moment (controller.py), shown
+by the same TUI as `top`.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from tracer.replay.controller import SPEEDS, ReplayController, ReplayError
+from tracer.replay.rows import connect_from_row
+from tracer.replay.timeline import RecordingTimeline
+
+__all__ = ["SPEEDS", "RecordingTimeline", "ReplayController", "ReplayError", "connect_from_row",
+           "load", "run"]
+
+
+def _parquet_bytes(directory: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(directory):
+        for f in files:
+            if f.endswith(".parquet"):
+                try:
+                    total += os.path.getsize(os.path.join(root, f))
+                except OSError:
+                    pass
+    return total
+
+
+def load(directory) -> RecordingTimeline:
+    """Read a recording. A missing or empty directory raises the reader's
+    one-line errors; unreadable files become lines in the log, not failures."""
+    from tracer.report.reader import read_recording
+
+    data = read_recording(directory)
+    return RecordingTimeline(data, directory, recording_bytes=_parquet_bytes(Path(directory)))
+
+
+def run(directory) -> None:
+    timeline = load(directory)
+    # textual reads keys from stdin and draws on stderr (stdout may be piped)
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        raise ReplayError("replay needs a terminal; for text output use: "
+                          f"connscope report {directory}")
+    from tracer.tui.app import build_app
+
+    build_app(timeline.header, replay=ReplayController(timeline)).run()
