@@ -124,6 +124,8 @@ static __always_inline int ports_wanted(u16 lport, u16 rport)
 #include <linux/fdtable.h>
 #include <linux/net.h>
 #define OFF_SK_ERR offsetof(struct sock, sk_err)
+#define OFF_SKC_NET offsetof(struct sock, __sk_common.skc_net)
+#define OFF_NET_NS_INUM offsetof(struct net, ns.inum)
 #define OFF_SKC_FAMILY offsetof(struct sock, __sk_common.skc_family)
 #define OFF_SKC_STATE offsetof(struct sock, __sk_common.skc_state)
 #define OFF_SKC_NUM offsetof(struct sock, __sk_common.skc_num)
@@ -152,6 +154,13 @@ static __always_inline int ports_wanted(u16 lport, u16 rport)
         bpf_probe_read_kernel(&__v, sizeof(__v), (const char *)(base) + (off)); \
         __v;                                                                 \
     })
+
+/* Inode number of the socket's network namespace (as in /proc/PID/ns/net). */
+static __always_inline u32 netns_of(u64 sk)
+{
+    u64 net = READ_AT(sk, OFF_SKC_NET, u64);
+    return net ? READ_AT(net, OFF_NET_NS_INUM, u32) : 0;
+}
 
 /* The struct sock behind file descriptor fd of the current task, or 0:
  * task->files->fdt->fd[fd]->private_data (a struct socket)->sk. */

@@ -60,8 +60,9 @@ struct accept_event {
     __u16 lport;
     __u16 rport;
     __u32 backlog_max;
+    __u32 netns;         /* network namespace inode number */
     __u8 family;
-    __u8 pad[7];
+    __u8 pad[3];
     char comm[16];
 };
 
@@ -83,9 +84,11 @@ struct close_event {
     char comm[16];
 };
 
-/* Identity of a listening socket; addr all zero for a wildcard bind. */
+/* Identity of a listening socket; addr all zero for a wildcard bind. The
+ * network namespace is part of it: two containers may both listen on :80. */
 struct listener_key {
     __u8 addr[16];
+    __u32 netns;         /* inode number of the network namespace */
     __u16 port;          /* host byte order */
     __u8 family;         /* AF_INET or AF_INET6 */
     __u8 pad;

@@ -36,6 +36,7 @@ BPF_HASH(accepting, u32, u64, 16384);
 
 static __always_inline void local_key_of(u64 sk, struct listener_key *k)
 {
+    k->netns = netns_of(sk);
     k->family = READ_AT(sk, OFF_SKC_FAMILY, u16);
     k->port = READ_AT(sk, OFF_SKC_NUM, u16);
     if (k->family == AF_INET) {
@@ -204,6 +205,7 @@ static __always_inline void accept_end(void *ctx, u64 child)
     struct listener_key k = {};
     local_key_of(child, &k);
     ev.family = k.family;
+    ev.netns = k.netns;
     ev.lport = k.port;
     __builtin_memcpy(ev.laddr, k.addr, 16);
     remote_of(child, k.family, ev.raddr, &ev.rport);

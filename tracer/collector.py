@@ -70,6 +70,7 @@ class Collector:
         self._events_at_tick = 0
         self._lost_at_tick = 0
         self.kernel_view_error: str | None = None
+        self.primed = False   # starting values taken: what happens from now on is counted
 
     def _status(self, started: float, seconds: float) -> Status:
         c = self.session.counters()
@@ -159,6 +160,7 @@ class Collector:
 
     def run(self, should_stop: Callable[[], bool], duration: float | None = None) -> Status:
         self._prime()
+        self.primed = True
         started = last_tick = time.monotonic()
         deadline = started + duration if duration else None
         try:

@@ -144,6 +144,7 @@ class Accept:
     rport: int
     backlog_len: int
     backlog_max: int
+    netns: int = 0
 
     @property
     def queue_wait_us(self) -> float | None:
@@ -161,7 +162,7 @@ def decode_accept(buf) -> Accept:
         comm=r.comm.decode("utf-8", "replace"), family=4 if fam == AF_INET else 6,
         laddr=format_addr(fam, bytes(r.laddr)), lport=r.lport,
         raddr=format_addr(fam, bytes(r.raddr)), rport=r.rport,
-        backlog_len=r.backlog_len, backlog_max=r.backlog_max,
+        backlog_len=r.backlog_len, backlog_max=r.backlog_max, netns=r.netns,
     )
 
 
@@ -183,10 +184,11 @@ class ListenerCounters:
     pid: int | None
     comm: str | None
     closed: bool
+    netns: int = 0
 
     @property
     def key(self) -> tuple:
-        return (self.family, self.laddr, self.lport)
+        return (self.netns, self.family, self.laddr, self.lport)
 
 
 def decode_listener(key, value) -> ListenerCounters:
@@ -199,7 +201,7 @@ def decode_listener(key, value) -> ListenerCounters:
         handshakes=value.handshakes, backlog_max=value.backlog_max,
         syn_queue_len=value.syn_queue_len, pid=value.pid or None,
         comm=value.comm.decode("utf-8", "replace") if value.pid else None,
-        closed=bool(value.closed),
+        closed=bool(value.closed), netns=key.netns,
     )
 
 

@@ -92,13 +92,12 @@ def kernel_view():
     table = SocketTable()
 
     def read():
-        sockets, snap, _ = table.read()
-        listeners = table.listeners(sockets)
+        listeners, sockets, snap, _ = table.read()
         owners = {s.inode: (snap.holders[s.inode][0],
                             snap.comm_by_pid.get(snap.holders[s.inode][0], "?"))
-                  for s in listeners if s.inode in snap.holders}
-        holdings = tally(sockets, snap.holders, snap.comm_by_pid, snap.fds_by_pid,
-                         snap.nofile_by_pid)
+                  for _, s in listeners if s.inode in snap.holders}
+        holdings = tally([s for _, s in listeners + sockets], snap.holders, snap.comm_by_pid,
+                         snap.fds_by_pid, snap.nofile_by_pid)
         return listeners, owners, holdings, snap.taken_at
 
     return read

@@ -68,6 +68,9 @@ _TABLE_ROWS = {
              "the pool sizing advice (Little's law) behind the live view",
 }
 
+_NETNS = Column("netns", _I64, "network namespace (inode of /proc/PID/ns/net): tells apart "
+                "containers listening on the same address; null if unknown", True)
+
 _COLUMNS: dict[str, list[Column]] = {
     "connects": [
         *_common("when connect() was called"),
@@ -103,6 +106,7 @@ _COLUMNS: dict[str, list[Column]] = {
         *_common("end of the interval"),
         _FAMILY,
         *_endpoint("laddr", "lport", "listening"),
+        _NETNS,
         *_process(owner_known=False),
         Column("drops", _I64,
                "connections dropped in the interval because the accept queue was full"),
@@ -117,6 +121,7 @@ _COLUMNS: dict[str, list[Column]] = {
         *_common("end of the interval"),
         _FAMILY,
         *_endpoint("laddr", "lport", "listening"),
+        _NETNS,
         *_process(owner_known=False),
         Column("backlog_max", _I32, "accept queue limit"),
         Column("queue_len", _I32, "accept queue length at the end of the interval"),

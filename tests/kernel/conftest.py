@@ -105,6 +105,9 @@ class CollectorRun:
 
     def __enter__(self):
         self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self.collector.primed and time.monotonic() < deadline:
+            time.sleep(0.01)   # traffic before this would be part of the baseline
         return self
 
     def __exit__(self, *exc):

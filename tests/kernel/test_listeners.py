@@ -1,5 +1,6 @@
 """Accept queues against the kernel's own counters (/proc/net/netstat
 ListenOverflows, ListenDrops), `ss`, and timestamps the test takes."""
+import itertools
 import os
 import socket
 import subprocess
@@ -8,6 +9,9 @@ import threading
 import time
 
 import pytest
+from contextlib import contextmanager
+
+from tests.kernel.netlab import netns_counters, socket_in
 
 pytestmark = pytest.mark.kernel
 
@@ -57,33 +61,80 @@ def listener(addr="127.0.0.1", backlog=4, family=socket.AF_INET):
     return s, s.getsockname()[1]
 
 
+@contextmanager
+def private_netns():
+    """A network namespace of our own: its ListenOverflows and ListenDrops
+    count only this test's traffic, whatever else runs on the machine."""
+    name = f"cs-lst-{os.getpid()}-{next(_ns_seq)}"
+    subprocess.run(["ip", "netns", "add", name], check=True, timeout=10)
+    try:
+        subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"],
+                       check=True, timeout=10)
+        yield name, os.stat(f"/run/netns/{name}").st_ino
+    finally:
+        subprocess.run(["ip", "netns", "del", name], timeout=10)
+
+
+_ns_seq = itertools.count()
+
+
+def ns_netstat(ns):
+    c = netns_counters(ns)
+    return c["TcpExt.ListenOverflows"], c["TcpExt.ListenDrops"]
+
+
+def flood_in(ns, addr, port, n, family=socket.AF_INET, threads=5):
+    socks, lock = [], threading.Lock()
+
+    def work(k):
+        mine = []
+        for _ in range(k):
+            s = socket_in(ns, family)
+            s.setblocking(False)
+            s.connect_ex((addr, port))
+            mine.append(s)
+        with lock:
+            socks.extend(mine)
+
+    ts = [threading.Thread(target=work, args=(n // threads,)) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(10)
+    return socks
+
+
 def test_overflow_matches_listen_overflows_and_drops(collector_run):
-    srv, port = listener(backlog=4)
-    before = netstat()
-    with collector_run(0.5) as run:
-        socks = flood("127.0.0.1", port, 50)
-        time.sleep(3.2)       # SYN retransmits at 1, 2, 3 s keep hitting the full queue
-        after_live = netstat()
-        recv_q = ss_recv_q(port)
-        time.sleep(0.6)       # one more interval closes after the last counted drop
-    after = netstat()
-    for s in socks:
-        s.close()
-    srv.close()
-    rows = run.listener_rows(port)
+    with private_netns() as (ns, inode):
+        srv = socket_in(ns)
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(4)
+        port = srv.getsockname()[1]
+        before = ns_netstat(ns)
+        with collector_run(0.5) as run:
+            socks = flood_in(ns, "127.0.0.1", port, 50)
+            time.sleep(3.2)       # SYN retransmits at 1, 2, 3 s keep hitting the full queue
+            recv_q = int(subprocess.run(["ip", "netns", "exec", ns, "ss", "-ltnH",
+                                         f"sport = :{port}"], capture_output=True, text=True,
+                                        timeout=10).stdout.split()[1])
+            for s in socks:       # no more SYN retransmits after this...
+                s.close()
+            time.sleep(0.6)       # ...and one more interval sees the last drops
+        after = ns_netstat(ns)
+        srv.close()
+    rows = [r for r in run.listener_rows(port) if r.netns == inode]
     assert rows, "listener never reported"
     drops = sum(r.drops for r in rows)
     syn_drops = sum(r.syn_drops for r in rows)
     overflows, listen_drops = after[0] - before[0], after[1] - before[1]
     assert overflows > 0, "the test did not overflow the queue"
-    # Nothing else on this host overflows, so the whole delta is this listener's.
+    # The namespace is ours alone, so the whole delta is this listener's.
     assert drops + syn_drops == overflows
     assert drops + syn_drops == listen_drops
     assert max(r.queue_peak for r in rows) == 5   # the kernel's limit: backlog + 1
     assert {r.backlog_max for r in rows} == {4}
     assert recv_q == 5
     assert rows[-1].queue_len == 5
-    assert after_live[0] <= after[0]
 
 
 def test_two_listeners_only_one_overflowing(collector_run):
@@ -104,16 +155,21 @@ def test_two_listeners_only_one_overflowing(collector_run):
 
 
 def test_ipv6_listener_overflow(collector_run):
-    srv, port = listener("::1", backlog=3, family=socket.AF_INET6)
-    before = netstat()
-    with collector_run(0.5) as run:
-        socks = flood("::1", port, 30, family=socket.AF_INET6)
-        time.sleep(2.5)
-    after = netstat()
-    for s in socks:
-        s.close()
-    srv.close()
-    rows = run.listener_rows(port)
+    with private_netns() as (ns, inode):
+        srv = socket_in(ns, socket.AF_INET6)
+        srv.bind(("::1", 0))
+        srv.listen(3)
+        port = srv.getsockname()[1]
+        before = ns_netstat(ns)
+        with collector_run(0.5) as run:
+            socks = flood_in(ns, "::1", port, 30, family=socket.AF_INET6)
+            time.sleep(2.5)
+            for s in socks:
+                s.close()
+            time.sleep(0.6)
+        after = ns_netstat(ns)
+        srv.close()
+    rows = [r for r in run.listener_rows(port) if r.netns == inode]
     assert rows and all(r.family == 6 and r.laddr == "::1" for r in rows)
     assert sum(r.drops + r.syn_drops for r in rows) == after[0] - before[0] > 0
 

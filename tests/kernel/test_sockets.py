@@ -162,13 +162,13 @@ class ScanLog:
 
         def read(table):
             started = time.time_ns() // 1000
-            sockets, snap, fresh = original(table)
+            listeners, sockets, snap, fresh = original(table)
             if fresh:
                 self._fresh_us = started
                 self.cost_ms.append(table.last_cost_s * 1000)
             self.scan_us[len(run.snapshots)] = self._fresh_us
             self.reused[len(run.snapshots)] = not fresh
-            return sockets, snap, fresh
+            return listeners, sockets, snap, fresh
 
         monkeypatch.setattr(SocketTable, "read", read)
         self.run = run

@@ -39,6 +39,7 @@ def split_drops(d_sk_drops: int, d_request_overflows: int, d_cookie_overflows: i
 
 @dataclass
 class _Listener:
+    netns: int
     family: int
     laddr: str
     lport: int
@@ -67,27 +68,28 @@ class ListenerTable:
             lst = self._by_key[key] = _Listener(*key)
         return lst
 
-    def _listener_of(self, family: int, laddr: str, lport: int) -> _Listener | None:
-        lst = self._by_key.get((family, laddr, lport))
+    def _listener_of(self, netns: int, family: int, laddr: str, lport: int) -> _Listener | None:
+        lst = self._by_key.get((netns, family, laddr, lport))
         if lst is None:
-            lst = self._by_key.get((family, "0.0.0.0" if family == 4 else "::", lport))
+            lst = self._by_key.get((netns, family, "0.0.0.0" if family == 4 else "::", lport))
         return lst
 
     def prime(self, diag=(), counters=()) -> None:
         """Take the starting values, so the first interval counts only what
-        happens in it (sk_drops of old listeners, counters of a reused session)."""
+        happens in it (sk_drops of old listeners, counters of a reused session).
+        diag: (netns inode, listening TcpSocket) pairs."""
         for c in counters:
             self._get(c.key).counters = c
-        for s in diag:
-            lst = self._get((s.family, s.saddr, s.sport))
+        for netns, s in diag:
+            lst = self._get((netns, s.family, s.saddr, s.sport))
             lst.sk_drops = s.drops
             lst.queue_len = s.rqueue
             lst.backlog_max = s.wqueue
 
     def add_accept(self, ev) -> None:
-        lst = self._listener_of(ev.family, ev.laddr, ev.lport)
+        lst = self._listener_of(ev.netns, ev.family, ev.laddr, ev.lport)
         if lst is None:
-            lst = self._get((ev.family, ev.laddr, ev.lport))
+            lst = self._get((ev.netns, ev.family, ev.laddr, ev.lport))
         lst.accepts_window += 1
         wait = ev.queue_wait_us
         if wait is not None:
@@ -95,9 +97,10 @@ class ListenerTable:
 
     def update(self, seconds: float, diag=(), counters=(), peaks=None,
                owners=None) -> list[ListenerRow]:
-        """Close an interval. diag: sock_diag LISTEN sockets (objects with
-        family, saddr, sport, rqueue, wqueue, drops, inode); counters: BPF
-        ListenerCounters; peaks: {key: peak}; owners: {inode: (pid, comm)}."""
+        """Close an interval. diag: (netns inode, sock_diag LISTEN socket) pairs
+        (sockets have family, saddr, sport, rqueue, wqueue, drops, inode);
+        counters: BPF ListenerCounters; peaks: {key: peak}; owners:
+        {inode: (pid, comm)}. Keys are (netns, family, laddr, lport)."""
         peaks = peaks or {}
         owners = owners or {}
         for lst in self._by_key.values():
@@ -116,8 +119,8 @@ class ListenerTable:
             lst.syn_queue_len = c.syn_queue_len
 
         prev_sk_drops = {k: v.sk_drops for k, v in self._by_key.items()}
-        for s in diag:
-            key = (s.family, s.saddr, s.sport)
+        for netns, s in diag:
+            key = (netns, s.family, s.saddr, s.sport)
             lst = self._get(key)
             lst.seen_now = True
             lst.queue_len = s.rqueue
@@ -155,7 +158,7 @@ class ListenerTable:
                 accepts=lst.accepts_window,
                 accept_wait_p50_us=lst.waits.percentile(50),
                 accept_wait_p99_us=lst.waits.percentile(99),
-                synack_retransmits=d_synack,
+                synack_retransmits=d_synack, netns=lst.netns or None,
             ))
             lst.waits = Histogram()
             lst.accepts_window = 0

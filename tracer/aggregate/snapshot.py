@@ -28,6 +28,7 @@ class ListenerRow:
     accept_wait_p50_us: float | None
     accept_wait_p99_us: float | None
     synack_retransmits: int     # in the interval
+    netns: int | None = None    # network namespace inode (None: unknown)
 
     @property
     def label(self) -> str:

@@ -109,13 +109,13 @@ class ProbeSession:
         return out
 
     def take_listener_peaks(self) -> dict:
-        """{(family, laddr, lport): peak accept queue} since the last call."""
+        """{(netns, family, laddr, lport): peak accept queue} since the last call."""
         table = self._bpf[b"listener_peak"]
         out = {}
         for key, value in list(table.items()):
             fam = key.family
-            out[(4 if fam == events.AF_INET else 6, events.format_addr(fam, bytes(key.addr)),
-                 key.port)] = value.value
+            out[(key.netns, 4 if fam == events.AF_INET else 6,
+                 events.format_addr(fam, bytes(key.addr)), key.port)] = value.value
             try:
                 del table[key]
             except KeyError:

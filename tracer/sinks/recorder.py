@@ -28,7 +28,7 @@ def accept_row(ev: Accept, clock: Clock) -> dict:
 
 def listener_row(r: ListenerRow, ts_us: int) -> dict:
     return {
-        "ts": ts_us, "family": r.family, "laddr": r.laddr, "lport": r.lport, "pid": r.pid,
+        "ts": ts_us, "family": r.family, "laddr": r.laddr, "lport": r.lport, "netns": r.netns, "pid": r.pid,
         "comm": r.comm, "backlog_max": r.backlog_max, "queue_len": r.queue_len,
         "queue_peak": r.queue_peak, "overflows_total": r.drops_total,
         "syn_queue_len": r.syn_queue_len, "drops": r.drops + r.syn_drops,
@@ -38,7 +38,7 @@ def listener_row(r: ListenerRow, ts_us: int) -> dict:
 
 def overflow_row(r: ListenerRow, ts_us: int, interval_s: float) -> dict:
     return {
-        "ts": ts_us, "family": r.family, "laddr": r.laddr, "lport": r.lport, "pid": r.pid,
+        "ts": ts_us, "family": r.family, "laddr": r.laddr, "lport": r.lport, "netns": r.netns, "pid": r.pid,
         "comm": r.comm, "drops": r.drops, "syn_drops": r.syn_drops,
         "backlog_max": r.backlog_max, "backlog_peak": r.queue_peak, "interval_s": interval_s,
         "synack_retransmits": r.synack_retransmits,
