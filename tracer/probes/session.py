@@ -15,6 +15,10 @@ from tracer.filters import Filters
 from tracer.probes import program
 
 
+MAX_BATCH = 16384   # events decoded per poll at most
+POLL_SLEEP_MS = 50  # how stale an event may get before we read it
+
+
 class ProbeError(Exception):
     """Loading or attaching failed; the message says why, in one line."""
 
@@ -64,8 +68,12 @@ class ProbeSession:
         decoder = events.DECODERS.get(events.record_type(buf))
         if decoder is None:
             self.decode_errors += 1
-            return
+            return 0
         self._pending.append(decoder(buf))
+        # libbpf keeps consuming while the kernel keeps producing; under a
+        # flood that would never return and grow this list without bound.
+        # A negative return ends this poll; the rest waits in the ring.
+        return -1 if len(self._pending) >= MAX_BATCH else 0
 
     def _on_perf_lost(self, lost):
         self._perf_lost += lost
@@ -73,7 +81,12 @@ class ProbeSession:
     def poll(self, timeout_ms: int = 100) -> list:
         """Wait up to timeout_ms for events; return those decoded since the last call."""
         if self._opts.ringbuf:
-            self._bpf.ring_buffer_poll(timeout_ms)
+            # The kernel side submits without waking us (BPF_RB_NO_WAKEUP):
+            # one wake-up per event cost a quarter of our CPU. So sleep, then
+            # take what has accumulated; 4 MiB of ring holds ~40k events.
+            if timeout_ms:
+                time.sleep(min(timeout_ms, POLL_SLEEP_MS) / 1000.0)
+            self._bpf.ring_buffer_consume()
         else:
             self._bpf.perf_buffer_poll(timeout_ms)
         out, self._pending = self._pending, []
