@@ -1,0 +1,156 @@
+"""sudo bench/run [--quick] [--only SECTION ...] [--json PATH]
+
+Runs every section on loopback, prints one Markdown report on stdout and
+saves the same figures (and every raw run) as JSON. Progress goes to stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+from bench import machine
+from bench.process_tree import Processes, raise_nofile
+from bench.results import Results
+
+SECTIONS = ("overhead", "kernel", "ceiling", "startup", "overflow", "syscalls", "hotpaths")
+OVERHEAD_CONFIGS = ["none", "record", "top", "tcplife", "tcpstates", "probes", "probes-batched"]
+
+
+def log(msg: str) -> None:
+    sys.stderr.write(msg + "\n")
+    sys.stderr.flush()
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="bench/run", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="fewer repetitions (~5 min instead of ~20)")
+    p.add_argument("--only", nargs="+", choices=SECTIONS, metavar="SECTION",
+                   help=f"run only these sections: {', '.join(SECTIONS)}")
+    p.add_argument("--rounds", type=int, help="overhead rounds (default 5, quick 2)")
+    p.add_argument("--configs", nargs="+", choices=OVERHEAD_CONFIGS,
+                   default=OVERHEAD_CONFIGS, help="overhead configurations")
+    p.add_argument("--commit", metavar="REV",
+                   help="benchmark this commit (exported with git archive into a temporary "
+                        "directory; the repository is not touched) instead of the working tree, "
+                        "which other engineers may be editing")
+    p.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "latest.json",
+                   help="where to save the JSON (default bench/results/latest.json; "
+                        "the Markdown goes next to it as .md too)")
+    return p.parse_args(argv)
+
+
+def run_section(name: str, args, procs: Processes, workdir: Path):
+    q = args.quick
+    if name == "overhead":
+        from bench import overhead
+        rounds = args.rounds or (2 if q else 5)
+        return overhead.run(procs, workdir, args.configs, rounds,
+                            quiet_budget_s=30 if q else 120, log=log)
+    if name == "kernel":
+        from bench import kernel_cost
+        return kernel_cost.run(procs, workdir, log=log)
+    if name == "ceiling":
+        from bench import ceiling
+        return ceiling.run(procs, workdir, quick=q, log=log)
+    if name == "startup":
+        from bench import startup_time
+        return startup_time.run(procs, workdir, warm_runs=2 if q else 4, log=log)
+    if name == "overflow":
+        from bench import overflow_flood
+        return overflow_flood.run(procs, workdir, reps=1 if q else 2, log=log)
+    if name == "syscalls":
+        from bench import syscall_tax
+        return syscall_tax.run(procs, workdir, rounds=3 if q else 5,
+                               quiet_budget_s=20 if q else 60, log=log)
+    if name == "hotpaths":
+        from bench import hot_paths
+        return hot_paths.run(procs, workdir, quick=q, log=log)
+    raise ValueError(name)
+
+
+def run_commit(args, argv) -> int:
+    """Export REV (tracer/, bpf/, ...) into a temporary directory, put this
+    bench/ next to it, and run the benchmark there."""
+    import shutil
+    import subprocess
+
+    repo = Path(__file__).resolve().parent.parent
+    sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", args.commit],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    src = Path(tempfile.mkdtemp(prefix=f"connscope-bench-{sha}-"))
+    try:
+        src.chmod(0o755)
+        archive = subprocess.run(["git", "-C", str(repo), "archive", sha], capture_output=True,
+                                 check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+        shutil.rmtree(src / "bench", ignore_errors=True)
+        shutil.copytree(repo / "bench", src / "bench",
+                        ignore=shutil.ignore_patterns("results", "__pycache__"))
+        rest = [a for a in argv if a != "--commit" and a != args.commit]
+        rest += ["--json", str(args.json.resolve())] if "--json" not in rest else []
+        env = dict(os.environ, PYTHONPATH=str(src),
+                   CONNSCOPE_BENCH_SOURCE=f"{args.commit} = {sha} (exported, clean)")
+        log(f"bench: measuring commit {sha} exported to {src}")
+        return subprocess.call([sys.executable, "-m", "bench", *rest], cwd=src, env=env)
+    finally:
+        shutil.rmtree(src, ignore_errors=True)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if os.geteuid() != 0:
+        log("Error: the tracers load BPF programs: run it as root (sudo bench/run)")
+        return 1
+    if args.commit:
+        return run_commit(args, argv)
+    raise_nofile()
+    command = "sudo bench/run " + " ".join(shlex.quote(a) for a in argv)
+    if os.environ.get("CONNSCOPE_BENCH_SOURCE"):
+        command += f"   # run for --commit {os.environ['CONNSCOPE_BENCH_SOURCE']}"
+    results = Results(machine.describe(), command.strip())
+    log(f"bench: {machine.one_line(results.machine)}")
+    sections = args.only or SECTIONS
+    t0 = time.monotonic()
+    with Processes() as procs, tempfile.TemporaryDirectory(prefix="connscope-bench-") as tmp:
+        workdir = Path(tmp)
+        workdir.chmod(0o755)   # nginx workers run unprivileged and read files below it
+        for name in sections:
+            log(f"bench: {name} ...")
+            load = os.getloadavg()[0]
+            t = time.monotonic()
+            try:
+                section = run_section(name, args, procs, workdir)
+            except KeyboardInterrupt:
+                results.errors.append(f"{name}: interrupted")
+                break
+            except Exception as e:
+                results.errors.append(f"{name}: {type(e).__name__}: {e}")
+                log(traceback.format_exc())
+                continue
+            finally:
+                procs.close()
+            section.machine_load = (f"{time.monotonic() - t:.0f} s, load average "
+                                    f"{load:.2f} → {os.getloadavg()[0]:.2f}")
+            results.add(section)
+            log(f"bench: {name} done in {time.monotonic() - t:.0f} s")
+    results.machine["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    results.machine["total_seconds"] = round(time.monotonic() - t0)
+    md = results.markdown()
+    print(md)
+    results.save(args.json)
+    args.json.with_suffix(".md").write_text(md)
+    log(f"bench: saved {args.json} and {args.json.with_suffix('.md')} "
+        f"({time.monotonic() - t0:.0f} s in all)")
+    return 0 if not results.errors else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
