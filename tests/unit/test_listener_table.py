@@ -1,0 +1,85 @@
+"""Per-interval listener aggregation and the sk_drops double-count correction."""
+from dataclasses import dataclass
+
+from tracer.aggregate.listeners import ListenerTable, split_drops
+from tracer.events import Accept, ListenerCounters
+
+NS = 4026531833
+
+
+@dataclass
+class Diag:          # what sock_diag reports for a listener
+    family: int
+    saddr: str
+    sport: int
+    rqueue: int
+    wqueue: int
+    drops: int
+    inode: int = 7
+
+
+def counters(ack=0, cookie=0, syn=0, synack=0, closed=False, port=80):
+    return ListenerCounters(family=4, laddr="0.0.0.0", lport=port, ack_overflows=ack,
+                            cookie_overflows=cookie, syn_overflows=syn,
+                            synack_retransmits=synack, accepts=0, handshakes=0, backlog_max=4,
+                            syn_queue_len=0, pid=42, comm="srv", closed=closed, netns=NS)
+
+
+def test_split_drops_request_socket_overflows_count_twice_cookies_once():
+    # 10 SYN drops, 3 request-socket ACK overflows (6 in sk_drops), 2 cookie ones (2)
+    assert split_drops(10 + 6 + 2, 3, 2) == (5, 10)
+    assert split_drops(45, 0, 0) == (0, 45)           # loopback: all SYN-time
+    assert split_drops(0, 0, 0) == (0, 0)
+    assert split_drops(3, 5, 0) == (5, 0)             # never negative
+
+
+def test_interval_deltas_from_sk_drops_and_counters():
+    t = ListenerTable(drop_points_hooked=False)
+    t.prime([(NS, Diag(4, "0.0.0.0", 80, 0, 4, drops=100))], [counters(ack=1)])
+    rows = t.update(1.0, [(NS, Diag(4, "0.0.0.0", 80, 5, 4, drops=100 + 30 + 2 * 4))],
+                    [counters(ack=1 + 4, synack=3)], {(NS, 4, "0.0.0.0", 80): 5},
+                    {7: (42, "srv")})
+    [r] = rows
+    assert (r.drops, r.syn_drops) == (4, 30)
+    assert r.drops_total == 34 and r.drops_per_s == 34.0
+    assert (r.queue_len, r.queue_peak, r.backlog_max) == (5, 5, 4)
+    assert (r.pid, r.comm, r.netns) == (42, "srv", NS)
+    assert r.synack_retransmits == 3
+    # nothing new: zero, totals kept
+    [r] = t.update(1.0, [(NS, Diag(4, "0.0.0.0", 80, 5, 4, drops=138))], [counters(ack=5, synack=3)])
+    assert (r.drops, r.syn_drops, r.drops_total, r.synack_retransmits) == (0, 0, 34, 0)
+
+
+def test_drop_points_hooked_take_counters_as_they_are():
+    t = ListenerTable(drop_points_hooked=True)
+    t.prime([], [counters()])
+    [r] = t.update(2.0, [], [counters(ack=2, syn=7)])
+    assert (r.drops, r.syn_drops, r.drops_per_s) == (2, 7, 4.5)
+
+
+def test_listener_opened_after_start_counts_from_zero():
+    t = ListenerTable(drop_points_hooked=False)
+    t.prime([], [])
+    [r] = t.update(1.0, [(NS, Diag(4, "127.0.0.1", 8080, 5, 4, drops=45))], [])
+    assert r.syn_drops == 45
+
+
+def test_accept_waits_found_through_wildcard_listener():
+    t = ListenerTable(drop_points_hooked=False)
+    t.prime([(NS, Diag(4, "0.0.0.0", 80, 0, 128, drops=0))], [])
+    for wait_ms in (1, 2, 2000):
+        t.add_accept(Accept(ts_ns=10**10, ts_handshake_ns=10**10 - wait_ms * 10**6, pid=1,
+                            tid=1, comm="srv", family=4, laddr="10.0.0.1", lport=80,
+                            raddr="10.0.0.2", rport=5555, backlog_len=1, backlog_max=128,
+                            netns=NS))
+    [r] = t.update(1.0, [(NS, Diag(4, "0.0.0.0", 80, 0, 128, drops=0))], [])
+    assert r.accepts == 3
+    assert 1900_000 < r.accept_wait_p99_us <= 2000_000
+    assert r.accept_wait_p50_us < 3000
+
+
+def test_closed_listener_reported_once_then_gone():
+    t = ListenerTable(drop_points_hooked=False)
+    t.prime([], [counters(port=81)])
+    assert [r.lport for r in t.update(1.0, [], [counters(port=81, closed=True)])] == [81]
+    assert t.update(1.0, [], []) == []
