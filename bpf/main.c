@@ -63,6 +63,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
     }
     if (oldstate == TCP_LISTEN) {
         struct listener_key k = {};
+        k.netns = netns_of(sk);
         k.family = family;
         k.port = args->sport;
         ADDR16(k.addr, args, saddr, saddr_v6, family);
@@ -93,6 +94,7 @@ TRACEPOINT_PROBE(tcp, tcp_destroy_sock)
     /* A listener can go without a LISTEN -> CLOSE we saw (its network
      * namespace deleted, or known to us only from a drop). */
     struct listener_key k = {};
+    k.netns = netns_of(sk);
     k.family = args->family;
     k.port = args->sport;
     ADDR16(k.addr, args, saddr, saddr_v6, args->family);
@@ -169,18 +171,61 @@ TRACEPOINT_PROBE(syscalls, sys_exit_accept)
 }
 #endif
 
+#if defined(BACKEND_KPROBE) || defined(BACKEND_FENTRY)
+/* Shared by the two backends that hook the TCP functions themselves. */
+#define ETH_P_IP 0x0800
+
+#ifdef OFFSETS_FROM_HEADERS
+#include <linux/skbuff.h>
+#define OFF_SKB_PROTOCOL offsetof(struct sk_buff, protocol)
+#endif
+
+/* tcp_v6_connect() hands a v4-mapped destination to tcp_v4_connect(): the
+ * outer call is the connect, and its family is the socket's (AF_INET6), as
+ * in the tracepoint backend's events. */
+static __always_inline void connect_entered(u64 sk, u16 fn_family)
+{
+    u16 family = READ_AT(sk, OFF_SKC_FAMILY, u16);
+    if (fn_family == AF_INET && family != AF_INET)
+        return;   /* called from tcp_v6_connect, which began it */
+    connect_begin(sk, family);
+}
+
+/* The two places the kernel drops for a full accept queue, each checked with
+ * the kernel's own test (sk_acceptq_is_full) on entry: the SYN, and the
+ * handshake's last ACK. */
+static __always_inline void conn_request_entered(u64 lsk)
+{
+    if (acceptq_full(lsk))
+        listener_overflow(lsk, OVERFLOW_SYN);
+}
+
+/* syn_recv_sock(sk, skb, req, dst, req_unhash, own_req): req_unhash is the
+ * request socket for a handshake the listener kept (tcp_check_req), NULL for
+ * a SYN cookie (tcp_get_cookie_sock). For an IPv4 packet on a dual-stack
+ * IPv6 listener, tcp_v6_syn_recv_sock() calls tcp_v4_syn_recv_sock(), which
+ * alone checks the queue and counts the overflow: count it there, once. */
+static __always_inline void syn_recv_sock_entered(u64 lsk, u64 skb, u64 req_unhash, int v6)
+{
+    if (v6 && READ_AT(skb, OFF_SKB_PROTOCOL, u16) == bpf_htons(ETH_P_IP))
+        return;
+    if (acceptq_full(lsk))
+        listener_overflow(lsk, req_unhash ? OVERFLOW_ACK : OVERFLOW_COOKIE);
+}
+#endif
+
 #ifdef BACKEND_KPROBE
 #include <uapi/linux/ptrace.h>
 
 int kp_tcp_v4_connect(struct pt_regs *ctx)
 {
-    connect_begin((u64)PT_REGS_PARM1(ctx), AF_INET);
+    connect_entered((u64)PT_REGS_PARM1(ctx), AF_INET);
     return 0;
 }
 
 int kp_tcp_v6_connect(struct pt_regs *ctx)
 {
-    connect_begin((u64)PT_REGS_PARM1(ctx), AF_INET6);
+    connect_entered((u64)PT_REGS_PARM1(ctx), AF_INET6);
     return 0;
 }
 
@@ -196,36 +241,41 @@ int kretp_inet_csk_accept(struct pt_regs *ctx)
     return 0;
 }
 
-/* The two places the kernel drops for a full accept queue, each checked
- * with the kernel's own test (sk_acceptq_is_full) on entry. */
 int kp_tcp_conn_request(struct pt_regs *ctx)
 {
-    u64 lsk = (u64)PT_REGS_PARM3(ctx);
-    if (acceptq_full(lsk))
-        listener_overflow(lsk, OVERFLOW_SYN);
+    conn_request_entered((u64)PT_REGS_PARM3(ctx));
     return 0;
 }
 
-int kp_tcp_syn_recv_sock(struct pt_regs *ctx)
+int kp_tcp_v4_syn_recv_sock(struct pt_regs *ctx)
 {
-    u64 lsk = (u64)PT_REGS_PARM1(ctx);
-    if (acceptq_full(lsk))
-        listener_overflow(lsk, OVERFLOW_ACK);
+    syn_recv_sock_entered((u64)PT_REGS_PARM1(ctx), (u64)PT_REGS_PARM2(ctx),
+                          (u64)PT_REGS_PARM5(ctx), 0);
+    return 0;
+}
+
+int kp_tcp_v6_syn_recv_sock(struct pt_regs *ctx)
+{
+    syn_recv_sock_entered((u64)PT_REGS_PARM1(ctx), (u64)PT_REGS_PARM2(ctx),
+                          (u64)PT_REGS_PARM5(ctx), 1);
     return 0;
 }
 #endif
 
 #ifdef BACKEND_FENTRY
+/* NO_FENTRY_<FUNCTION>: that optional function is absent here (IPv6 built as
+ * a module or off, or hidden for a test); its hook is left out, since bcc
+ * attaches every KFUNC_PROBE in the text. */
 KFUNC_PROBE(tcp_v4_connect, void *sk)
 {
-    connect_begin((u64)sk, AF_INET);
+    connect_entered((u64)sk, AF_INET);
     return 0;
 }
 
-#ifndef NO_TCP_V6_FENTRY
+#ifndef NO_FENTRY_TCP_V6_CONNECT
 KFUNC_PROBE(tcp_v6_connect, void *sk)
 {
-    connect_begin((u64)sk, AF_INET6);
+    connect_entered((u64)sk, AF_INET6);
     return 0;
 }
 #endif
@@ -250,23 +300,20 @@ KRETFUNC_PROBE(inet_csk_accept, void *sk, int flags, void *err, int kern, void *
 
 KFUNC_PROBE(tcp_conn_request, void *rsk_ops, void *af_ops, void *sk)
 {
-    if (acceptq_full((u64)sk))
-        listener_overflow((u64)sk, OVERFLOW_SYN);
+    conn_request_entered((u64)sk);
     return 0;
 }
 
-KFUNC_PROBE(tcp_v4_syn_recv_sock, void *sk)
+KFUNC_PROBE(tcp_v4_syn_recv_sock, void *sk, void *skb, void *req, void *dst, void *req_unhash)
 {
-    if (acceptq_full((u64)sk))
-        listener_overflow((u64)sk, OVERFLOW_ACK);
+    syn_recv_sock_entered((u64)sk, (u64)skb, (u64)req_unhash, 0);
     return 0;
 }
 
-#ifndef NO_TCP_V6_FENTRY
-KFUNC_PROBE(tcp_v6_syn_recv_sock, void *sk)
+#ifndef NO_FENTRY_TCP_V6_SYN_RECV_SOCK
+KFUNC_PROBE(tcp_v6_syn_recv_sock, void *sk, void *skb, void *req, void *dst, void *req_unhash)
 {
-    if (acceptq_full((u64)sk))
-        listener_overflow((u64)sk, OVERFLOW_ACK);
+    syn_recv_sock_entered((u64)sk, (u64)skb, (u64)req_unhash, 1);
     return 0;
 }
 #endif

@@ -52,7 +52,20 @@ KPROBE_TARGETS = (
 )
 REQUIRED_KPROBE_TARGETS = ("tcp_v4_connect", "inet_csk_accept", "tcp_conn_request",
                            "tcp_v4_syn_recv_sock")
+# The others are optional (IPv6 may be a module, or off); what goes unseen
+# without each, for the notes a session reports.
+OPTIONAL_HOOKS = {
+    "tcp_v6_connect": "IPv6 connects are not traced",
+    "tcp_v6_syn_recv_sock": "ACK-time accept-queue drops of IPv6 connections are not counted",
+}
 FENTRY_TEST_FUNCTION = "tcp_v4_connect"
+
+# Test and diagnostic hooks: make what this kernel has look absent, so that
+# the fallbacks can be exercised on a kernel that has everything
+# (tests/vm/test_fallbacks.py). Comma-separated names; doctor notes them.
+HIDE_FUNCTIONS_ENV = "CONNSCOPE_HIDE_FUNCTIONS"  # hooked functions, e.g. tcp_v6_connect
+HIDE_FEATURES_ENV = "CONNSCOPE_HIDE_FEATURES"    # any of HIDEABLE_FEATURES
+HIDEABLE_FEATURES = ("fentry", "kprobes", "ringbuf")
 
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 RINGBUF_MIN_KERNEL = (5, 8)
@@ -96,6 +109,40 @@ class Features:
 
 
 # --- small readers --------------------------------------------------------------
+
+def _names_in(env: str) -> set[str]:
+    return {w.strip() for w in os.environ.get(env, "").split(",") if w.strip()}
+
+
+def hidden_functions() -> set[str]:
+    """Functions CONNSCOPE_HIDE_FUNCTIONS makes count as absent (a test hook)."""
+    return _names_in(HIDE_FUNCTIONS_ENV)
+
+
+def hidden_features() -> set[str]:
+    """Features CONNSCOPE_HIDE_FEATURES makes count as unavailable (a test hook)."""
+    return _names_in(HIDE_FEATURES_ENV) & set(HIDEABLE_FEATURES)
+
+
+def _hiding_notes() -> list[str]:
+    notes = []
+    functions = hidden_functions()
+    if functions:
+        notes.append(f"{HIDE_FUNCTIONS_ENV} (a test hook) makes {', '.join(sorted(functions))} "
+                     f"count as absent")
+    asked = _names_in(HIDE_FEATURES_ENV)
+    if asked:
+        known = sorted(asked & set(HIDEABLE_FEATURES))
+        unknown = sorted(asked - set(HIDEABLE_FEATURES))
+        note = f"{HIDE_FEATURES_ENV} (a test hook) makes {', '.join(known) or 'nothing'} count as unavailable"
+        if unknown:
+            note += f"; ignored unknown {', '.join(unknown)} (known: {', '.join(HIDEABLE_FEATURES)})"
+        notes.append(note)
+    return notes
+
+
+_HIDDEN = f"hidden by {HIDE_FEATURES_ENV} (a test hook)"
+
 
 def kernel_version(release: str) -> tuple[int, int, int]:
     """'6.18.44-fc-v657' -> (6, 18, 44); missing parts are 0."""
@@ -358,7 +405,8 @@ def probe_features(load_tests: Optional[bool] = None, *, release: Optional[str] 
     if load_tests is None:
         load_tests = is_root
     release = release or os.uname().release
-    notes: list[str] = []
+    notes: list[str] = _hiding_notes()
+    hidden = hidden_features()
     if is_root:
         try:
             headers_mod.ensure_tracefs()
@@ -369,13 +417,14 @@ def probe_features(load_tests: Optional[bool] = None, *, release: Optional[str] 
     tree = tree if tree is not None else headers_mod.find_header_tree(release)
     bcc = _check_bcc()
     config = kernel_config(release)
-    kprobes = _check_kprobes(config)
-    targets = kallsyms_names(set(KPROBE_TARGETS))
+    kprobes = Feature(False, _HIDDEN) if "kprobes" in hidden else _check_kprobes(config)
+    targets = kallsyms_names(set(KPROBE_TARGETS) - hidden_functions())
     kprobe_targets = {name: name in targets for name in KPROBE_TARGETS}
     tracepoints, presence = _check_tracepoints(is_root)
     can_load = load_tests and privileges.ok
-    fentry = _check_fentry(btf, can_load, is_root)
-    ringbuf = _check_ringbuf(release, btf, can_load, is_root)
+    fentry = Feature(False, _HIDDEN) if "fentry" in hidden else _check_fentry(btf, can_load, is_root)
+    ringbuf = (Feature(False, f"{_HIDDEN}; falls back to the perf buffer") if "ringbuf" in hidden
+               else _check_ringbuf(release, btf, can_load, is_root))
     return Features(is_root=is_root, privileges=privileges, kernel_release=release, btf=btf_feature,
                     headers=tree, bcc=bcc, kprobes=kprobes, kprobe_targets=kprobe_targets,
                     fentry=fentry, tracepoints=tracepoints, tracepoint_presence=presence,
@@ -414,6 +463,8 @@ def _backend_problem(backend: str, f: Features, suggest: bool = True) -> Optiona
     """Why `backend` cannot work here, or None. Assumes the toolchain is fine."""
     alt = (lambda: _alternatives(f, backend)) if suggest else (lambda: "")
     if backend == "kprobe":
+        if f.kprobes.detail == _HIDDEN:
+            return f"kprobes are {_HIDDEN}{alt()}"
         if not f.kprobes.ok:
             return f"kprobes are not available on this kernel ({f.kprobes.detail}){alt()}"
         missing = f.missing_kprobe_targets(required_only=True)
@@ -422,11 +473,17 @@ def _backend_problem(backend: str, f: Features, suggest: bool = True) -> Optiona
                     f"list (inlined or renamed in this kernel){alt()}")
         return None
     if backend == "fentry":
+        if f.fentry.detail == _HIDDEN:
+            return f"fentry (BPF trampolines) is {_HIDDEN}{alt()}"
         if not f.fentry.ok:
             if not f.fentry.tested:
                 why = f.fentry.detail.replace("not tested: ", "", 1)
                 return f"fentry (BPF trampolines) could not be tested: {why}"
             return f"fentry (BPF trampolines) does not load on this kernel: {f.fentry.detail}{alt()}"
+        missing = f.missing_kprobe_targets(required_only=True)
+        if missing:
+            return (f"the fentry backend hooks {', '.join(missing)}, which /proc/kallsyms does not "
+                    f"list (inlined or renamed in this kernel){alt()}")
         return None
     if backend == "tracepoint":
         if not f.tracepoints.ok:
@@ -465,7 +522,9 @@ def choose_backend(requested: str, features: Features) -> str:
 
 def _short_problem(backend: str, f: Features) -> str:
     if backend == "fentry":
-        return f.fentry.detail
+        if not f.fentry.ok:
+            return f.fentry.detail
+        return f"{', '.join(f.missing_kprobe_targets(required_only=True))} not in /proc/kallsyms"
     if backend == "kprobe":
         if not f.kprobes.ok:
             return f.kprobes.detail
@@ -514,7 +573,8 @@ def backend_visibility(backend: str, features: Features) -> list[str]:
         if missing:
             lines.append(f"cannot hook {', '.join(missing)}: not in /proc/kallsyms (inlined or renamed)")
         lines.append("connects: pid and start time at the connect function itself")
-        lines.append("accept-queue drops: at the drop point (tcp_conn_request, tcp_v4_syn_recv_sock)")
+        lines.append("accept-queue drops: at the drop points (tcp_conn_request, "
+                     "tcp_v4_syn_recv_sock, tcp_v6_syn_recv_sock)")
     else:
         raise BackendUnavailable(f"unknown backend '{backend}': choose one of {', '.join(BACKENDS[1:])}")
     # Tracepoints every backend uses for the rest.

@@ -8,9 +8,13 @@ and there is no BTF.
 """
 from __future__ import annotations
 
+from tracer.probes.features import OPTIONAL_HOOKS, hidden_functions
+
 # -D name -> (struct, member path). Add here when a program reads a new field.
 NEEDED = {
     "OFF_SK_ERR": ("sock", "sk_err"),
+    "OFF_SKC_NET": ("sock", "__sk_common.skc_net"),
+    "OFF_NET_NS_INUM": ("net", "ns.inum"),
     "OFF_SKC_FAMILY": ("sock", "__sk_common.skc_family"),
     "OFF_SKC_STATE": ("sock", "__sk_common.skc_state"),
     "OFF_SKC_NUM": ("sock", "__sk_common.skc_num"),
@@ -28,6 +32,7 @@ NEEDED = {
     "OFF_FDT_FD": ("fdtable", "fd"),
     "OFF_FILE_PRIVATE_DATA": ("file", "private_data"),
     "OFF_SOCKET_SK": ("socket", "sk"),
+    "OFF_SKB_PROTOCOL": ("sk_buff", "protocol"),
 }
 
 
@@ -71,10 +76,14 @@ def drop_reason_cflags(btf, format_path: str = KFREE_SKB_FORMAT) -> list[str]:
 
 
 def fentry_cflags(btf) -> list[str]:
-    """What fentry/fexit programs must know about function signatures here."""
+    """What fentry/fexit programs must know about function signatures here,
+    and which optional functions to leave out (-DNO_FENTRY_<NAME>): an
+    fentry program on a function the kernel lacks fails the whole load."""
     if btf is None:
         raise OffsetError("fentry needs kernel BTF (/sys/kernel/btf/vmlinux)")
     flags = [f"-DINET_CSK_ACCEPT_NARGS={btf.function_arity('inet_csk_accept')}"]
-    if not (btf.has_function("tcp_v6_syn_recv_sock") and btf.has_function("tcp_v6_connect")):
-        flags.append("-DNO_TCP_V6_FENTRY")   # IPv6 built as a module, or off
+    hidden = hidden_functions()
+    for name in OPTIONAL_HOOKS:   # IPv6 built as a module, or off
+        if name in hidden or not btf.has_function(name):
+            flags.append(f"-DNO_FENTRY_{name.upper()}")
     return flags

@@ -13,20 +13,23 @@ from pathlib import Path
 
 from tracer.events import BPF_DIR
 from tracer.filters import Filters
+from tracer.probes.features import OPTIONAL_HOOKS, hidden_functions
 
 MAIN_SOURCE = BPF_DIR / "main.c"
 BACKENDS = ("tracepoint", "kprobe", "fentry")
 
-# kprobe wrappers in bpf/main.c: (function in bpf/main.c, kernel function, required)
+# kprobe wrappers in bpf/main.c: (function in bpf/main.c, kernel function).
+# Which kernel functions are optional, and what is lost without each, is in
+# features.OPTIONAL_HOOKS.
 KPROBES = (
-    ("kp_tcp_v4_connect", "tcp_v4_connect", True),
-    ("kp_tcp_v6_connect", "tcp_v6_connect", False),
-    ("kp_inet_csk_accept", "inet_csk_accept", True),
-    ("kp_tcp_conn_request", "tcp_conn_request", True),
-    ("kp_tcp_syn_recv_sock", "tcp_v4_syn_recv_sock", True),
-    ("kp_tcp_syn_recv_sock", "tcp_v6_syn_recv_sock", False),
+    ("kp_tcp_v4_connect", "tcp_v4_connect"),
+    ("kp_tcp_v6_connect", "tcp_v6_connect"),
+    ("kp_inet_csk_accept", "inet_csk_accept"),
+    ("kp_tcp_conn_request", "tcp_conn_request"),
+    ("kp_tcp_v4_syn_recv_sock", "tcp_v4_syn_recv_sock"),
+    ("kp_tcp_v6_syn_recv_sock", "tcp_v6_syn_recv_sock"),
 )
-KRETPROBES = (("kretp_inet_csk_accept", "inet_csk_accept", True),)
+KRETPROBES = (("kretp_inet_csk_accept", "inet_csk_accept"),)
 # Threads blocked in accept() each hold a kretprobe instance; a server with
 # many acceptor threads needs more than the kernel's default (2 x CPUs).
 KRETPROBE_MAXACTIVE = 4096
@@ -85,35 +88,46 @@ def source_text(path: Path = MAIN_SOURCE, _seen: set | None = None) -> str:
 
 
 def load(opts: BuildOptions, offset_flags: list[str], env: dict[str, str]):
-    """Compile and load; returns the bcc.BPF object with hooks attached."""
+    """Compile and load; returns the bcc.BPF object with hooks attached, and
+    notes on optional hooks that could not be placed."""
     os.environ.update(env)
     from bcc import BPF  # only the probe layer imports bcc
 
     bpf = BPF(text=source_text().encode(), cflags=cflags(opts, offset_flags))
     notes = []
     if opts.backend == "kprobe":
-        notes = _attach_kprobes(bpf)
+        notes = _attach_kprobes(bpf, hidden_functions())
+    elif opts.backend == "fentry":
+        # bcc attached every KFUNC_PROBE compiled in; fentry_cflags left out
+        # the absent optional functions.
+        hidden = hidden_functions()
+        notes = [f"fentry {name} not attached "
+                 f"({'hidden by CONNSCOPE_HIDE_FUNCTIONS' if name in hidden else 'not in kernel BTF'}); {lost}"
+                 for name, lost in OPTIONAL_HOOKS.items()
+                 if f"-DNO_FENTRY_{name.upper()}" in offset_flags]
     _fill_filter_maps(bpf, opts.filters)
     return bpf, notes
 
 
-def _attach_kprobes(bpf) -> list[str]:
+def _attach_kprobes(bpf, hidden: set[str]) -> list[str]:
     """Attach every kprobe; a missing optional function (IPv6 built as a
-    module, a function inlined by the compiler) is a note, not a failure."""
+    module, a function inlined by the compiler, one hidden by the test hook
+    CONNSCOPE_HIDE_FUNCTIONS) is a note, not a failure."""
     notes = []
     for kind, table in (("kprobe", KPROBES), ("kretprobe", KRETPROBES)):
-        for fn, target, required in table:
+        for fn, target in table:
             try:
+                if target in hidden:
+                    raise LookupError("hidden by CONNSCOPE_HIDE_FUNCTIONS")
                 if kind == "kprobe":
                     bpf.attach_kprobe(event=target.encode(), fn_name=fn.encode())
                 else:
                     bpf.attach_kretprobe(event=target.encode(), fn_name=fn.encode(),
                                          maxactive=KRETPROBE_MAXACTIVE)
             except Exception as e:
-                if required:
+                if target not in OPTIONAL_HOOKS:
                     raise RuntimeError(f"cannot attach {kind} to {target}: {e}") from e
-                notes.append(f"{kind} {target} not attached ({e}); "
-                             f"{'IPv6 ' if 'v6' in target else ''}events from it are missing")
+                notes.append(f"{kind} {target} not attached ({e}); {OPTIONAL_HOOKS[target]}")
     return notes
 
 
