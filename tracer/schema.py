@@ -112,6 +112,9 @@ _COLUMNS: dict[str, list[Column]] = {
                "connections dropped in the interval because the accept queue was full"),
         Column("syn_drops", _I64,
                "SYNs dropped in the interval for a full SYN or accept queue"),
+        Column("cookie_drops", _I64,
+               "of `drops`, handshakes completed with a SYN cookie and then dropped: the client "
+               "believes it is connected, the server has nothing; null where not recorded", True),
         Column("backlog_max", _I32, "accept queue limit"),
         Column("backlog_peak", _I32, "highest accept queue length seen in the interval"),
         Column("interval_s", _F64, "length of the interval, seconds"),

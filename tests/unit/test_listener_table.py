@@ -40,7 +40,7 @@ def test_interval_deltas_from_sk_drops_and_counters():
                     [counters(ack=1 + 4, synack=3)], {(NS, 4, "0.0.0.0", 80): 5},
                     {7: (42, "srv")})
     [r] = rows
-    assert (r.drops, r.syn_drops) == (4, 30)
+    assert (r.drops, r.syn_drops, r.cookie_drops) == (4, 30, 0)
     assert r.drops_total == 34 and r.drops_per_s == 34.0
     assert (r.queue_len, r.queue_peak, r.backlog_max) == (5, 5, 4)
     assert (r.pid, r.comm, r.netns) == (42, "srv", NS)
@@ -53,8 +53,8 @@ def test_interval_deltas_from_sk_drops_and_counters():
 def test_drop_points_hooked_take_counters_as_they_are():
     t = ListenerTable(drop_points_hooked=True)
     t.prime([], [counters()])
-    [r] = t.update(2.0, [], [counters(ack=2, syn=7)])
-    assert (r.drops, r.syn_drops, r.drops_per_s) == (2, 7, 4.5)
+    [r] = t.update(2.0, [], [counters(ack=2, cookie=1, syn=7)])
+    assert (r.drops, r.cookie_drops, r.syn_drops, r.drops_per_s) == (3, 1, 7, 5.0)
 
 
 def test_listener_opened_after_start_counts_from_zero():

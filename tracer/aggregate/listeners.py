@@ -140,7 +140,7 @@ class ListenerTable:
             d_syn_hook = (c.syn_overflows - (pc.syn_overflows if pc else 0)) if c else 0
             d_synack = (c.synack_retransmits - (pc.synack_retransmits if pc else 0)) if c else 0
             if self.drop_points_hooked:
-                drops, syn_drops = d_ack, d_syn_hook
+                drops, syn_drops = d_ack + d_cookie, d_syn_hook
             else:
                 # A listener first seen after prime() was opened since: it
                 # started from zero drops (treating it as unknown lost ~3 %).
@@ -162,7 +162,7 @@ class ListenerTable:
                 accepts=lst.accepts_window,
                 accept_wait_p50_us=lst.waits.percentile(50),
                 accept_wait_p99_us=lst.waits.percentile(99),
-                synack_retransmits=d_synack, netns=lst.netns or None,
+                synack_retransmits=d_synack, netns=lst.netns or None, cookie_drops=d_cookie,
             ))
             lst.waits = Histogram()
             lst.accepts_window = 0

@@ -29,6 +29,7 @@ class ListenerRow:
     accept_wait_p99_us: float | None
     synack_retransmits: int     # in the interval
     netns: int | None = None    # network namespace inode (None: unknown)
+    cookie_drops: int = 0       # of `drops`: SYN-cookie handshakes dropped (client thinks it is connected)
 
     @property
     def label(self) -> str:

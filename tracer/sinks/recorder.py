@@ -40,6 +40,7 @@ def overflow_row(r: ListenerRow, ts_us: int, interval_s: float) -> dict:
     return {
         "ts": ts_us, "family": r.family, "laddr": r.laddr, "lport": r.lport, "netns": r.netns, "pid": r.pid,
         "comm": r.comm, "drops": r.drops, "syn_drops": r.syn_drops,
+        "cookie_drops": r.cookie_drops,
         "backlog_max": r.backlog_max, "backlog_peak": r.queue_peak, "interval_s": interval_s,
         "synack_retransmits": r.synack_retransmits,
     }
