@@ -28,24 +28,7 @@ def netstat():
 def flood(addr, port, n, family=socket.AF_INET, threads=5):
     """n non-blocking connects from several threads; sockets kept open (and
     returned) so that their SYN retransmits keep arriving at the full queue."""
-    socks, lock = [], threading.Lock()
-
-    def work(k):
-        mine = []
-        for _ in range(k):
-            s = socket.socket(family)
-            s.setblocking(False)
-            s.connect_ex((addr, port))
-            mine.append(s)
-        with lock:
-            socks.extend(mine)
-
-    ts = [threading.Thread(target=work, args=(n // threads,)) for _ in range(threads)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join(10)
-    return socks
+    return flood_in(None, addr, port, n, family, threads)
 
 
 def ss_recv_q(port):
