@@ -127,7 +127,7 @@ static __always_inline void child_queued(u64 child)
     local_key_of(child, &h.listener);
     struct listener_stats *st = listener_of_child(&h.listener);
     if (st) {
-        st->handshakes++;
+        __sync_fetch_and_add(&st->handshakes, 1);
         if (st->sk)
             note_queue(&h.listener, st, st->sk);
     }
@@ -145,11 +145,11 @@ static __always_inline void listener_overflow(u64 lsk, int kind)
     if (!st)
         return;
     if (kind == OVERFLOW_SYN)
-        st->syn_overflows++;
+        __sync_fetch_and_add(&st->syn_overflows, 1);
     else if (kind == OVERFLOW_COOKIE)
-        st->cookie_overflows++;
+        __sync_fetch_and_add(&st->cookie_overflows, 1);
     else
-        st->ack_overflows++;
+        __sync_fetch_and_add(&st->ack_overflows, 1);
     note_queue(&k, st, lsk);
 }
 
@@ -164,7 +164,7 @@ static __always_inline void synack_retransmit(u64 lsk)
     local_key_of(lsk, &k);
     struct listener_stats *st = listener_get(&k);
     if (st) {
-        st->synack_retransmits++;
+        __sync_fetch_and_add(&st->synack_retransmits, 1);
         st->sk = lsk;
     }
 }
@@ -225,7 +225,7 @@ static __always_inline void accept_end(void *ctx, u64 child)
     local_key_of(lsk, &lk);
     struct listener_stats *st = listener_get(&lk);
     if (st) {
-        st->accepts++;
+        __sync_fetch_and_add(&st->accepts, 1);
         note_queue(&lk, st, lsk);
     }
     sock_opened(child, ev.ts_handshake_ns ? ev.ts_handshake_ns : ev.ts_ns, ev.pid, ev.comm,

@@ -238,3 +238,20 @@ def test_pid_and_comm_of_child_process_same_host_server(tracer):
     assert ev.comm == "cs-child"
     assert ev.pid not in (os.getpid(), server_pid)
     assert ev.outcome == "established"
+
+
+def test_v4_mapped_connect_from_an_ipv6_socket(tracer):
+    # tcp_v6_connect() hands a v4-mapped destination to tcp_v4_connect():
+    # one row, in the socket's own family, as the tracepoint backend sees it.
+    import ipaddress
+
+    with tcp_server(None, "::") as srv:      # dual-stack (net.ipv6.bindv6only=0)
+        s = socket.socket(socket.AF_INET6)
+        s.connect(("::ffff:127.0.0.1", srv.port))
+        sport = s.getsockname()[1]
+        s.close()
+        tracer.wait_for(lambda ev: tracer.connects_to(srv.port))
+    [ev] = tracer.connects_to(srv.port)
+    mapped = ipaddress.ip_address("::ffff:127.0.0.1")
+    assert (ev.family, ev.sport, ev.outcome, ev.pid) == (6, sport, "established", os.getpid())
+    assert ipaddress.ip_address(ev.saddr) == ipaddress.ip_address(ev.daddr) == mapped
