@@ -54,7 +54,7 @@ def _open_recording(out_dir: str, backend: str, options: dict, start: float,
                           max_bytes=max_bytes)
     for line in recording.recovered:   # what a crashed run left, finalized or quarantined
         sys.stderr.write(f"connscope: {line}\n")
-    return recording, host, run_id
+    return recording
 
 
 def _options_dict(backend, interval, filters: Filters, **extra) -> dict:
@@ -121,7 +121,7 @@ def _collect(session, sinks, interval, duration, clock, recording=None):
 def record(*, backend: str, interval: float, filters: Filters, out_dir: str,
            duration: float | None, max_bytes: int | None = None) -> None:
     start = time.time()
-    recording, host, run_id = _open_recording(
+    recording = _open_recording(
         out_dir, backend, _options_dict(backend, interval, filters, duration=duration,
                                         max_bytes=max_bytes), start, max_bytes)
     try:
@@ -131,7 +131,7 @@ def record(*, backend: str, interval: float, filters: Filters, out_dir: str,
         raise
     recording.set_backend(session.info.backend)
     clock = Clock()
-    sys.stderr.write(f"connscope: recording to {out_dir} (run {run_id}, backend "
+    sys.stderr.write(f"connscope: recording to {out_dir} (run {recording.run_id}, backend "
                      f"{session.info.backend}, {session.info.offsets_from}); Ctrl-C stops\n")
     sinks = [RecordSink(recording, clock),
              StatusLineSink(recording_status=recording.status)]
@@ -207,7 +207,7 @@ def live(*, backend: str, interval: float, filters: Filters, record_dir: str | N
     start = time.time()
     recording = None
     if record_dir:
-        recording, host, run_id = _open_recording(
+        recording = _open_recording(
             record_dir, backend, _options_dict(backend, interval, filters, command="top"), start,
             max_bytes)
     try:
