@@ -114,10 +114,16 @@ def test_overflow_matches_listen_overflows_and_drops(collector_run):
     # The namespace is ours alone, so the whole delta is this listener's.
     assert drops + syn_drops == overflows
     assert drops + syn_drops == listen_drops
-    assert max(r.queue_peak for r in rows) == 5   # the kernel's limit: backlog + 1
+    # The kernel's limit is backlog + 1 = 5. Its fullness check is not taken
+    # under the queue's lock, so handshakes finishing on several CPUs at once
+    # can each pass it: seen once in the 2-CPU guest, a queue of 6 that `ss`
+    # then showed too. So: at least the limit, at most one extra per other
+    # CPU, and the tracer agrees with `ss` at rest.
+    peak = max(r.queue_peak for r in rows)
+    assert 5 <= peak <= 4 + (os.cpu_count() or 1)
     assert {r.backlog_max for r in rows} == {4}
-    assert recv_q == 5
-    assert rows[-1].queue_len == 5
+    assert rows[-1].queue_len == recv_q
+    assert recv_q >= 5 and peak >= recv_q
 
 
 def test_two_listeners_only_one_overflowing(collector_run):
