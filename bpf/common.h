@@ -62,10 +62,6 @@ static __always_inline void emit(void *ctx, void *ev, u32 size)
 }
 #endif
 
-struct comm_filter {
-    char comm[16];
-};
-
 #ifdef FILTER_PID
 BPF_HASH(filter_pid, u32, u8, 1024);
 #endif

@@ -19,18 +19,7 @@
 #define MAX_INFLIGHT 65536
 #endif
 
-struct inflight_connect {
-    u64 ts_ns;
-    u32 pid;
-    u32 tid;
-    u8 daddr[16];
-    u16 dport;
-    u16 syn_retransmits;
-    u8 family;
-    u8 have_dest;
-    char comm[16];
-};
-
+/* struct inflight_connect is in event.h: user space reads the map. */
 BPF_HASH(inflight, u64, struct inflight_connect, MAX_INFLIGHT);
 
 static __always_inline void connect_begin(u64 sk, u16 family)

@@ -117,4 +117,25 @@ struct listener_stats {
     char comm[16];
 };
 
+/* Maps user space reads or fills itself, by these layouts. */
+
+/* A connect() waiting for its answer (map `inflight`, keyed by socket). */
+struct inflight_connect {
+    __u64 ts_ns;
+    __u32 pid;
+    __u32 tid;
+    __u8 daddr[16];
+    __u16 dport;
+    __u16 syn_retransmits;
+    __u8 family;
+    __u8 have_dest;
+    char comm[16];
+    __u8 pad[2];
+};
+
+/* --comm: the one process name wanted (map `filter_comm`, index 0). */
+struct comm_filter {
+    char comm[16];
+};
+
 #endif

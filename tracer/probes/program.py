@@ -1,4 +1,4 @@
-"""Building and loading the BPF program for one backend.
+"""Building the BPF program for one backend (compiled or from the cache).
 
 The C sources in bpf/ are compiled as they are; everything that varies
 (backend, transport, filters, struct offsets) is a -D switch, never text
@@ -6,14 +6,20 @@ spliced into the source.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
+import struct
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from tracer.events import BPF_DIR
 from tracer.filters import Filters
-from tracer.probes.features import OPTIONAL_HOOKS, hidden_functions
+from tracer.probes import compiled, loader
+from tracer.probes.compiled import CompiledProgram
+from tracer.probes.features import OPTIONAL_HOOKS
 
 MAIN_SOURCE = BPF_DIR / "main.c"
 BACKENDS = ("tracepoint", "kprobe", "fentry")
@@ -87,63 +93,88 @@ def source_text(path: Path = MAIN_SOURCE, _seen: set | None = None) -> str:
     return _LOCAL_INCLUDE.sub(inline, path.read_text())
 
 
-def load(opts: BuildOptions, offset_flags: list[str], env: dict[str, str]):
-    """Compile and load; returns the bcc.BPF object with hooks attached, and
-    notes on optional hooks that could not be placed."""
-    os.environ.update(env)
-    from bcc import BPF  # only the probe layer imports bcc
-
-    bpf = BPF(text=source_text().encode(), cflags=cflags(opts, offset_flags))
-    notes = []
-    if opts.backend == "kprobe":
-        notes = _attach_kprobes(bpf, hidden_functions())
-    elif opts.backend == "fentry":
-        # bcc attached every KFUNC_PROBE compiled in; fentry_cflags left out
-        # the absent optional functions.
-        hidden = hidden_functions()
-        notes = [f"fentry {name} not attached "
-                 f"({'hidden by CONNSCOPE_HIDE_FUNCTIONS' if name in hidden else 'not in kernel BTF'}); {lost}"
-                 for name, lost in OPTIONAL_HOOKS.items()
-                 if f"-DNO_FENTRY_{name.upper()}" in offset_flags]
-    _fill_filter_maps(bpf, opts.filters)
-    return bpf, notes
+class CompileFailed(Exception):
+    """bcc could not compile the program; the message is its first error."""
 
 
-def _attach_kprobes(bpf, hidden: set[str]) -> list[str]:
-    """Attach every kprobe; a missing optional function (IPv6 built as a
-    module, a function inlined by the compiler, one hidden by the test hook
-    CONNSCOPE_HIDE_FUNCTIONS) is a note, not a failure."""
-    notes = []
-    for kind, table in (("kprobe", KPROBES), ("kretprobe", KRETPROBES)):
-        for fn, target in table:
-            try:
-                if target in hidden:
-                    raise LookupError("hidden by CONNSCOPE_HIDE_FUNCTIONS")
-                if kind == "kprobe":
-                    bpf.attach_kprobe(event=target.encode(), fn_name=fn.encode())
-                else:
-                    bpf.attach_kretprobe(event=target.encode(), fn_name=fn.encode(),
-                                         maxactive=KRETPROBE_MAXACTIVE)
-            except Exception as e:
-                if target not in OPTIONAL_HOOKS:
-                    raise RuntimeError(f"cannot attach {kind} to {target}: {e}") from e
-                notes.append(f"{kind} {target} not attached ({e}); {OPTIONAL_HOOKS[target]}")
-    return notes
+def kprobe_specs(hidden: set[str] = frozenset()) -> tuple[loader.KprobeSpec, ...]:
+    """The kprobe backend's attachments; a missing optional function (IPv6
+    built as a module, a function inlined by the compiler, one hidden by the
+    test hook CONNSCOPE_HIDE_FUNCTIONS) becomes a note, not a failure."""
+    specs = [loader.KprobeSpec(fn, target, optional=OPTIONAL_HOOKS.get(target, ""))
+             for fn, target in KPROBES]
+    specs += [loader.KprobeSpec(fn, target, ret=True, maxactive=KRETPROBE_MAXACTIVE,
+                                optional=OPTIONAL_HOOKS.get(target, ""))
+              for fn, target in KRETPROBES]
+    return tuple(specs)
 
 
-def _fill_filter_maps(bpf, f: Filters) -> None:
-    import ctypes as ct
+def compile_in_child(source: str, flags: list[str], env: dict[str, str],
+                     timeout: float = 600.0) -> CompiledProgram:
+    """Run tracer/probes/compiler.py in a child process: clang's heap and
+    LLVM's mappings never enter the tracer's own process."""
+    project = str(Path(__file__).resolve().parents[2])
+    child_env = dict(os.environ, **env)
+    child_env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (project, child_env.get("PYTHONPATH", "")) if p)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "tracer.probes.compiler"],
+                              input=json.dumps({"source": source, "cflags": flags}),
+                              capture_output=True, text=True, env=child_env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise CompileFailed(f"compiling the BPF programs took longer than {timeout:.0f} s") from None
+    if proc.returncode != 0:
+        raise CompileFailed(_first_error(proc.stderr) or f"compiler exited with {proc.returncode}")
+    try:
+        return CompiledProgram.from_json(json.loads(proc.stdout))
+    except (ValueError, KeyError, TypeError) as e:
+        raise CompileFailed(f"unreadable compiler output ({e})") from None
 
+
+def _first_error(stderr: str) -> str:
+    lines = [l.strip() for l in stderr.splitlines() if l.strip()]
+    for line in lines:
+        if "error:" in line or "connscope compiler:" in line:
+            return line
+    return lines[-1] if lines else ""
+
+
+def build(opts: BuildOptions, offset_flags: list[str], env: dict[str, str],
+          btf: bytes | None) -> tuple[CompiledProgram, bool]:
+    """The compiled program for these options: from the cache when this
+    exact source, flag set, header tree, kernel and BTF were compiled
+    before, else compiled now (and cached). Returns (program, from cache)."""
+    source = source_text()
+    flags = cflags(opts, offset_flags)
+    key = compiled.cache_key(source, flags, env, kernel=compiled.kernel_identity(), btf=btf,
+                             toolchain=_toolchain())
+    prog = compiled.load(key)
+    if prog is not None:
+        return prog, True
+    prog = compile_in_child(source, flags, env)
+    compiled.store(key, prog)
+    return prog, False
+
+
+def _toolchain() -> str:
+    """bcc's version: a new compiler may emit other instructions."""
+    for path in ("/usr/lib/x86_64-linux-gnu/libbcc.so.0", "/usr/lib64/libbcc.so.0",
+                 "/usr/lib/aarch64-linux-gnu/libbcc.so.0", "/usr/lib/libbcc.so.0"):
+        try:
+            real = os.path.realpath(path)
+            st = os.stat(real)
+            return f"{real}:{st.st_size}:{int(st.st_mtime)}"
+        except OSError:
+            continue
+    return "bcc"
+
+
+def fill_filter_maps(maps: dict, f: Filters) -> None:
     if f.pids:
-        table = bpf["filter_pid"]
         for pid in f.pids:
-            table[ct.c_uint32(pid)] = ct.c_uint8(1)
+            maps["filter_pid"].update(struct.pack("<I", pid), b"\1")
     if f.ports:
-        table = bpf["filter_port"]
         for port in f.ports:
-            table[ct.c_uint16(port)] = ct.c_uint8(1)
+            maps["filter_port"].update(struct.pack("<H", port), b"\1")
     if f.comm:
-        table = bpf["filter_comm"]
-        leaf = table.Leaf()
-        leaf.comm = f.comm.encode()[:15]
-        table[ct.c_int(0)] = leaf
+        maps["filter_comm"].update(struct.pack("<i", 0), f.comm.encode()[:15].ljust(16, b"\0"))

@@ -1,22 +1,29 @@
 """A running set of probes: load, poll the event buffer, count losses, close.
 
-Decoding happens in the buffer callback (tracer/events.py); what comes out of
-`poll()` is plain Python objects, so nothing past this module knows bcc.
+The program comes compiled (tracer/probes/program.py: from the cache, or
+compiled in a child process); this module creates its maps, loads and
+attaches it through tracer/probes/loader.py, and reads the event buffer's
+shared memory itself. What comes out of `poll()` is plain Python objects.
 """
 from __future__ import annotations
 
-import ctypes
+import os
+import struct
 import time
 from dataclasses import dataclass, field
 
 from tracer import events
 from tracer.events import C
 from tracer.filters import Filters
-from tracer.probes import program
+from tracer.probes import buffers, loader, program
+from tracer.probes.features import OPTIONAL_HOOKS, hidden_functions
 
 
 MAX_BATCH = 16384   # events decoded per poll at most
 POLL_SLEEP_MS = 50  # how stale an event may get before we read it
+BTF_PATH = "/sys/kernel/btf/vmlinux"
+# struct bpf_prog_info.recursion_misses (UAPI, kernel 5.12+): byte offset
+PROG_INFO_RECURSION_MISSES = 208
 
 
 class ProbeError(Exception):
@@ -35,120 +42,127 @@ class LoadInfo:
 
 class ProbeSession:
     def __init__(self, backend: str, filters: Filters, *, ringbuf: bool, offset_flags: list[str],
-                 env: dict[str, str], offsets_from: str = "", headers: str = ""):
+                 env: dict[str, str], offsets_from: str = "", headers: str = "",
+                 btf_data: bytes | None = None):
         self._opts = program.BuildOptions(backend=backend, filters=filters, ringbuf=ringbuf)
         self._offset_flags = offset_flags
         self._env = env
-        self._bpf = None
+        self._btf_data = btf_data
+        self._prog: loader.LoadedProgram | None = None
+        self._buffer = None
         self._pending: list = []
-        self._perf_lost = 0
         self.decode_errors = 0
+        self.from_cache = False
         self.info = LoadInfo(backend, "ring buffer" if ringbuf else "perf buffer",
                              offsets_from, headers, 0.0)
 
     def open(self) -> "ProbeSession":
         t0 = time.monotonic()
+        backend = self._opts.backend
         try:
-            self._bpf, notes = program.load(self._opts, self._offset_flags, self._env)
+            btf = self._btf_data
+            if btf is None and os.path.exists(BTF_PATH):
+                with open(BTF_PATH, "rb") as f:
+                    btf = f.read()
+            compiled, self.from_cache = program.build(self._opts, self._offset_flags, self._env, btf)
+            hidden = hidden_functions()
+            self._prog, notes = loader.load(
+                compiled, kprobes=program.kprobe_specs() if backend == "kprobe" else (), hidden=hidden)
             self.info.notes.extend(notes)
-        except Exception as e:  # bcc raises bare Exception for compile/attach failures
-            raise ProbeError(f"cannot load the {self._opts.backend} programs: {_first_line(e)}") from e
-        if self._opts.ringbuf:
-            self._bpf[b"events"].open_ring_buffer(self._on_event)
-        else:
-            self._bpf[b"events"].open_perf_buffer(self._on_event, page_cnt=256,
-                                                 lost_cb=self._on_perf_lost)
+            if backend == "fentry":
+                # fentry_cflags left the absent optional functions out of the build.
+                self.info.notes.extend(
+                    f"fentry {name} not attached "
+                    f"({'hidden by CONNSCOPE_HIDE_FUNCTIONS' if name in hidden else 'not in kernel BTF'}); {lost}"
+                    for name, lost in OPTIONAL_HOOKS.items()
+                    if f"-DNO_FENTRY_{name.upper()}" in self._offset_flags)
+            program.fill_filter_maps(self._prog.maps, self._opts.filters)
+            ev = self._prog.maps["events"]
+            if self._opts.ringbuf:
+                self._buffer = buffers.RingBuffer(ev.fd, ev.spec.max_entries)
+            else:
+                self._buffer = buffers.PerfBuffer(ev)
+        except (program.CompileFailed, loader.LoadError, OSError) as e:
+            self.close()
+            msg = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise ProbeError(f"cannot load the {backend} programs: {_first_line(msg)}") from e
         self.info.load_seconds = time.monotonic() - t0
         return self
 
-    def _on_event(self, *args):
-        # ring buffer: (ctx, data, size); perf buffer: (cpu, data, size)
-        data, size = args[1], args[2]
-        buf = ctypes.string_at(data, size)
-        decoder = events.DECODERS.get(events.record_type(buf))
-        if decoder is None:
+    def _on_record(self, view, offset: int, size: int) -> None:
+        entry = events.DECODERS_AT.get(events.record_type(view, offset))
+        if entry is None or size < entry[1]:
             self.decode_errors += 1
-            return 0
-        self._pending.append(decoder(buf))
-        # libbpf keeps consuming while the kernel keeps producing; under a
-        # flood that would never return and grow this list without bound.
-        # A negative return ends this poll; the rest waits in the ring.
-        return -1 if len(self._pending) >= MAX_BATCH else 0
-
-    def _on_perf_lost(self, lost):
-        self._perf_lost += lost
+            return
+        self._pending.append(entry[0](view, offset))
 
     def poll(self, timeout_ms: int = 100) -> list:
-        """Wait up to timeout_ms for events; return those decoded since the last call."""
-        if self._opts.ringbuf:
-            # The kernel side submits without waking us (BPF_RB_NO_WAKEUP):
-            # one wake-up per event cost a quarter of our CPU. So sleep, then
-            # take what has accumulated; 4 MiB of ring holds ~40k events.
-            if timeout_ms:
-                time.sleep(min(timeout_ms, POLL_SLEEP_MS) / 1000.0)
-            self._bpf.ring_buffer_consume()
-        else:
-            self._bpf.perf_buffer_poll(timeout_ms)
+        """Sleep up to timeout_ms (at most POLL_SLEEP_MS), then return what the
+        kernel has written since the last call, MAX_BATCH events at most.
+
+        The kernel side submits without waking us (BPF_RB_NO_WAKEUP): one
+        wake-up per event cost a quarter of our CPU. Under a flood the rest
+        waits in the buffer (or is counted as lost there), never here."""
+        if timeout_ms:
+            time.sleep(min(timeout_ms, POLL_SLEEP_MS) / 1000.0)
+        self._buffer.read(self._on_record, MAX_BATCH)
         out, self._pending = self._pending, []
         return out
 
     def counters(self) -> dict[str, int]:
         """Kernel-side loss counters, summed over CPUs."""
-        table = self._bpf[b"counters"]
+        table = self._prog.maps["counters"]
+
         def total(slot):
-            return sum(table[ctypes.c_int(slot)])
+            value = table.lookup(struct.pack("<I", slot))
+            if value is None:
+                return 0
+            return sum(struct.unpack_from("<Q", v)[0] for v in table.per_cpu(value))
         return {
-            "lost_events": total(C["CTR_LOST_EVENTS"]) + self._perf_lost,
+            "lost_events": total(C["CTR_LOST_EVENTS"]) + self._buffer.lost,
             "untracked_connects": total(C["CTR_INFLIGHT_FULL"]),
             "untracked_accept_waits": total(C["CTR_HANDSHAKES_FULL"]),
             "untracked_listeners": total(C["CTR_LISTENERS_FULL"]),
             "untracked_lifetimes": total(C["CTR_OWNED_FULL"]),
             "decode_errors": self.decode_errors,
+            "missed_runs": self._prog.recursion_misses(PROG_INFO_RECURSION_MISSES),
         }
 
     def listener_counters(self) -> list:
         """Cumulative per-listener counters; entries of closed listeners are
         removed once read (their last counts are in this result)."""
-        table = self._bpf[b"listeners"]
+        table = self._prog.maps["listeners"]
         out = []
-        for key, value in list(table.items()):
-            rec = events.decode_listener(key, value)
+        for kb, vb in table.items():
+            rec = events.decode_listener(events.ListenerKey.from_buffer_copy(kb),
+                                         events.ListenerStatsRecord.from_buffer_copy(vb))
             out.append(rec)
             if rec.closed:
-                try:
-                    del table[key]
-                except KeyError:
-                    pass
+                table.delete(kb)
         return out
 
     def take_listener_peaks(self) -> dict:
         """{(netns, family, laddr, lport): peak accept queue} since the last call."""
-        table = self._bpf[b"listener_peak"]
+        table = self._prog.maps["listener_peak"]
         out = {}
-        for key, value in list(table.items()):
+        for kb, vb in table.items():
+            key = events.ListenerKey.from_buffer_copy(kb)
             fam = key.family
             out[(key.netns, 4 if fam == events.AF_INET else 6,
-                 events.format_addr(fam, bytes(key.addr)), key.port)] = value.value
-            try:
-                del table[key]
-            except KeyError:
-                pass
+                 events.format_addr(fam, bytes(key.addr)), key.port)] = struct.unpack_from("<I", vb)[0]
+            table.delete(kb)
         return out
 
     def inflight(self) -> int:
-        return len(self._bpf[b"inflight"])
+        return len(self._prog.maps["inflight"])
 
     def pending_connects(self) -> dict:
         """{(family, daddr, dport): (count, oldest start ns)} of connects still
         waiting for an answer: a black-holed destination shows here long
         before its connects time out."""
-        table = self._bpf[b"inflight"]
-        try:
-            items = table.items_lookup_batch()
-        except Exception:   # kernels without batch map ops
-            items = table.items()
         out: dict = {}
-        for _, v in items:
+        for _, vb in self._prog.maps["inflight"].items():
+            v = events.InflightRecord.from_buffer_copy(vb)
             if not v.have_dest:
                 continue
             fam = v.family
@@ -159,9 +173,12 @@ class ProbeSession:
         return out
 
     def close(self) -> None:
-        if self._bpf is not None:
-            bpf, self._bpf = self._bpf, None
-            bpf.cleanup()
+        if self._buffer is not None:
+            buf, self._buffer = self._buffer, None
+            buf.close()
+        if self._prog is not None:
+            prog, self._prog = self._prog, None
+            prog.close()
 
 
 def _first_line(e: Exception) -> str:

@@ -1,0 +1,94 @@
+"""connscope's own loader, against the running kernel: the compiled-program
+cache (first start compiles, the next loads), the perf-buffer transport, and
+a tracer process that never maps bcc/LLVM. Each start runs in a fresh
+process, as a real start does."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.kernel
+
+N = 25
+
+SCRIPT = textwrap.dedent(f"""
+    import json, os, socket, time
+    from tracer.filters import Filters
+    from tracer.probes import startup
+    fds_before = len(os.listdir("/proc/self/fd"))
+    t0 = time.monotonic()
+    s = startup.start(os.environ.get("CONNSCOPE_TEST_BACKEND", "auto"), Filters())
+    started = time.monotonic() - t0
+    srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(64)
+    port = srv.getsockname()[1]
+    made = 0
+    for _ in range({N}):
+        c = socket.create_connection(("127.0.0.1", port)); a, _ = srv.accept()
+        c.close(); a.close(); made += 1
+    seen = []
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        seen += s.poll(50)
+        conns = [e for e in seen if getattr(e, "dport", None) == port]
+        accs = [e for e in seen if getattr(e, "lport", None) == port and hasattr(e, "backlog_len")]
+        if len(conns) >= made and len(accs) >= made:
+            break
+    maps = open("/proc/self/maps").read()
+    out = dict(from_cache=s.from_cache, transport=s.info.transport, started=started,
+               made=made, connects=len(conns), accepts=len(accs), counters=s.counters(),
+               llvm_mapped=("libLLVM" in maps or "libbcc" in maps),
+               peers={{e.sport for e in conns}} == {{e.rport for e in accs}})
+    s.close(); srv.close()
+    out["fds_left"] = len(os.listdir("/proc/self/fd")) - fds_before
+    print(json.dumps(out))
+""")
+
+
+def run(env_extra: dict) -> dict:
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, PYTHONPATH=root, **env_extra)
+    p = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env,
+                       timeout=600, cwd=root)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def check_complete(r: dict) -> None:
+    assert r["made"] == N
+    assert (r["connects"], r["accepts"]) == (N, N), r
+    assert r["peers"], "connect source ports and accept peer ports differ"
+    assert r["counters"]["lost_events"] == 0 and r["counters"]["decode_errors"] == 0
+    assert r["fds_left"] == 0, "close() left maps, programs or perf events open"
+
+
+def test_first_start_compiles_next_start_loads_from_the_cache(tmp_path):
+    env = {"CONNSCOPE_PROGRAM_CACHE": str(tmp_path / "programs")}
+    first = run(env)
+    second = run(env)
+    assert first["from_cache"] is False and second["from_cache"] is True
+    check_complete(first)
+    check_complete(second)
+    assert len(os.listdir(tmp_path / "programs")) == 1
+
+
+def test_the_tracer_process_never_maps_llvm(tmp_path):
+    r = run({"CONNSCOPE_PROGRAM_CACHE": str(tmp_path / "programs")})
+    assert r["llvm_mapped"] is False   # the compile ran in a child process
+    check_complete(r)
+
+
+def test_cache_off_compiles_every_time():
+    r = run({"CONNSCOPE_PROGRAM_CACHE": "off"})
+    assert r["from_cache"] is False
+    check_complete(r)
+
+
+def test_perf_buffer_transport(tmp_path):
+    """Kernels before 5.8 have no ring buffer; hide it here to read the perf buffer."""
+    r = run({"CONNSCOPE_PROGRAM_CACHE": str(tmp_path / "programs"),
+             "CONNSCOPE_HIDE_FEATURES": "ringbuf"})
+    assert r["transport"] == "perf buffer"
+    check_complete(r)

@@ -1,0 +1,308 @@
+"""Create the maps of a compiled program, load its functions, attach them.
+
+How each function attaches follows from its name, as bcc names them:
+`tracepoint__CAT__NAME` (a tracepoint), `raw_tracepoint__NAME`, `kfunc__FN` /
+`kretfunc__FN` (fentry/fexit); kprobe functions are named by the caller
+(tracer/probes/program.py: KPROBES). Everything is undone by close(), and a
+kretprobe made through tracefs is removed from kprobe_events again.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import struct
+from dataclasses import dataclass, field
+
+from tracer.probes import bpf_syscall as sc
+from tracer.probes.compiled import CompiledProgram, MapSpec
+
+TRACEFS_ROOTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+KPROBE_PMU = "/sys/bus/event_source/devices/kprobe"
+
+
+class LoadError(Exception):
+    """A map, program or attachment the tracer needs failed; one line."""
+
+
+@dataclass(frozen=True)
+class KprobeSpec:
+    function: str          # in bpf/main.c
+    target: str            # kernel function
+    ret: bool = False
+    maxactive: int = 0
+    optional: str = ""     # what is lost without it; "" = required
+
+
+class Map:
+    """A BPF map by fd, keys and values as bytes."""
+
+    def __init__(self, spec: MapSpec, fd: int, ncpus: int):
+        self.spec, self.fd = spec, fd
+        self.percpu = spec.type in sc.PERCPU_MAPS
+        self._slot = (spec.value_size + 7) & ~7
+        self.value_size = self._slot * ncpus if self.percpu else spec.value_size
+        self.ncpus = ncpus
+
+    def lookup(self, key: bytes) -> bytes | None:
+        return sc.map_lookup(self.fd, key, self.value_size)
+
+    def update(self, key: bytes, value: bytes) -> None:
+        sc.map_update(self.fd, key, value)
+
+    def delete(self, key: bytes) -> bool:
+        return sc.map_delete(self.fd, key)
+
+    def keys(self) -> list[bytes]:
+        return sc.map_keys(self.fd, self.spec.key_size, limit=max(self.spec.max_entries, 1))
+
+    def items(self) -> list[tuple[bytes, bytes]]:
+        out = []
+        for k in self.keys():
+            v = self.lookup(k)
+            if v is not None:   # deleted between the two calls
+                out.append((k, v))
+        return out
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def per_cpu(self, value: bytes) -> list[bytes]:
+        """A per-CPU value split into its CPUs' slots."""
+        return [value[i * self._slot: i * self._slot + self.spec.value_size]
+                for i in range(self.ncpus)]
+
+
+@dataclass
+class LoadedProgram:
+    maps: dict[str, Map]
+    prog_fds: dict[str, int] = field(default_factory=dict)
+    _links: list[int] = field(default_factory=list)
+    _kprobe_events: list[str] = field(default_factory=list)
+
+    def close(self) -> None:
+        for fd in self._links:
+            _close(fd)
+        self._links.clear()
+        for ev in self._kprobe_events:
+            try:
+                _write_tracefs("kprobe_events", f"-:{ev}\n")
+            except OSError:
+                pass
+        self._kprobe_events.clear()
+        for fd in self.prog_fds.values():
+            _close(fd)
+        self.prog_fds.clear()
+        for m in self.maps.values():
+            _close(m.fd)
+        self.maps.clear()
+
+    def recursion_misses(self, offset: int | None) -> int:
+        """Runs of our programs the kernel skipped because another BPF program
+        was running on that CPU (bpf_prog_info.recursion_misses, 5.12+)."""
+        if offset is None:
+            return 0
+        total = 0
+        for fd in self.prog_fds.values():
+            try:
+                info = sc.obj_info(fd, max(offset + 8, 256))
+            except OSError:
+                continue
+            total += struct.unpack_from("<Q", info, offset)[0]
+        return total
+
+
+def _close(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def tracefs_root() -> str:
+    for root in TRACEFS_ROOTS:
+        if os.path.isdir(os.path.join(root, "events")):
+            return root
+    raise LoadError("tracefs is not mounted (neither /sys/kernel/tracing nor /sys/kernel/debug/tracing)")
+
+
+def _write_tracefs(name: str, text: str) -> None:
+    with open(os.path.join(tracefs_root(), name), "a") as f:
+        f.write(text)
+
+
+def _tracepoint_id(category: str, name: str) -> int:
+    path = os.path.join(tracefs_root(), "events", category, name, "id")
+    try:
+        with open(path) as f:
+            return int(f.read())
+    except OSError as e:
+        raise LoadError(f"tracepoint {category}:{name} not found ({e.strerror})") from None
+
+
+def _attach_perf(prog_fd: int, pfd: int) -> int:
+    try:
+        sc.ioctl(pfd, sc.PERF_EVENT_IOC_SET_BPF, prog_fd)
+        sc.ioctl(pfd, sc.PERF_EVENT_IOC_ENABLE, 0)
+    except OSError:
+        _close(pfd)
+        raise
+    return pfd
+
+
+def create_maps(prog: CompiledProgram) -> dict[str, Map]:
+    ncpus = sc.possible_cpus()
+    maps: dict[str, Map] = {}
+    try:
+        for spec in prog.maps:
+            max_entries = spec.max_entries
+            if spec.type == sc.MAP_PERF_EVENT_ARRAY:
+                max_entries = ncpus
+            try:
+                fd = sc.map_create(spec.type, spec.key_size, spec.value_size, max_entries,
+                                   spec.flags, spec.name)
+            except OSError as e:
+                raise LoadError(f"cannot create BPF map {spec.name}: {e.strerror}") from None
+            maps[spec.name] = Map(spec, fd, ncpus)
+    except BaseException:
+        for m in maps.values():
+            _close(m.fd)
+        raise
+    return maps
+
+
+def patched(insns: bytes, relocs, maps: dict[str, Map]) -> bytes:
+    """The instructions with this process's map fds in place."""
+    buf = bytearray(insns)
+    for index, name in relocs:
+        struct.pack_into("<i", buf, index * 8 + 4, maps[name].fd)
+    return bytes(buf)
+
+
+def load(prog: CompiledProgram, *, kprobes: tuple[KprobeSpec, ...] = (), hidden: set[str] = frozenset(),
+         vmlinux_btf_id=None) -> tuple[LoadedProgram, list[str]]:
+    """Load and attach every function; returns the program and notes on the
+    optional kprobes that could not be placed."""
+    loaded = LoadedProgram(create_maps(prog))
+    notes: list[str] = []
+    by_fn = {k.function: k for k in kprobes}
+    try:
+        for fn in prog.functions:
+            insns = patched(fn.insns, fn.relocs, loaded.maps)
+            kp = by_fn.get(fn.name)
+            if kp is not None:
+                note = _load_kprobe(loaded, prog, fn.name, insns, kp, hidden)
+                if note:
+                    notes.append(note)
+            elif fn.name.startswith("tracepoint__"):
+                category, name = fn.name[len("tracepoint__"):].split("__", 1)
+                fd = _load(loaded, prog, fn.name, insns, sc.PROG_TRACEPOINT)
+                pfd = sc.perf_event_open(sc.PERF_TYPE_TRACEPOINT, _tracepoint_id(category, name))
+                loaded._links.append(_attach_perf(fd, pfd))
+            elif fn.name.startswith("raw_tracepoint__"):
+                fd = _load(loaded, prog, fn.name, insns, sc.PROG_RAW_TRACEPOINT)
+                loaded._links.append(sc.raw_tracepoint_open(fd, fn.name[len("raw_tracepoint__"):]))
+            elif fn.name.startswith(("kfunc__", "kretfunc__")):
+                ret = fn.name.startswith("kretfunc__")
+                target = fn.name.split("__", 1)[1]
+                if target.startswith("vmlinux__"):
+                    target = target[len("vmlinux__"):]
+                kind = sc.TRACE_FEXIT if ret else sc.TRACE_FENTRY
+                btf_id = (vmlinux_btf_id or find_vmlinux_btf_id)(target, kind)
+                if btf_id <= 0:
+                    raise LoadError(f"no BTF id for kernel function {target}")
+                fd = _load(loaded, prog, fn.name, insns, sc.PROG_TRACING,
+                           expected_attach_type=kind, attach_btf_id=btf_id)
+                loaded._links.append(sc.raw_tracepoint_open(fd, None))
+            else:
+                raise LoadError(f"do not know how to attach {fn.name}")
+    except OSError as e:
+        loaded.close()
+        raise LoadError(f"cannot attach {fn.name}: {e.strerror}") from None
+    except BaseException:
+        loaded.close()
+        raise
+    return loaded, notes
+
+
+def _load(loaded: LoadedProgram, prog: CompiledProgram, name: str, insns: bytes, ptype: int,
+          **kw) -> int:
+    try:
+        fd, _ = sc.prog_load(ptype, insns, name=name[:15], license=prog.license.encode(),
+                             kern_version=prog.kern_version, **kw)
+    except OSError as e:
+        if e.errno in (errno.EPERM, errno.EACCES) and os.geteuid() != 0:
+            raise LoadError("loading BPF programs needs root") from None
+        try:   # again, with the verifier's log for the message
+            fd, _ = sc.prog_load(ptype, insns, name=name[:15], license=prog.license.encode(),
+                                 kern_version=prog.kern_version, log_size=1 << 20, **kw)
+        except OSError as e2:
+            raise LoadError(f"the kernel refuses BPF program {name}: {e2.strerror}") from None
+    loaded.prog_fds[name] = fd
+    return fd
+
+
+def _load_kprobe(loaded, prog, name, insns, kp: KprobeSpec, hidden: set[str]) -> str:
+    kind = "kretprobe" if kp.ret else "kprobe"
+    try:
+        if kp.target in hidden:
+            raise LookupError("hidden by CONNSCOPE_HIDE_FUNCTIONS")
+        fd = _load(loaded, prog, name, insns, sc.PROG_KPROBE)
+        loaded._links.append(_attach_kprobe(loaded, fd, kp))
+    except (OSError, LookupError, LoadError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        if not kp.optional:
+            raise LoadError(f"cannot attach {kind} to {kp.target}: {why}") from None
+        return f"{kind} {kp.target} not attached ({why}); {kp.optional}"
+    return ""
+
+
+def _pmu_type() -> tuple[int, int]:
+    with open(os.path.join(KPROBE_PMU, "type")) as f:
+        ptype = int(f.read())
+    bit = 0
+    try:
+        with open(os.path.join(KPROBE_PMU, "format", "retprobe")) as f:
+            bit = int(f.read().strip().split(":")[1])
+    except (OSError, IndexError, ValueError):
+        pass
+    return ptype, bit
+
+
+def _attach_kprobe(loaded: LoadedProgram, prog_fd: int, kp: KprobeSpec) -> int:
+    if kp.ret and kp.maxactive:
+        # The perf kprobe PMU has no maxactive; kprobe_events does.
+        event = f"connscope_{os.getpid()}/{kp.function}"
+        try:
+            _write_tracefs("kprobe_events", f"r{kp.maxactive}:{event} {kp.target}\n")
+        except OSError:
+            pass   # old kernel without maxactive, or no such function: the PMU says which
+        else:
+            loaded._kprobe_events.append(event)
+            group, name = event.split("/")
+            pfd = sc.perf_event_open(sc.PERF_TYPE_TRACEPOINT, _tracepoint_id(group, name))
+            return _attach_perf(prog_fd, pfd)
+    ptype, retbit = _pmu_type()
+    target = ctypes.create_string_buffer(kp.target.encode())
+    pfd = sc.perf_event_open(ptype, (1 << retbit) if kp.ret else 0,
+                             config1=ctypes.addressof(target))
+    return _attach_perf(prog_fd, pfd)
+
+
+_libbpf = None
+
+
+def find_vmlinux_btf_id(function: str, attach_type: int) -> int:
+    """BTF type id of a kernel function, as libbpf finds it (negative errno)."""
+    global _libbpf
+    if _libbpf is None:
+        try:
+            _libbpf = ctypes.CDLL("libbpf.so.1")
+        except OSError:
+            try:
+                _libbpf = ctypes.CDLL("libbpf.so.0")
+            except OSError:
+                return -errno.ENOENT
+        _libbpf.libbpf_find_vmlinux_btf_id.argtypes = (ctypes.c_char_p, ctypes.c_int)
+        _libbpf.libbpf_find_vmlinux_btf_id.restype = ctypes.c_int
+    return _libbpf.libbpf_find_vmlinux_btf_id(function.encode(), attach_type)
