@@ -12,6 +12,7 @@ import sys
 import time
 import uuid
 from contextlib import contextmanager
+from datetime import datetime, timezone
 
 from tracer import __version__
 from tracer.clock import Clock
@@ -44,17 +45,53 @@ def new_run_id(start: float) -> str:
 
 def _open_recording(out_dir: str, backend: str, options: dict, start: float,
                     max_bytes: int | None = None):
-    """Create the recording before loading BPF, so a bad --out fails fast."""
     from tracer.sinks.parquet_writer import Recording
 
     host = socket.gethostname()
     run_id = new_run_id(start)
     recording = Recording(out_dir, host=host, run_id=run_id, backend=backend,
                           version=__version__, options=options, background_flush=True,
-                          max_bytes=max_bytes)
+                          max_bytes=max_bytes, start=datetime.fromtimestamp(start, timezone.utc))
     for line in recording.recovered:   # what a crashed run left, finalized or quarantined
         sys.stderr.write(f"connscope: {line}\n")
     return recording
+
+
+def _start(backend: str, filters: Filters, out_dir: str | None, options: dict, start: float,
+           max_bytes: int | None):
+    """Load the probes and open the recording in `out_dir` (if any): (session, recording).
+
+    A bad `out_dir` fails before the probes load, which is slow. The recording
+    itself (pyarrow: ~0.1 s to import) is opened once the probes are attached,
+    while the kernel buffers the first events; unless a crashed run left files
+    to recover, which can take a while, so that is done first. A run whose
+    probes fail to load is still on record, as abandoned.
+    """
+    recording = None
+    if out_dir is not None:
+        from tracer.sinks.parquet_writer import check_directory
+
+        if check_directory(out_dir):
+            recording = _open_recording(out_dir, backend, options, start, max_bytes)
+    try:
+        session = startup.start(backend, filters)
+    except BaseException:
+        if out_dir is not None:
+            if recording is None:
+                try:
+                    recording = _open_recording(out_dir, backend, options, start, max_bytes)
+                except Exception:   # the failure to start is the error that matters
+                    pass
+            if recording is not None:
+                recording.abandon("tracer failed to start")
+        raise
+    if out_dir is not None and recording is None:
+        try:
+            recording = _open_recording(out_dir, backend, options, start, max_bytes)
+        except BaseException:
+            session.close()
+            raise
+    return session, recording
 
 
 def _options_dict(backend, interval, filters: Filters, **extra) -> dict:
@@ -121,14 +158,9 @@ def _collect(session, sinks, interval, duration, clock, recording=None):
 def record(*, backend: str, interval: float, filters: Filters, out_dir: str,
            duration: float | None, max_bytes: int | None = None) -> None:
     start = time.time()
-    recording = _open_recording(
-        out_dir, backend, _options_dict(backend, interval, filters, duration=duration,
-                                        max_bytes=max_bytes), start, max_bytes)
-    try:
-        session = startup.start(backend, filters)
-    except BaseException:
-        recording.abandon("tracer failed to start")
-        raise
+    session, recording = _start(
+        backend, filters, out_dir, _options_dict(backend, interval, filters, duration=duration,
+                                                 max_bytes=max_bytes), start, max_bytes)
     recording.set_backend(session.info.backend)
     clock = Clock()
     sys.stderr.write(f"connscope: recording to {out_dir} (run {recording.run_id}, backend "
@@ -205,17 +237,9 @@ def _run_tui(session, sinks, interval, duration, clock, recording) -> None:
 def live(*, backend: str, interval: float, filters: Filters, record_dir: str | None,
          plain: bool, duration: float | None, max_bytes: int | None = None) -> None:
     start = time.time()
-    recording = None
-    if record_dir:
-        recording = _open_recording(
-            record_dir, backend, _options_dict(backend, interval, filters, command="top"), start,
-            max_bytes)
-    try:
-        session = startup.start(backend, filters)
-    except BaseException:
-        if recording is not None:
-            recording.abandon("tracer failed to start")
-        raise
+    session, recording = _start(
+        backend, filters, record_dir or None,
+        _options_dict(backend, interval, filters, command="top"), start, max_bytes)
     clock = Clock()
     sinks = []
     if recording is not None:

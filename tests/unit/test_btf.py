@@ -106,6 +106,13 @@ def test_has_function(btf):
     assert not btf.has_function("tcp_v4")  # a prefix of a function name
 
 
+def test_function_id(btf):
+    tid = btf.function_id("tcp_v4_connect")
+    assert tid > 0 and btf._type(tid)[1] == KINDS["FUNC"]
+    assert btf.function_id("tcp_v6_connect") == 0
+    assert btf.function_id("conn") == 0
+
+
 # One record of each kind, with whatever it refers to (u32 is type id 1).
 KIND_RECORDS = {
     "INT": lambda b, u32: b.int("i", 4),
@@ -311,3 +318,7 @@ def test_kernel_enum_and_functions_match_bpftool(kernel):
     functions = {t["name"] for t in types.values() if t["kind"] == "FUNC"}
     for name in ("tcp_v4_connect", "inet_csk_accept", "connscope_no_such_function"):
         assert btf.has_function(name) == (name in functions), name
+    # the id an fentry program attaches to, as bpftool numbers the types
+    assert btf.function_id("tcp_v4_connect") == min(
+        tid for tid, t in types.items() if t["kind"] == "FUNC" and t["name"] == "tcp_v4_connect")
+    assert btf.function_id("connscope_no_such_function") == 0

@@ -297,6 +297,12 @@ class BTF:
     def has_function(self, name: str) -> bool:
         return bool(self._named(name, (FUNC,)))
 
+    def function_id(self, name: str) -> int:
+        """Type id of kernel function `name`, 0 if none: what an fentry program
+        attaches to (the first, as libbpf_find_vmlinux_btf_id answers)."""
+        ids = self._named(name, (FUNC,))
+        return ids[0] if ids else 0
+
     def function_arity(self, name: str) -> int:
         """Number of parameters of kernel function `name` (its FUNC_PROTO's
         vlen). fexit programs find the return value after the arguments, so

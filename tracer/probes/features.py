@@ -91,7 +91,7 @@ class Features:
     headers: HeaderTree
     bcc: Feature                 # detail: version, or why it does not import
     kprobes: Feature
-    kprobe_targets: dict[str, bool]  # function -> listed in /proc/kallsyms
+    kprobe_targets: dict[str, bool]  # function -> listed in /proc/kallsyms; {}: not looked up
     fentry: Feature
     tracepoints: Feature         # ok: every REQUIRED_TRACEPOINTS exists
     tracepoint_presence: dict[str, bool]  # "sock/inet_sock_set_state" -> exists
@@ -179,17 +179,32 @@ def kernel_config(release: str) -> Optional[dict[str, str]]:
 
 
 def kallsyms_names(wanted: set[str], path: str = KALLSYMS) -> set[str]:
-    """Which of `wanted` are symbol names in /proc/kallsyms (readable without root)."""
-    found = set()
+    """Which of `wanted` are symbol names in /proc/kallsyms (readable without root).
+
+    The file lists every kernel symbol (~120k lines, 5 MB); the kernel takes
+    ~40 ms to produce it, and splitting it into lines in Python took as long
+    again. So it is read once as bytes and searched for each wanted name, which
+    must be the third field of its line, as in "ffffffff82008730 T inet_csk_accept".
+    """
     try:
-        with open(path) as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 3 and parts[2] in wanted:
-                    found.add(parts[2])
+        with open(path, "rb") as f:
+            data = f.read()
     except OSError:
-        pass
-    return found
+        return set()
+    return {name for name in wanted if name and _is_symbol(data, name.encode())}
+
+
+def _is_symbol(kallsyms: bytes, name: bytes) -> bool:
+    pos = kallsyms.find(name)
+    while pos != -1:
+        end = pos + len(name)
+        if end == len(kallsyms) or kallsyms[end:end + 1].isspace():
+            line_start = kallsyms.rfind(b"\n", 0, pos) + 1
+            before = kallsyms[line_start:pos]
+            if before[-1:].isspace() and len(before.split()) == 2:
+                return True
+        pos = kallsyms.find(name, pos + 1)
+    return False
 
 
 def _tracefs_root() -> Optional[str]:
@@ -229,11 +244,26 @@ def _check_btf(path: str) -> tuple[Feature, Optional[BTF]]:
 
 
 def _check_bcc() -> Feature:
+    """Is bcc there to compile with? Found, not imported: importing it maps
+    libbcc and LLVM (60 MB) into a process that, with the compile cache,
+    never compiles (tracer/probes/compiler.py runs in a child)."""
+    import importlib.util
     try:
-        import bcc  # only tracer/probes imports bcc
-    except Exception as e:  # ImportError, or a broken libbcc raising OSError
-        return Feature(False, f"python3 cannot import bcc ({e}); install python3-bpfcc")
-    version = getattr(bcc, "__version__", "unknown version")
+        spec = importlib.util.find_spec("bcc")
+    except (ImportError, ValueError) as e:
+        spec, why = None, str(e)
+    else:
+        why = "no module named 'bcc'"
+    if spec is None or not spec.origin:
+        return Feature(False, f"python3 cannot import bcc ({why}); install python3-bpfcc")
+    version = "unknown version"
+    try:
+        with open(os.path.join(os.path.dirname(spec.origin), "version.py")) as f:
+            m = re.search(r"__version__\s*=\s*['\"]([^'\"]+)", f.read())
+        if m:
+            version = m.group(1)
+    except OSError:
+        pass
     return Feature(True, f"bcc {version}")
 
 
@@ -328,10 +358,13 @@ def _vmlinux_btf_id(fn: str) -> int:
     return find(fn.encode(), BPF_TRACE_FENTRY)
 
 
-def _test_fentry(fn: str = FENTRY_TEST_FUNCTION) -> Feature:
+def _test_fentry(fn: str = FENTRY_TEST_FUNCTION, btf_id: Optional[int] = None) -> Feature:
     """Load `r0 = 0; exit` as an fentry program on `fn` and attach it, as bcc's
-    KFUNC_PROBE does (BPF_PROG_LOAD, then BPF_RAW_TRACEPOINT_OPEN), then detach."""
-    btf_id = _vmlinux_btf_id(fn)
+    KFUNC_PROBE does (BPF_PROG_LOAD, then BPF_RAW_TRACEPOINT_OPEN), then detach.
+    btf_id: `fn`'s id in the kernel BTF if known; else libbpf looks it up, which
+    costs ~10 ms (it parses the kernel BTF again)."""
+    if btf_id is None:
+        btf_id = _vmlinux_btf_id(fn)
     if btf_id <= 0:
         return Feature(False, f"not tested: no BTF id for {fn} (libbpf: "
                               f"{_errno_text(-btf_id) if btf_id < 0 else 'none'})", tested=False)
@@ -392,15 +425,21 @@ def _check_fentry(btf: Optional[BTF], load_tests: bool, is_root: bool) -> Featur
     if not load_tests:
         return Feature(False, "not tested: loading a test program needs root" if not is_root
                        else "not tested (load tests were not asked for)", tested=False)
-    return _test_fentry()
+    return _test_fentry(FENTRY_TEST_FUNCTION, btf.function_id(FENTRY_TEST_FUNCTION))
 
 
 # --- everything -----------------------------------------------------------------
 
 def probe_features(load_tests: Optional[bool] = None, *, release: Optional[str] = None,
-                   tree: Optional[HeaderTree] = None) -> Features:
+                   tree: Optional[HeaderTree] = None, only_to_choose: bool = False) -> Features:
     """Probe the host. load_tests: load tiny test programs (fentry, ring buffer);
-    None means "when root". As root this also mounts tracefs/debugfs if needed."""
+    None means "when root". As root this also mounts tracefs/debugfs if needed.
+
+    only_to_choose: skip what cannot change which backend works or why not, for
+    start-up (doctor shows everything): /proc/kallsyms (~40 ms) when neither
+    kprobes nor fentry work, since no backend then needs its hooks listed;
+    kprobe_targets is then empty.
+    """
     is_root = os.geteuid() == 0
     if load_tests is None:
         load_tests = is_root
@@ -418,11 +457,13 @@ def probe_features(load_tests: Optional[bool] = None, *, release: Optional[str] 
     bcc = _check_bcc()
     config = kernel_config(release)
     kprobes = Feature(False, _HIDDEN) if "kprobes" in hidden else _check_kprobes(config)
-    targets = kallsyms_names(set(KPROBE_TARGETS) - hidden_functions())
-    kprobe_targets = {name: name in targets for name in KPROBE_TARGETS}
     tracepoints, presence = _check_tracepoints(is_root)
     can_load = load_tests and privileges.ok
     fentry = Feature(False, _HIDDEN) if "fentry" in hidden else _check_fentry(btf, can_load, is_root)
+    kprobe_targets: dict[str, bool] = {}
+    if kprobes.ok or fentry.ok or not only_to_choose:
+        targets = kallsyms_names(set(KPROBE_TARGETS) - hidden_functions())
+        kprobe_targets = {name: name in targets for name in KPROBE_TARGETS}
     ringbuf = (Feature(False, f"{_HIDDEN}; falls back to the perf buffer") if "ringbuf" in hidden
                else _check_ringbuf(release, btf, can_load, is_root))
     return Features(is_root=is_root, privileges=privileges, kernel_release=release, btf=btf_feature,

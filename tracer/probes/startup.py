@@ -6,7 +6,7 @@ import os
 
 from tracer.filters import Filters
 from tracer.probes import headers
-from tracer.probes.btf import BTF, BTFError
+from tracer.probes.btf import BTFError, kernel_btf
 from tracer.probes.features import BackendUnavailable, choose_backend, probe_features
 from tracer.probes.offsets import OffsetError, drop_reason_cflags, fentry_cflags, offset_cflags
 from tracer.probes.session import ProbeError, ProbeSession
@@ -26,14 +26,15 @@ class NotPermitted(ProbeError):
 def start(requested: str, filters: Filters) -> ProbeSession:
     if os.geteuid() != 0:
         raise NotPermitted("tracing loads BPF programs and needs root: run it with sudo")
-    features = probe_features()
+    features = probe_features(only_to_choose=True)
     backend = choose_backend(requested, features)
     headers.ensure_tracefs()
     tree = features.headers
     if tree.path is None:
         raise ProbeError(f"no kernel header tree to compile against ({tree.how}); "
                          f"install linux-headers-{os.uname().release} or any linux-headers package")
-    btf = BTF.load(BTF_PATH) if os.path.exists(BTF_PATH) else None
+    # the BTF probe_features() read (indexing it costs ~20 ms; do it once)
+    btf = kernel_btf() if os.path.exists(BTF_PATH) else None
     flags, offsets_from = offset_cflags(btf, tree.matches_running_kernel)
     flags += drop_reason_cflags(btf)
     if backend == "fentry":

@@ -11,10 +11,19 @@ from pathlib import Path
 
 from tracer.replay.controller import SPEEDS, ReplayController, ReplayError
 from tracer.replay.rows import connect_from_row
-from tracer.replay.timeline import RecordingTimeline
 
 __all__ = ["SPEEDS", "RecordingTimeline", "ReplayController", "ReplayError", "connect_from_row",
            "load", "run"]
+
+
+def __getattr__(name: str):
+    # timeline.py reads Parquet (pyarrow, ~0.1 s to import): imported on first
+    # use, so that catching ReplayError (tracer/errors.py) costs `record` nothing.
+    if name == "RecordingTimeline":
+        from tracer.replay.timeline import RecordingTimeline
+
+        return RecordingTimeline
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _parquet_bytes(directory: Path) -> int:
@@ -32,6 +41,7 @@ def _parquet_bytes(directory: Path) -> int:
 def load(directory) -> RecordingTimeline:
     """Read a recording. A missing or empty directory raises the reader's
     one-line errors; unreadable files become lines in the log, not failures."""
+    from tracer.replay.timeline import RecordingTimeline
     from tracer.report.reader import read_recording
 
     data = read_recording(directory)

@@ -21,6 +21,7 @@ from typing import Callable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tracer.report import ReportError
 from tracer.schema import SCHEMA_VERSION, TABLE_KEY, TABLES, VERSION_KEY, schema
 
 QUARANTINE_DIR = "quarantine"   # as in tracer/sinks/recovery.py
@@ -28,10 +29,6 @@ RUNS_DIR = "runs"               # as in tracer/sinks/manifest.py
 PARQUET_MAGIC = b"PAR1"
 
 Progress = Callable[[int, int], None]
-
-
-class ReportError(Exception):
-    """A recording cannot be reported on; the message is one line."""
 
 
 class RecordingNotFound(ReportError):

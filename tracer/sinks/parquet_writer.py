@@ -39,14 +39,23 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from tracer import __version__
-from tracer.schema import SCHEMA_VERSION, TABLES, UnknownTable
 from tracer.sinks.durable_files import FILE_MODE, make_dirs, own
 from tracer.sinks.manifest import iso_utc, new_manifest, write_manifest
-from tracer.sinks.recovery import recover_locked
-from tracer.sinks.table_writer import Rows, TableWriter, rows_to_batch, safe_name
+
+# Everything that needs pyarrow (schema, recovery, table_writer; ~0.1 s to
+# import) is imported where it is used, so that the errors and the directory
+# check cost `connscope record` nothing before its probes are attached.
 
 __all__ = ["Recording", "RecordingBusy", "RecordingError", "RecordingIncomplete",
-           "TableWriter", "recover", "rows_to_batch"]
+           "TableWriter", "check_directory", "recover", "rows_to_batch"]
+
+
+def __getattr__(name: str):
+    if name in ("TableWriter", "rows_to_batch"):   # re-exported from table_writer
+        from tracer.sinks import table_writer
+
+        return getattr(table_writer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 LOCK_FILE = ".connscope.lock"
 
@@ -96,6 +105,24 @@ def _unlock_directory(fd: int) -> None:
     os.close(fd)  # closing the only descriptor releases the flock
 
 
+def check_directory(directory) -> bool:
+    """Raise the RecordingError that Recording(directory) would raise for a
+    directory it cannot write to or that another connscope is recording to,
+    without opening a recording (nor importing pyarrow), so that `record` can
+    fail fast before loading its probes and open the recording after.
+
+    Returns whether a crashed run left files that opening it will recover.
+    """
+    directory = Path(directory)
+    try:
+        fd = _lock_directory(directory)
+    except OSError as e:
+        raise RecordingError(f"cannot write to {directory}: {e.strerror}") from None
+    _unlock_directory(fd)
+    # the journal and the temporary Parquet file (tracer/sinks/journal.py)
+    return any(directory.glob("*/date=*/*.inprogress"))
+
+
 def recover(directory) -> list[str]:
     """Finalize or quarantine what a crashed recorder left in `directory`.
 
@@ -110,6 +137,8 @@ def recover(directory) -> list[str]:
         fd = _lock_directory(directory)
     except OSError as e:
         raise RecordingError(f"cannot recover {directory}: {e.strerror or e}") from None
+    from tracer.sinks.recovery import recover_locked
+
     try:
         return recover_locked(directory)
     except OSError as e:
@@ -149,6 +178,10 @@ class Recording:
                  max_buffer_rows: int = 1 << 18,
                  clock: Callable[[], float] = time.monotonic,
                  background_flush: bool = False):
+        from tracer.schema import SCHEMA_VERSION, TABLES
+        from tracer.sinks.recovery import recover_locked
+        from tracer.sinks.table_writer import TableWriter, safe_name
+
         self.directory = Path(directory)
         self.host = host or socket.gethostname()
         start = start or datetime.now(timezone.utc)
@@ -214,6 +247,8 @@ class Recording:
         try:
             writer = self._writers[table]
         except KeyError:
+            from tracer.schema import UnknownTable
+
             raise UnknownTable(table) from None
         n = writer.write(rows)
         if self._thread is None and self._clock() >= self._next_tick:
@@ -223,6 +258,8 @@ class Recording:
     def add_lost(self, table: str, count: int) -> None:
         """Count events of `table` the kernel dropped before we read them."""
         if table not in self.lost_events:
+            from tracer.schema import UnknownTable
+
             raise UnknownTable(table)
         self.lost_events[table] += count
 
@@ -230,6 +267,8 @@ class Recording:
         """Set the running totals of lost events, e.g. {"connects": 12}."""
         for table, count in totals.items():
             if table not in self.lost_events:
+                from tracer.schema import UnknownTable
+
                 raise UnknownTable(table)
             self.lost_events[table] = count
 
@@ -392,6 +431,8 @@ class Recording:
                 m["status"], m["reason"] = "abandoned", self._abandoned
 
     def _scan_finalized(self) -> list[tuple[Path, int]]:
+        from tracer.schema import TABLES
+
         found = []
         for table in TABLES:
             for p in (self.directory / table).glob("date=*/*.parquet"):
