@@ -18,7 +18,7 @@ from tracer.aggregate.notable import NotableLog
 from tracer.aggregate.sockets import ProcessTable
 from tracer.aggregate.snapshot import Header, Snapshot
 from tracer.clock import Clock
-from tracer.events import Accept, Close, Connect
+from tracer.events import Accept, Connect
 
 
 @dataclass(frozen=True)
@@ -86,21 +86,23 @@ class Collector:
 
     def _drain(self, timeout_ms: int) -> None:
         events = self.session.poll(timeout_ms)
+        closes = self.session.take_closes()
+        self._events_total += len(closes)
+        self.processes.add_closes(closes)
         if not events:
             return
         self._events_total += len(events)
         for ev in events:
             if isinstance(ev, Connect):
                 self.connects.add(ev)
-                self.log.connect(ev, self.clock.wall_us(ev.ts_end_ns))
+                if self.log.wants_connect(ev):
+                    self.log.connect(ev, self.clock.wall_us(ev.ts_end_ns))
                 if ev.outcome == "established":
                     self.processes.opened(ev.pid, ev.comm, (ev.family, ev.daddr, ev.dport),
                                           ev.latency_us)
             elif isinstance(ev, Accept):
                 self.listeners.add_accept(ev)
                 self.processes.opened(ev.pid, ev.comm, None)
-            elif isinstance(ev, Close):
-                self.processes.closed(ev)
         for sink in self.sinks:
             sink.on_events(events)
 

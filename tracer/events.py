@@ -303,6 +303,59 @@ def decode_close(buf) -> Close:
     return decode_close_at(buf, 0)
 
 
+_CLOSE_FIELDS = [n for n, _ in CloseRecord._fields_]
+_C_PID, _C_TS, _C_OPEN, _C_RADDR, _C_RPORT, _C_FAMILY, _C_PASSIVE = (
+    _CLOSE_FIELDS.index(n) for n in ("pid", "ts_ns", "ts_open_ns", "raddr", "rport", "family", "passive"))
+
+
+class Closes:
+    """Closes tallied as they are read, never made into objects: half of
+    all events, and only counts (per process) and hold times (per process
+    and destination, for the connections it opened) are wanted of them.
+
+    active:  {(pid, family, raddr, rport): [lifetime µs, ...]}
+    passive: {pid: number of accepted connections that closed}
+    """
+
+    __slots__ = ("active", "passive", "_raw")
+
+    def __init__(self):
+        self.active: dict = {}
+        self.passive: dict = {}
+        self._raw: dict = {}
+
+    def add_at(self, view, offset: int) -> None:
+        r = _CLOSE.unpack_from(view, offset)
+        pid = r[_C_PID]
+        if r[_C_PASSIVE]:
+            self.passive[pid] = self.passive.get(pid, 0) + 1
+            return
+        key = (pid, r[_C_FAMILY], r[_C_RADDR], r[_C_RPORT])
+        lifetimes = self._raw.get(key)
+        if lifetimes is None:
+            lifetimes = self._raw[key] = []
+        lifetimes.append(max(0, r[_C_TS] - r[_C_OPEN]) / 1000.0)
+
+    def add(self, ev: Close) -> None:
+        """One decoded Close (tests, replay)."""
+        if ev.passive:
+            self.passive[ev.pid] = self.passive.get(ev.pid, 0) + 1
+        else:
+            self.active.setdefault((ev.pid, ev.family, ev.raddr, ev.rport), []).append(ev.lifetime_us)
+
+    def resolved(self) -> "Closes":
+        """Addresses as text, families as 4/6: once per destination."""
+        for (pid, fam, raw, rport), lifetimes in self._raw.items():
+            key = (pid, 4 if fam == AF_INET else 6, format_addr(fam, raw), rport)
+            self.active.setdefault(key, []).extend(lifetimes)
+        self._raw = {}
+        return self
+
+    def __len__(self) -> int:
+        return sum(self.passive.values()) + sum(len(v) for v in self.active.values()) + \
+            sum(len(v) for v in self._raw.values())
+
+
 _TYPE = struct.Struct("<I").unpack_from
 
 

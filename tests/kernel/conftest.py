@@ -101,6 +101,14 @@ class CollectorRun:
                 outer.snapshots.append(snapshot)
 
         self.collector = make_collector(session, [Keep()], interval, Clock())
+        # Closes are tallied while reading, not events: keep the tallies too.
+        self.closes = []
+        add_closes = self.collector.processes.add_closes
+
+        def keep_closes(closes):
+            outer.closes.append(closes)
+            add_closes(closes)
+        self.collector.processes.add_closes = keep_closes
         self._thread = threading.Thread(target=self.collector.run, args=(self._stop.is_set,))
 
     def __enter__(self):

@@ -341,3 +341,19 @@ def test_a_reused_scan_adds_no_sample_of_what_is_held():
     t.update(1.0, {})
     (a,) = row(t.update(1.0, holding(100, 4)), 100).advice
     assert a.concurrency_mean == pytest.approx(2.0)
+
+
+def test_tallied_closes_count_as_closes_one_by_one():
+    from tracer.events import Closes
+
+    one, tallied = ProcessTable(), ProcessTable()
+    evs = [close(100, 0.1), close(100, 0.3), close(200, 0.01, remote=(4, "10.0.0.50", 51000),
+                                                 passive=True, comm="server")]
+    closes = Closes()
+    for ev in evs:
+        one.closed(ev)
+        closes.add(ev)
+    tallied.add_closes(closes)
+    a, b = one.update(1.0, holding(100, 1)), tallied.update(1.0, holding(100, 1))
+    assert sorted((r.pid, r.closed, r.advice) for r in a) == sorted((r.pid, r.closed, r.advice) for r in b)
+    assert row(b, 100).closed == 2 and row(b, 200).closed == 1

@@ -23,11 +23,17 @@ class ConnectStats:
 
     def add(self, ev: Connect) -> None:
         self.attempts += 1
-        setattr(self, ev.outcome, getattr(self, ev.outcome) + 1)
         self.syn_retransmits += ev.syn_retransmits
-        lat = ev.latency_us
-        if lat is not None and ev.outcome == "established":
-            self.latency.add(lat)
+        outcome = ev.outcome
+        if outcome == "established":
+            self.established += 1
+            self.latency.add((ev.ts_end_ns - ev.ts_start_ns) / 1000.0)
+        elif outcome == "refused":
+            self.refused += 1
+        elif outcome == "timeout":
+            self.timeout += 1
+        else:
+            self.error += 1
 
     def merge(self, o: "ConnectStats") -> None:
         for name in ("attempts", "established", "refused", "timeout", "error", "syn_retransmits"):

@@ -42,8 +42,14 @@ class Histogram:
         self.max = -math.inf
 
     def add(self, value: float, n: int = 1) -> None:
-        b = bucket_of(value)
-        self.counts[b] = self.counts.get(b, 0) + n
+        v = int(value)                   # bucket_of, inlined: called per event
+        if v < SUB:
+            b = v if v > 0 else 0
+        else:
+            shift = v.bit_length() - 1 - SUB_BITS
+            b = (shift + 1) * SUB + ((v >> shift) - SUB)
+        counts = self.counts
+        counts[b] = counts.get(b, 0) + n
         self.count += n
         self.total += value * n
         if value < self.min:

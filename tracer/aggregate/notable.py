@@ -26,6 +26,11 @@ class NotableLog:
         else:
             self._suppressed += 1
 
+    @staticmethod
+    def wants_connect(ev) -> bool:
+        """Cheap test first: most connects are fast and successful."""
+        return ev.outcome != "established" or ev.ts_end_ns - ev.ts_start_ns >= SLOW_CONNECT_US * 1000
+
     def connect(self, ev, ts_us: int) -> None:
         dest = f"[{ev.daddr}]:{ev.dport}" if ev.family == 6 else f"{ev.daddr}:{ev.dport}"
         who = f"{ev.comm}[{ev.pid}]"

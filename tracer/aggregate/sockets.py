@@ -121,9 +121,20 @@ class ProcessTable:
             f.connect.add(connect_us)
 
     def closed(self, ev) -> None:
+        """One connection closed (a decoded tracer.events.Close)."""
         self._closed[ev.pid] = self._closed.get(ev.pid, 0) + 1
         if not ev.passive:   # pools are about connections a process opens
             self._flow(ev.pid, (ev.family, ev.raddr, ev.rport)).lifetimes_now.add(ev.lifetime_us)
+
+    def add_closes(self, closes) -> None:
+        """Closes tallied while reading (tracer.events.Closes)."""
+        for pid, n in closes.passive.items():
+            self._closed[pid] = self._closed.get(pid, 0) + n
+        for (pid, family, raddr, rport), lifetimes in closes.active.items():
+            self._closed[pid] = self._closed.get(pid, 0) + len(lifetimes)
+            hist = self._flow(pid, (family, raddr, rport)).lifetimes_now
+            for us in lifetimes:
+                hist.add(us)
 
     def _advice(self, pid: int) -> tuple[PoolAdvice, ...]:
         out = []

@@ -3,7 +3,8 @@
 The program comes compiled (tracer/probes/program.py: from the cache, or
 compiled in a child process); this module creates its maps, loads and
 attaches it through tracer/probes/loader.py, and reads the event buffer's
-shared memory itself. What comes out of `poll()` is plain Python objects.
+shared memory itself. What comes out of `poll()` is plain Python objects;
+closes are tallied instead (`take_closes()`).
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ POLL_SLEEP_MS = 50  # how stale an event may get before we read it
 BTF_PATH = "/sys/kernel/btf/vmlinux"
 # struct bpf_prog_info.recursion_misses (UAPI, kernel 5.12+): byte offset
 PROG_INFO_RECURSION_MISSES = 208
+EV_CLOSE = C["EV_CLOSE"]
+CLOSE_SIZE = events.DECODERS_AT[EV_CLOSE][1]
 
 
 class ProbeError(Exception):
@@ -51,6 +54,7 @@ class ProbeSession:
         self._prog: loader.LoadedProgram | None = None
         self._buffer = None
         self._pending: list = []
+        self._closes = events.Closes()
         self.decode_errors = 0
         self.from_cache = False
         self.info = LoadInfo(backend, "ring buffer" if ringbuf else "perf buffer",
@@ -90,11 +94,21 @@ class ProbeSession:
         return self
 
     def _on_record(self, view, offset: int, size: int) -> None:
-        entry = events.DECODERS_AT.get(events.record_type(view, offset))
+        kind = events.record_type(view, offset)
+        if kind == EV_CLOSE and size >= CLOSE_SIZE:
+            self._closes.add_at(view, offset)
+            return
+        entry = events.DECODERS_AT.get(kind)
         if entry is None or size < entry[1]:
             self.decode_errors += 1
             return
         self._pending.append(entry[0](view, offset))
+
+    def take_closes(self) -> events.Closes:
+        """Connections that closed since the last call, tallied (they are
+        not in what poll() returns)."""
+        out, self._closes = self._closes, events.Closes()
+        return out.resolved()
 
     def poll(self, timeout_ms: int = 100) -> list:
         """Sleep up to timeout_ms (at most POLL_SLEEP_MS), then return what the
