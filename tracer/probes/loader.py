@@ -86,7 +86,7 @@ class LoadedProgram:
         self._links.clear()
         for ev in self._kprobe_events:
             try:
-                _write_tracefs("kprobe_events", f"-:{ev}\n")
+                _write_tracefs("kprobe_events", f"-:{ev}")
             except OSError:
                 pass
         self._kprobe_events.clear()
@@ -127,8 +127,13 @@ def tracefs_root() -> str:
 
 
 def _write_tracefs(name: str, text: str) -> None:
-    with open(os.path.join(tracefs_root(), name), "a") as f:
-        f.write(text)
+    # One write(2) on an O_APPEND fd, as the kernel documents; Python's
+    # open(..., "a") also seeks to the end, which tracefs refuses (EINVAL).
+    fd = os.open(os.path.join(tracefs_root(), name), os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
 
 
 def _tracepoint_id(category: str, name: str) -> int:
@@ -248,7 +253,10 @@ def _load_kprobe(loaded, prog, name, insns, kp: KprobeSpec, hidden: set[str]) ->
         if kp.target in hidden:
             raise LookupError("hidden by CONNSCOPE_HIDE_FUNCTIONS")
         fd = _load(loaded, prog, name, insns, sc.PROG_KPROBE)
-        loaded._links.append(_attach_kprobe(loaded, fd, kp))
+        link, note = _attach_kprobe(loaded, fd, kp)
+        loaded._links.append(link)
+        if note:
+            return note
     except (OSError, LookupError, LoadError) as e:
         why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         if not kp.optional:
@@ -269,24 +277,30 @@ def _pmu_type() -> tuple[int, int]:
     return ptype, bit
 
 
-def _attach_kprobe(loaded: LoadedProgram, prog_fd: int, kp: KprobeSpec) -> int:
+def _attach_kprobe(loaded: LoadedProgram, prog_fd: int, kp: KprobeSpec) -> tuple[int, str]:
+    """Returns (fd to keep, note or "")."""
+    note = ""
     if kp.ret and kp.maxactive:
         # The perf kprobe PMU has no maxactive; kprobe_events does.
         event = f"connscope_{os.getpid()}/{kp.function}"
         try:
-            _write_tracefs("kprobe_events", f"r{kp.maxactive}:{event} {kp.target}\n")
-        except OSError:
-            pass   # old kernel without maxactive, or no such function: the PMU says which
+            _write_tracefs("kprobe_events", f"r{kp.maxactive}:{event} {kp.target}")
+        except OSError as e:
+            # Old kernel without maxactive, or no such function (the PMU
+            # attach below then says so).
+            note = (f"kretprobe {kp.target} has the kernel's default maxactive "
+                    f"(kprobe_events refused r{kp.maxactive}: {e.strerror}); returns of more "
+                    f"threads blocked in it at once than that are missed")
         else:
             loaded._kprobe_events.append(event)
             group, name = event.split("/")
             pfd = sc.perf_event_open(sc.PERF_TYPE_TRACEPOINT, _tracepoint_id(group, name))
-            return _attach_perf(prog_fd, pfd)
+            return _attach_perf(prog_fd, pfd), ""
     ptype, retbit = _pmu_type()
     target = ctypes.create_string_buffer(kp.target.encode())
     pfd = sc.perf_event_open(ptype, (1 << retbit) if kp.ret else 0,
                              config1=ctypes.addressof(target))
-    return _attach_perf(prog_fd, pfd)
+    return _attach_perf(prog_fd, pfd), note
 
 
 _libbpf = None
