@@ -12,3 +12,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "kernel" in item.keywords or "vm" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _no_import_block_leaks():
+    """tracer.run keeps pandas and numpy out of the tracer's process; a test
+    that runs it in-process must not leave that on for the tests after it."""
+    import sys
+
+    yield
+    sys.meta_path[:] = [f for f in sys.meta_path if type(f).__name__ != "_Refuse"]

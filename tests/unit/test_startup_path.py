@@ -212,3 +212,33 @@ def test_nothing_heavy_is_imported_before_the_probes():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=ROOT, timeout=60).stdout
     assert out.strip() == "[]"
+
+
+def test_the_tracer_process_keeps_pandas_and_numpy_out(tmp_path):
+    """pyarrow imports pandas and numpy when they are installed (50 MB, 0.1 s);
+    with them blocked it still writes and reads Parquet, and says they are absent."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import sys
+        from tracer import run
+        run.keep_out_of_the_tracer()
+        import pyarrow as pa, pyarrow.parquet as pq, pyarrow.compute as pc
+        t = pa.Table.from_pylist([{{"ts": 1, "x": "a"}}, {{"ts": 2, "x": "b"}}])
+        pq.write_table(t, {str(tmp_path / 't.parquet')!r})
+        back = pq.read_table({str(tmp_path / 't.parquet')!r})
+        assert back.to_pylist() == t.to_pylist()
+        assert pc.max(back.column("ts")).as_py() == 2
+        try:
+            import numpy
+        except ImportError:
+            pass
+        else:
+            raise SystemExit("numpy imported")
+        print(sorted(m for m in ("pandas", "numpy") if m in sys.modules))
+    """)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "[]"
