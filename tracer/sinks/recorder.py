@@ -6,24 +6,35 @@ from tracer.clock import Clock
 from tracer.events import Accept, Connect
 
 
+CONNECT_FIELDS = ("ts", "pid", "tid", "comm", "family", "saddr", "sport", "daddr", "dport",
+                  "latency_us", "outcome", "syn_retransmits", "errno")
+ACCEPT_FIELDS = ("ts", "pid", "comm", "family", "laddr", "lport", "raddr", "rport",
+                 "queue_wait_us", "backlog_len", "backlog_max", "listener_pid")
+
+
+def connect_values(ev: Connect, clock: Clock) -> tuple:
+    """A connects row, in CONNECT_FIELDS order (tuples: cheaper than dicts
+    at tens of thousands a second, and turned into columns in one zip)."""
+    established = ev.outcome == "established"
+    return (
+        clock.wall_us(ev.ts_start_ns),   # SPEC: when connect() was called
+        ev.pid, ev.tid, ev.comm, ev.family, ev.saddr, ev.sport, ev.daddr, ev.dport,
+        (ev.ts_end_ns - ev.ts_start_ns) / 1000.0 if established or ev.outcome == "refused" else None,
+        ev.outcome, ev.syn_retransmits, None if established else ev.err,
+    )
+
+
+def accept_values(ev: Accept, clock: Clock) -> tuple:
+    return (clock.wall_us(ev.ts_ns), ev.pid, ev.comm, ev.family, ev.laddr, ev.lport, ev.raddr,
+            ev.rport, ev.queue_wait_us, ev.backlog_len, ev.backlog_max, None)
+
+
 def connect_row(ev: Connect, clock: Clock) -> dict:
-    return {
-        "ts": clock.wall_us(ev.ts_start_ns),   # SPEC: when connect() was called
-        "pid": ev.pid, "tid": ev.tid, "comm": ev.comm, "family": ev.family,
-        "saddr": ev.saddr, "sport": ev.sport, "daddr": ev.daddr, "dport": ev.dport,
-        "latency_us": ev.latency_us, "outcome": ev.outcome,
-        "syn_retransmits": ev.syn_retransmits,
-        "errno": ev.err if ev.outcome != "established" else None,
-    }
+    return dict(zip(CONNECT_FIELDS, connect_values(ev, clock)))
 
 
 def accept_row(ev: Accept, clock: Clock) -> dict:
-    return {
-        "ts": clock.wall_us(ev.ts_ns), "pid": ev.pid, "comm": ev.comm, "family": ev.family,
-        "laddr": ev.laddr, "lport": ev.lport, "raddr": ev.raddr, "rport": ev.rport,
-        "queue_wait_us": ev.queue_wait_us, "backlog_len": ev.backlog_len,
-        "backlog_max": ev.backlog_max, "listener_pid": None,
-    }
+    return dict(zip(ACCEPT_FIELDS, accept_values(ev, clock)))
 
 
 def listener_row(r: ListenerRow, ts_us: int) -> dict:
@@ -79,20 +90,23 @@ class RecordSink:
         self.recording = recording
         self.clock = clock
         self._rows: dict[str, list] = {"connects": [], "accepts": []}
+        self._fields = {"connects": CONNECT_FIELDS, "accepts": ACCEPT_FIELDS}
 
     def _hand_over(self, table: str) -> None:
         rows = self._rows[table]
         if rows:
             self._rows[table] = []
-            self.recording.write(table, rows)
+            self.recording.write(table, dict(zip(self._fields[table], map(list, zip(*rows)))))
 
     def on_events(self, events) -> None:
         connects, accepts = self._rows["connects"], self._rows["accepts"]
+        clock = self.clock
         for ev in events:
-            if isinstance(ev, Connect):
-                connects.append(connect_row(ev, self.clock))
-            elif isinstance(ev, Accept):
-                accepts.append(accept_row(ev, self.clock))
+            kind = type(ev)
+            if kind is Connect:
+                connects.append(connect_values(ev, clock))
+            elif kind is Accept:
+                accepts.append(accept_values(ev, clock))
         for table, rows in self._rows.items():
             if len(rows) >= BATCH_ROWS:
                 self._hand_over(table)
