@@ -31,6 +31,10 @@ class Status:
     decode_errors: int
     inflight: int
     untracked_other: int = 0  # handshake or listener maps full
+    # Runs of our programs the kernel skipped because another BPF program
+    # was running on that CPU (bpf_prog_info.recursion_misses). Most fall on
+    # state changes that make no event; any may have been one, so shown.
+    missed_runs: int = 0
 
     @property
     def lost_total(self) -> int:
@@ -82,6 +86,7 @@ class Collector:
             inflight=self.session.inflight(),
             untracked_other=(c.get("untracked_accept_waits", 0) + c.get("untracked_listeners", 0)
                              + c.get("untracked_lifetimes", 0)),
+            missed_runs=c.get("missed_runs", 0),
         )
 
     def _drain(self, timeout_ms: int) -> None:

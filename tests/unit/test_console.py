@@ -129,3 +129,17 @@ def test_destination_with_connects_stuck_shows_first():
     lines = format_table(status(), snap(t)).splitlines()
     assert lines[2].split()[0] == "10.0.0.9:443"
     assert lines[2].endswith("37 (4.2s)")
+
+
+def test_probe_runs_skipped_by_the_kernel_are_shown_not_hidden():
+    from tracer.sinks.console import StatusLineSink
+
+    quiet = status()
+    skipped = Status(elapsed_s=12.0, events_total=345, events_per_s=28.7, lost_events=0,
+                     untracked_connects=0, decode_errors=0, inflight=3, missed_runs=17)
+    assert "skipped" not in format_table(quiet, snap())
+    assert "probe runs skipped by the kernel 17" in format_table(skipped, snap()).splitlines()[0]
+    sink = StatusLineSink(stream=open("/dev/null", "w"))
+    assert "skipped" not in sink.line(quiet)
+    assert "probe runs skipped by the kernel 17" in sink.line(skipped)
+    assert skipped.lost_total == 0   # a skipped run is not known to be a lost event

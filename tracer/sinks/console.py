@@ -62,12 +62,17 @@ def rank_listeners(rows) -> list[ListenerRow]:
                                        -(r.queue_peak / r.backlog_max if r.backlog_max else 0)))
 
 
+def missed_note(status) -> str:
+    missed = getattr(status, "missed_runs", 0)
+    return f"  probe runs skipped by the kernel {missed} (BPF recursion)" if missed else ""
+
+
 def format_table(status, snapshot: Snapshot, limit: int = 15, title: str = "") -> str:
     lost = status.lost_total
     lines = [
         f"{time.strftime('%H:%M:%S')} {title}events {status.events_total} "
         f"({status.events_per_s:.0f}/s)  lost {lost}{'  <-- EVENTS LOST' if lost else ''}  "
-        f"in-flight connects {status.inflight}",
+        f"in-flight connects {status.inflight}{missed_note(status)}",
         HEADER,
     ]
     rows = rank(list(snapshot.destinations))
@@ -121,7 +126,7 @@ class StatusLineSink:
         text = (f"connscope: {status.elapsed_s:.0f}s  events {status.events_total} "
                 f"({status.events_per_s:.0f}/s)  lost {status.lost_total}  "
                 f"files {rec.get('files_written', 0)} "
-                f"({rec.get('bytes_written', 0) / 1e6:.1f} MB)")
+                f"({rec.get('bytes_written', 0) / 1e6:.1f} MB){missed_note(status)}")
         dropped = sum((rec.get("dropped_rows") or {}).values())
         if rec.get("paused_reason"):
             text += f"  WARNING: {rec['paused_reason']}"
