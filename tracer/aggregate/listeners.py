@@ -110,6 +110,9 @@ class ListenerTable:
         new_drops: dict[tuple, tuple[int, int]] = {}
 
         prev_counters = {k: v.counters for k, v in self._by_key.items()}
+        # Before anything below adds this interval's new listeners: one
+        # that is new now has no previous sk_drops, whoever saw it first.
+        prev_sk_drops = {k: v.sk_drops for k, v in self._by_key.items()}
         for c in counters:
             lst = self._get(c.key)
             lst.counters = c
@@ -120,7 +123,6 @@ class ListenerTable:
                 lst.backlog_max = c.backlog_max
             lst.syn_queue_len = c.syn_queue_len
 
-        prev_sk_drops = {k: v.sk_drops for k, v in self._by_key.items()}
         for netns, s in diag:
             key = (netns, s.family, s.saddr, s.sport)
             lst = self._get(key)
