@@ -74,6 +74,18 @@ def test_listener_opened_after_start_seen_by_bpf_too_counts_from_zero():
     assert (r.drops, r.syn_drops, r.drops_total) == (5, 30, 35)
 
 
+def test_listener_opened_after_start_first_seen_through_an_accept_counts_from_zero():
+    # The application accepted (an event, before the interval closes) while
+    # the flood overflowed its queue: the entry exists, its sk_drops do not.
+    t = ListenerTable(drop_points_hooked=False)
+    t.prime([], [])
+    t.add_accept(Accept(ts_ns=2, ts_handshake_ns=1, pid=42, tid=42, comm="srv", family=4,
+                        laddr="127.0.0.1", lport=8080, raddr="127.0.0.1", rport=50000,
+                        backlog_len=8, backlog_max=8, netns=NS))
+    [r] = t.update(1.0, [(NS, Diag(4, "127.0.0.1", 8080, 8, 8, drops=40))], [])
+    assert (r.syn_drops, r.drops_total, r.accepts) == (40, 40, 1)
+
+
 def test_accept_waits_found_through_wildcard_listener():
     t = ListenerTable(drop_points_hooked=False)
     t.prime([(NS, Diag(4, "0.0.0.0", 80, 0, 128, drops=0))], [])

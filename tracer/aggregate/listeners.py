@@ -146,7 +146,11 @@ class ListenerTable:
             else:
                 # A listener first seen after prime() was opened since: it
                 # started from zero drops (treating it as unknown lost ~3 %).
-                prev = prev_sk_drops.get(key, 0) if self._primed else prev_sk_drops.get(key)
+                # (Its entry may exist already without sk_drops: made by BPF's
+                # counters or by an accept event earlier in this interval.)
+                prev = prev_sk_drops.get(key)
+                if prev is None and self._primed:
+                    prev = 0
                 if lst.sk_drops is not None and prev is not None:
                     drops, syn_drops = split_drops(lst.sk_drops - prev, d_ack, d_cookie)
                 else:
