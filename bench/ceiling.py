@@ -39,8 +39,8 @@ def _wait_ports(path: Path, proc, limit_s: float = 10.0) -> list[int]:
     raise RuntimeError("the loopback server did not start")
 
 
-def one_step(procs: Processes, workdir: Path, rate: int, seconds: float) -> dict:
-    d = workdir / f"ceiling-{rate}"
+def one_step(procs: Processes, workdir: Path, rate: int, seconds: float, tag: str = "") -> dict:
+    d = workdir / f"ceiling-{rate}{tag}"
     d.mkdir(parents=True)
     server = procs.start([PYTHON, "-m", "bench.loopback_load", "server", "--ports",
                           str(SERVER_PORTS), "--lifetime", str(seconds + 120)],
@@ -101,7 +101,7 @@ def one_step(procs: Processes, workdir: Path, rate: int, seconds: float) -> dict
 
 def run(procs: Processes, workdir: Path, quick: bool = False, log=print) -> Section:
     rates = [2_000, 8_000, 16_000, 24_000] if quick else \
-        [1_000, 2_000, 4_000, 6_000, 8_000, 10_000, 12_000, 16_000, 20_000, 24_000]
+        [1_000, 2_000, 4_000, 8_000, 12_000, 16_000, 20_000, 24_000, 32_000, 40_000]
     seconds = 5.0 if quick else 8.0
     steps = []
     for rate in rates:
@@ -116,7 +116,7 @@ def run(procs: Processes, workdir: Path, quick: bool = False, log=print) -> Sect
     if not quick:
         # Past the ceiling for longer: does memory stay bounded, do losses stay counted?
         rate = max(s["achieved_rate"] for s in steps)
-        st = one_step(procs, workdir, rate, 30.0)
+        st = one_step(procs, workdir, rate, 30.0, tag="-endurance")
         st["endurance"] = True
         steps.append(st)
         log(f"  endurance {st['achieved_rate']}/s for 30 s: lost {st['lost']}, RSS (s, MB, anon MB) "
