@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes as ct
 import json
+import os
 import struct
 import sys
 
@@ -74,7 +75,7 @@ def compile_program(source: str, cflags: list[str]) -> CompiledProgram:
     flags = (ct.c_char_p * len(cflags))(*[f.encode() for f in cflags])
     module = lib.bpf_module_create_c_from_string(source.encode(), 0, flags, len(cflags), True, None)
     if not module:
-        raise CompileError("bcc could not compile bpf/main.c (its errors are above)")
+        raise CompileError("bcc could not compile bpf/main.c")
     try:
         maps, fd_to_map = [], {}
         for i in range(lib.bpf_num_tables(module)):
@@ -103,12 +104,18 @@ def compile_program(source: str, cflags: list[str]) -> CompiledProgram:
 
 def main() -> int:
     req = json.load(sys.stdin)
+    # bcc and clang print to stdout too ("Unable to find kernel headers ..."):
+    # all of that goes to stderr, and stdout carries only the result.
+    sys.stdout.flush()
+    result = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
     try:
         prog = compile_program(req["source"], req["cflags"])
     except CompileError as e:
         print(f"connscope compiler: {e}", file=sys.stderr)
         return 1
-    json.dump(prog.to_json(), sys.stdout)
+    with result:
+        json.dump(prog.to_json(), result)
     return 0
 
 

@@ -124,17 +124,25 @@ def compile_in_child(source: str, flags: list[str], env: dict[str, str],
     except subprocess.TimeoutExpired:
         raise CompileFailed(f"compiling the BPF programs took longer than {timeout:.0f} s") from None
     if proc.returncode != 0:
-        raise CompileFailed(_first_error(proc.stderr) or f"compiler exited with {proc.returncode}")
+        raise CompileFailed(first_error(proc.stderr) or f"compiler exited with {proc.returncode}")
     try:
         return CompiledProgram.from_json(json.loads(proc.stdout))
     except (ValueError, KeyError, TypeError) as e:
         raise CompileFailed(f"unreadable compiler output ({e})") from None
 
 
-def _first_error(stderr: str) -> str:
+_NOISE = ("modprobe: not found", "chdir(", "In file included from", "warning:")
+
+
+def first_error(stderr: str) -> str:
+    """The line of the compiler's output that says what went wrong: clang's
+    first error, else bcc's own complaint, else ours."""
     lines = [l.strip() for l in stderr.splitlines() if l.strip()]
     for line in lines:
-        if "error:" in line or "connscope compiler:" in line:
+        if "error:" in line:
+            return line
+    for line in lines:
+        if not line.startswith("connscope compiler:") and not any(n in line for n in _NOISE):
             return line
     return lines[-1] if lines else ""
 
