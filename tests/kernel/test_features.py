@@ -237,3 +237,34 @@ def test_syn_timeout_arithmetic_matches_the_kernel():
         expected = doctor.syn_timeout_seconds(retries, got["linear"])
         assert got["result"] == "ETIMEDOUT"
         assert expected - 0.05 <= got["seconds"] <= expected + 0.75, (got, expected)
+
+
+def test_kretprobe_events_left_by_a_killed_connscope_are_removed(probe_session):
+    """kill -9 skips close(), which would leave connscope's kretprobe (made
+    through kprobe_events for its maxactive) behind; the next start removes
+    those of dead processes, and close() its own."""
+    from tracer.filters import Filters
+    from tracer.probes import loader, startup
+
+    if probe_session.info.backend != "kprobe":
+        pytest.skip(f"kprobe_events entries are made only by the kprobe backend "
+                    f"(this run: {probe_session.info.backend})")
+    path = Path(loader.tracefs_root()) / "kprobe_events"
+    dead = next(p for p in range(4_000_000, 4_100_000) if not os.path.exists(f"/proc/{p}"))
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, f"r:connscope_{dead}/kretp_inet_csk_accept_1 inet_csk_accept".encode())
+    finally:
+        os.close(fd)
+    assert f"connscope_{dead}/" in path.read_text()
+    session = startup.start("kprobe", Filters())
+    try:
+        text = path.read_text()
+        assert f"connscope_{dead}/" not in text
+        mine = [l for l in text.splitlines() if f"connscope_{os.getpid()}/" in l]
+        assert len(mine) == 2, text          # the fixture's session and this one
+        assert all(l.startswith("r4096:") for l in mine), text
+        assert not [n for n in session.info.notes if "maxactive" in n], session.info.notes
+    finally:
+        session.close()
+    assert len([l for l in path.read_text().splitlines() if f"connscope_{os.getpid()}/" in l]) == 1

@@ -141,3 +141,33 @@ def test_prune_keeps_the_newest(cache):
     left = sorted(os.listdir(cache))
     assert len(left) == compiled.KEEP
     assert "k0.json" not in left and f"k{compiled.KEEP + 2}.json" in left
+
+
+def test_compile_failure_message_is_the_line_that_says_why():
+    from tracer.probes.program import first_error
+
+    clang = ("In file included from /virtual/main.c:3:\n"
+             "/virtual/common.h:12:5: warning: unused variable 'x'\n"
+             "/virtual/main.c:40:9: error: use of undeclared identifier 'OFF_SKC_NET'\n"
+             "1 error generated.\n"
+             "connscope compiler: bcc could not compile bpf/main.c\n")
+    assert first_error(clang) == "/virtual/main.c:40:9: error: use of undeclared identifier 'OFF_SKC_NET'"
+    no_headers = ("sh: 1: modprobe: not found\n"
+                  "chdir(/lib/modules/6.18/build): No such file or directory\n"
+                  "Unable to find kernel headers. Try rebuilding kernel with CONFIG_IKHEADERS=m\n"
+                  "connscope compiler: bcc could not compile bpf/main.c\n")
+    assert first_error(no_headers).startswith("Unable to find kernel headers")
+    assert first_error("connscope compiler: bcc could not compile bpf/main.c\n") == \
+        "connscope compiler: bcc could not compile bpf/main.c"
+    assert first_error("") == ""
+
+
+def test_stale_kprobe_events_of_dead_connscopes_are_found():
+    from tracer.probes.loader import stale_events
+
+    text = ("r4096:connscope_111/kretp_inet_csk_accept inet_csk_accept\n"
+            "r4096:connscope_222/kretp_inet_csk_accept inet_csk_accept\n"
+            "p:kprobes/p_tcp_v4_connect_bcc_333 tcp_v4_connect\n"
+            "r:connscope_x/odd tcp_v4_connect\n\n")
+    assert stale_events(text, alive=lambda pid: pid == 222) == ["connscope_111/kretp_inet_csk_accept"]
+    assert stale_events("", alive=lambda pid: False) == []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import itertools
 import os
 import struct
 from dataclasses import dataclass, field
@@ -277,12 +278,49 @@ def _pmu_type() -> tuple[int, int]:
     return ptype, bit
 
 
+EVENT_GROUP = "connscope_"
+_EVENT_SERIAL = itertools.count(1)
+
+
+def stale_events(kprobe_events: str, alive) -> list[str]:
+    """The "group/name" of kprobe events a connscope that is gone left behind
+    (kill -9 skips close()): groups connscope_<pid> whose pid is not alive."""
+    out = []
+    for line in kprobe_events.splitlines():
+        head = line.split(None, 1)[0] if line.strip() else ""
+        event = head.split(":", 1)[1] if ":" in head else ""
+        group = event.split("/", 1)[0]
+        if group.startswith(EVENT_GROUP) and group[len(EVENT_GROUP):].isdigit():
+            if not alive(int(group[len(EVENT_GROUP):])):
+                out.append(event)
+    return out
+
+
+def _pid_alive(pid: int) -> bool:
+    return os.path.exists(f"/proc/{pid}")
+
+
+def _remove_stale_events() -> None:
+    try:
+        with open(os.path.join(tracefs_root(), "kprobe_events")) as f:
+            text = f.read()
+    except (OSError, LoadError):
+        return
+    for event in stale_events(text, _pid_alive):
+        try:
+            _write_tracefs("kprobe_events", f"-:{event}")
+        except OSError:
+            pass   # in use by someone: leave it
+
+
 def _attach_kprobe(loaded: LoadedProgram, prog_fd: int, kp: KprobeSpec) -> tuple[int, str]:
     """Returns (fd to keep, note or "")."""
     note = ""
     if kp.ret and kp.maxactive:
+        _remove_stale_events()
         # The perf kprobe PMU has no maxactive; kprobe_events does.
-        event = f"connscope_{os.getpid()}/{kp.function}"
+        # unique per load: one process may hold two sessions (tests do)
+        event = f"{EVENT_GROUP}{os.getpid()}/{kp.function}_{next(_EVENT_SERIAL)}"
         try:
             _write_tracefs("kprobe_events", f"r{kp.maxactive}:{event} {kp.target}")
         except OSError as e:
