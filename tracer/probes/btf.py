@@ -101,6 +101,11 @@ class BTF:
     def from_bytes(cls, data: bytes, source: str = "<bytes>") -> "BTF":
         return cls(bytes(data), source)
 
+    @property
+    def raw(self) -> bytes:
+        """The blob as read (the compiled-program cache keys on it)."""
+        return self._data
+
     def _error(self, message: str) -> BTFError:
         return BTFError(f"{message} in {self.source}")
 

@@ -41,5 +41,6 @@ def start(requested: str, filters: Filters) -> ProbeSession:
         flags += fentry_cflags(btf)
     session = ProbeSession(backend, filters, ringbuf=features.ringbuf.ok, offset_flags=flags,
                            env=headers.bcc_environment(tree), offsets_from=offsets_from,
-                           headers=tree.how)
+                           headers=tree.how,
+                           btf_data=btf.raw if btf is not None else None)
     return session.open()
