@@ -266,6 +266,13 @@ def _feature(f: Feature) -> dict:
     return asdict(f)
 
 
+def _program_cache() -> dict:
+    from tracer.probes import compiled
+
+    ok, detail = compiled.status()
+    return {"ok": ok, "detail": detail, "tested": True}
+
+
 def collect(features: Optional[Features] = None, *,
             sysctls: Optional[dict[str, Optional[str]]] = None,
             nofile: Optional[tuple[int, int]] = None) -> dict:
@@ -291,6 +298,7 @@ def collect(features: Optional[Features] = None, *,
         "fentry": _feature(f.fentry),
         "tracepoints": {**_feature(f.tracepoints), "present": dict(f.tracepoint_presence)},
         "ringbuf": _feature(f.ringbuf),
+        "program_cache": _program_cache(),
         "load_tested": f.load_tested,
         "backend": {"auto": auto, "why": auto_reason(f), "error": auto_error},
         "visibility": {b: backend_visibility(b, f) for b in AUTO_ORDER},
@@ -327,6 +335,8 @@ def render_text(report: dict) -> str:
         ("tracepoints", r["tracepoints"], r["tracepoints"]["detail"]),
         ("ring buffer", r["ringbuf"], r["ringbuf"]["detail"]),
     ]
+    if "program_cache" in r:
+        rows.append(("prog cache", r["program_cache"], r["program_cache"]["detail"]))
     lines.append("Host")
     for name, d, detail in rows:
         lines.append(f"  {name:<12} {_mark(d):<3} {detail}")

@@ -171,3 +171,16 @@ def test_stale_kprobe_events_of_dead_connscopes_are_found():
             "r:connscope_x/odd tcp_v4_connect\n\n")
     assert stale_events(text, alive=lambda pid: pid == 222) == ["connscope_111/kretp_inet_csk_accept"]
     assert stale_events("", alive=lambda pid: False) == []
+
+
+def test_status_for_doctor(cache, monkeypatch):
+    ok, text = compiled.status(cache)
+    assert ok and "empty" in text
+    compiled.store("k1", program(), cache)
+    ok, text = compiled.status(cache)
+    assert ok and "1 compiled program;" in text
+    os.chmod(cache, 0o777)
+    ok, text = compiled.status(cache)
+    assert not ok and "ignored" in text
+    monkeypatch.setenv(compiled.CACHE_ENV, "off")
+    assert compiled.status() == (True, f"off ({compiled.CACHE_ENV}=off): every start compiles")

@@ -170,6 +170,21 @@ def store(key: str, prog: CompiledProgram, directory: str | None = None) -> str 
         return None
 
 
+def status(directory: str | None = None) -> tuple[bool, str]:
+    """(usable, one line) for `connscope doctor`."""
+    directory = directory or cache_dir()
+    if directory is None:
+        return True, f"off ({CACHE_ENV}=off): every start compiles"
+    if not os.path.exists(directory):
+        return True, f"{directory}: empty (made by the first start, which compiles)"
+    if not _trusted(directory):
+        return False, (f"{directory} is not trusted (not owned by this user, writable by others, "
+                       f"or a link): ignored, every start compiles")
+    n = sum(1 for name in os.listdir(directory) if name.endswith(".json") and not name.startswith("."))
+    return True, (f"{directory}: {n} compiled program{'s' if n != 1 else ''}; a start whose "
+                  f"program is in it loads in milliseconds, another compiles once")
+
+
 def _prune(directory: str) -> None:
     entries = []
     for name in os.listdir(directory):
