@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import BinaryIO, Callable, TypeVar
+
+T = TypeVar("T")
 
 FILE_MODE = 0o640
 DIR_MODE = 0o750
@@ -82,10 +85,10 @@ def publish(tmp: Path, final: Path) -> None:
     fsync_dir(Path(final).parent)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Replace `path` with `data`: readers see the old or the new content, never a mix."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+def write_via(tmp: Path, path: Path, write: Callable[[BinaryIO], T]) -> T:
+    """Have `write(f)` fill `tmp` (created afresh: a leftover from a crash is
+    removed), fsync it and rename it to `path` durably; on any failure `tmp`
+    is removed. Returns what `write` returned."""
     try:
         os.unlink(tmp)  # left by a crash between create and rename
     except FileNotFoundError:
@@ -93,7 +96,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     fd = create_file(tmp)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            result = write(f)
             f.flush()
             os.fsync(f.fileno())
         publish(tmp, path)
@@ -103,3 +106,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         except OSError:
             pass
         raise
+    return result
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Replace `path` with `data`: readers see the old or the new content, never a mix."""
+    path = Path(path)
+    write_via(path.with_name(path.name + ".tmp"), path, lambda f: f.write(data))

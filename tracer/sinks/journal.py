@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tracer.sinks.durable_files import create_file, fsync_dir, publish
+from tracer.sinks.durable_files import create_file, fsync_dir, write_via
 
 JOURNAL_SUFFIX = ".arrows.inprogress"
 PARQUET_TMP_SUFFIX = ".parquet.inprogress"
@@ -104,26 +104,12 @@ def parquet_path(journal: Path) -> Path:
 def write_parquet(path: Path, table: pa.Table, row_group_rows: int) -> int:
     """Write `table` to `path` via a temporary name, durably; return the file size."""
     tmp = path.with_name(path.name[: -len(".parquet")] + PARQUET_TMP_SUFFIX)
-    try:
-        os.unlink(tmp)  # half-written by an earlier attempt
-    except FileNotFoundError:
-        pass
-    fd = create_file(tmp)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pq.write_table(table, f, row_group_size=row_group_rows, compression="zstd",
-                           write_statistics=True)
-            f.flush()
-            os.fsync(f.fileno())
-            size = f.tell()
-        publish(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return size
+
+    def write(f) -> int:
+        pq.write_table(table, f, row_group_size=row_group_rows, compression="zstd",
+                       write_statistics=True)
+        return f.tell()
+    return write_via(tmp, path, write)
 
 
 def journal_to_parquet(journal: Path, row_group_rows: int = ROW_GROUP_ROWS
