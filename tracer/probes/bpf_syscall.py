@@ -29,6 +29,8 @@ _libc.ioctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong)
 # commands
 MAP_CREATE, MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM, MAP_DELETE_ELEM, MAP_GET_NEXT_KEY = 0, 1, 2, 3, 4
 PROG_LOAD, OBJ_GET_INFO_BY_FD, RAW_TRACEPOINT_OPEN = 5, 15, 17
+MAP_LOOKUP_BATCH = 24
+_NO_BATCH = (errno.EINVAL, errno.EOPNOTSUPP, 524)   # 524: the kernel's ENOTSUPP
 # map types
 MAP_HASH, MAP_ARRAY, MAP_PERF_EVENT_ARRAY, MAP_PERCPU_HASH, MAP_PERCPU_ARRAY = 1, 2, 4, 5, 6
 MAP_RINGBUF = 27
@@ -168,6 +170,43 @@ def map_keys(fd: int, key_size: int, limit: int = 1 << 22) -> list[bytes]:
             cur = ctypes.create_string_buffer(key_size)
             struct.pack_into("<Q", attr, 8, ctypes.addressof(cur))
         ctypes.memmove(cur, nxt, key_size)
+    return out
+
+
+def map_lookup_batch(fd: int, key_size: int, value_size: int, chunk: int = 4096,
+                     limit: int = 1 << 22) -> list[tuple[bytes, bytes]] | None:
+    """All (key, value) pairs, `chunk` at a time in one syscall each
+    (BPF_MAP_LOOKUP_BATCH, 5.6+); None when the kernel or map type has no
+    batch operations (then walk the keys)."""
+    keys = ctypes.create_string_buffer(key_size * chunk)
+    values = ctypes.create_string_buffer(value_size * chunk)
+    token = max(key_size, 8)            # the kernel's cursor between calls
+    in_batch = ctypes.create_string_buffer(token)
+    out_batch = ctypes.create_string_buffer(token)
+    attr = ctypes.create_string_buffer(56)
+    out: list[tuple[bytes, bytes]] = []
+    first = True
+    while len(out) < limit:
+        struct.pack_into("<QQQQII", attr, 0, 0 if first else ctypes.addressof(in_batch),
+                         ctypes.addressof(out_batch), ctypes.addressof(keys),
+                         ctypes.addressof(values), chunk, fd)
+        done = False
+        try:
+            bpf(MAP_LOOKUP_BATCH, attr)
+        except BPFSyscallError as e:
+            if e.errno != errno.ENOENT:
+                if first and e.errno in _NO_BATCH:
+                    return None
+                raise
+            done = True     # the last call: `count` still says how many it copied
+        n = struct.unpack_from("<I", attr, 32)[0]
+        kraw, vraw = keys.raw, values.raw
+        out += [(kraw[i * key_size:(i + 1) * key_size], vraw[i * value_size:(i + 1) * value_size])
+                for i in range(n)]
+        if done:
+            break
+        ctypes.memmove(in_batch, out_batch, token)
+        first = False
     return out
 
 

@@ -44,6 +44,7 @@ class Map:
         self._slot = (spec.value_size + 7) & ~7
         self.value_size = self._slot * ncpus if self.percpu else spec.value_size
         self.ncpus = ncpus
+        self._batch = True   # until the kernel says it has no batch lookups
 
     def lookup(self, key: bytes) -> bytes | None:
         return sc.map_lookup(self.fd, key, self.value_size)
@@ -58,6 +59,17 @@ class Map:
         return sc.map_keys(self.fd, self.spec.key_size, limit=max(self.spec.max_entries, 1))
 
     def items(self) -> list[tuple[bytes, bytes]]:
+        """Every entry: in batches of thousands per syscall where the kernel
+        can, else key by key (two syscalls an entry)."""
+        if self._batch and not self.percpu:
+            got = sc.map_lookup_batch(self.fd, self.spec.key_size, self.value_size,
+                                      limit=max(self.spec.max_entries, 1))
+            if got is not None:
+                return got
+            self._batch = False
+        return self.items_one_by_one()
+
+    def items_one_by_one(self) -> list[tuple[bytes, bytes]]:
         out = []
         for k in self.keys():
             v = self.lookup(k)
@@ -66,6 +78,8 @@ class Map:
         return out
 
     def __len__(self) -> int:
+        if self._batch and not self.percpu:
+            return len(self.items())   # a few syscalls, where a key walk makes one an entry
         return len(self.keys())
 
     def per_cpu(self, value: bytes) -> list[bytes]:
