@@ -52,7 +52,10 @@ _MAP_FAILED = ctypes.c_void_p(-1).value
 
 
 class BPFSyscallError(OSError):
-    """A bpf() or perf_event_open() call failed; .errno says why."""
+    """A bpf() or perf_event_open() call failed; .errno says why, and for a
+    program load with a log, .log holds the verifier's words."""
+
+    log = ""
 
 
 def _arch() -> tuple[int, int]:
@@ -111,7 +114,9 @@ def prog_load(prog_type: int, insns: bytes, *, name: str = "", license: bytes = 
         text = log.value.decode(errors="replace").strip() if log else ""
         if text:
             tail = " | ".join(text.splitlines()[-3:])
-            raise BPFSyscallError(e.errno, f"{e.strerror}: {tail}") from None
+            err = BPFSyscallError(e.errno, f"{e.strerror}: {tail}")
+            err.log = text
+            raise err from None
         raise
 
 

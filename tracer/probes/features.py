@@ -9,7 +9,6 @@ check (and the ring buffer's) runs only as root and only when asked.
 """
 from __future__ import annotations
 
-import ctypes
 import errno
 import gzip
 import os
@@ -19,9 +18,11 @@ import struct
 from dataclasses import dataclass, field
 from typing import Optional
 
+from tracer.probes import bpf_syscall as sc
 from tracer.probes import headers as headers_mod
 from tracer.probes.btf import BTF, BTFError, kernel_btf
 from tracer.probes.headers import HeaderTree
+from tracer.probes.loader import find_vmlinux_btf_id
 
 BACKENDS = ("auto", "fentry", "kprobe", "tracepoint")
 AUTO_ORDER = ("fentry", "kprobe", "tracepoint")  # cheapest per event first
@@ -314,48 +315,17 @@ def _check_tracepoints(is_root: bool) -> tuple[Feature, dict[str, bool]]:
 # Raw bpf(2): the two load tests need no compiler, so they cost well under a
 # millisecond (a bcc compile of the same program takes 0.2 s here and 30 s in
 # a TCG guest) and work before any header tree exists.
-_BPF_NR = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351}
-BPF_MAP_CREATE, BPF_PROG_LOAD, BPF_RAW_TRACEPOINT_OPEN = 0, 5, 17
-BPF_MAP_TYPE_RINGBUF = 27
-BPF_PROG_TYPE_TRACING, BPF_TRACE_FENTRY = 26, 24
-_RETURN_0 = (0x00000000000000B7, 0x0000000000000095)  # r0 = 0; exit
-_ATTR_SIZE = 128  # union bpf_attr prefix we fill; the kernel accepts a shorter one
-
-
-def _bpf(cmd: int, attr: ctypes.Array) -> tuple[int, int]:
-    """bpf(cmd, attr): (result, errno)."""
-    nr = _BPF_NR.get(platform.machine())
-    if nr is None:
-        return -1, errno.ENOSYS
-    libc = ctypes.CDLL(None, use_errno=True)
-    ret = libc.syscall(ctypes.c_long(nr), ctypes.c_int(cmd), ctypes.byref(attr), ctypes.c_uint(len(attr)))
-    return ret, (ctypes.get_errno() if ret < 0 else 0)
-
-
-def _errno_text(err: int) -> str:
-    return f"{errno.errorcode.get(err, str(err))} ({os.strerror(err)})"
+_RETURN_0 = struct.pack("<QQ", 0x00000000000000B7, 0x0000000000000095)  # r0 = 0; exit
 
 
 def _create_ringbuf_map() -> Optional[int]:
     """Create and close a BPF ring buffer map; None on success, else errno."""
-    attr = ctypes.create_string_buffer(_ATTR_SIZE)
-    struct.pack_into("<IIII", attr, 0, BPF_MAP_TYPE_RINGBUF, 0, 0, 4096)  # type, key, value, size
-    fd, err = _bpf(BPF_MAP_CREATE, attr)
-    if fd < 0:
-        return err
+    try:
+        fd = sc.map_create(sc.MAP_RINGBUF, 0, 0, 4096)
+    except OSError as e:
+        return e.errno
     os.close(fd)
     return None
-
-
-def _vmlinux_btf_id(fn: str) -> int:
-    """BTF type id of kernel function `fn` (negative errno when unknown), via libbpf."""
-    try:
-        libbpf = ctypes.CDLL("libbpf.so.1")
-    except OSError:
-        return -errno.ENOENT
-    find = libbpf.libbpf_find_vmlinux_btf_id
-    find.argtypes, find.restype = (ctypes.c_char_p, ctypes.c_int), ctypes.c_int
-    return find(fn.encode(), BPF_TRACE_FENTRY)
 
 
 def _test_fentry(fn: str = FENTRY_TEST_FUNCTION, btf_id: Optional[int] = None) -> Feature:
@@ -364,32 +334,24 @@ def _test_fentry(fn: str = FENTRY_TEST_FUNCTION, btf_id: Optional[int] = None) -
     btf_id: `fn`'s id in the kernel BTF if known; else libbpf looks it up, which
     costs ~10 ms (it parses the kernel BTF again)."""
     if btf_id is None:
-        btf_id = _vmlinux_btf_id(fn)
+        btf_id = find_vmlinux_btf_id(fn, sc.TRACE_FENTRY)
     if btf_id <= 0:
         return Feature(False, f"not tested: no BTF id for {fn} (libbpf: "
-                              f"{_errno_text(-btf_id) if btf_id < 0 else 'none'})", tested=False)
-    insns = (ctypes.c_uint64 * len(_RETURN_0))(*_RETURN_0)
-    license = ctypes.create_string_buffer(b"GPL")
-    log = ctypes.create_string_buffer(4096)
-    attr = ctypes.create_string_buffer(_ATTR_SIZE)
-    # prog_type, insn_cnt, insns, license, log_level, log_size, log_buf
-    struct.pack_into("<IIQQIIQ", attr, 0, BPF_PROG_TYPE_TRACING, len(_RETURN_0), ctypes.addressof(insns),
-                     ctypes.addressof(license), 1, len(log), ctypes.addressof(log))
-    struct.pack_into("<I", attr, 68, BPF_TRACE_FENTRY)  # expected_attach_type
-    struct.pack_into("<I", attr, 108, btf_id)           # attach_btf_id
-    prog, err = _bpf(BPF_PROG_LOAD, attr)
-    if prog < 0:
-        verifier = log.value.decode(errors="replace").strip().splitlines()
-        as_root = ", even as root" if err == errno.EPERM and os.geteuid() == 0 else ""
-        return Feature(False, f"{_errno_text(err)} when loading a BPF_PROG_TYPE_TRACING program{as_root}"
-                              + (f": {verifier[-1]}" if verifier else ""))
+                              f"{sc.errno_text(-btf_id) if btf_id < 0 else 'none'})", tested=False)
     try:
-        link_attr = ctypes.create_string_buffer(16)
-        struct.pack_into("<QI", link_attr, 0, 0, prog)  # name = NULL: attach at attach_btf_id
-        link, err = _bpf(BPF_RAW_TRACEPOINT_OPEN, link_attr)
-        if link < 0:
+        prog, _ = sc.prog_load(sc.PROG_TRACING, _RETURN_0, expected_attach_type=sc.TRACE_FENTRY,
+                               attach_btf_id=btf_id, log_size=4096)
+    except OSError as e:
+        verifier = getattr(e, "log", "").splitlines()
+        as_root = ", even as root" if e.errno == errno.EPERM and os.geteuid() == 0 else ""
+        return Feature(False, f"{sc.errno_text(e.errno)} when loading a BPF_PROG_TYPE_TRACING program"
+                              f"{as_root}" + (f": {verifier[-1]}" if verifier else ""))
+    try:
+        try:
+            link = sc.raw_tracepoint_open(prog, None)   # attach at attach_btf_id
+        except OSError as e:
             return Feature(False, f"a test fentry program on {fn} loaded but attaching it fails with "
-                                  f"{_errno_text(err)}")
+                                  f"{sc.errno_text(e.errno)}")
         os.close(link)
     finally:
         os.close(prog)
@@ -411,7 +373,7 @@ def _check_ringbuf(release: str, btf: Optional[BTF], load_tests: bool, is_root: 
     err = _create_ringbuf_map()
     if err is None:
         return Feature(True, "a test ring buffer map was created")
-    return Feature(False, f"creating a ring buffer map fails with {_errno_text(err)}; "
+    return Feature(False, f"creating a ring buffer map fails with {sc.errno_text(err)}; "
                           f"falls back to the perf buffer")
 
 
