@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from tests.kernel.workloads import wait_for
 from tracer.probes import procfs
 
 kernel = pytest.mark.kernel
@@ -118,7 +119,7 @@ def test_exit_of_a_holder_is_seen_at_the_next_read(owner):
     parent, child = owner["pid"], owner["child"]
     os.kill(child, 9)
     # The parent reaps it only at exit; a zombie has no fd table.
-    assert _wait(lambda: procfs.socket_inodes(child) in (None, set()))
+    assert wait_for(lambda: procfs.socket_inodes(child) in (None, set()))
     holders = procfs.owner_pids(set(owner["shared"].values()) | {owner["child_only"]})
     assert all(pids == (parent,) for pids in holders.values())
     assert owner["child_only"] not in holders
@@ -272,15 +273,6 @@ def test_full_scan_cost_with_200_processes(record_property):
     finally:
         proc.stdin.close()
         proc.wait(30)
-
-
-def _wait(predicate, timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 class _sleeping_thread:

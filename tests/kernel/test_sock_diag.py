@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.kernel import netlab
+from tests.kernel.workloads import wait_for
 from tracer.probes import sock_diag as sd
 
 pytestmark = pytest.mark.kernel
@@ -131,15 +132,6 @@ def settled(read, compare, tries: int = 10):
             return before, other
         time.sleep(0.1)
     pytest.fail("sockets kept changing; cannot compare with ss")
-
-
-def wait_for(predicate, timeout_s: float = 5.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 @contextmanager

@@ -253,3 +253,13 @@ def connect_many(addr: str, port: int, count: int, family: int | None = None,
     finally:
         for sock in socks:
             sock.close()
+
+
+def wait_for(predicate, timeout_s: float = 5.0) -> bool:
+    """Poll predicate() every 20 ms until it is true (True) or timeout_s passed (False)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
