@@ -19,7 +19,7 @@ from bench.process_tree import Processes, raise_nofile
 from bench.results import Results
 
 SECTIONS = ("overhead", "kernel", "ceiling", "startup", "overflow", "syscalls", "hotpaths")
-OVERHEAD_CONFIGS = ["none", "record", "top", "tcplife", "tcpstates", "probes", "probes-batched"]
+OVERHEAD_CONFIGS = ["none", "record", "top", "tcplife", "tcpstates", "probes", "probes-skip"]
 
 
 def log(msg: str) -> None:
@@ -40,6 +40,9 @@ def parse_args(argv):
                    help="benchmark this commit (exported with git archive into a temporary "
                         "directory; the repository is not touched) instead of the working tree, "
                         "which other engineers may be editing")
+    p.add_argument("--baseline", metavar="REV",
+                   help="also run `connscope record` from this commit in the overhead rounds "
+                        "(config record-baseline), side by side with the tree measured")
     p.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "latest.json",
                    help="where to save the JSON (default bench/results/latest.json; "
                         "the Markdown goes next to it as .md too)")
@@ -51,11 +54,13 @@ def run_section(name: str, args, procs: Processes, workdir: Path):
     if name == "overhead":
         from bench import overhead
         rounds = args.rounds or (2 if q else 5)
-        return overhead.run(procs, workdir, args.configs, rounds,
+        configs = list(args.configs) + (["record-baseline"] if args.baseline else [])
+        return overhead.run(procs, workdir, configs, rounds,
                             quiet_budget_s=30 if q else 120, log=log)
     if name == "kernel":
         from bench import kernel_cost
-        return kernel_cost.run(procs, workdir, log=log)
+        return kernel_cost.run(procs, workdir, log=log,
+                               configs=kernel_cost.CONFIGS + (["record-baseline"] if args.baseline else []))
     if name == "ceiling":
         from bench import ceiling
         return ceiling.run(procs, workdir, quick=q, log=log)
@@ -75,6 +80,23 @@ def run_section(name: str, args, procs: Processes, workdir: Path):
     raise ValueError(name)
 
 
+def export_commit(rev: str, dest: Path | None = None) -> tuple[Path, str]:
+    """git archive REV into dest (a new temporary directory if None)."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parent.parent
+    sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", rev],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    if dest is None:
+        dest = Path(tempfile.mkdtemp(prefix=f"connscope-bench-{sha}-"))
+    dest.mkdir(parents=True, exist_ok=True)
+    dest.chmod(0o755)
+    archive = subprocess.run(["git", "-C", str(repo), "archive", sha], capture_output=True,
+                             check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest, sha
+
+
 def run_commit(args, argv) -> int:
     """Export REV (tracer/, bpf/, ...) into a temporary directory, put this
     bench/ next to it, and run the benchmark there."""
@@ -82,14 +104,8 @@ def run_commit(args, argv) -> int:
     import subprocess
 
     repo = Path(__file__).resolve().parent.parent
-    sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", args.commit],
-                         capture_output=True, text=True, check=True).stdout.strip()
-    src = Path(tempfile.mkdtemp(prefix=f"connscope-bench-{sha}-"))
+    src, sha = export_commit(args.commit)
     try:
-        src.chmod(0o755)
-        archive = subprocess.run(["git", "-C", str(repo), "archive", sha], capture_output=True,
-                                 check=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
         shutil.rmtree(src / "bench", ignore_errors=True)
         shutil.copytree(repo / "bench", src / "bench",
                         ignore=shutil.ignore_patterns("results", "__pycache__"))
@@ -122,6 +138,11 @@ def main(argv=None) -> int:
     with Processes() as procs, tempfile.TemporaryDirectory(prefix="connscope-bench-") as tmp:
         workdir = Path(tmp)
         workdir.chmod(0o755)   # nginx workers run unprivileged and read files below it
+        if args.baseline:
+            from bench import tracers
+            src, sha = export_commit(args.baseline, workdir / "baseline")
+            tracers.CONFIGS["record-baseline"] = tracers.baseline_record(src, sha)
+            results.command += f"   # baseline: {args.baseline} = {sha}"
         for name in sections:
             log(f"bench: {name} ...")
             load = os.getloadavg()[0]

@@ -25,7 +25,7 @@ def _delta(before: dict, after: dict) -> dict[str, tuple[int, int, int]]:
 
 
 def run(procs: Processes, workdir: Path, requests: int = 20_000, concurrency: int = 1000,
-        log=print) -> Section:
+        log=print, configs: list[str] = CONFIGS) -> Section:
     s = Section("kernel", f"Kernel-side cost per connection (BPF run time, ab -n {requests} "
                           f"-c {concurrency} against nginx, one run each)",
                 "sudo bench/run --only kernel",
@@ -33,7 +33,7 @@ def run(procs: Processes, workdir: Path, requests: int = 20_000, concurrency: in
     raw = []
     with Nginx(procs, workdir / "kernel-nginx") as nginx:
         apache_bench.run(nginx.url, requests, concurrency)
-        for key in CONFIGS:
+        for key in configs:
             spec = tracers.CONFIGS[key]
             r = tracers.start(procs, spec, workdir / f"kernel-{key}")
             try:

@@ -78,6 +78,7 @@ class TracerSpec:
     env: Callable[[], dict] = tracer_env
     kind: str = "tracer"                  # "tracer" or "diagnostic"
     about: str = ""
+    cwd: Path | None = None               # where it runs (default: this repository)
 
     def command(self, run_dir: Path) -> str:
         return " ".join(str(a) for a in self.argv(run_dir))
@@ -94,7 +95,7 @@ def start(procs: Processes, spec: TracerSpec, run_dir: Path, ready_limit_s: floa
     run_dir.mkdir(parents=True, exist_ok=True)
     launched = time.time()
     t0 = time.monotonic()
-    proc = procs.start(spec.argv(run_dir), env=spec.env(), stdin=open("/dev/null"), cwd=REPO,
+    proc = procs.start(spec.argv(run_dir), env=spec.env(), stdin=open("/dev/null"), cwd=spec.cwd or REPO,
                        stdout=open(run_dir / "stdout", "wb"), stderr=open(run_dir / "stderr", "wb"))
     r = Running(spec, proc, run_dir, launched)
     deadline = t0 + ready_limit_s
@@ -254,12 +255,28 @@ PROBE_ONLY = TracerSpec(
     _stderr_has("probe_only: ready"), _probe_only_count, kind="diagnostic",
     about="connscope's BPF programs and event decoding, nothing after them")
 
-PROBE_BATCHED = TracerSpec(
-    "probes only, batched 50 ms (diagnostic)",
-    lambda d: [PYTHON, "-m", "bench.probe_only", "--batch-ms", "50"],
+PROBE_SKIP = TracerSpec(
+    "probes only, records not decoded (diagnostic)",
+    lambda d: [PYTHON, "-m", "bench.probe_only", "--skip"],
     _stderr_has("probe_only: ready"), _probe_only_count, kind="diagnostic",
-    about="as 'probes only', but reading the ring buffer every 50 ms instead of being woken per event")
+    about="connscope's BPF programs, the ring buffer read on the same clock, nothing decoded: "
+          "the kernel side's cost alone")
+
+
+
+def baseline_record(source: Path, label: str) -> TracerSpec:
+    """`connscope record` from another commit's tree (exported by bench/run
+    --baseline), run side by side with this tree's in the same rounds."""
+    def env():
+        e = tracer_env()
+        e["PYTHONPATH"] = str(source)
+        return e
+    return TracerSpec(f"connscope record at {label} (baseline)",
+                      lambda d: [PYTHON, "-m", "tracer", "record", "--out", d / "rec"],
+                      _stderr_has("recording to"), _record_count, env=env, cwd=source,
+                      about=f"headless recording to Parquet, commit {label}")
+
 
 NO_TRACER = None
 CONFIGS = {"none": NO_TRACER, "record": RECORD, "top": TOP_PLAIN, "tcplife": TCPLIFE,
-           "tcpstates": TCPSTATES, "probes": PROBE_ONLY, "probes-batched": PROBE_BATCHED}
+           "tcpstates": TCPSTATES, "probes": PROBE_ONLY, "probes-skip": PROBE_SKIP}

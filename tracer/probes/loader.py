@@ -245,16 +245,29 @@ def load(prog: CompiledProgram, *, kprobes: tuple[KprobeSpec, ...] = (), hidden:
     return loaded, notes
 
 
+def kernel_name(function: str) -> str:
+    """The name the kernel (and bpftool) shows for a program: 15 characters
+    at most, and distinct for every hook (bcc's function names are not: all
+    four accept syscall tracepoints begin `tracepoint__sys`)."""
+    if function.startswith("tracepoint__"):
+        event = function.split("__", 2)[2]
+        for long, short in (("inet_sock_set_state", "sock_set_state"), ("sys_", ""),
+                            ("retransmit", "rtx")):
+            event = event.replace(long, short)
+        return event[:15]
+    return function[:15]
+
+
 def _load(loaded: LoadedProgram, prog: CompiledProgram, name: str, insns: bytes, ptype: int,
           **kw) -> int:
     try:
-        fd, _ = sc.prog_load(ptype, insns, name=name[:15], license=prog.license.encode(),
+        fd, _ = sc.prog_load(ptype, insns, name=kernel_name(name), license=prog.license.encode(),
                              kern_version=prog.kern_version, **kw)
     except OSError as e:
         if e.errno in (errno.EPERM, errno.EACCES) and os.geteuid() != 0:
             raise LoadError("loading BPF programs needs root") from None
         try:   # again, with the verifier's log for the message
-            fd, _ = sc.prog_load(ptype, insns, name=name[:15], license=prog.license.encode(),
+            fd, _ = sc.prog_load(ptype, insns, name=kernel_name(name), license=prog.license.encode(),
                                  kern_version=prog.kern_version, log_size=1 << 20, **kw)
         except OSError as e2:
             raise LoadError(f"the kernel refuses BPF program {name}: {e2.strerror}") from None
