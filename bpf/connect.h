@@ -3,17 +3,19 @@
  * in main.c, one thin wrapper per backend.
  *
  * Life of an entry in `inflight` (keyed by the kernel socket address):
- *   connect_begin   process context (the caller's pid and comm are right here)
- *   connect_dest    the socket enters SYN_SENT: destination is known
+ *   connect_begin   process context (the caller's pid and comm are right here);
+ *                   the tracepoint backend begins when the socket enters
+ *                   SYN_SENT and passes the destination along (one update)
+ *   connect_dest    kprobe/fentry: the socket enters SYN_SENT, destination known
  *   connect_syn_rtx each SYN retransmit
  *   connect_end     the socket leaves SYN_SENT: one event, entry deleted
- *   connect_forget  tcp_destroy_sock: nothing outlives its socket
+ *   connect_forget  tcp_destroy_sock of a socket whose connect() failed
+ *                   before SYN_SENT (kprobe/fentry only): nothing outlives it
  */
 #ifndef CONNSCOPE_CONNECT_H
 #define CONNSCOPE_CONNECT_H
 
 #include "common.h"
-#include "sockets.h"
 
 #ifndef MAX_INFLIGHT
 #define MAX_INFLIGHT 65536
@@ -22,7 +24,9 @@
 /* struct inflight_connect is in event.h: user space reads the map. */
 BPF_HASH(inflight, u64, struct inflight_connect, MAX_INFLIGHT);
 
-static __always_inline void connect_begin(u64 sk, u16 family)
+/* daddr: the destination when it is already known (NULL: connect_dest
+ * brings it); inlined, so the test is decided at compile time. */
+static __always_inline void connect_begin(u64 sk, u16 family, u16 dport, const u8 *daddr)
 {
     if (!family_wanted(family))
         return;
@@ -35,6 +39,11 @@ static __always_inline void connect_begin(u64 sk, u16 family)
         return;
     c.family = family;
     c.ts_ns = bpf_ktime_get_ns();
+    if (daddr) {
+        c.dport = dport;
+        __builtin_memcpy(c.daddr, daddr, 16);
+        c.have_dest = 1;
+    }
     if (inflight.update(&sk, &c) != 0)
         count(CTR_INFLIGHT_FULL);
 }
@@ -101,14 +110,14 @@ static __always_inline void connect_end(void *ctx, u64 sk, int newstate, u16 spo
     }
     if (!ports_wanted(ev.sport, ev.dport))
         return;
-    if (ev.outcome == OUTCOME_ESTABLISHED)
-        sock_opened(sk, ev.ts_end_ns, ev.pid, ev.comm, ev.family, ev.daddr, ev.dport, ev.sport, 0);
     emit(ctx, &ev, sizeof(ev));
 }
 
 static __always_inline void connect_forget(u64 sk)
 {
-    inflight.delete(&sk);
+    /* A lookup costs a fifth of a delete, and there is rarely anything. */
+    if (inflight.lookup(&sk))
+        inflight.delete(&sk);
 }
 
 #endif

@@ -25,7 +25,6 @@
 #define CTR_INFLIGHT_FULL 1    /* connect not tracked: in-flight map full */
 #define CTR_HANDSHAKES_FULL 2  /* accept wait not measured: handshake map full */
 #define CTR_LISTENERS_FULL 3   /* listener not tracked: listener map full */
-#define CTR_OWNED_FULL 4       /* connection lifetime not tracked: owner map full */
 #define CTR_MAX 8
 
 struct connect_event {
@@ -66,22 +65,18 @@ struct accept_event {
     char comm[16];
 };
 
-/* A connection we saw open (connect or accept) is finished: the socket
- * reached CLOSE. Gives churn and lifetimes per process and destination. */
+/* A TCP socket reached CLOSE (from any state but LISTEN and SYN_SENT; a
+ * failed connect is a connect_event). Only the socket and the time: user
+ * space joins it with the connect_event or accept_event of the same `sk`,
+ * which already told who opened it and to where. Sockets it saw no open of
+ * (opened before the tracer, filtered out, never accepted) it passes over.
+ * Keeping that table in user space takes a map insert, lookup and delete
+ * off every connection in the kernel (see BENCHMARKS.md). */
 struct close_event {
     __u32 type;          /* EV_CLOSE */
-    __u32 pid;           /* who opened it (connect() caller or acceptor) */
-    __u64 ts_ns;         /* reached CLOSE */
-    __u64 ts_open_ns;    /* handshake completed */
+    __u32 oldstate;      /* state it closed from (TIME_WAIT entry shows as FIN_WAIT2 etc.) */
+    __u64 ts_ns;         /* reached CLOSE, CLOCK_MONOTONIC */
     __u64 sk;
-    __u8 raddr[16];      /* the remote end */
-    __u16 rport;
-    __u16 lport;
-    __u8 family;
-    __u8 passive;        /* 1: accepted, 0: connected */
-    __u8 oldstate;       /* state it closed from (TIME_WAIT entry shows as FIN_WAIT2 etc.) */
-    __u8 pad;
-    char comm[16];
 };
 
 /* Identity of a listening socket; addr all zero for a wildcard bind. The
@@ -108,7 +103,6 @@ struct listener_stats {
     __u64 syn_overflows;      /* SYN dropped, accept queue full (seen at the drop point only by kprobe/fentry) */
     __u64 synack_retransmits;
     __u64 accepts;
-    __u64 handshakes;         /* connections queued for accept */
     __u64 sk;                 /* last kernel address seen for it */
     __u32 backlog_max;
     __u32 syn_queue_len;

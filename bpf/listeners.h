@@ -1,6 +1,6 @@
-/* Accept queues: per-listener counters aggregated in the kernel (handshakes,
- * overflows, SYN-ACK retransmits, accepts, queue peak) and one event per
- * accepted connection with how long it waited in the queue.
+/* Accept queues: per-listener counters aggregated in the kernel (overflows,
+ * SYN-ACK retransmits, accepts, queue peak) and one event per accepted
+ * connection with how long it waited in the queue.
  *
  * Listeners are keyed by what they are bound to (family, address, port), so
  * that every hook can find the same entry whether it sees the listening
@@ -11,7 +11,6 @@
 #define CONNSCOPE_LISTENERS_H
 
 #include "common.h"
-#include "sockets.h"
 
 #ifndef MAX_LISTENERS
 #define MAX_LISTENERS 4096
@@ -20,17 +19,12 @@
 #define MAX_HANDSHAKES 65536
 #endif
 
-struct handshake {
-    u64 ts_ns;
-    struct listener_key listener;
-};
-
 BPF_HASH(listeners, struct listener_key, struct listener_stats, MAX_LISTENERS);
 /* Peak accept queue since user space last deleted the entry (each interval).
  * Separate from `listeners` so that resetting it cannot lose counter updates. */
 BPF_HASH(listener_peak, struct listener_key, u32, MAX_LISTENERS);
-/* Children between handshake and accept(): when they were queued. */
-BPF_HASH(handshakes, u64, struct handshake, MAX_HANDSHAKES);
+/* Children between handshake and accept(): when they were queued (ns). */
+BPF_HASH(handshakes, u64, u64, MAX_HANDSHAKES);
 /* accept() in progress on this thread: the listening socket. */
 BPF_HASH(accepting, u32, u64, 16384);
 
@@ -71,28 +65,48 @@ static __always_inline struct listener_stats *listener_get(struct listener_key *
     return listeners.lookup(k);
 }
 
-/* The listener a child belongs to: bound to the child's local address, or
- * to the wildcard address of its family. */
-static __always_inline struct listener_stats *listener_of_child(struct listener_key *k)
+/* The entry of listening socket lsk, found without reading lsk's address
+ * when it can be: k holds the local end of a child lsk just accepted, which
+ * is lsk's own key, or (lsk bound to the wildcard address) the same with the
+ * address zeroed. An entry counts as found only if it was last seen with lsk
+ * itself; otherwise (first accept since we started, SO_REUSEPORT groups that
+ * share a key) lsk's key is read and its entry looked up or made. On return
+ * k is the key of the entry. */
+static __always_inline struct listener_stats *listener_for_accept(u64 lsk, struct listener_key *k)
 {
     struct listener_stats *st = listeners.lookup(k);
-    if (st)
+    if (st && st->sk == lsk)
         return st;
     __builtin_memset(k->addr, 0, 16);
-    return listeners.lookup(k);
+    st = listeners.lookup(k);
+    if (st && st->sk == lsk)
+        return st;
+    local_key_of(lsk, k);
+    return listener_get(k);
 }
 
-static __always_inline void note_queue(struct listener_key *k, struct listener_stats *st, u64 lsk)
+/* The accept queue held q connections: keep the listener's gauges and the
+ * interval's peak. The queue only grows at handshakes and only shrinks at
+ * accept(), so the peak is seen at accept() (as q + the one taken) and at
+ * overflow; handshakes, which happen in the connecting side's softirq, need
+ * not look. */
+static __always_inline void note_queue_len(struct listener_key *k, struct listener_stats *st,
+                                           u64 lsk, u32 q, u32 qmax)
 {
-    u32 q = READ_AT(lsk, OFF_SK_ACK_BACKLOG, u32);
     st->sk = lsk;
-    st->backlog_max = READ_AT(lsk, OFF_SK_MAX_ACK_BACKLOG, u32);
+    st->backlog_max = qmax;
     st->syn_queue_len = READ_AT(lsk, OFF_ICSK_ACCEPT_QUEUE_QLEN, u32);
     u32 *peak = listener_peak.lookup(k);
     if (!peak)
         listener_peak.update(k, &q);
     else if (q > *peak)
         *peak = q;
+}
+
+static __always_inline void note_queue(struct listener_key *k, struct listener_stats *st, u64 lsk)
+{
+    note_queue_len(k, st, lsk, READ_AT(lsk, OFF_SK_ACK_BACKLOG, u32),
+                   READ_AT(lsk, OFF_SK_MAX_ACK_BACKLOG, u32));
 }
 
 /* listen(): process context, so the owner is the current task. */
@@ -119,19 +133,14 @@ static __always_inline void listener_close(u64 lsk, struct listener_key *k)
         st->closed = 1;
 }
 
-/* A passive child finished its handshake and sits in the accept queue. */
+/* A passive child finished its handshake and sits in the accept queue:
+ * only the time, for the wait accept() will measure. (This runs in the
+ * softirq of the connecting side's packet, on a loopback connect inside the
+ * client's connect(): keep it to a clock read and one update.) */
 static __always_inline void child_queued(u64 child)
 {
-    struct handshake h = {};
-    h.ts_ns = bpf_ktime_get_ns();
-    local_key_of(child, &h.listener);
-    struct listener_stats *st = listener_of_child(&h.listener);
-    if (st) {
-        __sync_fetch_and_add(&st->handshakes, 1);
-        if (st->sk)
-            note_queue(&h.listener, st, st->sk);
-    }
-    if (handshakes.update(&child, &h) != 0)
+    u64 ts = bpf_ktime_get_ns();
+    if (handshakes.update(&child, &ts) != 0)
         count(CTR_HANDSHAKES_FULL);
 }
 
@@ -212,30 +221,28 @@ static __always_inline void accept_end(void *ctx, u64 child)
     if (!family_wanted(ev.family) || !ports_wanted(ev.lport, ev.rport))
         return;
 
-    struct handshake *h = handshakes.lookup(&child);
-    if (h) {
-        ev.ts_handshake_ns = h->ts_ns;
+    u64 *queued = handshakes.lookup(&child);
+    if (queued) {
+        ev.ts_handshake_ns = *queued;
         handshakes.delete(&child);
     }
     /* The queue as accept() found it: what is left plus the one it took. */
     ev.backlog_len = READ_AT(lsk, OFF_SK_ACK_BACKLOG, u32) + 1;
     ev.backlog_max = READ_AT(lsk, OFF_SK_MAX_ACK_BACKLOG, u32);
 
-    struct listener_key lk = {};
-    local_key_of(lsk, &lk);
-    struct listener_stats *st = listener_get(&lk);
+    struct listener_stats *st = listener_for_accept(lsk, &k);
     if (st) {
         __sync_fetch_and_add(&st->accepts, 1);
-        note_queue(&lk, st, lsk);
+        note_queue_len(&k, st, lsk, ev.backlog_len, ev.backlog_max);
     }
-    sock_opened(child, ev.ts_handshake_ns ? ev.ts_handshake_ns : ev.ts_ns, ev.pid, ev.comm,
-                ev.family, ev.raddr, ev.rport, ev.lport, 1);
     emit(ctx, &ev, sizeof(ev));
 }
 
 static __always_inline void child_forget(u64 sk)
 {
-    handshakes.delete(&sk);
+    /* Accepted children are gone from the map already: look before deleting. */
+    if (handshakes.lookup(&sk))
+        handshakes.delete(&sk);
 }
 
 #endif

@@ -30,13 +30,14 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
     u16 family = args->family;
 
     if (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT) {
-#ifdef BACKEND_TRACEPOINT
-        /* Inside connect(): current task is the caller. */
-        connect_begin(sk, family);
-#endif
         u8 daddr[16] = {};
         ADDR16(daddr, args, daddr, daddr_v6, family);
+#ifdef BACKEND_TRACEPOINT
+        /* Inside connect(): current task is the caller. */
+        connect_begin(sk, family, args->dport, daddr);
+#else
         connect_dest(sk, args->dport, daddr);
+#endif
         return 0;
     }
     if (oldstate == TCP_SYN_SENT) {
@@ -52,7 +53,8 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
         return 0;
     }
     if (newstate == TCP_CLOSE && oldstate != TCP_LISTEN) {
-        sock_closed(args, sk, oldstate);
+        if (family_wanted(family) && ports_wanted(args->sport, args->dport))
+            sock_closed(args, sk, oldstate);
         return 0;
     }
     if (newstate == TCP_LISTEN && args->sport) {
@@ -88,11 +90,17 @@ TRACEPOINT_PROBE(tcp, tcp_retransmit_skb)
 TRACEPOINT_PROBE(tcp, tcp_destroy_sock)
 {
     u64 sk = (u64)args->skaddr;
+    if (args->dport) {
+        /* A connection (the common case, twice per connection): only a
+         * child that was never accepted can have left something. */
+        child_forget(sk);
+        return 0;
+    }
+    /* Not connected: a connect() that failed before SYN_SENT (the kernel
+     * clears the port again), or a listener, which can go without a
+     * LISTEN -> CLOSE we saw (its network namespace deleted, or known to us
+     * only from a drop). */
     connect_forget(sk);
-    child_forget(sk);
-    sock_forget(sk);
-    /* A listener can go without a LISTEN -> CLOSE we saw (its network
-     * namespace deleted, or known to us only from a drop). */
     struct listener_key k = {};
     k.netns = netns_of(sk);
     k.family = args->family;
@@ -188,7 +196,7 @@ static __always_inline void connect_entered(u64 sk, u16 fn_family)
     u16 family = READ_AT(sk, OFF_SKC_FAMILY, u16);
     if (fn_family == AF_INET && family != AF_INET)
         return;   /* called from tcp_v6_connect, which began it */
-    connect_begin(sk, family);
+    connect_begin(sk, family, 0, 0);
 }
 
 /* The two places the kernel drops for a full accept queue, each checked with

@@ -145,6 +145,7 @@ class Connect:
     outcome: str
     err: int                  # kernel errno when it failed, else 0
     syn_retransmits: int
+    sk: int = 0               # kernel socket address: joins its close record
 
     @property
     def latency_us(self) -> float | None:
@@ -175,6 +176,7 @@ def decode_connect_at(view, offset: int) -> Connect:
         outcome=OUTCOMES.get(r.outcome, "error"),
         err=r.err,
         syn_retransmits=r.syn_retransmits,
+        sk=r.sk,
     )
 
 
@@ -200,6 +202,7 @@ class Accept:
     backlog_len: int
     backlog_max: int
     netns: int = 0
+    sk: int = 0               # kernel socket address: joins its close record
 
     @property
     def queue_wait_us(self) -> float | None:
@@ -220,7 +223,7 @@ def decode_accept_at(view, offset: int) -> Accept:
         comm=comm_text(r.comm), family=4 if fam == AF_INET else 6,
         laddr=format_addr(fam, r.laddr), lport=r.lport,
         raddr=format_addr(fam, r.raddr), rport=r.rport,
-        backlog_len=r.backlog_len, backlog_max=r.backlog_max, netns=r.netns,
+        backlog_len=r.backlog_len, backlog_max=r.backlog_max, netns=r.netns, sk=r.sk,
     )
 
 
@@ -240,7 +243,6 @@ class ListenerCounters:
     syn_overflows: int
     synack_retransmits: int
     accepts: int
-    handshakes: int
     backlog_max: int
     syn_queue_len: int
     pid: int | None
@@ -260,7 +262,7 @@ def decode_listener(key, value) -> ListenerCounters:
         lport=key.port, ack_overflows=value.ack_overflows,
         cookie_overflows=value.cookie_overflows, syn_overflows=value.syn_overflows,
         synack_retransmits=value.synack_retransmits, accepts=value.accepts,
-        handshakes=value.handshakes, backlog_max=value.backlog_max,
+        backlog_max=value.backlog_max,
         syn_queue_len=value.syn_queue_len, pid=value.pid or None,
         comm=value.comm.decode("utf-8", "replace") if value.pid else None,
         closed=bool(value.closed), netns=key.netns,
@@ -269,18 +271,17 @@ def decode_listener(key, value) -> ListenerCounters:
 
 @dataclass(slots=True)
 class Close:
-    """A connection we saw opened is finished (its socket reached CLOSE)."""
+    """A connection we saw opened is finished (its socket reached CLOSE):
+    a close record joined with the open of the same socket
+    (tracer.lifetimes.OpenConnections)."""
 
     ts_ns: int
     ts_open_ns: int
     pid: int                  # who opened it
-    comm: str
     family: int
     raddr: str
     rport: int
-    lport: int
     passive: bool             # accepted (True) or connected (False)
-    oldstate: int
 
     @property
     def lifetime_us(self) -> float:
@@ -288,28 +289,18 @@ class Close:
 
 
 _CLOSE, _CloseT = unpacker(CloseRecord)
-
-
-def decode_close_at(view, offset: int) -> Close:
-    r = _CloseT._make(_CLOSE.unpack_from(view, offset))
-    fam = r.family
-    return Close(ts_ns=r.ts_ns, ts_open_ns=r.ts_open_ns, pid=r.pid,
-                 comm=comm_text(r.comm), family=4 if fam == AF_INET else 6,
-                 raddr=format_addr(fam, r.raddr), rport=r.rport, lport=r.lport,
-                 passive=bool(r.passive), oldstate=r.oldstate)
-
-
-def decode_close(buf) -> Close:
-    return decode_close_at(buf, 0)
-
-
 _CLOSE_FIELDS = [n for n, _ in CloseRecord._fields_]
-_C_PID, _C_TS, _C_OPEN, _C_RADDR, _C_RPORT, _C_FAMILY, _C_PASSIVE = (
-    _CLOSE_FIELDS.index(n) for n in ("pid", "ts_ns", "ts_open_ns", "raddr", "rport", "family", "passive"))
+_C_TS, _C_SK = (_CLOSE_FIELDS.index(n) for n in ("ts_ns", "sk"))
+
+
+def close_at(view, offset: int) -> tuple[int, int]:
+    """(sk, ts_ns) of the close_event record at `offset`."""
+    r = _CLOSE.unpack_from(view, offset)
+    return r[_C_SK], r[_C_TS]
 
 
 class Closes:
-    """Closes tallied as they are read, never made into objects: half of
+    """Closes of one interval, tallied, never made into objects: half of
     all events, and only counts (per process) and hold times (per process
     and destination, for the connections it opened) are wanted of them.
 
@@ -317,43 +308,30 @@ class Closes:
     passive: {pid: number of accepted connections that closed}
     """
 
-    __slots__ = ("active", "passive", "_raw")
+    __slots__ = ("active", "passive")
 
     def __init__(self):
         self.active: dict = {}
         self.passive: dict = {}
-        self._raw: dict = {}
 
-    def add_at(self, view, offset: int) -> None:
-        r = _CLOSE.unpack_from(view, offset)
-        pid = r[_C_PID]
-        if r[_C_PASSIVE]:
-            self.passive[pid] = self.passive.get(pid, 0) + 1
-            return
-        key = (pid, r[_C_FAMILY], r[_C_RADDR], r[_C_RPORT])
-        lifetimes = self._raw.get(key)
+    def add_active(self, key: tuple, lifetime_us: float) -> None:
+        lifetimes = self.active.get(key)
         if lifetimes is None:
-            lifetimes = self._raw[key] = []
-        lifetimes.append(max(0, r[_C_TS] - r[_C_OPEN]) / 1000.0)
+            lifetimes = self.active[key] = []
+        lifetimes.append(lifetime_us)
+
+    def add_passive(self, pid: int) -> None:
+        self.passive[pid] = self.passive.get(pid, 0) + 1
 
     def add(self, ev: Close) -> None:
-        """One decoded Close (tests, replay)."""
+        """One joined Close (tests, replay)."""
         if ev.passive:
-            self.passive[ev.pid] = self.passive.get(ev.pid, 0) + 1
+            self.add_passive(ev.pid)
         else:
-            self.active.setdefault((ev.pid, ev.family, ev.raddr, ev.rport), []).append(ev.lifetime_us)
-
-    def resolved(self) -> "Closes":
-        """Addresses as text, families as 4/6: once per destination."""
-        for (pid, fam, raw, rport), lifetimes in self._raw.items():
-            key = (pid, 4 if fam == AF_INET else 6, format_addr(fam, raw), rport)
-            self.active.setdefault(key, []).extend(lifetimes)
-        self._raw = {}
-        return self
+            self.add_active((ev.pid, ev.family, ev.raddr, ev.rport), ev.lifetime_us)
 
     def __len__(self) -> int:
-        return sum(self.passive.values()) + sum(len(v) for v in self.active.values()) + \
-            sum(len(v) for v in self._raw.values())
+        return sum(self.passive.values()) + sum(len(v) for v in self.active.values())
 
 
 _TYPE = struct.Struct("<I").unpack_from
@@ -364,8 +342,7 @@ def record_type(buf, offset: int = 0) -> int:
 
 
 # record type -> (decoder of bytes, decoder at an offset of a buffer, record size)
-DECODERS = {C["EV_CONNECT"]: decode_connect, C["EV_ACCEPT"]: decode_accept,
-            C["EV_CLOSE"]: decode_close}
+DECODERS = {C["EV_CONNECT"]: decode_connect, C["EV_ACCEPT"]: decode_accept}
 DECODERS_AT = {C["EV_CONNECT"]: (decode_connect_at, _CONNECT.size),
-               C["EV_ACCEPT"]: (decode_accept_at, _ACCEPT.size),
-               C["EV_CLOSE"]: (decode_close_at, _CLOSE.size)}
+               C["EV_ACCEPT"]: (decode_accept_at, _ACCEPT.size)}
+CLOSE_SIZE = _CLOSE.size   # closes are joined, not decoded (tracer.lifetimes)

@@ -156,33 +156,3 @@ def test_parse_header_reads_a_valid_header(tmp_path):
     assert ctypes.sizeof(structs["two"]) == 16
 
 
-# close_event by hand: type, pid, ts, ts_open, sk, raddr, rport, lport, family, passive,
-# oldstate, pad, comm
-CLOSE_LAYOUT = "=IIQQQ16sHHBBBB16s"
-
-
-def pack_close(pid=7, opened=1_000_000, lifetime_ns=2_500_000, raddr="10.0.0.5", rport=5432,
-               passive=0, family=socket.AF_INET):
-    return struct.pack(CLOSE_LAYOUT, CONSTANTS["EV_CLOSE"], pid, opened + lifetime_ns, opened,
-                       0xFFFF888800000001, socket.inet_pton(family, raddr).ljust(16, b"\0"), rport,
-                       40000, family, passive, 4, 0, b"client")
-
-
-def test_hand_packed_close_has_the_size_of_the_record():
-    assert struct.calcsize(CLOSE_LAYOUT) <= ctypes.sizeof(events.CloseRecord)
-    assert events.decode_close(pack_close()).lifetime_us == 2500.0
-
-
-def test_closes_tally_matches_decoding_each_close():
-    recs = [pack_close(), pack_close(lifetime_ns=10_000), pack_close(pid=8, passive=1),
-            pack_close(raddr="fd00::9", family=socket.AF_INET6, rport=443),
-            pack_close(pid=8, passive=1)]
-    tally, one_by_one = events.Closes(), events.Closes()
-    for r in recs:
-        tally.add_at(memoryview(r), 0)
-        one_by_one.add(events.decode_close(r))
-    assert len(tally) == 5
-    tally.resolved()
-    assert tally.passive == one_by_one.passive == {8: 2}
-    assert tally.active == one_by_one.active == {
-        (7, 4, "10.0.0.5", 5432): [2500.0, 10.0], (7, 6, "fd00::9", 443): [2500.0]}

@@ -21,7 +21,7 @@ class Diag:          # what sock_diag reports for a listener
 def counters(ack=0, cookie=0, syn=0, synack=0, closed=False, port=80):
     return ListenerCounters(family=4, laddr="0.0.0.0", lport=port, ack_overflows=ack,
                             cookie_overflows=cookie, syn_overflows=syn,
-                            synack_retransmits=synack, accepts=0, handshakes=0, backlog_max=4,
+                            synack_retransmits=synack, accepts=0, backlog_max=4,
                             syn_queue_len=0, pid=42, comm="srv", closed=closed, netns=NS)
 
 

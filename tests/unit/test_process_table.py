@@ -110,11 +110,10 @@ def test_tally_accepted_connections_are_no_pool():
 T0 = 1_000_000_000_000
 
 
-def close(pid=100, lifetime_s=0.1, remote=DB, passive=False, comm="client"):
+def close(pid=100, lifetime_s=0.1, remote=DB, passive=False):
     family, raddr, rport = remote
-    return Close(ts_ns=T0 + int(lifetime_s * 1e9), ts_open_ns=T0, pid=pid, comm=comm,
-                 family=family, raddr=raddr, rport=rport, lport=40000, passive=passive,
-                 oldstate=FIN_WAIT2)
+    return Close(ts_ns=T0 + int(lifetime_s * 1e9), ts_open_ns=T0, pid=pid,
+                 family=family, raddr=raddr, rport=rport, passive=passive)
 
 
 def holding(pid, established_to_db, comm="client"):
@@ -264,8 +263,7 @@ def test_accepted_connections_make_no_flow():
     t = ProcessTable()
     for _ in range(100):
         t.opened(200, "server", None)
-        t.closed(close(200, lifetime_s=0.01, remote=(4, "10.0.0.50", 51000), passive=True,
-                       comm="server"))
+        t.closed(close(200, lifetime_s=0.01, remote=(4, "10.0.0.50", 51000), passive=True))
     r = row(t.update(1.0, {}), 200)
     assert r.advice == () and not r.churning
     assert (r.opened, r.closed) == (100, 100)
@@ -348,7 +346,7 @@ def test_tallied_closes_count_as_closes_one_by_one():
 
     one, tallied = ProcessTable(), ProcessTable()
     evs = [close(100, 0.1), close(100, 0.3), close(200, 0.01, remote=(4, "10.0.0.50", 51000),
-                                                 passive=True, comm="server")]
+                                                 passive=True)]
     closes = Closes()
     for ev in evs:
         one.closed(ev)

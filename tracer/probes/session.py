@@ -4,7 +4,8 @@ The program comes compiled (tracer/probes/program.py: from the cache, or
 compiled in a child process); this module creates its maps, loads and
 attaches it through tracer/probes/loader.py, and reads the event buffer's
 shared memory itself. What comes out of `poll()` is plain Python objects;
-closes are tallied instead (`take_closes()`).
+closes are joined with the opens of the same sockets and tallied instead
+(`take_closes()`, tracer/lifetimes.py).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import struct
 import time
 from dataclasses import dataclass, field
 
-from tracer import events
+from tracer import events, lifetimes
 from tracer.events import C
 from tracer.filters import Filters
 from tracer.probes import buffers, loader, program
@@ -26,7 +27,9 @@ BTF_PATH = "/sys/kernel/btf/vmlinux"
 # struct bpf_prog_info.recursion_misses (UAPI, kernel 5.12+): byte offset
 PROG_INFO_RECURSION_MISSES = 208
 EV_CLOSE = C["EV_CLOSE"]
-CLOSE_SIZE = events.DECODERS_AT[EV_CLOSE][1]
+EV_CONNECT = C["EV_CONNECT"]
+EV_ACCEPT = C["EV_ACCEPT"]
+CLOSE_SIZE = events.CLOSE_SIZE
 
 
 class ProbeError(Exception):
@@ -55,6 +58,7 @@ class ProbeSession:
         self._buffer = None
         self._pending: list = []
         self._closes = events.Closes()
+        self._open = lifetimes.OpenConnections()
         self.decode_errors = 0
         self.from_cache = False
         self.info = LoadInfo(backend, "ring buffer" if ringbuf else "perf buffer",
@@ -96,19 +100,25 @@ class ProbeSession:
     def _on_record(self, view, offset: int, size: int) -> None:
         kind = events.record_type(view, offset)
         if kind == EV_CLOSE and size >= CLOSE_SIZE:
-            self._closes.add_at(view, offset)
+            self._open.closed_at(view, offset, self._closes)
             return
         entry = events.DECODERS_AT.get(kind)
         if entry is None or size < entry[1]:
             self.decode_errors += 1
             return
-        self._pending.append(entry[0](view, offset))
+        ev = entry[0](view, offset)
+        self._pending.append(ev)
+        if kind == EV_CONNECT:
+            if ev.outcome == "established":
+                self._open.connected(ev, self._closes)
+        elif kind == EV_ACCEPT:
+            self._open.accepted(ev, self._closes)
 
     def take_closes(self) -> events.Closes:
         """Connections that closed since the last call, tallied (they are
         not in what poll() returns)."""
         out, self._closes = self._closes, events.Closes()
-        return out.resolved()
+        return out
 
     def poll(self, timeout_ms: int = 100) -> list:
         """Sleep up to timeout_ms (at most POLL_SLEEP_MS), then return what the
@@ -120,8 +130,15 @@ class ProbeSession:
         if timeout_ms:
             time.sleep(min(timeout_ms, POLL_SLEEP_MS) / 1000.0)
         self._buffer.read(self._on_record, MAX_BATCH)
+        self._open.end_read()
         out, self._pending = self._pending, []
         return out
+
+    def skip_pending(self, timeout_ms: int = 100) -> None:
+        """As poll(), but pass over what was written without decoding it
+        (the benchmark's measure of the kernel side alone)."""
+        time.sleep(min(timeout_ms, POLL_SLEEP_MS) / 1000.0)
+        self._buffer.read(_ignore, MAX_BATCH)
 
     def counters(self) -> dict[str, int]:
         """Kernel-side loss counters, summed over CPUs."""
@@ -137,7 +154,7 @@ class ProbeSession:
             "untracked_connects": total(C["CTR_INFLIGHT_FULL"]),
             "untracked_accept_waits": total(C["CTR_HANDSHAKES_FULL"]),
             "untracked_listeners": total(C["CTR_LISTENERS_FULL"]),
-            "untracked_lifetimes": total(C["CTR_OWNED_FULL"]),
+            "untracked_lifetimes": self._open.untracked,
             "decode_errors": self.decode_errors,
             "missed_runs": self._prog.recursion_misses(PROG_INFO_RECURSION_MISSES),
         }
@@ -193,6 +210,10 @@ class ProbeSession:
         if self._prog is not None:
             prog, self._prog = self._prog, None
             prog.close()
+
+
+def _ignore(view, offset: int, size: int) -> None:
+    pass
 
 
 def _first_line(e: Exception) -> str:
