@@ -182,8 +182,10 @@ static __always_inline void synack_retransmit(u64 lsk)
 static __always_inline void accept_begin(u64 lsk)
 {
     u64 id = bpf_get_current_pid_tgid();
-    char comm[16];
-    bpf_get_current_comm(&comm, sizeof(comm));
+    char comm[16] = {};
+#ifdef FILTER_COMM
+    bpf_get_current_comm(&comm, sizeof(comm));   /* (accept_end reads it for the event) */
+#endif
     if (!task_wanted(id >> 32, comm))
         return;
     u32 tid = (u32)id;

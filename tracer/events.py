@@ -289,14 +289,14 @@ class Close:
 
 
 _CLOSE, _CloseT = unpacker(CloseRecord)
-_CLOSE_FIELDS = [n for n, _ in CloseRecord._fields_]
-_C_TS, _C_SK = (_CLOSE_FIELDS.index(n) for n in ("ts_ns", "sk"))
+CLOSE_UNPACK = _CLOSE.unpack_from   # (view, offset) -> the fields, in order
+CLOSE_TS, CLOSE_SK = (_CloseT._fields.index(n) for n in ("ts_ns", "sk"))
 
 
 def close_at(view, offset: int) -> tuple[int, int]:
     """(sk, ts_ns) of the close_event record at `offset`."""
-    r = _CLOSE.unpack_from(view, offset)
-    return r[_C_SK], r[_C_TS]
+    r = CLOSE_UNPACK(view, offset)
+    return r[CLOSE_SK], r[CLOSE_TS]
 
 
 class Closes:

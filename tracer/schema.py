@@ -128,7 +128,7 @@ _COLUMNS: dict[str, list[Column]] = {
         *_process(owner_known=False),
         Column("backlog_max", _I32, "accept queue limit"),
         Column("queue_len", _I32, "accept queue length at the end of the interval"),
-        Column("queue_peak", _I32, "highest accept queue length seen in the interval"),
+        Column("queue_peak", _I32, "highest accept queue length in the interval: as accept() found it (the queue only grows at handshakes and only shrinks at accept), at drops, and at the end of the interval"),
         Column("overflows_total", _I64,
                "accept-queue overflows of this socket since the recording started"),
         Column("syn_queue_len", _I32,
