@@ -242,3 +242,23 @@ def test_the_tracer_process_keeps_pandas_and_numpy_out(tmp_path):
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("chosen, expected", [(None, "system"), ("jemalloc", "jemalloc")])
+def test_the_tracer_process_allocates_arrow_memory_with_malloc(chosen, expected):
+    """Arrow's default pool (mimalloc) kept the tracer's peak RSS under
+    ab -c 1000 at ~150 MB against ~111 MB with malloc (BENCHMARKS.md); a pool
+    the user chose with ARROW_DEFAULT_MEMORY_POOL is left alone."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from tracer import run; run.keep_out_of_the_tracer(); import pyarrow as pa; "
+            "print(pa.default_memory_pool().backend_name)")
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    if chosen:
+        env["ARROW_DEFAULT_MEMORY_POOL"] = chosen
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env=env, cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == expected
