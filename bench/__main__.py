@@ -19,7 +19,7 @@ from bench.process_tree import Processes, raise_nofile
 from bench.results import Results
 
 SECTIONS = ("overhead", "kernel", "ceiling", "startup", "overflow", "syscalls", "hotpaths")
-OVERHEAD_CONFIGS = ["none", "record", "top", "tcplife", "tcpstates", "probes", "probes-skip"]
+OVERHEAD_CONFIGS = ["none", "record", "top", "tcplife", "tcpstates", "probes", "probes-skip", "hooks"]
 
 
 def log(msg: str) -> None:

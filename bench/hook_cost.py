@@ -5,6 +5,8 @@ tracepoint machinery, and the syscall tracepoints' tax on every syscall)
 apart from what connscope's programs do once called.
 
     sudo .venv/bin/python -m bench.hook_cost [--rounds 4]
+    sudo .venv/bin/python -m bench.hook_cost --hold   # load "all hooks", wait for SIGINT
+                                                     # (bench/run's "hooks" configuration)
 
 Loopback only; each configuration runs --rounds times; every ab run is
 bounded by apache_bench.run's timeout.
@@ -38,10 +40,32 @@ CONFIGS = {
 }
 
 
+ALL_HOOKS = "all of the tracepoint backend's hooks"
+
+
+def hold(bpf) -> None:
+    import signal
+    import sys
+
+    stop = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.append(1))
+    sys.stderr.write("hook_cost: ready\n")
+    sys.stderr.flush()
+    try:
+        while not stop:
+            signal.pause()
+    finally:
+        bpf.cleanup()
+    print("{}")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.hook_cost")
     p.add_argument("--rounds", type=int, default=4, choices=range(1, 11))
     p.add_argument("--requests", type=int, default=20000)
+    p.add_argument("--hold", action="store_true",
+                   help="load the do-nothing programs on all hooks and keep them until SIGINT/SIGTERM")
     args = p.parse_args(argv)
     import os
 
@@ -51,6 +75,10 @@ def main(argv=None) -> None:
     os.environ.update(bcc_env())   # the header tree connscope found, for bcc's compile
     headers.ensure_tracefs()
     from bcc import BPF   # an experiment outside connscope: bcc's own loader is fine here
+
+    if args.hold:
+        hold(BPF(text=CONFIGS[ALL_HOOKS]))
+        return
 
     rps: dict[str, list[float]] = {k: [] for k in CONFIGS}
     with Processes() as procs, tempfile.TemporaryDirectory() as d:

@@ -263,6 +263,14 @@ PROBE_SKIP = TracerSpec(
           "the kernel side's cost alone")
 
 
+HOOKS_ONLY = TracerSpec(
+    "do-nothing programs on the same hooks (floor)",
+    lambda d: [PYTHON, "-m", "bench.hook_cost", "--hold"],
+    _stderr_has("hook_cost: ready"), lambda r, port: Counts(note="programs that return 0"),
+    env=bcc_env, kind="diagnostic",
+    about="return-0 programs on every hook of the tracepoint backend: what being hooked costs "
+          "before any work, the floor under connscope's figure")
+
 
 def baseline_record(source: Path, label: str) -> TracerSpec:
     """`connscope record` from another commit's tree (exported by bench/run
@@ -279,4 +287,4 @@ def baseline_record(source: Path, label: str) -> TracerSpec:
 
 NO_TRACER = None
 CONFIGS = {"none": NO_TRACER, "record": RECORD, "top": TOP_PLAIN, "tcplife": TCPLIFE,
-           "tcpstates": TCPSTATES, "probes": PROBE_ONLY, "probes-skip": PROBE_SKIP}
+           "tcpstates": TCPSTATES, "probes": PROBE_ONLY, "probes-skip": PROBE_SKIP, "hooks": HOOKS_ONLY}
