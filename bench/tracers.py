@@ -236,6 +236,12 @@ def _probe_only_count(r: Running, port: int) -> Counts:
                   "probes + decoding only (no aggregation, no Parquet)")
 
 
+def _probe_only_lost(r: Running, port: int) -> Counts:
+    """--skip decodes nothing, so it can tell losses but no connections."""
+    c = _probe_only_count(r, port)
+    return Counts(lost=c.lost, note="probes only, nothing decoded")
+
+
 RECORD = TracerSpec(
     "connscope record", lambda d: [*CONNSCOPE, "record", "--out", d / "rec"],
     _stderr_has("recording to"), _record_count,
@@ -258,7 +264,7 @@ PROBE_ONLY = TracerSpec(
 PROBE_SKIP = TracerSpec(
     "probes only, records not decoded (diagnostic)",
     lambda d: [PYTHON, "-m", "bench.probe_only", "--skip"],
-    _stderr_has("probe_only: ready"), _probe_only_count, kind="diagnostic",
+    _stderr_has("probe_only: ready"), _probe_only_lost, kind="diagnostic",
     about="connscope's BPF programs, the ring buffer read on the same clock, nothing decoded: "
           "the kernel side's cost alone")
 
