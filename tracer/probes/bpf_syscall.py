@@ -128,16 +128,22 @@ def _elem_attr(fd: int, key, value, flags: int = 0) -> ctypes.Array:
     return attr
 
 
+def _found(cmd: int, attr) -> bool:
+    """Run a map command whose ENOENT means "no such entry" (or no next
+    key): False then; other errors raise."""
+    try:
+        bpf(cmd, attr)
+    except BPFSyscallError as e:
+        if e.errno == errno.ENOENT:
+            return False
+        raise
+    return True
+
+
 def map_lookup(fd: int, key: bytes, value_size: int) -> bytes | None:
     k = ctypes.create_string_buffer(key, len(key) or 1)
     v = ctypes.create_string_buffer(value_size)
-    try:
-        bpf(MAP_LOOKUP_ELEM, _elem_attr(fd, k, v))
-    except BPFSyscallError as e:
-        if e.errno == errno.ENOENT:
-            return None
-        raise
-    return v.raw
+    return v.raw if _found(MAP_LOOKUP_ELEM, _elem_attr(fd, k, v)) else None
 
 
 def map_update(fd: int, key: bytes, value: bytes, flags: int = 0) -> None:
@@ -148,13 +154,7 @@ def map_update(fd: int, key: bytes, value: bytes, flags: int = 0) -> None:
 
 def map_delete(fd: int, key: bytes) -> bool:
     k = ctypes.create_string_buffer(key, len(key) or 1)
-    try:
-        bpf(MAP_DELETE_ELEM, _elem_attr(fd, k, None))
-    except BPFSyscallError as e:
-        if e.errno == errno.ENOENT:
-            return False
-        raise
-    return True
+    return _found(MAP_DELETE_ELEM, _elem_attr(fd, k, None))
 
 
 def map_keys(fd: int, key_size: int, limit: int = 1 << 22) -> list[bytes]:
@@ -163,13 +163,7 @@ def map_keys(fd: int, key_size: int, limit: int = 1 << 22) -> list[bytes]:
     nxt = ctypes.create_string_buffer(key_size)
     attr = _elem_attr(fd, None, nxt)
     cur = None
-    while len(out) < limit:
-        try:
-            bpf(MAP_GET_NEXT_KEY, attr)
-        except BPFSyscallError as e:
-            if e.errno == errno.ENOENT:
-                break
-            raise
+    while len(out) < limit and _found(MAP_GET_NEXT_KEY, attr):
         out.append(nxt.raw)
         if cur is None:
             cur = ctypes.create_string_buffer(key_size)
