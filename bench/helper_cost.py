@@ -88,7 +88,6 @@ def main(argv=None) -> None:
         with Processes() as procs, tempfile.TemporaryDirectory() as d:
             with Nginx(procs, Path(d)) as ng:
                 apache_bench.run(ng.url, 5000, 200)
-                mine = bpf_programs.owned_by({os.getpid()})
                 with bpf_programs.stats_enabled():
                     for _ in range(args.repeat):
                         before = bpf_programs.run_stats(bpf_programs.owned_by({os.getpid()}))
@@ -100,7 +99,6 @@ def main(argv=None) -> None:
                                 c0, t0, _ = before.get(key, (0, 0, 0))
                                 totals[name][0] += c - c0
                                 totals[name][1] += t - t0
-                del mine
     finally:
         b.cleanup()
     base = totals["nothing"][1] / max(totals["nothing"][0], 1)

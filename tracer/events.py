@@ -293,12 +293,6 @@ CLOSE_UNPACK = _CLOSE.unpack_from   # (view, offset) -> the fields, in order
 CLOSE_TS, CLOSE_SK = (_CloseT._fields.index(n) for n in ("ts_ns", "sk"))
 
 
-def close_at(view, offset: int) -> tuple[int, int]:
-    """(sk, ts_ns) of the close_event record at `offset`."""
-    r = CLOSE_UNPACK(view, offset)
-    return r[CLOSE_SK], r[CLOSE_TS]
-
-
 class Closes:
     """Closes of one interval, tallied, never made into objects: half of
     all events, and only counts (per process) and hold times (per process
