@@ -545,12 +545,13 @@ def test_churning_and_pooled_clients_are_told_apart(collector_run, probe_session
     finally:
         for c in (churn, pooled, server):
             c.close()
-    # The workload itself must have kept to its schedule (a busy machine can
-    # make a python client late) before connscope is held to it.
+    # The workload must be roughly what it was asked to be (a churner, not a
+    # pool); a busy machine makes a python client late, so connscope is held
+    # to what the client measured it did, not to the nominal schedule.
     churn_rate, churn_hold = float(churn_rate), float(churn_hold)
     assert int(churn_opened) == RATE * DURATION_S
-    assert churn_rate == pytest.approx(RATE, rel=0.02), f"the churning client made {churn_rate:.2f}/s"
-    assert churn_hold == pytest.approx(HOLD_S, rel=0.08), f"the churning client held {churn_hold * 1000:.1f} ms"
+    assert churn_rate == pytest.approx(RATE, rel=0.10), f"the churning client made {churn_rate:.2f}/s"
+    assert churn_hold == pytest.approx(HOLD_S, rel=0.25), f"the churning client held {churn_hold * 1000:.1f} ms"
     # The last snapshot built from a scan taken while both clients ran (from
     # 1 s in): the advice covers the last 30 intervals, all of the workload.
     end_us = min(float(churn_last_open), float(pooled_end)) * 1e6
@@ -577,12 +578,12 @@ def test_churning_and_pooled_clients_are_told_apart(collector_run, probe_session
     lost = f"{losses(probe_session)}; {reused} of {len(during)} snapshots reused a scan"
     assert crow.churning and ca.verdict.startswith("churning"), f"{ca}; {lost}"
     assert not prow.churning and pa.verdict.startswith("pooled"), f"{pa}; {lost}"
-    assert ca.concurrency_mean == pytest.approx(RATE * HOLD_S, rel=0.10), f"{ca}; {lost}"
+    assert ca.concurrency_mean == pytest.approx(churn_rate * churn_hold, rel=0.10), f"{ca}; {lost}"
     assert pa.concurrency_mean == pytest.approx(POOL, rel=0.10), f"{pa}; {lost}"
-    # What the concurrency is made of, for the churner: Little's law.
-    assert ca.arrival_per_s == pytest.approx(RATE, rel=0.10), f"{ca}; {lost}"
-    assert ca.hold_s == pytest.approx(HOLD_S, rel=0.10), f"{ca}; {lost}"
-    assert ca.hold_s == pytest.approx(churn_hold, rel=0.05), f"{ca}; {lost}"   # what it really did
+    # What the concurrency is made of, for the churner: Little's law, against
+    # what the client measured it did.
+    assert ca.arrival_per_s == pytest.approx(churn_rate, rel=0.10), f"{ca}; {lost}"
+    assert ca.hold_s == pytest.approx(churn_hold, rel=0.05), f"{ca}; {lost}"
     assert pa.in_use == POOL
     # The server opened nothing: its accepted connections are no pool.
     (srow,) = [r for r in snap.processes if r.pid == server.pid]
