@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+BPF_DIR = Path(__file__).resolve().parent / "bpf"
 EVENT_HEADER = BPF_DIR / "event.h"
 
 _CTYPES = {
