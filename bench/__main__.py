@@ -20,6 +20,9 @@ from bench.results import Results
 
 SECTIONS = ("overhead", "kernel", "ceiling", "startup", "overflow", "syscalls", "hotpaths")
 OVERHEAD_CONFIGS = ["none", "record", "top", "tcplife", "tcpstates", "probes", "probes-skip", "hooks"]
+# bench/run leaves out the comparison tracers it could not install (it says so)
+WITHOUT = [c for c in os.environ.get("CONNSCOPE_BENCH_WITHOUT", "").split(",") if c]
+DEFAULT_CONFIGS = [c for c in OVERHEAD_CONFIGS if c not in WITHOUT]
 
 
 def log(msg: str) -> None:
@@ -35,7 +38,7 @@ def parse_args(argv):
                    help=f"run only these sections: {', '.join(SECTIONS)}")
     p.add_argument("--rounds", type=int, help="overhead rounds (default 5, quick 2)")
     p.add_argument("--configs", nargs="+", choices=OVERHEAD_CONFIGS,
-                   default=OVERHEAD_CONFIGS, help="overhead configurations")
+                   default=DEFAULT_CONFIGS, help="overhead configurations")
     p.add_argument("--commit", metavar="REV",
                    help="benchmark this commit (exported with git archive into a temporary "
                         "directory; the repository is not touched) instead of the working tree, "
