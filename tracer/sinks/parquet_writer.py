@@ -98,7 +98,8 @@ def _open_lock(root: Dir, flags: int) -> int:
     try:
         fd = os.open(LOCK_FILE, flags | O_READ, FILE_MODE, dir_fd=root.fd)
     except OSError as e:
-        if e.errno != errno.ELOOP:
+        # a link (O_NOFOLLOW), a directory (O_CREAT), a socket: said below, as refused
+        if e.errno not in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
             raise
         fd = -1
         st = os.stat(LOCK_FILE, dir_fd=root.fd, follow_symlinks=False)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import errno
 import os
 import pwd
+import secrets
 import stat
 
 from tracer.safe_text import printable
@@ -331,3 +332,35 @@ def read_regular(name, cap: int, *, dir_fd: int | None = None) -> bytes:
                 raise NotRegular(f"more than the {cap} bytes expected")
     finally:
         os.close(fd)
+
+
+def replace_file(path, data: bytes, mode: int = 0o644) -> None:
+    """Write `data` as file `path`, whole (readers see the old file or the new one).
+
+    For one output file such as `report --html FILE`: FILE's directory is opened
+    like DIR (`open_trusted`), but may be sticky and shared, like /tmp. The data
+    goes to a new, unguessably named file created there with O_EXCL|O_NOFOLLOW,
+    which is then renamed over FILE: a symbolic link someone planted at FILE is
+    replaced, never followed. Raises UnsafeDirectory or OSError."""
+    text = os.fsdecode(path)
+    head, name = os.path.split(text)
+    if name in ("", ".", ".."):
+        raise refuse(text, "is not a file name")
+    with open_trusted(head or ".", shared_ok=True) as d:
+        tmp = f".{name[:200]}.{secrets.token_hex(8)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     mode, dir_fd=d.fd)
+        try:
+            own(fd)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(tmp, name, src_dir_fd=d.fd, dst_dir_fd=d.fd)
+            d.fsync()
+        except BaseException:
+            try:
+                os.unlink(tmp, dir_fd=d.fd)
+            except OSError:
+                pass
+            raise
