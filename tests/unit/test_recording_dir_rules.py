@@ -254,3 +254,28 @@ def test_html_replaces_a_link_at_file_never_writes_through_it(tmp_path):
     assert not (tmp_path / "out.html").is_symlink()
     assert (tmp_path / "out.html").read_bytes() == b"<html>"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.html", "target"]
+
+
+def test_a_lock_file_with_another_name_elsewhere_is_refused(tmp_path):
+    d = tmp_path / "rec"
+    d.mkdir()
+    other = tmp_path / "precious"
+    other.write_text("keep me")
+    os.link(other, d / ".connscope.lock")
+    with pytest.raises(RecordingError, match=r"\.connscope\.lock has 2 names \(a hard link"):
+        Recording(d)
+    assert other.read_text() == "keep me"
+
+
+def test_partitions_of_past_days_do_not_keep_descriptors_open(tmp_path):
+    def open_fds():
+        return len(os.listdir("/proc/self/fd"))
+
+    day_us = 86_400_000_000
+    with Recording(tmp_path / "rec", rotate_rows=10) as r:
+        before = open_fds()
+        for day in range(40):
+            r.write("connects", connect_rows(10, ts0=1_709_294_400_000_000 + day * day_us))
+            r.flush()
+        assert open_fds() - before < 10
+    assert len(parquet_files(tmp_path / "rec")) == 40

@@ -165,9 +165,9 @@ def open_directory(directory, *, create: bool) -> Dir:
         return open_trusted(directory, create=create)
     except UnsafeDirectory as e:
         raise RecordingError(f"cannot record to {directory}: {e}") from None
-    except FileNotFoundError:
-        raise
     except OSError as e:
+        if isinstance(e, FileNotFoundError) and not create:
+            raise   # nothing recorded there: recover() has nothing to do
         raise RecordingError(f"cannot write to {directory}: {e.strerror or e}") from None
 
 
@@ -550,7 +550,6 @@ class Recording:
         total += sum(w.journal_bytes for w in self._writers.values())
         while total > self.max_bytes and self._finalized:
             table, folder, name, size = self._finalized.pop(0)
-            total -= size
             try:
                 # reached again from DIR's descriptor, never through a link
                 with self._root.walk(table, folder) as part:
@@ -560,11 +559,15 @@ class Recording:
                     emptied = not part.names()
                 if emptied:
                     with self._root.sub(table) as tdir:
-                        tdir.rmdir(folder)   # an emptied date= partition
+                        try:
+                            tdir.rmdir(folder)   # an emptied date= partition
+                        except OSError:
+                            pass                 # not empty after all: kept
             except FileNotFoundError:
-                pass
-            except OSError:
-                pass   # e.g. a partition folder that is no longer ours: left alone
+                pass   # gone already: its space is free
+            except UnsafeDirectory:
+                continue   # a partition that is no longer ours: left alone, still counted
+            total -= size
 
     def _raise_background_error(self) -> None:
         err, self._background_error = self._background_error, None

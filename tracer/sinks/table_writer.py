@@ -285,9 +285,19 @@ class TableWriter:
     def _part(self, folder: str) -> Dir:
         part = self._parts.get(folder)
         if part is None:
+            self._close_idle_parts()
             part = self.root.walk(self.table, folder, create=True)
             self._parts[folder] = part
         return part
+
+    def _close_idle_parts(self) -> None:
+        """Close partitions no open or pending journal is in (one a day would pile up)."""
+        used = {id(j.part) for j in self._journals.values()}
+        used |= {id(part) for part, _ in self._pending}
+        for folder, part in list(self._parts.items()):
+            if id(part) not in used:
+                part.close()
+                del self._parts[folder]
 
     def _open(self, day: int) -> Journal:
         part = self._part(f"date={_day_name(day)}")
