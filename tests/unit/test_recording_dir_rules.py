@@ -279,3 +279,26 @@ def test_partitions_of_past_days_do_not_keep_descriptors_open(tmp_path):
             r.flush()
         assert open_fds() - before < 10
     assert len(parquet_files(tmp_path / "rec")) == 40
+
+
+def test_a_directory_swapped_in_right_after_our_mkdir_is_refused(tmp_path, monkeypatch):
+    """The race of a shared parent, played at the worst moment: between our
+    mkdir and our open, another user's directory takes the new one's place."""
+    from tracer.sinks import trusted_dir
+
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o755)
+    (theirs / "planted").write_text("")
+    if os.geteuid() == 0:
+        os.chown(theirs, 65534, 65534)
+    real_mkdir = os.mkdir
+
+    def mkdir_then_swap(name, mode=0o777, *, dir_fd=None):
+        real_mkdir(name, mode, dir_fd=dir_fd)
+        os.rmdir(name, dir_fd=dir_fd)
+        os.rename(theirs, tmp_path / name)
+
+    monkeypatch.setattr(trusted_dir.os, "mkdir", mkdir_then_swap)
+    with pytest.raises(UnsafeDirectory, match="rec was replaced while connscope created it"):
+        open_trusted(tmp_path / "rec", create=True)
+    assert sorted(p.name for p in (tmp_path / "rec").iterdir()) == ["planted"]
