@@ -5,7 +5,6 @@ are in tests/unit/test_hostile_dir.py and tests/kernel/test_hostile_recording.py
 import json
 import os
 import threading
-from pathlib import Path
 
 import pyarrow as pa
 import pytest

@@ -13,7 +13,7 @@ import os
 from datetime import datetime, timezone
 
 from tracer.sinks.durable_files import atomic_write_bytes
-from tracer.sinks.names import RUNS_DIR, manifest_name, manifest_run_id  # noqa: F401
+from tracer.sinks.names import manifest_name
 from tracer.sinks.trusted_dir import Dir, read_regular
 
 # A manifest is ~1 KB; one larger than this was not written by connscope and

@@ -46,7 +46,7 @@ from typing import Callable, Mapping
 from tracer import __version__
 from tracer.sinks.durable_files import FILE_MODE, own
 from tracer.sinks.manifest import iso_utc, new_manifest, write_manifest
-from tracer.sinks.names import LOCK_FILE, RUNS_DIR, is_run_id, manifest_name
+from tracer.sinks.names import LOCK_FILE, RUNS_DIR, manifest_name
 from tracer.sinks.trusted_dir import (
     O_READ,
     Dir,
