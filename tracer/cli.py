@@ -53,6 +53,13 @@ class Size(click.ParamType):
         return int(n * self.UNITS[unit])
 
 
+def _directory_path(ctx, param, value):
+    """An empty DIR would mean 'here' to the file system: refused, never guessed."""
+    if value == "":
+        raise click.BadParameter("must be a directory path, not empty", ctx, param)
+    return value
+
+
 def recording_options(f):
     return click.option(
         "--max-size", type=Size(), metavar="SIZE",
@@ -101,7 +108,7 @@ def _options(backend, interval, pids, comm, ports, ipv4, ipv6, **extra):
 @cli.command(context_settings=CONTEXT)
 @tracing_options
 @click.option("--record", "record_dir", type=click.Path(file_okay=False), metavar="DIR",
-              help="Also write Parquet to DIR, as 'record' does.")
+              callback=_directory_path, help="Also write Parquet to DIR, as 'record' does.")
 @recording_options
 @click.option("--plain", is_flag=True, help="Print plain periodic tables instead of the TUI.")
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
@@ -139,7 +146,9 @@ def replay(directory):
 @cli.command(context_settings=CONTEXT)
 @tracing_options
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, metavar="DIR",
-              help="Recording directory (created if missing).")
+              callback=_directory_path,
+              help="Recording directory (created if missing). It must belong to root or to "
+                   "you (the sudo user) and not be writable by others.")
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Stop after this long (default: until SIGINT/SIGTERM).")
 @recording_options

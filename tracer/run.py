@@ -53,6 +53,8 @@ def _open_recording(out_dir: str, backend: str, options: dict, start: float,
                           version=__version__, options=options, background_flush=True,
                           max_bytes=max_bytes, start=datetime.fromtimestamp(start, timezone.utc))
     for line in recording.recovered:   # what a crashed run left, finalized or quarantined
+        # the names in these lines were found in DIR: recovery shows them through
+        # safe_text.printable, so a name cannot drive root's terminal
         sys.stderr.write(f"connscope: {line}\n")
     return recording
 
@@ -103,6 +105,8 @@ def _start(backend: str, filters: Filters, out_dir: str | None, options: dict, s
     probes fail to load is still on record, as abandoned.
     """
     keep_out_of_the_tracer()
+    # without root nothing can be traced: fail before DIR, a lock or a manifest is made
+    startup.require_root()
     recording = None
     if out_dir is not None:
         from tracer.sinks.parquet_writer import check_directory

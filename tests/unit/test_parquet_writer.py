@@ -473,13 +473,14 @@ def test_garbage_and_empty_journals_are_quarantined(tmp_path):
         r.write("connects", connect_rows(5))
     part = d / "connects" / "date=2024-03-01"
     garbage = os.urandom(4000)
-    (part / "x-0001.arrows.inprogress").write_bytes(garbage)
-    (part / "x-0002.arrows.inprogress").write_bytes(b"")
+    # names of the recorder's own pattern: recovery touches no others
+    (part / "x-20240301T120000Z-0001.arrows.inprogress").write_bytes(garbage)
+    (part / "x-20240301T120000Z-0002.arrows.inprogress").write_bytes(b"")
     lines = recover(d)
-    assert sum(line.startswith("quarantined connects/date=2024-03-01/x-000") for line in lines) == 2
+    assert sum(line.startswith("quarantined connects/date=2024-03-01/x-2024") for line in lines) == 2
     q = d / "quarantine" / "connects" / "date=2024-03-01"
-    assert (q / "x-0001.arrows.inprogress").read_bytes() == garbage
-    assert (q / "x-0002.arrows.inprogress").exists()
+    assert (q / "x-20240301T120000Z-0001.arrows.inprogress").read_bytes() == garbage
+    assert (q / "x-20240301T120000Z-0002.arrows.inprogress").exists()
     assert leftovers(d / "connects") == []
     assert duck_count(d) == 5
 
@@ -507,14 +508,15 @@ def test_leftover_temporary_parquet_files(tmp_path):
     part = d / "connects" / "date=2024-03-01"
     part.mkdir(parents=True)
     t = pw.rows_to_batch("connects", connect_rows(8), host="h", run_id="r")
-    pq.write_table(pa.Table.from_batches([t]), part / "a-0001.parquet.inprogress")
-    data = (part / "a-0001.parquet.inprogress").read_bytes()
-    (part / "a-0002.parquet.inprogress").write_bytes(data[: len(data) // 2])
+    a1, a2 = "a-20240301T120000Z-0001", "a-20240301T120000Z-0002"
+    pq.write_table(pa.Table.from_batches([t]), part / f"{a1}.parquet.inprogress")
+    data = (part / f"{a1}.parquet.inprogress").read_bytes()
+    (part / f"{a2}.parquet.inprogress").write_bytes(data[: len(data) // 2])
     lines = recover(d)
     assert lines == [
-        "finalized connects/date=2024-03-01/a-0001.parquet.inprogress as a-0001.parquet",
-        "quarantined connects/date=2024-03-01/a-0002.parquet.inprogress: incomplete Parquet "
-        "file (moved to quarantine/connects/date=2024-03-01/a-0002.parquet.inprogress)",
+        f"finalized connects/date=2024-03-01/{a1}.parquet.inprogress as {a1}.parquet",
+        f"quarantined connects/date=2024-03-01/{a2}.parquet.inprogress: incomplete Parquet "
+        f"file (moved to quarantine/connects/date=2024-03-01/{a2}.parquet.inprogress)",
     ]
     assert duck_count(d) == 8
 

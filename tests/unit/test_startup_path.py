@@ -114,7 +114,7 @@ def test_check_directory_raises_what_recording_would(tmp_path):
     finally:
         r.close()
     (d / "connects" / "date=2024-03-01").mkdir(parents=True)
-    (d / "connects" / "date=2024-03-01" / "h-1-0001.arrows.inprogress").write_bytes(b"")
+    (d / "connects" / "date=2024-03-01" / "h-20240301T120000Z-0001.arrows.inprogress").write_bytes(b"")
     assert check_directory(d) is True
 
 
@@ -139,6 +139,7 @@ def _start(tmp_path, monkeypatch, start_probes):
 
     monkeypatch.setattr(run, "_open_recording", opening)
     monkeypatch.setattr(run.startup, "start", starting)
+    monkeypatch.setattr(run.startup, "require_root", lambda: None)   # as the tests may not be
     result = run._start("auto", Filters(), str(tmp_path / "rec"), {"backend": "auto"}, 1.7e9, None)
     return calls, result
 
@@ -160,18 +161,20 @@ def test_recording_opens_after_the_probes(tmp_path, monkeypatch):
 def test_leftovers_are_recovered_before_the_probes(tmp_path, monkeypatch):
     part = tmp_path / "rec" / "connects" / "date=2024-03-01"
     part.mkdir(parents=True)
-    (part / "h-1-0001.arrows.inprogress").write_bytes(b"")
+    (part / "h-20240301T120000Z-0001.arrows.inprogress").write_bytes(b"")
     calls, (_, recording) = _start(tmp_path, monkeypatch, FakeSession)
     recording.close()
     assert calls == ["recording", "probes"]
-    assert not (part / "h-1-0001.arrows.inprogress").exists()   # quarantined
+    assert not (part / "h-20240301T120000Z-0001.arrows.inprogress").exists()   # quarantined
 
 
 def test_a_bad_out_fails_before_the_probes(tmp_path, monkeypatch):
     (tmp_path / "rec").write_text("a file")
     calls = []
     monkeypatch.setattr(run.startup, "start", lambda *a: calls.append("probes"))
-    with pytest.raises(RecordingError, match="^cannot write to "):
+    monkeypatch.setattr(run.startup, "require_root", lambda: None)
+    with pytest.raises(RecordingError, match="^cannot record to .*is a regular file, not a "
+                                             "directory"):
         run._start("auto", Filters(), str(tmp_path / "rec" / "x"), {}, 1.7e9, None)
     assert calls == []
 

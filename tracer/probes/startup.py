@@ -23,9 +23,14 @@ class NotPermitted(ProbeError):
     pass
 
 
-def start(requested: str, filters: Filters) -> ProbeSession:
+def require_root() -> None:
+    """Called first by `top` and `record`, before anything is written."""
     if os.geteuid() != 0:
         raise NotPermitted("tracing loads BPF programs and needs root: run it with sudo")
+
+
+def start(requested: str, filters: Filters) -> ProbeSession:
+    require_root()
     features = probe_features(only_to_choose=True)
     backend = choose_backend(requested, features)
     headers.ensure_tracefs()

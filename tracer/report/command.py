@@ -6,9 +6,7 @@ whole path can be called (and tested) without click's runner.
 
 from __future__ import annotations
 
-import os
 import sys
-from pathlib import Path
 
 import click
 
@@ -42,17 +40,15 @@ class _ProgressBar:
 
 
 def write_html(path, page: str) -> None:
-    """Write `page` to `path` whole, or raise ReportError (never a half-written file)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Write `page` to `path` whole, or raise ReportError (never a half-written
+    file, never through a symbolic link planted at `path`: see replace_file)."""
+    from tracer.sinks.trusted_dir import UnsafeDirectory, replace_file
+
     try:
-        tmp.write_text(page, encoding="utf-8")
-        os.replace(tmp, path)
+        replace_file(path, page.encode("utf-8"))
+    except UnsafeDirectory as e:
+        raise ReportError(f"cannot write {path}: {e}") from None
     except OSError as e:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
         raise ReportError(f"cannot write {path}: {e.strerror or e}") from None
 
 

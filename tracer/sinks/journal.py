@@ -11,16 +11,16 @@ moment.
 
 from __future__ import annotations
 
+import mmap
 import os
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tracer.schema import schema
 from tracer.sinks.durable_files import create_file, fsync_dir, write_via
-
-JOURNAL_SUFFIX = ".arrows.inprogress"
-PARQUET_TMP_SUFFIX = ".parquet.inprogress"
+from tracer.sinks.names import JOURNAL_SUFFIX, PARQUET_SUFFIX, PARQUET_TMP_SUFFIX
+from tracer.sinks.trusted_dir import Dir
 
 # Extra file metadata, so a salvaged journal can be credited to its run.
 RUN_ID_KEY = "connscope.run_id"
@@ -30,28 +30,33 @@ HOST_KEY = "connscope.host"
 # 2 s would otherwise get thousands of tiny row groups a day.
 ROW_GROUP_ROWS = 1 << 16
 
+# A journal rotates at 64 MiB by default; one far larger was not written by us
+# and is not read back (recovery quarantines it instead).
+JOURNAL_MAX_BYTES = 1 << 30
+
 # lz4 costs little CPU and shrinks the journal ~2x; Parquet gets zstd.
 _IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
 
 
 class Journal:
-    """One open Arrow IPC stream; becomes one Parquet file at rotation."""
+    """One open Arrow IPC stream in partition `part`; becomes one Parquet file at rotation."""
 
-    def __init__(self, base: Path, sch: pa.Schema, opened_at: float):
+    def __init__(self, part: Dir, base: str, sch: pa.Schema, opened_at: float):
+        self.part = part
         self.base = base
-        self.path = base.with_name(base.name + JOURNAL_SUFFIX)
+        self.name = base + JOURNAL_SUFFIX
         self.opened_at = opened_at
         self.rows = 0
         self.batches = 0
         self.bytes = 0
-        self._file = os.fdopen(create_file(self.path), "wb")
+        self._file = os.fdopen(create_file(part.fd, self.name), "wb")
         try:
             self._writer = pa.ipc.new_stream(self._file, sch, options=_IPC_OPTIONS)
-            fsync_dir(self.path.parent)
+            fsync_dir(part.fd)
         except BaseException:
             self.abandon()
             try:
-                os.unlink(self.path)
+                part.unlink(self.name)
             except OSError:
                 pass
             raise
@@ -78,10 +83,20 @@ class Journal:
             pass
 
 
-def read_journal(path: Path) -> tuple[pa.Schema | None, list[pa.RecordBatch], bool]:
-    """(schema, every complete batch, whether the stream ended cleanly)."""
+def read_journal(part: Dir, name: str) -> tuple[pa.Schema | None, list[pa.RecordBatch], bool]:
+    """(schema, every complete batch, whether the stream ended cleanly).
+
+    Raises NotRegular for a journal that is not a regular file of sane size."""
+    fd, st = part.open_regular(name, JOURNAL_MAX_BYTES)
     try:
-        reader = pa.ipc.open_stream(pa.memory_map(str(path)))
+        if st.st_size == 0:
+            return None, [], False
+        # mapped through our descriptor: what we checked is what we read
+        data = pa.py_buffer(mmap.mmap(fd, 0, prot=mmap.PROT_READ))
+    finally:
+        os.close(fd)
+    try:
+        reader = pa.ipc.open_stream(pa.BufferReader(data))
     except (pa.ArrowException, OSError, ValueError):
         return None, [], False
     batches = []
@@ -97,34 +112,50 @@ def read_journal(path: Path) -> tuple[pa.Schema | None, list[pa.RecordBatch], bo
         batches.append(batch)
 
 
-def parquet_path(journal: Path) -> Path:
-    return journal.with_name(journal.name[: -len(JOURNAL_SUFFIX)] + ".parquet")
+def foreign_columns(table: str, sch: pa.Schema) -> str | None:
+    """Why `sch` is not the schema connscope writes for `table`, or None if it is."""
+    want = schema(table)
+    missing = [f.name for f in want if f.name not in sch.names]
+    if missing:
+        return f"no column {', '.join(missing)}"
+    for f in want:
+        got = sch.field(f.name).type
+        if got != f.type:
+            return f"column {f.name} is {got}, not {f.type}"
+    extra = [n for n in sch.names if n not in want.names]
+    if extra:
+        return f"unknown column {', '.join(extra)}"
+    return None
 
 
-def write_parquet(path: Path, table: pa.Table, row_group_rows: int) -> int:
-    """Write `table` to `path` via a temporary name, durably; return the file size."""
-    tmp = path.with_name(path.name[: -len(".parquet")] + PARQUET_TMP_SUFFIX)
+def parquet_name(journal: str) -> str:
+    return journal[: -len(JOURNAL_SUFFIX)] + PARQUET_SUFFIX
+
+
+def write_parquet(part: Dir, name: str, table: pa.Table, row_group_rows: int) -> int:
+    """Write `table` to `name` in `part` via a temporary name, durably; return the file size."""
+    tmp = name[: -len(PARQUET_SUFFIX)] + PARQUET_TMP_SUFFIX
 
     def write(f) -> int:
         pq.write_table(table, f, row_group_size=row_group_rows, compression="zstd",
                        write_statistics=True)
         return f.tell()
-    return write_via(tmp, path, write)
+    return write_via(part.fd, tmp, name, write)
 
 
-def journal_to_parquet(journal: Path, row_group_rows: int = ROW_GROUP_ROWS
-                       ) -> tuple[Path, int, int, pa.Table] | None:
+def journal_to_parquet(part: Dir, journal: str, row_group_rows: int = ROW_GROUP_ROWS
+                       ) -> tuple[str, int, int, pa.Table] | None:
     """Convert a closed or abandoned journal to `<name>.parquet` and delete it.
 
-    Returns (parquet path, rows, file size, the rows as a Table), or None, leaving
+    Returns (parquet name, rows, file size, the rows as a Table), or None, leaving
     the journal alone, if it holds no complete batch.
     """
-    sch, batches, _ = read_journal(journal)
+    sch, batches, _ = read_journal(part, journal)
     if not batches:
         return None
     table = pa.Table.from_batches(batches, schema=sch)
-    final = parquet_path(journal)
-    size = write_parquet(final, table, row_group_rows)
-    os.unlink(journal)
-    fsync_dir(journal.parent)
+    final = parquet_name(journal)
+    size = write_parquet(part, final, table, row_group_rows)
+    part.unlink(journal)
+    fsync_dir(part.fd)
     return final, table.num_rows, size, table

@@ -11,15 +11,14 @@ from __future__ import annotations
 import json
 import os
 from datetime import datetime, timezone
-from pathlib import Path
 
-from tracer.sinks.durable_files import atomic_write_bytes, make_dirs
+from tracer.sinks.durable_files import atomic_write_bytes
+from tracer.sinks.names import manifest_name
+from tracer.sinks.trusted_dir import Dir, read_regular
 
-RUNS_DIR = "runs"
-
-
-def manifest_path(directory: Path, run_id: str) -> Path:
-    return Path(directory) / RUNS_DIR / f"{run_id}.json"
+# A manifest is ~1 KB; one larger than this was not written by connscope and
+# is not read (a link to /dev/zero or a huge file must not eat memory).
+MANIFEST_MAX_BYTES = 1 << 20
 
 
 def kernel_release() -> str:
@@ -56,30 +55,23 @@ def new_manifest(*, run_id: str, host: str, backend: str, version: str,
     }
 
 
-def write_manifest(directory: Path, manifest: dict) -> Path:
-    path = manifest_path(directory, manifest["run_id"])
-    make_dirs(path.parent)
+def write_manifest(runs: Dir, manifest: dict, name: str | None = None) -> str:
+    """Write `manifest` in the open `runs` directory as `name` (default
+    `<run_id>.json`; recovery passes the name it read, so it writes back only
+    there); return the name."""
+    name = name or manifest_name(manifest["run_id"])
     data = json.dumps(manifest, indent=2, sort_keys=False).encode() + b"\n"
-    atomic_write_bytes(path, data)
-    return path
+    atomic_write_bytes(runs.fd, name, data)
+    return name
 
 
-def read_manifest(path: Path) -> dict:
-    with open(path, "rb") as f:
-        return json.load(f)
+def read_manifest(path, *, dir_fd: int | None = None) -> dict:
+    """The JSON object in manifest `path` (relative to `dir_fd` if given).
 
-
-def running_manifests(directory: Path) -> list[tuple[Path, dict]]:
-    """Manifests whose run never closed, skipping ones that are not valid JSON."""
-    runs = Path(directory) / RUNS_DIR
-    out = []
-    if not runs.is_dir():
-        return out
-    for path in sorted(runs.glob("*.json")):
-        try:
-            m = read_manifest(path)
-        except (OSError, ValueError):
-            continue
-        if isinstance(m, dict) and m.get("status") == "running":
-            out.append((path, m))
-    return out
+    Never follows a symbolic link at `path`, never waits on a FIFO, reads at
+    most MANIFEST_MAX_BYTES. Raises OSError (NotRegular: str() says what it
+    is) or ValueError (not JSON, or not an object)."""
+    m = json.loads(read_regular(path, MANIFEST_MAX_BYTES, dir_fd=dir_fd))
+    if not isinstance(m, dict):
+        raise ValueError("not a JSON object")
+    return m

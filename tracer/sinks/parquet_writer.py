@@ -23,6 +23,10 @@ even for rows that arrive just after midnight.
 Disk full or unwritable: the Recording stops writing, says why in
 `paused_reason`, counts the rows it drops and retries on every flush; files
 already finalized are never touched.
+
+DIR is opened once, as a directory that only root or the sudo user can change
+(tracer/sinks/trusted_dir.py), and everything in it is reached through that
+descriptor: nothing another user plants in or around DIR is followed.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import fcntl
 import os
 import secrets
 import socket
+import stat
 import threading
 import time
 from datetime import datetime, timezone
@@ -39,8 +44,18 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from tracer import __version__
-from tracer.sinks.durable_files import FILE_MODE, make_dirs, own
+from tracer.sinks.durable_files import FILE_MODE, own
 from tracer.sinks.manifest import iso_utc, new_manifest, write_manifest
+from tracer.sinks.names import LOCK_FILE, RUNS_DIR, manifest_name
+from tracer.sinks.trusted_dir import (
+    O_READ,
+    Dir,
+    UnsafeDirectory,
+    kind,
+    open_trusted,
+    trusted_owners,
+    who,
+)
 
 # Everything that needs pyarrow (schema, recovery, table_writer; ~0.1 s to
 # import) is imported where it is used, so that the errors and the directory
@@ -57,7 +72,6 @@ def __getattr__(name: str):
         return getattr(table_writer, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-LOCK_FILE = ".connscope.lock"
 
 
 class RecordingError(Exception):
@@ -74,24 +88,64 @@ class RecordingIncomplete(RecordingError):
 
 # ---------------------------------------------------------------- directory lock, recovery
 
-def _lock_directory(directory: Path) -> int:
-    make_dirs(directory)
-    path = directory / LOCK_FILE
+def _open_lock(root: Dir, flags: int) -> int:
+    """Open DIR/.connscope.lock without following a link or waiting on a FIFO,
+    and only if it is a regular file with one name that root or the sudo user
+    owns: anything else is refused, never opened for writing, chmod-ed,
+    chown-ed or truncated. Refusing (rather than removing what is there) keeps
+    connscope from deleting what it did not make; the message says what to do."""
+    shown = root.child(LOCK_FILE)
+    try:
+        fd = os.open(LOCK_FILE, flags | O_READ, FILE_MODE, dir_fd=root.fd)
+    except OSError as e:
+        # a link (O_NOFOLLOW), a directory (O_CREAT), a socket: said below, as refused
+        if e.errno not in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+            raise
+        fd = -1
+        st = os.stat(LOCK_FILE, dir_fd=root.fd, follow_symlinks=False)
+    else:
+        st = os.fstat(fd)
+    problem = None
+    if not stat.S_ISREG(st.st_mode):
+        problem = f"is {kind(st.st_mode)}"
+    elif st.st_nlink != 1:
+        problem = f"has {st.st_nlink} names (a hard link to another file)"
+    elif st.st_uid not in trusted_owners():
+        problem = f"is owned by {who(st.st_uid)}"
+    if problem:
+        if fd >= 0:
+            os.close(fd)
+        raise UnsafeDirectory(f"{shown} {problem}, not a lock file connscope made: "
+                              f"remove it, or choose another directory")
+    return fd
+
+
+def _lock_directory(root: Dir) -> int:
     # held read-only: an fd open for writing would stop a remount read-only, and
     # flock does not need one
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    fd = _open_lock(root, os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        holder = holder if holder.isdigit() else "unknown"
         os.close(fd)
-        raise RecordingBusy(f"{directory} is being recorded by another connscope "
+        raise RecordingBusy(f"{root.path} is being recorded by another connscope "
                             f"(pid {holder}); choose another directory") from None
     try:
-        os.fchmod(fd, FILE_MODE)
+        st = os.fstat(fd)
+        if stat.S_IMODE(st.st_mode) != FILE_MODE:
+            os.fchmod(fd, FILE_MODE)
         own(fd)
-        wfd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+        # the pid, for the message above; written through a second descriptor
+        # of the same file (checked to be the one we locked)
+        wfd = _open_lock(root, os.O_WRONLY)
         try:
+            w = os.fstat(wfd)
+            if (w.st_dev, w.st_ino) != (st.st_dev, st.st_ino):
+                raise UnsafeDirectory(f"{root.child(LOCK_FILE)} was replaced while "
+                                      f"connscope locked it; try again")
+            os.ftruncate(wfd, 0)
             os.write(wfd, f"{os.getpid()}\n".encode())
         finally:
             os.close(wfd)
@@ -105,6 +159,27 @@ def _unlock_directory(fd: int) -> None:
     os.close(fd)  # closing the only descriptor releases the flock
 
 
+def open_directory(directory, *, create: bool) -> Dir:
+    """DIR as a trusted directory descriptor, or RecordingError saying why not."""
+    try:
+        return open_trusted(directory, create=create)
+    except UnsafeDirectory as e:
+        raise RecordingError(f"cannot record to {directory}: {e}") from None
+    except OSError as e:
+        if isinstance(e, FileNotFoundError) and not create:
+            raise   # nothing recorded there: recover() has nothing to do
+        raise RecordingError(f"cannot write to {directory}: {e.strerror or e}") from None
+
+
+def _locked(root: Dir, what: str) -> int:
+    try:
+        return _lock_directory(root)
+    except UnsafeDirectory as e:
+        raise RecordingError(f"cannot record to {root.path}: {e}") from None
+    except OSError as e:
+        raise RecordingError(f"{what} {root.path}: {e.strerror or e}") from None
+
+
 def check_directory(directory) -> bool:
     """Raise the RecordingError that Recording(directory) would raise for a
     directory it cannot write to or that another connscope is recording to,
@@ -113,14 +188,16 @@ def check_directory(directory) -> bool:
 
     Returns whether a crashed run left files that opening it will recover.
     """
-    directory = Path(directory)
-    try:
-        fd = _lock_directory(directory)
-    except OSError as e:
-        raise RecordingError(f"cannot write to {directory}: {e.strerror}") from None
-    _unlock_directory(fd)
-    # the journal and the temporary Parquet file (tracer/sinks/journal.py)
-    return any(directory.glob("*/date=*/*.inprogress"))
+    with open_directory(directory, create=True) as root:
+        fd = _locked(root, "cannot write to")
+        try:
+            from tracer.sinks.recovery import leftovers
+
+            return leftovers(root)
+        except UnsafeDirectory as e:
+            raise RecordingError(f"cannot record to {directory}: {e}") from None
+        finally:
+            _unlock_directory(fd)
 
 
 def recover(directory) -> list[str]:
@@ -130,21 +207,22 @@ def recover(directory) -> list[str]:
     recorder is writing to `directory` right now, RecordingError if the
     directory cannot be written.
     """
-    directory = Path(directory)
-    if not directory.is_dir():
+    try:
+        root = open_directory(directory, create=False)
+    except FileNotFoundError:
         return []
-    try:
-        fd = _lock_directory(directory)
-    except OSError as e:
-        raise RecordingError(f"cannot recover {directory}: {e.strerror or e}") from None
-    from tracer.sinks.recovery import recover_locked
+    with root:
+        fd = _locked(root, "cannot recover")
+        from tracer.sinks.recovery import recover_locked
 
-    try:
-        return recover_locked(directory)
-    except OSError as e:
-        raise RecordingError(f"cannot recover {directory}: {e.strerror or e}") from None
-    finally:
-        _unlock_directory(fd)
+        try:
+            return recover_locked(root)
+        except UnsafeDirectory as e:
+            raise RecordingError(f"cannot recover {directory}: {e}") from None
+        except OSError as e:
+            raise RecordingError(f"cannot recover {directory}: {e.strerror or e}") from None
+        finally:
+            _unlock_directory(fd)
 
 
 # ---------------------------------------------------------------- a whole recording
@@ -190,6 +268,7 @@ class Recording:
         self.start = start.astimezone(timezone.utc)
         self.run_id = run_id or (f"{safe_name(self.host)}-{self.start:%Y%m%dT%H%M%SZ}-"
                                  f"{secrets.token_hex(3)}")
+        manifest_name(self.run_id)   # ValueError unless a safe file name
         self.max_bytes = max_bytes
         self.flush_interval_s = flush_interval_s
         self._clock = clock
@@ -204,28 +283,35 @@ class Recording:
         self.deleted_bytes = 0
         self.lost_events = {t: 0 for t in TABLES}
 
+        self._root = open_directory(directory, create=True)
+        self._runs: Dir | None = None
         try:
-            self._lock_fd = _lock_directory(self.directory)
-        except OSError as e:
-            raise RecordingError(f"cannot write to {self.directory}: {e.strerror}") from None
+            self._lock_fd = _locked(self._root, "cannot write to")
+        except BaseException:
+            self._root.close()
+            raise
         try:
-            self.recovered = recover_locked(self.directory)
+            self.recovered = recover_locked(self._root)
             self._finalized = self._scan_finalized()
             self.manifest = new_manifest(
                 run_id=self.run_id, host=self.host, backend=backend, version=version,
                 schema_version=SCHEMA_VERSION, start=self.start,
                 options=dict(options or {}), tables=TABLES)
-            write_manifest(self.directory, self.manifest)
+            self._runs = self._root.sub(RUNS_DIR, create=True)
+            write_manifest(self._runs, self.manifest)
+        except UnsafeDirectory as e:
+            self._release()
+            raise RecordingError(f"cannot record to {self.directory}: {e}") from None
         except OSError as e:
-            _unlock_directory(self._lock_fd)
+            self._release()
             raise RecordingError(f"cannot write to {self.directory}: "
                                  f"{e.strerror or e}") from None
         except BaseException:
-            _unlock_directory(self._lock_fd)
+            self._release()
             raise
 
         self._writers = {
-            t: TableWriter(self.directory, t, host=self.host, run_id=self.run_id,
+            t: TableWriter(self._root, t, host=self.host, run_id=self.run_id,
                            run_start=self.start, flush_interval_s=flush_interval_s,
                            rotate_rows=rotate_rows, rotate_bytes=rotate_bytes,
                            rotate_age_s=rotate_age_s, max_buffer_rows=max_buffer_rows,
@@ -277,7 +363,7 @@ class Recording:
         with self._io_lock:
             self.manifest["backend"] = backend
             try:
-                write_manifest(self.directory, self.manifest)
+                write_manifest(self._runs, self.manifest)
             except OSError as e:
                 self._pause(e)
                 self._manifest_dirty = True
@@ -361,7 +447,7 @@ class Recording:
                 try:
                     self._enforce_max_bytes()
                     self._update_manifest(final=True)
-                    write_manifest(self.directory, self.manifest)
+                    write_manifest(self._runs, self.manifest)
                 except OSError as e:
                     failed = failed or e
                     self._pause(e)
@@ -371,7 +457,13 @@ class Recording:
                     f"{self.paused_reason}; files still being written stay in "
                     f"{self.directory} for the next start to recover")
         finally:
-            _unlock_directory(self._lock_fd)
+            self._release()
+
+    def _release(self) -> None:
+        _unlock_directory(self._lock_fd)
+        if self._runs is not None:
+            self._runs.close()
+        self._root.close()
 
     def __enter__(self) -> "Recording":
         return self
@@ -397,7 +489,7 @@ class Recording:
             try:
                 if self._manifest_dirty:
                     self._update_manifest(final=False)
-                    write_manifest(self.directory, self.manifest)
+                    write_manifest(self._runs, self.manifest)
                     self._manifest_dirty = False
                 self._enforce_max_bytes()
             except OSError as e:
@@ -407,14 +499,15 @@ class Recording:
                 self._cause = None  # the disk took data again
 
     def _pause(self, e: OSError) -> None:
-        words = _STORAGE_WORDS.get(e.errno)
+        words = None if isinstance(e, UnsafeDirectory) else _STORAGE_WORDS.get(e.errno)
         if words:
             self._cause = f"{words} {self.directory}"
         else:
             self._cause = f"cannot write to {self.directory}: {e.strerror or e}"
 
-    def _file_finalized(self, path: Path, rows: int, size: int) -> None:
-        self._finalized.append((path, size))
+    def _file_finalized(self, table: str, folder: str, name: str, rows: int,
+                        size: int) -> None:
+        self._finalized.append((table, folder, name, size))
         self._manifest_dirty = True
 
     def _update_manifest(self, final: bool) -> None:
@@ -430,36 +523,51 @@ class Recording:
             if self._abandoned is not None:
                 m["status"], m["reason"] = "abandoned", self._abandoned
 
-    def _scan_finalized(self) -> list[tuple[Path, int]]:
+    def _scan_finalized(self) -> list[tuple[str, str, str, int]]:
+        """(table, date folder, name, size) of the finalized files already in DIR,
+        oldest first: only regular files with the recorder's names in real
+        (not linked) partitions, which is all `--max-size` may delete."""
         from tracer.schema import TABLES
+        from tracer.sinks.names import PARQUET_SUFFIX, data_base
+        from tracer.sinks.recovery import partitions
 
         found = []
         for table in TABLES:
-            for p in (self.directory / table).glob("date=*/*.parquet"):
-                st = p.stat()
-                found.append((st.st_mtime, str(p), st.st_size))
+            for folder, part in partitions(self._root, table, []):
+                for name in part.names():
+                    st = part.lstat(name)
+                    if (data_base(name, PARQUET_SUFFIX) and st is not None
+                            and stat.S_ISREG(st.st_mode)):
+                        found.append((st.st_mtime, table, folder, name, st.st_size))
         found.sort()
-        return [(Path(p), size) for _, p, size in found]
+        return [(table, folder, name, size) for _, table, folder, name, size in found]
 
     def _enforce_max_bytes(self) -> None:
         """Delete the oldest finalized files until DIR fits in max_bytes (open journals count too)."""
         if self.max_bytes is None:
             return
-        total = sum(size for _, size in self._finalized)
+        total = sum(size for *_, size in self._finalized)
         total += sum(w.journal_bytes for w in self._writers.values())
         while total > self.max_bytes and self._finalized:
-            path, size = self._finalized.pop(0)
+            table, folder, name, size = self._finalized.pop(0)
             try:
-                os.unlink(path)
+                # reached again from DIR's descriptor, never through a link
+                with self._root.walk(table, folder) as part:
+                    part.unlink(name)
+                    self.deleted_files += 1
+                    self.deleted_bytes += size
+                    emptied = not part.names()
+                if emptied:
+                    with self._root.sub(table) as tdir:
+                        try:
+                            tdir.rmdir(folder)   # an emptied date= partition
+                        except OSError:
+                            pass                 # not empty after all: kept
             except FileNotFoundError:
-                pass
+                pass   # gone already: its space is free
+            except UnsafeDirectory:
+                continue   # a partition that is no longer ours: left alone, still counted
             total -= size
-            self.deleted_files += 1
-            self.deleted_bytes += size
-            try:
-                path.parent.rmdir()  # an emptied date= partition
-            except OSError:
-                pass
 
     def _raise_background_error(self) -> None:
         err, self._background_error = self._background_error, None

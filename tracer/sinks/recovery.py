@@ -2,124 +2,280 @@
 
 Per journal: already published as Parquet (crash between rename and unlink):
 delete it; otherwise convert every complete batch to Parquet; not one readable
-batch: move it to DIR/quarantine/. A `.parquet.inprogress` without a journal is
-published if its footer is intact, else quarantined. Manifests still "running"
-are marked "crashed" and credited with the rows salvaged for their run.
+batch, or not the columns of its table: move it to DIR/quarantine/. A
+`.parquet.inprogress` without a journal is published if its footer is intact,
+else quarantined. Manifests still "running" are marked "crashed" and credited
+with the rows salvaged for their run.
+
+Only names that connscope itself writes are touched (tracer/sinks/names.py):
+the tables of tracer/schema.py, `date=YYYY-MM-DD` folders, the recorder's file
+names, `runs/<run_id>.json`. Everything is reached through directory
+descriptors without following a symbolic link; what is not what connscope
+would have written there (a link, a FIFO, a manifest naming another run) is
+skipped or quarantined with its name and the reason, and a manifest is written
+back only to the name it was read from.
 
 The caller must hold the directory lock (see parquet_writer.recover).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import stat
 from datetime import datetime
-from pathlib import Path
+from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from tracer.safe_text import printable
 from tracer.schema import TABLES
-from tracer.sinks.durable_files import fsync_dir, make_dirs, publish
+from tracer.sinks.durable_files import publish
 from tracer.sinks.journal import (
-    JOURNAL_SUFFIX,
-    PARQUET_TMP_SUFFIX,
     RUN_ID_KEY,
+    foreign_columns,
     journal_to_parquet,
-    parquet_path,
+    parquet_name,
     read_journal,
 )
-from tracer.sinks.manifest import RUNS_DIR, iso_utc, running_manifests, write_manifest
+from tracer.sinks.manifest import iso_utc, read_manifest, write_manifest
+from tracer.sinks.names import (
+    JOURNAL_SUFFIX,
+    MANIFEST_SUFFIX,
+    MANIFEST_TMP_SUFFIX,
+    PARQUET_SUFFIX,
+    PARQUET_TMP_SUFFIX,
+    QUARANTINE_DIR,
+    RUNS_DIR,
+    data_base,
+    is_date_dir,
+    is_run_id,
+    manifest_run_id,
+)
+from tracer.sinks.trusted_dir import Dir, NotRegular, UnsafeDirectory, kind
 
-QUARANTINE_DIR = "quarantine"
+# Only a Parquet file's footer is read to check it, whatever its size.
+_ANY_SIZE = 1 << 50
 
 
-def _quarantine(directory: Path, path: Path) -> Path:
-    dest = directory / QUARANTINE_DIR / path.relative_to(directory)
-    make_dirs(dest.parent)
-    n = 0
-    while dest.exists():
-        n += 1
-        dest = dest.with_name(f"{path.name}.{n}")
-    os.rename(path, dest)
-    fsync_dir(path.parent)
-    return dest
-
-
-def _parquet_is_complete(path: Path) -> bool:
+def _sub(d: Dir, name: str, lines: list[str], rel: str) -> Dir | None:
+    """Subdirectory `name` of `d`, or None (with a line saying why) if it is not one we made."""
     try:
-        pq.read_metadata(path)
-        return True
+        return d.sub(name)
+    except FileNotFoundError:
+        return None
+    except UnsafeDirectory as e:
+        lines.append(f"skipped {printable(rel)}: {e.reason or e}")   # reason: our own words
+        return None
+
+
+def partitions(root: Dir, table: str, lines: list[str]) -> Iterator[tuple[str, Dir]]:
+    """(`date=` folder name, open Dir) of each partition of `table`; links and
+    odd entries are skipped (and named in `lines`)."""
+    tdir = _sub(root, table, lines, table)
+    if tdir is None:
+        return
+    with tdir:
+        for folder in tdir.names():
+            if not is_date_dir(folder):
+                continue
+            part = _sub(tdir, folder, lines, f"{table}/{folder}")
+            if part is None:
+                continue
+            with part:
+                yield folder, part
+
+
+def _quarantine(root: Dir, part: Dir, rel_dir: tuple[str, ...], name: str) -> str:
+    """Move `name` of `part` to quarantine/<rel_dir>/; return where it went (relative)."""
+    with root.walk(QUARANTINE_DIR, *rel_dir, create=True) as q:
+        dest, n = name, 0
+        while q.exists(dest):
+            n += 1
+            dest = f"{name}.{n}"
+        part.rename_to(name, q, dest)
+        q.fsync()
+    part.fsync()
+    return "/".join((QUARANTINE_DIR, *rel_dir, dest))
+
+
+def _parquet_problem(part: Dir, name: str, table: str) -> str | None:
+    """Why `name` is not a complete Parquet file of `table`, or None if it is."""
+    try:
+        fd, _ = part.open_regular(name, _ANY_SIZE)
+    except NotRegular as e:
+        return str(e)
+    try:
+        with os.fdopen(fd, "rb") as f:
+            sch = pq.read_schema(f)
     except (pa.ArrowException, OSError, ValueError):
-        return False
+        return "incomplete Parquet file"
+    foreign = foreign_columns(table, sch)
+    return f"not a {table} file ({foreign})" if foreign else None
 
 
-def recover_locked(directory: Path) -> list[str]:
-    """Handle every leftover in `directory`; return one human-readable line per file."""
+def _skip_odd(part: Dir, name: str) -> str | None:
+    """Why an entry with one of our names is not something to act on, or None."""
+    st = part.lstat(name)
+    if st is None:
+        return "gone"
+    if not stat.S_ISREG(st.st_mode):
+        return f"{kind(st.st_mode)}, not a file connscope wrote"
+    return None
+
+
+def recover_locked(root: Dir) -> list[str]:
+    """Handle every leftover in the recording directory `root`; return one
+    human-readable line per file handled or skipped (names shown via printable)."""
     lines: list[str] = []
     salvaged: dict[str, dict[str, int]] = {}  # run_id -> table -> rows
     last_ts: dict[str, datetime] = {}
     for table in TABLES:
-        table_dir = directory / table
-        if not table_dir.is_dir():
-            continue
-        # a temporary Parquet next to its journal is redone from the journal
-        for tmp in sorted(table_dir.glob(f"date=*/*{PARQUET_TMP_SUFFIX}")):
-            journal = tmp.with_name(tmp.name[: -len(PARQUET_TMP_SUFFIX)] + JOURNAL_SUFFIX)
-            if journal.exists():
-                os.unlink(tmp)
-        for journal in sorted(table_dir.glob(f"date=*/*{JOURNAL_SUFFIX}")):
-            rel = journal.relative_to(directory)
-            final = parquet_path(journal)
-            if final.exists():
-                if _parquet_is_complete(final):
-                    # crashed between publishing the Parquet file and deleting its journal
-                    os.unlink(journal)
-                    lines.append(f"removed {rel}: already finalized as {final.name}")
-                    continue
-                lines.append(f"quarantined {final.relative_to(directory)}: unreadable "
-                             f"(moved to {_quarantine(directory, final).relative_to(directory)})")
-            sch, batches, clean = read_journal(journal)
-            if not batches:
-                dest = _quarantine(directory, journal)
-                lines.append(f"quarantined {rel}: no readable record batch "
-                             f"(moved to {dest.relative_to(directory)})")
-                continue
-            final, rows, _, tbl = journal_to_parquet(journal)
-            meta = sch.metadata or {}
-            run_id = meta.get(RUN_ID_KEY.encode(), b"").decode() or "unknown"
-            salvaged.setdefault(run_id, {}).setdefault(table, 0)
-            salvaged[run_id][table] += rows
-            newest = pc.max(tbl.column("ts")).as_py()
-            if newest is not None and (run_id not in last_ts or newest > last_ts[run_id]):
-                last_ts[run_id] = newest
-            how = "" if clean else "; the last batch was cut short and is lost"
-            lines.append(f"recovered {final.relative_to(directory)}: {rows} rows from a "
-                         f"journal of run {run_id}{how}")
-        # no journal: a complete file was only not renamed; anything else is quarantined
-        for tmp in sorted(table_dir.glob(f"date=*/*{PARQUET_TMP_SUFFIX}")):
-            rel = tmp.relative_to(directory)
-            if _parquet_is_complete(tmp):
-                final = tmp.with_name(tmp.name[: -len(PARQUET_TMP_SUFFIX)] + ".parquet")
-                publish(tmp, final)
-                lines.append(f"finalized {rel} as {final.name}")
-            else:
-                dest = _quarantine(directory, tmp)
-                lines.append(f"quarantined {rel}: incomplete Parquet file "
-                             f"(moved to {dest.relative_to(directory)})")
-
-    for stale in sorted((directory / RUNS_DIR).glob("*.tmp")):  # manifest half-replaced
-        os.unlink(stale)
-    for path, m in running_manifests(directory):
-        run_id = m.get("run_id", path.stem)
-        rows = salvaged.get(run_id, {})
-        m["status"] = "crashed"
-        if run_id in last_ts and m.get("end") is None:
-            m["end"] = iso_utc(last_ts[run_id])
-        m["recovered_rows"] = rows
-        for table, n in rows.items():
-            m.setdefault("rows", {})[table] = m.get("rows", {}).get(table, 0) + n
-        write_manifest(directory, m)
-        lines.append(f"marked run {run_id} as crashed (recovered "
-                     f"{sum(rows.values())} rows)")
+        for folder, part in partitions(root, table, lines):
+            rel_dir = (table, folder)
+            _recover_partition(root, part, table, rel_dir, lines, salvaged, last_ts)
+    _recover_manifests(root, lines, salvaged, last_ts)
     return lines
+
+
+def _recover_partition(root: Dir, part: Dir, table: str, rel_dir: tuple[str, str],
+                       lines: list[str], salvaged, last_ts) -> None:
+    def rel(name: str) -> str:
+        return printable("/".join((*rel_dir, name)))
+
+    def quarantine(name: str, why: str) -> None:
+        lines.append(f"quarantined {rel(name)}: {why} "
+                     f"(moved to {printable(_quarantine(root, part, rel_dir, name))})")
+
+    names = part.names()
+    # a temporary Parquet next to its journal is redone from the journal
+    for name in names:
+        base = data_base(name, PARQUET_TMP_SUFFIX)
+        if base and part.is_regular(name) and part.is_regular(base + JOURNAL_SUFFIX):
+            part.unlink(name)
+    for journal in names:
+        if data_base(journal, JOURNAL_SUFFIX) is None:
+            continue
+        odd = _skip_odd(part, journal)
+        if odd:
+            lines.append(f"skipped {rel(journal)}: {odd}")
+            continue
+        final = parquet_name(journal)
+        if part.lstat(final) is not None:
+            problem = _parquet_problem(part, final, table)
+            if problem is None:
+                # crashed between publishing the Parquet file and deleting its journal
+                part.unlink(journal)
+                part.fsync()
+                lines.append(f"removed {rel(journal)}: already finalized as {printable(final)}")
+                continue
+            if _skip_odd(part, final):
+                lines.append(f"skipped {rel(journal)}: {printable(final)} is in the way "
+                             f"({_skip_odd(part, final)})")
+                continue
+            quarantine(final, "unreadable")
+        try:
+            sch, batches, clean = read_journal(part, journal)
+        except NotRegular as e:
+            quarantine(journal, str(e))
+            continue
+        if not batches:
+            quarantine(journal, "no readable record batch")
+            continue
+        foreign = foreign_columns(table, sch)
+        if foreign:
+            quarantine(journal, f"not a {table} journal ({foreign})")
+            continue
+        final, rows, _, tbl = journal_to_parquet(part, journal)
+        meta = sch.metadata or {}
+        run_id = meta.get(RUN_ID_KEY.encode(), b"").decode(errors="replace") or "unknown"
+        salvaged.setdefault(run_id, {}).setdefault(table, 0)
+        salvaged[run_id][table] += rows
+        newest = pc.max(tbl.column("ts")).as_py()
+        if newest is not None and (run_id not in last_ts or newest > last_ts[run_id]):
+            last_ts[run_id] = newest
+        how = "" if clean else "; the last batch was cut short and is lost"
+        lines.append(f"recovered {rel(final)}: {rows} rows from a "
+                     f"journal of run {printable(run_id)}{how}")
+    # no journal: a complete file was only not renamed; anything else is quarantined
+    for tmp in part.names():
+        base = data_base(tmp, PARQUET_TMP_SUFFIX)
+        if base is None:
+            continue
+        odd = _skip_odd(part, tmp)
+        if odd:
+            lines.append(f"skipped {rel(tmp)}: {odd}")
+            continue
+        problem = _parquet_problem(part, tmp, table)
+        final = base + PARQUET_SUFFIX
+        if problem is None and part.lstat(final) is None:
+            publish(part.fd, tmp, final)
+            lines.append(f"finalized {rel(tmp)} as {printable(final)}")
+        else:
+            quarantine(tmp, problem or f"{printable(final)} exists already")
+
+
+def _recover_manifests(root: Dir, lines: list[str], salvaged, last_ts) -> None:
+    runs = _sub(root, RUNS_DIR, lines, RUNS_DIR)
+    if runs is None:
+        return
+    with runs:
+        for name in runs.names():
+            rel = printable(f"{RUNS_DIR}/{name}")
+            if name.endswith(MANIFEST_TMP_SUFFIX):   # a manifest half-replaced
+                if manifest_run_id(name[: -len(".tmp")]) and runs.is_regular(name):
+                    runs.unlink(name)
+                continue
+            if not name.endswith(MANIFEST_SUFFIX):
+                continue
+            file_run_id = manifest_run_id(name)
+            if file_run_id is None:
+                lines.append(f"skipped {rel}: not a name connscope gives a manifest")
+                continue
+            try:
+                m = read_manifest(name, dir_fd=runs.fd)
+            except NotRegular as e:
+                lines.append(f"skipped {rel}: {printable(str(e))}")
+                continue
+            except OSError as e:
+                lines.append(f"skipped {rel}: cannot read ({printable(e.strerror or e)})")
+                continue
+            except ValueError:
+                lines.append(f"skipped {rel}: not a valid JSON run manifest")
+                continue
+            if m.get("status") != "running":
+                continue
+            run_id = m.get("run_id")
+            if not is_run_id(run_id) or run_id != file_run_id:
+                shown = printable(json.dumps(run_id))[:80]
+                dest = _quarantine(root, runs, (RUNS_DIR,), name)
+                lines.append(f"quarantined {rel}: its run_id {shown} is not its file name "
+                             f"(moved to {printable(dest)})")
+                continue
+            rows = salvaged.get(run_id, {})
+            m["status"] = "crashed"
+            if run_id in last_ts and m.get("end") is None:
+                m["end"] = iso_utc(last_ts[run_id])
+            m["recovered_rows"] = rows
+            old = m.get("rows") if isinstance(m.get("rows"), dict) else {}
+            m["rows"] = old
+            for table, n in rows.items():
+                before = old.get(table)
+                old[table] = (before if isinstance(before, int) else 0) + n
+            write_manifest(runs, m, name)
+            lines.append(f"marked run {printable(run_id)} as crashed (recovered "
+                         f"{sum(rows.values())} rows)")
+
+
+def leftovers(root: Dir) -> bool:
+    """Whether a crashed run left journals or temporary files that recovery would handle."""
+    sink: list[str] = []
+    for table in TABLES:
+        for _, part in partitions(root, table, sink):
+            if any(data_base(n, JOURNAL_SUFFIX) or data_base(n, PARQUET_TMP_SUFFIX)
+                   for n in part.names()):
+                return True
+    return False
+

@@ -8,28 +8,18 @@ per UTC date partition and rotates the journals into Parquet
 
 from __future__ import annotations
 
-import os
-import re
 import threading
 import time
 from datetime import date, datetime, timedelta, timezone
-from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence, Union
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from tracer.schema import schema
-from tracer.sinks.durable_files import make_dirs
-from tracer.sinks.journal import (
-    HOST_KEY,
-    JOURNAL_SUFFIX,
-    PARQUET_TMP_SUFFIX,
-    ROW_GROUP_ROWS,
-    RUN_ID_KEY,
-    Journal,
-    journal_to_parquet,
-)
+from tracer.sinks.journal import HOST_KEY, ROW_GROUP_ROWS, RUN_ID_KEY, Journal, journal_to_parquet
+from tracer.sinks.names import JOURNAL_SUFFIX, PARQUET_SUFFIX, PARQUET_TMP_SUFFIX, safe_name
+from tracer.sinks.trusted_dir import Dir
 
 _US_PER_DAY = 86_400_000_000
 _EPOCH = date(1970, 1, 1)
@@ -132,13 +122,13 @@ class TableWriter:
     flush can try again.
     """
 
-    def __init__(self, directory, table: str, *, host: str, run_id: str, run_start: datetime,
+    def __init__(self, root: Dir, table: str, *, host: str, run_id: str, run_start: datetime,
                  flush_interval_s: float = 2.0, rotate_rows: int = 1_000_000,
                  rotate_bytes: int = 64 << 20, rotate_age_s: float = 60.0,
                  max_buffer_rows: int = 1 << 18, row_group_rows: int = ROW_GROUP_ROWS,
                  clock: Callable[[], float] = time.monotonic,
-                 on_file: Callable[[Path, int, int], None] | None = None):
-        self.directory = Path(directory)
+                 on_file: Callable[[str, str, str, int, int], None] | None = None):
+        self.root = root          # the recording directory, held open by Recording
         self.table = table
         self.schema = schema(table)
         self.host = host
@@ -162,14 +152,15 @@ class TableWriter:
         self._buffered = 0
         self._buffer_since: float | None = None
         self._journals: dict[int, Journal] = {}  # by UTC day number
-        self._pending: list[Path] = []            # journals abandoned after an error
+        self._parts: dict[str, Dir] = {}          # open date= partitions, by folder name
+        self._pending: list[tuple[Dir, str]] = []  # journals abandoned after an error
         self._seq = 0
         self._closed = False
 
         self.rows = 0            # rows given to write(), including any dropped
         self.rows_finalized = 0  # rows in finalized Parquet files
         self.dropped_rows = 0    # rows lost to storage errors or a full buffer
-        self.files: list[Path] = []
+        self.files: list[str] = []   # "<date=...>/<name>" of each finalized file
         self.bytes_finalized = 0
 
     # -- buffering
@@ -266,6 +257,9 @@ class TableWriter:
                 for j in self._journals.values():
                     j.abandon()
                 self._journals.clear()
+                for part in self._parts.values():
+                    part.close()
+                self._parts.clear()
 
     def _append(self, table: pa.Table) -> None:
         days = _days(table)
@@ -288,16 +282,32 @@ class TableWriter:
             self._abandon_all()
             raise
 
+    def _part(self, folder: str) -> Dir:
+        part = self._parts.get(folder)
+        if part is None:
+            self._close_idle_parts()
+            part = self.root.walk(self.table, folder, create=True)
+            self._parts[folder] = part
+        return part
+
+    def _close_idle_parts(self) -> None:
+        """Close partitions no open or pending journal is in (one a day would pile up)."""
+        used = {id(j.part) for j in self._journals.values()}
+        used |= {id(part) for part, _ in self._pending}
+        for folder, part in list(self._parts.items()):
+            if id(part) not in used:
+                part.close()
+                del self._parts[folder]
+
     def _open(self, day: int) -> Journal:
-        part_dir = self.directory / self.table / f"date={_day_name(day)}"
-        make_dirs(part_dir)
+        part = self._part(f"date={_day_name(day)}")
         while True:
             self._seq += 1
-            base = part_dir / f"{self._file_prefix}-{self._seq:04d}"
-            if not any(base.with_name(base.name + s).exists()
-                       for s in (".parquet", JOURNAL_SUFFIX, PARQUET_TMP_SUFFIX)):
+            base = f"{self._file_prefix}-{self._seq:04d}"
+            if not any(part.exists(base + s)
+                       for s in (PARQUET_SUFFIX, JOURNAL_SUFFIX, PARQUET_TMP_SUFFIX)):
                 break  # names can repeat when two runs start in the same second
-        j = Journal(base, self._journal_schema, self._clock())
+        j = Journal(part, base, self._journal_schema, self._clock())
         self._journals[day] = j
         return j
 
@@ -307,39 +317,37 @@ class TableWriter:
             j.close()
         except OSError:
             j.abandon()
-            self._pending.append(j.path)
+            self._pending.append((j.part, j.name))
             raise
-        self._pending.append(j.path)
+        self._pending.append((j.part, j.name))
         self._finalize_pending()
 
     def _abandon_all(self) -> None:
         for j in self._journals.values():
             j.abandon()
-            self._pending.append(j.path)
+            self._pending.append((j.part, j.name))
         self._journals.clear()
 
     def _finalize_pending(self) -> bool:
         wrote = False
         while self._pending:
-            path = self._pending[0]
-            if not path.exists():
+            part, name = self._pending[0]
+            if not part.exists(name):
                 self._pending.pop(0)
                 continue
-            result = journal_to_parquet(path, self.row_group_rows)
+            result = journal_to_parquet(part, name, self.row_group_rows)
             self._pending.pop(0)
             if result is None:
                 # not one complete batch reached the disk: nothing to keep
-                os.unlink(path)
+                part.unlink(name)
                 continue
             final, rows, size, _ = result
             self.rows_finalized += rows
-            self.files.append(final)
+            folder = part.path.rsplit("/", 1)[-1]
+            self.files.append(f"{folder}/{final}")
             self.bytes_finalized += size
             wrote = True
             if self._on_file:
-                self._on_file(final, rows, size)
+                self._on_file(self.table, folder, final, rows, size)
         return wrote
 
-
-def safe_name(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", s) or "host"

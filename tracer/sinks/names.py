@@ -1,0 +1,74 @@
+"""The names connscope writes in a recording directory, and nothing else.
+
+Recovery and `--max-size` act only on entries whose names match these
+patterns (anything else in DIR is left alone): a name read from the directory
+is never turned into a path that could leave it (`/`, `..`, a leading dot),
+because every pattern here is a single component made of
+`[A-Za-z0-9._-]` that does not start with a dot.
+
+    <table>/date=YYYY-MM-DD/<host>-<YYYYmmddTHHMMSSZ>-<seq>.parquet
+                                                     ...arrows.inprogress   (journal)
+                                                     ...parquet.inprogress  (temporary Parquet)
+    runs/<run_id>.json   (and <run_id>.json.tmp while it is replaced)
+"""
+from __future__ import annotations
+
+import re
+
+LOCK_FILE = ".connscope.lock"
+RUNS_DIR = "runs"
+QUARANTINE_DIR = "quarantine"
+
+JOURNAL_SUFFIX = ".arrows.inprogress"
+PARQUET_TMP_SUFFIX = ".parquet.inprogress"
+PARQUET_SUFFIX = ".parquet"
+MANIFEST_SUFFIX = ".json"
+MANIFEST_TMP_SUFFIX = ".json.tmp"
+
+# A run id: what new_run_id and Recording make, and what callers may choose
+# (tests, fleets): one safe file name component, no leading dot.
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+_DATE_DIR = re.compile(r"date=\d{4}-\d{2}-\d{2}")
+# <safe host>-<run start>-<seq>: TableWriter's file prefix and sequence number
+_DATA_BASE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,149}-\d{8}T\d{6}Z-\d{4,9}")
+_HOST_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def safe_name(s: str) -> str:
+    """`s` as one file name component: other characters become `_`, no leading dot."""
+    s = _HOST_CHARS.sub("_", s)[:150]
+    if s.startswith("."):
+        s = "_" + s[1:]
+    return s or "host"
+
+
+def is_run_id(value: object) -> bool:
+    return isinstance(value, str) and _RUN_ID.fullmatch(value) is not None
+
+
+def is_date_dir(name: str) -> bool:
+    return _DATE_DIR.fullmatch(name) is not None
+
+
+def data_base(name: str, suffix: str) -> str | None:
+    """The `<host>-<start>-<seq>` part of a data file name ending in `suffix`,
+    or None if `name` is not one that TableWriter writes."""
+    if not name.endswith(suffix):
+        return None
+    base = name[: -len(suffix)]
+    return base if _DATA_BASE.fullmatch(base) else None
+
+
+def manifest_run_id(name: str) -> str | None:
+    """The run id of a `runs/` entry named `<run_id>.json`, or None."""
+    if not name.endswith(MANIFEST_SUFFIX):
+        return None
+    run_id = name[: -len(MANIFEST_SUFFIX)]
+    return run_id if is_run_id(run_id) else None
+
+
+def manifest_name(run_id: str) -> str:
+    if not is_run_id(run_id):
+        raise ValueError(f"run id {run_id!r} is not a safe name ([A-Za-z0-9._-], "
+                         f"not starting with a dot, at most 200 characters)")
+    return run_id + MANIFEST_SUFFIX
