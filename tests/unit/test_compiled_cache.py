@@ -137,7 +137,11 @@ def test_prune_keeps_the_newest(cache):
     for i in range(compiled.KEEP + 3):
         path = compiled.store(f"k{i}", p, cache)
         os.utime(path, (1000 + i, 1000 + i))
-    compiled._prune(cache)
+    fd = os.open(cache, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        compiled._prune(fd)
+    finally:
+        os.close(fd)
     left = sorted(os.listdir(cache))
     assert len(left) == compiled.KEEP
     assert "k0.json" not in left and f"k{compiled.KEEP + 2}.json" in left
