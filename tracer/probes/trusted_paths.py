@@ -44,8 +44,11 @@ def check_dir_stat(st: os.stat_result, where: str, *, last: bool) -> None:
         raise Untrusted(f"{where} is owned by {owner_name(st.st_uid)}")
     writable = st.st_mode & 0o022
     if writable and (last or not (st.st_mode & stat.S_ISVTX and st.st_uid == 0)):
-        raise Untrusted(f"{where} is writable by {'group' if writable & 0o020 else 'others'} "
-                        f"(mode {stat.S_IMODE(st.st_mode):04o})")
+        raise Untrusted(f"{where} is writable by {_who(writable)} (mode {stat.S_IMODE(st.st_mode):04o})")
+
+
+def _who(writable_bits: int) -> str:
+    return {0o020: "group", 0o002: "others"}.get(writable_bits, "group and others")
 
 
 def open_dir(path: str, *, create_mode: int | None = None) -> int:
@@ -167,6 +170,6 @@ def _check_entry_stat(st: os.stat_result, here: str, max_size: int) -> None:
     if st.st_uid not in trusted_owners():
         raise Untrusted(f"{here} is owned by {owner_name(st.st_uid)}")
     if st.st_mode & 0o022:
-        raise Untrusted(f"{here} is writable by others (mode {stat.S_IMODE(st.st_mode):04o})")
+        raise Untrusted(f"{here} is writable by {_who(st.st_mode & 0o022)} (mode {stat.S_IMODE(st.st_mode):04o})")
     if st.st_size > max_size:
         raise Untrusted(f"{here} is {st.st_size} bytes, more than {max_size}")
