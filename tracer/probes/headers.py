@@ -259,25 +259,29 @@ def _merge(cand: _Candidate, cache_dir: str) -> str:
                 os.fchmod(tfd, 0o755)
             finally:
                 os.close(tfd)
-            try:  # stale (older package revision, older connscope) or not ours: moved away
-                os.stat(cand.version, dir_fd=cache_fd, follow_symlinks=False)
-                stale = tempfile.mkdtemp(prefix=f".{cand.version}.stale.", dir=cache_dir)
-                os.rename(cand.version, os.path.join(os.path.basename(stale), "tree"),
-                          src_dir_fd=cache_fd, dst_dir_fd=cache_fd)
-                shutil.rmtree(stale, ignore_errors=True)
-            except FileNotFoundError:
-                pass
-            try:
-                os.rename(tmp_name, cand.version, src_dir_fd=cache_fd, dst_dir_fd=cache_fd)
-            except OSError as e:
-                if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                    raise
-                # Another process merged the same tree first: use theirs if it is sound.
-                shutil.rmtree(tmp, ignore_errors=True)
-                why = _reusable(cache_fd, cache_dir, cand)
-                if why:
-                    raise trusted_paths.Untrusted(f"{os.path.join(cache_dir, cand.version)}: {why}")
-            tmp = None
+            for _ in range(2):
+                # Stale (older package revision, older connscope) or not ours: moved away.
+                try:
+                    os.stat(cand.version, dir_fd=cache_fd, follow_symlinks=False)
+                    stale = tempfile.mkdtemp(prefix=f".{cand.version}.stale.", dir=cache_dir)
+                    os.rename(cand.version, os.path.join(os.path.basename(stale), "tree"),
+                              src_dir_fd=cache_fd, dst_dir_fd=cache_fd)
+                    shutil.rmtree(stale, ignore_errors=True)
+                except FileNotFoundError:
+                    pass
+                try:
+                    os.rename(tmp_name, cand.version, src_dir_fd=cache_fd, dst_dir_fd=cache_fd)
+                    tmp = None
+                    break
+                except OSError as e:
+                    if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                        raise
+                # Another process merged first: use theirs if it is sound, else replace it.
+                if not _reusable(cache_fd, cache_dir, cand):
+                    break
+            else:
+                raise trusted_paths.Untrusted(f"{os.path.join(cache_dir, cand.version)} keeps being "
+                                              f"replaced by another process")
         finally:
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
