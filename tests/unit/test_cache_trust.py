@@ -20,7 +20,7 @@ import pytest
 from tracer import doctor
 from tracer.probes import compiled, headers, trusted_paths
 from tests.unit.test_compiled_cache import program
-from tests.unit.test_doctor import fake_debian_headers
+from tests.unit.test_doctor import DEFAULTS, fake_debian_headers, make
 
 NOBODY = 65534
 
@@ -68,8 +68,16 @@ def miss(directory, key="k1") -> str:
 
 
 def doctor_line(monkeypatch, directory) -> dict:
+    """The program cache row of `connscope doctor` (the rest of the report
+    from a made-up host), checked to be on the screen as well."""
     monkeypatch.setenv(compiled.CACHE_ENV, str(directory))
-    return doctor._program_cache()
+    r = doctor.collect(make(), sysctls=DEFAULTS, nofile=(1024, 4096))["program_cache"]
+    assert f"  prog cache   {'ok' if r['ok'] else 'no'}  {r['detail']}" in doctor_text(make())
+    return r
+
+
+def doctor_text(features) -> str:
+    return doctor.render_text(doctor.collect(features, sysctls=DEFAULTS, nofile=(1024, 4096)))
 
 
 # --- the program cache ----------------------------------------------------------
@@ -280,6 +288,7 @@ def test_header_cache_owned_by_another_user_is_not_used(base, nobody_dir):
     assert tree.how.endswith(f"the merged tree cache is not used: {nobody_dir} is owned by uid {NOBODY}")
     assert headers.bcc_environment(tree) == {}
     assert os.listdir(farm) == ["include"]    # not built into, not removed: just not used
+    assert f"headers      no  {tree.how}" in doctor_text(make(tree=tree))
 
 
 def test_planted_farm_in_roots_cache_is_rebuilt_not_used(base, nobody_dir):

@@ -275,6 +275,8 @@ def status(directory: str | None = None) -> tuple[bool, str]:
         return True, f"{directory}: empty (made by the first start, which compiles)"
     except Untrusted as e:
         return False, f"program cache ignored: {e}; every start compiles"
+    except PermissionError:
+        return False, f"{directory}: cannot be read as uid {os.geteuid()}: run doctor as root to check it"
     except OSError as e:
         return False, f"program cache ignored: {directory}: {e.strerror}; every start compiles"
     try:
