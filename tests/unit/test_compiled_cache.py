@@ -137,7 +137,11 @@ def test_prune_keeps_the_newest(cache):
     for i in range(compiled.KEEP + 3):
         path = compiled.store(f"k{i}", p, cache)
         os.utime(path, (1000 + i, 1000 + i))
-    compiled._prune(cache)
+    fd = os.open(cache, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        compiled._prune(fd)
+    finally:
+        os.close(fd)
     left = sorted(os.listdir(cache))
     assert len(left) == compiled.KEEP
     assert "k0.json" not in left and f"k{compiled.KEEP + 2}.json" in left
@@ -184,3 +188,54 @@ def test_status_for_doctor(cache, monkeypatch):
     assert not ok and "ignored" in text
     monkeypatch.setenv(compiled.CACHE_ENV, "off")
     assert compiled.status() == (True, f"off ({compiled.CACHE_ENV}=off): every start compiles")
+
+
+def test_fuzzed_entries_are_hits_or_named_misses(tmp_path):
+    """Seeded mutations of a real entry (values swapped for other types,
+    keys dropped, bytes flipped, truncations): lookup never raises; a miss
+    names the entry."""
+    import random
+
+    rng = random.Random(13)
+    cache = tmp_path / "programs"
+    compiled.store("k1", program(), str(cache))
+    path = cache / "k1.json"
+    good = path.read_bytes()
+    others = [None, True, -1, 2 ** 40, 1.5, "", "x", [], {}, [[]], [1, "events"], {"a": 1}]
+
+    def paths(node, at=()):
+        yield at
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for k, v in items:
+            yield from paths(v, at + (k,))
+
+    def mutate_json() -> bytes:
+        d = json.loads(good)
+        at = rng.choice([p for p in paths(d) if p])
+        parent = d
+        for k in at[:-1]:
+            parent = parent[k]
+        if rng.random() < 0.2 and isinstance(parent, dict):
+            del parent[at[-1]]
+        else:
+            parent[at[-1]] = rng.choice(others)
+        return json.dumps(d).encode()
+
+    def mutate_bytes() -> bytes:
+        b = bytearray(good)
+        if rng.random() < 0.5:
+            return bytes(b[:rng.randrange(len(b))])
+        for _ in range(rng.randint(1, 8)):
+            b[rng.randrange(len(b))] = rng.randrange(256)
+        return bytes(b)
+
+    hits = misses = 0
+    for _ in range(400):
+        path.write_bytes(mutate_json() if rng.random() < 0.7 else mutate_bytes())
+        prog, why = compiled.lookup("k1", str(cache))
+        if prog is None:
+            assert why.startswith(f"cache entry ignored: {path} is not a compiled program ("), why
+            misses += 1
+        else:
+            hits += 1
+    assert misses > 300   # the mutations mostly break it; hits are mutations of what nothing reads

@@ -7,25 +7,30 @@ once, in a child process (tracer/probes/compiler.py), and its product, the
 instructions of each function with the places where map fds go and the specs
 of the maps, is kept here; every later start only creates maps and loads.
 
-The cache holds code that root loads into the kernel: it lives in a root-only
-directory, and a file is trusted only when it and its directory are owned by
-root and writable by nobody else, and when it names the key it was stored
-under.
+The cache holds code that root loads into the kernel: it is used only when
+the directory and every one above it are root's and writable by nobody else
+(tracer/probes/trusted_paths.py), and an entry only when it is a regular
+file, not a link, owned by root, writable by nobody else, at most
+MAX_ENTRY_BYTES, of exactly the shape to_json writes, and names the key it
+was stored under. Anything else is a miss with a reason (`connscope doctor`
+lists them) and the program is compiled again.
 """
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import json
 import os
-import stat
-import tempfile
 from dataclasses import asdict, dataclass, field
+
+from tracer.probes.trusted_paths import Untrusted, open_dir, open_entry, read_capped, read_entry
 
 FORMAT = 1
 DEFAULT_DIR = "/var/cache/connscope/programs"
 CACHE_ENV = "CONNSCOPE_PROGRAM_CACHE"   # a directory, or "off"
 KEEP = 16                               # newest entries kept
+MAX_ENTRY_BYTES = 8 << 20               # ours are ~30 KB; anything far larger is not ours
 
 
 @dataclass
@@ -61,22 +66,76 @@ class CompiledProgram:
         }
 
     @classmethod
-    def from_json(cls, d: dict) -> "CompiledProgram":
-        if d.get("format") != FORMAT:
-            raise ValueError(f"compiled program format {d.get('format')!r}, expected {FORMAT}")
-        return cls(
-            license=d["license"], kern_version=int(d["kern_version"]),
-            maps=[MapSpec(**m) for m in d["maps"]],
-            functions=[FunctionSpec(f["name"], base64.b64decode(f["insns"]),
-                                    [(int(i), str(n)) for i, n in f["relocs"]])
-                       for f in d["functions"]],
-        )
+    def from_json(cls, d) -> "CompiledProgram":
+        """Raises ValueError naming the first thing that is not what to_json
+        writes: a cache entry or compiler output of another shape is refused
+        whole, never half-read."""
+        d = _obj(d, "program", {"format", "license", "kern_version", "maps", "functions"}, {"key"})
+        if d["format"] != FORMAT:
+            raise ValueError(f"compiled program format {d['format']!r}, expected {FORMAT}")
+        maps = [MapSpec(name=_str(m["name"], "map name"),
+                        **{k: _u32(m[k], f"map {k}") for k in ("type", "key_size", "value_size",
+                                                                 "max_entries", "flags")})
+                for m in (_obj(m, "map", _MAP_FIELDS) for m in _list(d["maps"], "maps"))]
+        names = {m.name for m in maps}
+        functions = []
+        for f in _list(d["functions"], "functions"):
+            f = _obj(f, "function", {"name", "insns", "relocs"})
+            try:
+                insns = base64.b64decode(_str(f["insns"], "insns"), validate=True)
+            except binascii.Error as e:
+                raise ValueError(f"insns are not base64 ({e})") from None
+            if not insns or len(insns) % 8:
+                raise ValueError(f"insns of {len(insns)} bytes: not whole instructions")
+            relocs = []
+            for r in _list(f["relocs"], "relocs"):
+                if not (isinstance(r, list) and len(r) == 2):
+                    raise ValueError("a reloc is not an [index, map] pair")
+                i, name = _u32(r[0], "reloc index"), _str(r[1], "reloc map")
+                if i >= len(insns) // 8 or name not in names:
+                    raise ValueError(f"reloc ({i}, {name!r}) outside the program or its maps")
+                relocs.append((i, name))
+            functions.append(FunctionSpec(_str(f["name"], "function name"), insns, relocs))
+        return cls(license=_str(d["license"], "license"),
+                   kern_version=_u32(d["kern_version"], "kern_version"),
+                   maps=maps, functions=functions)
 
     def function(self, name: str) -> FunctionSpec:
         for f in self.functions:
             if f.name == name:
                 return f
         raise KeyError(name)
+
+
+_MAP_FIELDS = {"name", "type", "key_size", "value_size", "max_entries", "flags"}
+
+
+def _obj(v, what: str, required: set, optional: set = frozenset()) -> dict:
+    if not isinstance(v, dict):
+        raise ValueError(f"{what} is a {type(v).__name__}, not an object")
+    missing, extra = required - v.keys(), v.keys() - required - optional
+    if missing or extra:
+        raise ValueError(f"{what}: " + "; ".join(
+            x for x in (missing and f"missing {sorted(missing)}", extra and f"unknown {sorted(extra)}") if x))
+    return v
+
+
+def _list(v, what: str) -> list:
+    if not isinstance(v, list):
+        raise ValueError(f"{what} is a {type(v).__name__}, not a list")
+    return v
+
+
+def _str(v, what: str) -> str:
+    if not isinstance(v, str):
+        raise ValueError(f"{what} is a {type(v).__name__}, not a string")
+    return v
+
+
+def _u32(v, what: str) -> int:
+    if type(v) is not int or not 0 <= v < 1 << 32:
+        raise ValueError(f"{what} is {v!r}, not a 32-bit unsigned integer")
+    return v
 
 
 def cache_key(source: str, cflags: list[str], env: dict[str, str], *, kernel: str,
@@ -106,96 +165,152 @@ def cache_dir() -> str | None:
     return None if d == "off" else d
 
 
-def _trusted(path: str) -> bool:
-    """Owned by root (or by us, when not root) and writable by nobody else."""
+def lookup(key: str, directory: str | None = None) -> tuple[CompiledProgram | None, str]:
+    """(program, "") from the cache, or (None, why it is a miss). Never
+    raises: whatever is wrong with the cache is a miss, and the program is
+    compiled again."""
+    directory = directory or cache_dir()
+    if directory is None:
+        return None, f"{CACHE_ENV}=off"
+    name = key + ".json"
     try:
-        st = os.lstat(path)
-    except OSError:
-        return False
-    if stat.S_ISLNK(st.st_mode):
-        return False
-    return st.st_uid == os.geteuid() and not (st.st_mode & 0o022)
+        dfd = open_dir(directory)
+    except FileNotFoundError:
+        return None, f"{directory} does not exist yet"
+    except Untrusted as e:
+        return None, f"program cache ignored: {e}"
+    except OSError as e:
+        return None, f"program cache ignored: {directory}: {e.strerror}"
+    try:
+        try:
+            fd = open_entry(dfd, name, directory, max_size=MAX_ENTRY_BYTES)
+        except FileNotFoundError:
+            return None, "not in the cache"
+        try:
+            path = os.path.join(directory, name)
+            prog = _parse(path, read_capped(fd, path, MAX_ENTRY_BYTES), key)
+            try:
+                os.utime(fd)   # most recently used stays longest
+            except OSError:
+                pass
+            return prog, ""
+        finally:
+            os.close(fd)
+    except Untrusted as e:
+        return None, f"cache entry ignored: {e}"
+    except OSError as e:
+        return None, f"cache entry ignored: {os.path.join(directory, name)}: {e.strerror}"
+    finally:
+        os.close(dfd)
 
 
 def load(key: str, directory: str | None = None) -> CompiledProgram | None:
-    directory = directory or cache_dir()
-    if directory is None:
-        return None
-    path = os.path.join(directory, key + ".json")
-    if not (_trusted(directory) and _trusted(path)):
-        return None
+    return lookup(key, directory)[0]
+
+
+def _parse(path: str, data: bytes, key: str | None) -> CompiledProgram:
+    """The entry's program; Untrusted naming what is wrong with it."""
     try:
-        with open(path) as f:
-            d = json.load(f)
-        if d.get("key") != key:
-            return None
-        prog = CompiledProgram.from_json(d)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None   # a damaged entry is recompiled and replaced
-    try:
-        os.utime(path)   # most recently used stays longest
-    except OSError:
-        pass
-    return prog
+        d = json.loads(data)
+        if not isinstance(d, dict) or not isinstance(d.get("key"), str):
+            raise ValueError("no key")
+        if key is not None and d["key"] != key:
+            raise ValueError("stored under another key")
+        return CompiledProgram.from_json(d)
+    except (ValueError, RecursionError) as e:   # JSONDecodeError and UnicodeDecodeError too
+        raise Untrusted(f"{path} is not a compiled program ({str(e).splitlines()[0][:120]})") from None
 
 
 def store(key: str, prog: CompiledProgram, directory: str | None = None) -> str | None:
     """Write atomically; returns the path, or None when the cache is off or
-    cannot be written (then every start compiles: slower, still correct)."""
+    cannot be written or trusted (then every start compiles: slower, still
+    correct)."""
     directory = directory or cache_dir()
     if directory is None:
         return None
     try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        if not _trusted(directory):
-            return None
+        dfd = open_dir(directory, create_mode=0o700)
+    except (Untrusted, OSError):
+        return None
+    name, tmp = key + ".json", f".tmp-{os.getpid()}-{key}.json"
+    try:
         d = prog.to_json()
         d["key"] = key
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+        data = json.dumps(d).encode()
         try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(d, f)
-            os.chmod(tmp, 0o600)
-            path = os.path.join(directory, key + ".json")
-            os.replace(tmp, path)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o600, dir_fd=dfd)
+            try:
+                os.fchmod(fd, 0o600)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
         except BaseException:
             try:
-                os.unlink(tmp)
+                os.unlink(tmp, dir_fd=dfd)
             except OSError:
                 pass
             raise
-        _prune(directory)
-        return path
+        _prune(dfd)
+        return os.path.join(directory, name)
     except OSError:
         return None
+    finally:
+        os.close(dfd)
 
 
 def status(directory: str | None = None) -> tuple[bool, str]:
-    """(usable, one line) for `connscope doctor`."""
+    """(usable, one line) for `connscope doctor`: the directory's trust, and
+    every entry that would be ignored, with its reason."""
     directory = directory or cache_dir()
     if directory is None:
         return True, f"off ({CACHE_ENV}=off): every start compiles"
-    if not os.path.exists(directory):
+    try:
+        dfd = open_dir(directory)
+    except FileNotFoundError:
         return True, f"{directory}: empty (made by the first start, which compiles)"
-    if not _trusted(directory):
-        return False, (f"{directory} is not trusted (not owned by this user, writable by others, "
-                       f"or a link): ignored, every start compiles")
-    n = sum(1 for name in os.listdir(directory) if name.endswith(".json") and not name.startswith("."))
-    return True, (f"{directory}: {n} compiled program{'s' if n != 1 else ''}; a start whose "
-                  f"program is in it loads in milliseconds, another compiles once")
-
-
-def _prune(directory: str) -> None:
-    entries = []
-    for name in os.listdir(directory):
-        if name.endswith(".json") and not name.startswith("."):
-            p = os.path.join(directory, name)
+    except Untrusted as e:
+        return False, f"program cache ignored: {e}; every start compiles"
+    except PermissionError:
+        return False, f"{directory}: cannot be read as uid {os.geteuid()}: run doctor as root to check it"
+    except OSError as e:
+        return False, f"program cache ignored: {directory}: {e.strerror}; every start compiles"
+    try:
+        good, bad = 0, []
+        for name in sorted(os.listdir(dfd)):
+            if not name.endswith(".json") or name.startswith("."):
+                continue
             try:
-                entries.append((os.stat(p).st_mtime, p))
+                _parse(os.path.join(directory, name),
+                       read_entry(dfd, name, directory, max_size=MAX_ENTRY_BYTES), name[:-5])
+                good += 1
+            except Untrusted as e:
+                bad.append(str(e))
+            except OSError as e:
+                bad.append(f"{os.path.join(directory, name)}: {e.strerror}")
+    finally:
+        os.close(dfd)
+    text = (f"{directory}: {good} compiled program{'s' if good != 1 else ''}; a start whose "
+            f"program is in it loads in milliseconds, another compiles once")
+    if bad:
+        return False, text + f"; {len(bad)} entr{'ies' if len(bad) != 1 else 'y'} ignored: " + "; ".join(bad[:3])
+    return True, text
+
+
+def _prune(dfd: int) -> None:
+    entries = []
+    for name in os.listdir(dfd):
+        if name.endswith(".json") and not name.startswith("."):
+            try:
+                entries.append((os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mtime, name))
             except OSError:
                 pass
-    for _, p in sorted(entries, reverse=True)[KEEP:]:
+    for _, name in sorted(entries, reverse=True)[KEEP:]:
         try:
-            os.unlink(p)
+            os.unlink(name, dir_fd=dfd)
         except OSError:
             pass

@@ -1,6 +1,7 @@
 """Compile bpf/main.c with bcc, in a process of its own.
 
-    python -m tracer.probes.compiler < request.json > compiled.json
+    python -I -c <loader of the tracer package by path> TRACER/__init__.py \
+        < request.json > compiled.json   (see program.child_command)
 
 The request is {"source": text, "cflags": [...]}; the header tree comes in
 the environment (BCC_KERNEL_SOURCE). Only the compile runs here: bcc's

@@ -11,6 +11,12 @@ by itself, so we merge them into a symlink farm under /var/cache.
 
 We never link a foreign tree into /lib/modules: DKMS would then build modules
 against the wrong kernel.
+
+Headers shape the code root loads into the kernel, so a /usr/src tree, the
+cache directory and the merged farm are used only when root alone can have
+written them (trusted_paths); a farm under our name that is not provably
+connscope's own is rebuilt in a fresh directory, and a cache directory that
+is not root's is not used at all (doctor says why).
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ import tempfile
 from dataclasses import dataclass
 from typing import Optional
 
+from tracer.probes import trusted_paths
+
 DEFAULT_CACHE_DIR = "/var/cache/connscope/kernel-tree"
 MODULES_DIR = "/lib/modules"
 USR_SRC = "/usr/src"
@@ -34,6 +42,11 @@ KHEADERS = "/sys/kernel/kheaders.tar.xz"
 _KCONFIG_H = "include/linux/kconfig.h"
 _UTSRELEASE_H = "include/generated/utsrelease.h"
 _STAMP = ".connscope-sources"
+# Written once the farm was checked link by link (_check_farm); a separate
+# file so that the stamp stays what older versions compare (they reuse a farm
+# this version built instead of rebuilding it under a running compile).
+_CHECKED = ".connscope-checked"
+_CHECKED_TEXT = b"every directory root's, every link into the source trees\n"
 
 
 class TracefsUnavailable(Exception):
@@ -120,7 +133,20 @@ def _usr_src_candidates(usr_src: str) -> list[_Candidate]:
         common = _common_tree_of(tree)
         if common is not None:
             found.append(_Candidate(version, tree, common))
-    return found
+    # Headers shape the code root loads into the kernel: a tree someone else
+    # could have written is never compiled against.
+    return [c for c in found if not any(_untrusted(t) for t in (c.arch_tree, c.common_tree) if t)]
+
+
+def _untrusted(tree: str) -> str:
+    """Why `tree` might hold someone else's headers ("" when it is root's)."""
+    try:
+        os.close(trusted_paths.open_dir(tree))
+        return ""
+    except trusted_paths.Untrusted as e:
+        return str(e)
+    except OSError as e:
+        return f"{tree}: {e.strerror}"
 
 
 def _stamp_text(cand: _Candidate) -> str:
@@ -137,52 +163,131 @@ def _stamp_text(cand: _Candidate) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _merged_tree_valid(tree: str, cand: _Candidate) -> bool:
-    if not (_has_headers(tree) and read_utsrelease(tree) == cand.version):
-        return False
+def _reusable(cache_fd: int, cache_dir: str, cand: _Candidate) -> str:
+    """"" when <cache_dir>/<version> is a farm connscope built and checked
+    for this candidate, else why not. The directory's content was checked
+    link by link before it got its name (_check_farm) and, being root's and
+    writable by nobody else, can have been changed by root alone since."""
+    where = os.path.join(cache_dir, cand.version)
     try:
-        with open(os.path.join(tree, _STAMP)) as f:
-            return f.read() == _stamp_text(cand)
-    except OSError:
-        return False
+        fd = os.open(cand.version, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     dir_fd=cache_fd)
+    except FileNotFoundError:
+        return "not merged yet"
+    except OSError as e:
+        return f"{where}: {e.strerror}"
+    try:
+        trusted_paths.check_dir_stat(os.fstat(fd), where, last=True)
+        stamp = trusted_paths.read_entry(fd, _STAMP, where, max_size=4096)
+        checked = trusted_paths.read_entry(fd, _CHECKED, where, max_size=4096)
+    except FileNotFoundError as e:
+        return f"{os.path.join(where, os.path.basename(e.filename or ''))}: not made by this version"
+    except trusted_paths.Untrusted as e:
+        return str(e)
+    except OSError as e:
+        return f"{os.path.join(where, _STAMP)}: {e.strerror}"
+    finally:
+        os.close(fd)
+    if stamp.decode(errors="replace") != _stamp_text(cand) or checked != _CHECKED_TEXT:
+        return "built from other sources or by an older connscope"
+    if not (_has_headers(where) and read_utsrelease(where) == cand.version):
+        return "incomplete"
+    return ""
+
+
+def _check_farm(fd: int, where: str, roots: tuple[str, ...]) -> None:
+    """Raise Untrusted unless every directory below fd is root's and not
+    writable by others, and every entry is a link into one of `roots` (what
+    cp -rs made). Costs ~0.4 s for 12.8k links, so it runs once, on the
+    freshly built farm, not at every start."""
+    with os.scandir(fd) as it:
+        entries = [(e.name, e.is_symlink(), e.is_dir(follow_symlinks=False)) for e in it]
+    for name, is_link, is_dir in entries:
+        here = os.path.join(where, name)
+        if is_link:
+            target = os.path.normpath(os.readlink(name, dir_fd=fd))
+            if not target.startswith(tuple(r.rstrip("/") + "/" for r in roots)):
+                raise trusted_paths.Untrusted(f"{here} points to {target}, outside {' and '.join(roots)}")
+        elif is_dir:
+            sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            try:
+                trusted_paths.check_dir_stat(os.fstat(sub), here, last=True)
+                _check_farm(sub, here, roots)
+            finally:
+                os.close(sub)
+        else:
+            raise trusted_paths.Untrusted(f"{here} is neither a link nor a directory")
+
+
+# cp is found only in the system's directories, and sees nothing of ours.
+_CP_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
 
 
 def _merge(cand: _Candidate, cache_dir: str) -> str:
     """Symlink farm of common + arch trees at <cache_dir>/<version>; reused when valid.
 
-    Built in a temporary directory and renamed into place, so a concurrent or
-    interrupted run never leaves a half-built tree under the final name.
+    Only in a cache_dir that is root's all the way up (trusted_paths), made
+    0755 if missing. Built in a fresh root-only temporary directory there,
+    checked link by link, then renamed into place, so a concurrent or
+    interrupted run never leaves a half-built tree under the final name and
+    nothing planted under that name is ever used. Raises Untrusted or OSError.
     """
-    final = os.path.join(cache_dir, cand.version)
-    if _merged_tree_valid(final, cand):
-        return final
-    os.makedirs(cache_dir, mode=0o755, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{cand.version}.", dir=cache_dir)
+    cache_fd = trusted_paths.open_dir(cache_dir, create_mode=0o755)
     try:
-        # -s: links, not copies (12.8k entries in ~0.4 s); the arch tree wins
-        # where both have a file (generated headers, .config).
-        for src, extra in ((cand.common_tree, []), (cand.arch_tree, ["-f"])):
-            subprocess.run(["cp", "-rs", *extra, f"{src}/.", f"{tmp}/"], check=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        with open(os.path.join(tmp, _STAMP), "w") as f:
-            f.write(_stamp_text(cand))
-        os.chmod(tmp, 0o755)
-        if os.path.lexists(final):  # stale: from an older package revision
-            stale = tempfile.mkdtemp(prefix=f".{cand.version}.stale.", dir=cache_dir)
-            os.rename(final, os.path.join(stale, "tree"))
-            shutil.rmtree(stale, ignore_errors=True)
+        if not _reusable(cache_fd, cache_dir, cand):
+            return os.path.join(cache_dir, cand.version)
+        # The paths below are names in cache_fd's directory, which nobody but
+        # root can change: resolving them again finds the same directory.
+        tmp = tempfile.mkdtemp(prefix=f".{cand.version}.", dir=cache_dir)
         try:
-            os.rename(tmp, final)
-        except OSError as e:
-            if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                raise
-            # Another process merged the same tree first: use theirs.
-            shutil.rmtree(tmp, ignore_errors=True)
-        tmp = None
+            # -s: links, not copies (12.8k entries in ~0.4 s); the arch tree wins
+            # where both have a file (generated headers, .config).
+            for src, extra in ((cand.common_tree, []), (cand.arch_tree, ["-f"])):
+                subprocess.run(["cp", "-rs", *extra, f"{src}/.", f"{tmp}/"], check=True, cwd="/",
+                               env=_CP_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            tmp_name = os.path.basename(tmp)
+            tfd = os.open(tmp_name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                          dir_fd=cache_fd)
+            try:
+                _check_farm(tfd, tmp, (cand.arch_tree, cand.common_tree))
+                for name, text in ((_STAMP, _stamp_text(cand).encode()), (_CHECKED, _CHECKED_TEXT)):
+                    sfd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                  0o644, dir_fd=tfd)
+                    with os.fdopen(sfd, "wb") as f:
+                        os.fchmod(sfd, 0o644)
+                        f.write(text)
+                os.fchmod(tfd, 0o755)
+            finally:
+                os.close(tfd)
+            for _ in range(2):
+                # Stale (older package revision, older connscope) or not ours: moved away.
+                try:
+                    os.stat(cand.version, dir_fd=cache_fd, follow_symlinks=False)
+                    stale = tempfile.mkdtemp(prefix=f".{cand.version}.stale.", dir=cache_dir)
+                    os.rename(cand.version, os.path.join(os.path.basename(stale), "tree"),
+                              src_dir_fd=cache_fd, dst_dir_fd=cache_fd)
+                    shutil.rmtree(stale, ignore_errors=True)
+                except FileNotFoundError:
+                    pass
+                try:
+                    os.rename(tmp_name, cand.version, src_dir_fd=cache_fd, dst_dir_fd=cache_fd)
+                    tmp = None
+                    break
+                except OSError as e:
+                    if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                        raise
+                # Another process merged first: use theirs if it is sound, else replace it.
+                if not _reusable(cache_fd, cache_dir, cand):
+                    break
+            else:
+                raise trusted_paths.Untrusted(f"{os.path.join(cache_dir, cand.version)} keeps being "
+                                              f"replaced by another process")
+        finally:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+        return os.path.join(cache_dir, cand.version)
     finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
+        os.close(cache_fd)
 
 
 def find_header_tree(release: Optional[str] = None, cache_dir: str = DEFAULT_CACHE_DIR, *,
@@ -222,6 +327,10 @@ def find_header_tree(release: Optional[str] = None, cache_dir: str = DEFAULT_CAC
                           f"{adjective} tree {cand.version} at {cand.arch_tree}{offsets}", "usr-src")
     try:
         merged = _merge(cand, cache_dir)
+    except trusted_paths.Untrusted as e:
+        return HeaderTree(None, cand.version, matches,
+                          f"{adjective} Debian tree {cand.version} found in {usr_src} but the merged "
+                          f"tree cache is not used: {e}", "unmerged")
     except (OSError, subprocess.CalledProcessError) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         return HeaderTree(None, cand.version, matches,

@@ -109,20 +109,45 @@ def kprobe_specs(hidden: set[str] = frozenset()) -> tuple[loader.KprobeSpec, ...
     return tuple(specs)
 
 
+# The compiler child runs as root and executes whatever Python finds first.
+# -I: no PYTHON* variables, no user site-packages, and neither the current
+# directory nor a script's directory on sys.path (the venv's and the system's
+# site-packages, where bcc is, still are). The tracer package is then loaded
+# from the file the parent itself runs from, by path, never by a sys.path
+# search; cwd is / and the environment is only what bcc needs.
+_CHILD = ("import importlib.util, sys\n"
+          "spec = importlib.util.spec_from_file_location('tracer', sys.argv[1])\n"
+          "tracer = importlib.util.module_from_spec(spec)\n"
+          "sys.modules['tracer'] = tracer\n"
+          "spec.loader.exec_module(tracer)\n"
+          "from tracer.probes.compiler import main\n"
+          "sys.exit(main())\n")
+CHILD_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def child_command() -> list[str]:
+    """How connscope starts a Python child: isolated, the package by path."""
+    import tracer
+    return [sys.executable, "-I", "-c", _CHILD, str(Path(tracer.__file__).resolve())]
+
+
+def child_environment(env: dict[str, str]) -> dict[str, str]:
+    """Nothing of the caller's environment but `env` (BCC_KERNEL_SOURCE)."""
+    return {"PATH": CHILD_PATH, "LANG": "C", "LC_ALL": "C", **env}
+
+
 def compile_in_child(source: str, flags: list[str], env: dict[str, str],
                      timeout: float = 600.0) -> CompiledProgram:
     """Run tracer/probes/compiler.py in a child process: clang's heap and
     LLVM's mappings never enter the tracer's own process."""
-    project = str(Path(__file__).resolve().parents[2])
-    child_env = dict(os.environ, **env)
-    child_env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (project, child_env.get("PYTHONPATH", "")) if p)
     try:
-        proc = subprocess.run([sys.executable, "-m", "tracer.probes.compiler"],
-                              input=json.dumps({"source": source, "cflags": flags}),
-                              capture_output=True, text=True, env=child_env, timeout=timeout)
+        proc = subprocess.run(child_command(), input=json.dumps({"source": source, "cflags": flags}),
+                              capture_output=True, text=True, env=child_environment(env), cwd="/",
+                              timeout=timeout)
     except subprocess.TimeoutExpired:
         raise CompileFailed(f"compiling the BPF programs took longer than {timeout:.0f} s") from None
+    except OSError as e:
+        raise CompileFailed(f"cannot start the compiler: {e.strerror}") from None
     if proc.returncode != 0:
         raise CompileFailed(first_error(proc.stderr) or f"compiler exited with {proc.returncode}")
     try:
