@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from tracer.compat import SLOTS
+
 BPF_DIR = Path(__file__).resolve().parent / "bpf"
 EVENT_HEADER = BPF_DIR / "event.h"
 
@@ -128,7 +130,7 @@ def unpacker(record: type) -> tuple[struct.Struct, type]:
     return layout, namedtuple(record.__name__, [n for n, _ in record._fields_])
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class Connect:
     """One resolved outgoing connect attempt."""
 
@@ -185,7 +187,7 @@ def decode_connect(buf) -> Connect:
     return decode_connect_at(buf, 0)
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class Accept:
     """One connection taken from an accept queue by an application."""
 
@@ -231,7 +233,7 @@ def decode_accept(buf) -> Accept:
     return decode_accept_at(buf, 0)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class ListenerCounters:
     """Cumulative per-listener counters from the kernel's `listeners` map."""
 
@@ -269,7 +271,7 @@ def decode_listener(key, value) -> ListenerCounters:
     )
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class Close:
     """A connection we saw opened is finished (its socket reached CLOSE):
     a close record joined with the open of the same socket

@@ -8,6 +8,8 @@ page asked for. Chromium's own services (component updates) use the proxy too
 and are told apart by host; a control page with one remote image and one
 console.error proves the harness sees what it claims to.
 """
+
+from __future__ import annotations
 import os
 import shutil
 import socket

@@ -7,6 +7,8 @@ for "got there somehow". Each must be a miss with a reason that doctor
 shows; the planted content is never used, read through a link, or compiled
 against. Needs root (chown, setpriv): skipped, with that reason, otherwise.
 """
+
+from __future__ import annotations
 import json
 import os
 import shutil

@@ -1,5 +1,7 @@
 """The compiled-program cache: what its key depends on, when an entry is
 trusted, and where map fds are patched into the instructions."""
+
+from __future__ import annotations
 import json
 import os
 import struct

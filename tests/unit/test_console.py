@@ -1,5 +1,7 @@
 """Plain console output: units, worst-first ordering, and the table's markers."""
 
+from __future__ import annotations
+
 import pytest
 
 from tracer.aggregate.connects import ConnectRow, ConnectTable

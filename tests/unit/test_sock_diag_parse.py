@@ -4,6 +4,8 @@ The byte layouts here are written out from the kernel's UAPI headers
 (linux/netlink.h, linux/inet_diag.h, linux/sock_diag.h) independently of
 the module's own struct formats, so a wrong offset in either shows up.
 """
+
+from __future__ import annotations
 import errno
 import socket
 import struct

@@ -37,6 +37,8 @@ import threading
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
+from tracer.compat import SLOTS
+
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
 
@@ -99,7 +101,7 @@ class SockDiagError(RuntimeError):
     """The kernel refused or garbled a sock_diag request."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class TcpSocket:
     family: int  # 4 or 6 (the socket's family, not the address's)
     state: int  # TCP state number, see STATE_NAMES
