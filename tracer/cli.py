@@ -2,6 +2,7 @@
 by tracer.run (live and recording), tracer.doctor, and the sinks."""
 from __future__ import annotations
 
+import math
 import sys
 
 import click
@@ -10,6 +11,20 @@ from tracer import __version__
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 BACKENDS = ("auto", "kprobe", "fentry", "tracepoint")
+PID_MAX = 1 << 22           # PID_MAX_LIMIT on 64-bit Linux: no pid is larger
+DURATION_MAX_S = 10 * 365 * 86400.0     # longer is a typo; sleep() and timers overflow on inf
+SIZE_MAX = 1 << 60          # bytes; 1e400 or inf would overflow int(), nan has no int at all
+
+
+class Seconds(click.FloatRange):
+    """A FloatRange that also refuses nan and inf: every comparison with nan is
+    false, so click's own range check lets it through to the collector."""
+
+    def convert(self, value, param, ctx):
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
+        return super().convert(number, param, ctx)
 
 
 def tracing_options(f):
@@ -17,10 +32,10 @@ def tracing_options(f):
     decorators = [
         click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
                      help="How to hook the kernel; auto picks the best that works here."),
-        click.option("--interval", type=click.FloatRange(min=0.1, max=3600), default=1.0,
+        click.option("--interval", type=Seconds(min=0.1, max=3600), default=1.0,
                      show_default=True, metavar="SECONDS",
                      help="Period of snapshots and aggregates."),
-        click.option("--pid", "pids", type=click.IntRange(min=1), multiple=True,
+        click.option("--pid", "pids", type=click.IntRange(min=1, max=PID_MAX), multiple=True,
                      help="Only this process (repeatable)."),
         click.option("--comm", help="Only processes with this name (as in ps -o comm)."),
         click.option("--port", "ports", type=click.IntRange(1, 65535), multiple=True,
@@ -40,7 +55,10 @@ class Size(click.ParamType):
     UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
     def convert(self, value, param, ctx):
-        if isinstance(value, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            if not 1 <= value <= SIZE_MAX:
+                self.fail(f"{value!r}: a size must be between 1 byte and {SIZE_MAX >> 40}T",
+                          param, ctx)
             return value
         text = str(value).strip().upper().removesuffix("B").removesuffix("I")
         unit = text[-1:] if text[-1:] in self.UNITS else ""
@@ -48,9 +66,15 @@ class Size(click.ParamType):
             n = float(text[: len(text) - len(unit)])
         except ValueError:
             self.fail(f"{value!r} is not a size (examples: 500M, 2G)", param, ctx)
+        if not math.isfinite(n):
+            self.fail(f"{value!r} is not a size (examples: 500M, 2G)", param, ctx)
         if n <= 0:
             self.fail(f"{value!r}: a size must be positive", param, ctx)
-        return int(n * self.UNITS[unit])
+        n *= self.UNITS[unit]
+        if n < 1 or n > SIZE_MAX:
+            self.fail(f"{value!r}: a size must be between 1 byte and {SIZE_MAX >> 40}T",
+                      param, ctx)
+        return int(n)
 
 
 def recording_options(f):
@@ -104,7 +128,8 @@ def _options(backend, interval, pids, comm, ports, ipv4, ipv6, **extra):
               help="Also write Parquet to DIR, as 'record' does.")
 @recording_options
 @click.option("--plain", is_flag=True, help="Print plain periodic tables instead of the TUI.")
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+@click.option("--duration", type=Seconds(min=0, min_open=True, max=DURATION_MAX_S),
+              metavar="SECONDS",
               help="Stop after this long.")
 def top(record_dir, max_size, plain, duration, **opts):
     """Live view of connects, listeners and sockets.
@@ -140,7 +165,8 @@ def replay(directory):
 @tracing_options
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, metavar="DIR",
               help="Recording directory (created if missing).")
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+@click.option("--duration", type=Seconds(min=0, min_open=True, max=DURATION_MAX_S),
+              metavar="SECONDS",
               help="Stop after this long (default: until SIGINT/SIGTERM).")
 @recording_options
 def record(out_dir, duration, max_size, **opts):
