@@ -8,6 +8,7 @@ import sys
 import click
 
 from tracer import __version__
+from tracer.report import MAX_REPORT_ROWS
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 BACKENDS = ("auto", "kprobe", "fentry", "tracepoint")
@@ -210,7 +211,11 @@ def doctor(as_json):
 @click.argument("directory", type=click.Path(), metavar="DIR")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False),
               metavar="FILE", help="Also write one self-contained HTML file with charts.")
-def report(directory, html_path):
+@click.option("--max-rows", type=click.IntRange(min=1, max=1 << 40), default=MAX_REPORT_ROWS,
+              show_default=True, metavar="N",
+              help="Read at most N rows (all tables): files beyond are skipped and listed. "
+                   "Memory is about 400 MB per million rows.")
+def report(directory, html_path, max_rows):
     """Postmortem summary of a recording: what to look at first, slow and failing
     destinations, listeners that dropped connections, processes, pool advice.
 
@@ -224,7 +229,7 @@ def report(directory, html_path):
     """
     from tracer.report.command import report as run_report
 
-    run_report(directory, html_path)
+    run_report(directory, html_path, max_rows)
 
 
 def main(argv=None):

@@ -11,8 +11,8 @@ Memory is bounded: the file is opened without following links and must be a
 regular file; its footer must promise no more than MAX_FILE_ROWS rows and
 MAX_FILE_BYTES uncompressed; it is read in batches of BATCH_ROWS with only
 the schema's columns, each batch checked and cast on its own, and the count
-is enforced while reading (the footer may lie). `budget` caps what all the
-files of one report may hold together.
+is enforced while reading (the footer may lie). `Budget` caps the rows all the
+files of one report may hold together: the summary works on whole tables.
 """
 
 from __future__ import annotations
@@ -66,16 +66,17 @@ class Skip(Exception):
 
 @dataclass
 class Budget:
-    """Rows and bytes every file of one report may add up to."""
-    max_bytes: int
-    used_bytes: int = 0
+    """Rows every file of one report may add up to: the summary costs about
+    400 MB per million rows (measured: bench/report_memory.py)."""
+    max_rows: int
+    used_rows: int = 0
 
-    def take(self, nbytes: int) -> None:
-        if self.used_bytes + nbytes > self.max_bytes:
-            raise Skip(f"the report already holds {self.used_bytes >> 20} MiB of rows, its "
-                       f"limit is {self.max_bytes >> 20} MiB; report a narrower directory "
-                       f"(one host or one date= folder)")
-        self.used_bytes += nbytes
+    def take(self, rows: int) -> None:
+        if self.used_rows + rows > self.max_rows:
+            raise Skip(f"its {rows:,} rows would take the report past its limit of "
+                       f"{self.max_rows:,} rows (--max-rows); not read. Report a narrower "
+                       f"directory (one host, one date= folder) or raise --max-rows")
+        self.used_rows += rows
 
 
 def open_regular(path: Path, max_bytes: int | None = None):
@@ -133,19 +134,25 @@ def read_file(path: Path, table: str, budget: Budget) -> pa.Table:
             if required not in names:
                 raise Skip(f"no {required} column; not a connscope {table} file")
         wanted = [f.name for f in sch if f.name in names]
-        batches, n = [], 0
+        budget.take(rows)       # the footer's count, enforced below: it may lie
         try:
-            for raw in pf.iter_batches(batch_size=BATCH_ROWS, columns=wanted, use_threads=False):
-                n += raw.num_rows
-                if n > MAX_FILE_ROWS:
-                    raise Skip(f"holds more than {MAX_FILE_ROWS:,} rows (its footer said "
-                               f"{rows:,}); not read")
-                batch = conform(raw, table)
-                budget.take(batch.nbytes)
-                batches.append(batch)
-        except _ARROW_ERRORS as e:
-            raise Skip(f"corrupt ({first_line(e)})") from None
+            batches = list(_batches(pf, wanted, rows, table))
+        except BaseException:
+            budget.used_rows -= rows
+            raise
     return pa.Table.from_batches(batches, schema=sch)
+
+
+def _batches(pf: pq.ParquetFile, columns: list[str], rows: int, table: str):
+    n = 0
+    try:
+        for raw in pf.iter_batches(batch_size=BATCH_ROWS, columns=columns, use_threads=False):
+            n += raw.num_rows
+            if n > rows:
+                raise Skip(f"holds more rows than its footer says ({rows:,}); not read")
+            yield conform(raw, table)
+    except _ARROW_ERRORS as e:
+        raise Skip(f"corrupt ({first_line(e)})") from None
 
 
 def _check_metadata(meta: dict, table: str) -> None:

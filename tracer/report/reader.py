@@ -19,7 +19,7 @@ from typing import Callable
 
 import pyarrow as pa
 
-from tracer.report import ReportError
+from tracer.report import MAX_REPORT_ROWS, ReportError
 from tracer.report.data_file import Budget, Skip, open_regular, read_file
 from tracer.report.run_manifest import MAX_MANIFEST_BYTES
 from tracer.report.run_manifest import problem as manifest_problem
@@ -29,10 +29,6 @@ from tracer.sinks.manifest import read_manifest
 
 QUARANTINE_DIR = "quarantine"   # as in tracer/sinks/recovery.py
 RUNS_DIR = "runs"               # as in tracer/sinks/manifest.py
-# What the rows of one report may take in memory (Arrow buffers, before the
-# summary's own work, which is of the same order): files beyond are skipped
-# and named, so a huge or hostile directory costs a line, not the host's memory.
-MAX_REPORT_BYTES = 4 << 30
 
 Progress = Callable[[int, int], None]
 
@@ -54,13 +50,13 @@ class RecordingData:
 
 
 def read_recording(directory, *, progress: Progress | None = None,
-                   max_bytes: int = MAX_REPORT_BYTES) -> RecordingData:
+                   max_rows: int = MAX_REPORT_ROWS) -> RecordingData:
     """Read every connscope Parquet file and run manifest under `directory`.
 
     `progress(done, total)` is called after each data file. Raises
     RecordingNotFound if `directory` does not exist, EmptyRecording if it holds
-    neither a readable data file nor a manifest. Files past `max_bytes` of rows
-    are skipped, each named in `problems`.
+    neither a readable data file nor a manifest. Files that would take the
+    total past `max_rows` are skipped, each named in `problems`.
     """
     root = Path(directory)
     if not root.exists():
@@ -76,7 +72,7 @@ def read_recording(directory, *, progress: Progress | None = None,
 
     parts: dict[str, list[pa.Table]] = {t: [] for t in TABLES}
     seen: dict[tuple, Path] = {}
-    budget = Budget(max_bytes)
+    budget = Budget(max_rows)
     files_read = 0
     total = len(data_files)
     for done, (table, path) in enumerate(data_files, 1):
