@@ -44,15 +44,16 @@ INT_MAX = 1 << 53
 # Latencies, rates, hold times: finite, non-negative, below ~31 years in µs.
 FLOAT_MAX = 1e15
 
-# Columns report and replay group or sort by: a file without one is not read.
-# Other columns a file lacks (an older connscope) are read as nulls.
+# Columns report and replay group, sort or count by: a file without one is
+# not read. Other columns a file lacks (an older connscope) are read as nulls.
+# `pools` came with every column at once, so all of them.
 KEY_COLUMNS = {
     "connects": ("family", "pid", "comm", "daddr", "dport", "outcome"),
     "accepts": ("family", "pid", "comm", "laddr", "lport"),
     "overflows": ("family", "laddr", "lport"),
     "listeners": ("family", "laddr", "lport"),
-    "sockets": ("pid", "comm"),
-    "pools": ("pid", "comm", "destination"),
+    "sockets": ("pid", "comm", "established", "syn_sent", "listen", "close_wait", "other"),
+    "pools": tuple(f.name for f in schema("pools") if not f.nullable),
 }
 
 # What pyarrow raises on bytes it cannot make sense of (it is not consistent).
@@ -146,7 +147,7 @@ def read_file(path: Path, table: str, budget: Budget) -> pa.Table:
 def _batches(pf: pq.ParquetFile, columns: list[str], rows: int, table: str):
     n = 0
     try:
-        for raw in pf.iter_batches(batch_size=BATCH_ROWS, columns=columns, use_threads=False):
+        for raw in pf.iter_batches(batch_size=BATCH_ROWS, columns=columns, use_threads=True):
             n += raw.num_rows
             if n > rows:
                 raise Skip(f"holds more rows than its footer says ({rows:,}); not read")
