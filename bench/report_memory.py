@@ -5,7 +5,7 @@ connects rows fit in under 1 MB on disk and are gigabytes in memory. This
 writes such files (with connscope's schema metadata, as a hostile or foreign
 writer could) and runs `connscope report` on each, in a fresh process, from
 this tree and, with --baseline, from another checkout in the same run, side by
-side. Peak RSS is the child's ru_maxrss (os.wait4).
+side. Peak RSS is the child's ru_maxrss (RUSAGE_CHILDREN of a fresh parent per run).
 
     .venv/bin/python bench/report_memory.py                       # this tree
     .venv/bin/python bench/report_memory.py --baseline /work/main # and main, same run
@@ -91,14 +91,13 @@ def measure(checkout: Path, directory: Path, timeout_s: float) -> dict:
         os.killpg(p.pid, 9)
         out, err = p.communicate()
     elapsed = time.monotonic() - start
-    # communicate() has reaped the child: its rusage is in RUSAGE_CHILDREN only
-    # as a maximum over all children, so each run is measured through a wrapper
     return {"exit": p.returncode, "s": elapsed, "out": out.decode(errors="replace"),
             "err": err.decode(errors="replace")}
 
 
 def measure_rss(checkout: Path, directory: Path, timeout_s: float) -> dict:
-    """`measure` in a child of its own, whose children's peak RSS is this run's alone."""
+    """`measure` in a child of its own: RUSAGE_CHILDREN is a maximum over every
+    child ever reaped, so a fresh parent per run makes it this run's alone."""
     code = (
         "import resource, sys, json; sys.path.insert(0, sys.argv[1]);"
         "from bench.report_memory import measure; from pathlib import Path;"
@@ -156,9 +155,6 @@ def main() -> None:
                 r = measure_rss(tree, d, args.timeout)
                 print(f"| {name} | {size / 1e6:.2f} MB | {label} | {r['exit']} | "
                       f"{r['rss_mb']:.0f} MB | {r['s']:.1f} s | {_verdict(r)} |", flush=True)
-            # skipped-file reasons, for the record
-            for label, tree in trees[:1]:
-                pass
 
 
 if __name__ == "__main__":

@@ -73,7 +73,9 @@ def test_base_recording_is_clean(base):
 @pytest.mark.parametrize("seed", _seeds(REPORT_CASES))
 def test_report_survives(broken, seed):
     d, what, bad = broken(seed)
-    code, out, err = run_cli("report", str(d))
+    html = d.parent / f"report-{seed}.html"
+    # every fourth case also renders the charts of the HTML report
+    code, out, err = run_cli("report", str(d), *(["--html", str(html)] if seed % 4 == 0 else []))
     case = f"seed {seed} ({what}): exit {code}\nstdout:\n{out[-3000:]}\nstderr:\n{err[-3000:]}"
     assert code in (0, 1), case
     assert "Traceback" not in out + err and "internal error" not in err, case
@@ -81,6 +83,8 @@ def test_report_survives(broken, seed):
         assert len([line for line in err.splitlines() if line.startswith("Error:")]) == 1, case
     else:
         assert "connscope report:" in out, case
+        if seed % 4 == 0:
+            assert "\x1b" not in html.read_text(encoding="utf-8"), case
     shown = out + err
     for path in bad:
         assert printable(path) in shown or printable(path.name) in shown, f"not named: {case}"
