@@ -203,7 +203,7 @@ def test_row_budget_names_the_files_it_leaves_out(rec):
 
 @pytest.mark.parametrize("kind,why", [
     ("empty", "empty file"), ("bytes", "not a Parquet file (magic bytes not found)"),
-    ("par1", "truncated or corrupt"), ("dir", "a directory or a link to one, not a file"),
+    ("par1", "truncated or corrupt"), ("dir", "a directory, not a file"), ("dirlink", "a symbolic link; not followed"),
     ("foreign", "not a connscope file"), ("loop", "a symbolic link; not followed"),
     ("link", "a symbolic link; not followed")])
 def test_foreign_things_named_like_data_files(rec, kind, why):
@@ -216,6 +216,8 @@ def test_foreign_things_named_like_data_files(rec, kind, why):
         path.write_bytes(b"PAR1" + b"\0" * 100 + b"PAR1")
     elif kind == "dir":
         path.mkdir()
+    elif kind == "dirlink":
+        path.symlink_to("/")
     elif kind == "foreign":
         pq.write_table(pa.table({"x": [1, 2]}), path)
     elif kind == "loop":
@@ -224,6 +226,25 @@ def test_foreign_things_named_like_data_files(rec, kind, why):
         path.symlink_to(connects_file(rec))
     code, out, err = report(rec)
     assert_reported_with(code, out, err, path, why)
+
+
+def test_tree_too_deep_to_search(rec):
+    """3,000 nested directories: os.walk would recurse past Python's limit."""
+    here = rec / "deep"
+    here.mkdir()
+    fd = os.open(here, os.O_RDONLY)
+    try:
+        for _ in range(3_000):      # relative to a descriptor: paths this long exceed PATH_MAX
+            os.mkdir("d", dir_fd=fd)
+            fd, old = os.open("d", os.O_RDONLY, dir_fd=fd), fd
+            os.close(old)
+    finally:
+        os.close(fd)
+    try:
+        code, out, err = report(rec)
+    finally:    # rm copes with the depth; shutil.rmtree (and pytest's clean-up) would recurse
+        subprocess.run(["rm", "-rf", str(here)], check=True, timeout=60)
+    assert_reported_with(code, out, err, rec / "deep", "directories deep; not searched")
 
 
 def test_nothing_readable_is_one_error_line(tmp_path):

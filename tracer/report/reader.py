@@ -29,6 +29,7 @@ from tracer.sinks.manifest import read_manifest
 
 QUARANTINE_DIR = "quarantine"   # as in tracer/sinks/recovery.py
 RUNS_DIR = "runs"               # as in tracer/sinks/manifest.py
+MAX_DEPTH = 16                  # DIR/<fleet copies>/<table>/date=.../file: a few levels
 
 Progress = Callable[[int, int], None]
 
@@ -102,32 +103,44 @@ def read_recording(directory, *, progress: Progress | None = None,
 
 def _scan(root: Path) -> tuple[list[tuple[str, Path]], list[Path], list[tuple[Path, str]]]:
     """Data files as (table, path), manifest paths, and (path, why) for what
-    looks like ours but cannot be: unlistable directories, directories and
-    links named like data files or manifests."""
+    cannot be searched or looks like ours but cannot be: directories too deep
+    or unlistable, directories named like data files or manifests.
+
+    Iterative, and never into a link: a tree 10,000 directories deep or a link
+    to / is a line in the report, not a RecursionError or a walk of the host."""
     data, manifests, skipped = [], [], []
-
-    def onerror(e: OSError) -> None:
-        skipped.append((Path(e.filename), f"cannot list directory ({e.strerror or e})"))
-
-    # followlinks=False (the default): a link to / or to itself is listed, never entered
-    for dirpath, dirnames, filenames in os.walk(root, onerror=onerror):
-        here = Path(dirpath)
+    stack = [(root, 0)]
+    while stack:
+        here, depth = stack.pop()
+        try:
+            with os.scandir(here) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            skipped.append((here, f"cannot list directory ({e.strerror or e})"))
+            continue
         is_runs = here.name == RUNS_DIR
         is_data = here.name.startswith("date=") and here.parent.name in TABLES
         suffix = ".json" if is_runs else ".parquet" if is_data else None
-        if suffix:
-            for d in sorted(dirnames):
-                if d.endswith(suffix):
-                    skipped.append((here / d, "a directory or a link to one, not a file; "
-                                              "not read"))
-        # recovery's leftovers are not data; sorted so reports are reproducible
-        dirnames[:] = sorted(d for d in dirnames if d != QUARANTINE_DIR)
-        if is_runs:
-            manifests += [here / f for f in sorted(filenames) if f.endswith(".json")]
+        subdirs = []
+        for e in entries:
+            try:
+                real_dir = e.is_dir(follow_symlinks=False)
+            except OSError:
+                real_dir = False
+            if suffix and e.name.endswith(suffix):
+                if real_dir:
+                    skipped.append((Path(e.path), "a directory, not a file; not read"))
+                elif is_runs:
+                    manifests.append(Path(e.path))
+                else:
+                    data.append((here.parent.name, Path(e.path)))
+            elif real_dir and e.name != QUARANTINE_DIR:    # recovery's leftovers are not data
+                subdirs.append(Path(e.path))
+        if subdirs and depth >= MAX_DEPTH:
+            skipped.append((here, f"more than {MAX_DEPTH} directories deep; not searched"))
             continue
-        if is_data:
-            data += [(here.parent.name, here / f) for f in sorted(filenames)
-                     if f.endswith(".parquet")]
+        # reversed onto the stack: popped in name order, so reports are reproducible
+        stack += [(d, depth + 1) for d in reversed(subdirs)]
     return data, manifests, skipped
 
 
@@ -177,6 +190,6 @@ def _empty_message(root: Path, total: int, problems: list[str]) -> str:
                 f"files could be read (first: {printable(first)})")
     if problems:
         return (f"no readable connscope recording in {printable(root)}: {len(problems)} "
-                f"manifest(s) skipped (first: {printable(problems[0])})")
+                f"thing(s) skipped (first: {printable(problems[0])})")
     return (f"no connscope recording in {printable(root)}: no <table>/date=*/*.parquet files "
             f"and no runs/*.json manifests")
