@@ -191,6 +191,21 @@ def test_file_claiming_more_rows_than_connscope_writes(rec):
     assert_reported_with(code, out, err, path, f"holds {MAX_FILE_ROWS + 1000:,} rows, more than")
 
 
+@pytest.mark.parametrize("size,footer,why", [
+    (3 << 30, 100, "bytes, more than the 1,073,741,824 allowed"),
+    (64 << 20, 60 << 20, "a Parquet footer of 62,914,560 bytes, more than")])
+def test_files_too_big_to_be_ours(rec, size, footer, why):
+    """Sparse files: nothing is written, and nothing of that size may be read."""
+    path = connects_file(rec).with_name("huge.parquet")
+    with open(path, "wb") as f:
+        f.write(b"PAR1")
+        f.truncate(size)
+        f.seek(size - 8)
+        f.write(footer.to_bytes(4, "little") + b"PAR1")
+    code, out, err = report(rec)
+    assert_reported_with(code, out, err, path, why)
+
+
 def test_row_budget_names_the_files_it_leaves_out(rec):
     code, out, err = report(rec, "--max-rows", "30")
     assert code == 0, err

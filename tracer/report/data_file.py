@@ -34,6 +34,8 @@ BATCH_ROWS = 65_536
 # that is not a file connscope wrote.
 MAX_FILE_ROWS = 4_000_000
 MAX_FILE_BYTES = 2 << 30            # uncompressed, as the footer states it
+MAX_DISK_BYTES = 1 << 30            # on disk; the writer rotates at 64 MiB
+MAX_FOOTER_BYTES = 16 << 20         # ours are a few KB; the footer is read whole
 MAX_TEXT = 4096                     # characters in one string value (a comm is 15 bytes)
 # Timestamps a report can do arithmetic on and print: 1970 to 2200. Beyond,
 # datetime overflows (year 10000) and differences overflow int64 (±2^62).
@@ -107,12 +109,18 @@ def open_regular(path: Path, max_bytes: int | None = None):
 
 def read_file(path: Path, table: str, budget: Budget) -> pa.Table:
     """The rows of one data file with exactly the current schema of `table`."""
-    with open_regular(path) as f:
+    with open_regular(path, MAX_DISK_BYTES) as f:
         size = os.fstat(f.fileno()).st_size
         if size == 0:
             raise Skip("empty file")
         if f.read(4) != PARQUET_MAGIC:
             raise Skip("not a Parquet file (magic bytes not found)")
+        if size >= 12:
+            f.seek(size - 8)
+            footer = int.from_bytes(f.read(4), "little")
+            if footer > MAX_FOOTER_BYTES:
+                raise Skip(f"a Parquet footer of {footer:,} bytes, more than the "
+                           f"{MAX_FOOTER_BYTES:,} allowed; not read")
         f.seek(0)
         try:
             pf = pq.ParquetFile(f)
