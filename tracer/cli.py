@@ -213,8 +213,9 @@ def doctor(as_json):
               metavar="FILE", help="Also write one self-contained HTML file with charts.")
 @click.option("--max-rows", type=click.IntRange(min=1, max=1 << 40), default=MAX_REPORT_ROWS,
               show_default=True, metavar="N",
-              help="Read at most N rows (all tables): files beyond are skipped and listed. "
-                   "Memory is about 400 MB per million rows.")
+              help="Read at most N rows (all tables; each distinct destination, listener or "
+                   "process counts as 8): files beyond are skipped and listed. Memory is "
+                   "about 400 MB per million rows.")
 def report(directory, html_path, max_rows):
     """Postmortem summary of a recording: what to look at first, slow and failing
     destinations, listeners that dropped connections, processes, pool advice.

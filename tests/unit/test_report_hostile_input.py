@@ -216,6 +216,23 @@ def test_row_budget_names_the_files_it_leaves_out(rec):
     assert len(data.problems) == len(skipped) > 0
 
 
+def test_distinct_destinations_count_against_the_budget(rec):
+    """1,000 rows to 1,000 destinations cost the summary what ~9,000 ordinary
+    rows do: over a 5,000-row budget; the same rows to one destination are read."""
+    path = connects_file(rec).with_name("many.parquet")
+    t = pq.read_table(connects_file(rec))
+    rows = pa.concat_tables([t] * (1000 // t.num_rows + 1)).slice(0, 1000)
+    spread = rows.set_column(rows.schema.get_field_index("dport"), "dport",
+                             pa.array(range(1, 1001), pa.int32()))
+    pq.write_table(spread.replace_schema_metadata(t.schema.metadata), path)
+    code, out, err = report(rec, "--max-rows", "5000")
+    assert_reported_with(code, out, err, path, "1,000 distinct destinations, listeners or "
+                                               "processes (each counts as 8 rows)")
+    pq.write_table(rows.replace_schema_metadata(t.schema.metadata), path)
+    code, out, err = report(rec, "--max-rows", "5000")
+    assert code == 0 and str(path) not in out, out
+
+
 @pytest.mark.parametrize("kind,why", [
     ("empty", "empty file"), ("bytes", "not a Parquet file (magic bytes not found)"),
     ("par1", "truncated or corrupt"), ("dir", "a directory, not a file"), ("dirlink", "a symbolic link; not followed"),

@@ -67,16 +67,31 @@ class Skip(Exception):
     """Why one file is not read; becomes a problem line."""
 
 
+# What the summary makes one Python object or more for: one per destination,
+# listener or process. Each costs about as much memory as KEY_COST rows
+# (~2.7 KB against ~400 B, BENCHMARKS.md), so a file is charged for its
+# distinct keys too: 5 million distinct destinations must not pass for 5
+# million ordinary rows.
+SUMMARY_KEYS = {
+    "connects": (("daddr", "dport"), ("host", "pid", "comm")),
+    "accepts": (("host", "laddr", "lport"),),
+    "overflows": (("host", "laddr", "lport"),),
+    "listeners": (("host", "laddr", "lport"),),
+    "sockets": (("host", "pid", "comm"),),
+}
+KEY_COST = 8
+
+
 @dataclass
 class Budget:
-    """Rows every file of one report may add up to: the summary costs about
-    400 MB per million rows (measured: bench/report_memory.py)."""
+    """Rows (plus KEY_COST per distinct key) every file of one report may add
+    up to: the summary costs about 400 MB per million ordinary rows."""
     max_rows: int
     used_rows: int = 0
 
-    def take(self, rows: int) -> None:
+    def take(self, rows: int, what: str) -> None:
         if self.used_rows + rows > self.max_rows:
-            raise Skip(f"its {rows:,} rows would take the report past its limit of "
+            raise Skip(f"its {what} would take the report past its limit of "
                        f"{self.max_rows:,} rows (--max-rows); not read. Report a narrower "
                        f"directory (one host, one date= folder) or raise --max-rows")
         self.used_rows += rows
@@ -143,13 +158,21 @@ def read_file(path: Path, table: str, budget: Budget) -> pa.Table:
             if required not in names:
                 raise Skip(f"no {required} column; not a connscope {table} file")
         wanted = [f.name for f in sch if f.name in names]
-        budget.take(rows)       # the footer's count, enforced below: it may lie
+        budget.take(rows, f"{rows:,} rows")   # the footer's count, enforced below: it may lie
         try:
-            batches = list(_batches(pf, wanted, rows, table))
+            out = pa.Table.from_batches(list(_batches(pf, wanted, rows, table)), schema=sch)
         except BaseException:
             budget.used_rows -= rows
             raise
-    return pa.Table.from_batches(batches, schema=sch)
+    keys = max((out.group_by(list(k), use_threads=False).aggregate([]).num_rows
+                for k in SUMMARY_KEYS.get(table, ())), default=0)
+    try:
+        budget.take(KEY_COST * keys, f"{keys:,} distinct destinations, listeners or "
+                                     f"processes (each counts as {KEY_COST} rows)")
+    except Skip:
+        budget.used_rows -= rows
+        raise
+    return out
 
 
 def _batches(pf: pq.ParquetFile, columns: list[str], rows: int, table: str):
