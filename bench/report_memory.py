@@ -14,6 +14,8 @@ Figures, not assertions. Cases:
   20M-rows-1-file   one ~0.85 MB file of 20,000,000 rows (issue 13)
   4M-rows-1-file    one file at the reader's per-file cap (read, not skipped)
   20M-rows-5-files  20,000,000 rows in five files of 4,000,000
+  300K-destinations 300,000 rows, each to a destination of its own
+  1M-destinations   1,000,000 rows, each to a destination of its own
 """
 from __future__ import annotations
 
@@ -58,23 +60,35 @@ def constant_connects(n: int) -> pa.Table:
     return pa.Table.from_arrays(cols, schema=sch)
 
 
-def write_file(path: Path, rows: int) -> int:
+def spread(t: pa.Table) -> pa.Table:
+    """`t` with every row to a destination of its own (127.x.y.z:port)."""
+    n = t.num_rows
+    daddr = pa.array([f"127.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}" for i in range(n)])
+    dport = pa.array([i % 60_000 + 1 for i in range(n)], pa.int32())
+    t = t.set_column(t.schema.get_field_index("daddr"), schema("connects").field("daddr"), daddr)
+    return t.set_column(t.schema.get_field_index("dport"), schema("connects").field("dport"),
+                        dport)
+
+
+def write_file(path: Path, rows: int, distinct: bool = False) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     with pq.ParquetWriter(path, schema("connects"), compression="zstd") as w:
         left = rows
         while left:
             n = min(left, ROW_GROUP)
-            w.write_table(constant_connects(n), row_group_size=n)
+            t = constant_connects(n)
+            w.write_table(spread(t) if distinct else t, row_group_size=n)
             left -= n
     return path.stat().st_size
 
 
-def make_case(base: Path, name: str, files: int, rows_per_file: int) -> tuple[Path, int]:
+def make_case(base: Path, name: str, files: int, rows_per_file: int,
+              distinct: bool = False) -> tuple[Path, int]:
     d = base / name
     size = 0
     for i in range(files):
         size += write_file(d / "connects" / "date=2024-03-01" / f"part-{i}.parquet",
-                           rows_per_file)
+                           rows_per_file, distinct)
     return d, size
 
 
@@ -137,8 +151,9 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", help="case names to run")
     ap.add_argument("--timeout", type=float, default=300.0)
     args = ap.parse_args()
-    cases = [("20M-rows-1-file", 1, 20_000_000), ("4M-rows-1-file", 1, 4_000_000),
-             ("20M-rows-5-files", 5, 4_000_000)]
+    cases = [("20M-rows-1-file", 1, 20_000_000, False), ("4M-rows-1-file", 1, 4_000_000, False),
+             ("20M-rows-5-files", 5, 4_000_000, False),
+             ("300K-destinations", 1, 300_000, True), ("1M-destinations", 1, 1_000_000, True)]
     if args.only:
         cases = [c for c in cases if c[0] in args.only]
     trees = [("this tree", ROOT)] + ([("baseline", args.baseline)] if args.baseline else [])
@@ -149,8 +164,8 @@ def main() -> None:
     print("| case | on disk | tree | exit | peak RSS | time | what report said |")
     print("|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="connscope-report-mem-") as tmp:
-        for name, files, rows in cases:
-            d, size = make_case(Path(tmp), name, files, rows)
+        for name, files, rows, distinct in cases:
+            d, size = make_case(Path(tmp), name, files, rows, distinct)
             for label, tree in trees:
                 r = measure_rss(tree, d, args.timeout)
                 print(f"| {name} | {size / 1e6:.2f} MB | {label} | {r['exit']} | "
