@@ -9,6 +9,8 @@ failing case can be told and replayed from its seed alone.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import random
@@ -17,6 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tracer.cli import main
 from tracer.schema import SCHEMA_VERSION, TABLE_KEY, TABLES, VERSION_KEY, schema
 from tracer.sinks.parquet_writer import Recording
 
@@ -76,6 +79,18 @@ def data_files(directory: Path) -> list[Path]:
 
 def manifest_file(directory: Path) -> Path:
     return Path(directory, "runs", f"{RUN_ID}.json")
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    """`connscope ARGV` in this process, through the same main() as the console script."""
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(list(argv))
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+    return code, out.getvalue(), err.getvalue()
 
 
 # ---------------------------------------------------------------- mutations
@@ -246,4 +261,4 @@ def mutate(seed: int, directory: Path) -> tuple[str, list[Path]]:
 
 
 __all__ = ["HOST", "RUN_ID", "SCHEMA_VERSION", "data_files", "manifest_file", "mutate",
-           "write_base"]
+           "run_cli", "write_base"]

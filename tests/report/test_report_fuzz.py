@@ -12,16 +12,13 @@ replays that one case.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.report.hostile import mutate, write_base
-from tracer.cli import main
+from tests.report.hostile import mutate, run_cli, write_base
 from tracer.errors import USER_ERRORS
 from tracer.safe_text import printable
 
@@ -50,18 +47,6 @@ def broken(base, tmp_path):
         what, bad = mutate(seed, d)
         return d, what, bad
     return make
-
-
-def run_cli(*argv: str) -> tuple[int, str, str]:
-    """`connscope ARGV` in this process, through the same main() as the console script."""
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(list(argv))
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-    return code, out.getvalue(), err.getvalue()
 
 
 def test_base_recording_is_clean(base):

@@ -20,8 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.report.hostile import RUN_ID, data_files, manifest_file, write_base
-from tests.report.test_report_fuzz import run_cli
+from tests.report.hostile import RUN_ID, data_files, manifest_file, run_cli, write_base
 from tracer.report.data_file import MAX_FILE_ROWS
 from tracer.report.reader import read_recording
 from tracer.schema import schema
