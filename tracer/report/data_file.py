@@ -68,12 +68,14 @@ class Skip(Exception):
 
 
 # What the summary makes one Python object or more for: one per destination,
-# listener or process. Each costs about as much memory as KEY_COST rows
-# (~2.7 KB against ~400 B, BENCHMARKS.md), so a file is charged for its
-# distinct keys too: 5 million distinct destinations must not pass for 5
-# million ordinary rows.
+# listener or process (and per process and destination, for pool advice).
+# Each costs about as much memory as KEY_COST rows (~2.7 KB against ~400 B,
+# BENCHMARKS.md), so a file is charged for its distinct keys too: 5 million
+# distinct destinations must not pass for 5 million ordinary rows. The
+# charge is the largest count of any key set; for connects, the process and
+# destination pair is at least as many as either alone.
 SUMMARY_KEYS = {
-    "connects": (("daddr", "dport"), ("host", "pid", "comm")),
+    "connects": (("host", "pid", "comm", "daddr", "dport"),),
     "accepts": (("host", "laddr", "lport"),),
     "overflows": (("host", "laddr", "lport"),),
     "listeners": (("host", "laddr", "lport"),),
