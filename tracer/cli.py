@@ -2,14 +2,30 @@
 by tracer.run (live and recording), tracer.doctor, and the sinks."""
 from __future__ import annotations
 
+import math
 import sys
 
 import click
 
 from tracer import __version__
+from tracer.report import MAX_REPORT_ROWS
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 BACKENDS = ("auto", "kprobe", "fentry", "tracepoint")
+PID_MAX = 1 << 22           # PID_MAX_LIMIT on 64-bit Linux: no pid is larger
+DURATION_MAX_S = 10 * 365 * 86400.0     # longer is a typo; sleep() and timers overflow on inf
+SIZE_MAX = 1 << 60          # bytes; 1e400 or inf would overflow int(), nan has no int at all
+
+
+class Seconds(click.FloatRange):
+    """A FloatRange that also refuses nan and inf: every comparison with nan is
+    false, so click's own range check lets it through to the collector."""
+
+    def convert(self, value, param, ctx):
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
+        return super().convert(number, param, ctx)
 
 
 def tracing_options(f):
@@ -17,10 +33,10 @@ def tracing_options(f):
     decorators = [
         click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
                      help="How to hook the kernel; auto picks the best that works here."),
-        click.option("--interval", type=click.FloatRange(min=0.1, max=3600), default=1.0,
+        click.option("--interval", type=Seconds(min=0.1, max=3600), default=1.0,
                      show_default=True, metavar="SECONDS",
                      help="Period of snapshots and aggregates."),
-        click.option("--pid", "pids", type=click.IntRange(min=1), multiple=True,
+        click.option("--pid", "pids", type=click.IntRange(min=1, max=PID_MAX), multiple=True,
                      help="Only this process (repeatable)."),
         click.option("--comm", help="Only processes with this name (as in ps -o comm)."),
         click.option("--port", "ports", type=click.IntRange(1, 65535), multiple=True,
@@ -40,7 +56,10 @@ class Size(click.ParamType):
     UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
     def convert(self, value, param, ctx):
-        if isinstance(value, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            if not 1 <= value <= SIZE_MAX:
+                self.fail(f"{value!r}: a size must be between 1 byte and {SIZE_MAX >> 40}T",
+                          param, ctx)
             return value
         text = str(value).strip().upper().removesuffix("B").removesuffix("I")
         unit = text[-1:] if text[-1:] in self.UNITS else ""
@@ -48,9 +67,15 @@ class Size(click.ParamType):
             n = float(text[: len(text) - len(unit)])
         except ValueError:
             self.fail(f"{value!r} is not a size (examples: 500M, 2G)", param, ctx)
+        if not math.isfinite(n):
+            self.fail(f"{value!r} is not a size (examples: 500M, 2G)", param, ctx)
         if n <= 0:
             self.fail(f"{value!r}: a size must be positive", param, ctx)
-        return int(n * self.UNITS[unit])
+        n *= self.UNITS[unit]
+        if n < 1 or n > SIZE_MAX:
+            self.fail(f"{value!r}: a size must be between 1 byte and {SIZE_MAX >> 40}T",
+                      param, ctx)
+        return int(n)
 
 
 def _directory_path(ctx, param, value):
@@ -111,7 +136,8 @@ def _options(backend, interval, pids, comm, ports, ipv4, ipv6, **extra):
               callback=_directory_path, help="Also write Parquet to DIR, as 'record' does.")
 @recording_options
 @click.option("--plain", is_flag=True, help="Print plain periodic tables instead of the TUI.")
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+@click.option("--duration", type=Seconds(min=0, min_open=True, max=DURATION_MAX_S),
+              metavar="SECONDS",
               help="Stop after this long.")
 def top(record_dir, max_size, plain, duration, **opts):
     """Live view of connects, listeners and sockets.
@@ -149,7 +175,8 @@ def replay(directory):
               callback=_directory_path,
               help="Recording directory (created if missing). It must belong to root or to "
                    "you (the sudo user) and not be writable by others.")
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+@click.option("--duration", type=Seconds(min=0, min_open=True, max=DURATION_MAX_S),
+              metavar="SECONDS",
               help="Stop after this long (default: until SIGINT/SIGTERM).")
 @recording_options
 def record(out_dir, duration, max_size, **opts):
@@ -193,7 +220,12 @@ def doctor(as_json):
 @click.argument("directory", type=click.Path(), metavar="DIR")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False),
               metavar="FILE", help="Also write one self-contained HTML file with charts.")
-def report(directory, html_path):
+@click.option("--max-rows", type=click.IntRange(min=1, max=1 << 40), default=MAX_REPORT_ROWS,
+              show_default=True, metavar="N",
+              help="Read at most N rows (all tables; each distinct destination, listener or "
+                   "process counts as 8): files beyond are skipped and listed. Memory is "
+                   "about 400 MB per million rows.")
+def report(directory, html_path, max_rows):
     """Postmortem summary of a recording: what to look at first, slow and failing
     destinations, listeners that dropped connections, processes, pool advice.
 
@@ -207,7 +239,7 @@ def report(directory, html_path):
     """
     from tracer.report.command import report as run_report
 
-    run_report(directory, html_path)
+    run_report(directory, html_path, max_rows)
 
 
 def main(argv=None):

@@ -11,6 +11,7 @@ import sys
 import click
 
 from tracer.report.html import render_html
+from tracer.report import MAX_REPORT_ROWS
 from tracer.report.reader import ReportError, read_recording
 from tracer.report.summary import summarize
 from tracer.report.text import render_text
@@ -52,11 +53,12 @@ def write_html(path, page: str) -> None:
         raise ReportError(f"cannot write {path}: {e.strerror or e}") from None
 
 
-def report(directory, html_path=None) -> None:
-    """Print the text report of `directory`; with `html_path`, also write the HTML report."""
+def report(directory, html_path=None, max_rows: int = MAX_REPORT_ROWS) -> None:
+    """Print the text report of `directory`; with `html_path`, also write the HTML report.
+    Files that would take the rows read past `max_rows` are skipped and named."""
     bar = _ProgressBar()
     try:
-        data = read_recording(directory, progress=bar)
+        data = read_recording(directory, progress=bar, max_rows=max_rows)
     finally:
         bar.close()
     summary = summarize(data)

@@ -12,21 +12,24 @@ Files still being written (`*.inprogress`) are ignored, and so is
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from tracer.report import ReportError
-from tracer.schema import SCHEMA_VERSION, TABLE_KEY, TABLES, VERSION_KEY, schema
+from tracer.report import MAX_REPORT_ROWS, ReportError
+from tracer.report.data_file import Budget, Skip, open_regular, read_file
+from tracer.report.run_manifest import MAX_MANIFEST_BYTES
+from tracer.report.run_manifest import problem as manifest_problem
+from tracer.safe_text import printable
+from tracer.schema import TABLES, schema
+from tracer.sinks.manifest import read_manifest
 
 QUARANTINE_DIR = "quarantine"   # as in tracer/sinks/recovery.py
 RUNS_DIR = "runs"               # as in tracer/sinks/manifest.py
-PARQUET_MAGIC = b"PAR1"
+MAX_DEPTH = 16                  # DIR/<fleet copies>/<table>/date=.../file: a few levels
 
 Progress = Callable[[int, int], None]
 
@@ -47,16 +50,14 @@ class RecordingData:
     files_read: int = 0
 
 
-class _Skip(Exception):
-    """Why one file is not read; becomes a problem line."""
-
-
-def read_recording(directory, *, progress: Progress | None = None) -> RecordingData:
+def read_recording(directory, *, progress: Progress | None = None,
+                   max_rows: int = MAX_REPORT_ROWS) -> RecordingData:
     """Read every connscope Parquet file and run manifest under `directory`.
 
     `progress(done, total)` is called after each data file. Raises
     RecordingNotFound if `directory` does not exist, EmptyRecording if it holds
-    neither a readable data file nor a manifest.
+    neither a readable data file nor a manifest. Files that would take the
+    total past `max_rows` are skipped, each named in `problems`.
     """
     root = Path(directory)
     if not root.exists():
@@ -65,24 +66,25 @@ def read_recording(directory, *, progress: Progress | None = None) -> RecordingD
     if not root.is_dir():
         raise RecordingNotFound(f"{root} is not a directory; pass the directory given to "
                                 f"'connscope record --out'")
-    data_files, manifest_files, unreadable_dirs = _scan(root)
-    problems = [f"{d}: cannot list directory ({why})" for d, why in unreadable_dirs]
+    data_files, manifest_files, skipped = _scan(root)
+    problems = [f"{path}: {why}" for path, why in skipped]
 
     manifests = _read_manifests(manifest_files, problems)
 
     parts: dict[str, list[pa.Table]] = {t: [] for t in TABLES}
     seen: dict[tuple, Path] = {}
+    budget = Budget(max_rows)
     files_read = 0
     total = len(data_files)
     for done, (table, path) in enumerate(data_files, 1):
         try:
-            key = (table, path.parent.name, path.name, path.stat().st_size)
+            key = (table, path.parent.name, path.name, path.lstat().st_size)
             if key in seen:
-                raise _Skip(f"same file as {seen[key]} (copied twice?); read once")
+                raise Skip(f"same file as {seen[key]} (copied twice?); read once")
             seen[key] = path
-            parts[table].append(_read_file(path, table))
+            parts[table].append(read_file(path, table, budget))
             files_read += 1
-        except _Skip as why:
+        except Skip as why:
             problems.append(f"{path}: {why}")
         except OSError as e:
             problems.append(f"{path}: cannot read ({e.strerror or e})")
@@ -100,103 +102,78 @@ def read_recording(directory, *, progress: Progress | None = None) -> RecordingD
 # ---------------------------------------------------------------- finding files
 
 def _scan(root: Path) -> tuple[list[tuple[str, Path]], list[Path], list[tuple[Path, str]]]:
-    """Data files as (table, path), manifest paths, and directories we could not list."""
-    data, manifests, unreadable = [], [], []
+    """Data files as (table, path), manifest paths, and (path, why) for what
+    cannot be searched or looks like ours but cannot be: directories too deep
+    or unlistable, directories named like data files or manifests.
 
-    def onerror(e: OSError) -> None:
-        unreadable.append((Path(e.filename), e.strerror or str(e)))
-
-    for dirpath, dirnames, filenames in os.walk(root, onerror=onerror):
-        # recovery's leftovers are not data; sorted so reports are reproducible
-        dirnames[:] = sorted(d for d in dirnames if d != QUARANTINE_DIR)
-        here = Path(dirpath)
-        if here.name == RUNS_DIR:
-            manifests += [here / f for f in sorted(filenames) if f.endswith(".json")]
+    Iterative, and never into a link: a tree 10,000 directories deep or a link
+    to / is a line in the report, not a RecursionError or a walk of the host."""
+    data, manifests, skipped = [], [], []
+    stack = [(root, 0)]
+    while stack:
+        here, depth = stack.pop()
+        try:
+            with os.scandir(here) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            skipped.append((here, f"cannot list directory ({e.strerror or e})"))
             continue
-        if not here.name.startswith("date=") or here.parent.name not in TABLES:
+        is_runs = here.name == RUNS_DIR
+        is_data = here.name.startswith("date=") and here.parent.name in TABLES
+        suffix = ".json" if is_runs else ".parquet" if is_data else None
+        subdirs = []
+        for e in entries:
+            try:
+                real_dir = e.is_dir(follow_symlinks=False)
+            except OSError:
+                real_dir = False
+            if suffix and e.name.endswith(suffix):
+                if real_dir:
+                    skipped.append((Path(e.path), "a directory, not a file; not read"))
+                elif is_runs:
+                    manifests.append(Path(e.path))
+                else:
+                    data.append((here.parent.name, Path(e.path)))
+            elif real_dir and e.name != QUARANTINE_DIR:    # recovery's leftovers are not data
+                subdirs.append(Path(e.path))
+        if subdirs and depth >= MAX_DEPTH:
+            skipped.append((here, f"more than {MAX_DEPTH} directories deep; not searched"))
             continue
-        data += [(here.parent.name, here / f) for f in sorted(filenames)
-                 if f.endswith(".parquet")]
-    return data, manifests, unreadable
+        # reversed onto the stack: popped in name order, so reports are reproducible
+        stack += [(d, depth + 1) for d in reversed(subdirs)]
+    return data, manifests, skipped
 
 
 def _read_manifests(paths: list[Path], problems: list[str]) -> list[dict]:
     by_run: dict[str, dict] = {}
     for path in paths:
         try:
-            with open(path, "rb") as f:
-                m = json.load(f)
+            # a link, FIFO or device is refused before read_manifest opens it
+            with open_regular(path, MAX_MANIFEST_BYTES):
+                pass
+            m = read_manifest(path)
+        except Skip as why:
+            problems.append(f"{path}: {why}")
+            continue
         except OSError as e:
             problems.append(f"{path}: cannot read ({e.strerror or e})")
             continue
-        except ValueError:
+        except (ValueError, RecursionError):
             problems.append(f"{path}: not a valid JSON run manifest")
             continue
-        if not isinstance(m, dict) or "run_id" not in m:
-            problems.append(f"{path}: not a connscope run manifest (no run_id)")
+        why = manifest_problem(m)
+        if why:
+            problems.append(f"{path}: {why}")
             continue
         old = by_run.get(m["run_id"])
         # the same run copied twice: keep the copy that got further
         if old is None or _progress_of(m) > _progress_of(old):
             by_run[m["run_id"]] = m
-    return sorted(by_run.values(), key=lambda m: (str(m.get("start") or ""), str(m["run_id"])))
+    return sorted(by_run.values(), key=lambda m: (str(m.get("start") or ""), m["run_id"]))
 
 
 def _progress_of(m: dict) -> tuple:
-    rows = m.get("rows") if isinstance(m.get("rows"), dict) else {}
-    return (m.get("status") != "running", sum(v for v in rows.values() if isinstance(v, int)))
-
-
-# ---------------------------------------------------------------- one file
-
-def _read_file(path: Path, table: str) -> pa.Table:
-    size = path.stat().st_size
-    if size == 0:
-        raise _Skip("empty file")
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if head != PARQUET_MAGIC:
-        raise _Skip("not a Parquet file (magic bytes not found)")
-    try:
-        pf = pq.ParquetFile(path)
-    except (pa.ArrowException, ValueError):
-        raise _Skip(f"truncated (no Parquet footer; {size} bytes)") from None
-    meta = pf.schema_arrow.metadata or {}
-    version = meta.get(VERSION_KEY.encode())
-    if version is None:
-        raise _Skip(f"not a connscope file (no {VERSION_KEY} metadata)")
-    version = version.decode(errors="replace")
-    if not version.isdigit():
-        raise _Skip(f"unknown schema version {version!r}")
-    if int(version) > int(SCHEMA_VERSION):
-        raise _Skip(f"schema version {version} is newer than this connscope "
-                    f"({SCHEMA_VERSION}); read it with a newer connscope")
-    holds = meta.get(TABLE_KEY.encode(), table.encode()).decode(errors="replace")
-    if holds != table:
-        raise _Skip(f"holds {holds} rows but lies in the {table} folder")
-    try:
-        raw = pf.read()
-    except (pa.ArrowException, ValueError, OSError) as e:
-        raise _Skip(f"corrupt ({_first_line(e)})") from None
-    return _conform(raw, table)
-
-
-def _conform(raw: pa.Table, table: str) -> pa.Table:
-    """`raw` with exactly the current schema: cast by name, missing columns null."""
-    sch = schema(table)
-    cols = []
-    for f in sch:
-        if f.name not in raw.column_names:
-            cols.append(pa.nulls(raw.num_rows, f.type))
-            continue
-        col = raw.column(f.name)
-        if col.type != f.type:
-            try:
-                col = col.cast(f.type)
-            except (pa.ArrowException, ValueError):
-                raise _Skip(f"column {f.name} is {col.type}, cannot be read as {f.type}") from None
-        cols.append(col)
-    return pa.Table.from_arrays(cols, schema=sch)
+    return (m.get("status") != "running", sum((m.get("rows") or {}).values()))
 
 
 def _concat(table: str, parts: list[pa.Table]) -> pa.Table:
@@ -205,15 +182,14 @@ def _concat(table: str, parts: list[pa.Table]) -> pa.Table:
     return pa.concat_tables(parts).combine_chunks()
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
-
-
 def _empty_message(root: Path, total: int, problems: list[str]) -> str:
+    # one line on the terminal: names in the directory are someone else's choice
     if total:
         first = problems[0] if problems else ""
-        return (f"no readable connscope data in {root}: none of its {total} Parquet files "
-                f"could be read (first: {first})")
-    return (f"no connscope recording in {root}: no <table>/date=*/*.parquet files and no "
-            f"runs/*.json manifests")
+        return (f"no readable connscope data in {printable(root)}: none of its {total} Parquet "
+                f"files could be read (first: {printable(first)})")
+    if problems:
+        return (f"no readable connscope recording in {printable(root)}: {len(problems)} "
+                f"thing(s) skipped (first: {printable(problems[0])})")
+    return (f"no connscope recording in {printable(root)}: no <table>/date=*/*.parquet files "
+            f"and no runs/*.json manifests")

@@ -12,6 +12,7 @@ from tracer.report.findings import Finding
 from tracer.report.pool import HEADROOM
 from tracer.report.summary import Summary
 from tracer.report.timefmt import clock, duration_us, iso_stamp, ms, rate, stamp
+from tracer.safe_text import printable
 
 MARK = {"crit": "CRIT", "warn": "WARN", "info": "info"}
 MAX_PROBLEMS = 20
@@ -184,7 +185,8 @@ def _problems(s: Summary) -> list[str]:
     if not problems:
         return []
     out = ["", f"DATA PROBLEMS ({len(problems)} files skipped)"]
-    out += [f"  {clean(p)}" for p in problems[:MAX_PROBLEMS]]
+    # file names in a directory someone else may write: shown, never obeyed
+    out += [f"  {printable(p)}" for p in problems[:MAX_PROBLEMS]]
     if len(problems) > MAX_PROBLEMS:
         out.append(f"  ... and {len(problems) - MAX_PROBLEMS} more")
     return out
