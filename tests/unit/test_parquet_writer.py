@@ -690,9 +690,11 @@ sys.path.insert(0, {repo!r})
 from tests.unit.test_parquet_writer import connect_rows
 from tracer.sinks.parquet_writer import Recording
 r = Recording(sys.argv[1], flush_interval_s=0.2, background_flush=True, rotate_age_s=3600)
-end = time.time() + 1.0
+# a second of writing and at least 200 rows (a loaded machine can take most
+# of a second over the first write), never more than 20 s
+start = time.time()
 seq = 0
-while time.time() < end:
+while (time.time() < start + 1.0 or seq < 200) and time.time() < start + 20:
     # start=seq numbers the rows through sport, so a lost middle batch shows
     # as a gap in the sequence whatever the scheduler did to our timing.
     r.write("connects", connect_rows(1, start=seq, ts0=int(time.time() * 1e6) - seq * 1000))
