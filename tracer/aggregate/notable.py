@@ -59,6 +59,12 @@ class NotableLog:
             self._add(Notable(ts_us, "crit", "lost events",
                               f"{new_lost} kernel events lost this interval: counts are low"))
 
+    def evicted(self, new_evicted: int, ts_us: int) -> None:
+        if new_evicted > 0:
+            self._add(Notable(ts_us, "warn", "evicted",
+                              f"{new_evicted} rows folded into \"other\" this interval: "
+                              f"more destinations, processes or listeners than the tables hold"))
+
     def roll(self, ts_us: int) -> tuple[Notable, ...]:
         self.lines.extend(self._window)
         if self._suppressed:
