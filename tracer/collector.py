@@ -9,7 +9,7 @@ receives the snapshots; it never calls into the loop.)
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Protocol
 
 from tracer.aggregate.connects import ConnectTable
@@ -174,6 +174,7 @@ class Collector:
         seconds = now - last_tick
         status = self._status(started, seconds)
         snapshot = self._snapshot(seconds, status)
+        status = replace(status, evicted_by=self.evicted_by())   # with this interval's
         self._events_at_tick = self._events_total
         for sink in self.sinks:
             sink.on_interval(status, snapshot)
@@ -210,6 +211,7 @@ class Collector:
             seconds = max(time.monotonic() - last_tick, 1e-9)
             status = self._status(started, seconds)
             snapshot = self._snapshot(seconds, status)
+            status = replace(status, evicted_by=self.evicted_by())
             errors = []
             for sink in self.sinks:
                 try:
