@@ -81,14 +81,19 @@ class ConnectRow:
 # add up to every connect seen; each key folded is counted (`evicted`).
 MAX_KEYS = 4096
 IDLE_INTERVALS = HISTORY
-OTHER = ("other",)
+# The "other" rows' keys, shaped like the keys of their views (pid 0 as in
+# tracer/aggregate/sockets.py), so code that reads a key's shape still works.
+OTHER_DESTINATION = (0, "other", 0)
+OTHER_PROCESS = (0,)
 
 
 class _Keyed:
     """Per-key totals, rates and p99 history. Each interval costs O(keys
     active in it), plus O(keys kept) to build rows: never O(keys ever seen)."""
 
-    def __init__(self, max_keys: int | None = None, idle_intervals: int | None = None):
+    def __init__(self, other_key: tuple, max_keys: int | None = None,
+                 idle_intervals: int | None = None):
+        self.other_key = other_key
         self.max_keys = max_keys or MAX_KEYS
         self.idle_intervals = idle_intervals or IDLE_INTERVALS
         self.total: OrderedDict[tuple, ConnectStats] = OrderedDict()  # least recently active first
@@ -189,7 +194,7 @@ class _Keyed:
             out.append(_row(key, label(key), s, self.rate.get(key, 0.0), self._history(key),
                             n, age))
         if self.other.attempts or other_n:
-            out.append(_row(OTHER, "other", self.other, self.other_rate,
+            out.append(_row(self.other_key, "other", self.other, self.other_rate,
                             tuple(self.other_history), other_n, other_age))
         return out
 
@@ -215,8 +220,8 @@ class ConnectTable:
 
     def __init__(self, max_keys: int | None = None, idle_intervals: int | None = None):
         self._pending: dict = {}
-        self._dest = _Keyed(max_keys, idle_intervals)
-        self._proc = _Keyed(max_keys, idle_intervals)
+        self._dest = _Keyed(OTHER_DESTINATION, max_keys, idle_intervals)
+        self._proc = _Keyed(OTHER_PROCESS, max_keys, idle_intervals)
         self._comm: dict[int, str] = {}   # only of pids with a row
         self.events = 0
 
