@@ -18,7 +18,8 @@ from bench import machine
 from bench.process_tree import Processes, raise_nofile
 from bench.results import Results
 
-SECTIONS = ("overhead", "kernel", "ceiling", "startup", "overflow", "syscalls", "hotpaths")
+SECTIONS = ("overhead", "kernel", "ceiling", "startup", "overflow", "syscalls", "hotpaths",
+            "cardinality")
 OVERHEAD_CONFIGS = ["none", "record", "top", "tcplife", "tcpstates", "probes", "probes-skip", "hooks"]
 # bench/run leaves out the comparison tracers it could not install (it says so)
 WITHOUT = [c for c in os.environ.get("CONNSCOPE_BENCH_WITHOUT", "").split(",") if c]
@@ -46,6 +47,10 @@ def parse_args(argv):
     p.add_argument("--baseline", metavar="REV",
                    help="also run `connscope record` from this commit in the overhead rounds "
                         "(config record-baseline), side by side with the tree measured")
+    p.add_argument("--cardinality-seconds", type=float, metavar="S",
+                   help="length of each cardinality flood (default 300, quick 60)")
+    p.add_argument("--cardinality-none-seconds", type=float, metavar="S",
+                   help="length of the cardinality flood with no tracer (default: the same)")
     p.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "latest.json",
                    help="where to save the JSON (default bench/results/latest.json; "
                         "the Markdown goes next to it as .md too)")
@@ -77,6 +82,12 @@ def run_section(name: str, args, procs: Processes, workdir: Path):
         from bench import syscall_tax
         return syscall_tax.run(procs, workdir, rounds=3 if q else 5,
                                quiet_budget_s=20 if q else 60, log=log)
+    if name == "cardinality":
+        from bench import cardinality
+        return cardinality.run(procs, workdir,
+                               seconds=args.cardinality_seconds or (60 if q else 300),
+                               none_seconds=args.cardinality_none_seconds,
+                               baseline=getattr(args, "baseline_source", None), log=log)
     if name == "hotpaths":
         from bench import hot_paths
         return hot_paths.run(procs, workdir, quick=q, log=log)
@@ -145,6 +156,7 @@ def main(argv=None) -> int:
             from bench import tracers
             src, sha = export_commit(args.baseline, workdir / "baseline")
             tracers.CONFIGS["record-baseline"] = tracers.baseline_record(src, sha)
+            args.baseline_source = (src, sha)
             results.command += f"   # baseline: {args.baseline} = {sha}"
         for name in sections:
             log(f"bench: {name} ...")

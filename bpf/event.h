@@ -25,6 +25,7 @@
 #define CTR_INFLIGHT_FULL 1    /* connect not tracked: in-flight map full */
 #define CTR_HANDSHAKES_FULL 2  /* accept wait not measured: handshake map full */
 #define CTR_LISTENERS_FULL 3   /* listener not tracked: listener map full */
+#define CTR_ACCEPTING_FULL 4   /* accept() not seen: map of threads in accept() full */
 #define CTR_MAX 8
 
 struct connect_event {

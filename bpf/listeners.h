@@ -189,7 +189,10 @@ static __always_inline void accept_begin(u64 lsk)
     if (!task_wanted(id >> 32, comm))
         return;
     u32 tid = (u32)id;
-    accepting.update(&tid, &lsk);
+    /* Threads blocked in accept() are another user's to create: past the
+     * map's size an accept goes unseen, and that is counted. */
+    if (accepting.update(&tid, &lsk) != 0)
+        count(CTR_ACCEPTING_FULL);
 }
 
 /* accept() returned child (0 on failure): process context. */

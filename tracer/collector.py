@@ -9,7 +9,7 @@ receives the snapshots; it never calls into the loop.)
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Callable, Protocol
 
 from tracer.aggregate.connects import ConnectTable
@@ -35,6 +35,15 @@ class Status:
     # was running on that CPU (bpf_prog_info.recursion_misses). Most fall on
     # state changes that make no event; any may have been one, so shown.
     missed_runs: int = 0
+    # Rows of the live views folded into "other" because their tables were
+    # full or idle (tracer/aggregate): {table: count} since start. Nothing is
+    # missing from the recording's event rows, but the live views lost
+    # detail: shown like lost events, never silent.
+    evicted_by: dict = field(default_factory=dict)
+
+    @property
+    def evicted(self) -> int:
+        return sum(self.evicted_by.values())
 
     @property
     def lost_total(self) -> int:
@@ -55,6 +64,7 @@ def no_kernel_view():
 
 class Collector:
     def __init__(self, session, sinks: list, interval: float = 1.0, *, header: Header,
+                 limits: dict | None = None,
                  clock: Clock | None = None,
                  kernel_view: Callable[[], tuple[list, dict, dict, float | None]] = no_kernel_view,
                  drop_points_hooked: bool = False,
@@ -66,13 +76,16 @@ class Collector:
         self.clock = clock or Clock()
         self.kernel_view = kernel_view
         self.recording_status = recording_status
-        self.connects = ConnectTable()
-        self.listeners = ListenerTable(drop_points_hooked)
-        self.processes = ProcessTable()
+        # limits: the tables' bounds ({"max_keys": n, ...}), lowered by tests
+        limits = limits or {}
+        self.connects = ConnectTable(limits.get("max_keys"), limits.get("idle_intervals"))
+        self.listeners = ListenerTable(drop_points_hooked, limits.get("max_listeners"))
+        self.processes = ProcessTable(limits.get("max_flows"), limits.get("max_processes"))
         self.log = NotableLog()
         self._events_total = 0
         self._events_at_tick = 0
         self._lost_at_tick = 0
+        self._evicted_at_tick = 0
         self.kernel_view_error: str | None = None
         self.primed = False   # starting values taken: what happens from now on is counted
 
@@ -85,9 +98,13 @@ class Collector:
             untracked_connects=c["untracked_connects"], decode_errors=c["decode_errors"],
             inflight=self.session.inflight(),
             untracked_other=(c.get("untracked_accept_waits", 0) + c.get("untracked_listeners", 0)
-                             + c.get("untracked_lifetimes", 0)),
+                             + c.get("untracked_lifetimes", 0) + c.get("untracked_accepts", 0)),
             missed_runs=c.get("missed_runs", 0),
+            evicted_by=self.evicted_by(),
         )
+
+    def evicted_by(self) -> dict[str, int]:
+        return {**self.connects.evicted, **self.processes.evicted, **self.listeners.evicted}
 
     def _drain(self, timeout_ms: int) -> None:
         events = self.session.poll(timeout_ms)
@@ -130,10 +147,14 @@ class Collector:
         self.log.listeners(listener_rows, now_us)
         self.log.lost_events(status.lost_total - self._lost_at_tick, now_us)
         self._lost_at_tick = status.lost_total
+        evicted = sum(self.evicted_by().values())
+        self.log.evicted(evicted - self._evicted_at_tick, now_us)
+        self._evicted_at_tick = evicted
         return Snapshot(
             ts_us=now_us, interval_s=seconds, header=self.header,
             events_total=status.events_total, events_per_s=status.events_per_s,
             lost_events=status.lost_total,
+            evicted=sum(self.evicted_by().values()),
             destinations=tuple(self.connects.by_destination()),
             processes_connects=tuple(self.connects.by_process()),
             listeners=tuple(listener_rows),
@@ -153,6 +174,7 @@ class Collector:
         seconds = now - last_tick
         status = self._status(started, seconds)
         snapshot = self._snapshot(seconds, status)
+        status = replace(status, evicted_by=self.evicted_by())   # with this interval's
         self._events_at_tick = self._events_total
         for sink in self.sinks:
             sink.on_interval(status, snapshot)
@@ -189,6 +211,7 @@ class Collector:
             seconds = max(time.monotonic() - last_tick, 1e-9)
             status = self._status(started, seconds)
             snapshot = self._snapshot(seconds, status)
+            status = replace(status, evicted_by=self.evicted_by())
             errors = []
             for sink in self.sinks:
                 try:

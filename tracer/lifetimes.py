@@ -16,12 +16,18 @@ finds one from after its own start is counted closed at once.
 """
 from __future__ import annotations
 
+from itertools import islice
+
 from tracer import events
 
-# As many open connections as the kernel's own tables hold for us; past it
-# a connection's close is not joined, and that is counted.
+# As many open connections as the kernel's own tables hold for us. Past it
+# the oldest opens are let go, a sixteenth at a time (a dict keeps insertion
+# order, and removing in batches keeps that O(1) per open): their closes will
+# not be joined, and each is counted. Letting the oldest go, rather than
+# refusing new ones, also clears out opens whose close was lost (ring buffer
+# full), which would otherwise fill the table for good.
 MAX_OPEN = 262_144
-_EARLY_MAX = 65_536
+_EARLY_MAX = 65_536   # closes waiting for their open (mostly sockets we never saw open)
 
 
 class OpenConnections:
@@ -35,7 +41,7 @@ class OpenConnections:
         self._open: dict[int, tuple] = {}
         self._early: dict[int, int] = {}        # sk -> close time, this read
         self._early_prev: dict[int, int] = {}   # ... and the one before
-        self.untracked = 0                      # opens not kept: table full
+        self.untracked = 0                      # opens let go: table full
 
     def __len__(self) -> int:
         return len(self._open)
@@ -59,8 +65,10 @@ class OpenConnections:
                 return
         table = self._open
         if len(table) >= MAX_OPEN and sk not in table:
-            self.untracked += 1
-            return
+            oldest = list(islice(table, max(1, MAX_OPEN // 16)))
+            for old in oldest:
+                del table[old]
+            self.untracked += len(oldest)
         table[sk] = (key, ts_open)
 
     def closed_at(self, view, offset: int, closes: events.Closes) -> None:

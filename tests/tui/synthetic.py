@@ -143,7 +143,10 @@ def scenario(intervals: int = 30, *, extra_destinations: int = 0, extra_processe
     """One Snapshot per interval, oldest first (only the last one when there are
     more than 60). Events are lost from interval `lost_from` on (None: never)."""
     rng = random.Random(7)
-    table, log, latency = ConnectTable(), NotableLog(), LatencyBuckets()
+    # (a table that holds every destination: what is tested here is how the
+    # TUI shows many rows, not the table's bound)
+    table = ConnectTable(max_keys=extra_destinations + 100)
+    log, latency = NotableLog(), LatencyBuckets()
     totals: dict = {}
     out = []
     events_total = lost = 0

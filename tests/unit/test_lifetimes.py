@@ -92,14 +92,27 @@ def test_a_failed_connect_is_not_opened():
     assert len(closes) == 0
 
 
-def test_a_full_table_counts_what_it_could_not_keep(monkeypatch):
+def test_a_full_table_lets_the_oldest_go_and_counts_them(monkeypatch):
     monkeypatch.setattr(lifetimes, "MAX_OPEN", 2)
     o, closes = lifetimes.OpenConnections(), Closes()
     for i in range(4):
         o.connected(connect(sk=SK + 64 * i), closes)
     assert len(o) == 2 and o.untracked == 2
-    o.connected(connect(sk=SK), closes)    # an address already in it is replaced, not refused
+    o.connected(connect(sk=SK + 64 * 3), closes)   # an address already in it is replaced
     assert o.untracked == 2
+    # the newest are the ones kept: their closes are joined, the oldest's not
+    o.closed_at(close_record(sk=SK + 64 * 3), 0, closes)
+    o.closed_at(close_record(sk=SK), 0, closes)
+    assert sum(len(v) for v in closes.active.values()) == 1 and len(o) == 1
+
+
+def test_a_full_table_lets_a_sixteenth_go_at_a_time(monkeypatch):
+    monkeypatch.setattr(lifetimes, "MAX_OPEN", 64)
+    o, closes = lifetimes.OpenConnections(), Closes()
+    for i in range(64 + 1):
+        o.connected(connect(sk=SK + 64 * i), closes)
+    assert o.untracked == 4 and len(o) == 61
+    assert SK not in o._open and SK + 64 * 4 in o._open
 
 
 @pytest.mark.parametrize("first", ["open", "close"])

@@ -2,7 +2,7 @@
 since start. Pure state: fed decoded events, asked for snapshots."""
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from tracer.aggregate.histogram import Histogram
@@ -36,9 +36,16 @@ class ConnectStats:
             self.error += 1
 
     def merge(self, o: "ConnectStats") -> None:
-        for name in ("attempts", "established", "refused", "timeout", "error", "syn_retransmits"):
-            setattr(self, name, getattr(self, name) + getattr(o, name))
-        self.latency.merge(o.latency)
+        # (spelled out: merged for every key active in an interval, and for
+        # every key evicted)
+        self.attempts += o.attempts
+        self.established += o.established
+        self.refused += o.refused
+        self.timeout += o.timeout
+        self.error += o.error
+        self.syn_retransmits += o.syn_retransmits
+        if o.latency.count:
+            self.latency.merge(o.latency)
 
     @property
     def failures(self) -> int:
@@ -67,53 +74,139 @@ class ConnectRow:
     oldest_pending_s: float | None = None
 
 
-class _Keyed:
-    def __init__(self):
-        self.total: dict[tuple, ConnectStats] = {}
-        self.window: dict[tuple, ConnectStats] = {}
-        self.rate: dict[tuple, float] = {}
-        self.history: dict[tuple, deque] = {}
+# Keys are chosen by other processes (any user can connect to 100,000
+# destinations a minute), so each view is bounded: a key idle for as long as
+# its history is shown is let go, and past MAX_KEYS the least recently active
+# go first. What a key held is folded into the "other" row, so the rows still
+# add up to every connect seen; each key folded is counted (`evicted`).
+MAX_KEYS = 4096
+IDLE_INTERVALS = HISTORY
+# The "other" rows' keys, shaped like the keys of their views (pid 0 as in
+# tracer/aggregate/sockets.py), so code that reads a key's shape still works.
+OTHER_DESTINATION = (0, "other", 0)
+OTHER_PROCESS = (0,)
 
-    def add(self, key: tuple, ev: Connect) -> None:
+
+class _Keyed:
+    """Per-key totals, rates and p99 history. Each interval costs O(keys
+    active in it), plus O(keys kept) to build rows: never O(keys ever seen)."""
+
+    def __init__(self, other_key: tuple, max_keys: int | None = None,
+                 idle_intervals: int | None = None):
+        self.other_key = other_key
+        self.max_keys = max_keys or MAX_KEYS
+        self.idle_intervals = idle_intervals or IDLE_INTERVALS
+        self.total: OrderedDict[tuple, ConnectStats] = OrderedDict()  # least recently active first
+        self.window: dict[tuple, ConnectStats] = {}
+        self.rate: dict[tuple, float] = {}        # keys active in the last interval only
+        self.history: dict[tuple, deque] = {}
+        self.last: dict[tuple, int] = {}          # interval a key was last active in
+        self.interval = 0
+        self.other = ConnectStats()               # what evicted keys held
+        self.other_window = ConnectStats()        # events that found the window full
+        self.other_history: deque = deque(maxlen=HISTORY)
+        self.other_rate = 0.0
+        self.evicted = 0   # keys folded into "other" (+ events that found the window full)
+
+    def __len__(self) -> int:
+        return len(self.total)
+
+    def add(self, key: tuple, ev: Connect) -> bool:
+        """Count ev for key; False if it went to the "other" row instead."""
         s = self.window.get(key)
         if s is None:
+            if len(self.window) >= self.max_keys:   # a flood within one interval
+                self.other_window.add(ev)
+                self.evicted += 1
+                return False
             s = self.window[key] = ConnectStats()
         s.add(ev)
+        return True
 
-    def roll(self, seconds: float) -> None:
-        for key in set(self.total) | set(self.window):
-            w = self.window.get(key)
-            hist = self.history.setdefault(key, deque(maxlen=HISTORY))
-            if w is None:
-                self.rate[key] = 0.0
-                hist.append(None)
-                continue
-            self.total.setdefault(key, ConnectStats()).merge(w)
-            self.rate[key] = w.attempts / seconds if seconds > 0 else 0.0
+    def roll(self, seconds: float) -> list[tuple]:
+        """Close the interval; returns the keys evicted."""
+        self.interval = n = self.interval + 1
+        total, history, last = self.total, self.history, self.last
+        per_s = 1 / seconds if seconds > 0 else 0.0
+        self.rate = {}
+        for key, w in self.window.items():
+            t = total.get(key)
+            if t is None:
+                total[key] = w   # (the window's stats are not used again)
+                hist = history[key] = deque(maxlen=HISTORY)
+            else:
+                total.move_to_end(key)
+                t.merge(w)
+                hist = history[key]
+                # the intervals it was idle in, written now rather than each interval
+                hist.extend((None,) * min(n - last[key] - 1, HISTORY))
+            last[key] = n
+            self.rate[key] = w.attempts * per_s
             hist.append(w.latency.percentile(99))
         self.window = {}
+        ow = self.other_window
+        self.other_rate = ow.attempts * per_s
+        self.other_history.append(ow.latency.percentile(99) if ow.attempts else None)
+        if ow.attempts:
+            self.other.merge(ow)
+            self.other_window = ConnectStats()
+        evicted = []
+        idle_before = n - self.idle_intervals
+        while total:
+            key = next(iter(total))
+            if len(total) <= self.max_keys and last[key] > idle_before:
+                break
+            evicted.append(key)
+            self.other.merge(total.pop(key))
+            del history[key], last[key]
+        self.evicted += len(evicted)
+        return evicted
+
+    def _history(self, key: tuple) -> tuple:
+        hist = self.history.get(key)
+        if hist is None:
+            return ()
+        idle = min(self.interval - self.last[key], HISTORY)
+        if not idle:
+            return tuple(hist)
+        return (tuple(hist) + (None,) * idle)[-HISTORY:]
 
     def rows(self, label, pending=None) -> list[ConnectRow]:
         pending = pending or {}
         out = []
-        for key in pending.keys() - self.total.keys():
+        # Connects still in flight are bounded by the kernel's map (65,536),
+        # but a row each is more than a view holds: past the room left, the
+        # longest waiting keep their rows and the rest are summed into "other".
+        waiting = [k for k in pending if k not in self.total]
+        room = max(0, self.max_keys - len(self.total))
+        if len(waiting) > room:
+            waiting.sort(key=lambda k: -(pending[k][1] or 0))
+            other_n = sum(pending[k][0] for k in waiting[room:])
+            other_age = max((pending[k][1] or 0) for k in waiting[room:])
+            waiting = waiting[:room]
+        else:
+            other_n, other_age = 0, None
+        for key in waiting:
             n, age = pending[key]
-            out.append(ConnectRow(key=key, label=label(key), attempts=0, rate=0.0, established=0,
-                                  refused=0, timeout=0, error=0, syn_retransmits=0, p50_us=None,
-                                  p95_us=None, p99_us=None, max_us=None, p99_history=(),
-                                  pending=n, oldest_pending_s=age))
+            out.append(_row(key, label(key), ConnectStats(), 0.0, (), n, age))
         for key, s in self.total.items():
-            h = s.latency
-            out.append(ConnectRow(
-                key=key, label=label(key), attempts=s.attempts, rate=self.rate.get(key, 0.0),
-                established=s.established, refused=s.refused, timeout=s.timeout, error=s.error,
-                syn_retransmits=s.syn_retransmits, p50_us=h.percentile(50), p95_us=h.percentile(95),
-                p99_us=h.percentile(99), max_us=h.max if h.count else None,
-                p99_history=tuple(self.history.get(key, ())),
-                pending=pending.get(key, (0, None))[0],
-                oldest_pending_s=pending.get(key, (0, None))[1],
-            ))
+            n, age = pending.get(key, (0, None))
+            out.append(_row(key, label(key), s, self.rate.get(key, 0.0), self._history(key),
+                            n, age))
+        if self.other.attempts or other_n:
+            out.append(_row(self.other_key, "other", self.other, self.other_rate,
+                            tuple(self.other_history), other_n, other_age))
         return out
+
+
+def _row(key, label, s: ConnectStats, rate, history, pending, oldest) -> ConnectRow:
+    h = s.latency
+    return ConnectRow(
+        key=key, label=label, attempts=s.attempts, rate=rate, established=s.established,
+        refused=s.refused, timeout=s.timeout, error=s.error, syn_retransmits=s.syn_retransmits,
+        p50_us=h.percentile(50), p95_us=h.percentile(95), p99_us=h.percentile(99),
+        max_us=h.max if h.count else None, p99_history=history, pending=pending,
+        oldest_pending_s=oldest)
 
 
 def destination_label(key: tuple) -> str:
@@ -122,25 +215,31 @@ def destination_label(key: tuple) -> str:
 
 
 class ConnectTable:
-    """Per-destination and per-process connect statistics."""
+    """Per-destination and per-process connect statistics, bounded (see
+    MAX_KEYS): `evicted` counts what was folded into the "other" rows."""
 
-    def __init__(self):
+    def __init__(self, max_keys: int | None = None, idle_intervals: int | None = None):
         self._pending: dict = {}
-        self._dest = _Keyed()
-        self._proc = _Keyed()
-        self._comm: dict[int, str] = {}
+        self._dest = _Keyed(OTHER_DESTINATION, max_keys, idle_intervals)
+        self._proc = _Keyed(OTHER_PROCESS, max_keys, idle_intervals)
+        self._comm: dict[int, str] = {}   # only of pids with a row
         self.events = 0
 
     def add(self, ev: Connect) -> None:
         self.events += 1
         self._dest.add((ev.family, ev.daddr, ev.dport), ev)
-        self._proc.add((ev.pid,), ev)
-        self._comm[ev.pid] = ev.comm
+        if self._proc.add((ev.pid,), ev):
+            self._comm[ev.pid] = ev.comm
 
     def roll(self, seconds: float) -> None:
         """Close the current interval (call once per interval)."""
         self._dest.roll(seconds)
-        self._proc.roll(seconds)
+        for (pid,) in self._proc.roll(seconds):
+            self._comm.pop(pid, None)
+
+    @property
+    def evicted(self) -> dict[str, int]:
+        return {"destinations": self._dest.evicted, "processes": self._proc.evicted}
 
     def set_pending(self, pending: dict) -> None:
         """{(family, daddr, dport): (count, oldest age in seconds)} right now."""

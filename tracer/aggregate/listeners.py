@@ -37,6 +37,13 @@ def split_drops(d_sk_drops: int, d_request_overflows: int, d_cookie_overflows: i
     return r + c, max(0, d_sk_drops - 2 * r - c)
 
 
+# Any user can open thousands of listening sockets: past this many the rest
+# are summed, per interval, into one "other" row (queues and accepts; their
+# drops need a listener's own history, so they are not known), and each is
+# counted in `evicted`. Closed listeners leave the table.
+MAX_LISTENERS = 4096
+
+
 @dataclass
 class _Listener:
     netns: int
@@ -57,15 +64,25 @@ class _Listener:
 
 
 class ListenerTable:
-    def __init__(self, drop_points_hooked: bool):
+    def __init__(self, drop_points_hooked: bool, max_listeners: int | None = None):
         # kprobe/fentry see both drop points; tracepoints need sk_drops.
         self.drop_points_hooked = drop_points_hooked
+        self.max_listeners = max_listeners or MAX_LISTENERS
         self._primed = False
         self._by_key: dict[tuple, _Listener] = {}
+        self._other_accepts = 0
+        self.evicted_rows = 0   # listener rows summed into "other"
 
-    def _get(self, key: tuple) -> _Listener:
+    @property
+    def evicted(self) -> dict[str, int]:
+        return {"listener rows": self.evicted_rows}
+
+    def _get(self, key: tuple) -> _Listener | None:
+        """The listener's entry; None when the table is full."""
         lst = self._by_key.get(key)
         if lst is None:
+            if len(self._by_key) >= self.max_listeners:
+                return None
             lst = self._by_key[key] = _Listener(*key)
         return lst
 
@@ -81,9 +98,13 @@ class ListenerTable:
         diag: (netns inode, listening TcpSocket) pairs."""
         self._primed = True
         for c in counters:
-            self._get(c.key).counters = c
+            lst = self._get(c.key)
+            if lst is not None:
+                lst.counters = c
         for netns, s in diag:
             lst = self._get((netns, s.family, s.saddr, s.sport))
+            if lst is None:
+                continue
             lst.sk_drops = s.drops
             lst.queue_len = s.rqueue
             lst.backlog_max = s.wqueue
@@ -92,6 +113,9 @@ class ListenerTable:
         lst = self._listener_of(ev.netns, ev.family, ev.laddr, ev.lport)
         if lst is None:
             lst = self._get((ev.netns, ev.family, ev.laddr, ev.lport))
+            if lst is None:
+                self._other_accepts += 1
+                return
         lst.accepts_window += 1
         wait = ev.queue_wait_us
         if wait is not None:
@@ -113,8 +137,13 @@ class ListenerTable:
         # Before anything below adds this interval's new listeners: one
         # that is new now has no previous sk_drops, whoever saw it first.
         prev_sk_drops = {k: v.sk_drops for k, v in self._by_key.items()}
+        folded: set = set()
+        other_queue = other_backlog = 0
         for c in counters:
             lst = self._get(c.key)
+            if lst is None:
+                folded.add(c.key)
+                continue
             lst.counters = c
             lst.seen_now = not c.closed
             if c.pid:
@@ -126,6 +155,11 @@ class ListenerTable:
         for netns, s in diag:
             key = (netns, s.family, s.saddr, s.sport)
             lst = self._get(key)
+            if lst is None:
+                folded.add(key)
+                other_queue += s.rqueue
+                other_backlog += s.wqueue
+                continue
             lst.seen_now = True
             lst.queue_len = s.rqueue
             lst.backlog_max = s.wqueue
@@ -174,4 +208,13 @@ class ListenerTable:
             lst.accepts_window = 0
             if not lst.seen_now:
                 del self._by_key[key]   # closed: its last interval is reported above
+        if folded or self._other_accepts:
+            self.evicted_rows += len(folded)
+            rows.append(ListenerRow(
+                family=0, laddr="other", lport=0, pid=None, comm=None,
+                backlog_max=other_backlog, queue_len=other_queue, queue_peak=other_queue,
+                syn_queue_len=None, drops=0, syn_drops=0, drops_total=0, drops_per_s=0.0,
+                accepts=self._other_accepts, accept_wait_p50_us=None, accept_wait_p99_us=None,
+                synack_retransmits=0))
+            self._other_accepts = 0
         return rows

@@ -20,8 +20,10 @@ class NotableLog:
         self._window: list[Notable] = []
         self._suppressed = 0
 
-    def _add(self, n: Notable) -> None:
-        if len(self._window) < MAX_PER_INTERVAL:
+    def _add(self, n: Notable, always: bool = False) -> None:
+        # (always: what the tracer itself lost, which a storm of failures,
+        # the very thing that causes it, must not crowd out)
+        if always or len(self._window) < MAX_PER_INTERVAL:
             self._window.append(n)
         else:
             self._suppressed += 1
@@ -57,7 +59,15 @@ class NotableLog:
     def lost_events(self, new_lost: int, ts_us: int) -> None:
         if new_lost > 0:
             self._add(Notable(ts_us, "crit", "lost events",
-                              f"{new_lost} kernel events lost this interval: counts are low"))
+                              f"{new_lost} kernel events lost this interval: counts are low"),
+                      always=True)
+
+    def evicted(self, new_evicted: int, ts_us: int) -> None:
+        if new_evicted > 0:
+            self._add(Notable(ts_us, "warn", "evicted",
+                              f"{new_evicted} rows folded into \"other\" this interval: "
+                              f"more destinations, processes or listeners than the tables hold"),
+                      always=True)
 
     def roll(self, ts_us: int) -> tuple[Notable, ...]:
         self.lines.extend(self._window)

@@ -33,6 +33,8 @@ class ListenerRow:
 
     @property
     def label(self) -> str:
+        if not self.family:   # the listeners past the table's bound, summed
+            return self.laddr
         return f"[{self.laddr}]:{self.lport}" if self.family == 6 else f"{self.laddr}:{self.lport}"
 
 
@@ -113,6 +115,7 @@ class Snapshot:
     events_total: int
     events_per_s: float
     lost_events: int                    # total since start: ring buffer full, maps full
+    evicted: int = 0                    # rows folded into "other" since start: tables full
     destinations: tuple[ConnectRow, ...] = ()
     processes_connects: tuple[ConnectRow, ...] = ()
     listeners: tuple[ListenerRow, ...] = ()

@@ -16,6 +16,14 @@ from tracer.aggregate.snapshot import PoolAdvice, ProcessRow
 ESTABLISHED, SYN_SENT, LISTEN, CLOSE_WAIT = 1, 2, 10, 8
 WINDOW = 30              # intervals of history behind the advice
 FD_WARN_RATIO = 0.8
+# Flows (process x remote) and processes are other users' to create: past
+# these bounds new flows are summed into one "other" flow (pid OTHER_PID) and
+# the least busy processes of an interval into one "other" row, counted in
+# `evicted`. Flows also expire: one with nothing in its window is forgotten.
+MAX_FLOWS = 4096
+MAX_PROCESSES = 4096
+OTHER_PID = 0
+OTHER_REMOTE = (0, "other", 0)
 
 
 @dataclass
@@ -92,18 +100,34 @@ class _Flow:
 
 
 class ProcessTable:
-    def __init__(self):
+    def __init__(self, max_flows: int | None = None, max_processes: int | None = None):
+        self.max_flows = max_flows or MAX_FLOWS
+        self.max_processes = max_processes or MAX_PROCESSES
         self._flows: dict[int, dict[tuple, _Flow]] = {}   # pid -> (family, raddr, rport) -> flow
+        self._n_flows = 0
         self._opened: dict[int, int] = {}
         self._closed: dict[int, int] = {}
-        self._comm: dict[int, str] = {}
+        self._comm: dict[int, str] = {}   # of pids with flows or active in the interval
         self._scanned_at: float | None = None
+        self.evicted_flows = 0       # flow updates summed into the "other" flow
+        self.evicted_processes = 0   # process rows summed into the "other" row
+
+    @property
+    def evicted(self) -> dict[str, int]:
+        return {"flows": self.evicted_flows, "process rows": self.evicted_processes}
 
     def _flow(self, pid: int, key: tuple) -> _Flow:
-        flows = self._flows.setdefault(pid, {})
-        f = flows.get(key)
+        flows = self._flows.get(pid)
+        f = flows.get(key) if flows is not None else None
         if f is None:
+            if self._n_flows >= self.max_flows and pid != OTHER_PID:
+                self.evicted_flows += 1
+                self._comm[OTHER_PID] = "other"
+                return self._flow(OTHER_PID, OTHER_REMOTE)
+            if flows is None:
+                flows = self._flows[pid] = {}
             f = flows[key] = _Flow()
+            self._n_flows += 1
         return f
 
     def opened(self, pid: int, comm: str, remote: tuple | None,
@@ -155,7 +179,8 @@ class ProcessTable:
             mean_held = statistics.fmean(held)
             if not (rate or in_use or mean_held):
                 continue
-            dest = f"[{raddr}]:{rport}" if family == 6 else f"{raddr}:{rport}"
+            dest = (f"[{raddr}]:{rport}" if family == 6 else f"{raddr}:{rport}" if family
+                    else raddr)
             out.append(PoolAdvice(
                 destination=dest, arrival_per_s=rate, hold_s=hold or 0.0,
                 concurrency_mean=max(mean_held, little), concurrency_p99=float(p99),
@@ -187,6 +212,20 @@ class ProcessTable:
                     f.held.append(h.by_remote.get(key, 0) if h else 0)
         rows = []
         pids = set(holdings) | set(self._opened) | set(self._closed)
+        if OTHER_PID in self._flows:
+            pids.add(OTHER_PID)
+        folded = None
+        if len(pids) > self.max_processes:
+            # the busiest keep their rows: most sockets, then most opens and closes
+            def busy(pid):
+                h = holdings.get(pid)
+                return ((h.established + h.syn_sent + h.listen + h.close_wait + h.other) if h
+                        else 0, self._opened.get(pid, 0) + self._closed.get(pid, 0))
+            ranked = sorted(pids - {OTHER_PID}, key=busy, reverse=True)
+            keep = set(ranked[:self.max_processes - 1])
+            folded = pids - keep - {OTHER_PID}
+            self.evicted_processes += len(folded)
+            pids = keep | {OTHER_PID}
         for pid in pids:
             h = holdings.get(pid) or Holding(self._comm.get(pid, "?"))
             advice = self._advice(pid)
@@ -202,6 +241,9 @@ class ProcessTable:
                 advice=advice,
                 opened=self._opened.get(pid, 0), closed=self._closed.get(pid, 0),
             ))
+        if folded is not None:
+            rows = [r for r in rows if r.pid != OTHER_PID]
+            rows.append(self._other_row(seconds, folded, holdings))
         self._opened, self._closed = {}, {}
         # forget flows with nothing left in the window
         for pid in list(self._flows):
@@ -209,6 +251,25 @@ class ProcessTable:
             for key in [k for k, f in flows.items() if not any(f.opens) and not any(f.held)
                         and not any(h.count for h in f.lifetimes)]:
                 del flows[key]
+                self._n_flows -= 1
             if not flows:
                 del self._flows[pid]
+        self._comm = {pid: c for pid, c in self._comm.items() if pid in self._flows}
         return rows
+
+    def _other_row(self, seconds: float, pids, holdings: dict[int, Holding]) -> ProcessRow:
+        """The processes that did not get rows of their own, summed."""
+        hs = [holdings[p] for p in pids if p in holdings]
+        opened = sum(self._opened.get(p, 0) for p in pids)
+        closed = sum(self._closed.get(p, 0) for p in pids)
+        advice = self._advice(OTHER_PID)
+        return ProcessRow(
+            pid=OTHER_PID, comm="other", established=sum(h.established for h in hs),
+            syn_sent=sum(h.syn_sent for h in hs), listen=sum(h.listen for h in hs),
+            close_wait=sum(h.close_wait for h in hs), other=sum(h.other for h in hs),
+            opened_per_s=opened / seconds if seconds > 0 else 0.0,
+            closed_per_s=closed / seconds if seconds > 0 else 0.0,
+            fds=None, fd_limit=None, tx_queue_bytes=sum(h.tx_queue_bytes for h in hs),
+            rx_queue_bytes=sum(h.rx_queue_bytes for h in hs),
+            churning=any(a.verdict.startswith("churning") for a in advice), advice=advice,
+            opened=opened, closed=closed)

@@ -154,6 +154,7 @@ class ProbeSession:
             "untracked_connects": total(C["CTR_INFLIGHT_FULL"]),
             "untracked_accept_waits": total(C["CTR_HANDSHAKES_FULL"]),
             "untracked_listeners": total(C["CTR_LISTENERS_FULL"]),
+            "untracked_accepts": total(C["CTR_ACCEPTING_FULL"]),
             "untracked_lifetimes": self._open.untracked,
             "decode_errors": self.decode_errors,
             "missed_runs": self._prog.recursion_misses(PROG_INFO_RECURSION_MISSES),

@@ -180,6 +180,7 @@ class _Cursor:
             ts_us=end_us, interval_s=seconds, header=self.header,
             events_total=self.events_total,
             events_per_s=n_events / seconds if seconds > 0 else 0.0, lost_events=self.lost,
+            evicted=sum(self.connects.evicted.values()),
             destinations=tuple(self.connects.by_destination()),
             processes_connects=tuple(self.connects.by_process()),
             listeners=tuple(listeners), processes=tuple(processes), notable=notable,

@@ -67,12 +67,20 @@ def missed_note(status) -> str:
     return f"  probe runs skipped by the kernel {missed} (BPF recursion)" if missed else ""
 
 
+def evicted_note(status) -> str:
+    """Rows the live tables folded into "other" (tracer/aggregate): shown
+    like lost events, never silent."""
+    evicted = getattr(status, "evicted_by", None) or {}
+    parts = [f"{what} {n}" for what, n in evicted.items() if n]
+    return f"  evicted into 'other': {', '.join(parts)}" if parts else ""
+
+
 def format_table(status, snapshot: Snapshot, limit: int = 15, title: str = "") -> str:
     lost = status.lost_total
     lines = [
         f"{time.strftime('%H:%M:%S')} {title}events {status.events_total} "
         f"({status.events_per_s:.0f}/s)  lost {lost}{'  <-- EVENTS LOST' if lost else ''}  "
-        f"in-flight connects {status.inflight}{missed_note(status)}",
+        f"in-flight connects {status.inflight}{missed_note(status)}{evicted_note(status)}",
         HEADER,
     ]
     rows = rank(list(snapshot.destinations))
@@ -126,7 +134,8 @@ class StatusLineSink:
         text = (f"connscope: {status.elapsed_s:.0f}s  events {status.events_total} "
                 f"({status.events_per_s:.0f}/s)  lost {status.lost_total}  "
                 f"files {rec.get('files_written', 0)} "
-                f"({rec.get('bytes_written', 0) / 1e6:.1f} MB){missed_note(status)}")
+                f"({rec.get('bytes_written', 0) / 1e6:.1f} MB){missed_note(status)}"
+                f"{evicted_note(status)}")
         dropped = sum((rec.get("dropped_rows") or {}).values())
         if rec.get("paused_reason"):
             text += f"  WARNING: {rec['paused_reason']}"

@@ -282,6 +282,7 @@ class Recording:
         self.deleted_files = 0
         self.deleted_bytes = 0
         self.lost_events = {t: 0 for t in TABLES}
+        self.evicted: dict[str, int] = {}   # live-view rows folded into "other"
 
         self._root = open_directory(directory, create=True)
         self._runs: Dir | None = None
@@ -358,6 +359,11 @@ class Recording:
                 raise UnknownTable(table)
             self.lost_events[table] = count
 
+    def set_evicted(self, totals: Mapping[str, int]) -> None:
+        """Set the running totals of rows the live tables folded into "other"
+        (tracer/aggregate), e.g. {"destinations": 12}: kept in the manifest."""
+        self.evicted = {str(k): int(v) for k, v in totals.items()}
+
     def set_backend(self, backend: str) -> None:
         """Record the backend actually used (known only after the probes load)."""
         with self._io_lock:
@@ -412,6 +418,7 @@ class Recording:
             "buffered_rows": sum(w.buffered_rows for w in ws),
             "dropped_rows": {w.table: w.dropped_rows for w in ws},
             "lost_events": dict(self.lost_events),
+            "evicted": dict(self.evicted),
             "files_written": sum(len(w.files) for w in ws),
             "bytes_written": sum(w.bytes_finalized for w in ws),
             "journal_bytes": sum(w.journal_bytes for w in ws),
@@ -515,6 +522,7 @@ class Recording:
         m["rows"] = {w.table: w.rows_finalized for w in self._writers.values()}
         m["dropped_rows"] = {w.table: w.dropped_rows for w in self._writers.values()}
         m["lost_events"] = dict(self.lost_events)
+        m["evicted"] = dict(self.evicted)
         m["files"] = sum(len(w.files) for w in self._writers.values())
         m["deleted_files"] = self.deleted_files
         if final:

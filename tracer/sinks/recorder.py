@@ -129,6 +129,8 @@ class RecordSink:
             self.recording.write("pools", pools)
         # Every lost kernel event may have been any kind of row: say so on each.
         self.recording.set_lost({"connects": status.lost_total, "accepts": status.lost_total})
+        # Live-view rows folded into "other" (no event row is missing for them)
+        self.recording.set_evicted(getattr(status, "evicted_by", {}))
 
     def on_interval(self, status, snapshot: Snapshot) -> None:
         self._interval(status, snapshot)

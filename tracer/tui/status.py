@@ -69,6 +69,9 @@ def health_line(h: Header, snap: Snapshot | None) -> Text:
     else:
         t.append("lost ", style="dim")
         t.append("0", style="green")
+    if snap.evicted:   # tables full: rows folded into "other" (tracer/aggregate)
+        t.append(*SEP)
+        t.append(f" {snap.evicted:,} rows evicted into 'other' ", style="bold black on yellow")
     if h.recording_path:
         t.append(*SEP)
         t.append("recording " if h.source == "live" else "from ", style="dim")
