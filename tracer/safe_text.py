@@ -28,6 +28,15 @@ for _c in (0x061c, 0x200e, 0x200f, *range(0x202a, 0x202f), *range(0x2066, 0x206a
 _TABLE = str.maketrans(_ESCAPED)
 
 
+def faithful_text(raw: bytes) -> str:
+    """Text of bytes another process chose (a task comm), losing nothing: valid
+    UTF-8 as is, every other byte as `\\xNN` (backslashreplace). "replace"
+    would turn every invalid byte into the same U+FFFD, so one name could pass
+    for another. This is what Parquet keeps; what is shown goes through
+    `printable` as well (which shows that backslash as `\\\\`)."""
+    return raw.decode("utf-8", "backslashreplace")
+
+
 def printable(text: object) -> str:
     """`text` with every character a terminal or log would act on shown as an
     escape (`\\e`, `\\n`, `\\x07`, `\\u202e`...). None becomes ''. Also

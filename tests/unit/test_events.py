@@ -2,6 +2,7 @@
 records packed by hand."""
 
 import ctypes
+import re
 import shutil
 import socket
 import struct
@@ -123,10 +124,37 @@ def test_outcomes_and_latency(outcome, name, latency):
     (b"ab\0stale-bytes", "ab"),
     (b"0123456789abcdef", "0123456789abcdef"),  # all 16 bytes, no NUL
     (b"caf\xc3\xa9", "caf\u00e9"),
-    (b"bad\xff", "bad\ufffd"),
+    # faithful: an invalid byte stays itself (as \\xNN), not one U+FFFD for all
+    (b"bad\xff", "bad\\xff"),
+    (b"\xc3(\x80", "\\xc3(\\x80"),
+    # names made to attack a terminal or the markup are data: kept exactly
+    (b"\x1bc\x1b]0;pwned\x1b\\", "\x1bc\x1b]0;pwned\x1b\\"),
+    (b"a\nb", "a\nb"),
+    (b"[/x]", "[/x]"),
 ])
 def test_comm(raw, want):
     assert decode_connect(pack(comm=raw)).comm == want
+
+
+ODD_NAMES = [b"\xff\xfe", b"a\xffb", b"a\xfeb", b"\xe2\x82", b"\xe2\x82\xac", b"\x80" * 15,
+             b"\x1b]0;x\x07", b"tab\there", bytes(range(1, 16)), bytes(range(0xf0, 0xff))]
+
+
+def _undo_backslashreplace(text: str) -> bytes:
+    return re.sub(rb"\\x([0-9a-f]{2})", lambda m: bytes([int(m.group(1), 16)]),
+                  text.encode("utf-8"))
+
+
+@pytest.mark.parametrize("raw", ODD_NAMES)
+def test_comm_text_round_trips_odd_bytes(raw):
+    """What Parquet keeps gives back the bytes the process chose (for names
+    without a backslash of their own), and different names never collide."""
+    assert _undo_backslashreplace(decode_connect(pack(comm=raw)).comm) == raw
+
+
+def test_different_invalid_names_stay_different():
+    texts = {decode_connect(pack(comm=raw)).comm for raw in ODD_NAMES}
+    assert len(texts) == len(ODD_NAMES)
 
 
 @pytest.mark.parametrize("member", [
