@@ -245,6 +245,7 @@ def report(directory, html_path, max_rows):
 def main(argv=None):
     """Entry point: domain errors become one 'Error:' line and exit 1."""
     from tracer.errors import USER_ERRORS
+    from tracer.safe_text import printable
 
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
@@ -258,13 +259,14 @@ def main(argv=None):
     except USER_ERRORS as e:
         if debug:
             raise
-        click.echo(f"Error: {e}", err=True)
+        # messages quote file names, hosts and process names others chose
+        click.echo(f"Error: {printable(e)}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as e:  # a bug: still one line unless --debug
         if debug:
             raise
-        click.echo(f"Error: internal error: {type(e).__name__}: {e} (run with --debug for details)",
-                   err=True)
+        click.echo(f"Error: internal error: {type(e).__name__}: {printable(e)} "
+                   f"(run with --debug for details)", err=True)
         sys.exit(2)
