@@ -242,6 +242,17 @@ def report(directory, html_path, max_rows):
     run_report(directory, html_path, max_rows)
 
 
+def _print_traceback() -> None:
+    """The current exception's traceback on stderr, each line escaped: its
+    messages may quote names other users chose (with ESC sequences)."""
+    import traceback
+
+    from tracer.safe_text import printable
+
+    for line in traceback.format_exc().splitlines():
+        sys.stderr.write(printable(line) + "\n")
+
+
 def main(argv=None):
     """Entry point: domain errors become one 'Error:' line and exit 1."""
     from tracer.errors import USER_ERRORS
@@ -258,7 +269,8 @@ def main(argv=None):
         sys.exit(e.exit_code)
     except USER_ERRORS as e:
         if debug:
-            raise
+            _print_traceback()
+            sys.exit(1)
         # messages quote file names, hosts and process names others chose
         click.echo(f"Error: {printable(e)}", err=True)
         sys.exit(1)
@@ -266,7 +278,8 @@ def main(argv=None):
         sys.exit(130)
     except Exception as e:  # a bug: still one line unless --debug
         if debug:
-            raise
+            _print_traceback()
+            sys.exit(2)
         click.echo(f"Error: internal error: {type(e).__name__}: {printable(e)} "
                    f"(run with --debug for details)", err=True)
         sys.exit(2)
