@@ -65,3 +65,20 @@ def test_procfs_comm_is_the_name_a_real_process_gave_itself(tmp_path):
     finally:
         child.stdin.close()
         child.wait(10)
+
+
+def test_fast_path_changes_nothing_the_full_escape_would_change():
+    """printable() returns a text as is when isprintable(); that must hold for
+    exactly the characters the table and the category check leave alone."""
+    import unicodedata
+
+    from tracer.safe_text import _TABLE
+
+    for cp in range(0x30000):
+        ch = chr(cp)
+        if 0xd800 <= cp < 0xe000:
+            continue
+        slow = ch.translate(_TABLE)
+        if slow == ch and unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp"):
+            slow = f"\\u{cp:04x}"
+        assert printable(ch) == slow, hex(cp)
