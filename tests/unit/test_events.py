@@ -184,3 +184,24 @@ def test_parse_header_reads_a_valid_header(tmp_path):
     assert ctypes.sizeof(structs["two"]) == 16
 
 
+
+
+def test_parquet_keeps_the_faithful_comm(tmp_path):
+    """Kernel bytes -> Connect -> the recorder's row -> Parquet -> the same text:
+    odd bytes stay distinguishable, ESC and newlines stay unescaped data."""
+    import pyarrow.parquet as pq
+
+    from tracer.clock import Clock
+    from tracer.sinks.parquet_writer import Recording
+    from tracer.sinks.recorder import connect_row
+
+    raws = [b"a\xffb", b"a\xfeb", b"\x1b]0;x\x07[/x]", b"a\nb"]
+    evs = [decode_connect(pack(comm=raw)) for raw in raws]
+    with Recording(tmp_path, host="h", run_id="r1", backend="tracepoint",
+                   options={"interval": 1.0}) as rec:
+        rec.write("connects", [{**connect_row(ev, Clock()), "host": "h", "run_id": "r1"}
+                               for ev in evs])
+    files = sorted(tmp_path.glob("connects/**/*.parquet"))
+    comms = [c for f in files for c in pq.read_table(f).column("comm").to_pylist()]
+    assert comms == ["a\\xffb", "a\\xfeb", "\x1b]0;x\x07[/x]", "a\nb"]
+    assert [_undo_backslashreplace(c) for c in comms] == raws
