@@ -256,7 +256,7 @@ def _print_traceback() -> None:
 def main(argv=None):
     """Entry point: domain errors become one 'Error:' line and exit 1."""
     from tracer.errors import USER_ERRORS
-    from tracer.safe_text import printable
+    from tracer.safe_text import printable_message
 
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
@@ -272,7 +272,7 @@ def main(argv=None):
             _print_traceback()
             sys.exit(1)
         # messages quote file names, hosts and process names others chose
-        click.echo(f"Error: {printable(e)}", err=True)
+        click.echo(f"Error: {printable_message(e)}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
@@ -280,6 +280,6 @@ def main(argv=None):
         if debug:
             _print_traceback()
             sys.exit(2)
-        click.echo(f"Error: internal error: {type(e).__name__}: {printable(e)} "
+        click.echo(f"Error: internal error: {type(e).__name__}: {printable_message(e)} "
                    f"(run with --debug for details)", err=True)
         sys.exit(2)

@@ -55,6 +55,14 @@ def printable(text: object) -> str:
                    else f"\\u{ord(ch):04x}" for ch in s)
 
 
+def printable_message(text: object) -> str:
+    """A message for one Error: line: as is when nothing in it would act on a
+    terminal (those that quote names escape them where they are made: a second
+    pass would double their backslashes), else `printable` of all of it."""
+    s = str(text)
+    return s if s.isprintable() else printable(s)
+
+
 @lru_cache(maxsize=4096)
 def printable_name(name: str | None) -> str:
     """`printable` for process names: few distinct values, seen many times."""

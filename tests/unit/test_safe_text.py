@@ -82,3 +82,13 @@ def test_fast_path_changes_nothing_the_full_escape_would_change():
         if slow == ch and unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp"):
             slow = f"\\u{cp:04x}"
         assert printable(ch) == slow, hex(cp)
+
+
+def test_error_messages_are_escaped_once():
+    from tracer.safe_text import printable_message
+
+    assert printable_message("cannot read /tmp/\x1b]0;x\x07") == "cannot read /tmp/\\e]0;x\\x07"
+    # already escaped where it was made: left alone, not doubled
+    path = printable("/tmp/\x1bc")
+    assert printable_message(f"no data in {path}") == "no data in /tmp/\\ec"
+    assert printable_message(ValueError("a\nb")) == "a\\nb"
