@@ -242,9 +242,21 @@ def report(directory, html_path, max_rows):
     run_report(directory, html_path, max_rows)
 
 
+def _print_traceback() -> None:
+    """The current exception's traceback on stderr, each line escaped: its
+    messages may quote names other users chose (with ESC sequences)."""
+    import traceback
+
+    from tracer.safe_text import printable
+
+    for line in traceback.format_exc().splitlines():
+        sys.stderr.write(printable(line) + "\n")
+
+
 def main(argv=None):
     """Entry point: domain errors become one 'Error:' line and exit 1."""
     from tracer.errors import USER_ERRORS
+    from tracer.safe_text import printable_message
 
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
@@ -257,14 +269,17 @@ def main(argv=None):
         sys.exit(e.exit_code)
     except USER_ERRORS as e:
         if debug:
-            raise
-        click.echo(f"Error: {e}", err=True)
+            _print_traceback()
+            sys.exit(1)
+        # messages quote file names, hosts and process names others chose
+        click.echo(f"Error: {printable_message(e)}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as e:  # a bug: still one line unless --debug
         if debug:
-            raise
-        click.echo(f"Error: internal error: {type(e).__name__}: {e} (run with --debug for details)",
-                   err=True)
+            _print_traceback()
+            sys.exit(2)
+        click.echo(f"Error: internal error: {type(e).__name__}: {printable_message(e)} "
+                   f"(run with --debug for details)", err=True)
         sys.exit(2)

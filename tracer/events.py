@@ -16,6 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from tracer.compat import SLOTS
+from tracer.safe_text import faithful_text
 
 BPF_DIR = Path(__file__).resolve().parent / "bpf"
 EVENT_HEADER = BPF_DIR / "event.h"
@@ -98,11 +99,12 @@ def format_addr(family: int, raw: bytes) -> str:
 
 
 def comm_text(raw: bytes) -> str:
+    """The comm of a record (NUL-padded), decoded once per distinct value."""
     text = _COMM_CACHE.get(raw)
     if text is None:
         if len(_COMM_CACHE) >= _CACHE_MAX:
             _COMM_CACHE.clear()
-        text = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+        text = faithful_text(raw.split(b"\0", 1)[0])
         _COMM_CACHE[raw] = text
     return text
 
@@ -266,7 +268,7 @@ def decode_listener(key, value) -> ListenerCounters:
         synack_retransmits=value.synack_retransmits, accepts=value.accepts,
         backlog_max=value.backlog_max,
         syn_queue_len=value.syn_queue_len, pid=value.pid or None,
-        comm=value.comm.decode("utf-8", "replace") if value.pid else None,
+        comm=comm_text(bytes(value.comm)) if value.pid else None,
         closed=bool(value.closed), netns=key.netns,
     )
 

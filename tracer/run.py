@@ -20,6 +20,7 @@ from tracer.aggregate.snapshot import Header
 from tracer.collector import Collector
 from tracer.filters import Filters
 from tracer.probes import startup
+from tracer.safe_text import printable
 from tracer.sinks.console import ConsoleSink, StatusLineSink
 from tracer.sinks.recorder import RecordSink
 
@@ -203,8 +204,9 @@ def record(*, backend: str, interval: float, filters: Filters, out_dir: str,
                                                  max_bytes=max_bytes), start, max_bytes)
     recording.set_backend(session.info.backend)
     clock = Clock()
-    sys.stderr.write(f"connscope: recording to {out_dir} (run {recording.run_id}, backend "
-                     f"{session.info.backend}, {session.info.offsets_from}); Ctrl-C stops\n")
+    sys.stderr.write(f"connscope: recording to {printable(out_dir)} (run {recording.run_id}, "
+                     f"backend {session.info.backend}, {session.info.offsets_from}); "
+                     f"Ctrl-C stops\n")
     sinks = [RecordSink(recording, clock),
              StatusLineSink(recording_status=recording.status)]
     _collect(session, sinks, interval, duration, clock, recording)
@@ -272,6 +274,8 @@ def _run_tui(session, sinks, interval, duration, clock, recording) -> None:
         worker.join(15)
     if failure:
         raise failure[0]
+    if app.failure is not None:     # the display failed; Textual has restored the terminal
+        raise app.failure
 
 
 def live(*, backend: str, interval: float, filters: Filters, record_dir: str | None,

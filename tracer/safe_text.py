@@ -28,17 +28,39 @@ for _c in (0x061c, 0x200e, 0x200f, *range(0x202a, 0x202f), *range(0x2066, 0x206a
 _TABLE = str.maketrans(_ESCAPED)
 
 
+def faithful_text(raw: bytes) -> str:
+    """Text of bytes another process chose (a task comm), losing nothing: valid
+    UTF-8 as is, every other byte as `\\xNN` (backslashreplace). "replace"
+    would turn every invalid byte into the same U+FFFD, so one name could pass
+    for another. This is what Parquet keeps; what is shown goes through
+    `printable` as well (which shows that backslash as `\\\\`)."""
+    return raw.decode("utf-8", "backslashreplace")
+
+
 def printable(text: object) -> str:
     """`text` with every character a terminal or log would act on shown as an
     escape (`\\e`, `\\n`, `\\x07`, `\\u202e`...). None becomes ''. Also
     escapes any other Unicode control or format character (category Cc/Cf)."""
     if text is None:
         return ""
-    s = str(text).translate(_TABLE)
+    s = str(text)
+    # Fast path (5x): isprintable() is False for every character changed below
+    # (categories Cc, Cf, Zl, Zp); only the backslash needs its own look.
+    if s.isprintable() and "\\" not in s:
+        return s
+    s = s.translate(_TABLE)
     if s.isascii():
         return s
     return "".join(ch if unicodedata.category(ch) not in ("Cc", "Cf", "Zl", "Zp")
                    else f"\\u{ord(ch):04x}" for ch in s)
+
+
+def printable_message(text: object) -> str:
+    """A message for one Error: line: as is when nothing in it would act on a
+    terminal (those that quote names escape them where they are made: a second
+    pass would double their backslashes), else `printable` of all of it."""
+    s = str(text)
+    return s if s.isprintable() else printable(s)
 
 
 @lru_cache(maxsize=4096)

@@ -43,7 +43,8 @@ def _process(owner_known: bool = True) -> list[Column]:
     unknown = "" if owner_known else "; null if unknown"
     return [
         Column("pid", _I32, f"process id (the thread group id){unknown}", not owner_known),
-        Column("comm", _STR, f"process name (task comm, at most 15 characters){unknown}",
+        Column("comm", _STR, "process name (task comm: up to 15 bytes the process chose; a "
+                             f"byte that is not UTF-8 is kept as the text `\\xNN`){unknown}",
                not owner_known),
     ]
 

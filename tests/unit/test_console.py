@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from tracer.aggregate.connects import ConnectRow, ConnectTable
@@ -145,3 +147,49 @@ def test_probe_runs_skipped_by_the_kernel_are_shown_not_hidden():
     assert "skipped" not in sink.line(quiet)
     assert "probe runs skipped by the kernel 17" in sink.line(skipped)
     assert skipped.lost_total == 0   # a skipped run is not known to be a lost event
+
+
+HOSTILE = ["[/x]", "[red on red]x", "\x1bc\x1b]0;pwned\x1b\\", "a\nb", "[@click=app.quit]",
+           "x\r\x9b2J\u202e"]
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_plain_output_shows_hostile_names_escaped_on_their_own_line(name):
+    """A process name is data: on `top --plain` (often piped to a log) it can
+    neither drive the terminal (ESC, CSI) nor forge a line (newline, CR)."""
+    import io
+
+    from tracer.safe_text import printable
+    from tracer.sinks.console import ConsoleSink
+
+    def output(comm, label):
+        t = ConnectTable()
+        t.add(Connect(ts_start_ns=10**9, ts_end_ns=10**9 + 500_000, pid=7, tid=7, comm=comm,
+                      family=4, saddr="127.0.0.1", sport=50000, daddr="127.0.0.9", dport=80,
+                      outcome="established", err=0, syn_retransmits=0))
+        t.roll(1.0)
+        rows = [replace(listener(80), comm=comm), replace(listener(81), laddr=label)]
+        out = io.StringIO()
+        ConsoleSink(stream=out, title=f"[{label}] ").on_interval(status(), snap(t, rows))
+        return out.getvalue()
+
+    plain, hostile = output("nginx", "tracepoint"), output(name, name)
+    assert "\x1b" not in hostile and "\r" not in hostile and "\x9b" not in hostile
+    assert len(hostile.splitlines()) == len(plain.splitlines())
+    assert f"{printable(name)[:18]}" in hostile
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_status_line_shows_hostile_text_escaped(name):
+    import io
+
+    from tracer.sinks.console import StatusLineSink
+
+    out = io.StringIO()
+    sink = StatusLineSink(stream=out, recording_status=lambda: {
+        "paused_reason": f"cannot write {name}/connects: No space left on device"})
+    sink.on_interval(status(), snap())
+    sink.close(status(), snap())
+    text = out.getvalue()
+    assert "\x1b" not in text and "\r" not in text and "\x9b" not in text
+    assert len(text.splitlines()) == 2

@@ -2,6 +2,7 @@
 records packed by hand."""
 
 import ctypes
+import re
 import shutil
 import socket
 import struct
@@ -123,10 +124,37 @@ def test_outcomes_and_latency(outcome, name, latency):
     (b"ab\0stale-bytes", "ab"),
     (b"0123456789abcdef", "0123456789abcdef"),  # all 16 bytes, no NUL
     (b"caf\xc3\xa9", "caf\u00e9"),
-    (b"bad\xff", "bad\ufffd"),
+    # faithful: an invalid byte stays itself (as \\xNN), not one U+FFFD for all
+    (b"bad\xff", "bad\\xff"),
+    (b"\xc3(\x80", "\\xc3(\\x80"),
+    # names made to attack a terminal or the markup are data: kept exactly
+    (b"\x1bc\x1b]0;pwned\x1b\\", "\x1bc\x1b]0;pwned\x1b\\"),
+    (b"a\nb", "a\nb"),
+    (b"[/x]", "[/x]"),
 ])
 def test_comm(raw, want):
     assert decode_connect(pack(comm=raw)).comm == want
+
+
+ODD_NAMES = [b"\xff\xfe", b"a\xffb", b"a\xfeb", b"\xe2\x82", b"\xe2\x82\xac", b"\x80" * 15,
+             b"\x1b]0;x\x07", b"tab\there", bytes(range(1, 16)), bytes(range(0xf0, 0xff))]
+
+
+def _undo_backslashreplace(text: str) -> bytes:
+    return re.sub(rb"\\x([0-9a-f]{2})", lambda m: bytes([int(m.group(1), 16)]),
+                  text.encode("utf-8"))
+
+
+@pytest.mark.parametrize("raw", ODD_NAMES)
+def test_comm_text_round_trips_odd_bytes(raw):
+    """What Parquet keeps gives back the bytes the process chose (for names
+    without a backslash of their own), and different names never collide."""
+    assert _undo_backslashreplace(decode_connect(pack(comm=raw)).comm) == raw
+
+
+def test_different_invalid_names_stay_different():
+    texts = {decode_connect(pack(comm=raw)).comm for raw in ODD_NAMES}
+    assert len(texts) == len(ODD_NAMES)
 
 
 @pytest.mark.parametrize("member", [
@@ -156,3 +184,24 @@ def test_parse_header_reads_a_valid_header(tmp_path):
     assert ctypes.sizeof(structs["two"]) == 16
 
 
+
+
+def test_parquet_keeps_the_faithful_comm(tmp_path):
+    """Kernel bytes -> Connect -> the recorder's row -> Parquet -> the same text:
+    odd bytes stay distinguishable, ESC and newlines stay unescaped data."""
+    import pyarrow.parquet as pq
+
+    from tracer.clock import Clock
+    from tracer.sinks.parquet_writer import Recording
+    from tracer.sinks.recorder import connect_row
+
+    raws = [b"a\xffb", b"a\xfeb", b"\x1b]0;x\x07[/x]", b"a\nb"]
+    evs = [decode_connect(pack(comm=raw)) for raw in raws]
+    with Recording(tmp_path, host="h", run_id="r1", backend="tracepoint",
+                   options={"interval": 1.0}) as rec:
+        rec.write("connects", [{**connect_row(ev, Clock()), "host": "h", "run_id": "r1"}
+                               for ev in evs])
+    files = sorted(tmp_path.glob("connects/**/*.parquet"))
+    comms = [c for f in files for c in pq.read_table(f).column("comm").to_pylist()]
+    assert comms == ["a\\xffb", "a\\xfeb", "\x1b]0;x\x07[/x]", "a\nb"]
+    assert [_undo_backslashreplace(c) for c in comms] == raws

@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
+from tracer.safe_text import faithful_text
+
 PROC = "/proc"
 _SOCKET_PREFIX = "socket:["
 
@@ -132,10 +134,13 @@ def nofile_limit(pid: int) -> Optional[int]:
 
 
 def comm(pid: int) -> Optional[str]:
-    """The command name (up to 15 characters) of pid; None if gone."""
+    """The command name (up to 15 bytes) of pid, decoded as the kernel's
+    records are (faithful_text); None if gone."""
     try:
         with open(f"{PROC}/{pid}/comm", "rb") as f:
-            return f.read().rstrip(b"\n").decode("utf-8", "replace")
+            # the kernel ends the name with one newline; a newline of the name's own stays
+            raw = f.read(64)
+            return faithful_text(raw[:-1] if raw.endswith(b"\n") else raw)
     except OSError:
         return None
 

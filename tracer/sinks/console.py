@@ -7,6 +7,7 @@ import time
 
 from tracer.aggregate.connects import ConnectRow
 from tracer.aggregate.snapshot import ListenerRow, Snapshot
+from tracer.safe_text import printable
 
 
 def fmt_us(us: float | None) -> str:
@@ -32,8 +33,14 @@ HEADER = (f"{'DESTINATION':<28} {'CONN/s':>7} {'TOTAL':>7} {'REFUSED':>7} {'TIME
           f"{'ERROR':>6} {'SYNRTX':>6} {'p50':>8} {'p95':>8} {'p99':>8} {'max':>8} {'PENDING':>12}")
 
 
+def _cell(text: object, width: int) -> str:
+    """A name in a fixed-width column: escaped (an ESC would drive the terminal,
+    a newline would forge a line in a log), then cut and padded."""
+    return f"{printable(text)[:width]:<{width}}"
+
+
 def format_row(r: ConnectRow) -> str:
-    return (f"{r.label[:28]:<28} {r.rate:>7.1f} {r.attempts:>7} {r.refused:>7} {r.timeout:>7} "
+    return (f"{_cell(r.label, 28)} {r.rate:>7.1f} {r.attempts:>7} {r.refused:>7} {r.timeout:>7} "
             f"{r.error:>6} {r.syn_retransmits:>6} {fmt_us(r.p50_us):>8} {fmt_us(r.p95_us):>8} "
             f"{fmt_us(r.p99_us):>8} {fmt_us(r.max_us):>8} {fmt_pending(r):>12}")
 
@@ -49,9 +56,9 @@ LISTENER_HEADER = (f"{'LISTENER':<28} {'OWNER':<22} {'QUEUE':>9} {'PEAK':>5} {'D
 
 
 def format_listener(r: ListenerRow, seconds: float) -> str:
-    owner = f"{r.comm}[{r.pid}]" if r.pid else "?"
+    owner = f"{r.comm}[{r.pid}]" if r.pid else "?"   # escaped by _cell
     accept_rate = r.accepts / seconds if seconds > 0 else 0.0
-    return (f"{r.label[:28]:<28} {owner[:22]:<22} {f'{r.queue_len}/{r.backlog_max}':>9} "
+    return (f"{_cell(r.label, 28)} {_cell(owner, 22)} {f'{r.queue_len}/{r.backlog_max}':>9} "
             f"{r.queue_peak:>5} {r.drops_per_s:>8.1f} {r.drops_total:>8} {accept_rate:>8.1f} "
             f"{fmt_us(r.accept_wait_p50_us):>9} {fmt_us(r.accept_wait_p99_us):>9}")
 
@@ -78,7 +85,7 @@ def evicted_note(status) -> str:
 def format_table(status, snapshot: Snapshot, limit: int = 15, title: str = "") -> str:
     lost = status.lost_total
     lines = [
-        f"{time.strftime('%H:%M:%S')} {title}events {status.events_total} "
+        f"{time.strftime('%H:%M:%S')} {printable(title)}events {status.events_total} "
         f"({status.events_per_s:.0f}/s)  lost {lost}{'  <-- EVENTS LOST' if lost else ''}  "
         f"in-flight connects {status.inflight}{missed_note(status)}{evicted_note(status)}",
         HEADER,
@@ -138,7 +145,8 @@ class StatusLineSink:
                 f"{evicted_note(status)}")
         dropped = sum((rec.get("dropped_rows") or {}).values())
         if rec.get("paused_reason"):
-            text += f"  WARNING: {rec['paused_reason']}"
+            # the reason may quote a path or an OS error about a file in DIR
+            text += f"  WARNING: {printable(rec['paused_reason'])}"
         elif dropped:
             text += f"  ({dropped} rows were dropped while writing was paused)"
         return text

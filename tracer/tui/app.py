@@ -21,6 +21,7 @@ from textual.widgets import DataTable, Input, Static, TabbedContent, TabPane
 
 from tracer.aggregate.snapshot import Header, Snapshot
 from tracer.replay import ReplayController
+from tracer.safe_text import printable
 from tracer.tui import details, keys, table_views
 from tracer.tui.problems import Problem, find_problems
 from tracer.tui.replay_driver import ReplayDriver
@@ -82,6 +83,17 @@ class ConnscopeApp(App):
             replay, show=lambda s: self._show(s, 0), changed=self._refresh_status,
             call_from_thread=self.call_from_thread)
         self.repaints = 0          # views filled; lets tests and the latency script wait for one
+        self.failure: BaseException | None = None   # what ended the app, if it failed
+
+    def _handle_exception(self, error: Exception) -> None:
+        # Textual exits and, once the terminal is restored, prints its own
+        # traceback (with locals: names other processes chose among them). The
+        # caller re-raises `failure` instead: one Error: line, the traceback
+        # only with --debug.
+        if self.failure is None:
+            self.failure = error
+        super()._handle_exception(error)
+        self._exit_renderables.clear()
 
     # ------------------------------------------------------------ from the collector thread
 
@@ -489,10 +501,11 @@ class ConnscopeApp(App):
             self._replayer.goto()
             reason = getattr(self.replay.timeline, "worst_reason", "")
             if reason:
-                self.notify(reason, timeout=4, markup=False)
+                self.notify(printable(reason), timeout=4, markup=False)
         else:
-            self.notify(getattr(self.replay.timeline, "worst_reason", "nothing stands out"),
-                        timeout=4, markup=False)
+            # the reason names a destination from the recording: data, not markup
+            self.notify(printable(getattr(self.replay.timeline, "worst_reason",
+                                          "nothing stands out")), timeout=4, markup=False)
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen(keys.help_entries(self, self.source,

@@ -6,6 +6,7 @@ from rich.text import Text
 
 from tracer.aggregate.connects import ConnectRow
 from tracer.aggregate.snapshot import ListenerRow, Notable, ProcessRow, Snapshot
+from tracer.safe_text import printable
 from tracer.tui.problems import HINTS, Problem
 from tracer.tui.table_views import SEVERITY_STYLE, fill_style, latency_style, severity_cell
 from tracer.tui.text_charts import bar, histogram_lines, sparkline
@@ -13,6 +14,7 @@ from tracer.tui.units import fmt_bytes, fmt_clock, fmt_pct, fmt_rate, fmt_us
 
 
 def _kv(t: Text, label: str, value: str, style: str = "") -> None:
+    """label and value: the views' own words and numbers, never names."""
     t.append(f"{label} ", style="dim")
     t.append(value, style=style or "bold")
     t.append("   ")
@@ -30,7 +32,7 @@ def latency_buckets(snapshot: Snapshot | None, row_key: tuple) -> tuple | None:
 
 def connect_summary(r: ConnectRow) -> Text:
     t = Text()
-    t.append(r.label, style="bold cyan")
+    t.append(printable(r.label), style="bold cyan")
     t.append(f"   {r.attempts:,} attempts, {fmt_rate(r.rate)}/s now", style="dim")
     if r.pending:
         age = r.oldest_pending_s
@@ -89,8 +91,9 @@ def histogram_text(buckets, width: int, rows: int = 7) -> Text:
 
 def listener_summary(r: ListenerRow) -> Text:
     t = Text()
-    t.append(r.label, style="bold cyan")
-    t.append(f"  owner {r.comm or '?'}[{r.pid if r.pid is not None else '?'}]\n", style="dim")
+    t.append(printable(r.label), style="bold cyan")
+    t.append(f"  owner {printable(r.comm or '?')}[{r.pid if r.pid is not None else '?'}]\n",
+             style="dim")
     fill = r.queue_peak / r.backlog_max if r.backlog_max else 0.0
     t.append("accept queue ", style="dim")
     t.append(bar(r.queue_len / r.backlog_max if r.backlog_max else 0.0, 30),
@@ -111,7 +114,7 @@ def listener_summary(r: ListenerRow) -> Text:
 
 def process_summary(p: ProcessRow) -> Text:
     t = Text()
-    t.append(f"{p.comm}[{p.pid}]", style="bold cyan")
+    t.append(f"{printable(p.comm)}[{p.pid}]", style="bold cyan")
     t.append(f"  {p.sockets:,} TCP sockets\n", style="dim")
     for name, n in (("ESTABLISHED", p.established), ("SYN_SENT", p.syn_sent),
                     ("LISTEN", p.listen), ("CLOSE_WAIT", p.close_wait), ("other", p.other)):
@@ -127,8 +130,9 @@ def process_summary(p: ProcessRow) -> Text:
     _kv(t, "send-q", fmt_bytes(p.tx_queue_bytes))
     _kv(t, "recv-q", fmt_bytes(p.rx_queue_bytes))
     for a in p.advice:
-        t.append(f"\n{a.destination}: ", style="bold cyan")
-        t.append(a.verdict, style="bold yellow" if a.verdict.startswith("churning") else "bold")
+        t.append(f"\n{printable(a.destination)}: ", style="bold cyan")
+        t.append(printable(a.verdict),
+                 style="bold yellow" if a.verdict.startswith("churning") else "bold")
         t.append(f"  ({fmt_rate(a.arrival_per_s)} new/s x {fmt_us(a.hold_s * 1e6)} held; in use "
                  f"{a.in_use}, p99 {a.concurrency_p99:.0f}, peak {a.concurrency_peak}; pool "
                  f"{a.recommended})", style="dim")
@@ -141,8 +145,8 @@ def problem_summary(p: Problem) -> Text:
     t = Text()
     t.append_text(severity_cell(p.severity))
     t.append(f" {p.kind}: ", style="bold")
-    t.append(p.subject, style="bold cyan")
-    t.append(f"\n{p.detail}\n")
+    t.append(printable(p.subject), style="bold cyan")
+    t.append(f"\n{printable(p.detail)}\n")
     hint = HINTS.get(p.kind)
     if hint:
         t.append(hint, style="italic")
@@ -160,16 +164,16 @@ def recent_events(notable, limit: int) -> Text:
     for n in shown:
         t.append(f"{fmt_clock(n.ts_us)} ", style="dim")
         t.append_text(severity_cell(n.severity))
-        t.append(f" {n.kind}: ", style="bold")
-        t.append(n.text + "\n")
+        t.append(f" {printable(n.kind)}: ", style="bold")
+        t.append(printable(n.text) + "\n")
     return t
 
 
 def notable_summary(n: Notable) -> Text:
     t = Text(f"{fmt_clock(n.ts_us)} UTC ", style="dim")
     t.append(f" {n.severity} ", style=SEVERITY_STYLE.get(n.severity, ""))
-    t.append(f" {n.kind}\n", style="bold")
-    t.append(n.text)
+    t.append(f" {printable(n.kind)}\n", style="bold")
+    t.append(printable(n.text))
     return t
 
 
@@ -194,10 +198,16 @@ def detail_text(item, snapshot: Snapshot | None, row_key: tuple | None, width: i
         return problem_summary(item)
     if isinstance(item, Notable):
         return notable_summary(item)
-    return Text(str(item))
+    return Text(printable(item))
 
 
 def detail_title(item) -> str:
+    """The detail screen's title, names shown escaped (plain text: the screen
+    must not read it as markup)."""
+    return printable(_title(item))
+
+
+def _title(item) -> str:
     if isinstance(item, ConnectRow):
         return f"connects to {item.label}" if item.key and len(item.key) == 3 else \
             f"connects by {item.label}"

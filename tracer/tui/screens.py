@@ -5,8 +5,11 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
+from textual.content import Content
 from textual.screen import ModalScreen
 from textual.widgets import Static
+
+from tracer.safe_text import printable
 
 
 class _Popup(ModalScreen):
@@ -24,7 +27,9 @@ class _Popup(ModalScreen):
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(classes="popup") as box:
-            box.border_title = self._title
+            # title: already display-safe text (details.detail_title). A str would
+            # be parsed as markup ("[/x]" raises); Content is taken literally.
+            box.border_title = Content(self._title)
             box.border_subtitle = "Esc closes"
             yield Static(self._body, classes="popup-body")
 
@@ -45,8 +50,9 @@ class HelpScreen(_Popup):
         width = max(len(k) for k, _ in entries) + 2
         for key, description in entries:
             if not key:     # a heading
-                body.append(f"\n{description}\n", style="bold underline")
+                body.append(f"\n{printable(description)}\n", style="bold underline")
                 continue
             body.append(f"  {key:<{width}}", style="bold cyan")
-            body.append(description + "\n")
+            # descriptions include the source: host, kernel, recording path
+            body.append(printable(description) + "\n")
         super().__init__("connscope help", body)

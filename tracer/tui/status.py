@@ -1,6 +1,7 @@
 """The three header lines: where the data comes from, how healthy the tracer
 is, and the state of the view. A pure function of the header, the shown
-Snapshot and the UI state."""
+Snapshot and the UI state. Host, kernel and paths may come from a recording
+someone else wrote: shown through `printable`, as Text (never markup)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 from rich.text import Text
 
 from tracer.aggregate.snapshot import Header, Snapshot
+from tracer.safe_text import printable
 from tracer.tui.text_charts import bar
 from tracer.tui.units import fmt_bytes, fmt_clock, fmt_count, fmt_rate
 
@@ -36,15 +38,15 @@ def source_line(h: Header, snap: Snapshot | None) -> Text:
     t.append(" connscope ", style="bold reverse")
     t.append(" ")
     t.append("host ", style="dim")
-    t.append(h.host, style="bold")
+    t.append(printable(h.host), style="bold")
     t.append(*SEP)
     t.append("kernel ", style="dim")
-    t.append(h.kernel)
+    t.append(printable(h.kernel))
     t.append(*SEP)
     t.append("backend ", style="dim")
-    t.append(h.backend, style="bold")
+    t.append(printable(h.backend), style="bold")
     if h.blind_spots:
-        spots = ", ".join(h.blind_spots)
+        spots = printable(", ".join(map(str, h.blind_spots)))
         if len(spots) > BLIND_SPOTS_INLINE:      # the whole list is on the help screen
             n = len(h.blind_spots)
             t.append(f" ({n} blind spot{'s' if n > 1 else ''}: press ?)", style="yellow")
@@ -75,12 +77,12 @@ def health_line(h: Header, snap: Snapshot | None) -> Text:
     if h.recording_path:
         t.append(*SEP)
         t.append("recording " if h.source == "live" else "from ", style="dim")
-        t.append(h.recording_path)
+        t.append(printable(h.recording_path))
         if snap.recording_bytes is not None:
             t.append(f" ({fmt_bytes(snap.recording_bytes)})", style="dim")
     if snap.recording_warning:
         t.append("  ")
-        t.append(f" {snap.recording_warning} ", style="bold white on red")
+        t.append(f" {printable(snap.recording_warning)} ", style="bold white on red")
     return t
 
 
@@ -115,5 +117,5 @@ def state_line(s: ViewState) -> Text:
     if s.filter_text:
         t.append(*SEP)
         t.append("filter ", style="dim")
-        t.append(s.filter_text, style="bold reverse")
+        t.append(printable(s.filter_text), style="bold reverse")
     return t

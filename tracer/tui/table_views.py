@@ -14,6 +14,7 @@ from rich.text import Text
 
 from tracer.aggregate.connects import ConnectRow
 from tracer.aggregate.snapshot import ListenerRow, Notable, ProcessRow, Snapshot
+from tracer.safe_text import printable
 from tracer.tui.problems import (HANGING_S, SLOW_P99_US, VERY_SLOW_P99_US, Problem,
                                  connect_badness)
 from tracer.tui.text_charts import bar, sparkline
@@ -296,8 +297,11 @@ def column_widths(spec: TableSpec, available: int, gap: int = 2) -> list[int]:
 
 
 def _fit(cell, width: int, right: bool) -> Text:
-    # strings stay plain Text: a DataTable would read "[fd00::7]:443" as markup
-    t = cell.copy() if isinstance(cell, Text) else Text(str(cell))
+    # Strings are data (names, labels, log lines other processes chose): plain
+    # Text, never markup (a DataTable would read "[fd00::7]:443" or a process
+    # named "[/x]" as markup), with control characters shown escaped. Cells
+    # made as Text are the views' own numbers and words.
+    t = cell.copy() if isinstance(cell, Text) else Text(printable(cell))
     t.no_wrap = True
     if t.cell_len > width:
         t.truncate(width, overflow="ellipsis")
@@ -339,7 +343,8 @@ def visible(spec: TableSpec, items: Sequence, filter_text: str = "", sort: int =
     of the row's text (pid, comm, port, address)."""
     terms = filter_text.lower().split()
     if terms:
-        items = [it for it in items if matches(spec.search_text(it), terms)]
+        # the text as shown: what the user sees ("a\\eb") is what the filter finds
+        items = [it for it in items if matches(printable(spec.search_text(it)), terms)]
     total = len(items)
     items = sorted(items, key=spec.sorts[sort % len(spec.sorts)].key)
     return list(items[:limit]), total
