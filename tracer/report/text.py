@@ -19,11 +19,8 @@ MAX_PROBLEMS = 20
 
 
 def clean(value) -> str:
-    """`value` as text without control characters (shown as \\xNN)."""
-    s = "-" if value is None else str(value)
-    if s.isprintable():
-        return s
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in s)
+    """`value` as text a terminal shows but never obeys (tracer/safe_text.py), '-' for None."""
+    return "-" if value is None else printable(value)
 
 
 ID_COLUMNS = ("pid",)      # numbers that are names: no thousands separators
