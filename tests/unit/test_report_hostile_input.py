@@ -215,6 +215,30 @@ def test_row_budget_names_the_files_it_leaves_out(rec):
     assert len(data.problems) == len(skipped) > 0
 
 
+def test_row_budget_spends_itself_on_events_last(rec):
+    """Past --max-rows, event rows (connects, accepts) are left out before any
+    per-interval table (listeners, overflows, sockets, pools): those are small
+    and hold the incident; alphabetical order would read accepts and connects
+    first and starve them. The smallest budget that reads every per-interval
+    row must leave connects rows out."""
+    full = read_recording(rec)
+    interval = {t: n.num_rows for t, n in full.tables.items()
+                if t not in ("connects", "accepts") and n.num_rows}
+    assert interval, "the fixture has per-interval rows"
+
+    def complete(budget):
+        data = read_recording(rec, max_rows=budget)
+        return {t: data.tables[t].num_rows for t in interval} == interval, data
+
+    lo, hi = 0, 10_000_000
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if complete(mid)[0] else (mid + 1, hi)
+    _, data = complete(lo)
+    assert data.tables["connects"].num_rows < full.tables["connects"].num_rows
+    assert any("connects" in p and "--max-rows" in p for p in data.problems)
+
+
 def test_distinct_destinations_count_against_the_budget(rec):
     """1,000 rows to 1,000 destinations cost the summary what ~9,000 ordinary
     rows do: over a 5,000-row budget; the same rows to one destination are read."""

@@ -29,6 +29,7 @@ from tracer.sinks.manifest import read_manifest
 
 QUARANTINE_DIR = "quarantine"   # as in tracer/sinks/recovery.py
 RUNS_DIR = "runs"               # as in tracer/sinks/manifest.py
+EVENT_TABLES = ("connects", "accepts")   # one row per event; the others one per interval
 MAX_DEPTH = 16                  # DIR/<fleet copies>/<table>/date=.../file: a few levels
 
 Progress = Callable[[int, int], None]
@@ -67,6 +68,10 @@ def read_recording(directory, *, progress: Progress | None = None,
         raise RecordingNotFound(f"{root} is not a directory; pass the directory given to "
                                 f"'connscope record --out'")
     data_files, manifest_files, skipped = _scan(root)
+    # The per-interval tables (listeners, overflows, sockets, pools) are small
+    # and say most about an incident: read first, so that a recording past
+    # --max-rows loses event rows, never them.
+    data_files.sort(key=lambda tp: tp[0] in EVENT_TABLES)
     problems = [f"{path}: {why}" for path, why in skipped]
 
     manifests = _read_manifests(manifest_files, problems)
