@@ -31,7 +31,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Optional
 
-from tracer.trusted_fs import CACHE, Untrusted
+from tracer.trusted_fs import CACHE, O_DIR, Untrusted
 
 DEFAULT_CACHE_DIR = "/var/cache/connscope/kernel-tree"
 MODULES_DIR = "/lib/modules"
@@ -170,14 +170,14 @@ def _reusable(cache_fd: int, cache_dir: str, cand: _Candidate) -> str:
     writable by nobody else, can have been changed by root alone since."""
     where = os.path.join(cache_dir, cand.version)
     try:
-        fd = os.open(cand.version, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     dir_fd=cache_fd)
+        fd = CACHE.open_subdir(cache_fd, cand.version, where)
     except FileNotFoundError:
         return "not merged yet"
+    except Untrusted as e:
+        return str(e)
     except OSError as e:
         return f"{where}: {e.strerror}"
     try:
-        CACHE.check_dir(os.fstat(fd), where)
         stamp = CACHE.read_regular(_STAMP, 4096, dir_fd=fd, where=where)
         checked = CACHE.read_regular(_CHECKED, 4096, dir_fd=fd, where=where)
     except FileNotFoundError as e:
@@ -209,9 +209,8 @@ def _check_farm(fd: int, where: str, roots: tuple[str, ...]) -> None:
             if not target.startswith(tuple(r.rstrip("/") + "/" for r in roots)):
                 raise Untrusted(f"{here} points to {target}, outside {' and '.join(roots)}")
         elif is_dir:
-            sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            sub = CACHE.open_subdir(fd, name, here)
             try:
-                CACHE.check_dir(os.fstat(sub), here)
                 _check_farm(sub, here, roots)
             finally:
                 os.close(sub)
@@ -246,8 +245,7 @@ def _merge(cand: _Candidate, cache_dir: str) -> str:
                 subprocess.run(["cp", "-rs", *extra, f"{src}/.", f"{tmp}/"], check=True, cwd="/",
                                env=_CP_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             tmp_name = os.path.basename(tmp)
-            tfd = os.open(tmp_name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                          dir_fd=cache_fd)
+            tfd = os.open(tmp_name, O_DIR, dir_fd=cache_fd)
             try:
                 _check_farm(tfd, tmp, (cand.arch_tree, cand.common_tree))
                 for name, text in ((_STAMP, _stamp_text(cand).encode()), (_CHECKED, _CHECKED_TEXT)):
