@@ -118,7 +118,8 @@ class Trust:
 
     `says` maps each refusal to its words after the path, formatted with
     who/owner (of the uid), kind, mode, writers, size, cap; a text starting
-    with ":" follows the path directly."""
+    with ":" follows the path directly. `file_error` makes the exception for
+    a file read back from (shown path, words); None: Untrusted naming it."""
 
     owners: Callable[[], frozenset[int]]
     sticky_owners: Callable[[], frozenset[int]]   # who may own a sticky, shared parent
@@ -127,7 +128,7 @@ class Trust:
     parent_mode: int | None     # mode of parents it makes (None: as the last one)
     give_to_sudo_user: bool     # directories it makes are chown-ed to SUDO_UID/GID
     check_entries: bool         # a file read back must be a trusted owner's, not shared
-    file_errors_name_path: bool  # Untrusted naming the file, or NotRegular with the reason
+    file_error: Callable[[str, str], Exception] | None = None
 
     # -- refusals
 
@@ -137,10 +138,10 @@ class Trust:
         e.reason = reason
         return e
 
-    def refuse_file(self, shown: str, what: str, **fields) -> OSError:
-        if self.file_errors_name_path:
+    def refuse_file(self, shown: str, what: str, **fields) -> Exception:
+        if self.file_error is None:
             return self.refuse(shown, what, **fields)
-        return NotRegular(self.says[what].format(**fields))
+        return self.file_error(shown, self.says[what].format(**fields))
 
     def _uid(self, uid: int) -> dict:
         return {"who": who(uid), "owner": owner_name(uid)}
@@ -272,21 +273,23 @@ class Trust:
 
     def _check_file(self, st: os.stat_result, shown: str, cap: int) -> None:
         if not stat.S_ISREG(st.st_mode):
-            raise self.refuse_file(shown, "file_link" if stat.S_ISLNK(st.st_mode) else "file_kind",
-                                   kind=kind(st.st_mode))
+            what = ("file_link" if stat.S_ISLNK(st.st_mode) else
+                    "file_dir" if stat.S_ISDIR(st.st_mode) and "file_dir" in self.says else "file_kind")
+            raise self.refuse_file(shown, what, kind=kind(st.st_mode))
         if self.check_entries:
             if st.st_uid not in self.owners():
                 raise self.refuse_file(shown, "owner", **self._uid(st.st_uid))
             if st.st_mode & _SHARED:
                 raise self.refuse_file(shown, "shared", **self._mode(st.st_mode))
-        if st.st_size > cap:
+        if cap is not None and st.st_size > cap:
             raise self.refuse_file(shown, "file_size", size=st.st_size, cap=cap)
 
-    def open_regular(self, name, cap: int, *, dir_fd: int | None = None,
+    def open_regular(self, name, cap: int | None, *, dir_fd: int | None = None,
                      where: str | None = None) -> tuple[int, os.stat_result]:
         """A read-only descriptor of regular file `name` (in `dir_fd`, shown as
-        in `where`) of at most `cap` bytes, and its stat. Nothing else is
-        opened: not a link, not a FIFO (which could block), not a device."""
+        in `where`) of at most `cap` bytes (None: any size), and its stat.
+        Nothing else is opened: not a link, not a FIFO (which could block),
+        not a device."""
         shown = _shown(name, where)
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         self._check_file(st, shown, cap)
@@ -354,7 +357,8 @@ def _cache_owners() -> frozenset[int]:
 # messages say what to do; files read back are named by the caller.
 RECORDING = Trust(
     owners=_recording_owners, sticky_owners=_recording_owners, relative_ok=True,
-    parent_mode=None, give_to_sudo_user=True, check_entries=False, file_errors_name_path=False,
+    parent_mode=None, give_to_sudo_user=True, check_entries=False,
+    file_error=lambda shown, reason: NotRegular(reason),
     says={
         "owner": "is owned by {who}, not by root or the user who ran sudo, who could change "
                  "it under connscope: use a directory that you or root own",
@@ -379,7 +383,7 @@ RECORDING = Trust(
 # shown by `doctor` after "cache ignored:".
 CACHE = Trust(
     owners=_cache_owners, sticky_owners=lambda: frozenset({0}), relative_ok=False,
-    parent_mode=0o755, give_to_sudo_user=False, check_entries=True, file_errors_name_path=True,
+    parent_mode=0o755, give_to_sudo_user=False, check_entries=True,
     says={
         "owner": "is owned by {owner}",
         "shared": "is writable by {writers} (mode {mode:04o})",
