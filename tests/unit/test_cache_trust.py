@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tracer import doctor
-from tracer.probes import compiled, headers, trusted_paths
+from tracer import doctor, trusted_fs
+from tracer.probes import compiled, headers
 from tests.unit.test_compiled_cache import program
 from tests.unit.test_doctor import DEFAULTS, fake_debian_headers, make
 
@@ -361,19 +361,19 @@ def test_farm_check_refuses_links_elsewhere_and_foreign_directories(base, nobody
 
     check()
     os.symlink("/etc/shadow", farm / "include" / "x.h")
-    with pytest.raises(trusted_paths.Untrusted, match="x.h points to /etc/shadow, outside"):
+    with pytest.raises(trusted_fs.Untrusted, match="x.h points to /etc/shadow, outside"):
         check()
     (farm / "include" / "x.h").unlink()
     os.symlink(f"{arch}/../../evil", farm / "include" / "y.h")
-    with pytest.raises(trusted_paths.Untrusted, match="y.h points to"):
+    with pytest.raises(trusted_fs.Untrusted, match="y.h points to"):
         check()
     (farm / "include" / "y.h").unlink()
     os.chown(farm / "include", NOBODY, NOBODY)
-    with pytest.raises(trusted_paths.Untrusted, match=f"include is owned by uid {NOBODY}"):
+    with pytest.raises(trusted_fs.Untrusted, match=f"include is owned by uid {NOBODY}"):
         check()
     os.chown(farm / "include", 0, 0)
     (farm / "include" / "z.h").write_text("")
-    with pytest.raises(trusted_paths.Untrusted, match="z.h is neither a link nor a directory"):
+    with pytest.raises(trusted_fs.Untrusted, match="z.h is neither a link nor a directory"):
         check()
 
 

@@ -9,7 +9,7 @@ of the maps, is kept here; every later start only creates maps and loads.
 
 The cache holds code that root loads into the kernel: it is used only when
 the directory and every one above it are root's and writable by nobody else
-(tracer/probes/trusted_paths.py), and an entry only when it is a regular
+(tracer/trusted_fs.py, its CACHE rules), and an entry only when it is a regular
 file, not a link, owned by root, writable by nobody else, at most
 MAX_ENTRY_BYTES, of exactly the shape to_json writes, and names the key it
 was stored under. Anything else is a miss with a reason (`connscope doctor`
@@ -24,7 +24,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 
-from tracer.probes.trusted_paths import Untrusted, open_dir, open_entry, read_capped, read_entry
+from tracer.trusted_fs import CACHE, Untrusted
 
 FORMAT = 1
 DEFAULT_DIR = "/var/cache/connscope/programs"
@@ -174,7 +174,7 @@ def lookup(key: str, directory: str | None = None) -> tuple[CompiledProgram | No
         return None, f"{CACHE_ENV}=off"
     name = key + ".json"
     try:
-        dfd = open_dir(directory)
+        dfd = CACHE.open_dir(directory)
     except FileNotFoundError:
         return None, f"{directory} does not exist yet"
     except Untrusted as e:
@@ -183,12 +183,12 @@ def lookup(key: str, directory: str | None = None) -> tuple[CompiledProgram | No
         return None, f"program cache ignored: {directory}: {e.strerror}"
     try:
         try:
-            fd = open_entry(dfd, name, directory, max_size=MAX_ENTRY_BYTES)
+            fd, _ = CACHE.open_regular(name, MAX_ENTRY_BYTES, dir_fd=dfd, where=directory)
         except FileNotFoundError:
             return None, "not in the cache"
         try:
             path = os.path.join(directory, name)
-            prog = _parse(path, read_capped(fd, path, MAX_ENTRY_BYTES), key)
+            prog = _parse(path, CACHE.read_capped(fd, path, MAX_ENTRY_BYTES), key)
             try:
                 os.utime(fd)   # most recently used stays longest
             except OSError:
@@ -229,7 +229,7 @@ def store(key: str, prog: CompiledProgram, directory: str | None = None) -> str 
     if directory is None:
         return None
     try:
-        dfd = open_dir(directory, create_mode=0o700)
+        dfd = CACHE.open_dir(directory, create_mode=0o700)
     except (Untrusted, OSError):
         return None
     name, tmp = key + ".json", f".tmp-{os.getpid()}-{key}.json"
@@ -270,7 +270,7 @@ def status(directory: str | None = None) -> tuple[bool, str]:
     if directory is None:
         return True, f"off ({CACHE_ENV}=off): every start compiles"
     try:
-        dfd = open_dir(directory)
+        dfd = CACHE.open_dir(directory)
     except FileNotFoundError:
         return True, f"{directory}: empty (made by the first start, which compiles)"
     except Untrusted as e:
@@ -286,7 +286,7 @@ def status(directory: str | None = None) -> tuple[bool, str]:
                 continue
             try:
                 _parse(os.path.join(directory, name),
-                       read_entry(dfd, name, directory, max_size=MAX_ENTRY_BYTES), name[:-5])
+                       CACHE.read_regular(name, MAX_ENTRY_BYTES, dir_fd=dfd, where=directory), name[:-5])
                 good += 1
             except Untrusted as e:
                 bad.append(str(e))

@@ -14,7 +14,7 @@ against the wrong kernel.
 
 Headers shape the code root loads into the kernel, so a /usr/src tree, the
 cache directory and the merged farm are used only when root alone can have
-written them (trusted_paths); a farm under our name that is not provably
+written them (tracer/trusted_fs.py); a farm under our name that is not provably
 connscope's own is rebuilt in a fresh directory, and a cache directory that
 is not root's is not used at all (doctor says why).
 """
@@ -31,7 +31,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Optional
 
-from tracer.probes import trusted_paths
+from tracer.trusted_fs import CACHE, O_DIR, Untrusted
 
 DEFAULT_CACHE_DIR = "/var/cache/connscope/kernel-tree"
 MODULES_DIR = "/lib/modules"
@@ -141,9 +141,9 @@ def _usr_src_candidates(usr_src: str) -> list[_Candidate]:
 def _untrusted(tree: str) -> str:
     """Why `tree` might hold someone else's headers ("" when it is root's)."""
     try:
-        os.close(trusted_paths.open_dir(tree))
+        os.close(CACHE.open_dir(tree))
         return ""
-    except trusted_paths.Untrusted as e:
+    except Untrusted as e:
         return str(e)
     except OSError as e:
         return f"{tree}: {e.strerror}"
@@ -170,19 +170,19 @@ def _reusable(cache_fd: int, cache_dir: str, cand: _Candidate) -> str:
     writable by nobody else, can have been changed by root alone since."""
     where = os.path.join(cache_dir, cand.version)
     try:
-        fd = os.open(cand.version, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     dir_fd=cache_fd)
+        fd = CACHE.open_subdir(cache_fd, cand.version, where)
     except FileNotFoundError:
         return "not merged yet"
+    except Untrusted as e:
+        return str(e)
     except OSError as e:
         return f"{where}: {e.strerror}"
     try:
-        trusted_paths.check_dir_stat(os.fstat(fd), where, last=True)
-        stamp = trusted_paths.read_entry(fd, _STAMP, where, max_size=4096)
-        checked = trusted_paths.read_entry(fd, _CHECKED, where, max_size=4096)
+        stamp = CACHE.read_regular(_STAMP, 4096, dir_fd=fd, where=where)
+        checked = CACHE.read_regular(_CHECKED, 4096, dir_fd=fd, where=where)
     except FileNotFoundError as e:
         return f"{os.path.join(where, os.path.basename(e.filename or ''))}: not made by this version"
-    except trusted_paths.Untrusted as e:
+    except Untrusted as e:
         return str(e)
     except OSError as e:
         return f"{os.path.join(where, _STAMP)}: {e.strerror}"
@@ -207,16 +207,15 @@ def _check_farm(fd: int, where: str, roots: tuple[str, ...]) -> None:
         if is_link:
             target = os.path.normpath(os.readlink(name, dir_fd=fd))
             if not target.startswith(tuple(r.rstrip("/") + "/" for r in roots)):
-                raise trusted_paths.Untrusted(f"{here} points to {target}, outside {' and '.join(roots)}")
+                raise Untrusted(f"{here} points to {target}, outside {' and '.join(roots)}")
         elif is_dir:
-            sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            sub = CACHE.open_subdir(fd, name, here)
             try:
-                trusted_paths.check_dir_stat(os.fstat(sub), here, last=True)
                 _check_farm(sub, here, roots)
             finally:
                 os.close(sub)
         else:
-            raise trusted_paths.Untrusted(f"{here} is neither a link nor a directory")
+            raise Untrusted(f"{here} is neither a link nor a directory")
 
 
 # cp is found only in the system's directories, and sees nothing of ours.
@@ -226,13 +225,13 @@ _CP_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
 def _merge(cand: _Candidate, cache_dir: str) -> str:
     """Symlink farm of common + arch trees at <cache_dir>/<version>; reused when valid.
 
-    Only in a cache_dir that is root's all the way up (trusted_paths), made
+    Only in a cache_dir that is root's all the way up (tracer/trusted_fs.py), made
     0755 if missing. Built in a fresh root-only temporary directory there,
     checked link by link, then renamed into place, so a concurrent or
     interrupted run never leaves a half-built tree under the final name and
     nothing planted under that name is ever used. Raises Untrusted or OSError.
     """
-    cache_fd = trusted_paths.open_dir(cache_dir, create_mode=0o755)
+    cache_fd = CACHE.open_dir(cache_dir, create_mode=0o755)
     try:
         if not _reusable(cache_fd, cache_dir, cand):
             return os.path.join(cache_dir, cand.version)
@@ -246,8 +245,7 @@ def _merge(cand: _Candidate, cache_dir: str) -> str:
                 subprocess.run(["cp", "-rs", *extra, f"{src}/.", f"{tmp}/"], check=True, cwd="/",
                                env=_CP_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             tmp_name = os.path.basename(tmp)
-            tfd = os.open(tmp_name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                          dir_fd=cache_fd)
+            tfd = os.open(tmp_name, O_DIR, dir_fd=cache_fd)
             try:
                 _check_farm(tfd, tmp, (cand.arch_tree, cand.common_tree))
                 for name, text in ((_STAMP, _stamp_text(cand).encode()), (_CHECKED, _CHECKED_TEXT)):
@@ -280,7 +278,7 @@ def _merge(cand: _Candidate, cache_dir: str) -> str:
                 if not _reusable(cache_fd, cache_dir, cand):
                     break
             else:
-                raise trusted_paths.Untrusted(f"{os.path.join(cache_dir, cand.version)} keeps being "
+                raise Untrusted(f"{os.path.join(cache_dir, cand.version)} keeps being "
                                               f"replaced by another process")
         finally:
             if tmp is not None:
@@ -327,7 +325,7 @@ def find_header_tree(release: Optional[str] = None, cache_dir: str = DEFAULT_CAC
                           f"{adjective} tree {cand.version} at {cand.arch_tree}{offsets}", "usr-src")
     try:
         merged = _merge(cand, cache_dir)
-    except trusted_paths.Untrusted as e:
+    except Untrusted as e:
         return HeaderTree(None, cand.version, matches,
                           f"{adjective} Debian tree {cand.version} found in {usr_src} but the merged "
                           f"tree cache is not used: {e}", "unmerged")

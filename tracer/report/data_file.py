@@ -18,7 +18,6 @@ files of one report may hold together: the summary works on whole tables.
 from __future__ import annotations
 
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tracer.schema import SCHEMA_VERSION, TABLE_KEY, VERSION_KEY, schema
+from tracer.trusted_fs import Trust
 
 PARQUET_MAGIC = b"PAR1"
 BATCH_ROWS = 65_536
@@ -67,6 +67,23 @@ class Skip(Exception):
     """Why one file is not read; becomes a problem line."""
 
 
+# A recording being reported on may be anyone's: nothing in it is trusted
+# (no directory is opened with these rules), and a file is read only if it
+# is a regular one, in the report's words.
+ANYONES = Trust(
+    owners=frozenset, sticky_owners=frozenset, relative_ok=True, parent_mode=None,
+    give_to_sudo_user=False, check_entries=False,
+    file_error=lambda shown, reason: Skip(reason),
+    says={
+        "file_link": "a symbolic link; not followed",
+        "file_dir": "a directory, not a file",
+        "file_kind": "not a regular file (a FIFO, socket or device); not read",
+        "file_size": "{size:,} bytes, more than the {cap:,} allowed",
+        "file_grew": "more than the {cap:,} bytes allowed",
+        "file_changed": "changed while it was opened; not read",
+    })
+
+
 # What the summary makes one Python object or more for: one per destination,
 # listener or process (and per process and destination, for pool advice).
 # Each costs about as much memory as KEY_COST rows (~2.7 KB against ~400 B,
@@ -100,28 +117,13 @@ class Budget:
 
 
 def open_regular(path: Path, max_bytes: int | None = None):
-    """A binary file object for `path`, which must be a regular file, not a link.
-
-    O_NONBLOCK: opening a FIFO would otherwise wait for a writer forever."""
+    """A binary file object for `path`, which must be a regular file, not a link
+    (tracer/trusted_fs.py: nothing else is opened, a FIFO never waited on)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd, _ = ANYONES.open_regular(path, max_bytes)
     except OSError as e:
-        if os.path.islink(path):
-            raise Skip("a symbolic link; not followed") from None
         raise Skip(f"cannot read ({e.strerror or e})") from None
-    try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise Skip("a directory, not a file")
-        if not stat.S_ISREG(st.st_mode):
-            raise Skip("not a regular file (a FIFO, socket or device); not read")
-        if max_bytes is not None and st.st_size > max_bytes:
-            raise Skip(f"{st.st_size:,} bytes, more than the {max_bytes:,} allowed")
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
+    return os.fdopen(fd, "rb")
 
 
 def read_file(path: Path, table: str, budget: Budget) -> pa.Table:

@@ -6,7 +6,7 @@ SUDO_UID/SUDO_GID when set. A file becomes visible under its final name only
 after its bytes and the rename are on disk.
 
 Every function here names a file relative to an open directory descriptor
-(see tracer/sinks/trusted_dir.py), never by path: a path is looked up again
+(see tracer/trusted_fs.py), never by path: a path is looked up again
 at each use, and someone who can change a directory on it can redirect root.
 Modes and owners are set on descriptors (fchmod, fchown) for the same reason.
 """
@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 from typing import BinaryIO, Callable, TypeVar
 
+from tracer.trusted_fs import sudo_owner
+
 T = TypeVar("T")
 
 FILE_MODE = 0o640
@@ -23,17 +25,6 @@ DIR_MODE = 0o750
 
 # Creating a file: never through a symbolic link, never an existing file.
 O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def sudo_owner() -> tuple[int, int] | None:
-    """(uid, gid) of the user who ran sudo, if we are root under sudo."""
-    uid, gid = os.environ.get("SUDO_UID"), os.environ.get("SUDO_GID")
-    if not uid or not gid or os.geteuid() != 0:
-        return None
-    try:
-        return int(uid), int(gid)
-    except ValueError:
-        return None
 
 
 def own(fd: int) -> None:
