@@ -86,7 +86,10 @@ def test_top_shows_overflowing_listener_and_slow_destination():
 # title, RIS (ESC c) resets the whole screen, and both hold Rich markup ("[/x]"
 # once crashed the detail screen).
 HOSTILE = (b"\x1b]0;pwn\x07[/x]", b"\x1bc[red on red]x")
-SHOWN = ("\\e]0;pwn\\x07", "\\ec[red on re")     # their start as printable() shows it
+# Their start as printable() shows it, short enough for the narrowest column
+# that shows them ("<pid> <comm>" cut at 20 characters, pids up to 7 digits).
+SHOWN = ("\\e]0;pwn", "\\ec[red on")
+SHOWN_WHOLE = "\\e]0;pwn\\x07"   # the first name up to its markup, in the detail title
 
 # Runs as nobody: renames itself, listens on loopback, connects to itself and to
 # a closed port (refused: a log line naming it). Bounded: 40 s.
@@ -160,7 +163,7 @@ def test_top_shows_hostile_process_names_escaped_and_the_terminal_obeys_none(tmp
         seen = wait_pane(session, SHOWN)
         assert all(w in seen for w in SHOWN), compact(seen)
         # the detail screen, whose title once parsed the name as markup and crashed
-        title_shown = f"process {SHOWN[0]}[/x][{procs[0].pid}]"
+        title_shown = f"process {SHOWN_WHOLE}[/x][{procs[0].pid}]"
         steps = [(["4"], "processes with TCP sockets"), (["/"], "filter rows:"),
                  (["-l", "pwn"], "1 of "), (["Enter"], None), (["Enter"], title_shown)]
         for keys, expect in steps:          # each key once the last one took effect
