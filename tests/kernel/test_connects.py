@@ -4,6 +4,7 @@ import ctypes
 import errno
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -23,7 +24,8 @@ PR_SET_NAME = 15
 # late after the kernel has seen the answer, and the delaying relay runs
 # late too: seen up to 9.5 ms apart and RTTs up to 124 ms there. The host
 # values are the real claim; these only keep the guest run meaningful.
-CLIENT_AGREEMENT_US = 25_000 if os.environ.get("CONNSCOPE_VM") else 2000
+CLIENT_AGREEMENT_US = 25_000 if os.environ.get("CONNSCOPE_VM") else 2000   # median
+CLIENT_SAMPLE_US = 60_000 if os.environ.get("CONNSCOPE_VM") else 20_000     # any one connect
 RTT_CEILING_US = 160_000 if os.environ.get("CONNSCOPE_VM") else 130_000
 
 
@@ -117,6 +119,7 @@ def test_latency_matches_client_through_50ms_link(tracer, family):
     assert len(mine) == n, f"expected exactly {n} connects rows, got {len(mine)} ({tracer.lost()})"
     by_sport = {e.sport: e for e in mine}
     assert len(by_sport) == n
+    gaps = []
     for sport, elapsed_us, _ in client:
         ev = by_sport[sport]
         assert ev.outcome == "established"
@@ -124,9 +127,16 @@ def test_latency_matches_client_through_50ms_link(tracer, family):
         assert ev.pid == client_pid
         assert ev.syn_retransmits == 0
         # One RTT is 100 ms; the tracer sees it from inside the kernel, the
-        # client around the syscall: the two agree within 2 ms (on the host).
-        assert abs(ev.latency_us - elapsed_us) < CLIENT_AGREEMENT_US, (sport, ev.latency_us, elapsed_us)
+        # client around the syscall (same clock): the kernel's span lies
+        # inside the client's, and what the client adds is its own syscall
+        # and scheduling time.
+        assert ev.latency_us <= elapsed_us + 50, (sport, ev.latency_us, elapsed_us)
+        assert elapsed_us - ev.latency_us < CLIENT_SAMPLE_US, (sport, ev.latency_us, elapsed_us)
         assert 100_000 <= ev.latency_us < RTT_CEILING_US
+        gaps.append(elapsed_us - ev.latency_us)
+    # A client descheduled once on a busy machine is late by milliseconds;
+    # typically the two agree within 2 ms (on the host).
+    assert statistics.median(gaps) < CLIENT_AGREEMENT_US, sorted(gaps)
     assert events  # the tracer saw the run
 
 
