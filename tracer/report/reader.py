@@ -21,11 +21,10 @@ import pyarrow as pa
 
 from tracer.report import MAX_REPORT_ROWS, ReportError
 from tracer.report.data_file import Budget, Skip, open_regular, read_file
-from tracer.report.run_manifest import MAX_MANIFEST_BYTES
 from tracer.report.run_manifest import problem as manifest_problem
 from tracer.safe_text import printable
 from tracer.schema import TABLES, schema
-from tracer.sinks.manifest import read_manifest
+from tracer.sinks.manifest import MANIFEST_MAX_BYTES, read_manifest
 
 QUARANTINE_DIR = "quarantine"   # as in tracer/sinks/recovery.py
 RUNS_DIR = "runs"               # as in tracer/sinks/manifest.py
@@ -154,7 +153,7 @@ def _read_manifests(paths: list[Path], problems: list[str]) -> list[dict]:
     for path in paths:
         try:
             # a link, FIFO or device is refused before read_manifest opens it
-            with open_regular(path, MAX_MANIFEST_BYTES):
+            with open_regular(path, MANIFEST_MAX_BYTES):
                 pass
             m = read_manifest(path)
         except Skip as why:

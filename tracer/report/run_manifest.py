@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 from datetime import datetime, timezone
 
-MAX_MANIFEST_BYTES = 1 << 20        # ours are about 1 KB
 MAX_TEXT = 256                      # host, kernel, backend, version, status, ...
 MAX_REASON = 4096
 MAX_BLIND_SPOTS = 64
