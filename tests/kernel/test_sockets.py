@@ -388,6 +388,11 @@ def test_counts_match_ss_through_close_dup_shutdown_fork_and_exit(collector_run,
             assert t[server.pid].counts[KINDS.index("close_wait")] == 99
             time.sleep(2 * INTERVAL)   # surplus closes would show by now
             closes = closes_of(run, holder.pid)
+            # An orphan whose FIN was acknowledged while its socket was busy
+            # stays a full FIN-WAIT-2 socket until tcp_fin_timeout (60 s) and
+            # only then reaches CLOSE (seen once in a CI run): it is not closed
+            # yet, and connscope must not count it as closed either.
+            unclosed = conns & full_sockets()
     finally:
         print("\nphase: pid -> (established, syn_sent, listen, close_wait, other), fds")
         for phase, truth, got, n_closed, n_events in phases:
@@ -405,9 +410,12 @@ def test_counts_match_ss_through_close_dup_shutdown_fork_and_exit(collector_run,
     # of them belong to the holder, whichever process later held them.
     opened = sum(r.opened for s in run.snapshots for r in s.processes if r.pid == holder.pid)
     assert opened == 99 + 50 + 50, f"holder opened {opened}, expected 199; {losses(probe_session)}"
-    assert len(closes) == 199, f"{len(closes)} closes of 199 connections; {losses(probe_session)}"
+    assert len(unclosed) <= 2, f"{len(unclosed)} of 199 connections still full sockets: {unclosed}"
+    reached = 199 - len(unclosed)
+    assert len(closes) == reached, (
+        f"{len(closes)} closes of {reached} connections that reached CLOSE; {losses(probe_session)}")
     closed = sum(r.closed for s in run.snapshots for r in s.processes if r.pid == holder.pid)
-    assert closed == 199, f"the rows count {closed} closes of 199"
+    assert closed == reached, f"the rows count {closed} closes of {reached}"
     # Lifetimes are kept for the connections it connect()ed (pool hold
     # times); accepted ones (None) are only counted.
     lifetimes = [c for c in closes if c is not None]
