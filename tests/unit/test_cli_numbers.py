@@ -68,7 +68,7 @@ def test_good_interval_reaches_the_command(value, monkeypatch):
     import tracer.run
 
     monkeypatch.setattr(tracer.run, "live", lambda **kw: seen.update(kw))
-    r = invoke("top", "--plain", "--interval", value, "--duration", "1e6", "--pid", "4194304")
+    r = invoke("top", "--plain", "--interval", value, "--duration", "1e6", "--pid", "1")
     assert r.exit_code == 0, r.output
     assert seen["interval"] == float(value) and seen["duration"] == 1e6
     assert seen["filters"] is not None

@@ -10,7 +10,8 @@ from tracer.aggregate.connects import ConnectRow, ConnectTable
 from tracer.aggregate.snapshot import Header, ListenerRow, Snapshot
 from tracer.collector import Status
 from tracer.events import Connect
-from tracer.sinks.console import HEADER, LISTENER_HEADER, fmt_us, format_table, rank
+from tracer.sinks.console import (HEADER, LISTENER_HEADER, PROCESS_HEADER, fmt_us, format_table,
+                                  rank)
 
 
 @pytest.mark.parametrize("us,text", [
@@ -75,11 +76,15 @@ def snap(table: ConnectTable | None = None, listeners=()) -> Snapshot:
 def test_empty_table():
     out = format_table(status(), snap())
     lines = out.splitlines()
-    assert "events 345 (29/s)" in lines[0]
+    assert "events 345 (29/s over 1s)" in lines[0]
     assert "in-flight connects 3" in lines[0]
     assert "EVENTS LOST" not in out
-    assert lines[1] == HEADER
-    assert lines[2:] == ["(no connects yet)"]
+    assert lines[1] == "PROBLEMS: none seen"
+    start = lines.index(HEADER)
+    assert lines[start + 1] == "(no connects yet)"
+    # every view of the TUI is there, each saying it is empty
+    assert lines[lines.index(LISTENER_HEADER) + 1] == "(no listeners yet)"
+    assert lines[lines.index(PROCESS_HEADER) + 1] == "(no processes yet)"
 
 
 @pytest.mark.parametrize("kw", [{"lost_events": 1}, {"untracked": 2}, {"decode_errors": 5}])
@@ -96,6 +101,7 @@ def test_rows_worst_first_and_limited():
     t.add(connect("127.0.0.99", outcome="refused"))
     t.roll(1.0)
     lines = format_table(status(), snap(t), limit=15).splitlines()
+    lines = lines[lines.index(HEADER) - 1:lines.index(LISTENER_HEADER) - 1]
     assert lines[2].startswith("127.0.0.99:5432 ")
     assert len(lines) == 2 + 15 + 1
     assert lines[-1] == "... 6 more destinations"
@@ -131,8 +137,9 @@ def test_destination_with_connects_stuck_shows_first():
     t.roll(1.0)
     t.set_pending({(4, "10.0.0.9", 443): (37, 4.2)})
     lines = format_table(status(), snap(t)).splitlines()
-    assert lines[2].split()[0] == "10.0.0.9:443"
-    assert lines[2].endswith("37 (4.2s)")
+    first = lines[lines.index(HEADER) + 1]
+    assert first.split()[0] == "10.0.0.9:443"
+    assert first.endswith("37 (4.2s)")
 
 
 def test_probe_runs_skipped_by_the_kernel_are_shown_not_hidden():
