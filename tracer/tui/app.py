@@ -329,9 +329,12 @@ class ConnscopeApp(App):
             t.append(f"   nothing matches {printable(traced)} so far", style="bold yellow")
         if traced and view != "overview" and total:
             t.append(f"   only {printable(traced)}", style="dim")
+        folded = table_views.folded_titles(self._spec(view), self._col_widths.get(view, ()))
+        if folded:      # a narrow screen: the detail pane (Enter) has every column
+            t.append(f"   +{len(folded)} cols: Enter", style="dim")
         if self._shown is not None and view in ("connects", "listeners", "processes"):
             # every "/s" column is the last interval's count divided by its length
-            t.append(f"   /s: over the last {self._shown.interval_s:.3g}s", style="dim")
+            t.append(f"   /s = last {self._shown.interval_s:.3g}s", style="dim")
         self.query_one(f"#{view}-caption", Static).update(t, layout=False)
 
     def _selected_item(self, view: str):

@@ -69,7 +69,8 @@ def health_line(h: Header, snap: Snapshot | None) -> Text:
         t.append("waiting for the first interval...", style="dim italic")
         return t
     t.append("events ", style="dim")
-    t.append(f"{fmt_count(snap.events_total)} ({fmt_rate(snap.events_per_s)}/s)")
+    t.append(f"{fmt_count(snap.events_total)} ({fmt_rate(snap.events_per_s)}/s over "
+             f"{snap.interval_s:.3g}s)")
     t.append(*SEP)
     if snap.lost_events:
         t.append(f" LOST {counted(snap.lost_events, 'event')} ", style="bold white on red")
