@@ -171,3 +171,51 @@ def test_port_filter_sees_only_that_port():
     assert all(b.port in (getattr(e, "dport", None), getattr(e, "lport", None),
                           getattr(e, "sport", None), getattr(e, "rport", None))
                for e in seen if isinstance(e, (Connect, Accept)))
+
+
+@pytest.mark.parametrize("filtered", [False, True])
+def test_port_filter_applies_to_the_listeners_shown(filtered):
+    """Listeners come from the kernel's socket table, not from filtered events:
+    --port must still select them (issue 14: it did not). Unfiltered, both
+    workers' listeners are shown: the check can tell the difference."""
+    import threading
+
+    from tracer.clock import Clock
+    from tracer.probes import startup
+    from tracer.run import make_collector
+
+    a, b = Worker(4, "csla"), Worker(4, "cslb")
+    try:
+        filters = Filters.build(ports=[b.port]) if filtered else Filters()
+        session = startup.start(os.environ.get("CONNSCOPE_TEST_BACKEND", "auto"), filters)
+        snapshots = []
+
+        class Keep:
+            def on_events(self, events):
+                pass
+
+            def on_interval(self, status, snapshot):
+                snapshots.append(snapshot)
+
+            def close(self, status, snapshot):
+                snapshots.append(snapshot)
+
+        stop = threading.Event()
+        collector = make_collector(session, [Keep()], 0.3, Clock(), filters=filters)
+        worker = threading.Thread(target=collector.run, args=(stop.is_set,))
+        worker.start()
+        time.sleep(1.2)
+        stop.set()
+        worker.join(10)
+        session.close()
+    finally:
+        for w in (a, b):
+            w.proc.kill()
+            w.proc.wait(5)
+    assert len(snapshots) >= 2
+    ports = {r.lport for s in snapshots for r in s.listeners}
+    if filtered:
+        assert ports == {b.port}
+        assert snapshots[-1].header.filters == f"port {b.port}"
+    else:
+        assert {a.port, b.port} <= ports

@@ -261,3 +261,12 @@ def test_plain_says_when_a_filter_matches_nothing():
     assert "filter: pid 999999" in out.splitlines()[1]
     for what in ("connects", "listeners", "processes"):
         assert f"(no {what} match the filter so far: pid 999999)" in out
+
+
+def test_one_more_is_singular():
+    t = ConnectTable()
+    for i in range(3):
+        t.add(connect(f"127.0.0.{i + 1}"))
+    t.roll(1.0)
+    lines = format_table(status(), snap(t), limit=2).splitlines()
+    assert "... 1 more destination" in lines

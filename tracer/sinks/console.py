@@ -111,6 +111,10 @@ def rank_processes(rows) -> list[ProcessRow]:
                                        -p.churning, -p.close_wait, -p.sockets, p.pid))
 
 
+def _more(n: int, word: str, plural: str = "") -> str:
+    return f"{n} more {word if n == 1 else plural or word + 's'}"
+
+
 def _nothing(snapshot: Snapshot, what: str) -> str:
     filters = getattr(snapshot.header, "filters", "")
     if filters:
@@ -129,7 +133,7 @@ def format_problems(snapshot: Snapshot, limit: int) -> list[str]:
     lines += [f"  {p.severity.upper():<4} {p.kind}: {printable(p.subject)}  {printable(p.detail)}"
               for p in problems[:limit]]
     if len(problems) > limit:
-        lines.append(f"  ... {len(problems) - limit} more problems")
+        lines.append(f"  ... {_more(len(problems) - limit, 'problem')}")
     return lines
 
 
@@ -151,21 +155,21 @@ def format_table(status, snapshot: Snapshot, limit: int = 15, title: str = "") -
     rows = rank(list(snapshot.destinations))
     lines += [format_row(r) for r in rows[:limit]]
     if len(rows) > limit:
-        lines.append(f"... {len(rows) - limit} more destinations")
+        lines.append(f"... {_more(len(rows) - limit, 'destination')}")
     if not rows:
         lines.append(_nothing(snapshot, "connects"))
     listeners = rank_listeners(snapshot.listeners)
     lines += ["", LISTENER_HEADER]
     lines += [format_listener(r, snapshot.interval_s) for r in listeners[:limit]]
     if len(listeners) > limit:
-        lines.append(f"... {len(listeners) - limit} more listeners")
+        lines.append(f"... {_more(len(listeners) - limit, 'listener')}")
     if not listeners:
         lines.append(_nothing(snapshot, "listeners"))
     processes = rank_processes(snapshot.processes)
     lines += ["", PROCESS_HEADER]
     lines += [format_process(p) for p in processes[:limit]]
     if len(processes) > limit:
-        lines.append(f"... {len(processes) - limit} more processes")
+        lines.append(f"... {_more(len(processes) - limit, 'process', 'processes')}")
     if not processes:
         lines.append(_nothing(snapshot, "processes"))
     advice = [format_advice(p, a) for p in processes[:limit] for a in p.advice]
