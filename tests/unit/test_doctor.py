@@ -548,3 +548,27 @@ def test_drop_reasons_read_from_btf(rx_sk, reason, expected):
     assert got == expected
     assert got.split_exact == (rx_sk and reason)
     assert drop_reasons_from_btf(None) == UNKNOWN
+
+
+@pytest.mark.parametrize("split, first", [
+    (True, "accept() seen through syscall tracepoints"),
+    (False, "drop split (needs kernel 6.15+)"),
+])
+def test_the_live_header_carries_the_running_backends_blind_spots(split, first):
+    """What `top` shows in its status line and under `?`: from the session
+    that was loaded (whether the drop-reason program went in), plus its notes."""
+    from types import SimpleNamespace
+
+    from tracer.filters import Filters
+    from tracer.probes.session import LoadInfo
+    from tracer.run import header_for
+
+    info = LoadInfo("tracepoint", "ring buffer", "BTF", "generic", 0.1, notes=["a note"],
+                    drop_split=split)
+    h = header_for(SimpleNamespace(info=info), filters=Filters.build(ports=[443]))
+    assert h.blind_spots[0].startswith(first)
+    assert h.blind_spots[-1] == "a note"
+    assert any("io_uring" in s for s in h.blind_spots)
+    assert h.filters == "port 443"
+    kp = header_for(SimpleNamespace(info=LoadInfo("kprobe", "ring buffer", "BTF", "", 0.1)))
+    assert kp.blind_spots == () and kp.filters == ""
