@@ -121,12 +121,20 @@ def cli(ctx, debug):
 
 
 def _options(backend, interval, pids, comm, ports, ipv4, ipv6, **extra):
-    from tracer.filters import Filters, FilterError
+    import os
+
+    from tracer.filters import Filters, FilterError, check_pids, read_pid_max
 
     try:
         filters = Filters.build(pids=pids, comm=comm, ports=ports, ipv4=ipv4, ipv6=ipv6)
     except FilterError as e:
         raise click.UsageError(str(e))
+    errors, warnings = check_pids(filters.pids, read_pid_max(),
+                                  lambda p: os.path.exists(f"/proc/{p}"))
+    if errors:
+        raise click.UsageError("; ".join(errors))
+    for w in warnings:
+        click.echo(f"connscope: warning: {w}", err=True)
     return {"backend": backend, "interval": interval, "filters": filters, **extra}
 
 

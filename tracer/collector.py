@@ -19,6 +19,7 @@ from tracer.aggregate.sockets import ProcessTable
 from tracer.aggregate.snapshot import Header, Snapshot
 from tracer.clock import Clock
 from tracer.events import Accept, Connect
+from tracer.filters import Filters
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,11 @@ class Collector:
                  clock: Clock | None = None,
                  kernel_view: Callable[[], tuple[list, dict, dict, float | None]] = no_kernel_view,
                  drop_points_hooked: bool = False,
-                 recording_status: Callable[[], dict] | None = None):
+                 recording_status: Callable[[], dict] | None = None,
+                 filters: Filters | None = None):
         self.session = session
+        # applied to the rows read from the socket table (the kernel filters events)
+        self.filters = filters or Filters()
         self.sinks = sinks
         self.interval = interval
         self.header = header
@@ -144,6 +148,9 @@ class Collector:
             seconds, diag, self.session.listener_counters(), self.session.take_listener_peaks(),
             owners)
         process_rows = self.processes.update(seconds, holdings, scanned_at)
+        if self.filters.active:
+            listener_rows = [r for r in listener_rows if self.filters.keeps_listener(r)]
+            process_rows = [p for p in process_rows if self.filters.keeps_process(p)]
         self.log.listeners(listener_rows, now_us)
         self.log.lost_events(status.lost_total - self._lost_at_tick, now_us)
         self._lost_at_tick = status.lost_total

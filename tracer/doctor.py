@@ -12,6 +12,7 @@ import socket
 from dataclasses import asdict
 from typing import Callable, Optional
 
+from tracer.blind_spots import DropReasons, drop_reasons_from_btf, exactness
 from tracer.probes.features import (
     AUTO_ORDER, BackendUnavailable, Feature, Features, auto_reason, backend_visibility,
     choose_backend, probe_features,
@@ -273,11 +274,23 @@ def _program_cache() -> dict:
     return {"ok": ok, "detail": detail, "tested": True}
 
 
+def _drop_reasons() -> DropReasons:
+    from tracer.probes.btf import kernel_btf
+
+    try:
+        btf = kernel_btf() if os.path.exists("/sys/kernel/btf/vmlinux") else None
+    except Exception:   # an unreadable BTF: the split is unknown, not an error
+        btf = None
+    return drop_reasons_from_btf(btf)
+
+
 def collect(features: Optional[Features] = None, *,
             sysctls: Optional[dict[str, Optional[str]]] = None,
-            nofile: Optional[tuple[int, int]] = None) -> dict:
+            nofile: Optional[tuple[int, int]] = None,
+            drop_reasons: Optional[DropReasons] = None) -> dict:
     """Everything doctor reports, as plain JSON-able values."""
     f = features if features is not None else probe_features()
+    reasons = drop_reasons if drop_reasons is not None else _drop_reasons()
     sysctls = sysctls if sysctls is not None else read_sysctls()
     nofile = nofile if nofile is not None else resource.getrlimit(resource.RLIMIT_NOFILE)
     try:
@@ -302,6 +315,11 @@ def collect(features: Optional[Features] = None, *,
         "load_tested": f.load_tested,
         "backend": {"auto": auto, "why": auto_reason(f), "error": auto_error},
         "visibility": {b: backend_visibility(b, f) for b in AUTO_ORDER},
+        "drop_reasons": {"kfree_skb_rx_sk": reasons.rx_sk,
+                         "tcp_listen_overflow": reasons.listen_overflow},
+        "exactness": {b: [{"status": st, "text": t}
+                          for st, t in exactness(b, reasons, f.kernel_release)]
+                      for b in AUTO_ORDER},
         "limits": assess_limits(sysctls, nofile),
         "notes": list(f.notes),
         "as_root": None if f.is_root else (
@@ -315,6 +333,22 @@ def _mark(d: dict) -> str:
     if d.get("ok"):
         return "ok"
     return "?" if d.get("tested") is False else "no"
+
+
+def _exactness_lines(r: dict) -> list[str]:
+    """What the backend auto picks counts exactly on this host (and the
+    tracepoint backend's case, which depends on the kernel, if auto picks another)."""
+    exact = r.get("exactness")
+    if not exact:
+        return []
+    auto = r["backend"]["auto"]
+    shown = [b for b in (auto, "tracepoint") if b in exact]
+    lines: list[str] = []
+    for b in dict.fromkeys(shown):
+        lines += ["", f"What is exact here with --backend {b}"
+                  + (" (what auto picks)" if b == auto else "")]
+        lines += [f"  {i['status']:<9} {i['text']}" for i in exact[b]]
+    return lines
 
 
 def render_text(report: dict) -> str:
@@ -355,6 +389,8 @@ def render_text(report: dict) -> str:
     for name, vis in r["visibility"].items():
         lines.append(f"  {name}:")
         lines += [f"    - {line}" for line in vis]
+
+    lines += _exactness_lines(r)
 
     lines += ["", f"Limits for {USERS:,} concurrent users"]
     width = max((len(i["name"]) + len(str(i["value"])) for i in r["limits"]), default=0) + 3

@@ -14,6 +14,32 @@ class FilterError(ValueError):
     pass
 
 
+PID_MAX_PATH = "/proc/sys/kernel/pid_max"
+
+
+def read_pid_max(path: str = PID_MAX_PATH) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def check_pids(pids, pid_max: int | None, exists) -> tuple[list[str], list[str]]:
+    """(errors, warnings) for --pid values. A pid at or over the kernel's
+    pid_max can never be given to a process: an error. A pid with no process
+    now is a warning, not an error: a process started later may get it, and a
+    traced process that exits later is legitimate too."""
+    errors, warnings = [], []
+    for p in sorted(pids):
+        if pid_max is not None and p >= pid_max:
+            errors.append(f"--pid {p}: no process can have it (kernel.pid_max is {pid_max})")
+        elif not exists(p):
+            warnings.append(f"--pid {p}: no such process now; it is traced if it appears "
+                            f"(pids are reused)")
+    return errors, warnings
+
+
 @dataclass(frozen=True)
 class Filters:
     pids: frozenset[int] = field(default_factory=frozenset)
@@ -37,6 +63,41 @@ class Filters:
             # The kernel truncates task names; match what it will report.
             comm = comm[: TASK_COMM_LEN - 1]
         return cls(frozenset(pids), comm, frozenset(ports), 4 if ipv4 else 6 if ipv6 else None)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.pids or self.comm or self.ports or self.family)
+
+    def keeps_listener(self, row) -> bool:
+        """The listeners view: the kernel filters events, not the socket table
+        the listeners come from, so the same filters are applied here. The
+        'other' row (listeners past the table's bound) cannot be attributed."""
+        if not self.active:
+            return True
+        if not row.family:
+            return False
+        if self.family and row.family != self.family:
+            return False
+        if self.ports and row.lport not in self.ports:
+            return False
+        if self.pids and row.pid not in self.pids:
+            return False
+        return not self.comm or row.comm == self.comm
+
+    def keeps_process(self, row) -> bool:
+        """The processes view: --pid/--comm select processes; --port/-4/-6
+        (a process holds sockets of every kind) keep the processes with
+        matching connections (the events are filtered in the kernel): pool
+        advice from them, or some opened in the interval."""
+        if not self.active:
+            return True
+        if self.pids and row.pid not in self.pids:
+            return False
+        if self.comm and row.comm != self.comm:
+            return False
+        if self.ports or self.family:
+            return bool(row.advice or row.opened)
+        return True
 
     def describe(self) -> str:
         parts = []

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from tracer import __version__
 from tracer.clock import Clock
 from tracer.aggregate.snapshot import Header
+from tracer.blind_spots import blind_spots
 from tracer.collector import Collector
 from tracer.filters import Filters
 from tracer.probes import startup
@@ -139,25 +140,24 @@ def _options_dict(backend, interval, filters: Filters, **extra) -> dict:
     return {"backend": backend, "interval": interval, "filters": filters.as_dict(), **extra}
 
 
-BLIND_SPOTS = {
-    "tracepoint": ("accept() seen through syscall tracepoints (small cost on every syscall)",
-                   "SYN-time drops only for listeners in this network namespace"),
-}
-
-
-def header_for(session, recording_path=None, source="live") -> Header:
+def header_for(session, recording_path=None, source="live",
+               filters: Filters | None = None) -> Header:
+    spots = blind_spots(session.info.backend, getattr(session.info, "drop_split", None))
     return Header(host=socket.gethostname(), kernel=os.uname().release,
                   backend=session.info.backend,
-                  blind_spots=BLIND_SPOTS.get(session.info.backend, ()) + tuple(session.info.notes),
-                  recording_path=recording_path, source=source)
+                  blind_spots=spots + tuple(session.info.notes),
+                  recording_path=recording_path, source=source,
+                  filters=filters.describe() if filters is not None and filters.active else "")
 
 
 def make_collector(session, sinks, interval, clock, recording_path=None,
-                   recording_status=None) -> Collector:
-    return Collector(session, sinks, interval, header=header_for(session, recording_path),
+                   recording_status=None, filters: Filters | None = None) -> Collector:
+    return Collector(session, sinks, interval,
+                     header=header_for(session, recording_path, filters=filters),
                      clock=clock, recording_status=recording_status,
                      kernel_view=kernel_view(),
-                     drop_points_hooked=session.info.backend in ("kprobe", "fentry"))
+                     drop_points_hooked=session.info.backend in ("kprobe", "fentry"),
+                     filters=filters)
 
 
 def kernel_view():
@@ -187,8 +187,9 @@ def _recording_args(recording) -> dict:
     return {"recording_path": str(recording.directory), "recording_status": recording.status}
 
 
-def _collect(session, sinks, interval, duration, clock, recording=None):
-    collector = make_collector(session, sinks, interval, clock, **_recording_args(recording))
+def _collect(session, sinks, interval, duration, clock, recording=None, filters=None):
+    collector = make_collector(session, sinks, interval, clock, **_recording_args(recording),
+                               filters=filters)
     with stop_on_signals() as should_stop:
         try:
             return collector.run(should_stop, duration)
@@ -209,7 +210,7 @@ def record(*, backend: str, interval: float, filters: Filters, out_dir: str,
                      f"Ctrl-C stops\n")
     sinks = [RecordSink(recording, clock),
              StatusLineSink(recording_status=recording.status)]
-    _collect(session, sinks, interval, duration, clock, recording)
+    _collect(session, sinks, interval, duration, clock, recording, filters)
 
 
 class TuiSink:
@@ -235,7 +236,7 @@ def _exit_app(app) -> None:
         pass
 
 
-def _run_tui(session, sinks, interval, duration, clock, recording) -> None:
+def _run_tui(session, sinks, interval, duration, clock, recording, filters=None) -> None:
     """The collector in a worker thread, the TUI in this one. Whatever ends
     first (q, SIGTERM, --duration, an error in collection) ends both, and the
     terminal is restored by Textual on the way out."""
@@ -243,11 +244,12 @@ def _run_tui(session, sinks, interval, duration, clock, recording) -> None:
 
     from tracer.tui.app import build_app
 
-    app = build_app(header_for(session, str(recording.directory) if recording else None))
+    app = build_app(header_for(session, str(recording.directory) if recording else None,
+                               filters=filters))
     stop = threading.Event()
     failure: list[BaseException] = []
     collector = make_collector(session, [TuiSink(app), *sinks], interval, clock,
-                               **_recording_args(recording))
+                               **_recording_args(recording), filters=filters)
 
     def collect():
         try:
@@ -292,6 +294,6 @@ def live(*, backend: str, interval: float, filters: Filters, record_dir: str | N
     # Not a terminal (| tee, ssh without a pty, scripts) or asked for: plain tables.
     if plain or not (sys.stdout.isatty() and sys.stdin.isatty()):
         sinks.insert(0, ConsoleSink(title=f"[{session.info.backend}] "))
-        _collect(session, sinks, interval, duration, clock, recording)
+        _collect(session, sinks, interval, duration, clock, recording, filters)
     else:
-        _run_tui(session, sinks, interval, duration, clock, recording)
+        _run_tui(session, sinks, interval, duration, clock, recording, filters)

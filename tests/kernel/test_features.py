@@ -268,3 +268,31 @@ def test_kretprobe_events_left_by_a_killed_connscope_are_removed(probe_session):
     finally:
         session.close()
     assert len([l for l in path.read_text().splitlines() if f"connscope_{os.getpid()}/" in l]) == 1
+
+
+def test_doctor_names_this_hosts_drop_split_case():
+    """The real `connscope doctor`: its "What is exact here" for the tracepoint
+    backend must match what this kernel's skb:kfree_skb tracepoint offers, read
+    independently from its format file (the rx_sk field, and the drop reason
+    TCP_LISTEN_OVERFLOW among the names it prints)."""
+    import re
+    import subprocess
+    import sys
+
+    fmt = Path("/sys/kernel/tracing/events/skb/kfree_skb/format").read_text()
+    rx_sk = re.search(r"field:void \* rx_sk;", fmt) is not None
+    m = re.search(r'\{ *(\d+), *"TCP_LISTEN_OVERFLOW" *\}', fmt)
+    out = subprocess.run([sys.executable, "-m", "tracer", "doctor"], capture_output=True,
+                         text=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    start = text.index("What is exact here with --backend tracepoint")
+    section = text[start:text.index("\n\n", start)]
+    if rx_sk and m:
+        assert (f"exact     accept-queue drops split into drops (ACK time) and syn_drops: kernel "
+                f"{os.uname().release} has skb:kfree_skb rx_sk and reason TCP_LISTEN_OVERFLOW "
+                f"(= {m.group(1)})") in section
+        assert "NOT exact accept-queue drops:" not in section
+    else:
+        assert "NOT exact accept-queue drops:" in section
+        assert "every listener drop is reported as syn_drops" in section

@@ -193,3 +193,9 @@ def quiet(header: Header = HEADER) -> Snapshot:
     return Snapshot(ts_us=T0_US + 1_000_000, interval_s=1.0, header=header, events_total=5,
                     events_per_s=5.0, lost_events=0, destinations=tuple(table.by_destination()),
                     processes_connects=tuple(table.by_process()))
+
+
+def empty(header: Header = HEADER) -> Snapshot:
+    """An interval in which nothing matched (a filter for a process that never shows up)."""
+    return Snapshot(ts_us=T0_US + 1_000_000, interval_s=1.0, header=header, events_total=0,
+                    events_per_s=0.0, lost_events=0)

@@ -47,6 +47,26 @@ def test_live_views(snap_compare, snap, keys):
     assert snap_compare(live(snap), press=keys, terminal_size=SIZE)
 
 
+@pytest.mark.parametrize("keys", [
+    pytest.param((), id="overview"),
+    pytest.param(("2",), id="connects"),
+    pytest.param(("3",), id="listeners"),
+    pytest.param(("4",), id="processes"),
+])
+def test_views_at_80x24(snap_compare, snap, keys):
+    """An on-call's ssh window: the columns that matter stay, the rest fold
+    (named in the caption, all in the detail pane)."""
+    assert snap_compare(live(snap), press=keys, terminal_size=(80, 24))
+
+
+def test_filter_that_matches_nothing(snap_compare):
+    """--pid of a process that never connects: every view says so."""
+    header = replace(synthetic.HEADER, filters="pid 999999")
+    app = build_app(header)
+    app.post_snapshot(synthetic.empty(header))
+    assert snap_compare(app, press=("3",), terminal_size=SIZE)
+
+
 def test_nothing_wrong(snap_compare):
     assert snap_compare(live(synthetic.quiet()), terminal_size=SIZE)
 

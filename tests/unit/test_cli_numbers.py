@@ -68,7 +68,38 @@ def test_good_interval_reaches_the_command(value, monkeypatch):
     import tracer.run
 
     monkeypatch.setattr(tracer.run, "live", lambda **kw: seen.update(kw))
-    r = invoke("top", "--plain", "--interval", value, "--duration", "1e6", "--pid", "4194304")
+    r = invoke("top", "--plain", "--interval", value, "--duration", "1e6", "--pid", "1")
     assert r.exit_code == 0, r.output
     assert seen["interval"] == float(value) and seen["duration"] == 1e6
     assert seen["filters"] is not None
+
+
+def test_pid_no_process_can_have_is_an_error_and_one_that_may_appear_a_warning(monkeypatch):
+    """--pid at or over kernel.pid_max: nothing could ever match, a usage error.
+    --pid of no process now: accepted (a process started later may get it)
+    with a warning line on stderr; a pid that exists: silent."""
+    import os
+
+    import tracer.run
+    from tracer.filters import read_pid_max
+
+    import inspect
+
+    seen = {}
+    monkeypatch.setattr(tracer.run, "live", lambda **kw: seen.update(kw))
+    pid_max = read_pid_max()
+    # click < 8.2 (Python 3.9) mixes stderr into output unless told not to
+    separate = ({"mix_stderr": False} if "mix_stderr" in inspect.signature(CliRunner).parameters
+                else {})
+    r = CliRunner(**separate).invoke(cli, ["top", "--plain", "--pid", str(pid_max)])
+    assert r.exit_code == 2 and not seen
+    assert f"Error: --pid {pid_max}: no process can have it (kernel.pid_max is {pid_max})" \
+        in r.stderr
+    free = next(p for p in range(pid_max - 1, 1, -1) if not os.path.exists(f"/proc/{p}"))
+    r = CliRunner(**separate).invoke(cli, ["top", "--plain", "--pid", str(free)])
+    assert r.exit_code == 0, r.stderr
+    assert r.stderr == (f"connscope: warning: --pid {free}: no such process now; it is traced "
+                        f"if it appears (pids are reused)\n")
+    assert seen["filters"].pids == {free}
+    r = CliRunner(**separate).invoke(cli, ["top", "--plain", "--pid", str(os.getpid())])
+    assert r.exit_code == 0 and r.stderr == ""

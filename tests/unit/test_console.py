@@ -10,7 +10,8 @@ from tracer.aggregate.connects import ConnectRow, ConnectTable
 from tracer.aggregate.snapshot import Header, ListenerRow, Snapshot
 from tracer.collector import Status
 from tracer.events import Connect
-from tracer.sinks.console import HEADER, LISTENER_HEADER, fmt_us, format_table, rank
+from tracer.sinks.console import (HEADER, LISTENER_HEADER, PROCESS_HEADER, fmt_us, format_table,
+                                  rank)
 
 
 @pytest.mark.parametrize("us,text", [
@@ -75,11 +76,15 @@ def snap(table: ConnectTable | None = None, listeners=()) -> Snapshot:
 def test_empty_table():
     out = format_table(status(), snap())
     lines = out.splitlines()
-    assert "events 345 (29/s)" in lines[0]
+    assert "events 345 (29/s over 1s)" in lines[0]
     assert "in-flight connects 3" in lines[0]
     assert "EVENTS LOST" not in out
-    assert lines[1] == HEADER
-    assert lines[2:] == ["(no connects yet)"]
+    assert lines[1] == "PROBLEMS: none seen"
+    start = lines.index(HEADER)
+    assert lines[start + 1] == "(no connects yet)"
+    # every view of the TUI is there, each saying it is empty
+    assert lines[lines.index(LISTENER_HEADER) + 1] == "(no listeners yet)"
+    assert lines[lines.index(PROCESS_HEADER) + 1] == "(no processes yet)"
 
 
 @pytest.mark.parametrize("kw", [{"lost_events": 1}, {"untracked": 2}, {"decode_errors": 5}])
@@ -96,6 +101,7 @@ def test_rows_worst_first_and_limited():
     t.add(connect("127.0.0.99", outcome="refused"))
     t.roll(1.0)
     lines = format_table(status(), snap(t), limit=15).splitlines()
+    lines = lines[lines.index(HEADER) - 1:lines.index(LISTENER_HEADER) - 1]
     assert lines[2].startswith("127.0.0.99:5432 ")
     assert len(lines) == 2 + 15 + 1
     assert lines[-1] == "... 6 more destinations"
@@ -131,8 +137,9 @@ def test_destination_with_connects_stuck_shows_first():
     t.roll(1.0)
     t.set_pending({(4, "10.0.0.9", 443): (37, 4.2)})
     lines = format_table(status(), snap(t)).splitlines()
-    assert lines[2].split()[0] == "10.0.0.9:443"
-    assert lines[2].endswith("37 (4.2s)")
+    first = lines[lines.index(HEADER) + 1]
+    assert first.split()[0] == "10.0.0.9:443"
+    assert first.endswith("37 (4.2s)")
 
 
 def test_probe_runs_skipped_by_the_kernel_are_shown_not_hidden():
@@ -193,3 +200,73 @@ def test_status_line_shows_hostile_text_escaped(name):
     text = out.getvalue()
     assert "\x1b" not in text and "\r" not in text and "\x9b" not in text
     assert len(text.splitlines()) == 2
+
+
+def test_record_status_rate_covers_the_lines_window_and_says_so():
+    """A line every 5 s with 1 s intervals: the rate is over the 5 s the line
+    covers (events since the previous line / time since it), not the last interval's."""
+    from tracer.sinks.console import StatusLineSink
+
+    now = [100.0]
+    out = __import__("io").StringIO()
+    sink = StatusLineSink(every_s=5.0, stream=out, clock=lambda: now[0])
+
+    def at(t, total, last_interval_rate):
+        now[0] = t
+        sink.on_interval(Status(elapsed_s=t - 100, events_total=total,
+                                events_per_s=last_interval_rate, lost_events=0,
+                                untracked_connects=0, decode_errors=0, inflight=0), None)
+
+    for second in range(1, 6):       # 1,000 events in the first second, none after
+        at(100.0 + second, 1000, 1000.0 if second == 1 else 0.0)
+    at(106.0, 1000, 0.0)
+    at(110.0, 1500, 500.0)           # 500 events in the last of the next 5 s
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2
+    assert "events 1000 (200/s over the last 5s)" in lines[0]
+    assert "events 1500 (100/s over the last 5s)" in lines[1]
+
+
+def _process(pid, comm, advice=()):
+    from tracer.aggregate.snapshot import ProcessRow
+
+    return ProcessRow(pid=pid, comm=comm, established=3, syn_sent=0, listen=1, close_wait=0,
+                      other=0, opened_per_s=12.0, closed_per_s=11.0, fds=40, fd_limit=1024,
+                      tx_queue_bytes=0, rx_queue_bytes=0, churning=False, advice=advice)
+
+
+def test_plain_shows_problems_processes_and_pool_advice_as_the_tui_does():
+    from tracer.aggregate.snapshot import PoolAdvice
+
+    advice = PoolAdvice("10.0.0.7:5432", 40.0, 0.05, 2.0, 3.0, 4, 5, 3, "churning (no pooling)")
+    t = ConnectTable()
+    t.add(connect("127.0.0.99", outcome="refused"))
+    t.roll(1.0)
+    s = replace(snap(t), processes=(_process(4242, "pgbench", (advice,)),))
+    lines = format_table(status(), s).splitlines()
+    assert lines[1] == "PROBLEMS (worst first)"
+    assert lines[2].startswith("  CRIT connects failing: 127.0.0.99:5432")
+    row = lines[lines.index(PROCESS_HEADER) + 1]
+    assert row.split()[:3] == ["4242", "pgbench", "3"] and row.endswith("churning (no pooling)")
+    start = next(i for i, l in enumerate(lines) if l.startswith("POOL ADVICE"))
+    assert lines[start + 1].startswith("  pgbench[4242] -> 10.0.0.7:5432: churning (no pooling) "
+                                       "(40.0 new/s x 50.0ms held")
+    assert lines[start + 1].endswith("pool 5)")
+
+
+def test_plain_says_when_a_filter_matches_nothing():
+    h = Header("h", "k", "tracepoint", filters="pid 999999")
+    s = replace(snap(), header=h)
+    out = format_table(status(), s)
+    assert "filter: pid 999999" in out.splitlines()[1]
+    for what in ("connects", "listeners", "processes"):
+        assert f"(no {what} match the filter so far: pid 999999)" in out
+
+
+def test_one_more_is_singular():
+    t = ConnectTable()
+    for i in range(3):
+        t.add(connect(f"127.0.0.{i + 1}"))
+    t.roll(1.0)
+    lines = format_table(status(), snap(t), limit=2).splitlines()
+    assert "... 1 more destination" in lines

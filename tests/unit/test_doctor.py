@@ -448,3 +448,127 @@ def test_mounted_fstypes_parses_proc_mounts(tmp_path):
                       "/dev/x /mnt/with\\040space ext4 rw 0 0\n")
     assert headers.mounted_fstypes(str(mounts)) == {
         "/sys/kernel/tracing": "tracefs", "/sys/kernel/debug": "debugfs", "/mnt/with space": "ext4"}
+
+
+# --- what is exact here: the tracepoint backend's drop split by kernel ---------------
+
+from tracer.blind_spots import DropReasons, blind_spots, drop_reasons_from_btf  # noqa: E402
+from tracer.probes.btf import BTF  # noqa: E402
+
+from tests.unit.btf_builder import BTFBuilder  # noqa: E402
+
+NEW = DropReasons(rx_sk=True, listen_overflow=40)          # 6.15+
+NO_REASON = DropReasons(rx_sk=True, listen_overflow=None)  # 6.11-6.14
+OLD = DropReasons(rx_sk=False, listen_overflow=None)       # before 6.11
+UNKNOWN = DropReasons(rx_sk=None, listen_overflow=None)    # no BTF
+
+
+def doctor_text(features: Features, reasons: DropReasons) -> str:
+    return doctor.render_text(doctor.collect(features, sysctls=DEFAULTS, nofile=(1024, 4096),
+                                             drop_reasons=reasons))
+
+
+def section(text: str, backend: str) -> str:
+    head = f"What is exact here with --backend {backend}"
+    start = text.index(head)
+    return text[start:text.index("\n\n", start)]
+
+
+def test_doctor_says_the_drop_split_is_exact_on_a_kernel_with_both():
+    text = doctor_text(make(fentry=False, kprobes=False), NEW)
+    s = section(text, "tracepoint")
+    assert "(what auto picks)" in s.splitlines()[0]
+    assert ("exact     accept-queue drops split into drops (ACK time) and syn_drops: kernel "
+            "6.18.44-test has skb:kfree_skb rx_sk and reason TCP_LISTEN_OVERFLOW (= 40)") in s
+    assert "NOT exact accept-queue drops" not in s
+    assert "unseen    accepts made through io_uring or inside the kernel" in s
+
+
+@pytest.mark.parametrize("reasons, lacks", [
+    (OLD, "lacks skb:kfree_skb rx_sk (6.11+) and drop reason TCP_LISTEN_OVERFLOW (6.15+)"),
+    (NO_REASON, "lacks drop reason TCP_LISTEN_OVERFLOW (6.15+)"),
+])
+def test_doctor_says_the_split_is_not_exact_on_older_kernels(reasons, lacks):
+    text = doctor_text(make(fentry=False, kprobes=False), reasons)
+    s = section(text, "tracepoint")
+    line = next(l for l in s.splitlines() if l.startswith("  NOT exact accept-queue drops"))
+    assert lacks in line
+    assert "every listener drop is reported as syn_drops (drops stays 0)" in line
+    assert "each ACK-time overflow is counted twice" in line
+    assert "exact     accept-queue drops split" not in s
+
+
+def test_doctor_unknown_split_without_btf():
+    s = section(doctor_text(make(fentry=False, kprobes=False, btf=False), UNKNOWN), "tracepoint")
+    assert "unknown   accept-queue drop split: no kernel BTF" in s
+
+
+def test_doctor_with_kprobes_shows_both_cases():
+    """auto picks fentry: its exactness first, then the tracepoint backend's for this kernel."""
+    text = doctor_text(make(), OLD)
+    f = section(text, "fentry")
+    assert "(what auto picks)" in f.splitlines()[0]
+    assert "exact     accept-queue drops, ACK-time (drops) and SYN-time (syn_drops)" in f
+    assert "also io_uring and in-kernel accepts" in f
+    t = section(text, "tracepoint")
+    assert "(what auto picks)" not in t and "NOT exact accept-queue drops" in t
+
+
+def test_blind_spots_of_the_running_backend():
+    assert blind_spots("kprobe", False) == ()
+    exact = blind_spots("tracepoint", True)
+    assert not any("drop split" in s for s in exact)
+    assert any("io_uring" in s for s in exact)
+    old = blind_spots("tracepoint", False)
+    assert old[0].startswith("drop split (needs kernel 6.15+)") and "count twice" in old[0]
+    assert blind_spots("tracepoint", None)[0].startswith("drop split unknown")
+
+
+def _btf(rx_sk: bool, reason: bool) -> BTF:
+    b = BTFBuilder()
+    u64 = b.int("long long unsigned int", 8)
+    ptr = b.ref("PTR", 0)
+    members = [("skbaddr", ptr, 64), ("location", ptr, 128)]
+    if rx_sk:
+        members.append(("rx_sk", ptr, 192))
+    b.struct("trace_event_raw_kfree_skb", 40, members + [("protocol", u64, 256)])
+    values = {"SKB_NOT_DROPPED_YET": 0, "SKB_DROP_REASON_NO_SOCKET": 3}
+    if reason:
+        values["SKB_DROP_REASON_TCP_LISTEN_OVERFLOW"] = 40
+    b.enum("skb_drop_reason", values)
+    return BTF.from_bytes(b.build())
+
+
+@pytest.mark.parametrize("rx_sk, reason, expected", [
+    (True, True, NEW), (True, False, NO_REASON), (False, False, OLD),
+    (False, True, DropReasons(False, 40)),
+])
+def test_drop_reasons_read_from_btf(rx_sk, reason, expected):
+    got = drop_reasons_from_btf(_btf(rx_sk, reason))
+    assert got == expected
+    assert got.split_exact == (rx_sk and reason)
+    assert drop_reasons_from_btf(None) == UNKNOWN
+
+
+@pytest.mark.parametrize("split, first", [
+    (True, "accept() seen through syscall tracepoints"),
+    (False, "drop split (needs kernel 6.15+)"),
+])
+def test_the_live_header_carries_the_running_backends_blind_spots(split, first):
+    """What `top` shows in its status line and under `?`: from the session
+    that was loaded (whether the drop-reason program went in), plus its notes."""
+    from types import SimpleNamespace
+
+    from tracer.filters import Filters
+    from tracer.probes.session import LoadInfo
+    from tracer.run import header_for
+
+    info = LoadInfo("tracepoint", "ring buffer", "BTF", "generic", 0.1, notes=["a note"],
+                    drop_split=split)
+    h = header_for(SimpleNamespace(info=info), filters=Filters.build(ports=[443]))
+    assert h.blind_spots[0].startswith(first)
+    assert h.blind_spots[-1] == "a note"
+    assert any("io_uring" in s for s in h.blind_spots)
+    assert h.filters == "port 443"
+    kp = header_for(SimpleNamespace(info=LoadInfo("kprobe", "ring buffer", "BTF", "", 0.1)))
+    assert kp.blind_spots == () and kp.filters == ""

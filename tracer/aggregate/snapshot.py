@@ -105,6 +105,7 @@ class Header:
     blind_spots: tuple[str, ...] = ()   # what this backend cannot see here
     recording_path: str | None = None
     source: str = "live"                # "live" or "replay <dir>"
+    filters: str = ""                   # --pid/--comm/--port/-4/-6 in words; "" if none
 
 
 @dataclass(frozen=True)

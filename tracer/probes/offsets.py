@@ -58,7 +58,7 @@ KFREE_SKB_FORMAT = "/sys/kernel/tracing/events/skb/kfree_skb/format"
 
 def drop_reason_cflags(btf, format_path: str = KFREE_SKB_FORMAT) -> list[str]:
     """-DREASON_TCP_LISTEN_OVERFLOW=N -DREASON_NO_SOCKET=M when skb:kfree_skb names the receiving
-    socket (rx_sk, 6.12+) and the kernel has that drop reason; the value is
+    socket (rx_sk, 6.11+) and the kernel has that drop reason (6.15+); the value is
     the kernel's own (enums change between kernels), never hard-coded."""
     try:
         with open(format_path) as f:

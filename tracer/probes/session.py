@@ -44,6 +44,7 @@ class LoadInfo:
     headers: str
     load_seconds: float
     notes: list[str] = field(default_factory=list)
+    drop_split: "bool | None" = None    # tracepoint: skb:kfree_skb drop reasons attached
 
 
 class ProbeSession:

@@ -41,11 +41,13 @@ def start(requested: str, filters: Filters) -> ProbeSession:
     # the BTF probe_features() read (indexing it costs ~20 ms; do it once)
     btf = kernel_btf() if os.path.exists(BTF_PATH) else None
     flags, offsets_from = offset_cflags(btf, tree.matches_running_kernel)
-    flags += drop_reason_cflags(btf)
+    reason_flags = drop_reason_cflags(btf)
+    flags += reason_flags
     if backend == "fentry":
         flags += fentry_cflags(btf)
     session = ProbeSession(backend, filters, ringbuf=features.ringbuf.ok, offset_flags=flags,
                            env=headers.bcc_environment(tree), offsets_from=offsets_from,
                            headers=tree.how,
                            btf_data=btf.raw if btf is not None else None)
+    session.info.drop_split = bool(reason_flags)   # tracer/blind_spots.py says what it means
     return session.open()

@@ -6,7 +6,7 @@ import sys
 import time
 
 from tracer.aggregate.connects import ConnectRow
-from tracer.aggregate.snapshot import ListenerRow, Snapshot
+from tracer.aggregate.snapshot import ListenerRow, PoolAdvice, ProcessRow, Snapshot
 from tracer.safe_text import printable
 
 
@@ -82,26 +82,102 @@ def evicted_note(status) -> str:
     return f"  evicted into 'other': {', '.join(parts)}" if parts else ""
 
 
+PROCESS_HEADER = (f"{'PID':>7} {'COMM':<15} {'ESTAB':>6} {'SYN':>4} {'LISTEN':>6} "
+                  f"{'CLOSE_W':>7} {'OTHER':>5} {'OPEN/s':>7} {'CLOSE/s':>7} {'FDS/LIMIT':>13} "
+                  f"POOLING")
+
+
+def format_process(p: ProcessRow) -> str:
+    fds = f"{p.fds if p.fds is not None else '-'}/{p.fd_limit or '?'}"
+    pooling = "churning" if p.churning else ", ".join(sorted({a.verdict.split(":")[0]
+                                                              for a in p.advice}))
+    return (f"{p.pid:>7} {_cell(p.comm, 15)} {p.established:>6} {p.syn_sent:>4} {p.listen:>6} "
+            f"{p.close_wait:>7} {p.other:>5} {p.opened_per_s:>7.1f} {p.closed_per_s:>7.1f} "
+            f"{fds:>13} {printable(pooling)}").rstrip()
+
+
+def format_advice(p: ProcessRow, a: PoolAdvice) -> str:
+    """The pool advice the TUI's process panel shows, one line per destination."""
+    return (f"  {printable(p.comm)}[{p.pid}] -> {printable(a.destination)}: "
+            f"{printable(a.verdict)} ({a.arrival_per_s:.1f} new/s x {fmt_us(a.hold_s * 1e6)} "
+            f"held; in use {a.in_use}, p99 {a.concurrency_p99:.0f}, peak "
+            f"{a.concurrency_peak}; pool {a.recommended})")
+
+
+def rank_processes(rows) -> list[ProcessRow]:
+    """As the TUI's processes view sorts by default: fds near the limit,
+    churning, CLOSE_WAIT, then most sockets."""
+    return sorted(rows, key=lambda p: (-(p.fd_ratio or 0.0) if (p.fd_ratio or 0) > 0.8 else 0,
+                                       -p.churning, -p.close_wait, -p.sockets, p.pid))
+
+
+def _more(n: int, word: str, plural: str = "") -> str:
+    return f"{n} more {word if n == 1 else plural or word + 's'}"
+
+
+def _nothing(snapshot: Snapshot, what: str) -> str:
+    filters = getattr(snapshot.header, "filters", "")
+    if filters:
+        return f"(no {what} match the filter so far: {printable(filters)})"
+    return f"(no {what} yet)"
+
+
+def format_problems(snapshot: Snapshot, limit: int) -> list[str]:
+    """The TUI's Overview: what is wrong now, worst first."""
+    from tracer.tui.problems import find_problems   # pure; no textual
+
+    problems = find_problems(snapshot)
+    if not problems:
+        return ["PROBLEMS: none seen"]
+    lines = ["PROBLEMS (worst first)"]
+    lines += [f"  {p.severity.upper():<4} {p.kind}: {printable(p.subject)}  {printable(p.detail)}"
+              for p in problems[:limit]]
+    if len(problems) > limit:
+        lines.append(f"  ... {_more(len(problems) - limit, 'problem')}")
+    return lines
+
+
 def format_table(status, snapshot: Snapshot, limit: int = 15, title: str = "") -> str:
+    """One interval as text: what the TUI's views show (Overview, Connects,
+    Listeners, Processes with their pool advice), worst first in each."""
     lost = status.lost_total
     lines = [
         f"{time.strftime('%H:%M:%S')} {printable(title)}events {status.events_total} "
-        f"({status.events_per_s:.0f}/s)  lost {lost}{'  <-- EVENTS LOST' if lost else ''}  "
+        f"({status.events_per_s:.0f}/s over {snapshot.interval_s:.3g}s)  lost {lost}"
+        f"{'  <-- EVENTS LOST' if lost else ''}  "
         f"in-flight connects {status.inflight}{missed_note(status)}{evicted_note(status)}",
-        HEADER,
     ]
+    filters = getattr(snapshot.header, "filters", "")
+    if filters:
+        lines.append(f"filter: {printable(filters)}")
+    lines += format_problems(snapshot, limit)
+    lines += ["", HEADER]
     rows = rank(list(snapshot.destinations))
     lines += [format_row(r) for r in rows[:limit]]
     if len(rows) > limit:
-        lines.append(f"... {len(rows) - limit} more destinations")
+        lines.append(f"... {_more(len(rows) - limit, 'destination')}")
     if not rows:
-        lines.append("(no connects yet)")
+        lines.append(_nothing(snapshot, "connects"))
     listeners = rank_listeners(snapshot.listeners)
-    if listeners:
-        lines += ["", LISTENER_HEADER]
-        lines += [format_listener(r, snapshot.interval_s) for r in listeners[:limit]]
-        if len(listeners) > limit:
-            lines.append(f"... {len(listeners) - limit} more listeners")
+    lines += ["", LISTENER_HEADER]
+    lines += [format_listener(r, snapshot.interval_s) for r in listeners[:limit]]
+    if len(listeners) > limit:
+        lines.append(f"... {_more(len(listeners) - limit, 'listener')}")
+    if not listeners:
+        lines.append(_nothing(snapshot, "listeners"))
+    processes = rank_processes(snapshot.processes)
+    lines += ["", PROCESS_HEADER]
+    lines += [format_process(p) for p in processes[:limit]]
+    if len(processes) > limit:
+        lines.append(f"... {_more(len(processes) - limit, 'process', 'processes')}")
+    if not processes:
+        lines.append(_nothing(snapshot, "processes"))
+    advice = [format_advice(p, a) for p in processes[:limit] for a in p.advice]
+    if advice:
+        lines += ["", "POOL ADVICE (Little's law: connections needed = arrival rate x hold time)"]
+        lines += advice[:limit]
+        if len(advice) > limit:
+            lines.append(f"  ... {len(advice) - limit} more")
     return "\n".join(lines) + "\n"
 
 
@@ -124,22 +200,33 @@ class ConsoleSink:
 
 class StatusLineSink:
     """`record`'s short status line on stderr every few seconds.
-    recording_status: a callable returning Recording.status()."""
+    recording_status: a callable returning Recording.status().
 
-    def __init__(self, every_s: float = 5.0, stream=None, recording_status=None):
+    The event rate is over what the line covers (since the previous line, or
+    the start), and says so: the collector's own rate is the last interval's
+    only, a fifth of what a line every 5 s stands for."""
+
+    def __init__(self, every_s: float = 5.0, stream=None, recording_status=None,
+                 clock=time.monotonic):
         self.every_s = every_s
         self.stream = stream or sys.stderr
         self.recording_status = recording_status or (lambda: {})
-        self._last = time.monotonic()
+        self._clock = clock
+        self._last = clock()
+        self._line_at = self._last        # start of what the next line covers
+        self._line_events = 0
         self._warned: str | None = None
 
     def on_events(self, events) -> None:
         pass
 
-    def line(self, status) -> str:
+    def line(self, status, now: float | None = None) -> str:
         rec = self.recording_status()
+        now = self._clock() if now is None else now
+        window = now - self._line_at
+        rate = (status.events_total - self._line_events) / window if window > 0 else 0.0
         text = (f"connscope: {status.elapsed_s:.0f}s  events {status.events_total} "
-                f"({status.events_per_s:.0f}/s)  lost {status.lost_total}  "
+                f"({rate:.0f}/s over the last {window:.0f}s)  lost {status.lost_total}  "
                 f"files {rec.get('files_written', 0)} "
                 f"({rec.get('bytes_written', 0) / 1e6:.1f} MB){missed_note(status)}"
                 f"{evicted_note(status)}")
@@ -151,17 +238,21 @@ class StatusLineSink:
             text += f"  ({dropped} rows were dropped while writing was paused)"
         return text
 
+    def _write(self, status, suffix: str = "") -> None:
+        now = self._clock()
+        self.stream.write(self.line(status, now) + suffix + "\n")
+        self.stream.flush()
+        self._line_at, self._line_events = now, status.events_total
+
     def on_interval(self, status, snapshot) -> None:
-        now = time.monotonic()
+        now = self._clock()
         paused = self.recording_status().get("paused_reason")
         if paused != self._warned:   # a pause or a resume is said at once
             self._warned = paused
-            self._last = 0.0
+            self._last = now - self.every_s
         if now - self._last >= self.every_s:
             self._last = now
-            self.stream.write(self.line(status) + "\n")
-            self.stream.flush()
+            self._write(status)
 
     def close(self, status, snapshot) -> None:
-        self.stream.write(self.line(status) + "  (stopped)\n")
-        self.stream.flush()
+        self._write(status, "  (stopped)")

@@ -26,7 +26,7 @@ from tracer.tui import details, keys, table_views
 from tracer.tui.problems import Problem, find_problems
 from tracer.tui.replay_driver import ReplayDriver
 from tracer.tui.screens import DetailScreen, HelpScreen
-from tracer.tui.status import ViewState, health_line, source_line, state_line
+from tracer.tui.status import ViewState, counted, health_line, source_line, state_line
 from tracer.tui.keys import VIEW_TITLES, VIEWS
 from tracer.tui.table_views import TableSpec, column_widths, header_line, join_cells, visible
 
@@ -314,13 +314,27 @@ class ConnscopeApp(App):
                  style="dim")
         if shown < matched:
             t.append(f", showing the first {shown:,}; / filters", style="yellow")
+        traced = self.source.filters     # --pid/--comm/--port/-4/-6, applied to every view
         if self._shown is None:
             t.append("   waiting for the first interval...", style="dim italic")
         elif view == "overview" and not total:
             s = self._shown
             t = Text(" Nothing looks wrong. ", style="bold green")
-            t.append(f"Watching {len(s.destinations):,} destinations, {len(s.listeners):,} "
-                     f"listeners, {len(s.processes):,} processes.", style="green")
+            t.append(f"Watching {counted(len(s.destinations), 'destination')}, "
+                     f"{counted(len(s.listeners), 'listener')}, "
+                     f"{counted(len(s.processes), 'process', 'processes')}.", style="green")
+            if traced and not (s.destinations or s.listeners or s.processes):
+                t.append(f"  Nothing matches {printable(traced)} so far.", style="bold yellow")
+        elif traced and not total and view != "log":
+            t.append(f"   nothing matches {printable(traced)} so far", style="bold yellow")
+        if traced and view != "overview" and total:
+            t.append(f"   only {printable(traced)}", style="dim")
+        folded = table_views.folded_titles(self._spec(view), self._col_widths.get(view, ()))
+        if folded:      # a narrow screen: the detail pane (Enter) has every column
+            t.append(f"   +{len(folded)} cols: Enter", style="dim")
+        if self._shown is not None and view in ("connects", "listeners", "processes"):
+            # every "/s" column is the last interval's count divided by its length
+            t.append(f"   /s = last {self._shown.interval_s:.3g}s", style="dim")
         self.query_one(f"#{view}-caption", Static).update(t, layout=False)
 
     def _selected_item(self, view: str):

@@ -33,7 +33,8 @@ def latency_buckets(snapshot: Snapshot | None, row_key: tuple) -> tuple | None:
 def connect_summary(r: ConnectRow) -> Text:
     t = Text()
     t.append(printable(r.label), style="bold cyan")
-    t.append(f"   {r.attempts:,} attempts, {fmt_rate(r.rate)}/s now", style="dim")
+    t.append(f"   {r.attempts:,} attempt{'' if r.attempts == 1 else 's'}, "
+             f"{fmt_rate(r.rate)}/s now", style="dim")
     if r.pending:
         age = r.oldest_pending_s
         t.append(f"   {r.pending:,} pending" + (f", oldest {age:.1f}s" if age is not None else ""),

@@ -14,6 +14,11 @@ from tracer.tui.text_charts import bar
 from tracer.tui.units import fmt_bytes, fmt_clock, fmt_count, fmt_rate
 
 SEP = ("  |  ", "dim")
+
+
+def counted(n: int, word: str, plural: str | None = None) -> str:
+    """'1 process', '2 processes', '1,024 listeners'."""
+    return f"{n:,} {word if n == 1 else plural or word + 's'}"
 BLIND_SPOTS_INLINE = 40
 
 
@@ -64,16 +69,18 @@ def health_line(h: Header, snap: Snapshot | None) -> Text:
         t.append("waiting for the first interval...", style="dim italic")
         return t
     t.append("events ", style="dim")
-    t.append(f"{fmt_count(snap.events_total)} ({fmt_rate(snap.events_per_s)}/s)")
+    t.append(f"{fmt_count(snap.events_total)} ({fmt_rate(snap.events_per_s)}/s over "
+             f"{snap.interval_s:.3g}s)")
     t.append(*SEP)
     if snap.lost_events:
-        t.append(f" LOST {snap.lost_events:,} events ", style="bold white on red")
+        t.append(f" LOST {counted(snap.lost_events, 'event')} ", style="bold white on red")
     else:
         t.append("lost ", style="dim")
         t.append("0", style="green")
     if snap.evicted:   # tables full: rows folded into "other" (tracer/aggregate)
         t.append(*SEP)
-        t.append(f" {snap.evicted:,} rows evicted into 'other' ", style="bold black on yellow")
+        t.append(f" {counted(snap.evicted, 'row')} evicted into 'other' ",
+                 style="bold black on yellow")
     if h.recording_path:
         t.append(*SEP)
         t.append("recording " if h.source == "live" else "from ", style="dim")

@@ -288,12 +288,54 @@ LOG = TableSpec(
 
 # ---------------------------------------------------------------- sort, filter, slice
 
+# What an on-call can do without on a narrow screen (80x24 over ssh), first
+# folded first, by title. Columns not named here (and each table's first) are
+# kept; folded columns are named in the caption and are all in the detail
+# pane (Enter). At 80 columns: connects keep destination, rate, pending,
+# refused, timeout, errors, p50 and p99; listeners keep listener, queue,
+# drops and wait p99; processes keep pid, comm, established, opens, fds and
+# pooling.
+FOLD_ORDER = {
+    "connects": ("trend", "p95", "TOTAL", "SYNRTX", "max"),
+    "listeners": ("WAIT p50", "ACCEPTS", "PEAK", "OWNER"),
+    "processes": ("OTHER", "LISTEN", "SYN", "CLOSE/s", "FD%", "CLOSE_W"),
+}
+MIN_FLEX = 8
+
+
+def _row_width(cols: Sequence[Col], gap: int) -> int:
+    return sum(c.width or MIN_FLEX for c in cols) + gap * (len(cols) - 1)
+
+
+def shown_columns(spec: TableSpec, available: int, gap: int = 2) -> list[int]:
+    """Indexes of the columns that fit `available` cells, folding the ones
+    FOLD_ORDER names first, then (still too wide) from the right; the first
+    column always stays."""
+    keep = list(range(len(spec.columns)))
+    order = [t for t in FOLD_ORDER.get(spec.name, ())]
+    order += [c.title for c in reversed(spec.columns[1:]) if c.title not in order]
+    for title in order:
+        if _row_width([spec.columns[i] for i in keep], gap) <= available:
+            break
+        for i in keep[1:]:
+            if spec.columns[i].title == title:
+                keep.remove(i)
+                break
+    return keep
+
+
 def column_widths(spec: TableSpec, available: int, gap: int = 2) -> list[int]:
-    """Column widths for a row `available` cells wide; a width-0 column takes
-    the rest (at least 8), so long text fits without a horizontal scrollbar."""
-    fixed = sum(c.width for c in spec.columns) + gap * (len(spec.columns) - 1)
-    rest = max(8, available - fixed)
-    return [c.width or rest for c in spec.columns]
+    """Column widths for a row `available` cells wide, 0 for a folded column;
+    a width-0 column takes the rest (at least 8), so long text fits without
+    a horizontal scrollbar."""
+    keep = shown_columns(spec, available, gap)
+    fixed = sum(spec.columns[i].width for i in keep) + gap * (len(keep) - 1)
+    rest = max(MIN_FLEX, available - fixed)
+    return [(c.width or rest) if i in keep else 0 for i, c in enumerate(spec.columns)]
+
+
+def folded_titles(spec: TableSpec, widths: Sequence[int]) -> list[str]:
+    return [c.title for c, w in zip(spec.columns, widths) if not w]
 
 
 def _fit(cell, width: int, right: bool) -> Text:
@@ -318,9 +360,13 @@ def join_cells(spec: TableSpec, cells: Sequence, widths: Sequence[int], gap: int
     """One table row as one line of text. A DataTable cell costs about as much
     to measure and draw as a whole line, so each row is a single cell."""
     line = Text(no_wrap=True, end="")
-    for i, (col, cell, width) in enumerate(zip(spec.columns, cells, widths)):
-        if i:
+    first = True
+    for col, cell, width in zip(spec.columns, cells, widths):
+        if not width:       # folded on a narrow screen
+            continue
+        if not first:
             line.append(" " * gap)
+        first = False
         line.append_text(_fit(cell, width, col.right))
     return line
 
