@@ -47,8 +47,10 @@ class OpenConnections:
         return len(self._open)
 
     def connected(self, ev: events.Connect, closes: events.Closes) -> None:
-        """A connect() that established (ev.outcome == "established")."""
-        self._opened(ev.sk, (ev.pid, ev.family, ev.daddr, ev.dport), ev.ts_end_ns, closes)
+        """A connect() that established (ev.outcome == "established"). Held
+        from the connect() call, not from the handshake's end: a pool holds a
+        connection while it waits for the SYN-ACK too (Little's law)."""
+        self._opened(ev.sk, (ev.pid, ev.family, ev.daddr, ev.dport), ev.ts_start_ns, closes)
 
     def accepted(self, ev: events.Accept, closes: events.Closes) -> None:
         self._opened(ev.sk, ev.pid, ev.ts_handshake_ns or ev.ts_ns, closes)

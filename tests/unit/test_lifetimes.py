@@ -44,7 +44,8 @@ def test_connect_then_close_gives_its_lifetime_by_destination():
     assert len(o) == 2 and len(closes) == 0
     o.closed_at(close_record(), 0, closes)
     o.closed_at(close_record(sk=SK + 64, ts=T0 + 10_000), 0, closes)
-    assert closes.active == {(7, 4, "10.0.0.5", 5432): [2500.0], (7, 4, "fd00::9", 443): [10.0]}
+    # from connect() (300 µs before the handshake ended) to close
+    assert closes.active == {(7, 4, "10.0.0.5", 5432): [2800.0], (7, 4, "fd00::9", 443): [310.0]}
     assert closes.passive == {} and len(o) == 0
 
 
@@ -77,11 +78,24 @@ def test_a_close_written_before_the_accept_is_joined_when_the_accept_comes():
 
 def test_an_earlier_sockets_close_at_the_same_address_does_not_close_a_new_one():
     o, closes = lifetimes.OpenConnections(), Closes()
-    o.closed_at(close_record(ts=T0 - 50_000), 0, closes)   # unknown socket, same address
+    # unknown socket, same address, closed before the new one's connect() began
+    o.closed_at(close_record(ts=T0 - 350_000), 0, closes)
     o.connected(connect(ts_end=T0), closes)                 # new connection: still open
     assert len(closes) == 0 and len(o) == 1
     o.closed_at(close_record(ts=T0 + 1_000_000), 0, closes)
-    assert closes.active == {(7, 4, "10.0.0.5", 5432): [1000.0]}
+    assert closes.active == {(7, 4, "10.0.0.5", 5432): [1300.0]}
+
+
+def test_a_connection_is_held_from_connect_not_from_the_handshakes_end():
+    """Little's law counts the handshake wait: a 1 s SYN retransmit holds a
+    pool slot for that second too."""
+    o, closes = lifetimes.OpenConnections(), Closes()
+    ev = Connect(ts_start_ns=T0 - 1_000_000_000, ts_end_ns=T0, pid=7, tid=7, comm="client",
+                 family=4, saddr="10.0.0.1", sport=40000, daddr="10.0.0.5", dport=5432,
+                 outcome="established", err=0, syn_retransmits=1, sk=SK)
+    o.connected(ev, closes)
+    o.closed_at(close_record(ts=T0 + 5_000_000), 0, closes)
+    assert closes.active == {(7, 4, "10.0.0.5", 5432): [1_005_000.0]}
 
 
 def test_a_failed_connect_is_not_opened():
@@ -123,4 +137,4 @@ def test_perf_buffer_order_either_way_gives_the_same_tally(first):
     steps = [lambda: o.connected(connect(), closes), lambda: o.closed_at(close_record(), 0, closes)]
     for step in (steps if first == "open" else steps[::-1]):
         step()
-    assert closes.active == {(7, 4, "10.0.0.5", 5432): [2500.0]}
+    assert closes.active == {(7, 4, "10.0.0.5", 5432): [2800.0]}

@@ -177,8 +177,10 @@ def test_churning_client_advice_matches_littles_law():
     assert (a.concurrency_p99, a.concurrency_peak, a.in_use) == (4.0, 4, 4)
     assert a.recommended == 5
     assert r.churning
-    assert a.verdict == ("churning: 40 new connections/s held 100 ms each; a pool of 5 would "
-                         "serve it; connecting alone costs 0.02 connections' worth of time")
+    assert a.window_s == 5.0
+    assert a.verdict == ("churning: 40 new connections/s over 5.00s, median held 100ms; a pool "
+                         "of 5 would serve it; connecting alone costs 0.02 connections' worth "
+                         "of time")
 
 
 def test_concurrency_is_the_larger_of_littles_law_and_the_scans():
@@ -208,7 +210,7 @@ def test_pooled_client_seen_only_by_the_scan():
     (a,) = r.advice
     assert (a.arrival_per_s, a.concurrency_mean, a.in_use) == (0.0, 5.0, 5)
     assert a.recommended == 7
-    assert a.verdict == "pooled: 5 held"
+    assert a.verdict == "pooled: 5 connections held, 0.0 new connections/s over 4.00s"
     assert not r.churning
 
 
@@ -256,7 +258,7 @@ def test_median_hold_decides_churn():
     (a,) = r.advice
     assert a.hold_s == pytest.approx((20 * 0.05 + 10 * 5.9) / 30)
     assert r.churning
-    assert "held 50 ms each" in a.verdict
+    assert "median held 50.0ms" in a.verdict
 
 
 def test_accepted_connections_make_no_flow():
@@ -316,7 +318,8 @@ def test_a_held_connection_keeps_its_flow():
     for _ in range(WINDOW * 2):
         rows = t.update(1.0, holding(100, 1))
     (a,) = row(rows, 100).advice
-    assert (a.arrival_per_s, a.in_use, a.verdict) == (0.0, 1, "pooled: 1 held")
+    assert (a.arrival_per_s, a.in_use) == (0.0, 1)
+    assert a.verdict == f"pooled: 1 connection held, 0.0 new connections/s over {WINDOW}.0s"
 
 
 def test_a_reused_scan_adds_no_sample_of_what_is_held():

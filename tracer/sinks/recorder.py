@@ -72,7 +72,7 @@ def pool_rows(r, ts_us: int) -> list[dict]:
         "arrival_per_s": a.arrival_per_s, "hold_s": a.hold_s,
         "concurrency_mean": a.concurrency_mean, "concurrency_p99": a.concurrency_p99,
         "concurrency_peak": a.concurrency_peak, "recommended": a.recommended,
-        "in_use": a.in_use, "verdict": a.verdict,
+        "in_use": a.in_use, "verdict": a.verdict, "window_s": a.window_s,
     } for a in r.advice]
 
 
