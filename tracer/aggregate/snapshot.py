@@ -77,11 +77,6 @@ class ProcessRow:
         return self.established + self.syn_sent + self.listen + self.close_wait + self.other
 
     @property
-    def fd_warning(self) -> bool:
-        r = self.fd_ratio
-        return r is not None and r >= 0.8
-
-    @property
     def fd_ratio(self) -> float | None:
         if self.fds is None or not self.fd_limit:
             return None

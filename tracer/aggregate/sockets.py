@@ -15,7 +15,6 @@ from tracer.domain.addresses import endpoint
 # TCP state numbers (include/net/tcp_states.h)
 ESTABLISHED, SYN_SENT, LISTEN, CLOSE_WAIT = 1, 2, 10, 8
 WINDOW = pools.WINDOW    # intervals of history behind the advice
-FD_WARN_RATIO = 0.8
 # Flows (process x remote) and processes are other users' to create: past
 # these bounds new flows are summed into one "other" flow (pid OTHER_PID) and
 # the least busy processes of an interval into one "other" row, counted in

@@ -33,10 +33,6 @@ def connect_row(ev: Connect, clock: Clock) -> dict:
     return dict(zip(CONNECT_FIELDS, connect_values(ev, clock)))
 
 
-def accept_row(ev: Accept, clock: Clock) -> dict:
-    return dict(zip(ACCEPT_FIELDS, accept_values(ev, clock)))
-
-
 def listener_row(r: ListenerRow, ts_us: int) -> dict:
     return {
         "ts": ts_us, "family": r.family, "laddr": r.laddr, "lport": r.lport, "netns": r.netns, "pid": r.pid,

@@ -69,10 +69,6 @@ def fmt_clock(ts_us: int | None) -> str:
     return datetime.fromtimestamp(ts_us / 1e6, timezone.utc).strftime("%H:%M:%S")
 
 
-def fmt_date_clock(ts_us: int) -> str:
-    return datetime.fromtimestamp(ts_us / 1e6, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
 def fmt_pct(fraction: float | None) -> str:
     if fraction is None:
         return "-"
