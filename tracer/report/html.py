@@ -182,7 +182,8 @@ def _failing(s: Summary) -> str:
                     _table(("destination", "attempts", "refused", "timeout", "error", "failed",
                             "SYN retx", "first failure", "last failure", "processes"), rows,
                            numeric=(1, 2, 3, 4, 5, 6), bad=bad),
-                    "<h3>Busiest connecting processes</h3>",
+                    f"<h3>Busiest connecting processes (rate: connects per second over the "
+                    f"whole recording, {_e(duration(s.overview.duration_s * 1e6))})</h3>",
                     _table(("process", "pid", "host", "connects", "rate", "failed",
                             "destinations"), procs, numeric=(1, 3, 4, 5, 6)))
 
@@ -258,7 +259,8 @@ def _processes(s: Summary) -> str:
                             "close_wait at end", "fds/limit"), rows,
                            numeric=(1, 3, 4, 5, 6), bad=bad),
                     f'<div class="charts">{"".join(charts)}</div>',
-                    "<h3>Processes by churn (TCP sockets opened and closed per second)</h3>",
+                    "<h3>Processes by churn (TCP sockets opened and closed per second over the "
+                    "time each process was seen)</h3>",
                     _table(("process", "pid", "host", "opened", "closed", "opened total"),
                            churn, numeric=(1, 3, 4, 5)))
 

@@ -115,7 +115,8 @@ def _destinations(s: Summary) -> list[str]:
                      [(d.label, d.attempts, d.refused, d.timeout, d.error,
                        f"{d.failure_ratio:.0%}", d.retransmitted, clock(d.first_failure_us),
                        clock(d.last_failure_us), ", ".join(d.comms)) for d in s.failing])
-    out += ["", "BUSIEST CONNECTING PROCESSES"]
+    out += ["", f"BUSIEST CONNECTING PROCESSES (rate: connects per second over the whole "
+                f"recording, {duration(s.overview.duration_s * 1e6)})"]
     out += table(("process", "pid", "host", "connects", "rate", "failed", "destinations"),
                  [(p.comm, p.pid, p.host, p.attempts, rate(p.per_s), p.failures,
                    p.destinations) for p in s.connecting])
@@ -157,7 +158,8 @@ def _processes(s: Summary) -> list[str]:
                    f"{p.peak_fds if p.peak_fds is not None else '?'}/{p.fd_limit or '?'}"
                    + (f" ({p.fd_ratio:.0%})" if p.fd_ratio is not None else ""))
                   for p in s.by_sockets])
-    out += ["", "PROCESSES BY CHURN (TCP sockets opened and closed per second)"]
+    out += ["", "PROCESSES BY CHURN (TCP sockets opened and closed per second over the time "
+                "each process was seen)"]
     out += table(("process", "pid", "host", "opened", "closed", "opened total"),
                  [(p.comm, p.pid, p.host, rate(p.opened_per_s), rate(p.closed_per_s), p.opened)
                   for p in s.by_churn])
