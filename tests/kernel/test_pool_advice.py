@@ -153,7 +153,10 @@ def test_pgbench_with_a_connection_per_transaction_needs_a_pool_of_8_to_12(colle
           f"sessions; connscope: {a.arrival_per_s:.0f} new/s, held {a.hold_s * 1000:.2f} ms, "
           f"concurrency {a.concurrency_mean:.2f} (p99 held {a.concurrency_p99}), "
           f"recommended {a.recommended}; {a.verdict!r}")
-    assert clients == 8 and served >= done > 0      # -C: a session per transaction
+    # -C: a session per transaction (and the few cut off when -T ran out);
+    # the psql sessions asking are counted or not depending on when they flush
+    assert clients == 8 and done > 0 and done - 2 <= served <= done + clients + 2, \
+        (done, served)
     assert a.verdict.startswith("churning") and row.churning, a
     assert 8 <= a.recommended <= 12, a
 
