@@ -138,3 +138,35 @@ def test_perf_buffer_order_either_way_gives_the_same_tally(first):
     for step in (steps if first == "open" else steps[::-1]):
         step()
     assert closes.active == {(7, 4, "10.0.0.5", 5432): [2800.0]}
+
+
+def test_peaks_count_the_connections_a_flow_has_open_at_once():
+    """8 clients reconnecting: at most 8 open at once, whatever the order of
+    opens and closes; eviction and a reused address keep the count honest."""
+    o, closes = lifetimes.OpenConnections(), Closes()
+    key = (7, 4, "10.0.0.5", 5432)
+    for i in range(8):
+        o.connected(connect(sk=SK + 64 * i, ts_end=T0 + i), closes)
+    assert closes.peaks == {key: 8}
+    for rnd in range(3):   # each client closes, then reconnects
+        for i in range(8):
+            o.closed_at(close_record(sk=SK + 64 * i, ts=T0 + 10_000_000 * (rnd + 1)), 0, closes)
+            o.connected(connect(sk=SK + 64 * i, ts_end=T0 + 10_000_000 * (rnd + 1) + 1), closes)
+    assert closes.peaks == {key: 8} and len(o) == 8
+    # a new connect at an address whose close was never seen replaces it
+    fresh = Closes()
+    o.connected(connect(sk=SK, ts_end=T0 + 50_000_000), fresh)
+    assert fresh.peaks == {key: 8}
+    o.connected(connect(sk=SK + 64 * 8, ts_end=T0 + 50_000_001), fresh)
+    assert fresh.peaks == {key: 9}
+    for i in range(9):
+        o.closed_at(close_record(sk=SK + 64 * i, ts=T0 + 60_000_000), 0, fresh)
+    assert o._live == {} and len(o) == 0
+
+
+def test_peaks_forget_connections_let_go_from_a_full_table(monkeypatch):
+    monkeypatch.setattr(lifetimes, "MAX_OPEN", 2)
+    o, closes = lifetimes.OpenConnections(), Closes()
+    for i in range(4):
+        o.connected(connect(sk=SK + 64 * i), closes)
+    assert closes.peaks == {(7, 4, "10.0.0.5", 5432): 2} and o.untracked == 2

@@ -117,3 +117,12 @@ def test_demand_takes_the_larger_of_littles_law_and_what_was_held():
 def test_demand_without_samples_or_window_is_defined():
     d = pools.demand(opens=0, window_s=0.0, hold_s=None, median_hold_s=None, held=[])
     assert (d.recommended, d.in_use, d.window_s) == (1, 0, 1.0)
+
+
+def test_demand_covers_the_peak_the_events_saw_not_only_the_mean():
+    # pgbench -C -c 8: about 5 open on average (Little's law, and the
+    # scans), 8 at its busiest moments: the pool must hold 8 and headroom
+    d = pools.demand(opens=1000, window_s=5.0, hold_s=0.027, median_hold_s=0.024,
+                     held=[5, 6, 4, 5], peaks=[8, 7, 8, 8])
+    assert d.concurrency_mean == pytest.approx(5.4)
+    assert (d.concurrency_p99, d.concurrency_peak, d.recommended, d.in_use) == (8.0, 8, 10, 5)

@@ -4,7 +4,7 @@ scan samples, advice, forgetting), against figures worked out by hand."""
 import pytest
 
 from tracer.aggregate.sockets import WINDOW, ProcessTable, tally
-from tracer.events import Close
+from tracer.events import Close, Closes
 from tracer.probes.sock_diag import TcpSocket
 
 # TCP state numbers (include/net/tcp_states.h)
@@ -358,3 +358,15 @@ def test_tallied_closes_count_as_closes_one_by_one():
     a, b = one.update(1.0, holding(100, 1)), tallied.update(1.0, holding(100, 1))
     assert sorted((r.pid, r.closed, r.advice) for r in a) == sorted((r.pid, r.closed, r.advice) for r in b)
     assert row(b, 100).closed == 2 and row(b, 200).closed == 1
+
+
+def test_peaks_from_the_events_set_the_advice():
+    t = ProcessTable()
+    closes = Closes()
+    for _ in range(20):
+        t.opened(100, "client", DB)
+    closes.peaks[(100, *DB)] = 8
+    t.add_closes(closes)
+    rows = t.update(1.0, holding(100, 3))
+    (a,) = row(rows, 100).advice
+    assert (a.concurrency_peak, a.concurrency_p99, a.in_use, a.recommended) == (8, 8.0, 3, 10)

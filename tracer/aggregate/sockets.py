@@ -86,8 +86,12 @@ class _Flow:
     # Lifetimes (µs) of the connections that closed, per interval: hold times
     # cover the same window as the rates they are multiplied with.
     lifetimes: deque = field(default_factory=lambda: deque(maxlen=WINDOW))
+    # Most connections open at once in each interval, from the opens and
+    # closes themselves (a scan at the interval's end sees one moment).
+    peaks: deque = field(default_factory=lambda: deque(maxlen=WINDOW))
     connect: Histogram = field(default_factory=Histogram)
     opens_now: int = 0
+    peak_now: int = 0
     lifetimes_now: Histogram = field(default_factory=Histogram)
 
     def hold_times(self) -> Histogram:
@@ -153,6 +157,10 @@ class ProcessTable:
         """Closes tallied while reading (tracer.events.Closes)."""
         for pid, n in closes.passive.items():
             self._closed[pid] = self._closed.get(pid, 0) + n
+        for (pid, family, raddr, rport), peak in getattr(closes, "peaks", {}).items():
+            f = self._flow(pid, (family, raddr, rport))
+            if peak > f.peak_now:
+                f.peak_now = peak
         for (pid, family, raddr, rport), lifetimes in closes.active.items():
             self._closed[pid] = self._closed.get(pid, 0) + len(lifetimes)
             hist = self._flow(pid, (family, raddr, rport)).lifetimes_now
@@ -170,7 +178,7 @@ class ProcessTable:
                 sum(f.opens), sum(f.seconds),
                 lifetimes.mean / 1e6 if lifetimes.count else None,
                 lifetimes.percentile(50) / 1e6 if lifetimes.count else None, held,
-                f.connect.percentile(50) / 1e6 if f.connect.count else None)
+                f.connect.percentile(50) / 1e6 if f.connect.count else None, list(f.peaks))
             out.append(PoolAdvice(
                 destination=endpoint(raddr, rport, family), arrival_per_s=d.arrival_per_s,
                 hold_s=d.hold_s or 0.0, concurrency_mean=d.concurrency_mean,
@@ -195,6 +203,8 @@ class ProcessTable:
             h = holdings.get(pid)
             for key, f in flows.items():
                 f.opens.append(f.opens_now)
+                f.peaks.append(f.peak_now)
+                f.peak_now = 0
                 f.seconds.append(seconds)
                 f.lifetimes.append(f.lifetimes_now)
                 f.opens_now = 0
@@ -240,6 +250,7 @@ class ProcessTable:
         for pid in list(self._flows):
             flows = self._flows[pid]
             for key in [k for k, f in flows.items() if not any(f.opens) and not any(f.held)
+                        and not any(f.peaks)
                         and not any(h.count for h in f.lifetimes)]:
                 del flows[key]
                 self._n_flows -= 1
