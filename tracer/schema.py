@@ -171,12 +171,12 @@ _COLUMNS: dict[str, list[Column]] = {
                "close, seconds (0 if none closed)"),
         Column("concurrency_mean", _F64, "connections in use on average: the larger of "
                "arrival x hold (Little's law) and the mean held at interval ends"),
-        Column("concurrency_p99", _F64, "99th percentile (nearest rank) of the most "
-               "connections held at once per interval (from its connects and closes) and of "
-               "those held at interval ends"),
-        Column("concurrency_peak", _I32, "most connections held at once in the window"),
+        Column("concurrency_p99", _F64, "99th percentile (nearest rank) of connections held "
+               "at interval ends"),
+        Column("concurrency_peak", _I32, "most connections held at once in the window (from "
+               "its connects and closes, and the interval-end counts)"),
         Column("recommended", _I32, "pool size: 25 % above the larger of concurrency_mean and "
-               "concurrency_p99"),
+               "concurrency_p99, and at least concurrency_peak"),
         Column("in_use", _I32, "connections held at the end of the interval"),
         Column("verdict", _STR, "pooled, churning (no pooling), or mixed or idle, with the "
                "figures and their window"),

@@ -27,8 +27,8 @@ CHURN_MIN_RATE = 5.0     # opens per second to one destination before we call it
 CHURN_MAX_HOLD_S = 1.0   # ...when connections live less than this
 FORMULA = (f"Little's law: connections in use = new connections per second x time each "
            f"is held (connect() to close); pool = ceil({HEADROOM} x the larger of that "
-           f"and the p99 of the most connections held at once per interval), over the last "
-           f"{WINDOW} intervals")
+           f"and the p99 of connections held at interval ends), and at least the most held "
+           f"at once; over the last {WINDOW} intervals")
 
 
 def littles_law(arrival_per_s: float, hold_s: float) -> float:
@@ -95,8 +95,8 @@ class Demand:
     arrival_per_s: float        # new connections per second over window_s
     hold_s: float | None        # mean connect()-to-close time of those that closed
     concurrency_mean: float     # the larger of Little's law and the mean held
-    concurrency_p99: float      # nearest-rank p99 of the per-interval peaks and scans
-    concurrency_peak: int       # most held at once in the window
+    concurrency_p99: float      # nearest-rank p99 of connections held at interval ends
+    concurrency_peak: int       # most held at once in the window (events and scans)
     recommended: int
     in_use: int                 # held at the last interval end
     window_s: float
@@ -110,18 +110,23 @@ def demand(opens: int, window_s: float, hold_s: float | None, median_hold_s: flo
     seconds; hold times (mean and median, seconds) of those that closed, None
     if none did; `held`: connections held at each interval end (oldest
     first); `peaks`: the most open at once in each interval, from the opens
-    and closes themselves. The busiest demand is the larger of Little's law
-    (the mean) and the p99 of what was held (scans and peaks together)."""
+    and closes themselves.
+
+    Little's law and the scans see the mean and single moments: the pool gets
+    HEADROOM above the larger of them, for the bursts they miss. The peak is
+    a burst seen: the pool covers it as it is. (It can count one connection
+    more per client than the application holds: a socket the client closed
+    lasts until the peer's FIN, as the next one opens.)"""
     window_s = window_s if window_s > 0 else 1.0
     rate = opens / window_s
     samples = list(held) or [0]
-    busy = samples + list(peaks)
+    peak = max(samples + list(peaks))
     little = littles_law(rate, hold_s) if hold_s is not None else 0.0
-    p99 = float(nearest_rank(busy, 0.99))
-    rec = recommended_pool(max(little, p99))
+    p99 = float(nearest_rank(samples, 0.99))
+    rec = max(recommended_pool(max(little, p99)), peak)
     in_use = samples[-1]
     return Demand(
         arrival_per_s=rate, hold_s=hold_s,
         concurrency_mean=max(little, sum(samples) / len(samples)), concurrency_p99=p99,
-        concurrency_peak=max(busy), recommended=rec, in_use=in_use, window_s=window_s,
+        concurrency_peak=peak, recommended=rec, in_use=in_use, window_s=window_s,
         verdict=verdict(rate, median_hold_s, in_use, rec, connect_s, window_s))
