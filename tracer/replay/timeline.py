@@ -24,10 +24,10 @@ import pyarrow.compute as pc
 from tracer.aggregate.connects import ConnectTable, destination_label
 from tracer.aggregate.notable import NotableLog
 from tracer.aggregate.snapshot import Header, Notable, Snapshot
+from tracer.domain.durations import duration
 from tracer.replay.controller import ReplayError
 from tracer.replay.latency import ConnectIndex, LatencyAt
 from tracer.replay.rows import connect_from_row, listener_rows, process_rows
-from tracer.domain.durations import duration
 
 EVENT_TABLES = ("connects", "accepts")
 INTERVAL_TABLES = ("listeners", "sockets", "overflows", "pools")
