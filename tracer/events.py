@@ -304,13 +304,15 @@ class Closes:
 
     active:  {(pid, family, raddr, rport): [lifetime µs, ...]}
     passive: {pid: number of accepted connections that closed}
+    peaks:   {(pid, family, raddr, rport): most connections it had open at once}
     """
 
-    __slots__ = ("active", "passive")
+    __slots__ = ("active", "passive", "peaks")
 
     def __init__(self):
         self.active: dict = {}
         self.passive: dict = {}
+        self.peaks: dict = {}
 
     def add_active(self, key: tuple, lifetime_us: float) -> None:
         lifetimes = self.active.get(key)

@@ -33,12 +33,16 @@ _EARLY_MAX = 65_536   # closes waiting for their open (mostly sockets we never s
 class OpenConnections:
     """{kernel socket address: what its open said}, from open to close."""
 
-    __slots__ = ("_open", "_early", "_early_prev", "untracked")
+    __slots__ = ("_open", "_live", "_early", "_early_prev", "untracked")
 
     def __init__(self):
         # sk -> (key, ts_open_ns); key is (pid, family, raddr, rport) for a
         # connect, the pid alone for an accept.
         self._open: dict[int, tuple] = {}
+        # (pid, family, raddr, rport) -> its connections in _open: how many
+        # it holds at once, at every open (Closes.peaks). A pool must cover
+        # that peak; interval-end scans and Little's law see the mean.
+        self._live: dict[tuple, int] = {}
         self._early: dict[int, int] = {}        # sk -> close time, this read
         self._early_prev: dict[int, int] = {}   # ... and the one before
         self.untracked = 0                      # opens let go: table full
@@ -47,8 +51,10 @@ class OpenConnections:
         return len(self._open)
 
     def connected(self, ev: events.Connect, closes: events.Closes) -> None:
-        """A connect() that established (ev.outcome == "established")."""
-        self._opened(ev.sk, (ev.pid, ev.family, ev.daddr, ev.dport), ev.ts_end_ns, closes)
+        """A connect() that established (ev.outcome == "established"). Held
+        from the connect() call, not from the handshake's end: a pool holds a
+        connection while it waits for the SYN-ACK too (Little's law)."""
+        self._opened(ev.sk, (ev.pid, ev.family, ev.daddr, ev.dport), ev.ts_start_ns, closes)
 
     def accepted(self, ev: events.Accept, closes: events.Closes) -> None:
         self._opened(ev.sk, ev.pid, ev.ts_handshake_ns or ev.ts_ns, closes)
@@ -67,9 +73,24 @@ class OpenConnections:
         if len(table) >= MAX_OPEN and sk not in table:
             oldest = list(islice(table, max(1, MAX_OPEN // 16)))
             for old in oldest:
-                del table[old]
+                self._let_go(table.pop(old)[0])
             self.untracked += len(oldest)
+        replaced = table.get(sk)
+        if replaced is not None:   # its close was never seen
+            self._let_go(replaced[0])
         table[sk] = (key, ts_open)
+        if key.__class__ is tuple:
+            live = self._live[key] = self._live.get(key, 0) + 1
+            if live > closes.peaks.get(key, 0):
+                closes.peaks[key] = live
+
+    def _let_go(self, key) -> None:
+        if key.__class__ is tuple:
+            n = self._live.get(key, 0) - 1
+            if n > 0:
+                self._live[key] = n
+            else:
+                self._live.pop(key, None)
 
     def closed_at(self, view, offset: int, closes: events.Closes) -> None:
         """A close_event record at `offset` of a buffer. (Half of all records:
@@ -79,6 +100,7 @@ class OpenConnections:
         if opened is not None:
             key = opened[0]
             if key.__class__ is tuple:
+                self._let_go(key)
                 lifetimes = closes.active.get(key)
                 if lifetimes is None:
                     lifetimes = closes.active[key] = []

@@ -164,15 +164,25 @@ _COLUMNS: dict[str, list[Column]] = {
     "pools": [
         *_common("end of the interval"),
         *_process(),
-        Column("destination", _STR, "remote endpoint the process connects to (addr:port)"),
-        Column("arrival_per_s", _F64, "new connections per second to it, over the last 30 intervals"),
-        Column("hold_s", _F64, "mean time each of those connections was held, seconds (0 if none closed)"),
-        Column("concurrency_mean", _F64, "connections in use on average: observed, or arrival x hold"),
-        Column("concurrency_p99", _F64, "99th percentile of connections held at interval ends"),
-        Column("concurrency_peak", _I32, "most connections held at an interval end"),
-        Column("recommended", _I32, "pool size that covers the busiest demand with 25 % headroom"),
+        Column("destination", _STR, "remote endpoint the process connects to (addr:port, "
+               "[v6]:port)"),
+        Column("arrival_per_s", _F64, "new connections per second to it, over window_s"),
+        Column("hold_s", _F64, "mean time each of those connections was held, connect() to "
+               "close, seconds (0 if none closed)"),
+        Column("concurrency_mean", _F64, "connections in use on average: the larger of "
+               "arrival x hold (Little's law) and the mean held at interval ends"),
+        Column("concurrency_p99", _F64, "99th percentile (nearest rank) of connections held "
+               "at interval ends"),
+        Column("concurrency_peak", _I32, "most connections held at once in the window (from "
+               "its connects and closes, and the interval-end counts)"),
+        Column("recommended", _I32, "pool size: 25 % above the larger of concurrency_mean and "
+               "concurrency_p99, and at least concurrency_peak"),
         Column("in_use", _I32, "connections held at the end of the interval"),
-        Column("verdict", _STR, "pooled, churning (no pooling), or mixed or idle, with the figures"),
+        Column("verdict", _STR, "pooled, churning (no pooling), or mixed or idle, with the "
+               "figures and their window"),
+        Column("window_s", _F64, "seconds the rate and hold time cover: the last 30 intervals, "
+               "or since the process first connected there; null in recordings made before "
+               "this column", True),
     ],
 }
 

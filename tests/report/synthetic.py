@@ -6,7 +6,8 @@ report must find in it:
 
 - web-1 (run "run-web-1", complete, tracepoint backend):
   gunicorn (2001) connects to the database 10.0.0.5:5432 50 times a second and
-  holds each connection 0.2 s (10 established): churning, pool advice 12;
+  holds each connection 0.2 s (10 established): churning, pool advice 13
+  (ceil(1.25 x 10), in the pools table the live view would have written);
   worker (2002) calls a slow API 10.0.2.7:443 (median ~80 ms, 3 % with one SYN
   retransmit, +1 s); nginx (1500) listens on 0.0.0.0:80 with backlog 128 and
   drops 40 connections and 5 SYNs a second from 03:04:01 to 03:05:30
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tracer.domain import pools
 from tracer.sinks.parquet_writer import Recording
 
 T0 = 1_709_262_000_000_000          # 2024-03-01T03:00:00Z, µs
@@ -42,7 +44,7 @@ INCIDENT = {
     "timeouts": 20,
     "listener": "0.0.0.0:80",
     "drops_per_minute": {T0 + 4 * 60 * SECOND: (2360, 295), T0 + 5 * 60 * SECOND: (1240, 155)},
-    "churning": ("gunicorn", 2001, "10.0.0.5:5432", 12),
+    "churning": ("gunicorn", 2001, "10.0.0.5:5432", 13),
     "leaking": ("java", 4000),
 }
 
@@ -143,6 +145,22 @@ def _socket_rows(*, pid, comm, established, opened, closed, close_wait=0, listen
     }
 
 
+def _pool_rows(*, pid, comm, destination, per_s, hold_s, held):
+    """The `pools` rows the live view writes for a steady flow, by the same
+    arithmetic (tracer.domain.pools), one a second over the last 30 s."""
+    rows = []
+    for i, ts in enumerate(_seconds()):
+        window = min(pools.WINDOW, i + 1)
+        d = pools.demand(per_s * window, float(window), hold_s, hold_s, [held] * window)
+        rows.append({"ts": int(ts), "pid": pid, "comm": comm, "destination": destination,
+                     "arrival_per_s": d.arrival_per_s, "hold_s": d.hold_s,
+                     "concurrency_mean": d.concurrency_mean,
+                     "concurrency_p99": d.concurrency_p99,
+                     "concurrency_peak": d.concurrency_peak, "recommended": d.recommended,
+                     "in_use": d.in_use, "verdict": d.verdict, "window_s": d.window_s})
+    return {k: [r[k] for r in rows] for k in rows[0]}
+
+
 def _ramp(a, b):
     return np.linspace(a, b, DURATION_S).round().astype(np.int64)
 
@@ -178,6 +196,8 @@ def write_incident(directory, seed: int = 7) -> dict:
                                         backlog=128, per_s=30, burst=burst))
         r.write("sockets", _socket_rows(pid=2001, comm="gunicorn", established=10, opened=50,
                                         closed=50))
+        r.write("pools", _pool_rows(pid=2001, comm="gunicorn", destination="10.0.0.5:5432",
+                                    per_s=50, hold_s=0.2, held=10))
         r.write("sockets", _socket_rows(pid=1500, comm="nginx", established=100, listen=1,
                                         opened=30, closed=30, fd_limit=65536))
     _finish_manifest(directory, "run-web-1", kernel="6.18.0-connscope", end=_iso(end))

@@ -161,6 +161,29 @@ def test_cells_are_cut_to_their_column():
     assert line.plain == "abcd…    12"
 
 
+def test_counts_are_shortened_to_fit_never_cut(snap):
+    """1,149 errors in the 3-cell ERR column read "1k", not "1,…"."""
+    r = replace(snap.destinations[0], error=1_149, refused=12_345_678, pending=54_321)
+    spec = tv.CONNECTS_BY_DEST
+    widths = tv.column_widths(spec, 120)
+    cells = tv.join_cells(spec, spec.cells(r), widths).plain
+    assert "…" not in cells
+    err = [c.title for c in spec.columns].index("ERR")
+    at = sum(widths[:err]) + 2 * err
+    assert cells[at:at + widths[err]].strip() == "1k"
+    assert "12M" in cells or "12.3M" in cells
+
+
+@pytest.mark.parametrize("text, width, short", [
+    ("1,149", 3, "1k"), ("1,149", 4, "1149"), ("1,149", 5, "1,149"), ("12,345", 3, "12k"),
+    ("999,999", 3, "1M"), ("999", 3, "999"), ("100k", 3, None), ("abc", 3, None),
+])
+def test_fit_count(text, width, short):
+    from tracer.tui.units import fit_count
+
+    assert fit_count(text, width) == short
+
+
 @pytest.mark.parametrize("spec", [tv.OVERVIEW, tv.CONNECTS_BY_DEST, tv.CONNECTS_BY_PROC,
                                   tv.LISTENERS, tv.PROCESSES, tv.LOG], ids=lambda s: s.name)
 def test_every_table_fits_120_columns(spec):

@@ -9,23 +9,15 @@ import pytest
 from tracer.aggregate.connects import ConnectRow, ConnectTable
 from tracer.aggregate.snapshot import Header, ListenerRow, Snapshot
 from tracer.collector import Status
+from tracer.domain.durations import duration
 from tracer.events import Connect
 from tracer.sinks.console import (HEADER, LISTENER_HEADER, PROCESS_HEADER, fmt_us, format_table,
                                   rank)
 
 
-@pytest.mark.parametrize("us,text", [
-    (None, "-"), (0, "0us"), (12.4, "12us"), (999, "999us"),
-    (1000, "1.0ms"), (1500, "1.5ms"), (250_000, "250.0ms"), (999_000, "999.0ms"),
-    (1_000_000, "1.00s"), (2_345_678, "2.35s"), (127_000_000, "127.00s"),
-])
-def test_fmt_us(us, text):
-    assert fmt_us(us) == text
-
-
-@pytest.mark.parametrize("us,text", [(999.6, "1.0ms"), (999_960, "1.00s")])
-def test_fmt_us_rounding_never_shows_1000_of_a_unit(us, text):
-    assert fmt_us(us) == text
+def test_console_writes_durations_as_everywhere_else():
+    # the cases are in test_domain_format.py
+    assert fmt_us is duration
 
 
 def row(label, refused=0, timeout=0, error=0, syn=0, p99=None, attempts=10):
@@ -108,7 +100,7 @@ def test_rows_worst_first_and_limited():
     assert "(no connects yet)" not in lines
     # then by p99: 127.0.0.20 had the slowest established connect
     assert lines[3].split()[0] == "127.0.0.20:5432"
-    assert lines[3].split()[-2] == "119us"   # max, then the pending column
+    assert lines[3].split()[-2] == "119µs"   # max, then the pending column
     assert lines[3].split()[-1] == "-"
 
 

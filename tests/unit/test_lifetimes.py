@@ -44,7 +44,8 @@ def test_connect_then_close_gives_its_lifetime_by_destination():
     assert len(o) == 2 and len(closes) == 0
     o.closed_at(close_record(), 0, closes)
     o.closed_at(close_record(sk=SK + 64, ts=T0 + 10_000), 0, closes)
-    assert closes.active == {(7, 4, "10.0.0.5", 5432): [2500.0], (7, 4, "fd00::9", 443): [10.0]}
+    # from connect() (300 µs before the handshake ended) to close
+    assert closes.active == {(7, 4, "10.0.0.5", 5432): [2800.0], (7, 4, "fd00::9", 443): [310.0]}
     assert closes.passive == {} and len(o) == 0
 
 
@@ -77,11 +78,24 @@ def test_a_close_written_before_the_accept_is_joined_when_the_accept_comes():
 
 def test_an_earlier_sockets_close_at_the_same_address_does_not_close_a_new_one():
     o, closes = lifetimes.OpenConnections(), Closes()
-    o.closed_at(close_record(ts=T0 - 50_000), 0, closes)   # unknown socket, same address
+    # unknown socket, same address, closed before the new one's connect() began
+    o.closed_at(close_record(ts=T0 - 350_000), 0, closes)
     o.connected(connect(ts_end=T0), closes)                 # new connection: still open
     assert len(closes) == 0 and len(o) == 1
     o.closed_at(close_record(ts=T0 + 1_000_000), 0, closes)
-    assert closes.active == {(7, 4, "10.0.0.5", 5432): [1000.0]}
+    assert closes.active == {(7, 4, "10.0.0.5", 5432): [1300.0]}
+
+
+def test_a_connection_is_held_from_connect_not_from_the_handshakes_end():
+    """Little's law counts the handshake wait: a 1 s SYN retransmit holds a
+    pool slot for that second too."""
+    o, closes = lifetimes.OpenConnections(), Closes()
+    ev = Connect(ts_start_ns=T0 - 1_000_000_000, ts_end_ns=T0, pid=7, tid=7, comm="client",
+                 family=4, saddr="10.0.0.1", sport=40000, daddr="10.0.0.5", dport=5432,
+                 outcome="established", err=0, syn_retransmits=1, sk=SK)
+    o.connected(ev, closes)
+    o.closed_at(close_record(ts=T0 + 5_000_000), 0, closes)
+    assert closes.active == {(7, 4, "10.0.0.5", 5432): [1_005_000.0]}
 
 
 def test_a_failed_connect_is_not_opened():
@@ -123,4 +137,36 @@ def test_perf_buffer_order_either_way_gives_the_same_tally(first):
     steps = [lambda: o.connected(connect(), closes), lambda: o.closed_at(close_record(), 0, closes)]
     for step in (steps if first == "open" else steps[::-1]):
         step()
-    assert closes.active == {(7, 4, "10.0.0.5", 5432): [2500.0]}
+    assert closes.active == {(7, 4, "10.0.0.5", 5432): [2800.0]}
+
+
+def test_peaks_count_the_connections_a_flow_has_open_at_once():
+    """8 clients reconnecting: at most 8 open at once, whatever the order of
+    opens and closes; eviction and a reused address keep the count honest."""
+    o, closes = lifetimes.OpenConnections(), Closes()
+    key = (7, 4, "10.0.0.5", 5432)
+    for i in range(8):
+        o.connected(connect(sk=SK + 64 * i, ts_end=T0 + i), closes)
+    assert closes.peaks == {key: 8}
+    for rnd in range(3):   # each client closes, then reconnects
+        for i in range(8):
+            o.closed_at(close_record(sk=SK + 64 * i, ts=T0 + 10_000_000 * (rnd + 1)), 0, closes)
+            o.connected(connect(sk=SK + 64 * i, ts_end=T0 + 10_000_000 * (rnd + 1) + 1), closes)
+    assert closes.peaks == {key: 8} and len(o) == 8
+    # a new connect at an address whose close was never seen replaces it
+    fresh = Closes()
+    o.connected(connect(sk=SK, ts_end=T0 + 50_000_000), fresh)
+    assert fresh.peaks == {key: 8}
+    o.connected(connect(sk=SK + 64 * 8, ts_end=T0 + 50_000_001), fresh)
+    assert fresh.peaks == {key: 9}
+    for i in range(9):
+        o.closed_at(close_record(sk=SK + 64 * i, ts=T0 + 60_000_000), 0, fresh)
+    assert o._live == {} and len(o) == 0
+
+
+def test_peaks_forget_connections_let_go_from_a_full_table(monkeypatch):
+    monkeypatch.setattr(lifetimes, "MAX_OPEN", 2)
+    o, closes = lifetimes.OpenConnections(), Closes()
+    for i in range(4):
+        o.connected(connect(sk=SK + 64 * i), closes)
+    assert closes.peaks == {(7, 4, "10.0.0.5", 5432): 2} and o.untracked == 2

@@ -2,7 +2,7 @@
 churn classification, against figures worked out by hand."""
 import pytest
 
-from tracer.aggregate import pools
+from tracer.domain import pools
 
 
 @pytest.mark.parametrize("rate, hold, expected", [
@@ -59,34 +59,75 @@ def test_is_churning(rate, median_hold, churning):
     assert pools.is_churning(rate, median_hold) is churning
 
 
-def test_verdict_churning_names_rate_hold_and_pool():
-    text = pools.verdict(40.0, 0.1, in_use=4, recommended=5, connect_s=None)
-    assert text == "churning: 40 new connections/s held 100 ms each; a pool of 5 would serve it"
+def test_verdict_churning_names_rate_window_hold_and_pool():
+    text = pools.verdict(40.0, 0.1, in_use=4, recommended=5, connect_s=None, window_s=30.0)
+    assert text == ("churning: 40 new connections/s over 30.0s, median held 100ms; "
+                    "a pool of 5 would serve it")
 
 
 def test_verdict_churning_adds_connect_cost_when_known():
-    text = pools.verdict(250.0, 0.004, in_use=1, recommended=2, connect_s=0.002)
-    assert text == ("churning: 250 new connections/s held 4 ms each; a pool of 2 would serve it"
+    text = pools.verdict(250.0, 0.004, in_use=1, recommended=2, connect_s=0.002, window_s=12.0)
+    assert text == ("churning: 250 new connections/s over 12.0s, median held 4.00ms; "
+                    "a pool of 2 would serve it"
                     "; connecting alone costs 0.50 connections' worth of time")
 
 
 def test_verdict_leaves_out_a_connect_cost_too_small_to_show():
     # 40/s connecting in 50 µs on loopback: 0.002 connections' worth, "0.00"
-    text = pools.verdict(40.0, 0.1, in_use=4, recommended=5, connect_s=0.00005)
-    assert text == "churning: 40 new connections/s held 100 ms each; a pool of 5 would serve it"
-    text = pools.verdict(40.0, 0.1, in_use=4, recommended=5, connect_s=0.000125)
+    text = pools.verdict(40.0, 0.1, in_use=4, recommended=5, connect_s=0.00005, window_s=30.0)
+    assert "connecting alone" not in text
+    text = pools.verdict(40.0, 0.1, in_use=4, recommended=5, connect_s=0.000125, window_s=30.0)
     assert text.endswith("; connecting alone costs 0.01 connections' worth of time")
 
 
-def test_verdict_pooled():
-    assert pools.verdict(0.2, 30.0, in_use=5, recommended=7, connect_s=0.001) == "pooled: 5 held"
-    assert pools.verdict(0.0, None, in_use=7, recommended=7, connect_s=None) == "pooled: 7 held"
-    assert (pools.verdict(0.0, None, in_use=20, recommended=7, connect_s=None)
-            == "pooled: 20 held, about 7 would do")
+@pytest.mark.parametrize("in_use, recommended, rate, expected", [
+    (5, 7, 0.0, "pooled: 5 connections held, 0.0 new connections/s over 30.0s"),
+    (1, 1, 0.1, "pooled: 1 connection held, 0.1 new connections/s over 30.0s"),
+    (20, 7, 0.5, "pooled: 20 connections held, 0.5 new connections/s over 30.0s; "
+                 "about 7 would do"),
+    (0, 1, 0.0, "mixed or idle: 0.0 new connections/s over 30.0s"),
+    (0, 1, 0.04, "mixed or idle: 0.04 new connections/s over 30.0s"),
+])
+def test_verdict_pooled_and_idle_state_the_window(in_use, recommended, rate, expected):
+    assert pools.verdict(rate, 60.0, in_use, recommended, None, 30.0) == expected
 
 
-def test_verdict_mixed_or_idle():
-    # nothing held and not churning
-    assert pools.verdict(0.0, None, in_use=0, recommended=1, connect_s=None) == "mixed or idle"
-    # many opens of long-held connections: neither a pool nor churn
-    assert pools.verdict(20.0, 5.0, in_use=100, recommended=125, connect_s=None) == "mixed or idle"
+def test_nearest_rank_takes_the_ceiling_rank():
+    # rank ceil(0.99 * 30) = 30 of 30: the largest; ceil(0.5 * 4) = 2
+    assert pools.nearest_rank(list(range(1, 31)), 0.99) == 30
+    assert pools.nearest_rank([4, 1, 3, 2], 0.5) == 2
+    assert pools.nearest_rank(list(range(1, 101)), 0.99) == 99   # round() would give 100 too
+
+
+def test_demand_takes_the_larger_of_littles_law_and_what_was_held():
+    # 8 clients, each connection held 20 ms connect-to-close, 400/s: L = 8
+    d = pools.demand(opens=12_000, window_s=30.0, hold_s=0.02, median_hold_s=0.02,
+                     held=[3, 7, 5])
+    assert d.arrival_per_s == pytest.approx(400.0)
+    assert d.concurrency_mean == pytest.approx(8.0)
+    assert d.recommended == 10            # ceil(1.25 * 8)
+    assert d.in_use == 5 and d.concurrency_peak == 7 and d.concurrency_p99 == 7.0
+    assert d.verdict.startswith("churning: 400 new connections/s over 30.0s")
+    # a keep-alive client: 5 held all along, nothing new
+    d = pools.demand(opens=0, window_s=30.0, hold_s=None, median_hold_s=None, held=[5] * 30)
+    assert (d.recommended, d.in_use, d.concurrency_mean) == (7, 5, 5.0)
+    assert d.verdict.startswith("pooled: 5 connections held")
+
+
+def test_demand_without_samples_or_window_is_defined():
+    d = pools.demand(opens=0, window_s=0.0, hold_s=None, median_hold_s=None, held=[])
+    assert (d.recommended, d.in_use, d.window_s) == (1, 0, 1.0)
+
+
+def test_demand_covers_the_peak_the_events_saw_not_only_the_mean():
+    # pgbench -C -c 8: about 5 open on average (Little's law, and the
+    # scans), 9 at its busiest moments (a closed socket waits for the
+    # server's FIN as the next opens): the pool covers the peak as seen
+    d = pools.demand(opens=1000, window_s=5.0, hold_s=0.027, median_hold_s=0.024,
+                     held=[5, 6, 4, 5], peaks=[9, 7, 8, 9])
+    assert d.concurrency_mean == pytest.approx(5.4)
+    assert (d.concurrency_p99, d.concurrency_peak, d.recommended, d.in_use) == (6.0, 9, 9, 5)
+    # the mean with headroom, when it is the larger: ceil(1.25 x 5.4) = 7
+    d = pools.demand(opens=1000, window_s=5.0, hold_s=0.027, median_hold_s=0.024,
+                     held=[5, 6, 4, 5], peaks=[6, 6])
+    assert (d.concurrency_peak, d.recommended) == (6, 8)      # ceil(1.25 x 6 scans)

@@ -4,7 +4,7 @@ scan samples, advice, forgetting), against figures worked out by hand."""
 import pytest
 
 from tracer.aggregate.sockets import WINDOW, ProcessTable, tally
-from tracer.events import Close
+from tracer.events import Close, Closes
 from tracer.probes.sock_diag import TcpSocket
 
 # TCP state numbers (include/net/tcp_states.h)
@@ -177,8 +177,10 @@ def test_churning_client_advice_matches_littles_law():
     assert (a.concurrency_p99, a.concurrency_peak, a.in_use) == (4.0, 4, 4)
     assert a.recommended == 5
     assert r.churning
-    assert a.verdict == ("churning: 40 new connections/s held 100 ms each; a pool of 5 would "
-                         "serve it; connecting alone costs 0.02 connections' worth of time")
+    assert a.window_s == 5.0
+    assert a.verdict == ("churning: 40 new connections/s over 5.00s, median held 100ms; a pool "
+                         "of 5 would serve it; connecting alone costs 0.02 connections' worth "
+                         "of time")
 
 
 def test_concurrency_is_the_larger_of_littles_law_and_the_scans():
@@ -208,7 +210,7 @@ def test_pooled_client_seen_only_by_the_scan():
     (a,) = r.advice
     assert (a.arrival_per_s, a.concurrency_mean, a.in_use) == (0.0, 5.0, 5)
     assert a.recommended == 7
-    assert a.verdict == "pooled: 5 held"
+    assert a.verdict == "pooled: 5 connections held, 0.0 new connections/s over 4.00s"
     assert not r.churning
 
 
@@ -256,7 +258,7 @@ def test_median_hold_decides_churn():
     (a,) = r.advice
     assert a.hold_s == pytest.approx((20 * 0.05 + 10 * 5.9) / 30)
     assert r.churning
-    assert "held 50 ms each" in a.verdict
+    assert "median held 50.0ms" in a.verdict
 
 
 def test_accepted_connections_make_no_flow():
@@ -316,7 +318,8 @@ def test_a_held_connection_keeps_its_flow():
     for _ in range(WINDOW * 2):
         rows = t.update(1.0, holding(100, 1))
     (a,) = row(rows, 100).advice
-    assert (a.arrival_per_s, a.in_use, a.verdict) == (0.0, 1, "pooled: 1 held")
+    assert (a.arrival_per_s, a.in_use) == (0.0, 1)
+    assert a.verdict == f"pooled: 1 connection held, 0.0 new connections/s over {WINDOW}.0s"
 
 
 def test_a_reused_scan_adds_no_sample_of_what_is_held():
@@ -355,3 +358,16 @@ def test_tallied_closes_count_as_closes_one_by_one():
     a, b = one.update(1.0, holding(100, 1)), tallied.update(1.0, holding(100, 1))
     assert sorted((r.pid, r.closed, r.advice) for r in a) == sorted((r.pid, r.closed, r.advice) for r in b)
     assert row(b, 100).closed == 2 and row(b, 200).closed == 1
+
+
+def test_peaks_from_the_events_set_the_advice():
+    t = ProcessTable()
+    closes = Closes()
+    for _ in range(20):
+        t.opened(100, "client", DB)
+    closes.peaks[(100, *DB)] = 8
+    t.add_closes(closes)
+    rows = t.update(1.0, holding(100, 3))
+    (a,) = row(rows, 100).advice
+    # 20 opens in 1 s, none closed: the scan's 3 with headroom is 4; the peak 8
+    assert (a.concurrency_peak, a.concurrency_p99, a.in_use, a.recommended) == (8, 3.0, 3, 8)

@@ -55,7 +55,8 @@ def test_report_names_every_planted_problem(incident):
     assert "java (4000) on web-2 used 3950 of 4096 file descriptors" in first
     assert "CLOSE_WAIT" in first
     assert "run run-web-2 on web-2 crashed" in first
-    assert "gunicorn (2001) on web-1 opens 50 connections/s to 10.0.0.5:5432" in first
+    assert ("gunicorn (2001) on web-1 opens new connections to 10.0.0.5:5432 at 50/s (over the "
+            "30.0s to 03:10:00Z), each held 200ms on average: a pool of 13 would do") in first
     # drops per minute, hand-computed in tests/report/synthetic.py
     assert "03:04Z    2,360 +    295 SYNs" in out
     assert "03:05Z    1,240 +    155 SYNs" in out

@@ -11,7 +11,7 @@ from tracer.report.arrow_stats import nearest_rank, nice_bucket_us, quantiles_by
 from tracer.report.destinations import destination_stats, with_histograms, worst_by_failures, \
     worst_by_p99
 from tracer.report.listeners import listener_stats, troubled
-from tracer.report.pool import pool_advice, recommended_pool
+from tracer.report.pool import pool_advice
 from tracer.report.processes import process_stats
 from tracer.report.summary import summarize_tables
 from tracer.schema import schema
@@ -36,6 +36,7 @@ DEFAULTS = {
     "sockets": dict(pid=20, comm="app", established=0, syn_sent=0, listen=0, close_wait=0,
                     other=0, opened=0, closed=0, fds=10, fd_limit=1024, tx_queue_bytes=0,
                     rx_queue_bytes=0),
+    "pools": dict(pid=20, comm="app", destination="10.0.0.2:5432"),
 }
 
 
@@ -213,60 +214,51 @@ def test_typical_interval():
 
 # ---------------------------------------------------------------- pool advice
 
-def _pool_case(arrivals, established, dest="10.0.0.2"):
-    """One process; interval i (1 s, ending at T0 + (i+1) s) has arrivals[i] connects,
-    each also counted as an opened socket."""
-    socks = tbl("sockets", [dict(ts=T0 + (i + 1) * S, opened=n, established=established)
-                            for i, n in enumerate(arrivals)])
-    conns = []
-    for i, n in enumerate(arrivals):
-        conns += [dict(ts=T0 + i * S + j * (S // (n + 1)), pid=20, daddr=dest) for j in range(n)]
-    return pool_advice(socks, tbl("connects", conns), S)
+def _pool_rows(*rows):
+    return tbl("pools", [dict(ts=T0 + (i + 1) * S, **r) for i, r in enumerate(rows)])
 
 
-def test_recommended_pool_formula():
-    assert recommended_pool(10) == 12          # ceil(12.000000000000002) must not give 13
-    assert recommended_pool(10.1) == 13        # ceil(12.12)
-    assert recommended_pool(0) == 1
+def test_pool_advice_is_the_pools_table_as_recorded_never_recomputed():
+    """The report shows each flow's busiest window exactly as the live view
+    recorded it: the same recommendation, rate, hold time and verdict."""
+    quiet = dict(arrival_per_s=10.0, hold_s=0.1, concurrency_mean=1.0, concurrency_p99=1.0,
+                 concurrency_peak=1, recommended=2, in_use=1, verdict="quiet", window_s=1.0)
+    busy = dict(quiet, arrival_per_s=400.0, hold_s=0.02, concurrency_mean=8.0,
+                concurrency_p99=7.0, concurrency_peak=7, recommended=10, in_use=5,
+                verdict="churning: busy", window_s=2.0)
+    (a,) = pool_advice(_pool_rows(quiet, busy, dict(quiet, in_use=9)))
+    assert (a.recommended, a.arrival_per_s, a.hold_s, a.verdict, a.window_s) == \
+        (10, 400.0, 0.02, "churning: busy", 2.0)
+    assert a.ts_us == T0 + 2 * S and a.in_use == 5 and a.in_use_peak == 9 and a.churning
+    assert a.destination == "10.0.0.2:5432" and (a.host, a.pid, a.comm) == ("h1", 20, "app")
 
 
-def test_pool_advice_steady_churn():
-    # 100 connects/s, 10 established on average: W = 10 / 100 = 0.1 s;
-    # every interval: 100 / 1 s * 0.1 s = 10 concurrent; pool = ceil(1.2 * 10) = 12
-    (a,) = _pool_case([100] * 10, established=10)
-    assert a.arrival_per_s == 100.0 and a.hold_s == pytest.approx(0.1)
-    assert a.concurrency_mean == pytest.approx(10.0)
-    assert a.concurrency_p99 == pytest.approx(10.0) and a.recommended == 12
-    assert a.destination == "10.0.0.2:5432" and a.churning
+def test_pool_advice_per_flow_busiest_rate_first_at_most_n():
+    base = dict(hold_s=0.1, concurrency_mean=1.0, concurrency_p99=1.0, concurrency_peak=1,
+                in_use=1, verdict="v", window_s=1.0)
+    rows = [dict(base, destination=f"10.0.0.{i}:80", arrival_per_s=float(i), recommended=i)
+            for i in range(1, 13)]
+    got = pool_advice(_pool_rows(*rows), 10)
+    assert [a.destination for a in got] == [f"10.0.0.{i}:80" for i in range(12, 2, -1)]
 
 
-def test_pool_advice_burst_sets_p99():
-    # 9 intervals of 100 and one of 300: λ = 1200 / 10 s = 120/s, W = 12 / 120 = 0.1 s;
-    # concurrency 10 (x9) and 30; p99 of 10 values is rank 10 = 30; pool = 36
-    (a,) = _pool_case([100] * 4 + [300] + [100] * 5, established=12)
-    assert a.hold_s == pytest.approx(0.1) and a.concurrency_mean == pytest.approx(12.0)
-    assert a.concurrency_p99 == pytest.approx(30.0) and a.recommended == 36
+def test_pool_advice_of_a_recording_without_pools_is_empty():
+    assert pool_advice(empty("pools")) == []
 
 
-def test_pool_advice_long_holds_average_over_the_hold_time():
-    # 10 connects/s held 5 s (50 established): window of 5 intervals, 10/s * 5 s = 50
-    (a,) = _pool_case([10] * 20, established=50)
-    assert a.hold_s == pytest.approx(5.0)
-    assert a.concurrency_p99 == pytest.approx(50.0) and a.recommended == 60
-    assert not a.churning and "long-lived" in a.verdict
-
-
-def test_pool_advice_needs_sockets():
-    assert pool_advice(empty("sockets"), _destination_rows(), S) == []
-
-
-def test_pool_advice_without_connects_uses_opened_sockets():
-    socks = tbl("sockets", [dict(ts=T0 + (i + 1) * S, opened=20, established=4)
-                            for i in range(10)])
-    (a,) = pool_advice(socks, empty("connects"), S)
-    # W = 4 / 20 = 0.2 s; 20/s * 0.2 = 4; pool ceil(4.8) = 5
-    assert a.destination == "*" and a.concurrency_p99 == pytest.approx(4.0)
-    assert a.recommended == 5
+def test_pool_finding_states_rate_per_second_window_and_real_hold():
+    churn = dict(arrival_per_s=250.0, hold_s=0.004, concurrency_mean=1.0,
+                 concurrency_p99=1.0, concurrency_peak=1, recommended=2, in_use=1,
+                 verdict="churning: x", window_s=30.0)
+    s = summarize_tables({"pools": _pool_rows(churn)})
+    (f,) = [f for f in s.findings if f.section == "pool"]
+    assert f.text == ("app (20) on h1 opens new connections to 10.0.0.2:5432 at 250/s "
+                      "(over the 30.0s to 03:00:01Z), each held 4.00ms on average: a pool of "
+                      "2 would do")
+    nothing_closed = dict(churn, hold_s=0.0)
+    s = summarize_tables({"pools": _pool_rows(nothing_closed)})
+    (f,) = [f for f in s.findings if f.section == "pool"]
+    assert "none closed yet" in f.text and "0µs" not in f.text
 
 
 # ---------------------------------------------------------------- the whole summary

@@ -6,6 +6,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from tracer.aggregate.histogram import Histogram
+from tracer.domain import addresses
 from tracer.events import Connect
 
 HISTORY = 300  # intervals of p99 history kept per key (5 min at 1 s)
@@ -210,8 +211,7 @@ def _row(key, label, s: ConnectStats, rate, history, pending, oldest) -> Connect
 
 
 def destination_label(key: tuple) -> str:
-    family, daddr, dport = key
-    return f"[{daddr}]:{dport}" if family == 6 else f"{daddr}:{dport}"
+    return addresses.destination(key)
 
 
 class ConnectTable:

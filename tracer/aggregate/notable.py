@@ -4,14 +4,12 @@ from __future__ import annotations
 from collections import deque
 
 from tracer.aggregate.snapshot import ListenerRow, Notable
+from tracer.domain.addresses import endpoint
+from tracer.domain.durations import duration
 
 SLOW_CONNECT_US = 1_000_000     # a connect over 1 s is worth a line of its own
 MAX_LINES = 500
 MAX_PER_INTERVAL = 20           # a storm of failures must not flood the log
-
-
-def fmt_ms(us: float) -> str:
-    return f"{us / 1000:.1f} ms" if us < 1_000_000 else f"{us / 1_000_000:.2f} s"
 
 
 class NotableLog:
@@ -34,7 +32,7 @@ class NotableLog:
         return ev.outcome != "established" or ev.ts_end_ns - ev.ts_start_ns >= SLOW_CONNECT_US * 1000
 
     def connect(self, ev, ts_us: int) -> None:
-        dest = f"[{ev.daddr}]:{ev.dport}" if ev.family == 6 else f"{ev.daddr}:{ev.dport}"
+        dest = endpoint(ev.daddr, ev.dport, ev.family)
         who = f"{ev.comm}[{ev.pid}]"
         if ev.outcome == "refused":
             self._add(Notable(ts_us, "warn", "refused", f"{who} -> {dest} refused"))
@@ -43,7 +41,7 @@ class NotableLog:
                               f"{who} -> {dest} timed out after {ev.syn_retransmits} SYN retransmits"))
         elif ev.outcome == "established" and ev.latency_us and ev.latency_us >= SLOW_CONNECT_US:
             self._add(Notable(ts_us, "warn", "slow connect",
-                              f"{who} -> {dest} took {fmt_ms(ev.latency_us)}"
+                              f"{who} -> {dest} took {duration(ev.latency_us)}"
                               f" ({ev.syn_retransmits} SYN retransmits)"))
 
     def listeners(self, rows: list[ListenerRow], ts_us: int) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tracer.aggregate.connects import ConnectRow
+from tracer.domain.addresses import endpoint
 
 
 @dataclass(frozen=True)
@@ -33,22 +34,22 @@ class ListenerRow:
 
     @property
     def label(self) -> str:
-        if not self.family:   # the listeners past the table's bound, summed
-            return self.laddr
-        return f"[{self.laddr}]:{self.lport}" if self.family == 6 else f"{self.laddr}:{self.lport}"
+        # family 0: the listeners past the table's bound, summed
+        return endpoint(self.laddr, self.lport, self.family)
 
 
 @dataclass(frozen=True)
 class PoolAdvice:
-    destination: str            # "addr:port"
+    destination: str            # "addr:port" (tracer.domain.addresses.endpoint)
     arrival_per_s: float        # new connections per second
-    hold_s: float               # mean time each connection is held
+    hold_s: float               # mean time each connection is held, connect() to close
     concurrency_mean: float     # observed
     concurrency_p99: float
     concurrency_peak: int
     recommended: int            # Little's law with headroom
     in_use: int                 # what the process appears to hold now
     verdict: str                # "pooled", "churning (no pooling)", ...
+    window_s: float = 0.0       # seconds the rate and hold time are measured over
 
 
 @dataclass(frozen=True)
@@ -74,11 +75,6 @@ class ProcessRow:
     @property
     def sockets(self) -> int:
         return self.established + self.syn_sent + self.listen + self.close_wait + self.other
-
-    @property
-    def fd_warning(self) -> bool:
-        r = self.fd_ratio
-        return r is not None and r >= 0.8
 
     @property
     def fd_ratio(self) -> float | None:

@@ -4,18 +4,17 @@ how fast it opens and closes connections (from BPF events), how long it
 keeps them, and what pool would serve it. Pure state."""
 from __future__ import annotations
 
-import statistics
 from collections import deque
 from dataclasses import dataclass, field
 
-from tracer.aggregate import pools
 from tracer.aggregate.histogram import Histogram
 from tracer.aggregate.snapshot import PoolAdvice, ProcessRow
+from tracer.domain import pools
+from tracer.domain.addresses import endpoint
 
 # TCP state numbers (include/net/tcp_states.h)
 ESTABLISHED, SYN_SENT, LISTEN, CLOSE_WAIT = 1, 2, 10, 8
-WINDOW = 30              # intervals of history behind the advice
-FD_WARN_RATIO = 0.8
+WINDOW = pools.WINDOW    # intervals of history behind the advice
 # Flows (process x remote) and processes are other users' to create: past
 # these bounds new flows are summed into one "other" flow (pid OTHER_PID) and
 # the least busy processes of an interval into one "other" row, counted in
@@ -87,8 +86,12 @@ class _Flow:
     # Lifetimes (µs) of the connections that closed, per interval: hold times
     # cover the same window as the rates they are multiplied with.
     lifetimes: deque = field(default_factory=lambda: deque(maxlen=WINDOW))
+    # Most connections open at once in each interval, from the opens and
+    # closes themselves (a scan at the interval's end sees one moment).
+    peaks: deque = field(default_factory=lambda: deque(maxlen=WINDOW))
     connect: Histogram = field(default_factory=Histogram)
     opens_now: int = 0
+    peak_now: int = 0
     lifetimes_now: Histogram = field(default_factory=Histogram)
 
     def hold_times(self) -> Histogram:
@@ -154,6 +157,10 @@ class ProcessTable:
         """Closes tallied while reading (tracer.events.Closes)."""
         for pid, n in closes.passive.items():
             self._closed[pid] = self._closed.get(pid, 0) + n
+        for (pid, family, raddr, rport), peak in getattr(closes, "peaks", {}).items():
+            f = self._flow(pid, (family, raddr, rport))
+            if peak > f.peak_now:
+                f.peak_now = peak
         for (pid, family, raddr, rport), lifetimes in closes.active.items():
             self._closed[pid] = self._closed.get(pid, 0) + len(lifetimes)
             hist = self._flow(pid, (family, raddr, rport)).lifetimes_now
@@ -163,29 +170,21 @@ class ProcessTable:
     def _advice(self, pid: int) -> tuple[PoolAdvice, ...]:
         out = []
         for (family, raddr, rport), f in self._flows.get(pid, {}).items():
-            seconds = sum(f.seconds) or 1.0
-            rate = sum(f.opens) / seconds
             lifetimes = f.hold_times()
-            hold = lifetimes.mean / 1e6 if lifetimes.count else None
-            median_hold = lifetimes.percentile(50) / 1e6 if lifetimes.count else None
-            held = list(f.held) or [0]
-            in_use = f.held[-1] if f.held else 0
-            little = pools.littles_law(rate, hold) if hold is not None else 0.0
-            peak = max(held)
-            p99 = sorted(held)[min(len(held) - 1, int(0.99 * len(held)))]
-            demand = max(little, float(p99))
-            rec = pools.recommended_pool(demand)
-            connect_s = (f.connect.percentile(50) or 0) / 1e6 if f.connect.count else None
-            mean_held = statistics.fmean(held)
-            if not (rate or in_use or mean_held):
+            held = list(f.held)
+            if not (any(f.opens) or any(held)):
                 continue
-            dest = (f"[{raddr}]:{rport}" if family == 6 else f"{raddr}:{rport}" if family
-                    else raddr)
+            d = pools.demand(
+                sum(f.opens), sum(f.seconds),
+                lifetimes.mean / 1e6 if lifetimes.count else None,
+                lifetimes.percentile(50) / 1e6 if lifetimes.count else None, held,
+                f.connect.percentile(50) / 1e6 if f.connect.count else None, list(f.peaks))
             out.append(PoolAdvice(
-                destination=dest, arrival_per_s=rate, hold_s=hold or 0.0,
-                concurrency_mean=max(mean_held, little), concurrency_p99=float(p99),
-                concurrency_peak=peak, recommended=rec, in_use=in_use,
-                verdict=pools.verdict(rate, median_hold, in_use, rec, connect_s)))
+                destination=endpoint(raddr, rport, family), arrival_per_s=d.arrival_per_s,
+                hold_s=d.hold_s or 0.0, concurrency_mean=d.concurrency_mean,
+                concurrency_p99=d.concurrency_p99, concurrency_peak=d.concurrency_peak,
+                recommended=d.recommended, in_use=d.in_use, verdict=d.verdict,
+                window_s=d.window_s))
         out.sort(key=lambda a: -a.arrival_per_s)
         return tuple(out[:10])
 
@@ -204,6 +203,8 @@ class ProcessTable:
             h = holdings.get(pid)
             for key, f in flows.items():
                 f.opens.append(f.opens_now)
+                f.peaks.append(f.peak_now)
+                f.peak_now = 0
                 f.seconds.append(seconds)
                 f.lifetimes.append(f.lifetimes_now)
                 f.opens_now = 0
@@ -249,6 +250,7 @@ class ProcessTable:
         for pid in list(self._flows):
             flows = self._flows[pid]
             for key in [k for k, f in flows.items() if not any(f.opens) and not any(f.held)
+                        and not any(f.peaks)
                         and not any(h.count for h in f.lifetimes)]:
                 del flows[key]
                 self._n_flows -= 1

@@ -70,9 +70,6 @@ class RingBuffer:
         self._consumer.value = cons
         return n
 
-    def pending_bytes(self) -> int:
-        return self._producer.value - self._consumer.value
-
     def close(self) -> None:
         self._data.release()
         for addr, length in self._maps:
@@ -138,10 +135,6 @@ class PerfBuffer:
             tail_v.value = tail
             data.release()
         return n
-
-    def pending_bytes(self) -> int:
-        return sum(ctypes.c_uint64.from_address(a + 1024).value - ctypes.c_uint64.from_address(a + 1032).value
-                   for _, a in self._rings)
 
     def close(self) -> None:
         for fd, addr in self._rings:

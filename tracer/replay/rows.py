@@ -93,7 +93,8 @@ def _advice(rows: list[dict]) -> tuple[PoolAdvice, ...]:
                       hold_s=r["hold_s"], concurrency_mean=r["concurrency_mean"],
                       concurrency_p99=r["concurrency_p99"],
                       concurrency_peak=r["concurrency_peak"], recommended=r["recommended"],
-                      in_use=r["in_use"], verdict=r["verdict"]) for r in rows]
+                      in_use=r["in_use"], verdict=r["verdict"],
+                      window_s=r.get("window_s") or 0.0) for r in rows]
     out.sort(key=lambda a: -a.arrival_per_s)
     return tuple(out)
 

@@ -24,10 +24,10 @@ import pyarrow.compute as pc
 from tracer.aggregate.connects import ConnectTable, destination_label
 from tracer.aggregate.notable import NotableLog
 from tracer.aggregate.snapshot import Header, Notable, Snapshot
+from tracer.domain.durations import duration
 from tracer.replay.controller import ReplayError
 from tracer.replay.latency import ConnectIndex, LatencyAt
 from tracer.replay.rows import connect_from_row, listener_rows, process_rows
-from tracer.sinks.console import fmt_us
 
 EVENT_TABLES = ("connects", "accepts")
 INTERVAL_TABLES = ("listeners", "sockets", "overflows", "pools")
@@ -337,7 +337,7 @@ class RecordingTimeline:
             if worst is not None and worst[0] > slowest[0]:
                 p99, i, key = worst
                 slowest = (p99, run.first + i,
-                           f"largest p99: {destination_label(key)} {fmt_us(p99)} at "
+                           f"largest p99: {destination_label(key)} {duration(p99)} at "
                            f"{fmt_clock(int(run.ends[i]))} UTC")
         if drops[1] is not None:
             return drops[1], drops[2]

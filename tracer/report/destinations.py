@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tracer.domain.addresses import endpoint
 from tracer.report.arrow_stats import quantiles_by, sums_by, ts_us
 
 FAILURES = ("refused", "timeout", "error")
@@ -66,8 +67,7 @@ class ConnectingProcess:
 
 
 def endpoint_label(addr: str | None, port: int | None) -> str:
-    addr = addr or "?"
-    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+    return endpoint(addr, port)
 
 
 def destination_stats(connects: pa.Table) -> list[DestinationStats]:

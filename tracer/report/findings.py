@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from tracer.report.destinations import DestinationStats
 from tracer.report.listeners import NEAR_FULL, ListenerStats
 from tracer.report.overview import Overview
-from tracer.report.pool import PoolAdvice
+from tracer.report.pool import PoolAdvice, window
 from tracer.report.processes import FD_WARN, ProcessStats
-from tracer.report.timefmt import clock, duration_us, iso_stamp, ms
+from tracer.report.timefmt import clock, duration, iso_stamp, rate
 
 SEVERITY_ORDER = {"crit": 0, "warn": 1, "info": 2}
 SLOW_WARN_US = 100_000      # a connect handshake over 100 ms is slow on any network we trace
@@ -98,8 +98,8 @@ def _destination_findings(failing: list[DestinationStats],
         why = (f"; {d.retransmitted} of {d.attempts} needed SYN retransmits (a second or "
                f"more each)" if d.retransmitted else "")
         out.append(Finding(sev, "latency",
-                           f"connects to {d.label} are slow: p99 {ms(d.p99_us)}, "
-                           f"median {ms(d.p50_us)} over {d.samples}{why}", d.p99_us / 1e3))
+                           f"connects to {d.label} are slow: p99 {duration(d.p99_us)}, "
+                           f"median {duration(d.p50_us)} over {d.samples}{why}", d.p99_us / 1e3))
     for d in failing:
         if d.failures:
             parts = [f"{n:,} {what}" for n, what in ((d.refused, "refused"),
@@ -135,11 +135,13 @@ def _process_findings(procs: list[ProcessStats], advice: list[PoolAdvice]) -> li
                                f"connections its peers closed", p.last_close_wait))
     for a in advice:
         if a.churning:
+            held = (f"each held {duration(a.hold_s * 1e6)} on average" if a.hold_s
+                    else "none closed yet")
             out.append(Finding("info", "pool",
-                               f"{a.comm} ({a.pid}) on {a.host} opens {a.arrival_per_s:.0f} "
-                               f"connections/s to {a.destination}, each held "
-                               f"{duration_us(a.hold_s * 1e6)}: a pool of {a.recommended} "
-                               f"would do", a.arrival_per_s))
+                               f"{a.comm} ({a.pid}) on {a.host} opens new connections to "
+                               f"{a.destination} at {rate(a.arrival_per_s)} (over the "
+                               f"{window(a)}), {held}: a pool of "
+                               f"{a.recommended} would do", a.arrival_per_s))
     return out
 
 

@@ -8,11 +8,12 @@ import math
 from html import escape
 from typing import Sequence
 
-from tracer.report.pool import HEADROOM
+from tracer.domain.pools import FORMULA
+from tracer.report.pool import window
 from tracer.report.summary import Summary
 from tracer.report.svg import histogram, timeseries
 from tracer.report.text import cell, clean
-from tracer.report.timefmt import clock, duration_us, iso_stamp, ms, rate, stamp
+from tracer.report.timefmt import clock, duration, iso_stamp, rate, stamp
 
 SEV_LABEL = {"crit": "CRIT", "warn": "WARN", "info": "INFO"}
 COLORS = {"p50": "#2e7d32", "p99": "#c62828", "drops": "#d9480f", "queue": "#1c7ed6",
@@ -90,7 +91,7 @@ def _p(text: str, cls: str = "note") -> str:
 
 def _header(s: Summary, source: str) -> str:
     ov = s.overview
-    span = (f"{stamp(ov.first_us)} to {stamp(ov.last_us)} ({duration_us(ov.duration_s * 1e6)})"
+    span = (f"{stamp(ov.first_us)} to {stamp(ov.last_us)} ({duration(ov.duration_s * 1e6)})"
             if ov.first_us is not None else "no rows recorded")
     meta = (f"{span} · hosts: {', '.join(ov.hosts) or '-'} · {len(ov.runs)} run(s) · "
             f"backends: {', '.join(ov.backends) or '-'}")
@@ -146,11 +147,11 @@ def _latency(s: Summary) -> str:
         lo = 10.0 ** math.floor(math.log10(min(d.histogram[0][0] for d in charted)) + 1e-9)
         hi = 10.0 ** math.ceil(math.log10(max(d.histogram[-1][1] for d in charted)) - 1e-9)
         for d in charted:
-            title = f"{d.label}: {d.samples:,} connects, p99 {ms(d.p99_us)}"
+            title = f"{d.label}: {d.samples:,} connects, p99 {duration(d.p99_us)}"
             charts.append(histogram(d.histogram, lo, hi, title,
-                                    markers=[(d.p50_us, f"p50 {ms(d.p50_us)}", COLORS["p50"]),
-                                             (d.p99_us, f"p99 {ms(d.p99_us)}", COLORS["p99"])]))
-    rows = [(d.label, d.samples, ms(d.p50_us), ms(d.p99_us), ms(d.max_us), d.retransmitted,
+                                    markers=[(d.p50_us, f"p50 {duration(d.p50_us)}", COLORS["p50"]),
+                                             (d.p99_us, f"p99 {duration(d.p99_us)}", COLORS["p99"])]))
+    rows = [(d.label, d.samples, duration(d.p50_us), duration(d.p99_us), duration(d.max_us), d.retransmitted,
              d.hosts, ", ".join(d.comms)) for d in s.slowest]
     return _section("latency", "Slowest destinations (connect latency)",
                     _p("Established connects only; latency is connect() to handshake done. "
@@ -181,7 +182,8 @@ def _failing(s: Summary) -> str:
                     _table(("destination", "attempts", "refused", "timeout", "error", "failed",
                             "SYN retx", "first failure", "last failure", "processes"), rows,
                            numeric=(1, 2, 3, 4, 5, 6), bad=bad),
-                    "<h3>Busiest connecting processes</h3>",
+                    f"<h3>Busiest connecting processes (rate: connects per second over the "
+                    f"whole recording, {_e(duration(s.overview.duration_s * 1e6))})</h3>",
                     _table(("process", "pid", "host", "connects", "rate", "failed",
                             "destinations"), procs, numeric=(1, 3, 4, 5, 6)))
 
@@ -198,7 +200,7 @@ def _listeners(s: Summary) -> str:
     for li in s.listeners:
         rows.append((li.label, li.host, li.owner, li.drops, li.syn_drops, li.queue_vs_backlog,
                      clock(li.first_drop_us), clock(li.last_drop_us), li.accepts,
-                     ms(li.accept_wait_p99_us)))
+                     duration(li.accept_wait_p99_us)))
         width_s = li.bucket_us // 1_000_000
         drops = [(t, d) for t, d, _ in li.timeline]
         queue = [(t, q) for t, _, q in li.timeline]
@@ -257,27 +259,26 @@ def _processes(s: Summary) -> str:
                             "close_wait at end", "fds/limit"), rows,
                            numeric=(1, 3, 4, 5, 6), bad=bad),
                     f'<div class="charts">{"".join(charts)}</div>',
-                    "<h3>Processes by churn (TCP sockets opened and closed per second)</h3>",
+                    "<h3>Processes by churn (TCP sockets opened and closed per second over the "
+                    "time each process was seen)</h3>",
                     _table(("process", "pid", "host", "opened", "closed", "opened total"),
                            churn, numeric=(1, 3, 4, 5)))
 
 
 def _pool(s: Summary) -> str:
-    formula = (f"Little's law: concurrency = arrival rate × hold time. Hold time W = mean "
-               f"established / sockets opened per second; recommended pool = "
-               f"ceil({HEADROOM} × p99 of per-interval concurrency).")
-    if "sockets" not in s.tables_present:
+    formula = (f"Each flow's busiest window, as recorded in the pools table. {FORMULA}.")
+    if "pools" not in s.tables_present:
         return _section("pool", "Pool advice", _p(formula),
-                        _p("Needs the sockets table (hold times), which this recording lacks."))
-    rows = [(a.comm, a.pid, a.host, a.destination, rate(a.arrival_per_s),
-             duration_us(a.hold_s * 1e6) if a.hold_s is not None else "-",
+                        _p("No process connected anywhere while the recorder watched."))
+    rows = [(a.comm, a.pid, a.host, a.destination, window(a), rate(a.arrival_per_s),
+             duration(a.hold_s * 1e6) if a.hold_s is not None else "-",
              f"{a.concurrency_mean:.1f}", f"{a.concurrency_p99:.1f}", a.recommended,
              a.in_use_peak, a.verdict) for a in s.pool]
-    bad = [[False] * 10 + [a.churning] for a in s.pool]
+    bad = [[False] * 11 + [a.churning] for a in s.pool]
     return _section("pool", "Pool advice", _p(formula),
-                    _table(("process", "pid", "host", "destination", "new/s", "held", "mean",
-                            "p99", "pool", "in use", "verdict"), rows,
-                           numeric=(1, 4, 6, 7, 8, 9), bad=bad))
+                    _table(("process", "pid", "host", "destination", "window", "new/s", "held",
+                            "mean", "p99", "pool", "in use", "verdict"), rows,
+                           numeric=(1, 5, 7, 8, 9, 10), bad=bad))
 
 
 def _problems(s: Summary) -> str:

@@ -2,8 +2,9 @@
 
 Pure: no files, no printing. text.py and html.py render a Summary; the
 arithmetic lives in the modules named after what they summarize
-(destinations, listeners, processes, pool), and every percentile is
-nearest-rank (arrow_stats.py).
+(destinations, listeners, processes); what the recorder already aggregated
+(the `pools` table) is read as recorded, never recomputed; every percentile
+is nearest-rank (arrow_stats.py).
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def summarize_tables(tables: dict[str, pa.Table], manifests: list[dict] = (),
 
     procs = process_stats(tables["sockets"], interval_us, bucket_us)
     churn = by_churn(procs, TOP)
-    advice = pool_advice(tables["sockets"], connects, interval_us, TOP)
+    advice = pool_advice(tables["pools"], TOP)
 
     # findings look at every destination, not only the ones the tables show
     found = findings(ov, worst_by_failures(dests, len(dests)), worst_by_p99(dests, len(dests)),

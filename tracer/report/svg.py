@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from html import escape
 from typing import Sequence
 
-from tracer.report.timefmt import ms
+from tracer.report.timefmt import duration
 
 PAD_L, PAD_R, PAD_T, PAD_B = 52, 12, 22, 26
 GRID = "#e3e6ea"
@@ -33,11 +33,12 @@ def _svg(width: int, height: int, label: str, body: list[str]) -> str:
 
 
 def decade_label(us: float) -> str:
-    """1 µs, 10 µs, ..., 1 ms, ..., 1 s, 10 s: axis labels for powers of ten."""
+    """1µs, 10µs, ..., 1ms, ..., 1s, 10s: axis labels for powers of ten, in
+    tracer.domain.durations's units without its fixed three digits."""
     for unit, size in (("s", 1e6), ("ms", 1e3), ("µs", 1.0)):
         if us >= size:
-            return f"{us / size:g} {unit}"
-    return f"{us:g} µs"
+            return f"{us / size:g}{unit}"
+    return f"{us:g}µs"
 
 
 def nice_ticks(top: float, count: int = 4) -> list[float]:
@@ -109,7 +110,7 @@ def histogram(bins: Sequence[tuple[float, float, int]], lo: float, hi: float, ti
             x0, x1 = x(low), x(high)
             body.append(f'<rect x="{x0:.1f}" y="{y(count):.1f}" width="{max(x1 - x0 - 1, 1):.1f}" '
                         f'height="{PAD_T + ph - y(count):.1f}" fill="#4e79a7">'
-                        f'<title>{_e(ms(low))} to {_e(ms(high))}: {count}</title></rect>')
+                        f'<title>{_e(duration(low))} to {_e(duration(high))}: {count}</title></rect>')
     for k in range(math.floor(llo), math.ceil(lhi) + 1):
         v = 10.0 ** k
         if lo <= v <= hi * 1.0001:

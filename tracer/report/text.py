@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from tracer.domain.pools import FORMULA
 from tracer.report.findings import Finding
-from tracer.report.pool import HEADROOM
+from tracer.report.pool import window
 from tracer.report.summary import Summary
-from tracer.report.timefmt import clock, duration_us, iso_stamp, ms, rate, stamp
+from tracer.report.timefmt import clock, duration, iso_stamp, rate, stamp
 from tracer.safe_text import printable
 
 MARK = {"crit": "CRIT", "warn": "WARN", "info": "info"}
@@ -56,7 +57,7 @@ def _header(s: Summary, source: str) -> list[str]:
     out = [f"connscope report: {clean(source)}"]
     if ov.first_us is not None:
         out.append(f"{stamp(ov.first_us)} to {stamp(ov.last_us)} "
-                   f"({duration_us(ov.duration_s * 1e6)}), {len(ov.hosts)} host(s), "
+                   f"({duration(ov.duration_s * 1e6)}), {len(ov.hosts)} host(s), "
                    f"{len(ov.runs)} run(s)")
     else:
         out.append(f"no rows recorded; {len(ov.runs)} run(s)")
@@ -103,7 +104,7 @@ def _destinations(s: Summary) -> list[str]:
            "", "SLOWEST DESTINATIONS (established connects; latency = connect() to handshake done)"]
     out += table(("destination", "connects", "p50", "p99", "max", "syn retx", "hosts",
                   "processes"),
-                 [(d.label, d.samples, ms(d.p50_us), ms(d.p99_us), ms(d.max_us),
+                 [(d.label, d.samples, duration(d.p50_us), duration(d.p99_us), duration(d.max_us),
                    d.retransmitted, d.hosts, ", ".join(d.comms)) for d in s.slowest])
     out += ["", "FAILING DESTINATIONS (refused, timed out, other errors, SYN retransmits)"]
     if not s.failing:
@@ -114,7 +115,8 @@ def _destinations(s: Summary) -> list[str]:
                      [(d.label, d.attempts, d.refused, d.timeout, d.error,
                        f"{d.failure_ratio:.0%}", d.retransmitted, clock(d.first_failure_us),
                        clock(d.last_failure_us), ", ".join(d.comms)) for d in s.failing])
-    out += ["", "BUSIEST CONNECTING PROCESSES"]
+    out += ["", f"BUSIEST CONNECTING PROCESSES (rate: connects per second over the whole "
+                f"recording, {duration(s.overview.duration_s * 1e6)})"]
     out += table(("process", "pid", "host", "connects", "rate", "failed", "destinations"),
                  [(p.comm, p.pid, p.host, p.attempts, rate(p.per_s), p.failures,
                    p.destinations) for p in s.connecting])
@@ -133,7 +135,7 @@ def _listeners(s: Summary) -> list[str]:
                   "first drop", "last drop", "accepts", "accept wait p99"),
                  [(li.label, li.host, li.owner, li.drops, li.syn_drops, li.queue_vs_backlog,
                    clock(li.first_drop_us), clock(li.last_drop_us), li.accepts,
-                   ms(li.accept_wait_p99_us)) for li in s.listeners])
+                   duration(li.accept_wait_p99_us)) for li in s.listeners])
     for li in s.listeners:
         if not li.drop_minutes:
             continue
@@ -156,7 +158,8 @@ def _processes(s: Summary) -> list[str]:
                    f"{p.peak_fds if p.peak_fds is not None else '?'}/{p.fd_limit or '?'}"
                    + (f" ({p.fd_ratio:.0%})" if p.fd_ratio is not None else ""))
                   for p in s.by_sockets])
-    out += ["", "PROCESSES BY CHURN (TCP sockets opened and closed per second)"]
+    out += ["", "PROCESSES BY CHURN (TCP sockets opened and closed per second over the time "
+                "each process was seen)"]
     out += table(("process", "pid", "host", "opened", "closed", "opened total"),
                  [(p.comm, p.pid, p.host, rate(p.opened_per_s), rate(p.closed_per_s), p.opened)
                   for p in s.by_churn])
@@ -164,14 +167,14 @@ def _processes(s: Summary) -> list[str]:
 
 
 def _pool(s: Summary) -> list[str]:
-    out = ["", f"POOL ADVICE (Little's law: concurrency = arrival rate x hold time; "
-               f"pool = ceil({HEADROOM} x p99 concurrency))"]
-    if "sockets" not in s.tables_present:
-        return out + ["  needs the sockets table (hold times), which this recording lacks"]
-    out += table(("process", "pid", "host", "destination", "new/s", "held", "mean", "p99",
-                  "pool", "in use", "verdict"),
-                 [(a.comm, a.pid, a.host, a.destination, rate(a.arrival_per_s),
-                   duration_us(a.hold_s * 1e6) if a.hold_s is not None else "-",
+    out = ["", f"POOL ADVICE (each flow's busiest window, as recorded in the pools table; "
+               f"{FORMULA})"]
+    if "pools" not in s.tables_present:
+        return out + ["  no process connected anywhere while the recorder watched"]
+    out += table(("process", "pid", "host", "destination", "window", "new/s", "held", "mean",
+                  "p99", "pool", "in use", "verdict"),
+                 [(a.comm, a.pid, a.host, a.destination, window(a), rate(a.arrival_per_s),
+                   duration(a.hold_s * 1e6) if a.hold_s is not None else "-",
                    round(a.concurrency_mean, 1), round(a.concurrency_p99, 1), a.recommended,
                    a.in_use_peak, a.verdict) for a in s.pool])
     return out

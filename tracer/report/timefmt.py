@@ -1,9 +1,14 @@
-"""How the report writes times, durations and latencies: UTC with a Z, so
-readers in different time zones (and the machines' logs) agree."""
+"""How the report writes times and rates: UTC with a Z, so readers in
+different time zones (and the machines' logs) agree. Durations are written
+as everywhere else (tracer.domain.durations)."""
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
+
+from tracer.domain.durations import duration
+
+__all__ = ["clock", "duration", "iso_stamp", "rate", "stamp"]
 
 
 def _dt(us: int) -> datetime:
@@ -31,33 +36,6 @@ def iso_stamp(text: str | None) -> str:
 def clock(us: int | None) -> str:
     """03:04:05Z (the date is in the report header)"""
     return "-" if us is None else _dt(us).strftime("%H:%M:%SZ")
-
-
-def ms(us: float | None) -> str:
-    """A latency: 312 µs, 4.1 ms, 85 ms, 1.24 s."""
-    if us is None:
-        return "-"
-    if us < 1_000:
-        return f"{us:.0f} µs"
-    if us < 10_000:
-        return f"{us / 1e3:.1f} ms"
-    if us < 1_000_000:
-        return f"{us / 1e3:.0f} ms"
-    return f"{us / 1e6:.2f} s"
-
-
-def duration_us(us: float | None) -> str:
-    """A span of time: 40 ms, 12 s, 5 min 3 s, 2 h 10 min."""
-    if us is None:
-        return "-"
-    s = us / 1e6
-    if s < 10:
-        return ms(us)
-    if s < 120:
-        return f"{s:.0f} s"
-    if s < 7200:
-        return f"{int(s // 60)} min {int(s % 60)} s"
-    return f"{int(s // 3600)} h {int(s % 3600 // 60)} min"
 
 
 def rate(per_s: float) -> str:

@@ -7,18 +7,8 @@ import time
 
 from tracer.aggregate.connects import ConnectRow
 from tracer.aggregate.snapshot import ListenerRow, PoolAdvice, ProcessRow, Snapshot
+from tracer.domain.durations import duration as fmt_us
 from tracer.safe_text import printable
-
-
-def fmt_us(us: float | None) -> str:
-    if us is None:
-        return "-"
-    # Compare with the rounding points, so 999.6 shows as 1.0ms, not 1000us.
-    if us < 999.5:
-        return f"{us:.0f}us"
-    if us < 999_950:
-        return f"{us / 1000:.1f}ms"
-    return f"{us / 1_000_000:.2f}s"
 
 
 def rank(rows: list[ConnectRow]) -> list[ConnectRow]:

@@ -33,10 +33,6 @@ def connect_row(ev: Connect, clock: Clock) -> dict:
     return dict(zip(CONNECT_FIELDS, connect_values(ev, clock)))
 
 
-def accept_row(ev: Accept, clock: Clock) -> dict:
-    return dict(zip(ACCEPT_FIELDS, accept_values(ev, clock)))
-
-
 def listener_row(r: ListenerRow, ts_us: int) -> dict:
     return {
         "ts": ts_us, "family": r.family, "laddr": r.laddr, "lport": r.lport, "netns": r.netns, "pid": r.pid,
@@ -72,7 +68,7 @@ def pool_rows(r, ts_us: int) -> list[dict]:
         "arrival_per_s": a.arrival_per_s, "hold_s": a.hold_s,
         "concurrency_mean": a.concurrency_mean, "concurrency_p99": a.concurrency_p99,
         "concurrency_peak": a.concurrency_peak, "recommended": a.recommended,
-        "in_use": a.in_use, "verdict": a.verdict,
+        "in_use": a.in_use, "verdict": a.verdict, "window_s": a.window_s,
     } for a in r.advice]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from rich.text import Text
 from textual.app import App, ComposeResult
@@ -20,7 +21,6 @@ from textual.message import Message
 from textual.widgets import DataTable, Input, Static, TabbedContent, TabPane
 
 from tracer.aggregate.snapshot import Header, Snapshot
-from tracer.replay import ReplayController
 from tracer.safe_text import printable
 from tracer.tui import details, keys, table_views
 from tracer.tui.problems import Problem, find_problems
@@ -29,6 +29,9 @@ from tracer.tui.screens import DetailScreen, HelpScreen
 from tracer.tui.status import ViewState, counted, health_line, source_line, state_line
 from tracer.tui.keys import VIEW_TITLES, VIEWS
 from tracer.tui.table_views import TableSpec, column_widths, header_line, join_cells, visible
+
+if TYPE_CHECKING:   # replay starts the TUI; the TUI only drives what it is given
+    from tracer.replay import ReplayController
 
 REPLAY_TICK_S = 0.1
 HISTOGRAM_PANEL = 46        # width of #connects-hist in app.tcss

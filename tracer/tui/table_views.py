@@ -18,7 +18,7 @@ from tracer.safe_text import printable
 from tracer.tui.problems import (HANGING_S, SLOW_P99_US, VERY_SLOW_P99_US, Problem,
                                  connect_badness)
 from tracer.tui.text_charts import bar, sparkline
-from tracer.tui.units import fmt_clock, fmt_count, fmt_pct, fmt_rate, fmt_us
+from tracer.tui.units import fit_count, fmt_clock, fmt_count, fmt_pct, fmt_rate, fmt_us
 
 ROW_LIMIT = 300
 TREND_WIDTH = 8
@@ -345,6 +345,10 @@ def _fit(cell, width: int, right: bool) -> Text:
     # made as Text are the views' own numbers and words.
     t = cell.copy() if isinstance(cell, Text) else Text(printable(cell))
     t.no_wrap = True
+    if t.cell_len > width and right:
+        short = fit_count(t.plain, width)   # 1,149 in 3 cells: "1k", never "1,…"
+        if short is not None:
+            t = Text(short, style=t.style, justify="right", no_wrap=True)
     if t.cell_len > width:
         t.truncate(width, overflow="ellipsis")
     pad = width - t.cell_len

@@ -1,11 +1,14 @@
 """Numbers as short, aligned text for table cells. Pure; no I/O, no clocks."""
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 
-from tracer.sinks.console import fmt_us
+from tracer.domain.durations import duration as fmt_us
 
-__all__ = ["fmt_us", "fmt_count", "fmt_rate", "fmt_bytes", "fmt_clock", "fmt_pct"]
+__all__ = ["fit_count", "fmt_us", "fmt_count", "fmt_rate", "fmt_bytes", "fmt_clock", "fmt_pct"]
+
+_COUNT = re.compile(r"\d{1,3}(,\d{3})*\Z")
 
 
 def fmt_count(n: int | None) -> str:
@@ -18,6 +21,19 @@ def fmt_count(n: int | None) -> str:
     if n < 999_950_000:
         return f"{n / 1e6:.1f}M"
     return f"{n / 1e9:.1f}G"
+
+
+def fit_count(text: str, width: int) -> str | None:
+    """A count as fmt_count wrote it ("1,149"), shortened to fit `width`
+    cells: 1149, 1.1k, 1k; None if the text is not a count or nothing fits."""
+    if not _COUNT.match(text):
+        return None
+    n = int(text.replace(",", ""))
+    for short in (text, str(n), f"{n / 1e3:.1f}k", f"{n / 1e3:.0f}k", f"{n / 1e6:.1f}M",
+                  f"{n / 1e6:.0f}M", f"{n / 1e9:.1f}G", f"{n / 1e9:.0f}G"):
+        if len(short) <= width and not short.startswith(("0.", "1000")):
+            return short
+    return None
 
 
 def fmt_rate(x: float | None) -> str:
@@ -51,10 +67,6 @@ def fmt_clock(ts_us: int | None) -> str:
     if ts_us is None:
         return "--:--:--"
     return datetime.fromtimestamp(ts_us / 1e6, timezone.utc).strftime("%H:%M:%S")
-
-
-def fmt_date_clock(ts_us: int) -> str:
-    return datetime.fromtimestamp(ts_us / 1e6, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def fmt_pct(fraction: float | None) -> str:
