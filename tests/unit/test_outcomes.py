@@ -192,3 +192,20 @@ def test_sweep_is_bounded_and_counts_only_what_it_removed(monkeypatch):
     # the changed one is left alone; past the bound the rest waits for the next sweep
     assert s.stale_connects == 2 and set(table.d) == {bytes([1]), bytes([3]), bytes([4])}
     assert [k for k, _, _ in kept] == [bytes([3]), bytes([4])]
+
+
+def test_event_log_tells_each_failure_with_its_errno():
+    from tracer.aggregate.notable import NotableLog
+    log = NotableLog()
+    for outcome in oc.FAILURES:
+        ev = connect(outcome, latency_us=2_000_000.0)
+        assert log.wants_connect(ev)
+        log.connect(ev, 0)
+    texts = [n.text for n in log._window]
+    assert texts == [
+        "curl[100] -> 10.0.0.1:80 refused",
+        "curl[100] -> 10.0.0.1:80 timed out after 3 SYN retransmits",
+        "curl[100] -> 10.0.0.1:80 given up by the application after 2.00 s (3 SYN retransmits)",
+        "curl[100] -> 10.0.0.1:80 unreachable (errno 113 EHOSTUNREACH)",
+        "curl[100] -> 10.0.0.1:80 error (errno 99 EADDRNOTAVAIL)",
+    ]

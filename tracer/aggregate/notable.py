@@ -1,6 +1,7 @@
 """The event log: things a person should notice, one line each, bounded."""
 from __future__ import annotations
 
+import errno
 from collections import deque
 
 from tracer.aggregate.snapshot import ListenerRow, Notable
@@ -12,6 +13,13 @@ MAX_PER_INTERVAL = 20           # a storm of failures must not flood the log
 
 def fmt_ms(us: float) -> str:
     return f"{us / 1000:.1f} ms" if us < 1_000_000 else f"{us / 1_000_000:.2f} s"
+
+
+def _errno_text(code: int) -> str:
+    if not code:
+        return ""
+    name = errno.errorcode.get(code)
+    return f" (errno {code} {name})" if name else f" (errno {code})"
 
 
 class NotableLog:
@@ -41,7 +49,16 @@ class NotableLog:
         elif ev.outcome == "timeout":
             self._add(Notable(ts_us, "crit", "timeout",
                               f"{who} -> {dest} timed out after {ev.syn_retransmits} SYN retransmits"))
-        elif ev.outcome == "established" and ev.latency_us and ev.latency_us >= SLOW_CONNECT_US:
+        elif ev.outcome == "abandoned":
+            # a timeout the application chose: a timeout all the same
+            waited = f" after {fmt_ms(ev.latency_us)}" if ev.latency_us is not None else ""
+            self._add(Notable(ts_us, "crit", "timeout",
+                              f"{who} -> {dest} given up by the application{waited} "
+                              f"({ev.syn_retransmits} SYN retransmits)"))
+        elif ev.outcome != "established":
+            self._add(Notable(ts_us, "warn", "connect failed",
+                              f"{who} -> {dest} {ev.outcome}{_errno_text(ev.err)}"))
+        elif ev.latency_us and ev.latency_us >= SLOW_CONNECT_US:
             self._add(Notable(ts_us, "warn", "slow connect",
                               f"{who} -> {dest} took {fmt_ms(ev.latency_us)}"
                               f" ({ev.syn_retransmits} SYN retransmits)"))
