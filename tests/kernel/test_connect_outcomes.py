@@ -72,6 +72,8 @@ def test_curl_timeout_into_a_black_hole_is_abandoned(tracer):
     assert ev.latency_us is not None
     assert curl_us - 300_000 <= ev.latency_us <= curl_us + 1_000, (ev.latency_us, curl_us)
     assert ev.netns == inode
+    print(f"curl exit {proc.returncode} after {curl_us:.0f} us; tracer: {ev.outcome}, "
+          f"waited {ev.latency_us:.0f} us, {ev.syn_retransmits} SYN retransmits, netns {ev.netns}")
 
 
 def test_closed_port_is_refused_with_its_errno(tracer):
@@ -129,6 +131,9 @@ def test_port_exhaustion_is_an_error_with_connects_errno(tracer):
     assert failed.sport == 0 and failed.pid == os.getpid()
     assert failed.latency_us is not None and failed.latency_us <= elapsed_us + 50
     assert {e.sport for e in mine if e.outcome == "established"} == set(range(41000, 41000 + PORTS))
+    print(f"client errno {err}; tracer: {len(mine) - 1} established, then {failed.outcome} "
+          f"errno {failed.err} after {failed.latency_us:.1f} us (client {elapsed_us:.1f} us), "
+          f"netns {failed.netns}")
 
 
 def test_in_flight_connect_whose_end_was_missed_is_swept_and_counted(tracer):
