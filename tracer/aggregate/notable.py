@@ -1,10 +1,10 @@
 """The event log: things a person should notice, one line each, bounded."""
 from __future__ import annotations
 
-import errno
 from collections import deque
 
 from tracer.aggregate.snapshot import ListenerRow, Notable
+from tracer.domain import outcomes
 
 SLOW_CONNECT_US = 1_000_000     # a connect over 1 s is worth a line of its own
 MAX_LINES = 500
@@ -13,13 +13,6 @@ MAX_PER_INTERVAL = 20           # a storm of failures must not flood the log
 
 def fmt_ms(us: float) -> str:
     return f"{us / 1000:.1f} ms" if us < 1_000_000 else f"{us / 1_000_000:.2f} s"
-
-
-def _errno_text(code: int) -> str:
-    if not code:
-        return ""
-    name = errno.errorcode.get(code)
-    return f" (errno {code} {name})" if name else f" (errno {code})"
 
 
 class NotableLog:
@@ -39,25 +32,26 @@ class NotableLog:
     @staticmethod
     def wants_connect(ev) -> bool:
         """Cheap test first: most connects are fast and successful."""
-        return ev.outcome != "established" or ev.ts_end_ns - ev.ts_start_ns >= SLOW_CONNECT_US * 1000
+        return ev.outcome != outcomes.ESTABLISHED or ev.ts_end_ns - ev.ts_start_ns >= SLOW_CONNECT_US * 1000
 
     def connect(self, ev, ts_us: int) -> None:
         dest = f"[{ev.daddr}]:{ev.dport}" if ev.family == 6 else f"{ev.daddr}:{ev.dport}"
         who = f"{ev.comm}[{ev.pid}]"
-        if ev.outcome == "refused":
+        if ev.outcome == outcomes.REFUSED:
             self._add(Notable(ts_us, "warn", "refused", f"{who} -> {dest} refused"))
-        elif ev.outcome == "timeout":
+        elif ev.outcome == outcomes.TIMEOUT:
             self._add(Notable(ts_us, "crit", "timeout",
                               f"{who} -> {dest} timed out after {ev.syn_retransmits} SYN retransmits"))
-        elif ev.outcome == "abandoned":
+        elif ev.outcome == outcomes.ABANDONED:
             # a timeout the application chose: a timeout all the same
             waited = f" after {fmt_ms(ev.latency_us)}" if ev.latency_us is not None else ""
             self._add(Notable(ts_us, "crit", "timeout",
                               f"{who} -> {dest} given up by the application{waited} "
                               f"({ev.syn_retransmits} SYN retransmits)"))
-        elif ev.outcome != "established":
+        elif ev.outcome != outcomes.ESTABLISHED:
             self._add(Notable(ts_us, "warn", "connect failed",
-                              f"{who} -> {dest} {ev.outcome}{_errno_text(ev.err)}"))
+                              f"{who} -> {dest} {ev.outcome}"
+                              + (f" ({outcomes.errno_text(ev.err)})" if ev.err else "")))
         elif ev.latency_us and ev.latency_us >= SLOW_CONNECT_US:
             self._add(Notable(ts_us, "warn", "slow connect",
                               f"{who} -> {dest} took {fmt_ms(ev.latency_us)}"

@@ -8,6 +8,8 @@ codes in bpf/event.h); the names below are what the `connects` table's
 """
 from __future__ import annotations
 
+import errno as _errno
+
 ESTABLISHED = "established"   # handshake answered (SYN-ACK, or a crossing SYN)
 REFUSED = "refused"           # RST in answer to the SYN: errno 111 ECONNREFUSED
 TIMEOUT = "timeout"           # the kernel gave up resending the SYN: errno 110 ETIMEDOUT
@@ -33,23 +35,6 @@ DESCRIPTIONS = {
            "no local port left)",
 }
 
-# Short words for the live view and the report's sentences.
-SUMMARY_WORDS = {REFUSED: "refused", TIMEOUT: "timed out", ABANDONED: "given up",
-                 UNREACHABLE: "unreachable", ERROR: "failed"}
-
-
-def is_failure(outcome: str) -> bool:
-    return outcome != ESTABLISHED
-
-
-def is_timeout(outcome: str) -> bool:
-    return outcome in TIMEOUTS
-
-
-def is_error(outcome: str) -> bool:
-    """What is summarised under "error": unknown names too (a newer recording)."""
-    return outcome not in (ESTABLISHED, REFUSED, TIMEOUT, ABANDONED)
-
 
 def summary_class(outcome: str) -> str:
     """The column a failure is counted under where failures are summarised:
@@ -64,3 +49,9 @@ def summary_class(outcome: str) -> str:
 def schema_description() -> str:
     """The `outcome` column's description in tracer/schema.py."""
     return "; ".join(f"{name}: {DESCRIPTIONS[name]}" for name in OUTCOMES)
+
+
+def errno_text(code: int) -> str:
+    """"errno 99 EADDRNOTAVAIL": the number users search for, and its name."""
+    name = _errno.errorcode.get(code)
+    return f"errno {code} {name}" if name else f"errno {code}"

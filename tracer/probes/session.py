@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 from tracer import events, lifetimes
+from tracer.domain import outcomes
 from tracer.events import C
 from tracer.filters import Filters
 from tracer.probes import buffers, loader, program
@@ -118,7 +119,7 @@ class ProbeSession:
         ev = entry[0](view, offset)
         self._pending.append(ev)
         if kind == EV_CONNECT:
-            if ev.outcome == "established":
+            if ev.outcome == outcomes.ESTABLISHED:
                 self._open.connected(ev, self._closes)
         elif kind == EV_ACCEPT:
             self._open.accepted(ev, self._closes)

@@ -8,9 +8,9 @@ lost connections, then slow ones, then resource trouble, then advice.
 
 from __future__ import annotations
 
-import errno
 from dataclasses import dataclass
 
+from tracer.domain import outcomes as oc
 from tracer.report.destinations import DestinationStats
 from tracer.report.listeners import NEAR_FULL, ListenerStats
 from tracer.report.overview import Overview
@@ -130,14 +130,9 @@ def _failure_parts(d: DestinationStats) -> list[str]:
             text += f" ({d.abandoned:,} given up by the application{waited})"
         parts.append(text)
     if d.error:
-        codes = ", ".join(_errno_text(e) for e, _ in d.errnos[:3] if e)
+        codes = ", ".join(oc.errno_text(e) for e, _ in d.errnos[:3] if e)
         parts.append(f"{d.error:,} failed" + (f" ({codes})" if codes else ""))
     return parts
-
-
-def _errno_text(code: int) -> str:
-    name = errno.errorcode.get(code)
-    return f"errno {code} {name}" if name else f"errno {code}"
 
 
 def _process_findings(procs: list[ProcessStats], advice: list[PoolAdvice]) -> list[Finding]:
