@@ -145,11 +145,15 @@ def test_in_flight_connect_whose_end_was_missed_is_swept_and_counted(tracer):
 
     session = tracer.session
     table = session._prog.maps["inflight"]
-    now = time.monotonic_ns()
+    # The sweep is asked as if it ran later than now: a guest booted a
+    # minute ago has no monotonic time STALE_CONNECT_S in the past.
+    base = time.monotonic_ns()
+    now = base + (STALE_CONNECT_S + 100) * 10**9
 
     def entry(age_s: float, last_octet: int) -> bytes:
         v = events.InflightRecord()
         v.ts_ns = v.ts_active_ns = now - int(age_s * 1e9)
+        assert v.ts_ns >= base
         v.pid = v.tid = 999_999
         v.family = socket.AF_INET
         v.daddr[:4] = socket.inet_aton(f"10.252.0.{last_octet}")
@@ -176,3 +180,43 @@ def test_in_flight_connect_whose_end_was_missed_is_swept_and_counted(tracer):
     finally:
         table.delete(stale_key)
         table.delete(fresh_key)
+
+
+def test_live_view_shows_an_abandoned_connect_pending_then_as_a_timeout(collector_run):
+    """Through the real collection loop: while the SYN is unanswered the
+    destination shows it pending; once the application gives up, the row
+    counts it under TIMEOUT (given up), the event log says so, and the
+    recorded row carries the wait."""
+    from tracer.clock import Clock
+    from tracer.sinks.recorder import connect_row
+
+    with scratch_netns() as ns:
+        _ip("-n", ns, "tuntap", "add", "dev", "bh0", "mode", "tun")
+        _ip("-n", ns, "addr", "add", f"{BLACKHOLE_NET}.1/24", "dev", "bh0")
+        _ip("-n", ns, "link", "set", "bh0", "up")
+        target, port = f"{BLACKHOLE_NET}.3", 82
+        with collector_run(0.25) as run:
+            s = socket_in(ns)
+            s.setblocking(False)
+            t0 = time.monotonic()
+            assert s.connect_ex((target, port)) == errno.EINPROGRESS
+            time.sleep(1.5)
+            s.close()
+            waited_us = (time.monotonic() - t0) * 1e6
+            time.sleep(1.0)
+
+    def row(snap):
+        return next((r for r in snap.destinations if r.label == f"{target}:{port}"), None)
+
+    pending = [row(s) for s in run.snapshots if row(s) is not None and row(s).pending]
+    assert pending and pending[0].attempts == 0 and pending[0].oldest_pending_s < 1.6
+    final = row(run.snapshots[-1])
+    assert (final.attempts, final.abandoned, final.timeouts, final.errors, final.pending) == (
+        1, 1, 1, 0, 0)
+    assert final.abandoned_max_wait_us <= waited_us
+    assert any("given up by the application" in n.text and target in n.text
+               for n in run.snapshots[-1].notable)
+    [ev] = [e for e in run.events if getattr(e, "daddr", None) == target]
+    rec = connect_row(ev, Clock())
+    assert rec["outcome"] == "abandoned" and rec["errno"] == 0
+    assert 1_400_000 <= rec["latency_us"] <= waited_us
