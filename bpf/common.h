@@ -30,6 +30,7 @@
 
 #define ECONNREFUSED 111
 #define ETIMEDOUT 110
+#define EADDRNOTAVAIL 99
 
 BPF_PERCPU_ARRAY(counters, u64, CTR_MAX);
 

@@ -7,10 +7,14 @@
  *                   the tracepoint backend begins when the socket enters
  *                   SYN_SENT and passes the destination along (one update)
  *   connect_dest    kprobe/fentry: the socket enters SYN_SENT, destination known
- *   connect_syn_rtx each SYN retransmit
+ *   connect_syn_rtx each SYN retransmit (a sign of life: ts_active_ns)
  *   connect_end     the socket leaves SYN_SENT: one event, entry deleted
  *   connect_forget  tcp_destroy_sock of a socket whose connect() failed
  *                   before SYN_SENT (kprobe/fentry only): nothing outlives it
+ * An exit we never saw (the tracepoint skipped for BPF recursion) would leave
+ * an entry for ever: user space removes entries with no sign of life for
+ * longer than the kernel ever waits between SYNs, and counts them
+ * (tracer/probes/session.py, sweep_stale_connects).
  */
 #ifndef CONNSCOPE_CONNECT_H
 #define CONNSCOPE_CONNECT_H
@@ -39,6 +43,7 @@ static __always_inline void connect_begin(u64 sk, u16 family, u16 dport, const u
         return;
     c.family = family;
     c.ts_ns = bpf_ktime_get_ns();
+    c.ts_active_ns = c.ts_ns;
     if (daddr) {
         c.dport = dport;
         __builtin_memcpy(c.daddr, daddr, 16);
@@ -64,8 +69,36 @@ static __always_inline void connect_dest(u64 sk, u16 dport, const u8 *daddr)
 static __always_inline void connect_syn_rtx(u64 sk)
 {
     struct inflight_connect *c = inflight.lookup(&sk);
-    if (c)
+    if (c) {
         c->syn_retransmits++;
+        c->ts_active_ns = bpf_ktime_get_ns();
+    }
+}
+
+/* Why the socket left SYN_SENT. tcp_reset() and tcp_write_err() (and
+ * tcp_v4_err()/tcp_v6_err() for an ICMP error) set sk_err before tcp_done()
+ * moves the socket to CLOSE, so it names the cause here. No sk_err: either
+ * the application closed the socket (close(), exit, connect(AF_UNSPEC): its
+ * own timeout gave up), or connect() itself failed after entering SYN_SENT.
+ * The only such failure that leaves no source port is inet_hash_connect()
+ * finding none free: EADDRNOTAVAIL (-ENOMEM there is the other, too rare to
+ * tell apart without a return probe); a SYN that went out had a port. */
+static __always_inline u8 connect_outcome(u64 sk, int newstate, u16 sport, s32 *err)
+{
+    if (newstate == TCP_ESTABLISHED || newstate == TCP_SYN_RECV)
+        return OUTCOME_ESTABLISHED;   /* SYN_RECV: a crossing SYN, the peer answered */
+    *err = READ_AT(sk, OFF_SK_ERR, int);
+    if (*err == ECONNREFUSED)
+        return OUTCOME_REFUSED;
+    if (*err == ETIMEDOUT)
+        return OUTCOME_TIMEOUT;
+    if (*err)
+        return OUTCOME_UNREACHABLE;
+    if (sport == 0) {
+        *err = EADDRNOTAVAIL;
+        return OUTCOME_ERROR;
+    }
+    return OUTCOME_ABANDONED;
 }
 
 static __always_inline void connect_end(void *ctx, u64 sk, int newstate, u16 sport,
@@ -95,19 +128,8 @@ static __always_inline void connect_end(void *ctx, u64 sk, int newstate, u16 spo
     }
     inflight.delete(&sk);
 
-    if (newstate == TCP_ESTABLISHED) {
-        ev.outcome = OUTCOME_ESTABLISHED;
-    } else {
-        /* tcp_reset() and tcp_write_err() set sk_err before tcp_done()
-         * moves the socket to CLOSE, so it names the cause here. */
-        ev.err = READ_AT(sk, OFF_SK_ERR, int);
-        if (ev.err == ECONNREFUSED)
-            ev.outcome = OUTCOME_REFUSED;
-        else if (ev.err == ETIMEDOUT)
-            ev.outcome = OUTCOME_TIMEOUT;
-        else
-            ev.outcome = OUTCOME_ERROR;
-    }
+    ev.netns = netns_of(sk);
+    ev.outcome = connect_outcome(sk, newstate, sport, &ev.err);
     if (!ports_wanted(ev.sport, ev.dport))
         return;
     emit(ctx, &ev, sizeof(ev));

@@ -15,10 +15,12 @@
 #define EV_CLOSE 3
 
 /* connect outcomes, decided when the socket leaves SYN_SENT */
-#define OUTCOME_ESTABLISHED 0
-#define OUTCOME_REFUSED 1   /* RST in answer to the SYN (sk_err ECONNREFUSED) */
-#define OUTCOME_TIMEOUT 2   /* SYN retries exhausted (sk_err ETIMEDOUT) */
-#define OUTCOME_ERROR 3     /* anything else: closed by the application, ICMP error, no port */
+#define OUTCOME_ESTABLISHED 0  /* SYN-ACK, or a crossing SYN (simultaneous open) */
+#define OUTCOME_REFUSED 1      /* RST in answer to the SYN (sk_err ECONNREFUSED) */
+#define OUTCOME_TIMEOUT 2      /* the kernel's SYN retries exhausted (sk_err ETIMEDOUT) */
+#define OUTCOME_ERROR 3        /* connect() itself failed before a SYN went out (err: its errno) */
+#define OUTCOME_ABANDONED 4    /* closed by the application while SYN_SENT, no sk_err */
+#define OUTCOME_UNREACHABLE 5  /* any other sk_err: an ICMP error answered the SYN */
 
 /* counters[] slots, summed over CPUs by user space */
 #define CTR_LOST_EVENTS 0      /* ring/perf buffer full: event dropped */
@@ -26,13 +28,14 @@
 #define CTR_HANDSHAKES_FULL 2  /* accept wait not measured: handshake map full */
 #define CTR_LISTENERS_FULL 3   /* listener not tracked: listener map full */
 #define CTR_ACCEPTING_FULL 4   /* accept() not seen: map of threads in accept() full */
+/* (user space counts the in-flight connects it sweeps as stale: session.py) */
 #define CTR_MAX 8
 
 struct connect_event {
     __u32 type;          /* EV_CONNECT */
     __u32 pid;           /* thread group id of the caller of connect() */
     __u32 tid;
-    __s32 err;           /* sk_err when it failed, 0 otherwise */
+    __s32 err;           /* errno when it failed (sk_err, or connect()'s own), 0 otherwise */
     __u64 ts_start_ns;   /* connect() entered, CLOCK_MONOTONIC */
     __u64 ts_end_ns;     /* socket left SYN_SENT */
     __u64 sk;            /* kernel socket address: correlation key only */
@@ -44,6 +47,8 @@ struct connect_event {
     __u8 family;         /* AF_INET or AF_INET6 */
     __u8 outcome;        /* OUTCOME_* */
     char comm[16];
+    __u32 netns;         /* network namespace inode number */
+    __u8 pad[4];
 };
 
 /* One accepted connection, emitted in the accepting process's context. */
@@ -117,6 +122,7 @@ struct listener_stats {
 /* A connect() waiting for its answer (map `inflight`, keyed by socket). */
 struct inflight_connect {
     __u64 ts_ns;
+    __u64 ts_active_ns;  /* last sign of life: start, or the last SYN retransmit */
     __u32 pid;
     __u32 tid;
     __u8 daddr[16];

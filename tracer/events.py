@@ -16,6 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from tracer.compat import SLOTS
+from tracer.domain import outcomes
 from tracer.safe_text import faithful_text
 
 BPF_DIR = Path(__file__).resolve().parent / "bpf"
@@ -72,11 +73,14 @@ ListenerKey = _STRUCTS["listener_key"]
 ListenerStatsRecord = _STRUCTS["listener_stats"]
 InflightRecord = _STRUCTS["inflight_connect"]
 
+# kernel code (bpf/event.h) -> outcome name (tracer/domain/outcomes.py)
 OUTCOMES = {
-    C["OUTCOME_ESTABLISHED"]: "established",
-    C["OUTCOME_REFUSED"]: "refused",
-    C["OUTCOME_TIMEOUT"]: "timeout",
-    C["OUTCOME_ERROR"]: "error",
+    C["OUTCOME_ESTABLISHED"]: outcomes.ESTABLISHED,
+    C["OUTCOME_REFUSED"]: outcomes.REFUSED,
+    C["OUTCOME_TIMEOUT"]: outcomes.TIMEOUT,
+    C["OUTCOME_ERROR"]: outcomes.ERROR,
+    C["OUTCOME_ABANDONED"]: outcomes.ABANDONED,
+    C["OUTCOME_UNREACHABLE"]: outcomes.UNREACHABLE,
 }
 AF_INET, AF_INET6 = 2, 10
 
@@ -146,17 +150,20 @@ class Connect:
     sport: int
     daddr: str
     dport: int
-    outcome: str
-    err: int                  # kernel errno when it failed, else 0
+    outcome: str              # tracer/domain/outcomes.py
+    err: int                  # errno when it failed, else 0
     syn_retransmits: int
     sk: int = 0               # kernel socket address: joins its close record
+    netns: int = 0            # network namespace inode; 0 if unknown
 
     @property
     def latency_us(self) -> float | None:
-        """connect() to first answer; None when no answer came."""
-        if self.outcome in ("established", "refused"):
-            return (self.ts_end_ns - self.ts_start_ns) / 1000.0
-        return None
+        """connect() to the socket leaving SYN_SENT: the time to the answer,
+        or, for a timeout or an abandoned connect, the time the caller waited.
+        None only when the end is unknown (an old recording's row)."""
+        if self.ts_end_ns < self.ts_start_ns:
+            return None
+        return (self.ts_end_ns - self.ts_start_ns) / 1000.0
 
 
 _CONNECT, _ConnectT = unpacker(ConnectRecord)
@@ -177,10 +184,11 @@ def decode_connect_at(view, offset: int) -> Connect:
         sport=r.sport,
         daddr=format_addr(fam, r.daddr),
         dport=r.dport,
-        outcome=OUTCOMES.get(r.outcome, "error"),
+        outcome=OUTCOMES.get(r.outcome, outcomes.ERROR),
         err=r.err,
         syn_retransmits=r.syn_retransmits,
         sk=r.sk,
+        netns=r.netns,
     )
 
 

@@ -13,6 +13,8 @@ from typing import NamedTuple
 
 import pyarrow as pa
 
+from tracer.domain import outcomes
+
 SCHEMA_VERSION = "1"
 
 # File metadata keys; readers check the version before trusting column meanings.
@@ -81,13 +83,19 @@ _COLUMNS: dict[str, list[Column]] = {
         *_endpoint("saddr", "sport", "local (source)"),
         *_endpoint("daddr", "dport", "remote (destination)"),
         Column("latency_us", _F64,
-               "connect() call to handshake resolved, microseconds; null if it never resolved",
-               True),
-        Column("outcome", _STR, "established, refused, timeout or error"),
+               "connect() call to the socket leaving SYN_SENT, microseconds: the time to the "
+               "answer (established, refused, unreachable), the time the caller waited (timeout, "
+               "abandoned), the time inside connect() (error); filter on outcome = 'established' "
+               "for handshake latency; null only in recordings older than these outcomes "
+               "(timeout and error rows had none)", True),
+        Column("outcome", _STR, outcomes.schema_description()),
         Column("syn_retransmits", _I32, "SYN retransmissions before the attempt resolved"),
         Column("errno", _I32,
-               "kernel error of a failed attempt (e.g. 111 ECONNREFUSED, 110 ETIMEDOUT); "
+               "error of a failed attempt: the socket's (111 ECONNREFUSED, 110 ETIMEDOUT, "
+               "113 EHOSTUNREACH, ...) or connect()'s own (99 EADDRNOTAVAIL); 0 if abandoned; "
                "null if established", True),
+        Column("netns", _I64, "network namespace of the socket (inode of /proc/PID/ns/net of "
+               "the process that connected); null if unknown (older recordings)", True),
     ],
     "accepts": [
         *_common("when accept() returned"),

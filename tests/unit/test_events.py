@@ -65,17 +65,17 @@ def test_ctypes_layout_matches_the_c_compiler(tmp_path):
 
 
 # connect_event by hand, native byte order (the kernel's), no padding per event.h's rule
-LAYOUT = "=IIIiQQQ16s16sHHHBB16s"
+LAYOUT = "=IIIiQQQ16s16sHHHBB16sI4s"
 
 
 def pack(family=socket.AF_INET, saddr="10.1.2.3", daddr="192.168.7.9", sport=54321, dport=443,
          outcome="OUTCOME_ESTABLISHED", err=0, comm=b"curl", start=7_000_000_000,
-         end=7_000_250_000, pid=4242, tid=4243, syn_retransmits=2):
+         end=7_000_250_000, pid=4242, tid=4243, syn_retransmits=2, netns=4026531840):
     out = outcome if isinstance(outcome, int) else CONSTANTS[outcome]
     return struct.pack(LAYOUT, CONSTANTS["EV_CONNECT"], pid, tid, err, start, end,
                        0xFFFF888812345678, socket.inet_pton(family, saddr),
                        socket.inet_pton(family, daddr), sport, dport, syn_retransmits, family, out,
-                       comm)
+                       comm, netns, b"")
 
 
 def test_hand_packed_layout_has_the_size_of_the_record():
@@ -90,6 +90,7 @@ def test_decode_ipv4():
     assert (ev.ts_start_ns, ev.ts_end_ns) == (7_000_000_000, 7_000_250_000)
     assert ev.outcome == "established"
     assert ev.latency_us == 250.0
+    assert ev.netns == 4026531840
     assert events.record_type(pack()) == CONSTANTS["EV_CONNECT"]
     assert events.DECODERS[events.record_type(pack())] is decode_connect
 
@@ -105,18 +106,28 @@ def test_decode_ignores_trailing_bytes():
     assert decode_connect(pack() + b"\xff" * 4) == decode_connect(pack())
 
 
-@pytest.mark.parametrize("outcome,name,latency", [
-    ("OUTCOME_ESTABLISHED", "established", 250.0),
-    ("OUTCOME_REFUSED", "refused", 250.0),
-    ("OUTCOME_TIMEOUT", "timeout", None),
-    ("OUTCOME_ERROR", "error", None),
-    (200, "error", None),  # a value this build does not know
+@pytest.mark.parametrize("outcome,name", [
+    ("OUTCOME_ESTABLISHED", "established"),
+    ("OUTCOME_REFUSED", "refused"),
+    ("OUTCOME_TIMEOUT", "timeout"),
+    ("OUTCOME_ABANDONED", "abandoned"),
+    ("OUTCOME_UNREACHABLE", "unreachable"),
+    ("OUTCOME_ERROR", "error"),
+    (200, "error"),  # a value this build does not know
 ])
-def test_outcomes_and_latency(outcome, name, latency):
+def test_outcomes_and_latency(outcome, name):
     ev = decode_connect(pack(outcome=outcome, err=0 if name == "established" else 111))
     assert ev.outcome == name
-    assert ev.latency_us == latency
+    # every outcome carries its time: to the answer, or how long the caller waited
+    assert ev.latency_us == 250.0
     assert ev.err == (0 if name == "established" else 111)
+
+
+def test_every_kernel_outcome_has_a_domain_name():
+    from tracer.domain import outcomes
+    codes = {v for k, v in CONSTANTS.items() if k.startswith("OUTCOME_")}
+    assert set(events.OUTCOMES) == codes
+    assert sorted(events.OUTCOMES.values()) == sorted(outcomes.OUTCOMES)
 
 
 @pytest.mark.parametrize("raw,want", [

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from tracer.aggregate.histogram import Histogram
 from tracer.domain import addresses
+from tracer.domain import outcomes
 from tracer.events import Connect
 
 HISTORY = 300  # intervals of p99 history kept per key (5 min at 1 s)
@@ -14,25 +15,39 @@ HISTORY = 300  # intervals of p99 history kept per key (5 min at 1 s)
 
 @dataclass
 class ConnectStats:
+    """Counts per outcome (tracer/domain/outcomes.py). The latency histogram
+    is of handshakes only (established); the time abandoned connects waited
+    is kept apart (its longest, `waited_max_us`): the caller's timeout, not the peer's."""
+
     attempts: int = 0
     established: int = 0
     refused: int = 0
-    timeout: int = 0
-    error: int = 0
+    timeout: int = 0          # the kernel gave up
+    abandoned: int = 0        # the application gave up
+    unreachable: int = 0
+    error: int = 0            # connect() itself failed (or an unknown outcome)
     syn_retransmits: int = 0
     latency: Histogram = field(default_factory=Histogram)
+    waited_max_us: float = 0.0
 
     def add(self, ev: Connect) -> None:
         self.attempts += 1
         self.syn_retransmits += ev.syn_retransmits
         outcome = ev.outcome
-        if outcome == "established":
+        if outcome == outcomes.ESTABLISHED:
             self.established += 1
             self.latency.add((ev.ts_end_ns - ev.ts_start_ns) / 1000.0)
-        elif outcome == "refused":
+        elif outcome == outcomes.REFUSED:
             self.refused += 1
-        elif outcome == "timeout":
+        elif outcome == outcomes.TIMEOUT:
             self.timeout += 1
+        elif outcome == outcomes.ABANDONED:
+            self.abandoned += 1
+            waited = ev.latency_us
+            if waited is not None and waited > self.waited_max_us:
+                self.waited_max_us = waited
+        elif outcome == outcomes.UNREACHABLE:
+            self.unreachable += 1
         else:
             self.error += 1
 
@@ -43,14 +58,18 @@ class ConnectStats:
         self.established += o.established
         self.refused += o.refused
         self.timeout += o.timeout
+        self.abandoned += o.abandoned
+        self.unreachable += o.unreachable
         self.error += o.error
         self.syn_retransmits += o.syn_retransmits
         if o.latency.count:
             self.latency.merge(o.latency)
+        if o.waited_max_us > self.waited_max_us:
+            self.waited_max_us = o.waited_max_us
 
     @property
     def failures(self) -> int:
-        return self.refused + self.timeout + self.error
+        return self.attempts - self.established
 
 
 @dataclass(frozen=True)
@@ -63,8 +82,8 @@ class ConnectRow:
     rate: float            # attempts per second over the last interval
     established: int
     refused: int
-    timeout: int
-    error: int
+    timeout: int           # the kernel gave up (ETIMEDOUT)
+    error: int             # connect() itself failed
     syn_retransmits: int
     p50_us: float | None
     p95_us: float | None
@@ -73,6 +92,23 @@ class ConnectRow:
     p99_history: tuple     # last HISTORY interval p99s (None where no sample)
     pending: int = 0       # connects still waiting for an answer
     oldest_pending_s: float | None = None
+    abandoned: int = 0     # the application gave up (closed while SYN_SENT)
+    unreachable: int = 0   # an ICMP error answered the SYN
+    abandoned_max_wait_us: float | None = None   # longest an abandoned connect waited
+
+    # Where failures are summarised (TUI columns, report findings): an
+    # abandoned connect is a timeout the application chose, and counts as one.
+    @property
+    def timeouts(self) -> int:
+        return self.timeout + self.abandoned
+
+    @property
+    def errors(self) -> int:
+        return self.unreachable + self.error
+
+    @property
+    def failures(self) -> int:
+        return self.refused + self.timeouts + self.errors
 
 
 # Keys are chosen by other processes (any user can connect to 100,000
@@ -207,7 +243,8 @@ def _row(key, label, s: ConnectStats, rate, history, pending, oldest) -> Connect
         refused=s.refused, timeout=s.timeout, error=s.error, syn_retransmits=s.syn_retransmits,
         p50_us=h.percentile(50), p95_us=h.percentile(95), p99_us=h.percentile(99),
         max_us=h.max if h.count else None, p99_history=history, pending=pending,
-        oldest_pending_s=oldest)
+        oldest_pending_s=oldest, abandoned=s.abandoned, unreachable=s.unreachable,
+        abandoned_max_wait_us=s.waited_max_us if s.abandoned else None)
 
 
 def destination_label(key: tuple) -> str:

@@ -6,6 +6,7 @@ from collections import deque
 from tracer.aggregate.snapshot import ListenerRow, Notable
 from tracer.domain.addresses import endpoint
 from tracer.domain.durations import duration
+from tracer.domain import outcomes
 
 SLOW_CONNECT_US = 1_000_000     # a connect over 1 s is worth a line of its own
 MAX_LINES = 500
@@ -29,17 +30,27 @@ class NotableLog:
     @staticmethod
     def wants_connect(ev) -> bool:
         """Cheap test first: most connects are fast and successful."""
-        return ev.outcome != "established" or ev.ts_end_ns - ev.ts_start_ns >= SLOW_CONNECT_US * 1000
+        return ev.outcome != outcomes.ESTABLISHED or ev.ts_end_ns - ev.ts_start_ns >= SLOW_CONNECT_US * 1000
 
     def connect(self, ev, ts_us: int) -> None:
         dest = endpoint(ev.daddr, ev.dport, ev.family)
         who = f"{ev.comm}[{ev.pid}]"
-        if ev.outcome == "refused":
+        if ev.outcome == outcomes.REFUSED:
             self._add(Notable(ts_us, "warn", "refused", f"{who} -> {dest} refused"))
-        elif ev.outcome == "timeout":
+        elif ev.outcome == outcomes.TIMEOUT:
             self._add(Notable(ts_us, "crit", "timeout",
                               f"{who} -> {dest} timed out after {ev.syn_retransmits} SYN retransmits"))
-        elif ev.outcome == "established" and ev.latency_us and ev.latency_us >= SLOW_CONNECT_US:
+        elif ev.outcome == outcomes.ABANDONED:
+            # a timeout the application chose: a timeout all the same
+            waited = f" after {duration(ev.latency_us)}" if ev.latency_us is not None else ""
+            self._add(Notable(ts_us, "crit", "timeout",
+                              f"{who} -> {dest} given up by the application{waited} "
+                              f"({ev.syn_retransmits} SYN retransmits)"))
+        elif ev.outcome != outcomes.ESTABLISHED:
+            self._add(Notable(ts_us, "warn", "connect failed",
+                              f"{who} -> {dest} {ev.outcome}"
+                              + (f" ({outcomes.errno_text(ev.err)})" if ev.err else "")))
+        elif ev.latency_us and ev.latency_us >= SLOW_CONNECT_US:
             self._add(Notable(ts_us, "warn", "slow connect",
                               f"{who} -> {dest} took {duration(ev.latency_us)}"
                               f" ({ev.syn_retransmits} SYN retransmits)"))

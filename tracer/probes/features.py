@@ -584,9 +584,15 @@ def backend_visibility(backend: str, features: Features) -> list[str]:
     lines.append("SYN retransmits: " + ("tcp:tcp_retransmit_skb" if has("tcp/tcp_retransmit_skb")
                                         else "not seen (no tcp:tcp_retransmit_skb)"))
     lines.append("connect outcome: the socket's own error (sk_err, at a BTF offset) when it "
-                 "leaves SYN_SENT: refused, timeout or other")
+                 "leaves SYN_SENT: refused, timeout, unreachable; closed with no error: "
+                 "abandoned by the application, or connect() found no local port "
+                 "(error, errno 99); a connect() that fails before SYN_SENT is not seen")
+    from tracer.probes.session import STALE_CONNECT_S   # (session imports this module)
+    lines.append(f"in-flight connects: an entry whose end was missed (BPF recursion) is removed "
+                 f"after {STALE_CONNECT_S} s with no SYN sent and counted with the lost "
+                 f"connects")
     if not has("skb/kfree_skb"):
         lines.append("drop reasons: not seen (no skb:kfree_skb)")
     if not has("sched/sched_process_exit"):
-        lines.append("process exit: not seen (no sched:sched_process_exit); stale entries age out")
+        lines.append("process exit: not seen (no sched:sched_process_exit); nothing here needs it")
     return lines

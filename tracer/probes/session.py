@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 from tracer import events, lifetimes
+from tracer.domain import outcomes
 from tracer.events import C
 from tracer.filters import Filters
 from tracer.probes import buffers, loader, program
@@ -26,6 +27,14 @@ POLL_SLEEP_MS = 50  # how stale an event may get before we read it
 BTF_PATH = "/sys/kernel/btf/vmlinux"
 # struct bpf_prog_info.recursion_misses (UAPI, kernel 5.12+): byte offset
 PROG_INFO_RECURSION_MISSES = 208
+# An in-flight connect with no sign of life (its start, a SYN retransmit) for
+# this long is one whose SYN_SENT exit we missed (the tracepoint skipped for
+# BPF recursion): the kernel never waits longer than TCP_RTO_MAX (120 s, also
+# the most tcp_rto_max_ms allows) between SYNs before it resends or gives up,
+# whatever tcp_syn_retries, TCP_SYNCNT or TCP_USER_TIMEOUT say. Twice that,
+# and some, so one missed retransmit run does not make a live connect stale.
+STALE_CONNECT_S = 300
+STALE_SWEEP_MAX = 4096   # entries removed per sweep at most (the map holds 65,536)
 EV_CLOSE = C["EV_CLOSE"]
 EV_CONNECT = C["EV_CONNECT"]
 EV_ACCEPT = C["EV_ACCEPT"]
@@ -61,6 +70,7 @@ class ProbeSession:
         self._closes = events.Closes()
         self._open = lifetimes.OpenConnections()
         self.decode_errors = 0
+        self.stale_connects = 0   # in-flight entries swept (sweep_stale_connects)
         self.from_cache = False
         self.info = LoadInfo(backend, "ring buffer" if ringbuf else "perf buffer",
                              offsets_from, headers, 0.0)
@@ -110,7 +120,7 @@ class ProbeSession:
         ev = entry[0](view, offset)
         self._pending.append(ev)
         if kind == EV_CONNECT:
-            if ev.outcome == "established":
+            if ev.outcome == outcomes.ESTABLISHED:
                 self._open.connected(ev, self._closes)
         elif kind == EV_ACCEPT:
             self._open.accepted(ev, self._closes)
@@ -158,6 +168,7 @@ class ProbeSession:
             "untracked_accepts": total(C["CTR_ACCEPTING_FULL"]),
             "untracked_lifetimes": self._open.untracked,
             "decode_errors": self.decode_errors,
+            "stale_connects": self.stale_connects,
             "missed_runs": self._prog.recursion_misses(PROG_INFO_RECURSION_MISSES),
         }
 
@@ -189,13 +200,19 @@ class ProbeSession:
     def inflight(self) -> int:
         return len(self._prog.maps["inflight"])
 
-    def pending_connects(self) -> dict:
+    def pending_connects(self, now_ns: int | None = None) -> dict:
         """{(family, daddr, dport): (count, oldest start ns)} of connects still
         waiting for an answer: a black-holed destination shows here long
-        before its connects time out."""
+        before its connects time out. Entries that can no longer be waiting
+        are swept on the way (sweep_stale_connects), never shown."""
+        table = self._prog.maps["inflight"]
+        now_ns = time.monotonic_ns() if now_ns is None else now_ns
         out: dict = {}
-        for _, vb in self._prog.maps["inflight"].items():
+        live = []
+        for kb, vb in table.items():
             v = events.InflightRecord.from_buffer_copy(vb)
+            live.append((kb, vb, v))
+        for kb, vb, v in self.sweep_stale_connects(table, live, now_ns):
             if not v.have_dest:
                 continue
             fam = v.family
@@ -204,6 +221,24 @@ class ProbeSession:
             n, oldest = out.get(key, (0, v.ts_ns))
             out[key] = (n + 1, min(oldest, v.ts_ns))
         return out
+
+    def sweep_stale_connects(self, table, entries: list, now_ns: int) -> list:
+        """Remove in-flight entries with no sign of life for STALE_CONNECT_S
+        (at most STALE_SWEEP_MAX a call) and count them (`stale_connects`,
+        shown with the lost events): their connect's outcome was missed.
+        Returns the entries kept. bpf_ktime_get_ns() is CLOCK_MONOTONIC."""
+        limit = now_ns - STALE_CONNECT_S * 1_000_000_000
+        kept, removed = [], 0
+        for kb, vb, v in entries:
+            if v.ts_active_ns >= limit or removed >= STALE_SWEEP_MAX:
+                kept.append((kb, vb, v))
+                continue
+            # A socket that reuses the address begins anew (its own update):
+            # delete only what was read.
+            if table.lookup(kb) == vb and table.delete(kb):
+                removed += 1
+        self.stale_connects += removed
+        return kept
 
     def close(self) -> None:
         if self._buffer is not None:

@@ -11,17 +11,20 @@ from tracer.events import Connect
 
 def connect_from_row(row: dict) -> Connect:
     """A `connects` row as the Connect event the live collector saw. Start time
-    is the row's ts; the end is ts + latency, so Connect.latency_us round-trips."""
+    is the row's ts; the end is ts + latency, so Connect.latency_us round-trips
+    (an old recording's null latency: end 0, latency None). The outcome is
+    the row's own: an old recording's `error` stays one (tracer/domain/outcomes.py)."""
     start_ns = int(row["ts"]) * 1000
     lat = row.get("latency_us")
-    end_ns = start_ns + (int(round(lat * 1000)) if lat is not None else 0)
+    end_ns = start_ns + int(round(lat * 1000)) if lat is not None else 0
     err = row.get("errno")
     return Connect(
         ts_start_ns=start_ns, ts_end_ns=end_ns, pid=row["pid"],
         tid=row.get("tid") if row.get("tid") is not None else row["pid"],
         comm=row["comm"], family=row["family"], saddr=row["saddr"], sport=row["sport"],
         daddr=row["daddr"], dport=row["dport"], outcome=row["outcome"],
-        err=err if err is not None else 0, syn_retransmits=row["syn_retransmits"] or 0)
+        err=err if err is not None else 0, syn_retransmits=row["syn_retransmits"] or 0,
+        netns=row.get("netns") or 0)
 
 
 def _percentile(values: list[float], q: float) -> float | None:

@@ -1,8 +1,11 @@
 """Outgoing connects by destination (daddr:dport, across hosts) and by process.
 
 Latency percentiles count established connects only: a refused connect
-returns as fast as a healthy one and a timeout has no latency, so mixing them
-in would hide the slow destinations. Failures are counted separately.
+returns as fast as a healthy one and a timeout's latency is the time someone
+waited, so mixing them in would hide the slow destinations. Failures are
+counted separately, summarised as the live view does (tracer/domain/outcomes.py):
+`timeout` includes the connects the application gave up on, `error` the
+unreachable ones.
 """
 
 from __future__ import annotations
@@ -14,9 +17,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tracer.domain.addresses import endpoint
+from tracer.domain import outcomes as oc
 from tracer.report.arrow_stats import quantiles_by, sums_by, ts_us
 
-FAILURES = ("refused", "timeout", "error")
 BINS_PER_DECADE = 5     # latency histogram: 10^(1/5) ≈ 1.58x per bin
 TOP_COMMS = 3
 
@@ -28,8 +31,8 @@ class DestinationStats:
     attempts: int
     established: int
     refused: int
-    timeout: int
-    error: int
+    timeout: int                # timed out, whoever gave up (kernel or application)
+    error: int                  # unreachable, or connect() itself failed
     syn_retransmits: int        # SYN retransmissions, summed
     retransmitted: int          # attempts that needed at least one
     samples: int                # established connects with a latency
@@ -41,6 +44,9 @@ class DestinationStats:
     first_failure_us: int | None
     last_failure_us: int | None
     histogram: tuple = ()       # ((low_us, high_us, count), ...) for the charted ones
+    abandoned: int = 0          # of `timeout`: the application gave up (closed while SYN_SENT)
+    abandoned_max_wait_us: float | None = None   # the longest it waited before giving up
+    errnos: tuple = ()          # ((errno, count), ...) of `error`, most first
 
     @property
     def label(self) -> str:
@@ -84,9 +90,17 @@ def destination_stats(connects: pa.Table) -> list[DestinationStats]:
     by_outcome: dict[tuple, dict[str, int]] = {}
     for r in sums_by(connects, [*keys, "outcome"], [("ts", "count")]):
         by_outcome.setdefault((r["daddr"], r["dport"]), {})[r["outcome"]] = r["ts_count"]
-    established = connects.filter(pc.equal(connects.column("outcome"), "established"))
+    established = connects.filter(pc.equal(connects.column("outcome"), oc.ESTABLISHED))
     quant = quantiles_by(established, keys, "latency_us", (0.5, 0.99, 1.0))
-    failed = connects.filter(pc.is_in(connects.column("outcome"), pa.array(FAILURES)))
+    failed = connects.filter(_failed(connects))
+    abandoned = connects.filter(pc.equal(connects.column("outcome"), oc.ABANDONED))
+    waited = {(r["daddr"], r["dport"]): r["latency_us_max"]
+              for r in sums_by(abandoned, keys, [("latency_us", "max")])}
+    errored = failed.filter(pc.invert(pc.is_in(failed.column("outcome"),
+                                               pa.array([oc.REFUSED, *oc.TIMEOUTS]))))
+    errnos: dict[tuple, list[tuple[int, int]]] = {}
+    for r in sums_by(errored, [*keys, "errno"], [("ts", "count")]):
+        errnos.setdefault((r["daddr"], r["dport"]), []).append((r["errno"], r["ts_count"]))
     failed = failed.append_column("us", ts_us(failed))
     fail_span = {(r["daddr"], r["dport"]): (r["us_min"], r["us_max"])
                  for r in sums_by(failed, keys, [("us", "min"), ("us", "max")])}
@@ -96,18 +110,34 @@ def destination_stats(connects: pa.Table) -> list[DestinationStats]:
 
     out = []
     for key, r in base.items():
-        outcomes = by_outcome.get(key, {})
+        counts = _summarised(by_outcome.get(key, {}))
         n, (p50, p99, top) = quant.get(key, (0, [None, None, None]))
         first, last = fail_span.get(key, (None, None))
         busiest = sorted(comms.get(key, []), key=lambda c: (-c[0], c[1]))[:TOP_COMMS]
         out.append(DestinationStats(
             daddr=key[0], dport=key[1], attempts=r["outcome_count"],
-            established=outcomes.get("established", 0), refused=outcomes.get("refused", 0),
-            timeout=outcomes.get("timeout", 0), error=outcomes.get("error", 0),
+            established=counts[oc.ESTABLISHED], refused=counts[oc.REFUSED],
+            timeout=counts[oc.TIMEOUT], error=counts[oc.ERROR],
+            abandoned=by_outcome.get(key, {}).get(oc.ABANDONED, 0),
+            abandoned_max_wait_us=waited.get(key),
+            errnos=tuple(sorted(errnos.get(key, []), key=lambda e: (-e[1], e[0] or 0))),
             syn_retransmits=r["syn_retransmits_sum"] or 0, retransmitted=r["retx_sum"] or 0,
             samples=n, p50_us=p50, p99_us=p99, max_us=top, hosts=r["host_count_distinct"],
             comms=tuple(c for _, c in busiest), first_failure_us=first, last_failure_us=last))
     out.sort(key=lambda d: (-d.attempts, d.label))
+    return out
+
+
+def _failed(connects: pa.Table):
+    """Rows that failed: every outcome but established (unknown names too)."""
+    return pc.fill_null(pc.not_equal(connects.column("outcome"), oc.ESTABLISHED), True)
+
+
+def _summarised(counts: dict[str, int]) -> dict[str, int]:
+    """{outcome: n} folded into the four summary columns (oc.summary_class)."""
+    out = {oc.ESTABLISHED: 0, oc.REFUSED: 0, oc.TIMEOUT: 0, oc.ERROR: 0}
+    for outcome, n in counts.items():
+        out[oc.summary_class(outcome)] += n
     return out
 
 
@@ -126,7 +156,7 @@ def with_histograms(connects: pa.Table, dests: list[DestinationStats]) -> list[D
     if not dests:
         return []
     wanted = {(d.daddr, d.dport) for d in dests}
-    est = connects.filter(pc.and_(pc.equal(connects.column("outcome"), "established"),
+    est = connects.filter(pc.and_(pc.equal(connects.column("outcome"), oc.ESTABLISHED),
                                   pc.is_valid(connects.column("latency_us"))))
     est = est.filter(pc.is_in(est.column("daddr"), pa.array(sorted({k[0] for k in wanted}))))
     lat = pc.max_element_wise(est.column("latency_us"), 1.0)  # below 1 µs goes in the first bin
@@ -155,8 +185,7 @@ def connecting_processes(connects: pa.Table, span_s: float,
     """Processes by connect attempts: many per second means new connections instead of a pool."""
     if not connects.num_rows:
         return []
-    t = connects.append_column("failed", pc.cast(
-        pc.is_in(connects.column("outcome"), pa.array(FAILURES)), pa.int64()))
+    t = connects.append_column("failed", pc.cast(_failed(connects), pa.int64()))
     t = t.append_column("dest", pc.binary_join_element_wise(
         t.column("daddr"), pc.cast(t.column("dport"), pa.string()), ":"))
     rows = sums_by(t, ["host", "pid", "comm"], [("ts", "count"), ("failed", "sum"),

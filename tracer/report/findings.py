@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tracer.domain import outcomes as oc
 from tracer.report.destinations import DestinationStats
 from tracer.report.listeners import NEAR_FULL, ListenerStats
 from tracer.report.overview import Overview
@@ -102,9 +103,7 @@ def _destination_findings(failing: list[DestinationStats],
                            f"median {duration(d.p50_us)} over {d.samples}{why}", d.p99_us / 1e3))
     for d in failing:
         if d.failures:
-            parts = [f"{n:,} {what}" for n, what in ((d.refused, "refused"),
-                                                   (d.timeout, "timed out"),
-                                                   (d.error, "failed")) if n]
+            parts = _failure_parts(d)
             sev = "crit" if d.failure_ratio >= FAILING_CRIT else "warn"
             out.append(Finding(sev, "destinations",
                                f"connects to {d.label}: {', '.join(parts)} of {d.attempts:,} "
@@ -116,6 +115,24 @@ def _destination_findings(failing: list[DestinationStats],
                                f"needed SYN retransmits (each adds a second or more)",
                                d.retransmitted))
     return out
+
+
+def _failure_parts(d: DestinationStats) -> list[str]:
+    """"3 refused", "5 timed out (4 given up by the application after up to
+    2.0 ms)", "11 failed (errno 99 EADDRNOTAVAIL)": the words of
+    tracer/domain/outcomes.py, timeouts counted whoever gave up."""
+    parts = [f"{d.refused:,} refused"] if d.refused else []
+    if d.timeout:
+        text = f"{d.timeout:,} timed out"
+        if d.abandoned:
+            waited = (f" after up to {duration(d.abandoned_max_wait_us)}"
+                      if d.abandoned_max_wait_us is not None else "")
+            text += f" ({d.abandoned:,} given up by the application{waited})"
+        parts.append(text)
+    if d.error:
+        codes = ", ".join(oc.errno_text(e) for e, _ in d.errnos[:3] if e)
+        parts.append(f"{d.error:,} failed" + (f" ({codes})" if codes else ""))
+    return parts
 
 
 def _process_findings(procs: list[ProcessStats], advice: list[PoolAdvice]) -> list[Finding]:

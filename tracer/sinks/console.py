@@ -14,7 +14,7 @@ from tracer.safe_text import printable
 def rank(rows: list[ConnectRow]) -> list[ConnectRow]:
     """Worst first: failures, then connects stuck for over a second, then SYN
     retransmits, then p99 latency."""
-    return sorted(rows, key=lambda r: (-(r.refused + r.timeout + r.error),
+    return sorted(rows, key=lambda r: (-r.failures,
                                        -(r.pending if (r.oldest_pending_s or 0) >= 1 else 0),
                                        -r.syn_retransmits, -(r.p99_us or 0.0), -r.attempts))
 
@@ -30,8 +30,8 @@ def _cell(text: object, width: int) -> str:
 
 
 def format_row(r: ConnectRow) -> str:
-    return (f"{_cell(r.label, 28)} {r.rate:>7.1f} {r.attempts:>7} {r.refused:>7} {r.timeout:>7} "
-            f"{r.error:>6} {r.syn_retransmits:>6} {fmt_us(r.p50_us):>8} {fmt_us(r.p95_us):>8} "
+    return (f"{_cell(r.label, 28)} {r.rate:>7.1f} {r.attempts:>7} {r.refused:>7} {r.timeouts:>7} "
+            f"{r.errors:>6} {r.syn_retransmits:>6} {fmt_us(r.p50_us):>8} {fmt_us(r.p95_us):>8} "
             f"{fmt_us(r.p99_us):>8} {fmt_us(r.max_us):>8} {fmt_pending(r):>12}")
 
 

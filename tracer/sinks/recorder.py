@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from tracer.aggregate.snapshot import ListenerRow, Snapshot
 from tracer.clock import Clock
+from tracer.domain import outcomes
 from tracer.events import Accept, Connect
 
 
 CONNECT_FIELDS = ("ts", "pid", "tid", "comm", "family", "saddr", "sport", "daddr", "dport",
-                  "latency_us", "outcome", "syn_retransmits", "errno")
+                  "latency_us", "outcome", "syn_retransmits", "errno", "netns")
 ACCEPT_FIELDS = ("ts", "pid", "comm", "family", "laddr", "lport", "raddr", "rport",
                  "queue_wait_us", "backlog_len", "backlog_max", "listener_pid")
 
@@ -15,12 +16,11 @@ ACCEPT_FIELDS = ("ts", "pid", "comm", "family", "laddr", "lport", "raddr", "rpor
 def connect_values(ev: Connect, clock: Clock) -> tuple:
     """A connects row, in CONNECT_FIELDS order (tuples: cheaper than dicts
     at tens of thousands a second, and turned into columns in one zip)."""
-    established = ev.outcome == "established"
     return (
         clock.wall_us(ev.ts_start_ns),   # SPEC: when connect() was called
         ev.pid, ev.tid, ev.comm, ev.family, ev.saddr, ev.sport, ev.daddr, ev.dport,
-        (ev.ts_end_ns - ev.ts_start_ns) / 1000.0 if established or ev.outcome == "refused" else None,
-        ev.outcome, ev.syn_retransmits, None if established else ev.err,
+        ev.latency_us, ev.outcome, ev.syn_retransmits,
+        None if ev.outcome == outcomes.ESTABLISHED else ev.err, ev.netns or None,
     )
 
 

@@ -41,8 +41,15 @@ def connect_summary(r: ConnectRow) -> Text:
                  style="bold red" if (age or 0) >= 1.0 else "bold yellow")
     t.append("\n")
     _kv(t, "ok", f"{r.established:,}", "bold green")
-    for n, name in ((r.refused, "refused"), (r.timeout, "timed out"), (r.error, "failed")):
-        _kv(t, name, f"{n:,}", "bold red" if n else "dim")
+    # each outcome apart here (tracer/domain/outcomes.py; the table sums them),
+    # the two rarer ones only when they happened
+    for n, name in ((r.refused, "refused"), (r.timeout, "timed out"),
+                    (r.abandoned, "given up"), (r.unreachable, "unreachable"),
+                    (r.error, "failed")):
+        if n or name not in ("given up", "unreachable"):
+            _kv(t, name, f"{n:,}", "bold red" if n else "dim")
+    if r.abandoned_max_wait_us is not None:
+        _kv(t, "gave up after", f"up to {fmt_us(r.abandoned_max_wait_us)}", "bold red")
     _kv(t, "SYN rtx", f"{r.syn_retransmits:,}", "bold yellow" if r.syn_retransmits else "dim")
     return t
 

@@ -76,12 +76,12 @@ def _connect_aspects(r: ConnectRow) -> list[tuple[str, str, float]]:
     """(severity, kind, score) of everything wrong with a destination, in the
     order they are told; no text is built, so sorting 10,000 rows by it is cheap."""
     out = []
-    failures = r.refused + r.timeout + r.error
+    failures = r.failures
     if failures:
         ratio = failures / r.attempts if r.attempts else 1.0
         # a timeout costs the caller seconds; weigh it above a quick refusal
-        out.append((CRIT if r.timeout or ratio >= FAILING_RATIO else WARN, "connects failing",
-                    1e5 * ratio + 10 * r.timeout + failures))
+        out.append((CRIT if r.timeouts or ratio >= FAILING_RATIO else WARN, "connects failing",
+                    1e5 * ratio + 10 * r.timeouts + failures))
     age = r.oldest_pending_s or 0.0
     hanging = bool(r.pending) and age >= HANGING_S
     if hanging:
@@ -114,11 +114,12 @@ def connect_problem(r: ConnectRow, view_key: str = "dest") -> Problem | None:
     parts = []
     for _, aspect, _ in aspects:
         if aspect == "connects failing":
-            failures = r.refused + r.timeout + r.error
+            failures = r.failures
             ratio = failures / r.attempts if r.attempts else 1.0
+            gave_up = f" ({r.abandoned:,} given up by the application)" if r.abandoned else ""
             what = ", ".join(f"{n:,} {name}" for n, name in
-                             ((r.refused, "refused"), (r.timeout, "timed out"),
-                              (r.error, "failed")) if n)
+                             ((r.refused, "refused"), (r.timeouts, f"timed out{gave_up}"),
+                              (r.errors, "failed")) if n)
             parts.append(f"{what} of {r.attempts:,} ({ratio:.0%})")
         elif aspect == "connects hanging":
             parts.append(f"{r.pending:,} pending, oldest {r.oldest_pending_s:.1f}s "
@@ -198,7 +199,10 @@ HINTS = {
     "listener dropped": "This listener dropped connections earlier; it is not dropping now.",
     "connects failing": "refused: nothing listens on that port, or its queue overflowed with "
                         "tcp_abort_on_overflow=1. timed out: SYNs unanswered (host down, "
-                        "firewall drop, SYN queue full).",
+                        "firewall drop, SYN queue full), whether the kernel gave up or the "
+                        "application's own connect timeout did (given up). failed: an ICMP "
+                        "error (unreachable), or connect() itself (errno 99: no local port "
+                        "left, see ip_local_port_range).",
     "connects hanging": "Connects wait with no answer at all: the host is down or a firewall "
                         "drops SYNs. They will time out after minutes (tcp_syn_retries); "
                         "callers are stuck meanwhile.",

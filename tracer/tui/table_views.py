@@ -124,7 +124,7 @@ OVERVIEW = TableSpec(
 # ---------------------------------------------------------------- connects
 
 def _failures(r: ConnectRow) -> int:
-    return r.refused + r.timeout + r.error
+    return r.failures
 
 
 
@@ -147,7 +147,7 @@ def _pending(r: ConnectRow) -> Text:
 
 def _connect_cells(r: ConnectRow) -> tuple:
     return (r.label, num(fmt_rate(r.rate)), num(fmt_count(r.attempts)), _pending(r),
-            _count(r.refused), _count(r.timeout), _count(r.error),
+            _count(r.refused), _count(r.timeouts), _count(r.errors),
             _count(r.syn_retransmits, "yellow"), _latency(r.p50_us), _latency(r.p95_us),
             _latency(r.p99_us), _latency(r.max_us), _trend(r))
 

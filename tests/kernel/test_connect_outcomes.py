@@ -1,0 +1,222 @@
+"""Connect outcomes against what the client itself saw: curl's exit status and
+elapsed time, the errno connect() returned, and the namespace it ran in
+(tracer/domain/outcomes.py names them). Each test makes its own network
+namespace; nothing it sends can leave it."""
+import errno
+import itertools
+import os
+import shutil
+import socket
+import subprocess
+import time
+from contextlib import contextmanager
+
+import pytest
+
+from tests.kernel.netlab import NS_PREFIX, check_prerequisites, socket_in
+
+pytestmark = pytest.mark.kernel
+
+_ids = itertools.count(900)   # netlab's own links count from 1
+BLACKHOLE_NET = "10.251.0"     # exists only inside the test's namespace
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
+
+
+@contextmanager
+def scratch_netns():
+    """A fresh network namespace with lo up, named like netlab's so a killed
+    run's leftover is removed by netlab.remove_stale_namespaces()."""
+    check_prerequisites()
+    name = f"{NS_PREFIX}-{os.getpid()}-{next(_ids)}-c"
+    _ip("netns", "add", name)
+    try:
+        _ip("-n", name, "link", "set", "lo", "up")
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
+
+
+def netns_inode(name: str) -> int:
+    """What /proc/<pid>/ns/net of a process in it points at."""
+    return os.stat(f"/run/netns/{name}").st_ino
+
+
+def test_curl_timeout_into_a_black_hole_is_abandoned(tracer):
+    """curl -m 2 gives up on a SYN nobody answers: the application's timeout,
+    not the kernel's, with the time it waited."""
+    if shutil.which("curl") is None:
+        pytest.skip("curl not installed (apt-get install curl)")
+    with scratch_netns() as ns:
+        # A TUN device nobody reads: SYNs to its subnet vanish.
+        _ip("-n", ns, "tuntap", "add", "dev", "bh0", "mode", "tun")
+        _ip("-n", ns, "addr", "add", f"{BLACKHOLE_NET}.1/24", "dev", "bh0")
+        _ip("-n", ns, "link", "set", "bh0", "up")
+        target = f"{BLACKHOLE_NET}.2"
+        proc = subprocess.run(
+            ["ip", "netns", "exec", ns, "curl", "-m", "2", "-s", "-o", "/dev/null",
+             "-w", "%{time_total}", f"http://{target}:81/"],
+            capture_output=True, text=True, timeout=30)
+        tracer.wait_for(lambda ev: tracer.connects_to(81, target))
+        inode = netns_inode(ns)
+    assert proc.returncode == 28, proc.stderr   # curl: operation timed out
+    curl_us = float(proc.stdout) * 1e6
+    [ev] = tracer.connects_to(81, target)
+    assert ev.outcome == "abandoned"
+    assert ev.err == 0
+    assert ev.comm == "curl"
+    assert ev.syn_retransmits >= 1
+    # the wait is curl's own, inside its elapsed time and most of it
+    assert ev.latency_us is not None
+    assert curl_us - 300_000 <= ev.latency_us <= curl_us + 1_000, (ev.latency_us, curl_us)
+    assert ev.netns == inode
+    print(f"curl exit {proc.returncode} after {curl_us:.0f} us; tracer: {ev.outcome}, "
+          f"waited {ev.latency_us:.0f} us, {ev.syn_retransmits} SYN retransmits, netns {ev.netns}")
+
+
+def test_closed_port_is_refused_with_its_errno(tracer):
+    with scratch_netns() as ns:
+        s = socket_in(ns)
+        try:
+            err = s.connect_ex(("127.0.0.1", 9))   # nothing listens in a new namespace
+            sport = s.getsockname()[1]
+        finally:
+            s.close()
+        tracer.wait_for(lambda ev: [e for e in tracer.connects_to(9, "127.0.0.1")
+                                    if e.sport == sport])
+        inode = netns_inode(ns)
+    assert err == errno.ECONNREFUSED
+    [ev] = [e for e in tracer.connects_to(9, "127.0.0.1") if e.netns == inode]
+    assert (ev.outcome, ev.err, ev.sport, ev.pid) == ("refused", 111, sport, os.getpid())
+
+
+PORTS = 10
+
+
+def test_port_exhaustion_is_an_error_with_connects_errno(tracer):
+    """Ten local ports, ten connections held: the eleventh connect() fails
+    inside the kernel with EADDRNOTAVAIL, and the row says so."""
+    with scratch_netns() as ns:
+        subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw",
+                        f"net.ipv4.ip_local_port_range=41000 {41000 + PORTS - 1}"],
+                       check=True, capture_output=True, timeout=10)
+        listener = socket_in(ns)
+        held = []
+        try:
+            listener.bind(("127.0.0.1", 8081))
+            listener.listen(64)
+            for _ in range(PORTS):
+                c = socket_in(ns)
+                held.append(c)
+                assert c.connect_ex(("127.0.0.1", 8081)) == 0
+            extra = socket_in(ns)
+            held.append(extra)
+            t0 = time.perf_counter_ns()
+            err = extra.connect_ex(("127.0.0.1", 8081))
+            elapsed_us = (time.perf_counter_ns() - t0) / 1000
+            tracer.wait_for(lambda ev: len([e for e in tracer.connects_to(8081, "127.0.0.1")
+                                            if e.netns == netns_inode(ns)]) >= PORTS + 1)
+            inode = netns_inode(ns)
+        finally:
+            for c in held:
+                c.close()
+            listener.close()
+    assert err == errno.EADDRNOTAVAIL   # what the client saw
+    mine = [e for e in tracer.connects_to(8081, "127.0.0.1") if e.netns == inode]
+    assert sorted(e.outcome for e in mine) == ["error"] + ["established"] * PORTS
+    [failed] = [e for e in mine if e.outcome == "error"]
+    assert failed.err == err == 99
+    assert failed.sport == 0 and failed.pid == os.getpid()
+    assert failed.latency_us is not None and failed.latency_us <= elapsed_us + 50
+    assert {e.sport for e in mine if e.outcome == "established"} == set(range(41000, 41000 + PORTS))
+    print(f"client errno {err}; tracer: {len(mine) - 1} established, then {failed.outcome} "
+          f"errno {failed.err} after {failed.latency_us:.1f} us (client {elapsed_us:.1f} us), "
+          f"netns {failed.netns}")
+
+
+def test_in_flight_connect_whose_end_was_missed_is_swept_and_counted(tracer):
+    """An entry left in `inflight` as if the SYN_SENT exit had been skipped
+    (BPF recursion): shown as pending while it could still be waiting, then
+    removed, counted with the lost connects, and never shown again."""
+    from tracer import events
+    from tracer.probes.session import STALE_CONNECT_S
+
+    session = tracer.session
+    table = session._prog.maps["inflight"]
+    # The sweep is asked as if it ran later than now: a guest booted a
+    # minute ago has no monotonic time STALE_CONNECT_S in the past.
+    base = time.monotonic_ns()
+    now = base + (STALE_CONNECT_S + 100) * 10**9
+
+    def entry(age_s: float, last_octet: int) -> bytes:
+        v = events.InflightRecord()
+        v.ts_ns = v.ts_active_ns = now - int(age_s * 1e9)
+        assert v.ts_ns >= base
+        v.pid = v.tid = 999_999
+        v.family = socket.AF_INET
+        v.daddr[:4] = socket.inet_aton(f"10.252.0.{last_octet}")
+        v.dport = 4444
+        v.have_dest = 1
+        return bytes(v)
+
+    # kernel-looking addresses no socket has (the top of the address space)
+    stale_key, fresh_key = (0xFFFFFFFFFFFFF000).to_bytes(8, "little"), \
+        (0xFFFFFFFFFFFFF100).to_bytes(8, "little")
+    before = session.counters()["stale_connects"]
+    table.update(stale_key, entry(STALE_CONNECT_S + 100, 1))
+    table.update(fresh_key, entry(STALE_CONNECT_S - 100, 2))
+    try:
+        pending = session.pending_connects(now)
+        assert (4, "10.252.0.1", 4444) not in pending          # swept, not shown
+        assert pending[(4, "10.252.0.2", 4444)][0] == 1       # could still be waiting: kept
+        assert table.lookup(stale_key) is None
+        assert table.lookup(fresh_key) is not None
+        assert session.counters()["stale_connects"] == before + 1
+        # once gone it is not counted again
+        session.pending_connects(now)
+        assert session.counters()["stale_connects"] == before + 1
+    finally:
+        table.delete(stale_key)
+        table.delete(fresh_key)
+
+
+def test_live_view_shows_an_abandoned_connect_pending_then_as_a_timeout(collector_run):
+    """Through the real collection loop: while the SYN is unanswered the
+    destination shows it pending; once the application gives up, the row
+    counts it under TIMEOUT (given up), the event log says so, and the
+    recorded row carries the wait."""
+    from tracer.clock import Clock
+    from tracer.sinks.recorder import connect_row
+
+    with scratch_netns() as ns:
+        _ip("-n", ns, "tuntap", "add", "dev", "bh0", "mode", "tun")
+        _ip("-n", ns, "addr", "add", f"{BLACKHOLE_NET}.1/24", "dev", "bh0")
+        _ip("-n", ns, "link", "set", "bh0", "up")
+        target, port = f"{BLACKHOLE_NET}.3", 82
+        with collector_run(0.25) as run:
+            s = socket_in(ns)
+            s.setblocking(False)
+            t0 = time.monotonic()
+            assert s.connect_ex((target, port)) == errno.EINPROGRESS
+            time.sleep(1.5)
+            s.close()
+            waited_us = (time.monotonic() - t0) * 1e6
+            time.sleep(1.0)
+
+    def row(snap):
+        return next((r for r in snap.destinations if r.label == f"{target}:{port}"), None)
+
+    pending = [row(s) for s in run.snapshots if row(s) is not None and row(s).pending]
+    assert pending and pending[0].attempts == 0 and pending[0].oldest_pending_s < 1.6
+    final = row(run.snapshots[-1])
+    assert (final.attempts, final.abandoned, final.timeouts, final.errors, final.pending) == (
+        1, 1, 1, 0, 0)
+    assert final.abandoned_max_wait_us <= waited_us
+    assert any("given up by the application" in n.text and target in n.text
+               for n in run.snapshots[-1].notable)
+    [ev] = [e for e in run.events if getattr(e, "daddr", None) == target]
+    rec = connect_row(ev, Clock())
+    assert rec["outcome"] == "abandoned" and rec["errno"] == 0
+    assert 1_400_000 <= rec["latency_us"] <= waited_us
