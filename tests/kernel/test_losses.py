@@ -62,7 +62,7 @@ class Recorded:
 
 
 def record_with(monkeypatch, capfd, tmp_path, port, traffic, *, sizes, gate_reader=False,
-                duration=2.5):
+                duration=2.5, after_drain=None):
     """Run tracer.run.record() with BuildOptions overridden by `sizes`, while
     `traffic(session)` runs in a thread named COMM once the probes are loaded.
     gate_reader: the collector's reads wait until the traffic is done (a
@@ -74,7 +74,7 @@ def record_with(monkeypatch, capfd, tmp_path, port, traffic, *, sizes, gate_read
     monkeypatch.setattr(program, "BuildOptions", functools.partial(program.BuildOptions, **sizes))
     # record() keeps numpy and pandas out of its process; this one is pytest's
     monkeypatch.setattr(run, "keep_out_of_the_tracer", lambda *a, **k: None)
-    loaded, done = threading.Event(), threading.Event()
+    loaded, done, drained = threading.Event(), threading.Event(), threading.Event()
     out = Recorded()
     real_start = startup.start
     failures = []
@@ -86,7 +86,10 @@ def record_with(monkeypatch, capfd, tmp_path, port, traffic, *, sizes, gate_read
         def poll(timeout_ms=100):
             if gate_reader:
                 done.wait(30)
-            return real_poll(timeout_ms)
+            got = real_poll(timeout_ms)
+            if done.is_set() and not got:
+                drained.set()
+            return got
 
         def close():
             if session._prog is not None:
@@ -103,6 +106,10 @@ def record_with(monkeypatch, capfd, tmp_path, port, traffic, *, sizes, gate_read
         try:
             loaded.wait(60)
             traffic()
+            if after_drain is not None:
+                done.set()
+                assert drained.wait(10)
+                after_drain()
         except BaseException as e:   # reported by the test, not lost in a thread
             failures.append(e)
         finally:
@@ -117,7 +124,7 @@ def record_with(monkeypatch, capfd, tmp_path, port, traffic, *, sizes, gate_read
                out_dir=str(rec), duration=duration)
     t.join(30)
     assert not failures, failures
-    assert done.is_set()
+    assert done.is_set() and (after_drain is None or drained.is_set())
     out.stderr = capfd.readouterr().err
     [out.manifest] = [json.loads(p.read_text()) for p in (rec / "runs").glob("*.json")]
     files = sorted(Path(rec, "connects").glob("date=*/*.parquet"))
@@ -251,3 +258,54 @@ def test_tiny_handshake_map_counts_every_unmeasured_accept_wait(monkeypatch, cap
     assert measured == slots, (measured, c)
     assert measured + c["untracked_accept_waits"] == m, (measured, c)
     assert_shown(rec, c["untracked_accept_waits"])
+
+
+def test_small_perf_buffer_with_a_stalled_reader_counts_every_lost_connect(monkeypatch, capfd,
+                                                                           tmp_path):
+    """The transport of kernels without a ring buffer (hidden here by the test
+    hook CONNSCOPE_HIDE_FEATURES), one page per CPU: the kernel reports the
+    records it dropped on a CPU in a PERF_RECORD_LOST record, written only
+    when the next record fits on that CPU. So after the reader has caught up
+    one more connect is made on each CPU, and those are in the count."""
+    from tracer.probes import buffers
+
+    monkeypatch.setenv("CONNSCOPE_HIDE_FEATURES", "ringbuf")
+    monkeypatch.setattr(buffers, "PerfBuffer", functools.partial(buffers.PerfBuffer, pages=1))
+    n = 300
+    cpus = sorted(os.sched_getaffinity(0))
+    lst = Listener(backlog=4096)
+    clients, sports = [], []
+
+    def connect_once():
+        c = socket.create_connection(("127.0.0.1", lst.port), timeout=5)
+        clients.append(c)
+        sports.append(c.getsockname()[1])
+
+    def burst():
+        for _ in range(n):
+            connect_once()
+
+    def one_per_cpu():
+        for cpu in cpus:
+            os.sched_setaffinity(0, {cpu})     # this thread only
+            connect_once()
+        os.sched_setaffinity(0, cpus)
+
+    try:
+        rec = record_with(monkeypatch, capfd, tmp_path, lst.port, burst, sizes={},
+                          gate_reader=True, after_drain=one_per_cpu)
+    finally:
+        for c in clients:
+            c.close()
+        lst.close()
+    assert rec.transport == "perf buffer"
+    made = n + len(cpus)
+    assert len(clients) == made
+    c = rec.counters
+    assert c["untracked_connects"] == 0 and c["decode_errors"] == 0, c
+    seen = len(rec.rows)
+    print(f"perf buffer: made {made}, recorded {seen}, lost_events {c['lost_events']}")
+    assert 0 < seen < made and c["lost_events"] > 0, (seen, c)
+    assert seen + c["lost_events"] == made, (seen, c)
+    assert set(sports[-len(cpus):]) <= {r["sport"] for r in rec.rows}
+    assert_shown(rec, c["lost_events"])
