@@ -48,6 +48,8 @@ class BuildOptions:
     ringbuf: bool = True
     ringbuf_pages: int = 1024  # 4 MiB: ~40k connect events before loss
     max_inflight: int = 65536
+    # Test hook: the bpf/listeners.h defaults unless set (tests/kernel/test_losses.py)
+    max_handshakes: int | None = None
 
 
 def cflags(opts: BuildOptions, offset_flags: list[str]) -> list[str]:
@@ -55,6 +57,8 @@ def cflags(opts: BuildOptions, offset_flags: list[str]) -> list[str]:
         raise ValueError(f"unknown backend {opts.backend!r}")
     flags = [f"-DBACKEND_{opts.backend.upper()}",
              f"-DMAX_INFLIGHT={opts.max_inflight}"]
+    if opts.max_handshakes is not None:
+        flags.append(f"-DMAX_HANDSHAKES={opts.max_handshakes}")
     if opts.ringbuf:
         flags.append(f"-DRINGBUF_PAGES={opts.ringbuf_pages}")
     else:

@@ -161,7 +161,11 @@ class ProbeSession:
                 return 0
             return sum(struct.unpack_from("<Q", v)[0] for v in table.per_cpu(value))
         return {
-            "lost_events": total(C["CTR_LOST_EVENTS"]) + self._buffer.lost,
+            # The same drops, counted twice on a perf buffer: by emit() when the
+            # output helper fails (kernels that report it) and by the kernel's
+            # PERF_RECORD_LOST records (written late, once a record fits again).
+            # Either alone is exact; the larger is the more current.
+            "lost_events": max(total(C["CTR_LOST_EVENTS"]), self._buffer.lost),
             "untracked_connects": total(C["CTR_INFLIGHT_FULL"]),
             "untracked_accept_waits": total(C["CTR_HANDSHAKES_FULL"]),
             "untracked_listeners": total(C["CTR_LISTENERS_FULL"]),
