@@ -242,6 +242,25 @@ def report(directory, html_path, max_rows):
     run_report(directory, html_path, max_rows)
 
 
+@cli.command(context_settings=CONTEXT)
+@click.argument("directory", type=click.Path(), metavar="DIR", callback=_directory_path)
+def recover(directory):
+    """Finalize what a recorder killed with kill -9 (an OOM kill, a host crash)
+    left in DIR, so that DuckDB, pyarrow or pandas read every row it journaled.
+    'report' and 'replay' do this by themselves. Needs the owner of DIR (root,
+    or the user who ran sudo); refused while a recorder is writing to DIR.
+
+    \b
+    Examples:
+      sudo connscope recover /var/tmp/rec
+      duckdb -c "select count(*) from read_parquet('/var/tmp/rec/connects/**/*.parquet')"
+    """
+    from tracer.sinks.recover_command import recover_directory
+
+    for line in recover_directory(directory):
+        click.echo(line)
+
+
 def _print_traceback() -> None:
     """The current exception's traceback on stderr, each line escaped: its
     messages may quote names other users chose (with ESC sequences)."""
