@@ -155,7 +155,7 @@ def top(record_dir, max_size, plain, duration, **opts):
 
 
 @cli.command(context_settings=CONTEXT)
-@click.argument("directory", type=click.Path(), metavar="DIR")
+@click.argument("directory", type=click.Path(readable=False), metavar="DIR")
 def replay(directory):
     """Replay a recording in the live view: play, pause, step, faster, slower,
     jump to the worst moment (press ? in the view for every key).
@@ -217,7 +217,7 @@ def doctor(as_json):
 
 
 @cli.command(context_settings=CONTEXT)
-@click.argument("directory", type=click.Path(), metavar="DIR")
+@click.argument("directory", type=click.Path(readable=False), metavar="DIR")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False),
               metavar="FILE", help="Also write one self-contained HTML file with charts.")
 @click.option("--max-rows", type=click.IntRange(min=1, max=1 << 40), default=MAX_REPORT_ROWS,

@@ -73,6 +73,16 @@ def read_recording(directory, *, progress: Progress | None = None,
     `finalize`, a dead recorder's journals are finalized first (module docstring).
     """
     root = Path(directory)
+    try:
+        os.stat(root)
+        readable = os.access(root, os.R_OK | os.X_OK)
+    except PermissionError:
+        readable = False
+    except OSError:
+        readable = True     # missing: said below
+    if not readable:
+        raise RecordingNotFound(f"cannot read {printable(root)}: Permission denied (the "
+                                f"recording belongs to its owner: run this as root, with sudo)")
     if not root.exists():
         raise RecordingNotFound(f"{root} does not exist; pass the directory given to "
                                 f"'connscope record --out'")

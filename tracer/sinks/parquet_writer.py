@@ -25,9 +25,9 @@ a small Parquet file, so DuckDB on a recording being written sees rows within
 about 10 s (one collector interval, one flush, one publish); at rotation the
 small files of a partition are compacted into one (table_writer.py).
 
-Every table has a file when the recording closes: a table that got no rows
-gets an empty file with its schema, so a query on it returns nothing instead
-of failing with "No files found".
+Every table has a file from the moment the recording starts: a table without
+rows has an empty file with its schema (`<prefix>-0000.parquet`), so a query
+on it returns nothing instead of failing with "No files found".
 
 Disk full or unwritable: the Recording stops writing, says why in
 `paused_reason`, counts the rows it drops and retries on every flush; files
@@ -330,6 +330,10 @@ class Recording:
                            publish_age_s=publish_age_s, on_compacted=self._files_compacted)
             for t in TABLES
         }
+        try:
+            self._every_table_exists()
+        except OSError as e:
+            self._pause(e)   # a full disk at start: said like any other storage error
         self._stop = threading.Event()
         self._thread = None
         if background_flush:
