@@ -22,6 +22,7 @@ not read twice.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -74,8 +75,8 @@ def read_recording(directory, *, progress: Progress | None = None,
     """
     root = Path(directory)
     try:
-        os.stat(root)
-        readable = os.access(root, os.R_OK | os.X_OK)
+        readable = (not stat.S_ISDIR(os.stat(root).st_mode)
+                    or os.access(root, os.R_OK | os.X_OK))
     except PermissionError:
         readable = False
     except OSError:
