@@ -177,7 +177,8 @@ def test_disk_full_pauses_warns_and_resumes(tmp_path):
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
     try:
         out = mnt / "rec"
-        c = Connector(period=0.002, limit=4000)
+        # slow enough to still be connecting when space returns (bounded: 8000)
+        c = Connector(period=0.005, limit=8000)
         # only our connects, so that dropped + written rows can be checked
         proc = start_recorder(out, "--interval", "0.5", "--port", str(c.port))
         wait_started(proc)
@@ -305,10 +306,10 @@ def test_kill_9_report_as_another_user_is_one_line(tmp_path):
     try:
         os.chmod(shared, 0o755)
         out = shared / "rec"
-        proc = start_recorder(out)
+        proc = start_recorder(out, "--interval", "0.5")
         wait_started(proc)
-        with Connector(period=0.01, limit=300):
-            time.sleep(3)
+        with Connector(period=0.01, limit=600):
+            time.sleep(4.5)
             proc.kill()
             proc.wait()
         assert list(out.rglob("*.arrows.inprogress"))
