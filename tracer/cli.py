@@ -163,7 +163,7 @@ def top(record_dir, max_size, plain, duration, **opts):
 
 
 @cli.command(context_settings=CONTEXT)
-@click.argument("directory", type=click.Path(), metavar="DIR")
+@click.argument("directory", type=click.Path(readable=False), metavar="DIR")
 def replay(directory):
     """Replay a recording in the live view: play, pause, step, faster, slower,
     jump to the worst moment (press ? in the view for every key).
@@ -225,7 +225,7 @@ def doctor(as_json):
 
 
 @cli.command(context_settings=CONTEXT)
-@click.argument("directory", type=click.Path(), metavar="DIR")
+@click.argument("directory", type=click.Path(readable=False), metavar="DIR")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False),
               metavar="FILE", help="Also write one self-contained HTML file with charts.")
 @click.option("--max-rows", type=click.IntRange(min=1, max=1 << 40), default=MAX_REPORT_ROWS,
@@ -248,6 +248,25 @@ def report(directory, html_path, max_rows):
     from tracer.report.command import report as run_report
 
     run_report(directory, html_path, max_rows)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("directory", type=click.Path(), metavar="DIR", callback=_directory_path)
+def recover(directory):
+    """Finalize what a recorder killed with kill -9 (an OOM kill, a host crash)
+    left in DIR, so that DuckDB, pyarrow or pandas read every row it journaled.
+    'report' and 'replay' do this by themselves. Needs the owner of DIR (root,
+    or the user who ran sudo); refused while a recorder is writing to DIR.
+
+    \b
+    Examples:
+      sudo connscope recover /var/tmp/rec
+      duckdb -c "select count(*) from read_parquet('/var/tmp/rec/connects/**/*.parquet')"
+    """
+    from tracer.sinks.recover_command import recover_directory
+
+    for line in recover_directory(directory):
+        click.echo(line)
 
 
 def _print_traceback() -> None:

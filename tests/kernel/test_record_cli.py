@@ -1,6 +1,8 @@
 """`connscope record` as a user runs it: real process, real signals, real
 file systems; files checked with pyarrow and DuckDB."""
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -74,6 +76,20 @@ def connects_rows(out, port):
                         f"hive_partitioning=true) where dport = {port}").fetchall()[0][0]
     assert n_arrow == n_duck
     return n_duck
+
+
+def rows_after(out, port, since_us):
+    """Rows of our connects with ts after `since_us` in the Parquet files now (a
+    file published while we list is read next time)."""
+    n = 0
+    for f in Path(out, "connects").glob("date=*/*.parquet"):
+        try:
+            t = pq.read_table(f, columns=["ts", "dport"])
+        except (OSError, ValueError):
+            continue
+        ts = t.column("ts").cast("int64").to_pylist()
+        n += sum(1 for s, p in zip(ts, t.column("dport").to_pylist()) if p == port and s > since_us)
+    return n
 
 
 def test_record_duration_writes_exact_rows(tmp_path):
@@ -161,7 +177,8 @@ def test_disk_full_pauses_warns_and_resumes(tmp_path):
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
     try:
         out = mnt / "rec"
-        c = Connector(period=0.002, limit=4000)
+        # slow enough to still be connecting when space returns (bounded: 8000)
+        c = Connector(period=0.005, limit=8000)
         # only our connects, so that dropped + written rows can be checked
         proc = start_recorder(out, "--interval", "0.5", "--port", str(c.port))
         wait_started(proc)
@@ -179,9 +196,20 @@ def test_disk_full_pauses_warns_and_resumes(tmp_path):
             time.sleep(6)        # status line at once on pause
             os.unlink(filler)    # space returns
             time.sleep(4)
+            # Writing resumes while the recorder runs: rows of connects made after
+            # space returned reach Parquet (published every 5 s) before it is stopped.
+            # A recorder that never resumed would have none of them until its exit.
+            returned_us = int(time.time() * 1e6)
+            resumed = 0
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not resumed:
+                time.sleep(0.5)
+                resumed = rows_after(out, c.port, returned_us + 1_000_000)
+        running = proc.poll() is None
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
+        assert running and resumed > 0, (resumed, err)
         assert "WARNING: disk full" in err, err
         assert "Traceback" not in err
         for f in out.rglob("*.parquet"):
@@ -190,6 +218,115 @@ def test_disk_full_pauses_warns_and_resumes(tmp_path):
         assert 0 < rows < len(c.made)    # some were dropped while paused, the rest written
         import json
         manifest = [json.loads(p.read_text()) for p in (out / "runs").glob("*.json")][0]
-        assert manifest["dropped_rows"]["connects"] + rows == len(c.made)
+        lost = manifest["dropped_rows"]["connects"]
+        assert lost > 0 and lost + rows == len(c.made)
+        # and the loss was shown to the user, with its count, while it happened
+        # (the status line counts rows of every table; the manifest has them per table)
+        all_lost = sum(manifest["dropped_rows"].values())
+        shown = [int(m) for m in re.findall(r"writing paused, (\d+) rows dropped", err)]
+        assert shown and 0 < max(shown) <= all_lost, err
+        after = re.findall(r"\((\d+) rows were dropped while writing was paused\)", err)
+        assert after and int(after[-1]) == all_lost, err
     finally:
         subprocess.run(["umount", "-l", str(mnt)])
+
+
+def journaled_rows(out, port):
+    """Rows of our connects a dead recorder left: in its journals (every
+    complete batch; the one the kill cut short is not journaled) and in the
+    Parquet files it published."""
+    import pyarrow as pa
+
+    n = 0
+    for f in Path(out, "connects").glob("date=*/*.arrows.inprogress"):
+        reader = pa.ipc.open_stream(pa.memory_map(str(f)))
+        while True:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                break
+            except (pa.ArrowInvalid, OSError):
+                break
+            n += batch.column("dport").to_pylist().count(port)
+    return n + connects_rows(out, port)
+
+
+@pytest.mark.parametrize("finalizer", ["report", "recover"])
+def test_kill_9_then_report_replay_recover_and_pyarrow_see_every_journaled_row(tmp_path,
+                                                                               finalizer):
+    """kill -9 of a real recorder with loopback traffic; no new recorder is
+    started: `report` (or `recover`) finalizes the journals, then report, replay,
+    pyarrow and DuckDB all count every journaled row, and the client's own count
+    bounds them."""
+    from tracer.replay import load
+
+    out = tmp_path / "rec"
+    proc = start_recorder(out, "--interval", "0.5")
+    wait_started(proc)
+    with Connector(period=0.005, limit=3000) as c:
+        time.sleep(6)
+        killed_at = time.time()
+        proc.kill()
+        proc.wait()
+        time.sleep(0.2)
+    assert list(out.rglob("*.arrows.inprogress")), "nothing journaled: the test shows nothing"
+    journaled = journaled_rows(out, c.port)
+    published = connects_rows(out, c.port)     # readable before anyone recovers
+    assert journaled > published
+    made_before_bound = sum(1 for t in c.made if t < killed_at - 3.0)
+    assert made_before_bound <= journaled <= len(c.made), (made_before_bound, journaled)
+
+    p = subprocess.run([*CONNSCOPE, finalizer, str(out)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    said = p.stderr if finalizer == "report" else p.stdout
+    assert "recovered connects/date=" in said and "as crashed" in said, said
+    assert not list(out.rglob("*.inprogress"))
+    assert connects_rows(out, c.port) == journaled          # pyarrow and DuckDB
+    import pyarrow.dataset as ds
+
+    t = ds.dataset(str(out / "connects"), format="parquet", partitioning="hive").to_table(
+        columns=["dport"])
+    assert t.column("dport").to_pylist().count(c.port) == journaled
+    # the report's own tables and replay read the same rows
+    from tracer.report.reader import read_recording
+
+    data = read_recording(out, finalize=True)
+    assert data.tables["connects"].column("dport").to_pylist().count(c.port) == journaled
+    assert data.recovery == []                              # done already
+    timeline = load(out)
+    assert len(timeline) > 0
+    p = subprocess.run([*CONNSCOPE, "recover", str(out)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0 and "nothing to recover" in p.stdout, p
+
+
+def test_kill_9_report_as_another_user_is_one_line(tmp_path):
+    """A root recording killed, report run by nobody: one line saying what it
+    cannot do, nothing changed; root's report then recovers."""
+    import tempfile
+
+    shared = Path(tempfile.mkdtemp(prefix="connscope-kernel-", dir="/tmp"))
+    try:
+        os.chmod(shared, 0o755)
+        out = shared / "rec"
+        proc = start_recorder(out, "--interval", "0.5")
+        wait_started(proc)
+        with Connector(period=0.01, limit=600):
+            time.sleep(4.5)
+            proc.kill()
+            proc.wait()
+        assert list(out.rglob("*.arrows.inprogress"))
+        before = sorted(str(p) for p in out.rglob("*"))
+        p = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                            *CONNSCOPE, "report", str(out)], cwd=ROOT, capture_output=True,
+                           text=True, timeout=60)
+        assert p.returncode == 1 and "Traceback" not in p.stderr
+        lines = p.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error: ") and "Permission denied" in lines[0], lines
+        assert sorted(str(p) for p in out.rglob("*")) == before
+        p = subprocess.run([*CONNSCOPE, "report", str(out)], cwd=ROOT, capture_output=True,
+                           text=True, timeout=60)
+        assert p.returncode == 0 and "recovered connects/" in p.stderr, p.stderr
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)

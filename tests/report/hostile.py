@@ -251,6 +251,10 @@ def mutate(seed: int, directory: Path) -> tuple[str, list[Path]]:
     if what == "foreign":
         desc, target = _foreign(rng, directory)
         return desc, [target]
+    if what == "rewrite":
+        # a bad value needs a row to sit in: not the empty file each table
+        # has from the start of a recording
+        files = [f for f in files if pq.ParquetFile(f).metadata.num_rows]
     path = rng.choice(files)
     if what == "flip":
         return f"{path.name}: " + _flip(rng, path), []

@@ -52,7 +52,7 @@ def broken(base, tmp_path):
 def test_base_recording_is_clean(base):
     code, out, err = run_cli("report", str(base))
     assert code == 0 and err == "", err
-    assert "DATA PROBLEMS" not in out and "12 read, 0 skipped" in out.replace("files     ", "")
+    assert "DATA PROBLEMS" not in out and "18 read, 0 skipped" in out.replace("files     ", "")
 
 
 @pytest.mark.parametrize("seed", _seeds(REPORT_CASES))

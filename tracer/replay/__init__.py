@@ -40,11 +40,14 @@ def _parquet_bytes(directory: Path) -> int:
 
 def load(directory) -> RecordingTimeline:
     """Read a recording. A missing or empty directory raises the reader's
-    one-line errors; unreadable files become lines in the log, not failures."""
+    one-line errors; unreadable files, and what finalizing a dead recorder's
+    files did (or why it could not), become lines in the log, not failures."""
     from tracer.replay.timeline import RecordingTimeline
     from tracer.report.reader import read_recording
 
-    data = read_recording(directory)
+    # a dead recorder's journals are finalized first (or a line says why not)
+    data = read_recording(directory, finalize=True)
+    data.problems[:0] = data.recovery
     return RecordingTimeline(data, directory, recording_bytes=_parquet_bytes(Path(directory)))
 
 

@@ -58,9 +58,11 @@ def report(directory, html_path=None, max_rows: int = MAX_REPORT_ROWS) -> None:
     Files that would take the rows read past `max_rows` are skipped and named."""
     bar = _ProgressBar()
     try:
-        data = read_recording(directory, progress=bar, max_rows=max_rows)
+        data = read_recording(directory, progress=bar, max_rows=max_rows, finalize=True)
     finally:
         bar.close()
+    for line in data.recovery:   # a dead recorder's journals finalized first, or why not
+        click.echo(f"connscope: {line}", err=True)
     summary = summarize(data)
     source = str(directory)
     if html_path is not None:

@@ -162,6 +162,13 @@ def read_file(path: Path, table: str, budget: Budget) -> pa.Table:
             if required not in names:
                 raise Skip(f"no {required} column; not a connscope {table} file")
         wanted = [f.name for f in sch if f.name in names]
+        if not rows:
+            # no batch will be conformed: check the column types all the same
+            # (every table has an empty file from the start of a recording)
+            try:
+                conform(pa.RecordBatch.from_pylist([], schema=pf.schema_arrow), table)
+            except _ARROW_ERRORS as e:
+                raise Skip(f"corrupt ({first_line(e)})") from None
         budget.take(rows, f"{rows:,} rows")   # the footer's count, enforced below: it may lie
         try:
             out = pa.Table.from_batches(list(_batches(pf, wanted, rows, table)), schema=sch)

@@ -6,13 +6,23 @@ its own so one bad file (cut short by a full disk, foreign, from a newer
 connscope) costs a line in `problems`, not the report. Rows are cast to the
 schema of this connscope; columns a file lacks become nulls.
 
-Files still being written (`*.inprogress`) are ignored, and so is
-`quarantine/`, where crash recovery sets aside what it could not read.
+Files still being written (`*.inprogress`) are not read, and neither is
+`quarantine/`, where crash recovery sets aside what it could not read. With
+`finalize=True` (report, replay) the journals a dead recorder left are first
+finalized through the recorder's own recovery (tracer/sinks/crashed.py), when
+no recorder holds the directory and the caller may change it; otherwise
+`recovery` says in one line why their rows are not read.
+
+A compacted file (`<prefix>-<first>-<last>.parquet`, tracer/sinks/names.py)
+holds the rows of the small files `<prefix>-<first>` to `<prefix>-<last>` of
+its partition: those still there (a recorder killed while compacting) are
+not read twice.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -25,6 +35,7 @@ from tracer.report.run_manifest import problem as manifest_problem
 from tracer.safe_text import printable
 from tracer.schema import TABLES, schema
 from tracer.sinks.manifest import MANIFEST_MAX_BYTES, read_manifest
+from tracer.sinks.names import covered_by_compaction, is_empty_placeholder
 
 QUARANTINE_DIR = "quarantine"   # as in tracer/sinks/recovery.py
 RUNS_DIR = "runs"               # as in tracer/sinks/manifest.py
@@ -48,25 +59,53 @@ class RecordingData:
     manifests: list[dict] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)   # "<path>: <why>", one per skipped file
     files_read: int = 0
+    recovery: list[str] = field(default_factory=list)   # what finalizing a dead recorder did, or why not
+    unfinished: int = 0             # *.inprogress data files left unread
 
 
 def read_recording(directory, *, progress: Progress | None = None,
-                   max_rows: int = MAX_REPORT_ROWS) -> RecordingData:
+                   max_rows: int = MAX_REPORT_ROWS, finalize: bool = False) -> RecordingData:
     """Read every connscope Parquet file and run manifest under `directory`.
 
     `progress(done, total)` is called after each data file. Raises
     RecordingNotFound if `directory` does not exist, EmptyRecording if it holds
     neither a readable data file nor a manifest. Files that would take the
-    total past `max_rows` are skipped, each named in `problems`.
+    total past `max_rows` are skipped, each named in `problems`. With
+    `finalize`, a dead recorder's journals are finalized first (module docstring).
     """
     root = Path(directory)
+    try:
+        readable = (not stat.S_ISDIR(os.stat(root).st_mode)
+                    or os.access(root, os.R_OK | os.X_OK))
+    except PermissionError:
+        readable = False
+    except OSError:
+        readable = True     # missing: said below
+    if not readable:
+        raise RecordingNotFound(f"cannot read {printable(root)}: Permission denied (the "
+                                f"recording belongs to its owner: run this as root, with sudo)")
     if not root.exists():
         raise RecordingNotFound(f"{root} does not exist; pass the directory given to "
                                 f"'connscope record --out'")
     if not root.is_dir():
         raise RecordingNotFound(f"{root} is not a directory; pass the directory given to "
                                 f"'connscope record --out'")
-    data_files, manifest_files, skipped = _scan(root)
+    data_files, manifest_files, skipped, unfinished = _scan(root)
+    recovery: list[str] = []
+    if finalize and unfinished:
+        from tracer.sinks.crashed import finalize_dead_recorder
+
+        changed = False
+        # DIR/<table>/date=.../<file>: each recording (a fleet may hold several)
+        for rec_root in sorted({p.parent.parent.parent for p in unfinished}):
+            n = sum(1 for p in unfinished if p.parent.parent.parent == rec_root)
+            done = finalize_dead_recorder(rec_root, n)
+            recovery += [f"{printable(rec_root)}: {line}" for line in done.lines]
+            if done.refused:
+                recovery.append(done.refused)
+            changed = changed or done.changed
+        if changed:
+            data_files, manifest_files, skipped, unfinished = _scan(root)
     # The per-interval tables (listeners, overflows, sockets, pools) are small
     # and say most about an incident: read first, so that a recording past
     # --max-rows loses event rows, never them.
@@ -83,7 +122,9 @@ def read_recording(directory, *, progress: Progress | None = None,
     for done, (table, path) in enumerate(data_files, 1):
         try:
             key = (table, path.parent.name, path.name, path.lstat().st_size)
-            if key in seen:
+            # empty files (no rows) of two hosts' runs of the same second are
+            # alike; only files with rows are worth a line
+            if key in seen and not is_empty_placeholder(path.name):
                 raise Skip(f"same file as {seen[key]} (copied twice?); read once")
             seen[key] = path
             parts[table].append(read_file(path, table, budget))
@@ -96,23 +137,29 @@ def read_recording(directory, *, progress: Progress | None = None,
             progress(done, total)
 
     if not files_read and not manifests:
-        raise EmptyRecording(_empty_message(root, total, problems))
+        message = _empty_message(root, total, problems)
+        if recovery:
+            message += f"; {recovery[-1]}"
+        raise EmptyRecording(message)
 
     tables = {t: _concat(t, parts[t]) for t in TABLES}
     return RecordingData(tables=tables, manifests=manifests, problems=problems,
-                         files_read=files_read)
+                         files_read=files_read, recovery=recovery, unfinished=len(unfinished))
 
 
 # ---------------------------------------------------------------- finding files
 
-def _scan(root: Path) -> tuple[list[tuple[str, Path]], list[Path], list[tuple[Path, str]]]:
-    """Data files as (table, path), manifest paths, and (path, why) for what
-    cannot be searched or looks like ours but cannot be: directories too deep
-    or unlistable, directories named like data files or manifests.
+def _scan(root: Path) -> tuple[list[tuple[str, Path]], list[Path], list[tuple[Path, str]],
+                               list[Path]]:
+    """Data files as (table, path), manifest paths, (path, why) for what
+    cannot be searched or looks like ours but cannot be (directories too deep
+    or unlistable, directories named like data files or manifests), and the
+    unfinished data files (`*.inprogress`). Small files a compacted file of
+    the same partition holds are left out.
 
     Iterative, and never into a link: a tree 10,000 directories deep or a link
     to / is a line in the report, not a RecursionError or a walk of the host."""
-    data, manifests, skipped = [], [], []
+    data, manifests, skipped, unfinished = [], [], [], []
     stack = [(root, 0)]
     while stack:
         here, depth = stack.pop()
@@ -126,6 +173,7 @@ def _scan(root: Path) -> tuple[list[tuple[str, Path]], list[Path], list[tuple[Pa
         is_data = here.name.startswith("date=") and here.parent.name in TABLES
         suffix = ".json" if is_runs else ".parquet" if is_data else None
         subdirs = []
+        covered = covered_by_compaction([e.name for e in entries]) if is_data else set()
         for e in entries:
             try:
                 real_dir = e.is_dir(follow_symlinks=False)
@@ -136,8 +184,10 @@ def _scan(root: Path) -> tuple[list[tuple[str, Path]], list[Path], list[tuple[Pa
                     skipped.append((Path(e.path), "a directory, not a file; not read"))
                 elif is_runs:
                     manifests.append(Path(e.path))
-                else:
+                elif e.name not in covered:
                     data.append((here.parent.name, Path(e.path)))
+            elif is_data and e.name.endswith(".inprogress") and not real_dir:
+                unfinished.append(Path(e.path))
             elif real_dir and e.name != QUARANTINE_DIR:    # recovery's leftovers are not data
                 subdirs.append(Path(e.path))
         if subdirs and depth >= MAX_DEPTH:
@@ -145,7 +195,7 @@ def _scan(root: Path) -> tuple[list[tuple[str, Path]], list[Path], list[tuple[Pa
             continue
         # reversed onto the stack: popped in name order, so reports are reproducible
         stack += [(d, depth + 1) for d in reversed(subdirs)]
-    return data, manifests, skipped
+    return data, manifests, skipped, unfinished
 
 
 def _read_manifests(paths: list[Path], problems: list[str]) -> list[dict]:

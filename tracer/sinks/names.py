@@ -9,6 +9,9 @@ because every pattern here is a single component made of
     <table>/date=YYYY-MM-DD/<host>-<YYYYmmddTHHMMSSZ>-<seq>.parquet
                                                      ...arrows.inprogress   (journal)
                                                      ...parquet.inprogress  (temporary Parquet)
+    <table>/date=YYYY-MM-DD/<host>-<YYYYmmddTHHMMSSZ>-<first seq>-<last seq>.parquet
+        (compacted: holds the rows of the files <first> to <last> of the same
+        prefix and partition, which are deleted once it is published)
     runs/<run_id>.json   (and <run_id>.json.tmp while it is replaced)
 """
 from __future__ import annotations
@@ -16,6 +19,9 @@ from __future__ import annotations
 import re
 
 LOCK_FILE = ".connscope.lock"
+# <prefix>-0000.parquet: the empty file (schema only) of a table that got no
+# rows; journals count from 1
+EMPTY_SEQ = 0
 RUNS_DIR = "runs"
 QUARANTINE_DIR = "quarantine"
 
@@ -30,7 +36,8 @@ MANIFEST_TMP_SUFFIX = ".json.tmp"
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 _DATE_DIR = re.compile(r"date=\d{4}-\d{2}-\d{2}")
 # <safe host>-<run start>-<seq>: TableWriter's file prefix and sequence number
-_DATA_BASE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,149}-\d{8}T\d{6}Z-\d{4,9}")
+_DATA_BASE = re.compile(r"(?P<prefix>[A-Za-z0-9_-][A-Za-z0-9._-]{0,149}-\d{8}T\d{6}Z)"
+                        r"-(?P<first>\d{4,9})(?:-(?P<last>\d{4,9}))?")
 _HOST_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -57,6 +64,46 @@ def data_base(name: str, suffix: str) -> str | None:
         return None
     base = name[: -len(suffix)]
     return base if _DATA_BASE.fullmatch(base) else None
+
+
+def data_seqs(name: str, suffix: str = PARQUET_SUFFIX) -> tuple[str, int, int] | None:
+    """(prefix, first seq, last seq) of a data file name (first == last unless
+    compacted), or None if `name` is not one TableWriter writes."""
+    if not name.endswith(suffix):
+        return None
+    m = _DATA_BASE.fullmatch(name[: -len(suffix)])
+    if m is None:
+        return None
+    first = int(m["first"])
+    last = int(m["last"]) if m["last"] else first
+    return m["prefix"], first, last
+
+
+def is_empty_placeholder(name: str) -> bool:
+    seqs = data_seqs(name)
+    return seqs is not None and seqs[1] == seqs[2] == EMPTY_SEQ
+
+
+def compacted_name(prefix: str, first: int, last: int) -> str:
+    return f"{prefix}-{first:04d}-{last:04d}{PARQUET_SUFFIX}"
+
+
+def covered_by_compaction(names) -> set[str]:
+    """The Parquet files among `names` (one partition) whose rows a compacted
+    file also among `names` holds: leftovers of a compaction cut short."""
+    ranges: dict[str, list[tuple[int, int]]] = {}
+    singles = []
+    for name in names:
+        seqs = data_seqs(name)
+        if seqs is None:
+            continue
+        prefix, first, last = seqs
+        if last > first:
+            ranges.setdefault(prefix, []).append((first, last))
+        else:
+            singles.append((name, prefix, first))
+    return {name for name, prefix, seq in singles
+            if any(a <= seq <= b for a, b in ranges.get(prefix, ()))}
 
 
 def manifest_run_id(name: str) -> str | None:

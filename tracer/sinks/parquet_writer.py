@@ -20,6 +20,15 @@ cannot be read (tracer/sinks/recovery.py).
 Partitioning follows each row's own `ts`, so `date=` always agrees with `ts`
 even for rows that arrive just after midnight.
 
+Live readers: every `publish_age_s` (default 5 s) the journal is published as
+a small Parquet file, so DuckDB on a recording being written sees rows within
+about 10 s (one collector interval, one flush, one publish); at rotation the
+small files of a partition are compacted into one (table_writer.py).
+
+Every table has a file from the moment the recording starts: a table without
+rows has an empty file with its schema (`<prefix>-0000.parquet`), so a query
+on it returns nothing instead of failing with "No files found".
+
 Disk full or unwritable: the Recording stops writing, says why in
 `paused_reason`, counts the rows it drops and retries on every flush; files
 already finalized are never touched.
@@ -252,7 +261,8 @@ class Recording:
                  backend: str = "unknown", version: str = __version__,
                  options: Mapping | None = None, start: datetime | None = None, flush_interval_s: float = 2.0,
                  rotate_rows: int = 1_000_000, rotate_bytes: int = 64 << 20,
-                 rotate_age_s: float = 60.0, max_bytes: int | None = None,
+                 rotate_age_s: float = 60.0, publish_age_s: float = 5.0,
+                 max_bytes: int | None = None,
                  max_buffer_rows: int = 1 << 18,
                  clock: Callable[[], float] = time.monotonic,
                  background_flush: bool = False):
@@ -316,9 +326,14 @@ class Recording:
                            run_start=self.start, flush_interval_s=flush_interval_s,
                            rotate_rows=rotate_rows, rotate_bytes=rotate_bytes,
                            rotate_age_s=rotate_age_s, max_buffer_rows=max_buffer_rows,
-                           clock=clock, on_file=self._file_finalized)
+                           clock=clock, on_file=self._file_finalized,
+                           publish_age_s=publish_age_s, on_compacted=self._files_compacted)
             for t in TABLES
         }
+        try:
+            self._every_table_exists()
+        except OSError as e:
+            self._pause(e)   # a full disk at start: said like any other storage error
         self._stop = threading.Event()
         self._thread = None
         if background_flush:
@@ -452,6 +467,8 @@ class Recording:
                 if failed is None:
                     self._cause = None  # everything reached the disk in the end
                 try:
+                    if self._abandoned is None:
+                        self._every_table_exists()
                     self._enforce_max_bytes()
                     self._update_manifest(final=True)
                     write_manifest(self._runs, self.manifest)
@@ -517,6 +534,30 @@ class Recording:
         self._finalized.append((table, folder, name, size))
         self._manifest_dirty = True
 
+    def _has_files(self) -> set[str]:
+        """Tables with at least one file in DIR (this run's or an earlier one's)."""
+        from tracer.schema import TABLES
+        from tracer.sinks.names import PARQUET_SUFFIX, data_base
+        from tracer.sinks.recovery import partitions
+
+        have = {table for table, *_ in self._finalized}
+        for table in set(TABLES) - have:
+            for _, part in partitions(self._root, table, []):
+                if any(data_base(n, PARQUET_SUFFIX) for n in part.names()):
+                    have.add(table)
+        return have
+
+    def _files_compacted(self, table: str, folder: str, names: list[str]) -> None:
+        gone = {(table, folder, name) for name in names}
+        self._finalized = [f for f in self._finalized if f[:3] not in gone]
+
+    def _every_table_exists(self) -> None:
+        """An empty file for each table that has none in DIR (module docstring)."""
+        have = self._has_files()
+        for w in self._writers.values():
+            if w.table not in have:
+                w.write_empty()
+
     def _update_manifest(self, final: bool) -> None:
         m = self.manifest
         m["rows"] = {w.table: w.rows_finalized for w in self._writers.values()}
@@ -536,7 +577,7 @@ class Recording:
         oldest first: only regular files with the recorder's names in real
         (not linked) partitions, which is all `--max-size` may delete."""
         from tracer.schema import TABLES
-        from tracer.sinks.names import PARQUET_SUFFIX, data_base
+        from tracer.sinks.names import PARQUET_SUFFIX, data_base, is_empty_placeholder
         from tracer.sinks.recovery import partitions
 
         found = []
@@ -545,6 +586,7 @@ class Recording:
                 for name in part.names():
                     st = part.lstat(name)
                     if (data_base(name, PARQUET_SUFFIX) and st is not None
+                            and not is_empty_placeholder(name)
                             and stat.S_ISREG(st.st_mode)):
                         found.append((st.st_mtime, table, folder, name, st.st_size))
         found.sort()

@@ -49,6 +49,7 @@ from tracer.sinks.names import (
     PARQUET_TMP_SUFFIX,
     QUARANTINE_DIR,
     RUNS_DIR,
+    covered_by_compaction,
     data_base,
     is_date_dir,
     is_run_id,
@@ -136,8 +137,39 @@ def recover_locked(root: Dir) -> list[str]:
         for folder, part in partitions(root, table, lines):
             rel_dir = (table, folder)
             _recover_partition(root, part, table, rel_dir, lines, salvaged, last_ts)
-    _recover_manifests(root, lines, salvaged, last_ts)
+    crashed = _recover_manifests(root, lines, salvaged, last_ts)
+    if crashed:
+        _every_table_exists(root, crashed[0], lines)
     return lines
+
+
+def _every_table_exists(root: Dir, manifest: dict, lines: list[str]) -> None:
+    """An empty Parquet file (with the schema) for each table that has no file
+    at all, as `Recording.close` leaves one: queries on a quiet table of a
+    crashed recording then return no rows instead of failing ("No files found")."""
+    from tracer.schema import schema
+    from tracer.sinks.journal import ROW_GROUP_ROWS, write_parquet
+    from tracer.sinks.names import safe_name
+
+    try:
+        start = datetime.strptime(str(manifest.get("start")), "%Y-%m-%dT%H:%M:%S.%fZ")
+    except ValueError:
+        start = datetime.utcnow()
+    # sequence 0: the empty file's, as TableWriter.write_empty names it
+    base = f"{safe_name(str(manifest.get('host') or 'host'))}-{start:%Y%m%dT%H%M%SZ}-0000"
+    for table in TABLES:
+        has_file = False
+        for _, part in partitions(root, table, []):
+            if any(data_base(n, PARQUET_SUFFIX) for n in part.names()):
+                has_file = True
+        if has_file:
+            continue
+        with root.walk(table, f"date={start:%Y-%m-%d}", create=True) as part:
+            name = base + PARQUET_SUFFIX
+            if part.lstat(name) is None:
+                write_parquet(part, name, schema(table).empty_table(), ROW_GROUP_ROWS)
+                lines.append(f"created {table}/date={start:%Y-%m-%d}/{printable(name)}: "
+                             f"no rows, so that queries on {table} find a file")
 
 
 def _recover_partition(root: Dir, part: Dir, table: str, rel_dir: tuple[str, str],
@@ -215,12 +247,21 @@ def _recover_partition(root: Dir, part: Dir, table: str, rel_dir: tuple[str, str
             lines.append(f"finalized {rel(tmp)} as {printable(final)}")
         else:
             quarantine(tmp, problem or f"{printable(final)} exists already")
+    # a compaction cut short: its small files are still there next to the
+    # compacted file that holds their rows (published first, so never lost)
+    for name in sorted(covered_by_compaction(part.names())):
+        if part.is_regular(name):
+            part.unlink(name)
+            part.fsync()
+            lines.append(f"removed {rel(name)}: its rows are in the compacted file next to it")
 
 
-def _recover_manifests(root: Dir, lines: list[str], salvaged, last_ts) -> None:
+def _recover_manifests(root: Dir, lines: list[str], salvaged, last_ts) -> list[dict]:
+    """Mark the manifests still "running" as crashed; return them."""
+    crashed: list[dict] = []
     runs = _sub(root, RUNS_DIR, lines, RUNS_DIR)
     if runs is None:
-        return
+        return crashed
     with runs:
         for name in runs.names():
             rel = printable(f"{RUNS_DIR}/{name}")
@@ -265,8 +306,10 @@ def _recover_manifests(root: Dir, lines: list[str], salvaged, last_ts) -> None:
                 before = old.get(table)
                 old[table] = (before if isinstance(before, int) else 0) + n
             write_manifest(runs, m, name)
+            crashed.append(m)
             lines.append(f"marked run {printable(run_id)} as crashed (recovered "
                          f"{sum(rows.values())} rows)")
+    return crashed
 
 
 def leftovers(root: Dir) -> bool:

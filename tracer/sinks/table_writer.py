@@ -4,10 +4,19 @@
 into a batch of the one schema; `TableWriter` buffers batches, journals them
 per UTC date partition and rotates the journals into Parquet
 (tracer/sinks/journal.py). `Recording` (parquet_writer.py) runs one per table.
+
+Live readers (DuckDB on a recording still being written) see rows within
+seconds: a journal is published as a small Parquet file every
+`publish_age_s`; at rotation (`rotate_age_s`, rows, bytes) the small files of
+a partition are compacted into one, `<prefix>-<first>-<last>.parquet`, which
+is published before they are deleted (a reader may see both for the moment in
+between; a crash there is undone by recovery and the report reader), so the
+file count stays at one per rotation plus the small files of the last one.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from datetime import date, datetime, timedelta, timezone
@@ -15,10 +24,26 @@ from typing import Callable, Iterable, Mapping, Sequence, Union
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from tracer.schema import schema
-from tracer.sinks.journal import HOST_KEY, ROW_GROUP_ROWS, RUN_ID_KEY, Journal, journal_to_parquet
-from tracer.sinks.names import JOURNAL_SUFFIX, PARQUET_SUFFIX, PARQUET_TMP_SUFFIX, safe_name
+from tracer.sinks.journal import (
+    HOST_KEY,
+    ROW_GROUP_ROWS,
+    RUN_ID_KEY,
+    Journal,
+    journal_to_parquet,
+    write_parquet,
+)
+from tracer.sinks.names import (
+    JOURNAL_SUFFIX,
+    PARQUET_SUFFIX,
+    PARQUET_TMP_SUFFIX,
+    EMPTY_SEQ,
+    compacted_name,
+    data_seqs,
+    safe_name,
+)
 from tracer.sinks.trusted_dir import Dir
 
 _US_PER_DAY = 86_400_000_000
@@ -127,7 +152,9 @@ class TableWriter:
                  rotate_bytes: int = 64 << 20, rotate_age_s: float = 60.0,
                  max_buffer_rows: int = 1 << 18, row_group_rows: int = ROW_GROUP_ROWS,
                  clock: Callable[[], float] = time.monotonic,
-                 on_file: Callable[[str, str, str, int, int], None] | None = None):
+                 on_file: Callable[[str, str, str, int, int], None] | None = None,
+                 publish_age_s: float | None = None,
+                 on_compacted: Callable[[str, str, list[str]], None] | None = None):
         self.root = root          # the recording directory, held open by Recording
         self.table = table
         self.schema = schema(table)
@@ -141,6 +168,11 @@ class TableWriter:
         self.row_group_rows = row_group_rows
         self._clock = clock
         self._on_file = on_file
+        self._on_compacted = on_compacted
+        # a journal older than this is published as a small file (None: only at rotation)
+        self.publish_age_s = (rotate_age_s if publish_age_s is None
+                              else min(publish_age_s, rotate_age_s))
+        self.run_start = run_start
         self._file_prefix = f"{safe_name(host)}-{run_start.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}"
         self._journal_schema = self.schema.with_metadata(
             {**self.schema.metadata, RUN_ID_KEY.encode(): run_id.encode(),
@@ -156,6 +188,10 @@ class TableWriter:
         self._pending: list[tuple[Dir, str]] = []  # journals abandoned after an error
         self._seq = 0
         self._closed = False
+        # small files published since the last compaction, per partition folder:
+        # [(name, rows, size)], and when the first of them was published
+        self._groups: dict[str, list[tuple[str, int, int]]] = {}
+        self._group_since: dict[str, float] = {}
 
         self.rows = 0            # rows given to write(), including any dropped
         self.rows_finalized = 0  # rows in finalized Parquet files
@@ -230,17 +266,20 @@ class TableWriter:
             due = flush or self.flush_due(now) or self._pending
             wrote = self.flush() if due else False
             for day, j in list(self._journals.items()):
-                if now - j.opened_at >= self.rotate_age_s:
+                if now - j.opened_at >= self.publish_age_s:
                     self._rotate(day)
                     wrote = True
+            self._compact_due(now)
             return wrote
 
     def rotate(self) -> bool:
-        """Finalize every open journal now; return whether any was finalized."""
+        """Finalize every open journal now and compact the small files; return
+        whether any journal was finalized."""
         with self._io_lock:
             days = list(self._journals)
             for day in days:
                 self._rotate(day)
+            self._compact_due(self._clock(), force=True)
             return bool(days)
 
     def close(self) -> None:
@@ -253,6 +292,7 @@ class TableWriter:
                 self.flush()
                 self.rotate()
             finally:
+                self._groups.clear()
                 # whatever is still open is left on disk for `recover`
                 for j in self._journals.values():
                     j.abandon()
@@ -301,15 +341,24 @@ class TableWriter:
 
     def _open(self, day: int) -> Journal:
         part = self._part(f"date={_day_name(day)}")
-        while True:
-            self._seq += 1
-            base = f"{self._file_prefix}-{self._seq:04d}"
-            if not any(part.exists(base + s)
-                       for s in (PARQUET_SUFFIX, JOURNAL_SUFFIX, PARQUET_TMP_SUFFIX)):
-                break  # names can repeat when two runs start in the same second
-        j = Journal(part, base, self._journal_schema, self._clock())
+        j = Journal(part, self._free_base(part), self._journal_schema, self._clock())
         self._journals[day] = j
         return j
+
+    def _free_base(self, part: Dir) -> str:
+        """The next `<prefix>-<seq>` not taken in `part`: names can repeat when
+        two runs start in the same second, and a compacted file of the other run
+        takes its whole range."""
+        taken = set()
+        for name in part.names():
+            for suffix in (PARQUET_SUFFIX, JOURNAL_SUFFIX, PARQUET_TMP_SUFFIX):
+                seqs = data_seqs(name, suffix)
+                if seqs and seqs[0] == self._file_prefix:
+                    taken.update(range(seqs[1], min(seqs[2], seqs[1] + 1_000_000) + 1))
+        while True:
+            self._seq += 1     # from 1: EMPTY_SEQ (0) is the empty file's
+            if self._seq not in taken:
+                return f"{self._file_prefix}-{self._seq:04d}"
 
     def _rotate(self, day: int) -> None:
         j = self._journals.pop(day)
@@ -347,7 +396,72 @@ class TableWriter:
             self.files.append(f"{folder}/{final}")
             self.bytes_finalized += size
             wrote = True
+            self._groups.setdefault(folder, []).append((final, rows, size))
+            self._group_since.setdefault(folder, self._clock())
             if self._on_file:
                 self._on_file(self.table, folder, final, rows, size)
         return wrote
+
+    # -- compaction: the small files published for live readers, merged at rotation
+
+    def _compact_due(self, now: float, force: bool = False) -> None:
+        for folder, group in list(self._groups.items()):
+            rows = sum(r for _, r, _ in group)
+            size = sum(b for *_, b in group)
+            if not (force or now - self._group_since[folder] >= self.rotate_age_s
+                    or rows >= self.rotate_rows or size >= self.rotate_bytes):
+                continue
+            del self._groups[folder]
+            del self._group_since[folder]
+            if len(group) > 1:
+                self._compact(folder, group)
+
+    def _compact(self, folder: str, group: list[tuple[str, int, int]]) -> None:
+        """Merge the small files of `group` into one compacted file, published
+        before they are deleted. On a storage error they are left as they are
+        (their rows are safe; only the file count grows)."""
+        seqs = [data_seqs(name) for name, _, _ in group]
+        prefix = seqs[0][0]
+        first, last = min(s[1] for s in seqs), max(s[2] for s in seqs)
+        target = compacted_name(prefix, first, last)
+        names = {name for name, _, _ in group}
+        with self.root.walk(self.table, folder) as part:
+            for other in part.names():
+                o = data_seqs(other)
+                # another run's file inside our range (two runs started in the same
+                # second): compacting would hide it, so the small files stay
+                if other == target or (o and o[0] == prefix and other not in names
+                                       and o[1] <= last and o[2] >= first):
+                    return
+            tables = []
+            for name in sorted(names):
+                fd, _ = part.open_regular(name, 1 << 40)
+                with os.fdopen(fd, "rb") as f:
+                    tables.append(pq.read_table(f))
+            merged = pa.concat_tables(tables)
+            size = write_parquet(part, target, merged, self.row_group_rows)
+            for name in names:
+                part.unlink(name)
+            part.fsync()
+        old = {f"{folder}/{name}" for name in names}
+        self.files = [f for f in self.files if f not in old] + [f"{folder}/{target}"]
+        self.bytes_finalized += size - sum(b for *_, b in group)
+        if self._on_compacted:
+            self._on_compacted(self.table, folder, sorted(names))
+        if self._on_file:
+            self._on_file(self.table, folder, target, merged.num_rows, size)
+
+    def write_empty(self) -> str:
+        """Write an empty file of this table (schema only) in the partition of
+        the run's start, so that queries find a file; return its folder/name."""
+        with self._io_lock:
+            folder = f"date={self.run_start.astimezone(timezone.utc):%Y-%m-%d}"
+            with self.root.walk(self.table, folder, create=True) as part:
+                # sequence 0, which no journal gets: `--max-size` leaves it alone
+                name = f"{self._file_prefix}-{EMPTY_SEQ:04d}{PARQUET_SUFFIX}"
+                if part.lstat(name) is not None:
+                    return f"{folder}/{name}"   # a run of the same second made it
+                write_parquet(part, name, self.schema.empty_table(), self.row_group_rows)
+            self.files.append(f"{folder}/{name}")
+            return f"{folder}/{name}"
 
