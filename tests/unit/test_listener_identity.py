@@ -140,3 +140,14 @@ def test_two_namespaces_on_one_address_stay_apart_live_and_in_replay():
     assert set(out) == {NS, NS2}
     assert (out[NS].drops, out[NS].syn_drops, out[NS].cookie_drops) == (3, 2, 3)
     assert (out[NS2].drops, out[NS2].accepts) == (0, 1)
+
+
+def test_an_overflow_between_the_two_reads_is_counted_once_over_two_intervals():
+    # The BPF counter saw the request-socket overflow in interval 1, sk_drops
+    # (read before it) only in interval 2: 1 SYN drop + 1 overflow in all.
+    t = ListenerTable(drop_points_hooked=False)
+    t.prime([diag(11, 0)], [member(1)])
+    [r1] = t.update(1.0, [diag(11, 1)], [member(1, ack=1)])
+    [r2] = t.update(1.0, [diag(11, 3)], [member(1, ack=1)])
+    assert (r1.drops + r2.drops, r1.syn_drops + r2.syn_drops) == (1, 1)
+    assert r2.drops_total == 2

@@ -47,8 +47,21 @@ def split_drops(d_sk_drops: int, d_request_overflows: int, d_cookie_overflows: i
                 ) -> tuple[int, int]:
     """(drops, syn_drops) from the change in sk_drops and the ACK-time
     overflows seen by BPF (request-socket ones are in sk_drops twice)."""
+    drops, syn_drops, _ = split_drops_carried(d_sk_drops, d_request_overflows, d_cookie_overflows)
+    return drops, syn_drops
+
+
+def split_drops_carried(d_sk_drops: int, d_request_overflows: int, d_cookie_overflows: int,
+                        carry: int = 0) -> tuple[int, int, int]:
+    """split_drops, exact over intervals: (drops, syn_drops, carry). sk_drops
+    (sock_diag) and the overflow counters (BPF) are read one after the other,
+    so an overflow between the two reads is in one interval's counters and
+    the next interval's sk_drops: SYN drops would come out negative in one
+    and too many in the other. What is short is carried to the next
+    interval (carry <= 0) instead of being lost to a clamp at zero."""
     r, c = max(0, d_request_overflows), max(0, d_cookie_overflows)
-    return r + c, max(0, d_sk_drops - 2 * r - c)
+    syn = d_sk_drops - 2 * r - c + carry
+    return r + c, max(0, syn), min(0, syn)
 
 
 # Any user can open thousands of listening sockets: past this many the rest
@@ -70,6 +83,7 @@ class _Listener:
     queue_len: int = 0
     syn_queue_len: int | None = None
     drops_total: int = 0
+    syn_carry: int = 0       # see split_drops_carried
     waits: Histogram = field(default_factory=Histogram)
     accepts_window: int = 0
     seen_now: bool = False
@@ -275,7 +289,8 @@ class ListenerTable:
             if self.drop_points_hooked:
                 drops, syn_drops = d_ack + d_cookie, d_syn_hook
             elif key in sk_drops:
-                drops, syn_drops = split_drops(sk_drops[key], d_ack, d_cookie)
+                drops, syn_drops, lst.syn_carry = split_drops_carried(
+                    sk_drops[key], d_ack, d_cookie, lst.syn_carry)
             else:
                 # First sight of this listener, or not visible to
                 # sock_diag (another network namespace): only what BPF saw.
