@@ -234,8 +234,10 @@ int kp_inet_csk_accept(struct pt_regs *ctx)
 
 int kretp_inet_csk_accept(struct pt_regs *ctx)
 {
-    /* The listener is no longer in the registers here: an accept() begun
-     * before we started finds it from the child's key. */
+    /* The listener is no longer in the registers here: an accept() whose
+     * entry probe did not run (attached in between) finds it from the
+     * child's key. (One already blocked before we attached returns through
+     * no kretprobe at all: those are armed on entry.) */
     accept_end(ctx, (u64)PT_REGS_RC(ctx), 0);
     return 0;
 }

@@ -278,6 +278,11 @@ def test_accept_blocked_since_before_start_is_seen():
         port = int(proc.stdout.readline())
         time.sleep(0.3)                     # blocked in accept()
         session = _session(Filters())
+        if session.info.backend != "tracepoint":
+            session.close()
+            pytest.skip("kretprobe and fexit are armed when the function is entered: a call "
+                        "already blocked when they attach returns through neither (measured "
+                        "in the 6.1 guest); only the syscall tracepoints see its return")
         try:
             c = socket.create_connection(("127.0.0.1", port), timeout=5)
             client_port = c.getsockname()[1]
