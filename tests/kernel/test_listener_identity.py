@@ -109,6 +109,8 @@ def test_reuseport_group_reloaded_drops_equal_listen_overflows(collector_run):
     assert rows, "listener never reported"
     kernel = after - before
     assert kernel > 0, "ab did not overflow the accept queues"
+    print(f"reuseport: ListenOverflows moved by {kernel}, overflow rows sum to "
+          f"{sum(r.drops + r.syn_drops for r in rows)}")
     assert all(r.drops >= 0 and r.syn_drops >= 0 for r in rows)
     assert sum(r.drops + r.syn_drops for r in rows) == kernel
     # one key, one row per interval: the members are summed, never listed apart
