@@ -100,21 +100,34 @@ struct listener_key {
 #define OVERFLOW_SYN 1       /* SYN dropped */
 #define OVERFLOW_COOKIE 2    /* SYN-cookie handshake done, dropped */
 
-/* Per-listener counters, aggregated in the kernel and read by user space
- * once per interval (a SYN flood costs map updates, not events). Counters
- * are cumulative; user space takes differences. */
+/* Per-socket listener counters (map `listeners`, keyed by the socket's
+ * kernel address), aggregated in the kernel and read by user space once per
+ * interval (a SYN flood costs map updates, not events). The members of an
+ * SO_REUSEPORT group are separate sockets with the same key: each has its
+ * own entry, summed per key by user space. Counters are cumulative for the
+ * address (a socket reusing it carries on from there, so none ever goes
+ * down); user space takes differences and treats a counter that went down
+ * (the entry removed and made again) as a new start. */
 struct listener_stats {
     __u64 ack_overflows;      /* handshake done but accept queue full: connection dropped */
     __u64 cookie_overflows;   /* the same for a SYN-cookie handshake (no request socket) */
     __u64 syn_overflows;      /* SYN dropped, accept queue full (seen at the drop point only by kprobe/fentry) */
     __u64 synack_retransmits;
     __u64 accepts;
-    __u64 sk;                 /* last kernel address seen for it */
+    __u64 sk;                 /* the socket's kernel address (the map key) */
+    __u64 cookie;             /* socket cookie when it closed (0: never asked for, e.g. by sock_diag) */
     __u32 backlog_max;
     __u32 syn_queue_len;
     __u32 pid;                /* owner: who called listen(), when we saw it */
     __u32 closed;             /* LISTEN -> CLOSE seen: user space removes it once read */
+    __u32 drops_at_close;     /* sk_drops when it closed: what sock_diag can no longer tell */
+    __u32 netns;              /* the listener key: inode of the network namespace, */
+    __u8 addr[16];            /* address (all zero for a wildcard bind), */
+    __u16 port;               /* port (host byte order), */
+    __u8 family;              /* AF_INET or AF_INET6 */
+    __u8 pad;
     char comm[16];
+    __u32 pad2;
 };
 
 /* Maps user space reads or fills itself, by these layouts. */

@@ -2,9 +2,12 @@
  * SYN-ACK retransmits, accepts, queue peak) and one event per accepted
  * connection with how long it waited in the queue.
  *
- * Listeners are keyed by what they are bound to (family, address, port), so
- * that every hook can find the same entry whether it sees the listening
- * socket itself (listen(), accept(), a drop) or only a child's local end.
+ * Counters are kept per listening socket, keyed by its kernel address: the
+ * members of an SO_REUSEPORT group share a key (netns, family, address,
+ * port) but are separate sockets, opened and closed on their own (a reload
+ * replaces them), and one shared entry restarted whenever any member came
+ * or went. User space sums the members of each key. The queue peak is kept
+ * per key (the highest of any member's queue).
  * Handlers only; the hooks that call them are in main.c.
  */
 #ifndef CONNSCOPE_LISTENERS_H
@@ -19,12 +22,20 @@
 #define MAX_HANDSHAKES 65536
 #endif
 
-BPF_HASH(listeners, struct listener_key, struct listener_stats, MAX_LISTENERS);
+BPF_HASH(listeners, u64, struct listener_stats, MAX_LISTENERS);
 /* Peak accept queue since user space last deleted the entry (each interval).
  * Separate from `listeners` so that resetting it cannot lose counter updates. */
 BPF_HASH(listener_peak, struct listener_key, u32, MAX_LISTENERS);
-/* Children between handshake and accept(): when they were queued (ns). */
-BPF_HASH(handshakes, u64, u64, MAX_HANDSHAKES);
+/* A listening socket of each key: how an accept() that began before we
+ * started (no `accepting` entry) finds its listener from the child's key. */
+BPF_HASH(listener_of_key, struct listener_key, u64, MAX_LISTENERS);
+/* Children between handshake and accept(): when they were queued (ns).
+ * Least recently used entries make room: an entry whose accept() we never
+ * see (io_uring and in-kernel accepts, which no hook here covers) must not
+ * stay until its connection closes, and a full map must not cost every
+ * later accept its wait. An entry evicted while its child still waits (65k
+ * newer handshakes) loses only that one wait. */
+BPF_TABLE("lru_hash", u64, u64, handshakes, MAX_HANDSHAKES);
 /* accept() in progress on this thread: the listening socket. */
 BPF_HASH(accepting, u32, u64, 16384);
 
@@ -52,37 +63,44 @@ static __always_inline void remote_of(u64 sk, u16 family, u8 *addr, u16 *port)
     }
 }
 
-static __always_inline struct listener_stats *listener_get(struct listener_key *k)
+static __always_inline void key_of_stats(struct listener_stats *st, struct listener_key *k)
 {
-    struct listener_stats *st = listeners.lookup(k);
+    __builtin_memcpy(k->addr, st->addr, 16);
+    k->netns = st->netns;
+    k->port = st->port;
+    k->family = st->family;
+    k->pad = 0;
+}
+
+/* Take lsk's key into its entry (at listen(), and when the entry is made),
+ * and make lsk the socket an accept() of that key is traced back to. */
+static __always_inline void stats_take_key(struct listener_stats *st, u64 lsk)
+{
+    struct listener_key k = {};
+    local_key_of(lsk, &k);
+    __builtin_memcpy(st->addr, k.addr, 16);
+    st->netns = k.netns;
+    st->port = k.port;
+    st->family = k.family;
+    listener_of_key.update(&k, &lsk);
+}
+
+/* The entry of listening socket lsk, made if it has none. */
+static __always_inline struct listener_stats *listener_get(u64 lsk)
+{
+    struct listener_stats *st = listeners.lookup(&lsk);
     if (st)
         return st;
     struct listener_stats zero = {};
-    if (listeners.insert(k, &zero) != 0 && !listeners.lookup(k)) {
+    zero.sk = lsk;
+    if (listeners.insert(&lsk, &zero) != 0 && !listeners.lookup(&lsk)) {
         count(CTR_LISTENERS_FULL);
         return 0;
     }
-    return listeners.lookup(k);
-}
-
-/* The entry of listening socket lsk, found without reading lsk's address
- * when it can be: k holds the local end of a child lsk just accepted, which
- * is lsk's own key, or (lsk bound to the wildcard address) the same with the
- * address zeroed. An entry counts as found only if it was last seen with lsk
- * itself; otherwise (first accept since we started, SO_REUSEPORT groups that
- * share a key) lsk's key is read and its entry looked up or made. On return
- * k is the key of the entry. */
-static __always_inline struct listener_stats *listener_for_accept(u64 lsk, struct listener_key *k)
-{
-    struct listener_stats *st = listeners.lookup(k);
-    if (st && st->sk == lsk)
-        return st;
-    __builtin_memset(k->addr, 0, 16);
-    st = listeners.lookup(k);
-    if (st && st->sk == lsk)
-        return st;
-    local_key_of(lsk, k);
-    return listener_get(k);
+    st = listeners.lookup(&lsk);
+    if (st)
+        stats_take_key(st, lsk);
+    return st;
 }
 
 /* The accept queue held q connections: keep the listener's gauges and the
@@ -90,55 +108,73 @@ static __always_inline struct listener_stats *listener_for_accept(u64 lsk, struc
  * accept(), so the peak is seen at accept() (as q + the one taken) and at
  * overflow; handshakes, which happen in the connecting side's softirq, need
  * not look. */
-static __always_inline void note_queue_len(struct listener_key *k, struct listener_stats *st,
-                                           u64 lsk, u32 q, u32 qmax)
+static __always_inline void note_queue_len(struct listener_stats *st, u64 lsk, u32 q, u32 qmax)
 {
-    st->sk = lsk;
     st->backlog_max = qmax;
     st->syn_queue_len = READ_AT(lsk, OFF_ICSK_ACCEPT_QUEUE_QLEN, u32);
-    u32 *peak = listener_peak.lookup(k);
+    struct listener_key k = {};
+    key_of_stats(st, &k);
+    u32 *peak = listener_peak.lookup(&k);
     if (!peak)
-        listener_peak.update(k, &q);
+        listener_peak.update(&k, &q);
     else if (q > *peak)
         *peak = q;
 }
 
-static __always_inline void note_queue(struct listener_key *k, struct listener_stats *st, u64 lsk)
+static __always_inline void note_queue(struct listener_stats *st, u64 lsk)
 {
-    note_queue_len(k, st, lsk, READ_AT(lsk, OFF_SK_ACK_BACKLOG, u32),
+    note_queue_len(st, lsk, READ_AT(lsk, OFF_SK_ACK_BACKLOG, u32),
                    READ_AT(lsk, OFF_SK_MAX_ACK_BACKLOG, u32));
 }
 
-/* listen(): process context, so the owner is the current task. */
+/* listen(): process context, so the owner is the current task. The
+ * counters carry on from whatever socket had this address before (user
+ * space has its counts up to its last read), and so do `cookie` and
+ * `drops_at_close`: that socket's last sk_drops, which user space may not
+ * have read yet. */
 static __always_inline void listener_open(u64 lsk)
 {
-    struct listener_key k = {};
-    local_key_of(lsk, &k);
-    struct listener_stats *st = listener_get(&k);
+    struct listener_stats *st = listener_get(lsk);
     if (!st)
         return;
+    stats_take_key(st, lsk);
     u64 id = bpf_get_current_pid_tgid();
     st->pid = id >> 32;
     bpf_get_current_comm(&st->comm, sizeof(st->comm));
     st->closed = 0;
-    note_queue(&k, st, lsk);
+    note_queue(st, lsk);
 }
 
-/* The key comes from the caller: by the time LISTEN -> CLOSE is traced the
- * kernel has already released the port (inet_num is 0). */
-static __always_inline void listener_close(u64 lsk, struct listener_key *k)
+/* LISTEN -> CLOSE, or a destroyed socket that was never connected. The
+ * socket's sk_drops is final now and sock_diag will not show it again:
+ * keep it, with the cookie sock_diag knew the socket by (sock_diag gives
+ * every socket it lists one), for user space's last difference. */
+static __always_inline void listener_close(u64 lsk)
 {
-    struct listener_stats *st = listeners.lookup(k);
-    if (st && st->sk == lsk)
-        st->closed = 1;
+    struct listener_stats *st = listeners.lookup(&lsk);
+    if (!st || st->closed)
+        return;
+    st->cookie = READ_AT(lsk, OFF_SKC_COOKIE, u64);
+    st->drops_at_close = READ_AT(lsk, OFF_SK_DROPS, u32);
+    st->closed = 1;
+    struct listener_key k = {};
+    key_of_stats(st, &k);
+    u64 *indexed = listener_of_key.lookup(&k);
+    if (indexed && *indexed == lsk)
+        listener_of_key.delete(&k);
 }
 
 /* A passive child finished its handshake and sits in the accept queue:
  * only the time, for the wait accept() will measure. (This runs in the
  * softirq of the connecting side's packet, on a loopback connect inside the
- * client's connect(): keep it to a clock read and one update.) */
-static __always_inline void child_queued(u64 child)
+ * client's connect(): keep it to a clock read and one update.) The port and
+ * family filters apply here already; the process filters cannot (the
+ * acceptor is not known yet): accept_end removes the entry for any
+ * acceptor. */
+static __always_inline void child_queued(u64 child, u16 family, u16 lport, u16 rport)
 {
+    if (!family_wanted(family) || !ports_wanted(lport, rport))
+        return;
     u64 ts = bpf_ktime_get_ns();
     if (handshakes.update(&child, &ts) != 0)
         count(CTR_HANDSHAKES_FULL);
@@ -148,9 +184,7 @@ static __always_inline void child_queued(u64 child)
  * or from a SYN cookie) or a SYN was dropped. kind: OVERFLOW_*. */
 static __always_inline void listener_overflow(u64 lsk, int kind)
 {
-    struct listener_key k = {};
-    local_key_of(lsk, &k);
-    struct listener_stats *st = listener_get(&k);
+    struct listener_stats *st = listener_get(lsk);
     if (!st)
         return;
     if (kind == OVERFLOW_SYN)
@@ -159,7 +193,7 @@ static __always_inline void listener_overflow(u64 lsk, int kind)
         __sync_fetch_and_add(&st->cookie_overflows, 1);
     else
         __sync_fetch_and_add(&st->ack_overflows, 1);
-    note_queue(&k, st, lsk);
+    note_queue(st, lsk);
 }
 
 static __always_inline int acceptq_full(u64 lsk)
@@ -169,13 +203,9 @@ static __always_inline int acceptq_full(u64 lsk)
 
 static __always_inline void synack_retransmit(u64 lsk)
 {
-    struct listener_key k = {};
-    local_key_of(lsk, &k);
-    struct listener_stats *st = listener_get(&k);
-    if (st) {
+    struct listener_stats *st = listener_get(lsk);
+    if (st)
         __sync_fetch_and_add(&st->synack_retransmits, 1);
-        st->sk = lsk;
-    }
 }
 
 /* accept() entered on this thread for listening socket lsk. */
@@ -195,18 +225,54 @@ static __always_inline void accept_begin(u64 lsk)
         count(CTR_ACCEPTING_FULL);
 }
 
-/* accept() returned child (0 on failure): process context. */
-static __always_inline void accept_end(void *ctx, u64 child)
+/* The listener a child was accepted from, for an accept() that began before
+ * we started: one socket of the child's key (a member of an SO_REUSEPORT
+ * group stands for the group; user space sums them), or of the wildcard. */
+static __always_inline u64 listener_of_child(struct listener_key *child_key)
 {
-    u64 id = bpf_get_current_pid_tgid();
-    u32 tid = (u32)id;
-    u64 *lskp = accepting.lookup(&tid);
-    if (!lskp)
-        return;
-    u64 lsk = *lskp;
-    accepting.delete(&tid);
+    struct listener_key k = *child_key;
+    u64 *lsk = listener_of_key.lookup(&k);
+    if (!lsk) {
+        __builtin_memset(k.addr, 0, 16);
+        lsk = listener_of_key.lookup(&k);
+    }
+    if (!lsk || READ_AT(*lsk, OFF_SKC_STATE, u8) != TCP_LISTEN)
+        return 0;
+    return *lsk;
+}
+
+/* accept() returned child (0 on failure): process context. lsk_arg: the
+ * listening socket when the hook has it (fexit), else 0. */
+static __always_inline void accept_end(void *ctx, u64 child, u64 lsk_arg)
+{
     if (!child)
         return;
+    /* Whoever accepted it, the child left the queue: its entry goes now,
+     * also when the acceptor is filtered out (it would stay as long as the
+     * connection otherwise). */
+    u64 queued = 0;
+    u64 *qp = handshakes.lookup(&child);
+    if (qp) {
+        queued = *qp;
+        handshakes.delete(&child);
+    }
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = (u32)id;
+    u64 lsk = lsk_arg;
+    u64 *lskp = accepting.lookup(&tid);
+    if (lskp) {
+        lsk = *lskp;
+        accepting.delete(&tid);
+    } else {
+        /* Blocked in accept() since before we started (or filtered out):
+         * accept_begin never ran for it. */
+        char comm[16] = {};
+#ifdef FILTER_COMM
+        bpf_get_current_comm(&comm, sizeof(comm));
+#endif
+        if (!task_wanted(id >> 32, comm))
+            return;
+    }
 
     struct accept_event ev = {};
     ev.type = EV_ACCEPT;
@@ -214,6 +280,7 @@ static __always_inline void accept_end(void *ctx, u64 child)
     ev.pid = id >> 32;
     ev.tid = tid;
     ev.sk = child;
+    ev.ts_handshake_ns = queued;
     bpf_get_current_comm(&ev.comm, sizeof(ev.comm));
 
     struct listener_key k = {};
@@ -225,20 +292,18 @@ static __always_inline void accept_end(void *ctx, u64 child)
     remote_of(child, k.family, ev.raddr, &ev.rport);
     if (!family_wanted(ev.family) || !ports_wanted(ev.lport, ev.rport))
         return;
+    if (!lsk)
+        lsk = listener_of_child(&k);
 
-    u64 *queued = handshakes.lookup(&child);
-    if (queued) {
-        ev.ts_handshake_ns = *queued;
-        handshakes.delete(&child);
-    }
-    /* The queue as accept() found it: what is left plus the one it took. */
-    ev.backlog_len = READ_AT(lsk, OFF_SK_ACK_BACKLOG, u32) + 1;
-    ev.backlog_max = READ_AT(lsk, OFF_SK_MAX_ACK_BACKLOG, u32);
-
-    struct listener_stats *st = listener_for_accept(lsk, &k);
-    if (st) {
-        __sync_fetch_and_add(&st->accepts, 1);
-        note_queue_len(&k, st, lsk, ev.backlog_len, ev.backlog_max);
+    if (lsk) {
+        /* The queue as accept() found it: what is left plus the one it took. */
+        ev.backlog_len = READ_AT(lsk, OFF_SK_ACK_BACKLOG, u32) + 1;
+        ev.backlog_max = READ_AT(lsk, OFF_SK_MAX_ACK_BACKLOG, u32);
+        struct listener_stats *st = listener_get(lsk);
+        if (st) {
+            __sync_fetch_and_add(&st->accepts, 1);
+            note_queue_len(st, lsk, ev.backlog_len, ev.backlog_max);
+        }
     }
     emit(ctx, &ev, sizeof(ev));
 }

@@ -49,7 +49,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
     }
     if (oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED) {
         /* Same softirq that just put the child in the accept queue. */
-        child_queued(sk);
+        child_queued(sk, family, args->sport, args->dport);
         return 0;
     }
     if (newstate == TCP_CLOSE && oldstate != TCP_LISTEN) {
@@ -63,14 +63,8 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
         listener_open(sk);
         return 0;
     }
-    if (oldstate == TCP_LISTEN) {
-        struct listener_key k = {};
-        k.netns = netns_of(sk);
-        k.family = family;
-        k.port = args->sport;
-        ADDR16(k.addr, args, saddr, saddr_v6, family);
-        listener_close(sk, &k);
-    }
+    if (oldstate == TCP_LISTEN)
+        listener_close(sk);
     return 0;
 }
 
@@ -101,12 +95,7 @@ TRACEPOINT_PROBE(tcp, tcp_destroy_sock)
      * LISTEN -> CLOSE we saw (its network namespace deleted, or known to us
      * only from a drop). */
     connect_forget(sk);
-    struct listener_key k = {};
-    k.netns = netns_of(sk);
-    k.family = args->family;
-    k.port = args->sport;
-    ADDR16(k.addr, args, saddr, saddr_v6, args->family);
-    listener_close(sk, &k);
+    listener_close(sk);
     return 0;
 }
 
@@ -151,7 +140,7 @@ static __always_inline void accept_enter_fd(int fd)
 
 static __always_inline void accept_exit_fd(void *ctx, long ret)
 {
-    accept_end(ctx, ret >= 0 ? sk_of_fd((int)ret) : 0);
+    accept_end(ctx, ret >= 0 ? sk_of_fd((int)ret) : 0, 0);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_accept4)
@@ -245,7 +234,11 @@ int kp_inet_csk_accept(struct pt_regs *ctx)
 
 int kretp_inet_csk_accept(struct pt_regs *ctx)
 {
-    accept_end(ctx, (u64)PT_REGS_RC(ctx));
+    /* The listener is no longer in the registers here: an accept() whose
+     * entry probe did not run (attached in between) finds it from the
+     * child's key. (One already blocked before we attached returns through
+     * no kretprobe at all: those are armed on entry.) */
+    accept_end(ctx, (u64)PT_REGS_RC(ctx), 0);
     return 0;
 }
 
@@ -302,7 +295,7 @@ KRETFUNC_PROBE(inet_csk_accept, void *sk, void *arg, void *ret)
 KRETFUNC_PROBE(inet_csk_accept, void *sk, int flags, void *err, int kern, void *ret)
 #endif
 {
-    accept_end(ctx, (u64)ret);
+    accept_end(ctx, (u64)ret, (u64)sk);
     return 0;
 }
 

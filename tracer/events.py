@@ -245,7 +245,8 @@ def decode_accept(buf) -> Accept:
 
 @dataclass(frozen=True, **SLOTS)
 class ListenerCounters:
-    """Cumulative per-listener counters from the kernel's `listeners` map."""
+    """Cumulative counters of one listening socket, from the kernel's
+    `listeners` map (one entry per socket: SO_REUSEPORT members apart)."""
 
     family: int
     laddr: str
@@ -261,23 +262,27 @@ class ListenerCounters:
     comm: str | None
     closed: bool
     netns: int = 0
+    sk: int = 0               # the socket's kernel address: identity of the member
+    cookie: int = 0           # its socket cookie when it closed (0: unknown)
+    drops_at_close: int = 0   # its sk_drops when it closed
 
     @property
     def key(self) -> tuple:
         return (self.netns, self.family, self.laddr, self.lport)
 
 
-def decode_listener(key, value) -> ListenerCounters:
-    fam = key.family
+def decode_listener(value) -> ListenerCounters:
+    fam = value.family
     return ListenerCounters(
-        family=4 if fam == AF_INET else 6, laddr=format_addr(fam, bytes(key.addr)),
-        lport=key.port, ack_overflows=value.ack_overflows,
+        family=4 if fam == AF_INET else 6, laddr=format_addr(fam, bytes(value.addr)),
+        lport=value.port, ack_overflows=value.ack_overflows,
         cookie_overflows=value.cookie_overflows, syn_overflows=value.syn_overflows,
         synack_retransmits=value.synack_retransmits, accepts=value.accepts,
         backlog_max=value.backlog_max,
         syn_queue_len=value.syn_queue_len, pid=value.pid or None,
         comm=comm_text(bytes(value.comm)) if value.pid else None,
-        closed=bool(value.closed), netns=key.netns,
+        closed=bool(value.closed), netns=value.netns, sk=value.sk, cookie=value.cookie,
+        drops_at_close=value.drops_at_close,
     )
 
 

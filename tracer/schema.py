@@ -110,6 +110,7 @@ _COLUMNS: dict[str, list[Column]] = {
         Column("listener_pid", _I32,
                "process that owns the listening socket, if not the acceptor; null if unknown",
                True),
+        _NETNS,
     ],
     "overflows": [
         *_common("end of the interval"),

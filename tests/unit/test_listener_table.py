@@ -16,6 +16,11 @@ class Diag:          # what sock_diag reports for a listener
     wqueue: int
     drops: int
     inode: int = 7
+    cookie: int = 0
+
+    def __post_init__(self):
+        if not self.cookie:      # one socket per inode unless told otherwise
+            self.cookie = 1000 + self.inode
 
 
 def counters(ack=0, cookie=0, syn=0, synack=0, closed=False, port=80):

@@ -28,7 +28,8 @@ import guest  # on sys.path through conftest.py
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 KERNEL_SUITE = ("tests/kernel/test_connects.py", "tests/kernel/test_connect_outcomes.py",
-                "tests/kernel/test_listeners.py", "tests/kernel/test_features.py")
+                "tests/kernel/test_listeners.py", "tests/kernel/test_listener_identity.py",
+                "tests/kernel/test_features.py")
 FALLBACK_CHECKS_FILE = "tests/vm/test_fallbacks_guest.py"
 BACKENDS = ("kprobe", "fentry")
 

@@ -1,9 +1,15 @@
 """Listening sockets per interval: queue depth, peaks, drops, accept waits.
 
-Three sources are joined on (family, address, port):
+A listener is its key (netns, family, address, port; tracer/domain/listeners.py).
+The members of an SO_REUSEPORT group are separate sockets with the same key:
+each is counted on its own (kernel counters per socket, sock_diag's sk_drops
+per socket cookie) and the differences are summed per key, so a member that
+comes or goes (a reload) neither restarts the key's counts nor makes them
+negative. Three sources are joined on the key:
   * the kernel's socket table (sock_diag): current queue, backlog, sk_drops,
     inode (hence owner) -- for every listener, including ones older than us;
-  * the BPF `listeners` map: cumulative counters taken at the hooks;
+  * the BPF `listeners` map: cumulative counters per socket taken at the
+    hooks, and the last sk_drops of a socket that closed;
   * accept events: how long each connection waited in the queue.
 
 Drop arithmetic (measured on 6.18; tests/kernel/test_sock_diag.py pins it):
@@ -20,6 +26,13 @@ listener, and is counted once. With R and C those two as seen by BPF:
 
 With kprobe/fentry both drop points are hooked directly and the counts are
 taken as they are.
+
+A socket's sk_drops is read at the end of each interval; one that closes
+in between leaves its last value in the BPF map (taken at close), matched by
+socket cookie. Where that is missing (the map entry was never made, e.g. a
+listener older than us that closed without any hook seeing it) the drops of
+its last interval are unknown and the listener is counted in
+`evicted["listeners closed unread"]`, shown with the other losses.
 """
 from __future__ import annotations
 
@@ -27,14 +40,28 @@ from dataclasses import dataclass, field
 
 from tracer.aggregate.histogram import Histogram
 from tracer.aggregate.snapshot import ListenerRow
+from tracer.domain.listeners import listener_key, listener_of_accept, member_delta
 
 
 def split_drops(d_sk_drops: int, d_request_overflows: int, d_cookie_overflows: int = 0
                 ) -> tuple[int, int]:
     """(drops, syn_drops) from the change in sk_drops and the ACK-time
     overflows seen by BPF (request-socket ones are in sk_drops twice)."""
+    drops, syn_drops, _ = split_drops_carried(d_sk_drops, d_request_overflows, d_cookie_overflows)
+    return drops, syn_drops
+
+
+def split_drops_carried(d_sk_drops: int, d_request_overflows: int, d_cookie_overflows: int,
+                        carry: int = 0) -> tuple[int, int, int]:
+    """split_drops, exact over intervals: (drops, syn_drops, carry). sk_drops
+    (sock_diag) and the overflow counters (BPF) are read one after the other,
+    so an overflow between the two reads is in one interval's counters and
+    the next interval's sk_drops: SYN drops would come out negative in one
+    and too many in the other. What is short is carried to the next
+    interval (carry <= 0) instead of being lost to a clamp at zero."""
     r, c = max(0, d_request_overflows), max(0, d_cookie_overflows)
-    return r + c, max(0, d_sk_drops - 2 * r - c)
+    syn = d_sk_drops - 2 * r - c + carry
+    return r + c, max(0, syn), min(0, syn)
 
 
 # Any user can open thousands of listening sockets: past this many the rest
@@ -55,12 +82,14 @@ class _Listener:
     backlog_max: int = 0
     queue_len: int = 0
     syn_queue_len: int | None = None
-    sk_drops: int | None = None            # last sock_diag value
-    counters: object | None = None         # last ListenerCounters
     drops_total: int = 0
+    syn_carry: int = 0       # see split_drops_carried
     waits: Histogram = field(default_factory=Histogram)
     accepts_window: int = 0
     seen_now: bool = False
+
+
+_COUNTERS = ("ack_overflows", "cookie_overflows", "syn_overflows", "synack_retransmits")
 
 
 class ListenerTable:
@@ -70,26 +99,29 @@ class ListenerTable:
         self.max_listeners = max_listeners or MAX_LISTENERS
         self._primed = False
         self._by_key: dict[tuple, _Listener] = {}
+        # Per socket, bounded by the kernel map (BPF) and by _by_key (sock_diag):
+        self._members: dict[int, object] = {}            # sk address -> last ListenerCounters
+        self._old_members: set[int] = set()              # sk addresses open before prime()
+        self._sk_drops: dict[int, tuple[tuple, int]] = {}  # cookie -> (key, last sk_drops)
         self._other_accepts = 0
-        self.evicted_rows = 0   # listener rows summed into "other"
+        self.evicted_rows = 0     # listener rows summed into "other"
+        self.closed_unread = 0    # listeners whose last interval's sk_drops are unknown
 
     @property
     def evicted(self) -> dict[str, int]:
-        return {"listener rows": self.evicted_rows}
+        out = {"listener rows": self.evicted_rows}
+        if self.closed_unread:
+            out["listeners closed unread"] = self.closed_unread
+        return out
 
     def _get(self, key: tuple) -> _Listener | None:
         """The listener's entry; None when the table is full."""
+        key = listener_key(*key)
         lst = self._by_key.get(key)
         if lst is None:
             if len(self._by_key) >= self.max_listeners:
                 return None
             lst = self._by_key[key] = _Listener(*key)
-        return lst
-
-    def _listener_of(self, netns: int, family: int, laddr: str, lport: int) -> _Listener | None:
-        lst = self._by_key.get((netns, family, laddr, lport))
-        if lst is None:
-            lst = self._by_key.get((netns, family, "0.0.0.0" if family == 4 else "::", lport))
         return lst
 
     def prime(self, diag=(), counters=()) -> None:
@@ -98,54 +130,132 @@ class ListenerTable:
         diag: (netns inode, listening TcpSocket) pairs."""
         self._primed = True
         for c in counters:
-            lst = self._get(c.key)
-            if lst is not None:
-                lst.counters = c
+            self._members[c.sk] = c
+            if not c.closed:
+                self._old_members.add(c.sk)
         for netns, s in diag:
             lst = self._get((netns, s.family, s.saddr, s.sport))
             if lst is None:
                 continue
-            lst.sk_drops = s.drops
+            if s.drops is not None:
+                self._sk_drops[s.cookie] = (listener_key(netns, s.family, s.saddr, s.sport),
+                                            s.drops)
             lst.queue_len = s.rqueue
             lst.backlog_max = s.wqueue
 
     def add_accept(self, ev) -> None:
-        lst = self._listener_of(ev.netns, ev.family, ev.laddr, ev.lport)
+        key = listener_of_accept(self._by_key, ev.netns, ev.family, ev.laddr, ev.lport)
+        lst = self._get(key)
         if lst is None:
-            lst = self._get((ev.netns, ev.family, ev.laddr, ev.lport))
-            if lst is None:
-                self._other_accepts += 1
-                return
+            self._other_accepts += 1
+            return
         lst.accepts_window += 1
         wait = ev.queue_wait_us
         if wait is not None:
             lst.waits.add(wait)
 
+    def _counter_deltas(self, counters) -> dict[tuple, list[int]]:
+        """key -> [ack, cookie, syn, synack] added since the last read, summed
+        over the key's sockets. A socket not seen before counts from zero
+        (the kernel made its entry after prime()); a closed one is forgotten
+        once read (the kernel removes its entry)."""
+        out: dict[tuple, list[int]] = {}
+        for c in counters:
+            prev = self._members.get(c.sk)
+            if prev is None and not self._primed:
+                self._members[c.sk] = c
+                continue
+            d = out.setdefault(listener_key(*c.key), [0, 0, 0, 0])
+            for i, name in enumerate(_COUNTERS):
+                d[i] += member_delta(getattr(c, name),
+                                     getattr(prev, name) if prev is not None else None)
+            if c.closed:
+                self._members.pop(c.sk, None)
+                self._old_members.discard(c.sk)
+            else:
+                self._members[c.sk] = c
+        return out
+
+    def _sk_drops_deltas(self, diag, counters) -> dict[tuple, int]:
+        """key -> d(sk_drops) summed over the key's sockets, for keys whose
+        every socket's change is known (the others are left out: only what
+        BPF saw is counted for them)."""
+        # The last sk_drops of the socket that closed at each address; kept
+        # in the entry also after a new listener took the address (matched
+        # once: its cookie is then no longer followed).
+        final = {c.cookie: c for c in counters if c.cookie}
+        current: dict[int, tuple[tuple, int | None]] = {}
+        for netns, s in diag:
+            current[s.cookie] = (listener_key(netns, s.family, s.saddr, s.sport), s.drops)
+        out: dict[tuple, int] = {}
+        unknown: set = set()
+        matched: set = set()
+        for cookie in set(current) | set(self._sk_drops):
+            key, prev = self._sk_drops.pop(cookie, (None, None))
+            c = final.get(cookie)
+            if c is not None and (c.closed or cookie not in current):
+                # closed since (maybe after the scan): its final value
+                key, now, still_open = listener_key(*c.key), c.drops_at_close, False
+                matched.add(cookie)
+            elif cookie in current:
+                key, now = current[cookie]
+                still_open = True
+            else:                           # gone, and its last value with it
+                self.closed_unread += 1
+                unknown.add(key)
+                continue
+            if key not in self._by_key:
+                continue                    # folded into "other": not followed
+            if now is None:
+                unknown.add(key)            # the kernel sent no meminfo
+                continue
+            if still_open:
+                self._sk_drops[cookie] = (key, now)
+            if prev is None and not self._primed:
+                unknown.add(key)            # first sight: its past is not this interval's
+                continue
+            out[key] = out.get(key, 0) + member_delta(now, 0 if prev is None else prev)
+        # Closed before sock_diag listed them to us (opened and closed within
+        # one interval): all their drops are new, unless they were open at
+        # prime() (then their drops before it are not ours to count). Closed
+        # entries are read once (the session removes them).
+        for c in counters:
+            if not c.closed or (c.cookie and c.cookie in matched):
+                continue
+            key = listener_key(*c.key)
+            if key not in self._by_key or not self._primed:
+                continue
+            if c.sk in self._old_members:
+                unknown.add(key)
+                continue
+            out[key] = out.get(key, 0) + c.drops_at_close
+        for key in unknown:
+            out.pop(key, None)
+        return out
+
     def update(self, seconds: float, diag=(), counters=(), peaks=None,
                owners=None) -> list[ListenerRow]:
         """Close an interval. diag: (netns inode, sock_diag LISTEN socket) pairs
-        (sockets have family, saddr, sport, rqueue, wqueue, drops, inode);
-        counters: BPF ListenerCounters; peaks: {key: peak}; owners:
-        {inode: (pid, comm)}. Keys are (netns, family, laddr, lport)."""
+        (sockets have family, saddr, sport, rqueue, wqueue, drops, inode,
+        cookie); counters: BPF ListenerCounters, one per socket; peaks:
+        {key: peak}; owners: {inode: (pid, comm)}. Keys are (netns, family,
+        laddr, lport)."""
         peaks = peaks or {}
         owners = owners or {}
         for lst in self._by_key.values():
             lst.seen_now = False
-        new_drops: dict[tuple, tuple[int, int]] = {}
-
-        prev_counters = {k: v.counters for k, v in self._by_key.items()}
-        # Before anything below adds this interval's new listeners: one
-        # that is new now has no previous sk_drops, whoever saw it first.
-        prev_sk_drops = {k: v.sk_drops for k, v in self._by_key.items()}
+            lst.queue_len = 0
         folded: set = set()
         other_queue = other_backlog = 0
+
         for c in counters:
             lst = self._get(c.key)
             if lst is None:
                 folded.add(c.key)
                 continue
-            lst.counters = c
-            lst.seen_now = not c.closed
+            if c.closed:
+                continue
+            lst.seen_now = True
             if c.pid:
                 lst.pid, lst.comm = c.pid, c.comm
             if c.backlog_max:
@@ -160,37 +270,31 @@ class ListenerTable:
                 other_queue += s.rqueue
                 other_backlog += s.wqueue
                 continue
+            # SO_REUSEPORT members each have a queue: the fullest one is what
+            # comes near its backlog (and drops).
             lst.seen_now = True
-            lst.queue_len = s.rqueue
+            lst.queue_len = max(lst.queue_len, s.rqueue)
             lst.backlog_max = s.wqueue
-            lst.sk_drops = s.drops
             owner = owners.get(s.inode)
             if owner:
                 lst.pid, lst.comm = owner
 
+        # (sk_drops first: it needs to know which sockets were open at prime())
+        sk_drops = {} if self.drop_points_hooked else self._sk_drops_deltas(diag, counters)
+        bpf = self._counter_deltas(counters)
+
         rows = []
         for key, lst in list(self._by_key.items()):
-            c, pc = lst.counters, prev_counters.get(key)
-            d_ack = (c.ack_overflows - (pc.ack_overflows if pc else 0)) if c else 0
-            d_cookie = (c.cookie_overflows - (pc.cookie_overflows if pc else 0)) if c else 0
-            d_syn_hook = (c.syn_overflows - (pc.syn_overflows if pc else 0)) if c else 0
-            d_synack = (c.synack_retransmits - (pc.synack_retransmits if pc else 0)) if c else 0
+            d_ack, d_cookie, d_syn_hook, d_synack = bpf.get(key, (0, 0, 0, 0))
             if self.drop_points_hooked:
                 drops, syn_drops = d_ack + d_cookie, d_syn_hook
+            elif key in sk_drops:
+                drops, syn_drops, lst.syn_carry = split_drops_carried(
+                    sk_drops[key], d_ack, d_cookie, lst.syn_carry)
             else:
-                # A listener first seen after prime() was opened since: it
-                # started from zero drops (treating it as unknown lost ~3 %).
-                # (Its entry may exist already without sk_drops: made by BPF's
-                # counters or by an accept event earlier in this interval.)
-                prev = prev_sk_drops.get(key)
-                if prev is None and self._primed:
-                    prev = 0
-                if lst.sk_drops is not None and prev is not None:
-                    drops, syn_drops = split_drops(lst.sk_drops - prev, d_ack, d_cookie)
-                else:
-                    # First sight of this listener, or not visible to
-                    # sock_diag (another network namespace): only what BPF saw.
-                    drops, syn_drops = d_ack + d_cookie, 0
+                # First sight of this listener, or not visible to
+                # sock_diag (another network namespace): only what BPF saw.
+                drops, syn_drops = d_ack + d_cookie, 0
             lst.drops_total += drops + syn_drops
             peak = max(peaks.get(key, 0), lst.queue_len)
             rows.append(ListenerRow(

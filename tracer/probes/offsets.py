@@ -24,6 +24,8 @@ NEEDED = {
     "OFF_SKC_V6_RCV_SADDR": ("sock", "__sk_common.skc_v6_rcv_saddr"),
     "OFF_SKC_V6_DADDR": ("sock", "__sk_common.skc_v6_daddr"),
     "OFF_SK_ACK_BACKLOG": ("sock", "sk_ack_backlog"),
+    "OFF_SK_DROPS": ("sock", "sk_drops"),
+    "OFF_SKC_COOKIE": ("sock", "__sk_common.skc_cookie"),
     "OFF_SK_MAX_ACK_BACKLOG": ("sock", "sk_max_ack_backlog"),
     "OFF_ICSK_ACCEPT_QUEUE_QLEN": ("inet_connection_sock", "icsk_accept_queue.qlen"),
     "OFF_TASK_FILES": ("task_struct", "files"),

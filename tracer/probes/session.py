@@ -177,13 +177,13 @@ class ProbeSession:
         }
 
     def listener_counters(self) -> list:
-        """Cumulative per-listener counters; entries of closed listeners are
-        removed once read (their last counts are in this result)."""
+        """Cumulative counters of every listening socket seen (SO_REUSEPORT
+        members apart); entries of closed listeners are removed once read
+        (their last counts are in this result)."""
         table = self._prog.maps["listeners"]
         out = []
         for kb, vb in table.items():
-            rec = events.decode_listener(events.ListenerKey.from_buffer_copy(kb),
-                                         events.ListenerStatsRecord.from_buffer_copy(vb))
+            rec = events.decode_listener(events.ListenerStatsRecord.from_buffer_copy(vb))
             out.append(rec)
             if rec.closed:
                 table.delete(kb)

@@ -6,6 +6,7 @@ from typing import Iterable
 
 from tracer.aggregate.histogram import Histogram
 from tracer.aggregate.snapshot import ListenerRow, PoolAdvice, ProcessRow
+from tracer.domain.listeners import key_of_row, listener_of_accept
 from tracer.events import Connect
 
 
@@ -41,22 +42,21 @@ def _by_key(rows: Iterable[dict], key) -> dict:
     return {key(r): r for r in sorted(rows, key=lambda r: r["ts"])}
 
 
-def _listener_key(r: dict) -> tuple:
-    return (r["family"], r["laddr"], r["lport"])
-
-
 def listener_rows(listeners: Iterable[dict], overflows: Iterable[dict], accepts: Iterable[dict],
                   seconds: float, drops_total: dict) -> list[ListenerRow]:
     """One interval's `listeners`, `overflows` and `accepts` rows back into the
     ListenerRows the live view showed: the inverse of tracer.sinks.recorder's
-    listener_row and overflow_row. `drops_total` (key -> drops so far) is the
-    fallback when `overflows_total` is missing, updated in place."""
-    lis = _by_key(listeners, _listener_key)
-    ovf = _by_key(overflows, _listener_key)
+    listener_row and overflow_row. Keyed as live (tracer/domain/listeners.py):
+    two namespaces listening on one address stay two rows. `drops_total`
+    (key -> drops so far) is the fallback when `overflows_total` is missing,
+    updated in place."""
+    lis = _by_key(listeners, key_of_row)
+    ovf = _by_key(overflows, key_of_row)
+    known = set(lis) | set(ovf)
     waits: dict[tuple, list[float]] = {}
     accepted: dict[tuple, int] = {}
     for r in accepts:
-        k = _listener_key({"family": r["family"], "laddr": r["laddr"], "lport": r["lport"]})
+        k = listener_of_accept(known, r.get("netns"), r["family"], r["laddr"], r["lport"])
         accepted[k] = accepted.get(k, 0) + 1
         if r.get("queue_wait_us") is not None:
             waits.setdefault(k, []).append(r["queue_wait_us"])
@@ -76,7 +76,7 @@ def listener_rows(listeners: Iterable[dict], overflows: Iterable[dict], accepts:
         p99 = row.get("accept_wait_p99_us")
         peak = row.get("queue_peak") if row else (o.get("backlog_peak") or 0)
         out.append(ListenerRow(
-            family=key[0], laddr=key[1], lport=key[2], pid=owner.get("pid"),
+            family=key.family, laddr=key.laddr, lport=key.lport, pid=owner.get("pid"),
             comm=owner.get("comm"),
             backlog_max=row.get("backlog_max") or (o or {}).get("backlog_max") or 0,
             queue_len=row.get("queue_len", peak) or 0, queue_peak=peak or 0,
@@ -87,7 +87,8 @@ def listener_rows(listeners: Iterable[dict], overflows: Iterable[dict], accepts:
             else accepted.get(key, 0),
             accept_wait_p50_us=_percentile(w, 50),   # not recorded: from the accepts rows
             accept_wait_p99_us=p99 if p99 is not None else _percentile(w, 99),
-            synack_retransmits=(o or {}).get("synack_retransmits") or 0))
+            synack_retransmits=(o or {}).get("synack_retransmits") or 0,
+            netns=key.netns or None, cookie_drops=(o or {}).get("cookie_drops") or 0))
     return out
 
 

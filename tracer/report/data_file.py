@@ -93,9 +93,9 @@ ANYONES = Trust(
 # destination pair is at least as many as either alone.
 SUMMARY_KEYS = {
     "connects": (("host", "pid", "comm", "daddr", "dport"),),
-    "accepts": (("host", "laddr", "lport"),),
-    "overflows": (("host", "laddr", "lport"),),
-    "listeners": (("host", "laddr", "lport"),),
+    "accepts": (("host", "netns", "laddr", "lport"),),
+    "overflows": (("host", "netns", "laddr", "lport"),),
+    "listeners": (("host", "netns", "laddr", "lport"),),
     "sockets": (("host", "pid", "comm"),),
 }
 KEY_COST = 8

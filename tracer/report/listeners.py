@@ -15,16 +15,23 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tracer.report.arrow_stats import bucket_start, quantiles_by, sums_by, ts_us
-from tracer.report.destinations import endpoint_label
+from tracer.domain.listeners import listener_key, listener_label
 
 MINUTE_US = 60_000_000
 NEAR_FULL = 0.8     # a queue that reached 80 % of its backlog is worth a look
-KEY = ["host", "laddr", "lport"]
+# One listener: tracer/domain/listeners.py's key (netns, family, address,
+# port) on its host; the address tells the family.
+KEY = ["host", "netns", "laddr", "lport"]
+
+
+def _key(r: dict) -> tuple:
+    return (r["host"], r["netns"], r["laddr"], r["lport"])
 
 
 @dataclass(frozen=True)
 class ListenerStats:
     host: str
+    netns: int | None
     laddr: str
     lport: int
     pid: int | None
@@ -40,10 +47,12 @@ class ListenerStats:
     accept_wait_p99_us: float | None = None
     timeline: tuple = ()        # ((bucket_start_us, drops + syn_drops, queue_peak or None), ...)
     bucket_us: int = MINUTE_US
+    netns_shown: bool = False   # another namespace of this host listens on the same address
 
     @property
     def label(self) -> str:
-        return endpoint_label(self.laddr, self.lport)
+        key = listener_key(self.netns if self.netns_shown else 0, 0, self.laddr, self.lport)
+        return listener_label(key)
 
     @property
     def owner(self) -> str:
@@ -74,19 +83,19 @@ class ListenerStats:
 
 
 def _drops_by_bucket(overflows: pa.Table, listeners: pa.Table, bucket_us: int) -> dict:
-    """(host, laddr, lport) -> {bucket_start: [drops, syn_drops]}; overflows win per listener."""
+    """(host, netns, laddr, lport) -> {bucket_start: [drops, syn_drops]}; overflows win per listener."""
     out: dict[tuple, dict[int, list[int]]] = {}
     if overflows.num_rows:
         t = overflows.append_column("bucket", bucket_start(overflows, bucket_us))
         for r in sums_by(t, [*KEY, "bucket"], [("drops", "sum"), ("syn_drops", "sum")]):
-            out.setdefault((r["host"], r["laddr"], r["lport"]), {})[r["bucket"]] = [
+            out.setdefault(_key(r), {})[r["bucket"]] = [
                 r["drops_sum"] or 0, r["syn_drops_sum"] or 0]
     if listeners.num_rows:
         t = listeners.filter(pc.greater(pc.fill_null(listeners.column("drops"), 0), 0))
         t = t.append_column("bucket", bucket_start(t, bucket_us))
         fallback: dict[tuple, dict[int, list[int]]] = {}
         for r in sums_by(t, [*KEY, "bucket"], [("drops", "sum")]):
-            fallback.setdefault((r["host"], r["laddr"], r["lport"]), {})[r["bucket"]] = [
+            fallback.setdefault(_key(r), {})[r["bucket"]] = [
                 r["drops_sum"] or 0, 0]
         for key, buckets in fallback.items():
             out.setdefault(key, buckets)
@@ -94,7 +103,7 @@ def _drops_by_bucket(overflows: pa.Table, listeners: pa.Table, bucket_us: int) -
 
 
 def _drop_spans(overflows: pa.Table, listeners: pa.Table) -> dict:
-    """(host, laddr, lport) -> (ts of the first drop, ts of the last), µs; overflows win."""
+    """(host, netns, laddr, lport) -> (ts of the first drop, ts of the last), µs; overflows win."""
     out: dict[tuple, tuple[int, int]] = {}
     sources = [(overflows, pc.add(pc.fill_null(overflows.column("drops"), 0),
                                   pc.fill_null(overflows.column("syn_drops"), 0))),
@@ -103,12 +112,12 @@ def _drop_spans(overflows: pa.Table, listeners: pa.Table) -> dict:
         t = t.filter(pc.greater(dropped, 0))
         t = t.append_column("us", ts_us(t))
         for r in sums_by(t, KEY, [("us", "min"), ("us", "max")]):
-            out.setdefault((r["host"], r["laddr"], r["lport"]), (r["us_min"], r["us_max"]))
+            out.setdefault(_key(r), (r["us_min"], r["us_max"]))
     return out
 
 
 def _queue_by_bucket(tables: list[tuple[pa.Table, str]], bucket_us: int) -> dict:
-    """(host, laddr, lport) -> {bucket_start: highest queue length seen}."""
+    """(host, netns, laddr, lport) -> {bucket_start: highest queue length seen}."""
     out: dict[tuple, dict[int, int]] = {}
     for t, col in tables:
         if not t.num_rows:
@@ -118,19 +127,19 @@ def _queue_by_bucket(tables: list[tuple[pa.Table, str]], bucket_us: int) -> dict
         for r in sums_by(q, [*KEY, "bucket"], [("q", "max")]):
             if r["q_max"] is None:
                 continue
-            b = out.setdefault((r["host"], r["laddr"], r["lport"]), {})
+            b = out.setdefault(_key(r), {})
             b[r["bucket"]] = max(b.get(r["bucket"], 0), r["q_max"])
     return out
 
 
 def _owners(tables: list[pa.Table]) -> dict:
-    """(host, laddr, lport) -> [pid, comm, backlog_max], from whichever table knows them."""
+    """(host, netns, laddr, lport) -> [pid, comm, backlog_max], from whichever table knows them."""
     out: dict[tuple, list] = {}
     for t in tables:
         if not t.num_rows:
             continue
         for r in sums_by(t, KEY, [("pid", "last"), ("comm", "last"), ("backlog_max", "max")]):
-            key = (r["host"], r["laddr"], r["lport"])
+            key = _key(r)
             pid, comm, backlog = out.setdefault(key, [None, None, None])
             backlogs = [b for b in (backlog, r["backlog_max_max"]) if b is not None]
             out[key] = [pid if pid is not None else r["pid_last"], comm or r["comm_last"],
@@ -148,16 +157,20 @@ def listener_stats(listeners: pa.Table, overflows: pa.Table, accepts: pa.Table,
     owners = _owners([listeners, overflows, accepts])
     spans = _drop_spans(overflows, listeners)
     waits = quantiles_by(accepts, KEY, "queue_wait_us", (0.99,))
-    accepted = {(r["host"], r["laddr"], r["lport"]): r["ts_count"]
+    accepted = {_key(r): r["ts_count"]
                 for r in sums_by(accepts, KEY, [("ts", "count")])}
     if not accepted:
-        accepted = {(r["host"], r["laddr"], r["lport"]): r["accepts_sum"] or 0
+        accepted = {_key(r): r["accepts_sum"] or 0
                     for r in sums_by(listeners, KEY, [("accepts", "sum")])}
-    listed_waits = {(r["host"], r["laddr"], r["lport"]): r["accept_wait_p99_us_max"]
+    listed_waits = {_key(r): r["accept_wait_p99_us_max"]
                     for r in sums_by(listeners, KEY, [("accept_wait_p99_us", "max")])}
 
+    keys = set(owners) | set(minutes) | set(queue_tl)
+    namespaces: dict[tuple, set] = {}
+    for host, netns, laddr, lport in keys:
+        namespaces.setdefault((host, laddr, lport), set()).add(netns)
     out = []
-    for key in set(owners) | set(minutes) | set(queue_tl):
+    for key in keys:
         pid, comm, backlog = owners.get(key, [None, None, None])
         by_min = minutes.get(key, {})
         drop_minutes = tuple((m, d, s) for m, (d, s) in sorted(by_min.items()) if d or s)
@@ -166,7 +179,8 @@ def listener_stats(listeners: pa.Table, overflows: pa.Table, accepts: pa.Table,
                          for b in sorted(set(qtl) | set(dtl)))
         wait = waits.get(key)
         out.append(ListenerStats(
-            host=key[0], laddr=key[1], lport=key[2], pid=pid, comm=comm,
+            host=key[0], netns=key[1], laddr=key[2], lport=key[3], pid=pid, comm=comm,
+            netns_shown=len(namespaces[(key[0], key[2], key[3])]) > 1,
             backlog_max=backlog,
             queue_peak=max(qtl.values()) if qtl else None,
             drops=sum(d for _, d, _ in drop_minutes),
@@ -176,7 +190,7 @@ def listener_stats(listeners: pa.Table, overflows: pa.Table, accepts: pa.Table,
             drop_minutes=drop_minutes, accepts=accepted.get(key, 0),
             accept_wait_p99_us=wait[1][0] if wait else listed_waits.get(key),
             timeline=timeline, bucket_us=bucket_us))
-    out.sort(key=lambda s: (-s.total_drops, -(s.fill or 0), s.host, s.label))
+    out.sort(key=lambda s: (-s.total_drops, -(s.fill or 0), s.host, s.label, s.netns or 0))
     return out
 
 

@@ -24,7 +24,7 @@ from tracer.report.destinations import (
     worst_by_p99,
 )
 from tracer.report.findings import Finding, findings
-from tracer.report.listeners import ListenerStats, listener_stats, troubled
+from tracer.report.listeners import KEY as LISTENER_KEY, ListenerStats, listener_stats, troubled
 from tracer.report.overview import Overview, summarize_overview
 from tracer.report.pool import PoolAdvice, pool_advice
 from tracer.report.processes import ProcessStats, by_churn, process_stats
@@ -92,7 +92,7 @@ def summarize_tables(tables: dict[str, pa.Table], manifests: list[dict] = (),
     failing = worst_by_failures(dests, TOP)
     connecting = connecting_processes(connects, max(span_us / 1e6, ov.interval_s), TOP)
 
-    listener_interval = typical_interval_us(tables["listeners"], ["host", "laddr", "lport"],
+    listener_interval = typical_interval_us(tables["listeners"], LISTENER_KEY,
                                             default_interval)
     all_listeners = listener_stats(tables["listeners"], tables["overflows"], tables["accepts"],
                                    max(bucket_us, listener_interval))

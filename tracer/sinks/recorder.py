@@ -10,7 +10,7 @@ from tracer.events import Accept, Connect
 CONNECT_FIELDS = ("ts", "pid", "tid", "comm", "family", "saddr", "sport", "daddr", "dport",
                   "latency_us", "outcome", "syn_retransmits", "errno", "netns")
 ACCEPT_FIELDS = ("ts", "pid", "comm", "family", "laddr", "lport", "raddr", "rport",
-                 "queue_wait_us", "backlog_len", "backlog_max", "listener_pid")
+                 "queue_wait_us", "backlog_len", "backlog_max", "listener_pid", "netns")
 
 
 def connect_values(ev: Connect, clock: Clock) -> tuple:
@@ -26,7 +26,7 @@ def connect_values(ev: Connect, clock: Clock) -> tuple:
 
 def accept_values(ev: Accept, clock: Clock) -> tuple:
     return (clock.wall_us(ev.ts_ns), ev.pid, ev.comm, ev.family, ev.laddr, ev.lport, ev.raddr,
-            ev.rport, ev.queue_wait_us, ev.backlog_len, ev.backlog_max, None)
+            ev.rport, ev.queue_wait_us, ev.backlog_len, ev.backlog_max, None, ev.netns or None)
 
 
 def connect_row(ev: Connect, clock: Clock) -> dict:

@@ -1,0 +1,77 @@
+"""The identity of a listening socket, one definition for the live view,
+replay, the report and the Parquet sinks.
+
+A listener is (netns, family, address, port): two containers may both
+listen on 0.0.0.0:80, and they are two listeners with two accept queues.
+The members of an SO_REUSEPORT group are separate sockets with the same
+key: counted per socket in the kernel, summed per key here.
+
+`netns` is the inode of the network namespace; 0 stands for unknown (rows
+recorded before the column existed, or a null), so such rows still group
+with each other and never with a known namespace.
+"""
+from __future__ import annotations
+
+from typing import Iterable, NamedTuple, Optional
+
+
+class ListenerKey(NamedTuple):
+    netns: int
+    family: int      # 4 or 6
+    laddr: str
+    lport: int
+
+
+def listener_key(netns: Optional[int], family: int, laddr: str, lport: int) -> ListenerKey:
+    return ListenerKey(int(netns or 0), int(family), laddr, int(lport))
+
+
+def key_of_row(row) -> ListenerKey:
+    """The key of a recorded row (a dict) or of a live row (an object with
+    netns, family, laddr, lport): a null netns is 0."""
+    get = row.get if isinstance(row, dict) else (lambda name: getattr(row, name, None))
+    return listener_key(get("netns"), get("family"), get("laddr"), get("lport"))
+
+
+def wildcard(family: int) -> str:
+    """The address a socket bound to every address of its family shows."""
+    return "0.0.0.0" if family == 4 else "::"
+
+
+def listener_of_accept(known, netns: Optional[int], family: int, laddr: str,
+                       lport: int) -> ListenerKey:
+    """The listener that accepted a connection whose local end is laddr:lport.
+    A listener bound to the wildcard hands out children with a specific local
+    address: the exact key if it is known (in `known`, a container of keys),
+    else the wildcard of the same family and namespace if that is known, else
+    the exact key."""
+    exact = listener_key(netns, family, laddr, lport)
+    if exact in known:
+        return exact
+    wild = exact._replace(laddr=wildcard(family))
+    return wild if wild in known else exact
+
+
+def endpoint(laddr: str, lport: int) -> str:
+    return f"[{laddr}]:{lport}" if ":" in laddr else f"{laddr}:{lport}"
+
+
+def listener_label(key: ListenerKey, namespaces: Iterable[int] = ()) -> str:
+    """addr:port, with the namespace when it tells this listener apart: when
+    `namespaces` (the namespaces of the listeners shown together) holds more
+    than one, or always if it is not given and the namespace is known."""
+    text = endpoint(key.laddr, key.lport)
+    ns = set(namespaces)
+    if key.netns and (len(ns) > 1 or not ns):
+        text += f" netns {key.netns}"
+    return text
+
+
+def member_delta(current: int, previous: Optional[int]) -> int:
+    """What a cumulative per-socket counter added since it was last read. A
+    counter that went down belongs to a new socket (an address reused, a
+    group member replaced): it started again from zero, never a negative
+    count. previous None: first sight, everything counts."""
+    if previous is None or current < previous:
+        return max(0, current)
+    return current - previous
