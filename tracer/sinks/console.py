@@ -141,27 +141,14 @@ def format_table(status, snapshot: Snapshot, limit: int = 15, title: str = "") -
     if filters:
         lines.append(f"filter: {printable(filters)}")
     lines += format_problems(snapshot, limit)
-    lines += ["", HEADER]
-    rows = rank(list(snapshot.destinations))
-    lines += [format_row(r) for r in rows[:limit]]
-    if len(rows) > limit:
-        lines.append(f"... {_more(len(rows) - limit, 'destination')}")
-    if not rows:
-        lines.append(_nothing(snapshot, "connects"))
-    listeners = rank_listeners(snapshot.listeners)
-    lines += ["", LISTENER_HEADER]
-    lines += [format_listener(r, snapshot.interval_s) for r in listeners[:limit]]
-    if len(listeners) > limit:
-        lines.append(f"... {_more(len(listeners) - limit, 'listener')}")
-    if not listeners:
-        lines.append(_nothing(snapshot, "listeners"))
     processes = rank_processes(snapshot.processes)
-    lines += ["", PROCESS_HEADER]
-    lines += [format_process(p) for p in processes[:limit]]
-    if len(processes) > limit:
-        lines.append(f"... {_more(len(processes) - limit, 'process', 'processes')}")
-    if not processes:
-        lines.append(_nothing(snapshot, "processes"))
+    lines += _section(snapshot, HEADER, rank(list(snapshot.destinations)), format_row, limit,
+                      ("destination", "destinations"), "connects")
+    lines += _section(snapshot, LISTENER_HEADER, rank_listeners(snapshot.listeners),
+                      lambda r: format_listener(r, snapshot.interval_s), limit,
+                      ("listener", "listeners"), "listeners")
+    lines += _section(snapshot, PROCESS_HEADER, processes, format_process, limit,
+                      ("process", "processes"), "processes")
     advice = [format_advice(p, a) for p in processes[:limit] for a in p.advice]
     if advice:
         lines += ["", "POOL ADVICE (Little's law: connections needed = arrival rate x hold time)"]
@@ -169,6 +156,18 @@ def format_table(status, snapshot: Snapshot, limit: int = 15, title: str = "") -
         if len(advice) > limit:
             lines.append(f"  ... {len(advice) - limit} more")
     return "\n".join(lines) + "\n"
+
+
+def _section(snapshot: Snapshot, header: str, rows: list, fmt, limit: int,
+             nouns: tuple[str, str], view: str) -> list[str]:
+    """One view's table: a blank line, its header, the first `limit` rows
+    (ranked already), how many more, or what it shows when there is nothing."""
+    out = ["", header, *(fmt(r) for r in rows[:limit])]
+    if len(rows) > limit:
+        out.append(f"... {_more(len(rows) - limit, *nouns)}")
+    if not rows:
+        out.append(_nothing(snapshot, view))
+    return out
 
 
 class ConsoleSink:
