@@ -16,6 +16,7 @@ import pytest
 
 from tests.kernel.netlab import delayed_link, netns_counters, socket_in
 from tests.kernel.test_listeners import flood_in, private_netns
+from tests.kernel.workloads import nginx_conf
 from tracer.domain.listeners import key_of_row
 from tracer.filters import Filters
 from tracer.replay.rows import listener_rows
@@ -24,27 +25,6 @@ from tracer.schema import schema
 from tracer.sinks.recorder import listener_row, overflow_row
 
 pytestmark = pytest.mark.kernel
-
-NGINX_CONF = """
-worker_processes 2;
-daemon on;
-pid {d}/nginx.pid;
-error_log {d}/error.log;
-events {{ worker_connections 2048; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    server {{
-        listen 127.0.0.1:{port} reuseport backlog=8;
-        location / {{ return 200 "ok\\n"; }}
-    }}
-}}
-"""
-
 
 def _write(path, text):
     with open(path, "w") as f:   # net sysctls belong to the opener's namespace
@@ -72,7 +52,7 @@ def test_reuseport_group_reloaded_drops_equal_listen_overflows(collector_run):
     with private_netns() as (ns, inode), tempfile.TemporaryDirectory() as d:
         conf = os.path.join(d, "nginx.conf")
         with open(conf, "w") as f:
-            f.write(NGINX_CONF.format(d=d, port=port))
+            f.write(nginx_conf(d, f"127.0.0.1:{port} reuseport backlog=8", connections=2048))
 
         def ctl(*args):
             subprocess.run(["ip", "netns", "exec", ns, nginx, "-c", conf, "-p", d, *args],

@@ -24,11 +24,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.kernel.workloads import nginx_conf
+
 pytestmark = pytest.mark.kernel
 
 INTERVAL = 0.5
 RUN_S = 5               # each client runs this long: 10 intervals
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+# Debian installs each major version under its own directory: the newest here
+PG_BIN = max(Path("/usr/lib/postgresql").glob("*/bin"),
+             key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+             default=Path("/usr/lib/postgresql/15/bin"))
 
 
 def free_port() -> int:
@@ -163,33 +168,13 @@ def test_pgbench_with_a_connection_per_transaction_needs_a_pool_of_8_to_12(colle
 
 # ---------------------------------------------------------------- nginx + ab
 
-NGINX_CONF = """
-worker_processes 2;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    server {{
-        listen 127.0.0.1:{port} backlog=4096;
-        location / {{ return 200 "ok\\n"; }}
-    }}
-}}
-"""
-
-
 @pytest.fixture
 def nginx():
     if shutil.which("nginx") is None or shutil.which("ab") is None:
         pytest.skip("nginx and ab are not installed (./run installs nginx-light, apache2-utils)")
     d = Path(tempfile.mkdtemp(prefix="connscope-nginx-"))
     port = free_port()
-    (d / "nginx.conf").write_text(NGINX_CONF.format(dir=d, port=port))
+    (d / "nginx.conf").write_text(nginx_conf(d, f"127.0.0.1:{port} backlog=4096"))
     server = subprocess.Popen(["nginx", "-p", str(d), "-c", str(d / "nginx.conf"),
                                "-g", "daemon off;"], stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True)

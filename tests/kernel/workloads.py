@@ -263,3 +263,28 @@ def wait_for(predicate, timeout_s: float = 5.0) -> bool:
             return True
         time.sleep(0.02)
     return False
+
+
+def nginx_conf(directory, listen: str, workers: int = 2, connections: int = 1024) -> str:
+    """An nginx.conf for a test: every path under `directory`, no access log,
+    one server on `listen` (e.g. "127.0.0.1:8080 reuseport backlog=8") that
+    answers "ok". The daemon flag is the caller's (-g "daemon off;")."""
+    d = directory
+    return f"""
+worker_processes {workers};
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections {connections}; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    server {{
+        listen {listen};
+        location / {{ return 200 "ok\\n"; }}
+    }}
+}}
+"""
