@@ -145,6 +145,12 @@ def test_two_namespaces_on_one_address_stay_two_listeners(collector_run):
     replayed = listener_rows(lis_rows, ovf_rows, [], 0.5, {})
     assert {r.netns for r in replayed} == {ino_a, ino_b}
     assert len({key_of_row(r) for r in replayed}) == 2
+    # and the labels every view shows tell them apart, live and replayed
+    both = [[r for r in s.listeners if r.lport == 8080] for s in run.snapshots]
+    both = [rs for rs in both if {r.netns for r in rs} == {ino_a, ino_b}]
+    assert both and all(len({r.label for r in rs}) == 2 for rs in both)
+    assert {r.label for r in replayed} == {f"127.0.0.1:8080 netns {ino_a}",
+                                           f"127.0.0.1:8080 netns {ino_b}"}
     tables = {}
     for name, rs in (("listeners", lis_rows), ("overflows", ovf_rows), ("accepts", [])):
         sch = schema(name)

@@ -140,6 +140,16 @@ def test_two_namespaces_on_one_address_stay_apart_live_and_in_replay():
     assert set(out) == {NS, NS2}
     assert (out[NS].drops, out[NS].syn_drops, out[NS].cookie_drops) == (3, 2, 3)
     assert (out[NS2].drops, out[NS2].accepts) == (0, 1)
+    # every view shows the label: live and replayed, it names the namespace
+    assert {r.label for r in rows} == {r.label for r in out.values()} == {
+        f"0.0.0.0:80 netns {NS}", f"0.0.0.0:80 netns {NS2}"}
+
+
+def test_listeners_of_one_namespace_are_labelled_by_address_alone():
+    t = ListenerTable(drop_points_hooked=False)
+    t.prime([diag(11, 0)], [])
+    rows = t.update(1.0, [diag(11, 0)], [])
+    assert [r.label for r in rows] == ["0.0.0.0:80"]
 
 
 def test_an_overflow_between_the_two_reads_is_counted_once_over_two_intervals():

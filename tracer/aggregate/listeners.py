@@ -39,7 +39,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tracer.aggregate.histogram import Histogram
-from tracer.aggregate.snapshot import ListenerRow
+from tracer.aggregate.snapshot import ListenerRow, label_namespaces
 from tracer.domain.listeners import listener_key, listener_of_accept, member_delta
 
 
@@ -321,4 +321,4 @@ class ListenerTable:
                 accepts=self._other_accepts, accept_wait_p50_us=None, accept_wait_p99_us=None,
                 synack_retransmits=0))
             self._other_accepts = 0
-        return rows
+        return label_namespaces(rows)

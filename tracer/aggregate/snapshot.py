@@ -4,10 +4,11 @@ console view and replay all read only this, never the live aggregators, so a
 render can never block collection or see half-updated state."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from tracer.aggregate.connects import ConnectRow
 from tracer.domain.addresses import endpoint
+from tracer.domain.listeners import spans_namespaces, with_netns
 
 
 @dataclass(frozen=True)
@@ -31,11 +32,21 @@ class ListenerRow:
     synack_retransmits: int     # in the interval
     netns: int | None = None    # network namespace inode (None: unknown)
     cookie_drops: int = 0       # of `drops`: SYN-cookie handshakes dropped (client thinks it is connected)
+    netns_in_label: bool = False  # the rows shown with it span namespaces (spans_namespaces)
 
     @property
     def label(self) -> str:
         # family 0: the listeners past the table's bound, summed
-        return endpoint(self.laddr, self.lport, self.family)
+        return with_netns(endpoint(self.laddr, self.lport, self.family), self.netns,
+                          self.netns_in_label)
+
+
+def label_namespaces(rows: list[ListenerRow]) -> list[ListenerRow]:
+    """One interval's listener rows, each label naming its namespace when
+    they span several (live and replay both call this on the rows they show)."""
+    if not spans_namespaces(rows):
+        return rows
+    return [replace(r, netns_in_label=True) if r.netns else r for r in rows]
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Iterable, NamedTuple, Optional
 
+from tracer.domain.addresses import endpoint
+
 
 class ListenerKey(NamedTuple):
     netns: int
@@ -52,19 +54,30 @@ def listener_of_accept(known, netns: Optional[int], family: int, laddr: str,
     return wild if wild in known else exact
 
 
-def endpoint(laddr: str, lport: int) -> str:
-    return f"[{laddr}]:{lport}" if ":" in laddr else f"{laddr}:{lport}"
-
-
 def listener_label(key: ListenerKey, namespaces: Iterable[int] = ()) -> str:
     """addr:port, with the namespace when it tells this listener apart: when
     `namespaces` (the namespaces of the listeners shown together) holds more
     than one, or always if it is not given and the namespace is known."""
-    text = endpoint(key.laddr, key.lport)
     ns = set(namespaces)
-    if key.netns and (len(ns) > 1 or not ns):
-        text += f" netns {key.netns}"
-    return text
+    return with_netns(endpoint(key.laddr, key.lport), key.netns, len(ns) > 1 or not ns)
+
+
+def with_netns(label: str, netns: Optional[int], shown: bool) -> str:
+    """A listener's label, with its namespace when that tells it apart."""
+    return f"{label} netns {netns}" if shown and netns else label
+
+
+def spans_namespaces(rows) -> bool:
+    """Listeners shown together come from more than one network namespace:
+    then each label names its namespace (two containers on 0.0.0.0:80)."""
+    first = None
+    for r in rows:
+        if r.netns:
+            if first is None:
+                first = r.netns
+            elif r.netns != first:
+                return True
+    return False
 
 
 def member_delta(current: int, previous: Optional[int]) -> int:

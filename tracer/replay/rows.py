@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from tracer.aggregate.histogram import Histogram
-from tracer.aggregate.snapshot import ListenerRow, PoolAdvice, ProcessRow
+from tracer.aggregate.snapshot import ListenerRow, PoolAdvice, ProcessRow, label_namespaces
 from tracer.domain.listeners import key_of_row, listener_of_accept
 from tracer.events import Connect
 
@@ -89,7 +89,7 @@ def listener_rows(listeners: Iterable[dict], overflows: Iterable[dict], accepts:
             accept_wait_p99_us=p99 if p99 is not None else _percentile(w, 99),
             synack_retransmits=(o or {}).get("synack_retransmits") or 0,
             netns=key.netns or None, cookie_drops=(o or {}).get("cookie_drops") or 0))
-    return out
+    return label_namespaces(out)
 
 
 def _advice(rows: list[dict]) -> tuple[PoolAdvice, ...]:
