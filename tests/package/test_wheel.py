@@ -124,3 +124,19 @@ def test_doctor_runs_from_the_installed_package(installed, tmp_path):
                           capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "backend" in json.loads(proc.stdout)
+
+
+def test_recover_runs_from_the_installed_package(installed, tmp_path):
+    """`connscope recover` on a recorder killed with SIGKILL, from the user's
+    install: every journaled row ends up in Parquet the wheel's pyarrow reads."""
+    from tests.unit.test_recording_readable import killed_recording
+
+    rec = tmp_path / "rec"
+    journaled = killed_recording(rec)
+    out = _run([str(installed / "bin" / "connscope"), "recover", str(rec)], cwd=tmp_path).stdout
+    assert f"{journaled} rows recovered" in out, out
+    count = _run([str(installed / "bin" / "python"), "-c",
+                  "import sys, pyarrow.dataset as ds; "
+                  "print(ds.dataset(sys.argv[1], format='parquet').count_rows())",
+                  str(rec / "connects")], cwd=tmp_path).stdout
+    assert int(count) == journaled
