@@ -30,12 +30,14 @@ BPF_HASH(listener_peak, struct listener_key, u32, MAX_LISTENERS);
  * started (no `accepting` entry) finds its listener from the child's key. */
 BPF_HASH(listener_of_key, struct listener_key, u64, MAX_LISTENERS);
 /* Children between handshake and accept(): when they were queued (ns).
- * Least recently used entries make room: an entry whose accept() we never
- * see (io_uring and in-kernel accepts, which no hook here covers) must not
- * stay until its connection closes, and a full map must not cost every
- * later accept its wait. An entry evicted while its child still waits (65k
- * newer handshakes) loses only that one wait. */
-BPF_TABLE("lru_hash", u64, u64, handshakes, MAX_HANDSHAKES);
+ * An entry goes at accept() (whoever accepts: filters do not keep it) or
+ * when its socket is destroyed (tcp_destroy_sock, child_forget), so it
+ * lives no longer than its connection. Only accepts no hook sees (io_uring,
+ * in-kernel) keep theirs until the connection closes: over 65k of those
+ * alive at once fill the map, and each wait not measured then is counted
+ * (CTR_HANDSHAKES_FULL). Not an LRU map: its evictions would lose waits
+ * without a count. */
+BPF_HASH(handshakes, u64, u64, MAX_HANDSHAKES);
 /* accept() in progress on this thread: the listening socket. */
 BPF_HASH(accepting, u32, u64, 16384);
 
