@@ -175,6 +175,27 @@ def test_ack_time_and_syn_time_drops_split_as_the_kernel_did(collector_run, sync
     else happens. On the tracepoint backend the split comes from sk_drops,
     which counts a request-socket overflow twice and a cookie one once:
     passing one kind as the other fails here."""
+    # The third wave must reach the listener (50 ms) before it closes at
+    # 0.9 s; in a slow guest (TCG) the `ss` and counter reads between the
+    # waves can take most of that. A run that missed the timing proves
+    # nothing either way: it is run again, three times at most.
+    for attempt in range(3):
+        late, got = _split_run(collector_run, syncookies)
+        if not late:
+            break
+        print(f"attempt {attempt + 1}: third wave sent {late:.2f} s after the first; again")
+    else:
+        pytest.fail("the third wave could not be sent in time in three attempts")
+    ack_time, queued, total, drops, syn_drops, cookie_drops = got
+    assert ack_time == 8 - queued > 0, "the second wave did not overflow at ACK time"
+    assert total > ack_time, "the third wave's SYNs were not dropped"
+    assert (drops, syn_drops) == (ack_time, total - ack_time)
+    assert cookie_drops == (ack_time if syncookies == 2 else 0)
+
+
+def _split_run(collector_run, syncookies):
+    """One run of the three waves: (seconds late, or 0 if the third wave
+    left in time; the kernel's and connscope's figures)."""
     with delayed_link(delay_ms=50) as link:
         link.run_in(link.ns_server, _write, "/proc/sys/net/ipv4/tcp_syncookies", str(syncookies))
         srv = socket_in(link.ns_server)
@@ -201,6 +222,7 @@ def test_ack_time_and_syn_time_drops_split_as_the_kernel_did(collector_run, sync
                 ["ip", "netns", "exec", link.ns_server, "ss", "-ltnH", f"sport = :{port}"],
                 capture_output=True, text=True, timeout=10).stdout.split()[1])
             ack_time = link.counters(link.ns_server)["TcpExt.ListenOverflows"] - before
+            sent = time.monotonic() - t0
             wave()
             time.sleep(max(0.0, 0.9 - (time.monotonic() - t0)))
             srv.close()               # before the first retransmit (SYN-ACK or SYN, 1 s)
@@ -210,13 +232,10 @@ def test_ack_time_and_syn_time_drops_split_as_the_kernel_did(collector_run, sync
                 c.close()
             time.sleep(0.7)
     rows = [r for s in run.snapshots for r in s.listeners if r.lport == port]
-    drops = sum(r.drops for r in rows)
-    syn_drops = sum(r.syn_drops for r in rows)
-    cookie_drops = sum(r.cookie_drops for r in rows)
-    assert ack_time == 8 - queued > 0, "the second wave did not overflow at ACK time"
-    assert total > ack_time, "the third wave's SYNs were not dropped"
-    assert (drops, syn_drops) == (ack_time, total - ack_time)
-    assert cookie_drops == (ack_time if syncookies == 2 else 0)
+    figures = (ack_time, queued, total, sum(r.drops for r in rows),
+               sum(r.syn_drops for r in rows), sum(r.cookie_drops for r in rows))
+    # the third wave's SYNs need 50 ms to arrive, and some margin before 0.9 s
+    return (sent if sent > 0.7 else 0.0), figures
 
 
 def test_drops_of_a_listener_closed_before_its_last_read(collector_run):
