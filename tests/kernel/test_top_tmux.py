@@ -128,8 +128,10 @@ def wait_pane(session, wanted, timeout_s=15.0) -> str:
 
 def start_top(session, command: str) -> None:
     """`command` in a 160x50 tmux pane; once it exits the pane keeps its last
-    screen and an EXIT=<status> line."""
-    shell = f"cd {ROOT} && {command}; echo EXIT=$?; sleep 60"
+    screen and an EXIT=<status> line. COLUMNS and LINES are exported smaller, as
+    a CI runner did: the view must take its size from the terminal all the same
+    (they once pinned it at 80 columns and folded the owner out of Listeners)."""
+    shell = f"cd {ROOT} && export COLUMNS=80 LINES=24 && {command}; echo EXIT=$?; sleep 60"
     tmux("new-session", "-d", "-s", session, "-x", "160", "-y", "50", shell)
 
 

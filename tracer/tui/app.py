@@ -9,6 +9,8 @@ ReplayController picks the snapshot.
 """
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -529,7 +531,22 @@ class ConnscopeApp(App):
                                                       replay=self.replay is not None)))
 
 
+def size_from_the_terminal() -> None:
+    """Textual and Rich size the screen from $COLUMNS and $LINES before they
+    ask the terminal: a value exported once (a CI runner, a script, an old
+    shell) pinned the live view to that size, folded its columns and ignored
+    every resize. When the terminal can be asked, it decides; otherwise the
+    variables stay, the only size there is."""
+    try:
+        os.get_terminal_size(sys.__stdout__.fileno())
+    except (AttributeError, ValueError, OSError):
+        return
+    for name in ("COLUMNS", "LINES"):
+        os.environ.pop(name, None)
+
+
 def build_app(source_description: Header, *, replay: ReplayController | None = None) -> App:
     """The TUI, for `top` (then call `post_snapshot` from the collector thread)
     or for `replay` (pass the controller)."""
+    size_from_the_terminal()     # before the App reads the size (Rich does, at once)
     return ConnscopeApp(source_description, replay=replay)
