@@ -6,6 +6,7 @@ accepted."""
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import tempfile
 import threading
@@ -193,6 +194,30 @@ def test_ack_time_and_syn_time_drops_split_as_the_kernel_did(collector_run, sync
     assert cookie_drops == (ack_time if syncookies == 2 else 0)
 
 
+def accept_queue_length(listener: socket.socket) -> int:
+    """The kernel's accept-queue length of a listening socket (sk_ack_backlog,
+    ss's Recv-Q), from TCP_INFO: a listener's tcpi_unacked holds it. Read
+    in-process because a forked `ss` took a good part of the split test's
+    0.9 s budget in TCG guests."""
+    info = listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    return struct.unpack_from("<8B5I", info)[12]
+
+
+def test_accept_queue_length_is_what_ss_shows():
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    port = srv.getsockname()[1]
+    clients = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(3)]
+    try:
+        out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True,
+                             text=True, timeout=10).stdout.split()
+        assert accept_queue_length(srv) == int(out[1]) == 3
+    finally:
+        for s in clients + [srv]:
+            s.close()
+
+
 def _split_run(collector_run, syncookies):
     """One run of the three waves: (seconds late, or 0 if the third wave
     left in time; the kernel's and connscope's figures)."""
@@ -218,9 +243,7 @@ def _split_run(collector_run, syncookies):
             time.sleep(0.2)
             wave()
             time.sleep(0.25)          # its handshakes are done
-            queued = int(subprocess.run(
-                ["ip", "netns", "exec", link.ns_server, "ss", "-ltnH", f"sport = :{port}"],
-                capture_output=True, text=True, timeout=10).stdout.split()[1])
+            queued = accept_queue_length(srv)     # what `ss` shows as Recv-Q, no fork
             ack_time = link.counters(link.ns_server)["TcpExt.ListenOverflows"] - before
             sent = time.monotonic() - t0
             wave()
