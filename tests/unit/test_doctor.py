@@ -210,6 +210,19 @@ def test_auto_prefers_fentry_then_kprobe_then_tracepoint(kprobes, fentry, tracep
             error(name, f)
 
 
+@pytest.mark.parametrize("kprobes", [True, False])
+@pytest.mark.parametrize("fentry", [True, False])
+def test_auto_tries_every_usable_backend_in_order_and_a_named_one_alone(kprobes, fentry):
+    from tracer.probes.features import backends_to_try
+
+    f = make(kprobes=kprobes, fentry=fentry)
+    assert backends_to_try("auto", f) == [b for b, ok in (
+        ("fentry", fentry), ("kprobe", kprobes), ("tracepoint", True)) if ok]
+    assert backends_to_try("tracepoint", f) == ["tracepoint"]
+    if kprobes:
+        assert backends_to_try("kprobe", f) == ["kprobe"]
+
+
 def test_explicit_kprobe_without_kprobes():
     f = make(kprobes=False, fentry=False)
     f.kprobes = Feature(False, "CONFIG_KPROBES is off")

@@ -67,6 +67,7 @@ FENTRY_TEST_FUNCTION = "tcp_v4_connect"
 HIDE_FUNCTIONS_ENV = "CONNSCOPE_HIDE_FUNCTIONS"  # hooked functions, e.g. tcp_v6_connect
 HIDE_FEATURES_ENV = "CONNSCOPE_HIDE_FEATURES"    # any of HIDEABLE_FEATURES
 HIDEABLE_FEATURES = ("fentry", "kprobes", "ringbuf")
+FAIL_LOAD_ENV = "CONNSCOPE_FAIL_LOAD"            # backends whose load is made to fail
 
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 RINGBUF_MIN_KERNEL = (5, 8)
@@ -118,6 +119,13 @@ def _names_in(env: str) -> set[str]:
 def hidden_functions() -> set[str]:
     """Functions CONNSCOPE_HIDE_FUNCTIONS makes count as absent (a test hook)."""
     return _names_in(HIDE_FUNCTIONS_ENV)
+
+
+def failing_loads() -> set[str]:
+    """Backends whose load CONNSCOPE_FAIL_LOAD makes fail after detection
+    found them usable, as a kernel can (a verifier or attach refusal): a
+    test hook for `auto`'s fallback."""
+    return _names_in(FAIL_LOAD_ENV) & set(AUTO_ORDER)
 
 
 def hidden_features() -> set[str]:
@@ -521,6 +529,16 @@ def choose_backend(requested: str, features: Features) -> str:
             return backend
     raise BackendUnavailable("no backend works here: " + "; ".join(
         _backend_problem(b, features, suggest=False) or "" for b in AUTO_ORDER))
+
+
+def backends_to_try(requested: str, features: Features) -> list[str]:
+    """The backends start() loads in turn: the one asked for, or for `auto`
+    every usable one, cheapest first (a load can still fail where detection
+    saw nothing wrong: the next is tried then)."""
+    first = choose_backend(requested, features)
+    if requested != "auto":
+        return [first]
+    return [b for b in AUTO_ORDER if _backend_problem(b, features, suggest=False) is None]
 
 
 def _short_problem(backend: str, f: Features) -> str:

@@ -54,6 +54,8 @@ class LoadInfo:
     load_seconds: float
     notes: list[str] = field(default_factory=list)
     drop_split: "bool | None" = None    # tracepoint: skb:kfree_skb drop reasons attached
+    # `auto`: better backends that failed to load here, "<backend>: <why>" each
+    passed_over: list[str] = field(default_factory=list)
 
 
 class ProbeSession:
