@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from tracer.filters import Filters
-from tracer.probes import headers
+from tracer.probes import blocked_accepts, headers, loader
 from tracer.probes.btf import BTFError, kernel_btf
 from tracer.probes.features import BackendUnavailable, choose_backend, probe_features
 from tracer.probes.offsets import OffsetError, drop_reason_cflags, fentry_cflags, offset_cflags
@@ -45,6 +45,8 @@ def start(requested: str, filters: Filters) -> ProbeSession:
     flags += reason_flags
     if backend == "fentry":
         flags += fentry_cflags(btf)
+    if backend != "tracepoint" and blocked_accepts.exit_tracepoints_present(loader.tracefs_root()):
+        flags.append(blocked_accepts.CFLAG)
     session = ProbeSession(backend, filters, ringbuf=features.ringbuf.ok, offset_flags=flags,
                            env=headers.bcc_environment(tree), offsets_from=offsets_from,
                            headers=tree.how,
