@@ -155,7 +155,7 @@ def socket_protocol(proc: str, pid: int, tid: int, fd: int) -> Optional[bytes]:
 
 
 def _numeric(names: Iterable[str]) -> list[int]:
-    return [int(n) for n in names if n.isdigit() and len(n) <= 10]
+    return sorted(int(n) for n in names if n.isdigit() and len(n) <= 10)
 
 
 def scan(proc: str = PROC, *, syscalls: Optional[tuple[int, int]] = None,
@@ -299,7 +299,7 @@ class CatchUp:
                        f"{os.uname().machine} (syscall numbers unknown): their next accept "
                        f"is not seen")
             return out
-        if self.found:
+        if self.found and not self.attach_error:
             out.append(f"{self.found} thread(s) blocked in accept() at start: their next accept "
                        f"is seen through syscalls:sys_exit_accept/accept4, attached until they "
                        f"return ({self.max_wait_s:.0f} s at most; a small cost on every syscall "
