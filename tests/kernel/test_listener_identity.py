@@ -370,6 +370,30 @@ def test_blocked_thread_accepting_twice_is_two_accepts():
         _stop(proc)
 
 
+@pytest.mark.parametrize("port_matches,comm_matches,rows", [
+    (True, True, 1), (True, False, 0), (False, True, 0)])
+def test_filters_apply_to_the_accept_of_a_thread_blocked_before_start(port_matches, comm_matches,
+                                                                      rows):
+    """--port and --comm decide for that accept as for any other (one flag
+    set for the three cases: one compile)."""
+    proc, port = _blocked_acceptor()
+    try:
+        with open(f"/proc/{proc.pid}/comm") as f:
+            comm = f.read().rstrip("\n")
+        session = _session(Filters(ports=frozenset({port if port_matches else port + 1}),
+                                   comm=comm if comm_matches else comm[:-1] + "~"))
+        try:
+            c = socket.create_connection(("127.0.0.1", port), timeout=5)
+            assert proc.stdout.readline().strip() == "accepted"
+            seen = _accepts_on(session, port, 1, timeout_s=2.0, settle_s=0.5)
+            c.close()
+        finally:
+            session.close()
+        assert len(seen) == rows
+    finally:
+        _stop(proc)
+
+
 def _attached_tracepoints(session) -> set:
     """Kernel truth: the tracepoints that have one of this session's programs
     attached, asked of the kernel for every fd of this process
