@@ -68,7 +68,7 @@ OTHER_NETNS = "SYN-time drops only for listeners in this network namespace"
 BLOCKED_BEFORE_START = (
     "counted", "the next accept of a thread blocked in accept() since before start: seen at "
                "its syscall exit (syscalls:sys_exit_accept{,4}, attached only until it returns, "
-               "60 s at most); one still blocked after that is counted as an untracked accept")
+               "60 s at most); the next accept of one still blocked after that is counted as lost")
 
 SKIPPED = ("counted", "probe runs the kernel skips (another BPF program running on that CPU): "
                       "shown as 'probe runs skipped', never silent")
