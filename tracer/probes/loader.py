@@ -122,10 +122,6 @@ class LoadedProgram:
             _close(fd)
         self._on_demand_links.clear()
 
-    @property
-    def on_demand_attached(self) -> bool:
-        return bool(self._on_demand_links)
-
     def close(self) -> None:
         self.detach_on_demand()
         for fd in self._links:
