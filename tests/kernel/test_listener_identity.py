@@ -281,12 +281,15 @@ def _session(filters):
     return startup.start(os.environ.get("CONNSCOPE_TEST_BACKEND", "auto"), filters)
 
 
-def _blocked_acceptor(accepts=1):
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+def _blocked_acceptor(accepts=1, as_user=()):
     """A process whose thread is blocked in accept() (accept4 in CPython)
     before any tracer starts; it accepts `accepts` times. Returns (proc, port)."""
     import sys
-    proc = subprocess.Popen([sys.executable, "-c", BLOCKED_ACCEPTOR, str(accepts)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([*as_user, sys.executable, "-c", BLOCKED_ACCEPTOR, str(accepts)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/")
     port = int(proc.stdout.readline())
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:     # until the kernel says it is blocked there
@@ -497,11 +500,17 @@ def test_call_seen_by_the_return_probe_is_not_counted_again_at_syscall_exit():
 
 
 def test_thread_blocked_too_long_is_given_up_on_and_counted():
-    """An idle listener's acceptor: after max_wait_s the exit tracepoints go
-    anyway; its next accept is then not seen, and that is counted."""
+    """An idle listener's acceptor, here another user's (anyone can park a
+    thread in accept()): after max_wait_s the exit tracepoints go anyway, so
+    nobody keeps their cost on every syscall; its next accept is then not
+    seen, and that is counted."""
     _function_hook_backend()
-    proc, port = _blocked_acceptor()
+    if not shutil.which("setpriv"):
+        pytest.skip("setpriv is not installed (Debian package util-linux)")
+    proc, port = _blocked_acceptor(as_user=NOBODY)
     try:
+        with open(f"/proc/{proc.pid}/status") as f:
+            assert "Uid:\t65534\t" in f.read()
         session = _session(Filters(pids=frozenset({proc.pid})))
         try:
             b = session.blocked_accepts
