@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from tracer.filters import Filters
-from tracer.probes import headers
+from tracer.probes import blocked_accepts, headers, loader
 from tracer.probes.btf import BTFError, kernel_btf
 from tracer.probes.features import (BackendUnavailable, backends_to_try, failing_loads,
                                     probe_features)
@@ -68,6 +68,8 @@ def _open(backend, filters, features, tree, btf, flags, offsets_from) -> ProbeSe
                          "CONNSCOPE_FAIL_LOAD (a test hook)")
     if backend == "fentry":
         flags = flags + fentry_cflags(btf)
+    if backend != "tracepoint" and blocked_accepts.exit_tracepoints_present(loader.tracefs_root()):
+        flags = flags + [blocked_accepts.CFLAG]
     session = ProbeSession(backend, filters, ringbuf=features.ringbuf.ok, offset_flags=flags,
                            env=headers.bcc_environment(tree), offsets_from=offsets_from,
                            headers=tree.how,
