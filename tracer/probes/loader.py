@@ -16,6 +16,7 @@ import ctypes
 import errno
 import itertools
 import os
+import resource
 import struct
 from dataclasses import dataclass, field
 
@@ -198,7 +199,24 @@ def _attach_perf(prog_fd: int, pfd: int) -> int:
     return pfd
 
 
+def raise_memlock_limit() -> None:
+    """Kernels before 5.11 charge BPF maps and programs to RLIMIT_MEMLOCK
+    (Debian 11's 5.10 refused our maps with EPERM under its 8 MiB default);
+    later ones charge the memory cgroup instead. bcc and libbpf lift the limit
+    for their loaders; so does this one. The limit is this process's only."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    if soft == resource.RLIM_INFINITY:
+        return
+    for wanted in ((resource.RLIM_INFINITY, resource.RLIM_INFINITY), (hard, hard)):
+        try:    # the hard limit can be lifted only with CAP_SYS_RESOURCE
+            resource.setrlimit(resource.RLIMIT_MEMLOCK, wanted)
+            return
+        except (ValueError, OSError):
+            continue    # the map creation that follows says why it failed, if it does
+
+
 def create_maps(prog: CompiledProgram) -> dict[str, Map]:
+    raise_memlock_limit()
     ncpus = sc.possible_cpus()
     maps: dict[str, Map] = {}
     try:
