@@ -220,3 +220,164 @@ def test_live_view_shows_an_abandoned_connect_pending_then_as_a_timeout(collecto
     rec = connect_row(ev, Clock())
     assert rec["outcome"] == "abandoned" and rec["errno"] == 0
     assert 1_400_000 <= rec["latency_us"] <= waited_us
+
+
+# --- Errors connect() returns itself, before any SYN (connect.h, connect_call_*)
+
+NOROUTE_NET4 = "10.99.0"        # no route at all in a namespace with only lo
+UNREACH_NET4 = "10.99.1"        # ip route add unreachable
+PROHIBIT_NET4 = "10.99.2"       # ip route add prohibit
+BLACKHOLE_ROUTE_NET4 = "10.99.3"  # ip route add blackhole
+NOROUTE_NET6 = "fd00:99::"
+UNREACH_NET6 = "fd00:98::"
+CALL_ATTEMPTS = 5
+
+
+def _failing_connects(ns: str, family: int, target: str, port: int, blocking: bool,
+                      n: int = CALL_ATTEMPTS) -> list[int]:
+    """n connect()s from fresh sockets in ns; the errno each got (0 if none)."""
+    got = []
+    for _ in range(n):
+        s = socket_in(ns, family)
+        try:
+            s.setblocking(blocking)
+            got.append(s.connect_ex((target, port)))
+        finally:
+            s.close()
+    return got
+
+
+def _rows_in(tracer, port: int, target: str, inode: int) -> list:
+    return [e for e in tracer.connects_to(port, target) if e.netns == inode]
+
+
+@pytest.mark.parametrize("blocking", [True, False], ids=["blocking", "nonblocking"])
+@pytest.mark.parametrize("family", [4, 6])
+def test_connect_with_no_route_is_unreachable_with_the_clients_errno(tracer, family, blocking):
+    """A namespace with only lo: connect() fails at once with ENETUNREACH, the
+    socket never enters SYN_SENT. One row per call, the errno the client got,
+    the destination it asked for, its pid and the namespace."""
+    fam = socket.AF_INET if family == 4 else socket.AF_INET6
+    target = f"{NOROUTE_NET4}.7" if family == 4 else f"{NOROUTE_NET6}7"
+    port = 5432 if blocking else 5433
+    with scratch_netns() as ns:
+        inode = netns_inode(ns)
+        t0 = time.perf_counter_ns()
+        got = _failing_connects(ns, fam, target, port, blocking)
+        elapsed_us = (time.perf_counter_ns() - t0) / 1000
+        tracer.wait_for(lambda ev: len(_rows_in(tracer, port, target, inode)) >= len(got))
+    assert set(got) == {errno.ENETUNREACH}, got   # what the client saw
+    rows = _rows_in(tracer, port, target, inode)
+    assert len(rows) == len(got)
+    for ev in rows:
+        assert (ev.outcome, ev.err, ev.family, ev.pid, ev.sport) == (
+            "unreachable", errno.ENETUNREACH, family, os.getpid(), 0)
+        assert ev.syn_retransmits == 0
+        assert ev.latency_us is not None and 0 <= ev.latency_us <= elapsed_us
+    assert len({e.sk for e in rows}) >= 1
+    print(f"client errno {got[0]} x{len(got)}; tracer: {len(rows)} x {rows[0].outcome} "
+          f"errno {rows[0].err}, max {max(e.latency_us for e in rows):.1f} us in connect()")
+
+
+ROUTE_TYPES = {   # route type -> (IPv4 net, IPv6 net or None)
+    "unreachable": (UNREACH_NET4, UNREACH_NET6),
+    "prohibit": (PROHIBIT_NET4, None),
+    "blackhole": (BLACKHOLE_ROUTE_NET4, None),
+}
+
+
+@pytest.mark.parametrize("blocking", [True, False], ids=["blocking", "nonblocking"])
+def test_connect_refused_by_a_route_has_the_errno_the_client_got(tracer, blocking):
+    """`ip route add unreachable|prohibit|blackhole`: connect() fails in the
+    route lookup (EHOSTUNREACH, EACCES, EINVAL on these kernels; the client's
+    own errno is the truth). EHOSTUNREACH is `unreachable`, the others `error`,
+    each with its errno."""
+    port = 6543 if blocking else 6544
+    with scratch_netns() as ns:
+        inode = netns_inode(ns)
+        targets = []
+        for kind, (net4, net6) in ROUTE_TYPES.items():
+            _ip("-n", ns, "route", "add", kind, f"{net4}.0/24")
+            targets.append((kind, socket.AF_INET, f"{net4}.9"))
+            if net6:
+                _ip("-n", ns, "-6", "route", "add", kind, f"{net6}/64")
+                targets.append((kind, socket.AF_INET6, f"{net6}9"))
+        got = {t: _failing_connects(ns, t[1], t[2], port, blocking, n=3) for t in targets}
+        tracer.wait_for(lambda ev: all(len(_rows_in(tracer, port, t[2], inode)) >= 3
+                                       for t in targets))
+    seen = {}
+    for t in targets:
+        kind, fam, target = t
+        [client_errno] = set(got[t])
+        assert client_errno not in (0, errno.EINPROGRESS), (t, got[t])
+        rows = _rows_in(tracer, port, target, inode)
+        assert len(rows) == 3, (t, rows)
+        want = "unreachable" if client_errno in (errno.ENETUNREACH, errno.EHOSTUNREACH) else "error"
+        assert {(e.outcome, e.err, e.pid) for e in rows} == {(want, client_errno, os.getpid())}, t
+        seen[(kind, 4 if fam == socket.AF_INET else 6)] = errno.errorcode[client_errno]
+    # what these routes mean to connect(), as the client saw it
+    assert seen[("unreachable", 4)] == "EHOSTUNREACH"
+    assert seen[("prohibit", 4)] == "EACCES"
+    print(seen)
+
+
+def _listener_in(ns: str, port: int) -> socket.socket:
+    srv = socket_in(ns)
+    srv.bind(("127.0.0.1", port))
+    srv.listen(16)
+    return srv
+
+
+def test_connects_that_send_a_syn_give_one_row_each(tracer):
+    """The call's own watch must not add a row where the socket's state
+    already gives one: established (blocking, and non-blocking EINPROGRESS),
+    refused (blocking: connect() returns ECONNREFUSED; non-blocking: the
+    second connect() returns the earlier error), EALREADY on a connect in
+    progress, EISCONN on a connected socket."""
+    port_ok, port_closed = 7071, 7072
+    with scratch_netns() as ns:
+        inode = netns_inode(ns)
+        srv = _listener_in(ns, port_ok)
+        socks = []
+        try:
+            a = socket_in(ns)
+            socks.append(a)
+            assert a.connect_ex(("127.0.0.1", port_ok)) == 0
+            assert a.connect_ex(("127.0.0.1", port_ok)) == errno.EISCONN
+            b = socket_in(ns)
+            socks.append(b)
+            b.setblocking(False)
+            assert b.connect_ex(("127.0.0.1", port_ok)) in (0, errno.EINPROGRESS)
+            c = socket_in(ns)
+            socks.append(c)
+            assert c.connect_ex(("127.0.0.1", port_closed)) == errno.ECONNREFUSED
+            d = socket_in(ns)
+            socks.append(d)
+            d.setblocking(False)
+            assert d.connect_ex(("127.0.0.1", port_closed)) in (errno.EINPROGRESS,
+                                                                 errno.ECONNREFUSED)
+            time.sleep(0.1)
+            again = d.connect_ex(("127.0.0.1", port_closed))   # the earlier error, once
+            assert again in (errno.ECONNREFUSED, errno.ECONNABORTED, errno.EINVAL, 0), again
+            # EALREADY: a SYN nobody answers (a TUN device nobody reads)
+            _ip("-n", ns, "tuntap", "add", "dev", "bh0", "mode", "tun")
+            _ip("-n", ns, "addr", "add", f"{BLACKHOLE_NET}.1/24", "dev", "bh0")
+            _ip("-n", ns, "link", "set", "bh0", "up")
+            e = socket_in(ns)
+            socks.append(e)
+            e.setblocking(False)
+            assert e.connect_ex((f"{BLACKHOLE_NET}.4", port_ok)) == errno.EINPROGRESS
+            assert e.connect_ex((f"{BLACKHOLE_NET}.4", port_ok)) == errno.EALREADY
+        finally:
+            for s in socks:
+                s.close()
+            srv.close()
+        tracer.wait_for(lambda ev: len(_rows_in(tracer, port_ok, "127.0.0.1", inode)) >= 2
+                        and len(_rows_in(tracer, port_closed, "127.0.0.1", inode)) >= 2
+                        and _rows_in(tracer, port_ok, f"{BLACKHOLE_NET}.4", inode))
+    ok = _rows_in(tracer, port_ok, "127.0.0.1", inode)
+    closed = _rows_in(tracer, port_closed, "127.0.0.1", inode)
+    pending = _rows_in(tracer, port_ok, f"{BLACKHOLE_NET}.4", inode)
+    assert sorted(e.outcome for e in ok) == ["established", "established"]
+    assert sorted((e.outcome, e.err) for e in closed) == [("refused", 111), ("refused", 111)]
+    assert [(e.outcome, e.err) for e in pending] == [("abandoned", 0)]

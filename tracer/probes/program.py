@@ -30,12 +30,14 @@ BACKENDS = ("tracepoint", "kprobe", "fentry")
 KPROBES = (
     ("kp_tcp_v4_connect", "tcp_v4_connect"),
     ("kp_tcp_v6_connect", "tcp_v6_connect"),
+    ("kp_inet_stream_connect", "inet_stream_connect"),
     ("kp_inet_csk_accept", "inet_csk_accept"),
     ("kp_tcp_conn_request", "tcp_conn_request"),
     ("kp_tcp_v4_syn_recv_sock", "tcp_v4_syn_recv_sock"),
     ("kp_tcp_v6_syn_recv_sock", "tcp_v6_syn_recv_sock"),
 )
-KRETPROBES = (("kretp_inet_csk_accept", "inet_csk_accept"),)
+KRETPROBES = (("kretp_inet_csk_accept", "inet_csk_accept"),
+              ("kretp_inet_stream_connect", "inet_stream_connect"))
 # Threads blocked in accept() each hold a kretprobe instance; a server with
 # many acceptor threads needs more than the kernel's default (2 x CPUs).
 KRETPROBE_MAXACTIVE = 4096

@@ -170,6 +170,8 @@ class ProbeSession:
             "untracked_accept_waits": total(C["CTR_HANDSHAKES_FULL"]),
             "untracked_listeners": total(C["CTR_LISTENERS_FULL"]),
             "untracked_accepts": total(C["CTR_ACCEPTING_FULL"]),
+            # connect() calls whose own error could not be watched
+            "untracked_connect_calls": total(C["CTR_CONNECT_CALLS_FULL"]),
             "untracked_lifetimes": self._open.untracked,
             "decode_errors": self.decode_errors,
             "stale_connects": self.stale_connects,
