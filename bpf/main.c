@@ -327,6 +327,7 @@ KFUNC_PROBE(tcp_v6_connect, void *sk)
 }
 #endif
 
+#ifndef NO_FENTRY_INET_STREAM_CONNECT
 KFUNC_PROBE(inet_stream_connect, void *sock, void *uaddr, int addr_len)
 {
     stream_connect_entered((u64)sock, (u64)uaddr, addr_len);
@@ -338,6 +339,7 @@ KRETFUNC_PROBE(inet_stream_connect, void *sock, void *uaddr, int addr_len, int f
     connect_call_end(ctx, ret);
     return 0;
 }
+#endif
 
 KFUNC_PROBE(inet_csk_accept, void *sk)
 {
