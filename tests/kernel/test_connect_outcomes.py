@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
 
@@ -381,3 +382,82 @@ def test_connects_that_send_a_syn_give_one_row_each(tracer):
     assert sorted(e.outcome for e in ok) == ["established", "established"]
     assert sorted((e.outcome, e.err) for e in closed) == [("refused", 111), ("refused", 111)]
     assert [(e.outcome, e.err) for e in pending] == [("abandoned", 0)]
+
+
+PROG_TYPE_CGROUP_SOCK_ADDR = 18
+ATTACH_CGROUP_INET4_CONNECT = 10
+BPF_PROG_ATTACH = 8
+# r0 = 0; exit: a cgroup connect4 program that refuses every connect()
+DENY_ALL = bytes([0xb7, 0, 0, 0, 0, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0])
+
+# Joins the cgroup, then the namespace (not `ip netns exec`: it mounts a
+# fresh /sys, where the cgroup is not).
+CHILD = """
+import ctypes, os, socket, sys
+with open(sys.argv[1] + "/cgroup.procs", "w") as f:
+    f.write(str(os.getpid()))
+fd = os.open("/run/netns/" + sys.argv[3], os.O_RDONLY)
+assert ctypes.CDLL(None, use_errno=True).setns(fd, 0x40000000) == 0, ctypes.get_errno()
+got = []
+for blocking in (True, False):
+    s = socket.socket()
+    s.setblocking(blocking)
+    got.append(s.connect_ex(("127.0.0.1", int(sys.argv[2]))))
+    s.close()
+print(os.getpid(), *got)
+"""
+
+
+def _cgroup2_root() -> str | None:
+    with open("/proc/mounts") as f:
+        for line in f:
+            dev, mnt, fstype, *_ = line.split()
+            if fstype == "cgroup2":
+                return mnt
+    return None
+
+
+def test_connect_refused_by_a_cgroup_policy_is_an_error_with_eperm(tracer):
+    """A cgroup connect4 BPF program (what container network policies use)
+    refuses before the protocol's connect runs: the row says error, EPERM,
+    the refused process and its destination, though a listener was there."""
+    import ctypes
+    import struct
+
+    from tracer.probes import bpf_syscall as sc
+
+    root = _cgroup2_root()
+    if root is None:
+        pytest.skip("no cgroup v2 hierarchy mounted (needed to attach a connect policy)")
+    port = 7081
+    cg = os.path.join(root, f"csconnerr-{os.getpid()}")
+    os.mkdir(cg)
+    prog = cg_fd = None
+    try:
+        prog, _ = sc.prog_load(PROG_TYPE_CGROUP_SOCK_ADDR, DENY_ALL, name="cs_deny",
+                               expected_attach_type=ATTACH_CGROUP_INET4_CONNECT)
+        cg_fd = os.open(cg, os.O_RDONLY | os.O_DIRECTORY)
+        attr = ctypes.create_string_buffer(16)
+        struct.pack_into("<IIII", attr, 0, cg_fd, prog, ATTACH_CGROUP_INET4_CONNECT, 0)
+        sc.bpf(BPF_PROG_ATTACH, attr)
+        with scratch_netns() as ns:
+            inode = netns_inode(ns)
+            srv = _listener_in(ns, port)
+            try:
+                proc = subprocess.run([sys.executable, "-c", CHILD, cg, str(port), ns],
+                                      capture_output=True, text=True, timeout=30)
+            finally:
+                srv.close()
+            assert proc.returncode == 0, proc.stderr
+            pid, *got = (int(x) for x in proc.stdout.split())
+            tracer.wait_for(lambda ev: len(_rows_in(tracer, port, "127.0.0.1", inode)) >= 2)
+    finally:
+        if cg_fd is not None:
+            os.close(cg_fd)
+        if prog is not None:
+            os.close(prog)
+        os.rmdir(cg)   # the child has exited; the attachment goes with the cgroup
+    assert got == [errno.EPERM, errno.EPERM]   # what the client saw
+    rows = _rows_in(tracer, port, "127.0.0.1", inode)
+    assert [(e.outcome, e.err, e.pid, e.sport) for e in rows] == [("error", errno.EPERM, pid, 0)] * 2
+    print(f"client errno {got}; tracer: {[(e.outcome, e.err, e.comm) for e in rows]}")
