@@ -171,15 +171,12 @@ static __always_inline void connect_forget(u64 sk)
 #define SOCK_STREAM 1
 #define SS_UNCONNECTED 1     /* enum socket_state: uapi (include/uapi/linux/net.h) */
 
-struct connect_call {
-    u64 sk;
-    u64 uaddr;               /* the struct sockaddr the caller passed */
-    u64 ts_ns;
-    u32 addrlen;
-    u32 reached;             /* entered SYN_SENT in this call */
-};
-/* One entry per thread inside connect(): bounded by threads, not by peers;
- * an insert that fails is counted (CTR_CONNECT_CALLS_FULL). */
+/* struct connect_call is in event.h: user space sweeps the map.
+ * One entry per thread inside connect(): bounded by threads, not by peers;
+ * an insert that fails is counted (CTR_CONNECT_CALLS_FULL). A return we
+ * never saw (recursion, a kretprobe instance short) leaves an entry that the
+ * thread's next connect() replaces; user space removes any older than a
+ * connect() can take before its socket enters SYN_SENT (session.py). */
 BPF_HASH(connect_calls, u32, struct connect_call, MAX_CONNECT_CALLS);
 
 /* A TCP socket on which connect() will call the protocol's connect: only a

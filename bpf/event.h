@@ -149,6 +149,16 @@ struct inflight_connect {
     __u8 pad[2];
 };
 
+/* A thread inside connect() on a fresh TCP socket (map `connect_calls`,
+ * keyed by thread id): connect.h, connect_call_*. */
+struct connect_call {
+    __u64 sk;
+    __u64 uaddr;         /* the struct sockaddr the caller passed */
+    __u64 ts_ns;         /* connect() entered, CLOCK_MONOTONIC */
+    __u32 addrlen;
+    __u32 reached;       /* the socket entered SYN_SENT in this call */
+};
+
 /* --comm: the one process name wanted (map `filter_comm`, index 0). */
 struct comm_filter {
     char comm[16];

@@ -28,7 +28,7 @@ class Status:
     events_total: int
     events_per_s: float      # over the last interval
     lost_events: int         # ring/perf buffer full (kernel counter)
-    untracked_connects: int  # outcome not seen: in-flight or connect-call map full, or swept as stale
+    untracked_connects: int  # outcome not seen: in-flight map full, or swept as stale
     decode_errors: int
     inflight: int
     untracked_other: int = 0  # handshake or listener maps full
@@ -99,12 +99,14 @@ class Collector:
         return Status(
             elapsed_s=time.monotonic() - started, events_total=self._events_total,
             events_per_s=rate, lost_events=c["lost_events"],
-            untracked_connects=(c["untracked_connects"] + c.get("stale_connects", 0)
-                                + c.get("untracked_connect_calls", 0)),
+            untracked_connects=c["untracked_connects"] + c.get("stale_connects", 0),
             decode_errors=c["decode_errors"],
             inflight=self.session.inflight(),
             untracked_other=(c.get("untracked_accept_waits", 0) + c.get("untracked_listeners", 0)
-                             + c.get("untracked_lifetimes", 0) + c.get("untracked_accepts", 0)),
+                             + c.get("untracked_lifetimes", 0) + c.get("untracked_accepts", 0)
+                             # connect() calls not watched for their own error (most
+                             # then send a SYN and are tracked all the same)
+                             + c.get("untracked_connect_calls", 0)),
             missed_runs=c.get("missed_runs", 0),
             evicted_by=self.evicted_by(),
         )

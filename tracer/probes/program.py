@@ -52,6 +52,7 @@ class BuildOptions:
     max_inflight: int = 65536
     # Test hook: the bpf/listeners.h defaults unless set (tests/kernel/test_losses.py)
     max_handshakes: int | None = None
+    max_connect_calls: int | None = None   # bpf/connect.h's default unless set (test_losses.py)
 
 
 def cflags(opts: BuildOptions, offset_flags: list[str]) -> list[str]:
@@ -61,6 +62,8 @@ def cflags(opts: BuildOptions, offset_flags: list[str]) -> list[str]:
              f"-DMAX_INFLIGHT={opts.max_inflight}"]
     if opts.max_handshakes is not None:
         flags.append(f"-DMAX_HANDSHAKES={opts.max_handshakes}")
+    if opts.max_connect_calls is not None:
+        flags.append(f"-DMAX_CONNECT_CALLS={opts.max_connect_calls}")
     if opts.ringbuf:
         flags.append(f"-DRINGBUF_PAGES={opts.ringbuf_pages}")
     else:
