@@ -461,3 +461,37 @@ def test_connect_refused_by_a_cgroup_policy_is_an_error_with_eperm(tracer):
     rows = _rows_in(tracer, port, "127.0.0.1", inode)
     assert [(e.outcome, e.err, e.pid, e.sport) for e in rows] == [("error", errno.EPERM, pid, 0)] * 2
     print(f"client errno {got}; tracer: {[(e.outcome, e.err, e.comm) for e in rows]}")
+
+
+def test_live_view_record_and_replay_show_connects_own_errors(collector_run):
+    """Through the real collection loop: connect()s with no route fill the
+    destination's row (under ERR, as unreachable), the event log names the
+    errno, and the recorded row replays as the same event."""
+    from tracer.clock import Clock
+    from tracer.replay.rows import connect_from_row
+    from tracer.sinks.recorder import connect_row
+
+    target, port, n = f"{NOROUTE_NET4}.8", 5439, 7
+    with scratch_netns() as ns:
+        inode = netns_inode(ns)
+        with collector_run(0.25) as run:
+            got = _failing_connects(ns, socket.AF_INET, target, port, True, n=n)
+            time.sleep(1.0)
+    assert got == [errno.ENETUNREACH] * n
+
+    final = next(r for r in run.snapshots[-1].destinations if r.label == f"{target}:{port}")
+    assert (final.attempts, final.established, final.unreachable, final.errors,
+            final.timeouts, final.pending) == (n, 0, n, n, 0, 0)
+    texts = [x.text for s in run.snapshots for x in s.notable]
+    assert any(target in t and "unreachable (errno 101 ENETUNREACH)" in t for t in texts), texts
+    mine = [e for e in run.events if getattr(e, "daddr", None) == target]
+    assert len(mine) == n
+    clock = Clock()
+    for ev in mine:
+        row = connect_row(ev, clock)
+        assert (row["outcome"], row["errno"], row["netns"], row["syn_retransmits"]) == (
+            "unreachable", 101, inode, 0)
+        assert row["latency_us"] is not None and row["latency_us"] < 1_000_000
+        back = connect_from_row(row)
+        assert (back.outcome, back.err, back.daddr, back.dport, back.pid, back.netns) == (
+            ev.outcome, ev.err, ev.daddr, ev.dport, ev.pid, ev.netns)
