@@ -192,36 +192,6 @@ static __always_inline int connect_call_fresh(u64 sock, u64 sk)
     return READ_AT(sk, OFF_SKC_STATE, u8) == TCP_CLOSE;
 }
 
-static __always_inline void connect_call_begin(u64 sk, u64 uaddr, u32 addrlen)
-{
-    if (!family_wanted(READ_AT(sk, OFF_SKC_FAMILY, u16)))
-        return;
-    u64 id = bpf_get_current_pid_tgid();
-    char comm[16] = {};
-#ifdef FILTER_COMM
-    bpf_get_current_comm(&comm, sizeof(comm));
-#endif
-    if (!task_wanted(id >> 32, comm))
-        return;
-    u32 tid = (u32)id;
-    struct connect_call c = {};
-    c.sk = sk;
-    c.uaddr = uaddr;
-    c.addrlen = addrlen;
-    c.ts_ns = bpf_ktime_get_ns();
-    if (connect_calls.update(&tid, &c) != 0)
-        count(CTR_CONNECT_CALLS_FULL);
-}
-
-/* Called where the socket enters SYN_SENT: inside connect(), current task. */
-static __always_inline void connect_call_reached(u64 sk)
-{
-    u32 tid = (u32)bpf_get_current_pid_tgid();
-    struct connect_call *c = connect_calls.lookup(&tid);
-    if (c && c->sk == sk)
-        c->reached = 1;
-}
-
 /* The sockaddr is the caller's: user memory on the tracepoint backend (any
  * bytes another user chose), the kernel's copy of it on kprobe/fentry. Both
  * are read with the length the caller gave as the bound, and only in the
@@ -252,6 +222,45 @@ static __always_inline int sockaddr_dest(u64 uaddr, u32 addrlen, u16 family,
         return 0;
     *dport = bpf_ntohs(port);
     return 1;
+}
+
+static __always_inline void connect_call_begin(u64 sk, u64 uaddr, u32 addrlen)
+{
+    u16 family = READ_AT(sk, OFF_SKC_FAMILY, u16);
+    if (!family_wanted(family))
+        return;
+    u64 id = bpf_get_current_pid_tgid();
+    char comm[16] = {};
+#ifdef FILTER_COMM
+    bpf_get_current_comm(&comm, sizeof(comm));
+#endif
+    if (!task_wanted(id >> 32, comm))
+        return;
+#ifdef FILTER_PORT
+    /* --port: decided before anything is stored (the exit checks again) */
+    u16 dport = 0;
+    u8 daddr[16] = {};
+    if (!sockaddr_dest(uaddr, addrlen, family, &dport, daddr) ||
+        !ports_wanted(READ_AT(sk, OFF_SKC_NUM, u16), dport))
+        return;
+#endif
+    u32 tid = (u32)id;
+    struct connect_call c = {};
+    c.sk = sk;
+    c.uaddr = uaddr;
+    c.addrlen = addrlen;
+    c.ts_ns = bpf_ktime_get_ns();
+    if (connect_calls.update(&tid, &c) != 0)
+        count(CTR_CONNECT_CALLS_FULL);
+}
+
+/* Called where the socket enters SYN_SENT: inside connect(), current task. */
+static __always_inline void connect_call_reached(u64 sk)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct connect_call *c = connect_calls.lookup(&tid);
+    if (c && c->sk == sk)
+        c->reached = 1;
 }
 
 static __always_inline void connect_call_end(void *ctx, long ret)
