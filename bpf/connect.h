@@ -301,8 +301,16 @@ static __always_inline void connect_call_end(void *ctx, long ret)
     ev.sk = sk;
     bpf_get_current_comm(&ev.comm, sizeof(ev.comm));
     ev.err = -ret;
-    ev.outcome = (ev.err == ENETUNREACH || ev.err == EHOSTUNREACH) ? OUTCOME_UNREACHABLE
-                                                                   : OUTCOME_ERROR;
+    /* (ECONNREFUSED/ETIMEDOUT only if the SYN_SENT tracepoint run was
+     * skipped: then this is the one report of it, named as connect_end would) */
+    if (ev.err == ENETUNREACH || ev.err == EHOSTUNREACH)
+        ev.outcome = OUTCOME_UNREACHABLE;
+    else if (ev.err == ECONNREFUSED)
+        ev.outcome = OUTCOME_REFUSED;
+    else if (ev.err == ETIMEDOUT)
+        ev.outcome = OUTCOME_TIMEOUT;
+    else
+        ev.outcome = OUTCOME_ERROR;
     ev.netns = netns_of(sk);
     emit(ctx, &ev, sizeof(ev));
 }

@@ -495,3 +495,38 @@ def test_live_view_record_and_replay_show_connects_own_errors(collector_run):
         back = connect_from_row(row)
         assert (back.outcome, back.err, back.daddr, back.dport, back.pid, back.netns) == (
             ev.outcome, ev.err, ev.daddr, ev.dport, ev.pid, ev.netns)
+
+
+def test_connect_call_whose_return_was_missed_is_swept(tracer):
+    """An entry left in `connect_calls` as if the connect() return had been
+    missed (recursion, a kretprobe instance short): removed once older than
+    any connect() waits before its socket enters SYN_SENT, a fresh one kept."""
+    import struct
+
+    from tracer import events
+    from tracer.probes.session import STALE_CONNECT_CALL_S
+
+    session = tracer.session
+    table = session._prog.maps["connect_calls"]
+    base = time.monotonic_ns()
+    now = base + (STALE_CONNECT_CALL_S + 100) * 10**9
+
+    def entry(age_s: float) -> bytes:
+        v = events.ConnectCallRecord()
+        v.sk = 0xFFFFFFFFFFFFF000
+        v.ts_ns = now - int(age_s * 1e9)
+        v.addrlen = 16
+        return bytes(v)
+
+    # thread ids no thread has (above pid_max's ceiling of 2^22)
+    stale_key, fresh_key = struct.pack("<I", 0xFFFFFFF0), struct.pack("<I", 0xFFFFFFF1)
+    table.update(stale_key, entry(STALE_CONNECT_CALL_S + 10))
+    table.update(fresh_key, entry(1))
+    try:
+        assert session.sweep_stale_connect_calls(now) == 1
+        assert table.lookup(stale_key) is None
+        assert table.lookup(fresh_key) is not None
+        assert session.sweep_stale_connect_calls(now) == 0
+    finally:
+        table.delete(stale_key)
+        table.delete(fresh_key)
