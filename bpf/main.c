@@ -136,7 +136,9 @@ TRACEPOINT_PROBE(skb, kfree_skb)
 TRACEPOINT_PROBE(syscalls, sys_enter_connect)
 {
     u64 sock = socket_of_fd((int)args->fd);
-    if (!sock)
+    /* (struct socket's type first: UDP, the common other connect(), leaves
+     * two reads sooner) */
+    if (!sock || READ_AT(sock, OFF_SOCKET_TYPE, u16) != SOCK_STREAM)
         return 0;
     u64 sk = READ_AT(sock, OFF_SOCKET_SK, u64);
     if (!sk || READ_AT(sk, OFF_SK_SOCKET, u64) != sock || !connect_call_fresh(sock, sk))
