@@ -207,7 +207,8 @@ static __always_inline int sockaddr_dest(u64 uaddr, u32 addrlen, u16 family,
                                          u16 *dport, u8 *daddr)
 {
     u16 sa_family = 0, port = 0;
-    if (addrlen < sizeof(sa_family) ||
+    /* (over 128, sizeof(struct sockaddr_storage), the kernel refused to copy it) */
+    if (addrlen < sizeof(sa_family) || addrlen > 128 ||
         read_sockaddr(&sa_family, sizeof(sa_family), (void *)uaddr) != 0 ||
         sa_family != family)
         return 0;

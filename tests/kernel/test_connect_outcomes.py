@@ -530,3 +530,50 @@ def test_connect_call_whose_return_was_missed_is_swept(tracer):
     finally:
         table.delete(stale_key)
         table.delete(fresh_key)
+
+
+HOSTILE_CHILD = r"""
+import ctypes, socket, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+port = int(sys.argv[1])
+def call(fd, addr, length):
+    r = libc.connect(fd, addr, length)
+    return 0 if r == 0 else ctypes.get_errno()
+sin = struct.pack("!HH4s8x", socket.AF_INET, port, socket.inet_aton("10.99.0.9"))
+sin = struct.pack("=H", socket.AF_INET) + sin[2:]          # sa_family is host order
+sin6 = struct.pack("=H", socket.AF_INET6) + struct.pack("!H", port) + bytes(24)
+got = []
+for addr, length in ((ctypes.c_void_p(16), 16),            # unmapped pointer: EFAULT
+                     (sin, -1),                            # negative length: EINVAL
+                     (sin, 200),                           # over sockaddr_storage: EINVAL
+                     (sin, 8),                             # short: EINVAL
+                     (sin6, len(sin6)),                    # the other family: EAFNOSUPPORT
+                     (sin, len(sin))):                     # a real no-route failure
+    s = socket.socket()
+    got.append(call(s.fileno(), addr, length))
+    s.close()
+print(*got)
+"""
+
+
+def test_hostile_sockaddrs_from_an_unprivileged_user_give_no_rows(tracer):
+    """An unprivileged user's connect() calls with a bad pointer, bad lengths
+    and the wrong family: the tracer reads at most the bytes the family needs,
+    within the length given and the kernel's bound, and reports only the call
+    that meant a destination (ENETUNREACH)."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv not installed (util-linux)")
+    port = 5440
+    with scratch_netns() as ns:
+        inode = netns_inode(ns)
+        proc = subprocess.run(["ip", "netns", "exec", ns, "setpriv", "--reuid=65534",
+                               "--regid=65534", "--clear-groups", "/usr/bin/python3", "-I", "-c",
+                               HOSTILE_CHILD, str(port)],
+                              capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 0, proc.stderr
+        got = [int(x) for x in proc.stdout.split()]
+        tracer.wait_for(lambda ev: _rows_in(tracer, port, "10.99.0.9", inode))
+    assert got == [errno.EFAULT, errno.EINVAL, errno.EINVAL, errno.EINVAL, errno.EAFNOSUPPORT,
+                   errno.ENETUNREACH], got
+    rows = [e for e in tracer.connects_to(port) if e.netns == inode]
+    assert [(e.outcome, e.err, e.daddr) for e in rows] == [("unreachable", 101, "10.99.0.9")]
