@@ -21,6 +21,9 @@
 #ifndef MAX_HANDSHAKES
 #define MAX_HANDSHAKES 65536
 #endif
+#ifndef MAX_BLOCKED_ACCEPTS
+#define MAX_BLOCKED_ACCEPTS 16384
+#endif
 
 BPF_HASH(listeners, u64, struct listener_stats, MAX_LISTENERS);
 /* Peak accept queue since user space last deleted the entry (each interval).
@@ -40,6 +43,13 @@ BPF_HASH(listener_of_key, struct listener_key, u64, MAX_LISTENERS);
 BPF_HASH(handshakes, u64, u64, MAX_HANDSHAKES);
 /* accept() in progress on this thread: the listening socket. */
 BPF_HASH(accepting, u32, u64, 16384);
+#if !defined(BACKEND_TRACEPOINT) && defined(SYSCALL_EXIT_ACCEPT)
+/* kprobe/fentry: threads user space found blocked in accept() before it
+ * attached anything (tracer/probes/blocked_accepts.py). Only user space adds
+ * entries, bounded by what it scans (a failed insert is counted there); each
+ * goes at the thread's next return from accept() (main.c). */
+BPF_HASH(blocked_accepts, u32, u8, MAX_BLOCKED_ACCEPTS);
+#endif
 
 static __always_inline void local_key_of(u64 sk, struct listener_key *k)
 {

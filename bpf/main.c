@@ -6,6 +6,10 @@
  *   BACKEND_TRACEPOINT  stable tracepoints only: works without kprobes/fentry
  *   BACKEND_KPROBE      kprobes on the TCP functions themselves
  *   BACKEND_FENTRY      BPF trampolines on the same functions (lowest cost)
+ * and, with kprobe or fentry:
+ *   SYSCALL_EXIT_ACCEPT the syscall exit tracepoints of accept() are there:
+ *                       compiled in, attached only while threads blocked in
+ *                       accept() since before start have not returned
  */
 #include "common.h"
 #include "sockets.h"
@@ -128,7 +132,9 @@ TRACEPOINT_PROBE(skb, kfree_skb)
     return 0;
 }
 #endif
+#endif
 
+#ifdef BACKEND_TRACEPOINT
 /* connect() failing before SYN_SENT (connect.h, connect_call_*). Every
  * connect() of every process comes here (UDP, AF_UNIX too): anything but a
  * fresh TCP socket leaves after a few reads. private_data is a struct socket
@@ -152,20 +158,26 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect)
     connect_call_end(args, args->ret);
     return 0;
 }
+#endif
 
 /* accept() has no tracepoint of its own: the syscall ones are the only
  * process-context hook here. They tax every syscall a little (see
- * BENCHMARKS.md); the kprobe and fentry backends do not need them. */
+ * BENCHMARKS.md); the kprobe and fentry backends attach only the exit ones,
+ * and only while a thread that was blocked in accept() before we started
+ * has not returned from it (below; SYSCALL_EXIT_ACCEPT: the kernel has the
+ * syscall tracepoints, which bcc needs to compile them). */
+#if defined(BACKEND_TRACEPOINT) || defined(SYSCALL_EXIT_ACCEPT)
+static __always_inline void accept_exit_fd(void *ctx, long ret)
+{
+    accept_end(ctx, ret >= 0 ? sk_of_fd((int)ret) : 0, 0);
+}
+
+#ifdef BACKEND_TRACEPOINT
 static __always_inline void accept_enter_fd(int fd)
 {
     u64 lsk = sk_of_fd(fd);
     if (lsk && READ_AT(lsk, OFF_SKC_STATE, u8) == TCP_LISTEN)
         accept_begin(lsk);
-}
-
-static __always_inline void accept_exit_fd(void *ctx, long ret)
-{
-    accept_end(ctx, ret >= 0 ? sk_of_fd((int)ret) : 0, 0);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_accept4)
@@ -180,15 +192,40 @@ TRACEPOINT_PROBE(syscalls, sys_enter_accept)
     return 0;
 }
 
+static __always_inline void accept_exited(void *ctx, long ret)
+{
+    accept_exit_fd(ctx, ret);
+}
+#else
+/* kprobe/fentry: a call already blocked in inet_csk_accept when the
+ * kretprobe/fexit is attached returns through neither (they are armed on
+ * entry). So user space puts the threads it finds blocked in accept() into
+ * `blocked_accepts` before it attaches anything, attaches the two exit
+ * tracepoints below (always loaded, attached only then), and only then the
+ * function hooks. A thread's entry goes at its first return from accept():
+ * through the kretprobe/fexit (accept_returned: a call seen from its
+ * start, which its syscall exit, on the same thread right after, must not
+ * count again) or here, for the call that began before we started. User
+ * space detaches these when the map is empty. */
+static __always_inline void accept_exited(void *ctx, long ret)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    if (!blocked_accepts.lookup(&tid))
+        return;
+    blocked_accepts.delete(&tid);
+    accept_exit_fd(ctx, ret);
+}
+#endif
+
 TRACEPOINT_PROBE(syscalls, sys_exit_accept4)
 {
-    accept_exit_fd(args, args->ret);
+    accept_exited(args, args->ret);
     return 0;
 }
 
 TRACEPOINT_PROBE(syscalls, sys_exit_accept)
 {
-    accept_exit_fd(args, args->ret);
+    accept_exited(args, args->ret);
     return 0;
 }
 #endif
@@ -221,6 +258,19 @@ static __always_inline void stream_connect_entered(u64 sock, u64 uaddr, int addr
     u64 sk = READ_AT(sock, OFF_SOCKET_SK, u64);
     if (sk && connect_call_fresh(sock, sk))
         connect_call_begin(sk, uaddr, (u32)addr_len);
+}
+
+/* inet_csk_accept returned through the kretprobe/fexit: a call seen from its
+ * start. If its thread was blocked in accept() when we started, it is not
+ * blocked since then any more: the syscall exit must not count this call. */
+static __always_inline void accept_returned(void *ctx, u64 child, u64 lsk)
+{
+#ifdef SYSCALL_EXIT_ACCEPT
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    if (blocked_accepts.lookup(&tid))
+        blocked_accepts.delete(&tid);
+#endif
+    accept_end(ctx, child, lsk);
 }
 
 /* The two places the kernel drops for a full accept queue, each checked with
@@ -285,8 +335,8 @@ int kretp_inet_csk_accept(struct pt_regs *ctx)
     /* The listener is no longer in the registers here: an accept() whose
      * entry probe did not run (attached in between) finds it from the
      * child's key. (One already blocked before we attached returns through
-     * no kretprobe at all: those are armed on entry.) */
-    accept_end(ctx, (u64)PT_REGS_RC(ctx), 0);
+     * no kretprobe at all: those are armed on entry; see accept_exited.) */
+    accept_returned(ctx, (u64)PT_REGS_RC(ctx), 0);
     return 0;
 }
 
@@ -357,7 +407,7 @@ KRETFUNC_PROBE(inet_csk_accept, void *sk, void *arg, void *ret)
 KRETFUNC_PROBE(inet_csk_accept, void *sk, int flags, void *err, int kern, void *ret)
 #endif
 {
-    accept_end(ctx, (u64)ret, (u64)sk);
+    accept_returned(ctx, (u64)ret, (u64)sk);
     return 0;
 }
 

@@ -65,6 +65,12 @@ SYSCALL_COST = "accept() seen through syscall tracepoints (small cost on every s
 OTHER_NETNS = "SYN-time drops only for listeners in this network namespace"
 
 
+# kprobe/fentry: tracer/probes/blocked_accepts.py
+BLOCKED_BEFORE_START = (
+    "counted", "the next accept of a thread blocked in accept() since before start: seen at "
+               "its syscall exit (syscalls:sys_exit_accept{,4}, attached only until it returns, "
+               "60 s at most); the next accept of one still blocked after that is counted as lost")
+
 SKIPPED = ("counted", "probe runs the kernel skips (another BPF program running on that CPU): "
                       "shown as 'probe runs skipped', never silent")
 
@@ -104,6 +110,7 @@ def exactness(backend: str, reasons: DropReasons, kernel: str = "") -> list[tupl
                              "hooked where the kernel drops"))
         out.append(("exact", "accepts and queue waits, also io_uring and in-kernel accepts "
                              "(inet_csk_accept)"))
+        out.append(BLOCKED_BEFORE_START)
         out.append(SKIPPED)
         return out
     if reasons.split_exact:

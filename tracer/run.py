@@ -127,6 +127,9 @@ def _start(backend: str, filters: Filters, out_dir: str | None, options: dict, s
             if recording is not None:
                 recording.abandon("tracer failed to start")
         raise
+    for why in session.info.passed_over:     # `auto` fell back: say so before anything else
+        sys.stderr.write(f"connscope: {printable(why)}; running {session.info.backend} "
+                         "instead\n")
     if out_dir is not None and recording is None:
         try:
             recording = _open_recording(out_dir, backend, options, start, max_bytes)
@@ -143,9 +146,12 @@ def _options_dict(backend, interval, filters: Filters, **extra) -> dict:
 def header_for(session, recording_path=None, source="live",
                filters: Filters | None = None) -> Header:
     spots = blind_spots(session.info.backend, getattr(session.info, "drop_split", None))
+    passed_over = tuple(session.info.passed_over)
     return Header(host=socket.gethostname(), kernel=os.uname().release,
                   backend=session.info.backend,
-                  blind_spots=spots + tuple(session.info.notes),
+                  blind_spots=spots + tuple(session.info.notes) + tuple(
+                      f"not running {why}" for why in passed_over),
+                  passed_over=tuple(why.split(":", 1)[0] for why in passed_over),
                   recording_path=recording_path, source=source,
                   filters=filters.describe() if filters is not None and filters.active else "")
 

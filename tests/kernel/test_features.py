@@ -103,6 +103,8 @@ def test_tracepoints_match_tracefs(features, truth):
         assert features.tracepoint_presence[tp] == exists, tp
     attached, error = truth["tracepoint"]
     assert features.tracepoints.ok == attached, (features.tracepoints, error)
+    if attached:    # it compiled and attached: no field it reads can be missing
+        assert features.tracepoint_fields_missing == {}
 
 
 def test_header_tree_is_what_bcc_compiled_against(features, truth):

@@ -6,6 +6,7 @@ accepted."""
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import tempfile
 import threading
@@ -193,6 +194,30 @@ def test_ack_time_and_syn_time_drops_split_as_the_kernel_did(collector_run, sync
     assert cookie_drops == (ack_time if syncookies == 2 else 0)
 
 
+def accept_queue_length(listener: socket.socket) -> int:
+    """The kernel's accept-queue length of a listening socket (sk_ack_backlog,
+    ss's Recv-Q), from TCP_INFO: a listener's tcpi_unacked holds it. Read
+    in-process because a forked `ss` took a good part of the split test's
+    0.9 s budget in TCG guests."""
+    info = listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    return struct.unpack_from("<8B5I", info)[12]
+
+
+def test_accept_queue_length_is_what_ss_shows():
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    port = srv.getsockname()[1]
+    clients = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(3)]
+    try:
+        out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True,
+                             text=True, timeout=10).stdout.split()
+        assert accept_queue_length(srv) == int(out[1]) == 3
+    finally:
+        for s in clients + [srv]:
+            s.close()
+
+
 def _split_run(collector_run, syncookies):
     """One run of the three waves: (seconds late, or 0 if the third wave
     left in time; the kernel's and connscope's figures)."""
@@ -218,9 +243,7 @@ def _split_run(collector_run, syncookies):
             time.sleep(0.2)
             wave()
             time.sleep(0.25)          # its handshakes are done
-            queued = int(subprocess.run(
-                ["ip", "netns", "exec", link.ns_server, "ss", "-ltnH", f"sport = :{port}"],
-                capture_output=True, text=True, timeout=10).stdout.split()[1])
+            queued = accept_queue_length(srv)     # what `ss` shows as Recv-Q, no fork
             ack_time = link.counters(link.ns_server)["TcpExt.ListenOverflows"] - before
             sent = time.monotonic() - t0
             wave()
@@ -264,10 +287,14 @@ def test_drops_of_a_listener_closed_before_its_last_read(collector_run):
 
 BLOCKED_ACCEPTOR = r"""
 import socket, sys
+n = int(sys.argv[1]) if len(sys.argv) > 1 else 1
 s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(8)
 print(s.getsockname()[1], flush=True)
-c, _ = s.accept()            # blocked here before the tracer starts
-print("accepted", flush=True)
+held = []
+for _ in range(n):
+    c, _ = s.accept()        # the first one blocked here before the tracer starts
+    held.append(c)
+    print("accepted", flush=True)
 sys.stdin.readline()
 """
 
@@ -277,27 +304,57 @@ def _session(filters):
     return startup.start(os.environ.get("CONNSCOPE_TEST_BACKEND", "auto"), filters)
 
 
-def test_accept_blocked_since_before_start_is_seen():
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+def _blocked_acceptor(accepts=1, as_user=()):
+    """A process whose thread is blocked in accept() (accept4 in CPython)
+    before any tracer starts; it accepts `accepts` times. Returns (proc, port)."""
     import sys
-    proc = subprocess.Popen([sys.executable, "-c", BLOCKED_ACCEPTOR], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([*as_user, sys.executable, "-c", BLOCKED_ACCEPTOR, str(accepts)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/")
+    port = int(proc.stdout.readline())
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:     # until the kernel says it is blocked there
+        try:
+            with open(f"/proc/{proc.pid}/syscall") as f:
+                if f.read().split()[0] in ("43", "288", "202", "242"):
+                    break
+        except (OSError, IndexError):
+            pass
+        time.sleep(0.05)
+    time.sleep(0.2)
+    return proc, port
+
+
+def _accepts_on(session, port, want, timeout_s=5.0, settle_s=1.5):
+    """Accept events for port until `want` are seen, then settle_s more (a
+    double count would show in it)."""
+    seen, deadline = [], time.monotonic() + timeout_s
+    while time.monotonic() < deadline and len(seen) < want:
+        seen += [e for e in session.poll(50) if getattr(e, "lport", None) == port
+                 and hasattr(e, "queue_wait_us")]
+    end = time.monotonic() + settle_s
+    while time.monotonic() < end:
+        seen += [e for e in session.poll(50) if getattr(e, "lport", None) == port
+                 and hasattr(e, "queue_wait_us")]
+    return seen
+
+
+def _stop(proc):
+    proc.kill()
+    proc.wait(5)
+
+
+def test_accept_blocked_since_before_start_is_seen():
+    proc, port = _blocked_acceptor()
     try:
-        port = int(proc.stdout.readline())
-        time.sleep(0.3)                     # blocked in accept()
         session = _session(Filters())
-        if session.info.backend != "tracepoint":
-            session.close()
-            pytest.skip("kretprobe and fexit are armed when the function is entered: a call "
-                        "already blocked when they attach returns through neither (measured "
-                        "in the 6.1 guest); only the syscall tracepoints see its return")
         try:
             c = socket.create_connection(("127.0.0.1", port), timeout=5)
             client_port = c.getsockname()[1]
             assert proc.stdout.readline().strip() == "accepted"
-            seen, deadline = [], time.monotonic() + 5
-            while time.monotonic() < deadline and not seen:
-                seen = [e for e in session.poll(50) if getattr(e, "lport", None) == port
-                        and hasattr(e, "queue_wait_us")]
+            seen = _accepts_on(session, port, 1, settle_s=0.3)
             c.close()
         finally:
             session.close()
@@ -305,8 +362,199 @@ def test_accept_blocked_since_before_start_is_seen():
         assert seen[0].pid == proc.pid
         assert seen[0].rport == client_port
     finally:
-        proc.kill()
-        proc.wait(5)
+        _stop(proc)
+
+
+def test_blocked_thread_accepting_twice_is_two_accepts():
+    """The first accept returns through the syscall exit only (the call began
+    before the kretprobe/fexit), the second through both while the exit
+    tracepoints are still attached: each is one row, as the server and ss
+    count them."""
+    proc, port = _blocked_acceptor(accepts=2)
+    clients = []
+    try:
+        session = _session(Filters())
+        try:
+            for _ in range(2):
+                clients.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+                assert proc.stdout.readline().strip() == "accepted"
+            seen = _accepts_on(session, port, 2)
+            server_side = subprocess.run(["ss", "-tnH", "state", "established",
+                                          f"sport = :{port}"], capture_output=True, text=True,
+                                         timeout=10).stdout.splitlines()
+        finally:
+            session.close()
+        print(f"accept rows {len(seen)}, clients {len(clients)}, server accepted 2, "
+              f"ss established {len(server_side)}")
+        assert len(server_side) == len(clients) == 2
+        assert len(seen) == 2, f"{len(seen)} accept rows for 2 accepts"
+        assert sorted(e.rport for e in seen) == sorted(c.getsockname()[1] for c in clients)
+        assert {e.pid for e in seen} == {proc.pid}
+    finally:
+        for c in clients:
+            c.close()
+        _stop(proc)
+
+
+@pytest.mark.parametrize("port_matches,comm_matches,rows", [
+    (True, True, 1), (True, False, 0), (False, True, 0)])
+def test_filters_apply_to_the_accept_of_a_thread_blocked_before_start(port_matches, comm_matches,
+                                                                      rows):
+    """--port and --comm decide for that accept as for any other (one flag
+    set for the three cases: one compile)."""
+    proc, port = _blocked_acceptor()
+    try:
+        with open(f"/proc/{proc.pid}/comm") as f:
+            comm = f.read().rstrip("\n")
+        session = _session(Filters(ports=frozenset({port if port_matches else port + 1}),
+                                   comm=comm if comm_matches else comm[:-1] + "~"))
+        try:
+            c = socket.create_connection(("127.0.0.1", port), timeout=5)
+            assert proc.stdout.readline().strip() == "accepted"
+            seen = _accepts_on(session, port, 1, timeout_s=2.0, settle_s=0.5)
+            c.close()
+        finally:
+            session.close()
+        assert len(seen) == rows
+    finally:
+        _stop(proc)
+
+
+def _attached_tracepoints(session) -> set:
+    """Kernel truth: the tracepoints that have one of this session's programs
+    attached, asked of the kernel for every fd of this process
+    (BPF_TASK_FD_QUERY, what `bpftool perf` shows)."""
+    import ctypes
+    import struct
+
+    from tracer.probes import bpf_syscall as sc
+    ours = set()
+    for fd in session._prog.prog_fds.values():
+        ours.add(struct.unpack_from("<I", sc.obj_info(fd), 4)[0])   # bpf_prog_info.id
+    names = set()
+    for name in os.listdir("/proc/self/fd"):
+        buf = ctypes.create_string_buffer(128)
+        attr = ctypes.create_string_buffer(48)
+        struct.pack_into("<IIIIQ", attr, 0, os.getpid(), int(name), 0, len(buf),
+                         ctypes.addressof(buf))
+        try:
+            sc.bpf(20, attr)       # BPF_TASK_FD_QUERY
+        except OSError:
+            continue               # not a BPF attachment
+        prog_id, fd_type = struct.unpack_from("<II", attr, 24)
+        if fd_type == 1 and prog_id in ours:   # BPF_FD_TYPE_TRACEPOINT
+            names.add(buf.value.decode())
+    return names
+
+
+SYS_EXITS = {"sys_exit_accept", "sys_exit_accept4"}
+
+
+def _function_hook_backend():
+    backend = os.environ.get("CONNSCOPE_TEST_BACKEND", "auto")
+    if backend not in ("kprobe", "fentry"):
+        pytest.skip("the tracepoint backend's accept hooks are the syscall tracepoints: "
+                    "they stay attached (this is about kprobe and fentry)")
+
+
+def test_syscall_tracepoints_only_while_a_blocked_thread_remains():
+    _function_hook_backend()
+    # Nobody of ours blocked: they are never attached.
+    session = _session(Filters(pids=frozenset({os.getpid()})))
+    try:
+        assert session.blocked_accepts.found == 0
+        assert not _attached_tracepoints(session) & SYS_EXITS
+    finally:
+        session.close()
+    proc, port = _blocked_acceptor()
+    try:
+        session = _session(Filters())
+        try:
+            b = session.blocked_accepts
+            assert b.found >= 1 and b.attached
+            assert _attached_tracepoints(session) >= SYS_EXITS
+            c = socket.create_connection(("127.0.0.1", port), timeout=5)
+            assert proc.stdout.readline().strip() == "accepted"
+            deadline = time.monotonic() + 10
+            while b.attached and time.monotonic() < deadline:
+                session.poll(50)
+            after = _attached_tracepoints(session)
+            c.close()
+            print(f"blocked at start {b.found}, attached for "
+                  f"{(b.detached_at or 0) - (b.attached_at or 0):.2f} s, then {b.detached_because}")
+        finally:
+            session.close()
+        assert not b.attached and b.detached_because == "returned"
+        assert not after & SYS_EXITS, f"still attached after the blocked thread returned: {after}"
+        assert after, "the session's other tracepoints should still be attached"
+    finally:
+        _stop(proc)
+
+
+def test_call_seen_by_the_return_probe_is_not_counted_again_at_syscall_exit():
+    """A seeded thread whose call passes the kretprobe/fexit (its pre-start
+    call returned between the scan and the attach, or its tid was reused):
+    the syscall exit must not count that call a second time. Seeded here by
+    hand, as the race would leave it, while the exit tracepoints are attached
+    for another thread blocked since before start."""
+    import struct
+    _function_hook_backend()
+    keeper, _ = _blocked_acceptor()          # keeps the exit tracepoints attached
+    try:
+        session = _session(Filters())
+        late = None
+        try:
+            assert session.blocked_accepts.attached
+            late, port = _blocked_acceptor()   # blocked after start: through the kprobe entry
+            session._prog.maps["blocked_accepts"].update(struct.pack("<I", late.pid), b"\1")
+            c = socket.create_connection(("127.0.0.1", port), timeout=5)
+            assert late.stdout.readline().strip() == "accepted"
+            seen = _accepts_on(session, port, 1)
+            still = session.blocked_accepts.attached
+            c.close()
+        finally:
+            session.close()
+            if late is not None:
+                _stop(late)
+        assert still, "the exit tracepoints went before the test was done"
+        assert len(seen) == 1, f"{len(seen)} accept rows for one accept"
+    finally:
+        _stop(keeper)
+
+
+def test_thread_blocked_too_long_is_given_up_on_and_counted():
+    """An idle listener's acceptor, here another user's (anyone can park a
+    thread in accept()): after max_wait_s the exit tracepoints go anyway, so
+    nobody keeps their cost on every syscall; its next accept is then not
+    seen, and that is counted."""
+    _function_hook_backend()
+    if not shutil.which("setpriv"):
+        pytest.skip("setpriv is not installed (Debian package util-linux)")
+    proc, port = _blocked_acceptor(as_user=NOBODY)
+    try:
+        with open(f"/proc/{proc.pid}/status") as f:
+            assert "Uid:\t65534\t" in f.read()
+        session = _session(Filters(pids=frozenset({proc.pid})))
+        try:
+            b = session.blocked_accepts
+            assert b.found == 1 and b.attached
+            before = session.counters()["untracked_accepts"]
+            b.max_wait_s = 0.5
+            deadline = time.monotonic() + 10
+            while b.attached and time.monotonic() < deadline:
+                session.poll(50)
+            assert b.detached_because == "gave up" and b.unseen == 1
+            assert not _attached_tracepoints(session) & SYS_EXITS
+            assert session.counters()["untracked_accepts"] == before + 1
+            c = socket.create_connection(("127.0.0.1", port), timeout=5)
+            assert proc.stdout.readline().strip() == "accepted"
+            seen = _accepts_on(session, port, 1, timeout_s=1.0, settle_s=0.5)
+            c.close()
+        finally:
+            session.close()
+        assert seen == [], "counted as unseen, so it must be unseen"
+    finally:
+        _stop(proc)
 
 
 def test_handshake_entries_do_not_outlive_accepts_of_filtered_out_processes():

@@ -121,3 +121,17 @@ def test_map_items_batched_and_key_by_key_return_what_was_put_in():
         assert len(m) == n - 1
     finally:
         os.close(fd)
+
+
+def test_a_backend_that_fails_to_load_is_one_error_line():
+    """CONNSCOPE_FAIL_LOAD (a test hook) fails the load after detection found
+    the backend usable. Asked for by name, there is nothing to fall back to:
+    one Error line, exit 1. (`auto`'s fallback runs where more than one
+    backend works: tests/vm/test_fallbacks_guest.py.)"""
+    proc = subprocess.run([sys.executable, "-m", "tracer", "top", "--plain", "--duration", "1",
+                           "--backend", "tracepoint"],
+                          env={**os.environ, "CONNSCOPE_FAIL_LOAD": "tracepoint"},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == ("Error: cannot load the tracepoint programs: made to fail by "
+                                   "CONNSCOPE_FAIL_LOAD (a test hook)"), proc.stderr

@@ -140,3 +140,23 @@ def test_recover_runs_from_the_installed_package(installed, tmp_path):
                   "print(ds.dataset(sys.argv[1], format='parquet').count_rows())",
                   str(rec / "connects")], cwd=tmp_path).stdout
     assert int(count) == journaled
+
+
+def test_pipx_install_gives_a_connscope_that_reports(tmp_path):
+    """The README's other way in: `pipx install --system-site-packages ./`,
+    in a pipx home of its own, run outside the checkout."""
+    pipx = shutil.which("pipx")
+    if pipx is None:
+        pytest.skip("pipx is not installed (./run test installs the Debian package pipx)")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
+           "PIPX_HOME": str(tmp_path / "pipx"), "PIPX_BIN_DIR": str(tmp_path / "bin")}
+    _run([pipx, "install", "--system-site-packages", str(ROOT)], cwd=tmp_path, env=env)
+    connscope = str(tmp_path / "bin" / "connscope")
+    rec = recorded.write_recording(tmp_path / "rec")
+    theirs = _run([connscope, "report", str(rec)], cwd=tmp_path, env=env)
+    ours = _run([sys.executable, "-m", "tracer", "report", str(rec)], cwd=ROOT)
+    assert theirs.stdout == ours.stdout
+    doctor = subprocess.run([connscope, "doctor", "--json"], capture_output=True, text=True,
+                            cwd=tmp_path, env=env, timeout=120)
+    assert doctor.returncode == 0, doctor.stderr
+    assert "backend" in json.loads(doctor.stdout)

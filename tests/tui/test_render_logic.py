@@ -201,6 +201,14 @@ def test_status_names_blind_spots_or_points_to_help_when_they_are_long(snap):
     assert "(2 blind spots: press ?)" in source_line(long, snap).plain
 
 
+def test_status_says_which_better_backends_failed_to_load(snap):
+    from tracer.tui.status import source_line
+
+    fell_back = replace(synthetic.HEADER, backend="tracepoint", passed_over=("fentry", "kprobe"))
+    assert "backend tracepoint, fentry, kprobe failed to load" in source_line(fell_back, snap).plain
+    assert "failed to load" not in source_line(synthetic.HEADER, snap).plain
+
+
 def test_connects_waiting_without_an_answer_are_a_problem_before_they_time_out(snap):
     from tracer.aggregate.connects import ConnectTable
     from tracer.tui.problems import connect_problem

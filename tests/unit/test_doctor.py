@@ -210,6 +210,19 @@ def test_auto_prefers_fentry_then_kprobe_then_tracepoint(kprobes, fentry, tracep
             error(name, f)
 
 
+@pytest.mark.parametrize("kprobes", [True, False])
+@pytest.mark.parametrize("fentry", [True, False])
+def test_auto_tries_every_usable_backend_in_order_and_a_named_one_alone(kprobes, fentry):
+    from tracer.probes.features import backends_to_try
+
+    f = make(kprobes=kprobes, fentry=fentry)
+    assert backends_to_try("auto", f) == [b for b, ok in (
+        ("fentry", fentry), ("kprobe", kprobes), ("tracepoint", True)) if ok]
+    assert backends_to_try("tracepoint", f) == ["tracepoint"]
+    if kprobes:
+        assert backends_to_try("kprobe", f) == ["kprobe"]
+
+
 def test_explicit_kprobe_without_kprobes():
     f = make(kprobes=False, fentry=False)
     f.kprobes = Feature(False, "CONFIG_KPROBES is off")
@@ -252,7 +265,8 @@ def test_kprobe_with_a_hooked_function_missing():
 
 def test_explicit_tracepoint_without_the_tracepoint():
     assert error("tracepoint", make(tracepoints=False, kprobes=False, fentry=False)) == (
-        "the tracepoint backend needs the sock/inet_sock_set_state tracepoint, which this kernel does "
+        "the tracepoint backend needs the sock/inet_sock_set_state, tcp/tcp_retransmit_skb, "
+        "tcp/tcp_retransmit_synack, tcp/tcp_destroy_sock tracepoints, which this kernel does "
         "not have (it needs Linux 4.16 or newer)")
 
 
@@ -572,3 +586,62 @@ def test_the_live_header_carries_the_running_backends_blind_spots(split, first):
     assert h.filters == "port 443"
     kp = header_for(SimpleNamespace(info=LoadInfo("kprobe", "ring buffer", "BTF", "", 0.1)))
     assert kp.blind_spots == () and kp.filters == ""
+
+
+# --- tracepoint records, from the kernel's own format files ---------------------------
+
+# tcp:tcp_destroy_sock cut down: no dport (as a kernel without it would record it)
+DESTROY_WITHOUT_DPORT = """name: tcp_destroy_sock
+ID: 1405
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:__u16 sport;\toffset:16;\tsize:2;\tsigned:0;
+\tfield:__u8 saddr[4];\toffset:20;\tsize:4;\tsigned:0;
+\tfield:__u8 daddr_v6[16];\toffset:44;\tsize:16;\tsigned:0;
+
+print fmt: "sport=%hu", REC->sport
+"""
+
+
+def test_format_fields_reads_names_arrays_and_pointers():
+    from tracer.probes.features import format_fields
+
+    assert format_fields(DESTROY_WITHOUT_DPORT) == {"common_type", "common_pid", "skaddr",
+                                                    "sport", "saddr", "daddr_v6"}
+
+
+def tracefs_with(tmp_path, formats: dict[str, str]) -> str:
+    for tp, text in formats.items():
+        d = tmp_path / "events" / tp
+        d.mkdir(parents=True)
+        (d / "format").write_text(text)
+    return str(tmp_path)
+
+
+def test_missing_fields_names_what_the_record_lacks(tmp_path):
+    from tracer.probes.features import HOOKED_TRACEPOINTS, missing_fields
+
+    root = tracefs_with(tmp_path, {"tcp/tcp_destroy_sock": DESTROY_WITHOUT_DPORT})
+    assert missing_fields(root, HOOKED_TRACEPOINTS) == {"tcp/tcp_destroy_sock": ["dport"]}
+
+
+def test_a_hooked_record_without_a_field_read_rules_out_every_backend():
+    f = make()
+    f.tracepoint_fields_missing = {"tcp/tcp_destroy_sock": ["dport"]}
+    why = ("this kernel's tracepoint records lack fields every backend reads "
+           "(tcp:tcp_destroy_sock has no dport, by its format files): connscope cannot trace here")
+    for backend in ("fentry", "kprobe", "tracepoint"):
+        assert error(backend, f) == why
+    assert error("auto", f).startswith("no backend works here: " + why)
+
+
+def test_without_syscall_tracepoints_only_the_tracepoint_backend_is_out():
+    f = make()
+    f.tracepoint_presence = {**f.tracepoint_presence, "syscalls/sys_exit_accept4": False}
+    assert error("tracepoint", f).startswith(
+        "the tracepoint backend sees accept() through syscalls/sys_exit_accept4, which this "
+        "kernel lacks or records without the fields read (CONFIG_FTRACE_SYSCALLS)")
+    assert choose_backend("auto", f) == "fentry"

@@ -119,7 +119,12 @@ def test_check_directory_raises_what_recording_would(tmp_path):
 
 
 class FakeSession:
+    """What run._start reads of a loaded session (no probes in a unit test)."""
     closed = False
+
+    class info:
+        backend = "tracepoint"
+        passed_over: list = []
 
     def close(self):
         self.closed = True

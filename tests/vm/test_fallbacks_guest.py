@@ -206,3 +206,38 @@ def check_without_fentry_kprobes_and_ringbuf_tracepoints_on_the_perf_buffer(hide
         assert_traced(traffic(session, socket.AF_INET, "127.0.0.1"), 4, drops=False)
     finally:
         session.close()
+
+
+# --- detection saw nothing wrong, the load failed anyway (issue 15 item 5) -------
+
+FAILED_FENTRY = "fentry: cannot load the fentry programs: made to fail by CONNSCOPE_FAIL_LOAD (a test hook)"
+FAILED_KPROBE = "kprobe: cannot load the kprobe programs: made to fail by CONNSCOPE_FAIL_LOAD (a test hook)"
+
+
+def check_auto_falls_back_to_kprobe_when_fentry_fails_to_load(hide):
+    hide(CONNSCOPE_FAIL_LOAD="fentry")
+    session = start("auto")
+    try:
+        assert (session.info.backend, session.info.passed_over) == ("kprobe", [FAILED_FENTRY])
+        assert_traced(traffic(session, socket.AF_INET, "127.0.0.1"), 4)
+    finally:
+        session.close()
+
+
+def check_top_says_on_its_first_lines_which_backends_failed_to_load(hide):
+    """As a user runs it: both better backends fail, tracepoint runs, and
+    the output says so before anything else; asked for by name, a failing
+    backend is an Error line, not a fallback."""
+    env = {**os.environ, **hide(CONNSCOPE_FAIL_LOAD="fentry,kprobe")}
+    proc = subprocess.run([sys.executable, "-m", "tracer", "top", "--plain", "--duration", "1"],
+                          cwd=PROJECT, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines()[:2] == [
+        f"connscope: {FAILED_FENTRY}; running tracepoint instead",
+        f"connscope: {FAILED_KPROBE}; running tracepoint instead"], proc.stderr
+    assert proc.stdout.lstrip().split("\n", 1)[0].split()[1] == "[tracepoint]", proc.stdout
+    asked = subprocess.run([sys.executable, "-m", "tracer", "top", "--plain", "--duration", "1",
+                            "--backend", "kprobe"], cwd=PROJECT, env=env, capture_output=True,
+                           text=True, timeout=180)
+    assert asked.returncode != 0
+    assert asked.stderr.strip() == f"Error: {FAILED_KPROBE.split(': ', 1)[1]}", asked.stderr

@@ -113,6 +113,7 @@ class Header:
     recording_path: str | None = None
     source: str = "live"                # "live" or "replay <dir>"
     filters: str = ""                   # --pid/--comm/--port/-4/-6 in words; "" if none
+    passed_over: tuple[str, ...] = ()   # `auto`: better backends that failed to load here
 
 
 @dataclass(frozen=True)

@@ -32,18 +32,29 @@ TRACEFS_DIRS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 KPROBE_PMU = "/sys/bus/event_source/devices/kprobe"
 KALLSYMS = "/proc/kallsyms"
 
-# Every tracepoint connscope uses; the tracepoint backend cannot work without
-# the required one, the others narrow what it sees.
-TRACEPOINTS = (
-    "sock/inet_sock_set_state",
-    "tcp/tcp_retransmit_skb",
-    "tcp/tcp_retransmit_synack",
-    "tcp/tcp_destroy_sock",
-    "tcp/tcp_receive_reset",
-    "skb/kfree_skb",
-    "sched/sched_process_exit",
-)
-REQUIRED_TRACEPOINTS = ("sock/inet_sock_set_state",)
+# The tracepoints bpf/main.c hooks and the record fields it reads from each
+# (a kernel whose record lacks one fails to compile: checked here first, from
+# the kernel's own format files). Every backend hooks these:
+HOOKED_TRACEPOINTS = {
+    "sock/inet_sock_set_state": ("skaddr", "oldstate", "newstate", "sport", "dport", "family",
+                                 "protocol", "saddr", "daddr", "saddr_v6", "daddr_v6"),
+    "tcp/tcp_retransmit_skb": ("skaddr", "state"),
+    "tcp/tcp_retransmit_synack": ("skaddr",),
+    "tcp/tcp_destroy_sock": ("skaddr", "dport"),
+}
+# the tracepoint backend also the accept syscalls (CONFIG_FTRACE_SYSCALLS)
+ACCEPT_SYSCALL_TRACEPOINTS = {
+    "syscalls/sys_enter_accept4": ("fd",),
+    "syscalls/sys_enter_accept": ("fd",),
+    "syscalls/sys_exit_accept4": ("ret",),
+    "syscalls/sys_exit_accept": ("ret",),
+    # and connect(), for the errors it returns before any SYN (bpf/connect.h)
+    "syscalls/sys_enter_connect": ("fd", "uservaddr", "addrlen"),
+    "syscalls/sys_exit_connect": ("ret",),
+}
+# and skb:kfree_skb where its record has what the drop split needs (offsets.py)
+TRACEPOINTS = (*HOOKED_TRACEPOINTS, *ACCEPT_SYSCALL_TRACEPOINTS, "skb/kfree_skb")
+REQUIRED_TRACEPOINTS = tuple(HOOKED_TRACEPOINTS)
 
 # Functions the kprobe and fentry backends hook. GCC may inline or rename
 # (".isra.0") any of them, so they are looked up rather than assumed.
@@ -70,6 +81,7 @@ FENTRY_TEST_FUNCTION = "tcp_v4_connect"
 HIDE_FUNCTIONS_ENV = "CONNSCOPE_HIDE_FUNCTIONS"  # hooked functions, e.g. tcp_v6_connect
 HIDE_FEATURES_ENV = "CONNSCOPE_HIDE_FEATURES"    # any of HIDEABLE_FEATURES
 HIDEABLE_FEATURES = ("fentry", "kprobes", "ringbuf")
+FAIL_LOAD_ENV = "CONNSCOPE_FAIL_LOAD"            # backends whose load is made to fail
 
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 RINGBUF_MIN_KERNEL = (5, 8)
@@ -102,6 +114,9 @@ class Features:
     ringbuf: Feature
     load_tested: bool = False    # whether test programs were loaded
     notes: list[str] = field(default_factory=list)
+    # hooked tracepoint -> the fields connscope reads that its record lacks here
+    # (only from tracefs, as root; {} when not checked)
+    tracepoint_fields_missing: dict[str, list[str]] = field(default_factory=dict)
 
     def missing_kprobe_targets(self, required_only: bool = False) -> list[str]:
         names = REQUIRED_KPROBE_TARGETS if required_only else KPROBE_TARGETS
@@ -121,6 +136,13 @@ def _names_in(env: str) -> set[str]:
 def hidden_functions() -> set[str]:
     """Functions CONNSCOPE_HIDE_FUNCTIONS makes count as absent (a test hook)."""
     return _names_in(HIDE_FUNCTIONS_ENV)
+
+
+def failing_loads() -> set[str]:
+    """Backends whose load CONNSCOPE_FAIL_LOAD makes fail after detection
+    found them usable, as a kernel can (a verifier or attach refusal): a
+    test hook for `auto`'s fallback."""
+    return _names_in(FAIL_LOAD_ENV) & set(AUTO_ORDER)
 
 
 def hidden_features() -> set[str]:
@@ -289,30 +311,67 @@ def _check_kprobes(config: Optional[dict[str, str]]) -> Feature:
     return Feature(False, f"no kprobe PMU in /sys/bus/event_source/devices and no kprobe_events in {where}")
 
 
-def _check_tracepoints(is_root: bool) -> tuple[Feature, dict[str, bool]]:
+def format_fields(text: str) -> set[str]:
+    """The field names of a tracepoint's format file ("field:__u16 sport;
+    offset:...", arrays as "saddr[4]")."""
+    names = set()
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("field:"):
+            decl = line[len("field:"):].split(";", 1)[0].strip()
+            name = decl.rsplit(None, 1)[-1] if decl else ""
+            names.add(name.split("[", 1)[0].lstrip("*"))
+    return names
+
+
+def missing_fields(root: str, tracepoints: dict[str, tuple[str, ...]]) -> dict[str, list[str]]:
+    """tracepoint -> the wanted fields its format file (under tracefs `root`)
+    does not list; tracepoints without a format file are left out."""
+    out = {}
+    for tp, wanted in tracepoints.items():
+        try:
+            with open(os.path.join(root, "events", tp, "format"), "rb") as f:
+                text = f.read(1 << 16).decode("utf-8", "replace")
+        except OSError:
+            continue
+        have = format_fields(text)
+        lacking = [name for name in wanted if name not in have]
+        if lacking:
+            out[tp] = lacking
+    return out
+
+
+def _check_tracepoints(is_root: bool) -> tuple[Feature, dict[str, bool], dict[str, list[str]]]:
     root = _tracefs_root()
+    lacking: dict[str, list[str]] = {}
     if root is not None:
         presence = {tp: os.path.exists(os.path.join(root, "events", tp, "format")) for tp in TRACEPOINTS}
+        lacking = missing_fields(root, {**HOOKED_TRACEPOINTS, **ACCEPT_SYSCALL_TRACEPOINTS})
         source = f"{root}/events"
     else:
         # Without root tracefs is not readable; kallsyms names every
-        # tracepoint's iterator (__traceiter_<name>, 5.10+) or the tracepoint itself.
-        names = {tp.split("/")[1] for tp in TRACEPOINTS}
+        # tracepoint's iterator (__traceiter_<name>, 5.10+) or the tracepoint
+        # itself. Not the syscall ones: those are taken as present.
+        plain = [tp for tp in TRACEPOINTS if not tp.startswith("syscalls/")]
+        names = {tp.split("/")[1] for tp in plain}
         syms = kallsyms_names({p + n for n in names for p in ("__traceiter_", "__tracepoint_")})
         if not syms:
             return (Feature(False, "cannot check: tracefs is not readable and /proc/kallsyms "
                                    "lists no tracepoints" + ("" if is_root else " (run as root)"), tested=False),
-                    {tp: False for tp in TRACEPOINTS})
-        presence = {tp: any(p + tp.split("/")[1] in syms for p in ("__traceiter_", "__tracepoint_"))
+                    {tp: False for tp in TRACEPOINTS}, {})
+        presence = {tp: tp.startswith("syscalls/") or
+                    any(p + tp.split("/")[1] in syms for p in ("__traceiter_", "__tracepoint_"))
                     for tp in TRACEPOINTS}
-        source = "from /proc/kallsyms; tracefs needs root"
+        source = "from /proc/kallsyms, record fields unchecked; tracefs needs root"
     missing = [tp for tp in TRACEPOINTS if not presence[tp]]
     required_missing = [tp for tp in REQUIRED_TRACEPOINTS if not presence[tp]]
-    if not missing:
-        detail = f"all {len(TRACEPOINTS)} present ({source})"
-    else:
-        detail = f"missing {', '.join(missing)} ({source})"
-    return Feature(not required_missing, detail), presence
+    problems = [f"missing {', '.join(missing)}"] if missing else []
+    problems += [f"{tp.replace('/', ':')} lacks {', '.join(names)}" for tp, names in lacking.items()]
+    detail = (f"{'; '.join(problems)} ({source})" if problems
+              else f"all {len(TRACEPOINTS)} present"
+              + (" with the fields read" if root is not None else "") + f" ({source})")
+    broken = required_missing or any(tp in HOOKED_TRACEPOINTS for tp in lacking)
+    return Feature(not broken, detail), presence, lacking
 
 
 # Raw bpf(2): the two load tests need no compiler, so they cost well under a
@@ -422,7 +481,7 @@ def probe_features(load_tests: Optional[bool] = None, *, release: Optional[str] 
     bcc = _check_bcc()
     config = kernel_config(release)
     kprobes = Feature(False, _HIDDEN) if "kprobes" in hidden else _check_kprobes(config)
-    tracepoints, presence = _check_tracepoints(is_root)
+    tracepoints, presence, lacking = _check_tracepoints(is_root)
     can_load = load_tests and privileges.ok
     fentry = Feature(False, _HIDDEN) if "fentry" in hidden else _check_fentry(btf, can_load, is_root)
     kprobe_targets: dict[str, bool] = {}
@@ -434,6 +493,7 @@ def probe_features(load_tests: Optional[bool] = None, *, release: Optional[str] 
     return Features(is_root=is_root, privileges=privileges, kernel_release=release, btf=btf_feature,
                     headers=tree, bcc=bcc, kprobes=kprobes, kprobe_targets=kprobe_targets,
                     fentry=fentry, tracepoints=tracepoints, tracepoint_presence=presence,
+                    tracepoint_fields_missing=lacking,
                     ringbuf=ringbuf, load_tested=can_load, notes=notes)
 
 
@@ -465,9 +525,32 @@ def _alternatives(f: Features, exclude: str) -> str:
     return "; use " + " or ".join(f"--backend {b}" for b in works)
 
 
+def _hooked_tracepoint_problem(f: Features) -> Optional[str]:
+    """Every backend hooks HOOKED_TRACEPOINTS: one whose record lacks a
+    field read would fail to compile, so no backend works (the reason is the
+    kernel's own format file)."""
+    lacking = {tp: names for tp, names in f.tracepoint_fields_missing.items()
+               if tp in HOOKED_TRACEPOINTS}
+    absent = [tp for tp in HOOKED_TRACEPOINTS if not f.tracepoint_presence.get(tp, False)]
+    if f.tracepoints.tested and absent and absent != list(HOOKED_TRACEPOINTS):
+        # (none at all: tracefs could not be read, said elsewhere)
+        return (f"this kernel lacks the {', '.join(tp.replace('/', ':') for tp in absent)} "
+                f"tracepoint{'s' if len(absent) > 1 else ''} every backend hooks "
+                f"(Linux 4.16 or newer has them): connscope cannot trace here")
+    if not lacking:
+        return None
+    what = "; ".join(f"{tp.replace('/', ':')} has no {', '.join(names)}"
+                     for tp, names in lacking.items())
+    return (f"this kernel's tracepoint records lack fields every backend reads ({what}, "
+            f"by its format files): connscope cannot trace here")
+
+
 def _backend_problem(backend: str, f: Features, suggest: bool = True) -> Optional[str]:
     """Why `backend` cannot work here, or None. Assumes the toolchain is fine."""
     alt = (lambda: _alternatives(f, backend)) if suggest else (lambda: "")
+    shared = _hooked_tracepoint_problem(f)
+    if shared and backend in BACKENDS:
+        return shared
     if backend == "kprobe":
         if f.kprobes.detail == _HIDDEN:
             return f"kprobes are {_HIDDEN}{alt()}"
@@ -497,8 +580,16 @@ def _backend_problem(backend: str, f: Features, suggest: bool = True) -> Optiona
                 why = f.tracepoints.detail.replace("cannot check: ", "", 1)
                 return f"tracepoints could not be checked: {why}"
             missing = f.missing_tracepoints(required_only=True)
-            return (f"the tracepoint backend needs the {', '.join(missing)} tracepoint, which this "
-                    f"kernel does not have (it needs Linux 4.16 or newer){alt()}")
+            return (f"the tracepoint backend needs the {', '.join(missing)} "
+                    f"tracepoint{'s' if len(missing) > 1 else ''}, which this kernel does not "
+                    f"have (it needs Linux 4.16 or newer){alt()}")
+        syscalls = [tp for tp in ACCEPT_SYSCALL_TRACEPOINTS
+                    if not f.tracepoint_presence.get(tp, False)
+                    or tp in f.tracepoint_fields_missing]
+        if f.tracepoints.tested and syscalls:
+            return (f"the tracepoint backend sees accept() through {', '.join(syscalls)}, which "
+                    f"this kernel lacks or records without the fields read "
+                    f"(CONFIG_FTRACE_SYSCALLS){alt()}")
         return None
     raise BackendUnavailable(f"unknown backend '{backend}': choose one of {', '.join(BACKENDS)}")
 
@@ -524,6 +615,16 @@ def choose_backend(requested: str, features: Features) -> str:
             return backend
     raise BackendUnavailable("no backend works here: " + "; ".join(
         _backend_problem(b, features, suggest=False) or "" for b in AUTO_ORDER))
+
+
+def backends_to_try(requested: str, features: Features) -> list[str]:
+    """The backends start() loads in turn: the one asked for, or for `auto`
+    every usable one, cheapest first (a load can still fail where detection
+    saw nothing wrong: the next is tried then)."""
+    first = choose_backend(requested, features)
+    if requested != "auto":
+        return [first]
+    return [b for b in AUTO_ORDER if _backend_problem(b, features, suggest=False) is None]
 
 
 def _short_problem(backend: str, f: Features) -> str:
@@ -600,6 +701,4 @@ def backend_visibility(backend: str, features: Features) -> list[str]:
                  f"connects")
     if not has("skb/kfree_skb"):
         lines.append("drop reasons: not seen (no skb:kfree_skb)")
-    if not has("sched/sched_process_exit"):
-        lines.append("process exit: not seen (no sched:sched_process_exit); nothing here needs it")
     return lines

@@ -5,6 +5,10 @@ How each function attaches follows from its name, as bcc names them:
 `kretfunc__FN` (fentry/fexit); kprobe functions are named by the caller
 (tracer/probes/program.py: KPROBES). Everything is undone by close(), and a
 kretprobe made through tracefs is removed from kprobe_events again.
+
+Tracepoint functions named in load()'s `on_demand` are loaded but attached
+only when asked (LoadedProgram.attach_on_demand), and can be detached again
+while the rest keeps running.
 """
 from __future__ import annotations
 
@@ -94,8 +98,32 @@ class LoadedProgram:
     prog_fds: dict[str, int] = field(default_factory=dict)
     _links: list[int] = field(default_factory=list)
     _kprobe_events: list[str] = field(default_factory=list)
+    # loaded, attached only on demand: function -> (category, tracepoint)
+    on_demand: dict[str, tuple[str, str]] = field(default_factory=dict)
+    _on_demand_links: dict[str, int] = field(default_factory=dict)
+
+    def attach_on_demand(self) -> None:
+        """Attach every on-demand tracepoint not attached yet (all or none)."""
+        try:
+            for name, (category, event) in self.on_demand.items():
+                if name not in self._on_demand_links:
+                    pfd = sc.perf_event_open(sc.PERF_TYPE_TRACEPOINT, _tracepoint_id(category, event))
+                    self._on_demand_links[name] = _attach_perf(self.prog_fds[name], pfd)
+        except OSError as e:
+            self.detach_on_demand()
+            raise LoadError(f"cannot attach {name}: {e.strerror}") from None
+        except LoadError:
+            self.detach_on_demand()
+            raise
+
+    def detach_on_demand(self) -> None:
+        """Detach them again: closing the perf event is the detach."""
+        for fd in self._on_demand_links.values():
+            _close(fd)
+        self._on_demand_links.clear()
 
     def close(self) -> None:
+        self.detach_on_demand()
         for fd in self._links:
             _close(fd)
         self._links.clear()
@@ -200,14 +228,32 @@ def patched(insns: bytes, relocs, maps: dict[str, Map]) -> bytes:
 
 
 def load(prog: CompiledProgram, *, kprobes: tuple[KprobeSpec, ...] = (), hidden: set[str] = frozenset(),
-         vmlinux_btf_id=None) -> tuple[LoadedProgram, list[str]]:
+         vmlinux_btf_id=None, on_demand: frozenset[str] = frozenset(),
+         before_attach=None) -> tuple[LoadedProgram, list[str]]:
     """Load and attach every function; returns the program and notes on the
-    optional kprobes that could not be placed."""
+    optional kprobes that could not be placed.
+
+    on_demand: tracepoint functions to load but leave detached.
+    before_attach(loaded): called once they are loaded and the maps made,
+    before anything is attached (e.g. to fill a map, or attach them first)."""
     loaded = LoadedProgram(create_maps(prog))
     notes: list[str] = []
     by_fn = {k.function: k for k in kprobes}
+    fn = None
     try:
         for fn in prog.functions:
+            if fn.name in on_demand:
+                if not fn.name.startswith("tracepoint__"):
+                    raise LoadError(f"only tracepoints attach on demand, not {fn.name}")
+                category, name = fn.name[len("tracepoint__"):].split("__", 1)
+                _load(loaded, prog, fn.name, patched(fn.insns, fn.relocs, loaded.maps),
+                      sc.PROG_TRACEPOINT)
+                loaded.on_demand[fn.name] = (category, name)
+        if before_attach is not None:
+            before_attach(loaded)
+        for fn in prog.functions:
+            if fn.name in on_demand:
+                continue
             insns = patched(fn.insns, fn.relocs, loaded.maps)
             kp = by_fn.get(fn.name)
             if kp is not None:
@@ -238,7 +284,7 @@ def load(prog: CompiledProgram, *, kprobes: tuple[KprobeSpec, ...] = (), hidden:
                 raise LoadError(f"do not know how to attach {fn.name}")
     except OSError as e:
         loaded.close()
-        raise LoadError(f"cannot attach {fn.name}: {e.strerror}") from None
+        raise LoadError(f"cannot attach {fn.name if fn else 'the programs'}: {e.strerror}") from None
     except BaseException:
         loaded.close()
         raise

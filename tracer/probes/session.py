@@ -18,7 +18,7 @@ from tracer import events, lifetimes
 from tracer.domain import outcomes
 from tracer.events import C
 from tracer.filters import Filters
-from tracer.probes import buffers, loader, program
+from tracer.probes import blocked_accepts, buffers, loader, program
 from tracer.probes.features import OPTIONAL_HOOKS, hidden_functions
 
 
@@ -60,6 +60,8 @@ class LoadInfo:
     load_seconds: float
     notes: list[str] = field(default_factory=list)
     drop_split: "bool | None" = None    # tracepoint: skb:kfree_skb drop reasons attached
+    # `auto`: better backends that failed to load here, "<backend>: <why>" each
+    passed_over: list[str] = field(default_factory=list)
 
 
 class ProbeSession:
@@ -77,6 +79,8 @@ class ProbeSession:
         self._open = lifetimes.OpenConnections()
         self.decode_errors = 0
         self.stale_connects = 0   # in-flight entries swept (sweep_stale_connects)
+        # kprobe/fentry: accepts of threads blocked since before start
+        self.blocked_accepts: blocked_accepts.CatchUp | None = None
         self.from_cache = False
         self.info = LoadInfo(backend, "ring buffer" if ringbuf else "perf buffer",
                              offsets_from, headers, 0.0)
@@ -91,9 +95,24 @@ class ProbeSession:
                     btf = f.read()
             compiled, self.from_cache = program.build(self._opts, self._offset_flags, self._env, btf)
             hidden = hidden_functions()
+            on_demand, before_attach = frozenset(), None
+            if backend != "tracepoint":
+                f = self._opts.filters
+                self.blocked_accepts = blocked_accepts.CatchUp(pids=f.pids, family=f.family)
+                on_demand = blocked_accepts.ON_DEMAND & {fn.name for fn in compiled.functions}
+                if on_demand == blocked_accepts.ON_DEMAND:
+                    before_attach = self.blocked_accepts.start
             self._prog, notes = loader.load(
-                compiled, kprobes=program.kprobe_specs() if backend == "kprobe" else (), hidden=hidden)
+                compiled, kprobes=program.kprobe_specs() if backend == "kprobe" else (), hidden=hidden,
+                on_demand=on_demand, before_attach=before_attach)
             self.info.notes.extend(notes)
+            if self.blocked_accepts is not None:
+                if before_attach is None:
+                    self.info.notes.append(
+                        "threads blocked in accept() before start: their next accept is not "
+                        "seen (no syscalls:sys_exit_accept tracepoints in this kernel)")
+                else:
+                    self.info.notes.extend(self.blocked_accepts.notes())
             if backend == "fentry":
                 # fentry_cflags left the absent optional functions out of the build.
                 self.info.notes.extend(
@@ -148,6 +167,8 @@ class ProbeSession:
             time.sleep(min(timeout_ms, POLL_SLEEP_MS) / 1000.0)
         self._buffer.read(self._on_record, MAX_BATCH)
         self._open.end_read()
+        if self.blocked_accepts is not None and self.blocked_accepts.attached:
+            self.blocked_accepts.tend(self._prog)
         out, self._pending = self._pending, []
         return out
 
@@ -175,7 +196,9 @@ class ProbeSession:
             "untracked_connects": total(C["CTR_INFLIGHT_FULL"]),
             "untracked_accept_waits": total(C["CTR_HANDSHAKES_FULL"]),
             "untracked_listeners": total(C["CTR_LISTENERS_FULL"]),
-            "untracked_accepts": total(C["CTR_ACCEPTING_FULL"]),
+            # the map of threads in accept() full, or a thread blocked in
+            # accept() since before start whose return we could not wait for
+            "untracked_accepts": total(C["CTR_ACCEPTING_FULL"]) + self._blocked_unseen(),
             # connect() calls whose own error could not be watched
             "untracked_connect_calls": total(C["CTR_CONNECT_CALLS_FULL"]),
             "untracked_lifetimes": self._open.untracked,
@@ -183,6 +206,10 @@ class ProbeSession:
             "stale_connects": self.stale_connects,
             "missed_runs": self._prog.recursion_misses(PROG_INFO_RECURSION_MISSES),
         }
+
+    def _blocked_unseen(self) -> int:
+        b = self.blocked_accepts
+        return 0 if b is None else b.unseen + b.not_seeded
 
     def listener_counters(self) -> list:
         """Cumulative counters of every listening socket seen (SO_REUSEPORT

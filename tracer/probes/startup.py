@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 
 from tracer.filters import Filters
-from tracer.probes import headers
+from tracer.probes import blocked_accepts, headers, loader
 from tracer.probes.btf import BTFError, kernel_btf
-from tracer.probes.features import BackendUnavailable, choose_backend, probe_features
+from tracer.probes.features import (BackendUnavailable, backends_to_try, failing_loads,
+                                    probe_features)
 from tracer.probes.offsets import OffsetError, drop_reason_cflags, fentry_cflags, offset_cflags
 from tracer.probes.session import ProbeError, ProbeSession
 
@@ -30,9 +31,12 @@ def require_root() -> None:
 
 
 def start(requested: str, filters: Filters) -> ProbeSession:
+    """A loaded session of `requested`; for `auto`, of the first usable
+    backend that loads. Those that failed to load are in info.passed_over
+    (shown on the status line) and the error names each if none loads."""
     require_root()
     features = probe_features(only_to_choose=True)
-    backend = choose_backend(requested, features)
+    candidates = backends_to_try(requested, features)
     headers.ensure_tracefs()
     tree = features.headers
     if tree.path is None:
@@ -43,11 +47,31 @@ def start(requested: str, filters: Filters) -> ProbeSession:
     flags, offsets_from = offset_cflags(btf, tree.matches_running_kernel)
     reason_flags = drop_reason_cflags(btf)
     flags += reason_flags
+    failed: list[str] = []
+    for backend in candidates:
+        try:
+            session = _open(backend, filters, features, tree, btf, flags, offsets_from)
+        except (ProbeError, OffsetError) as e:
+            if len(candidates) == 1:
+                raise
+            failed.append(f"{backend}: {e}")
+            continue
+        session.info.drop_split = bool(reason_flags)   # tracer/blind_spots.py says what it means
+        session.info.passed_over = failed
+        return session
+    raise ProbeError("no backend could be loaded: " + "; ".join(failed))
+
+
+def _open(backend, filters, features, tree, btf, flags, offsets_from) -> ProbeSession:
+    if backend in failing_loads():
+        raise ProbeError(f"cannot load the {backend} programs: made to fail by "
+                         "CONNSCOPE_FAIL_LOAD (a test hook)")
     if backend == "fentry":
-        flags += fentry_cflags(btf)
+        flags = flags + fentry_cflags(btf)
+    if backend != "tracepoint" and blocked_accepts.exit_tracepoints_present(loader.tracefs_root()):
+        flags = flags + [blocked_accepts.CFLAG]
     session = ProbeSession(backend, filters, ringbuf=features.ringbuf.ok, offset_flags=flags,
                            env=headers.bcc_environment(tree), offsets_from=offsets_from,
                            headers=tree.how,
                            btf_data=btf.raw if btf is not None else None)
-    session.info.drop_split = bool(reason_flags)   # tracer/blind_spots.py says what it means
     return session.open()

@@ -50,6 +50,8 @@ def source_line(h: Header, snap: Snapshot | None) -> Text:
     t.append(*SEP)
     t.append("backend ", style="dim")
     t.append(printable(h.backend), style="bold")
+    if h.passed_over:       # `auto` fell back: the reasons are with the blind spots (?)
+        t.append(f", {printable(', '.join(h.passed_over))} failed to load", style="yellow")
     if h.blind_spots:
         spots = printable(", ".join(map(str, h.blind_spots)))
         if len(spots) > BLIND_SPOTS_INLINE:      # the whole list is on the help screen
