@@ -31,6 +31,11 @@
 #define ECONNREFUSED 111
 #define ETIMEDOUT 110
 #define EADDRNOTAVAIL 99
+#define ENETUNREACH 101
+#define EHOSTUNREACH 113
+#define EINPROGRESS 115
+#define EALREADY 114
+#define EISCONN 106
 
 BPF_PERCPU_ARRAY(counters, u64, CTR_MAX);
 
@@ -145,6 +150,10 @@ static __always_inline int ports_wanted(u16 lport, u16 rport)
 #define OFF_FDT_FD offsetof(struct fdtable, fd)
 #define OFF_FILE_PRIVATE_DATA offsetof(struct file, private_data)
 #define OFF_SOCKET_SK offsetof(struct socket, sk)
+#define OFF_SOCKET_STATE offsetof(struct socket, state)
+#define OFF_SOCKET_TYPE offsetof(struct socket, type)
+#define OFF_SK_SOCKET offsetof(struct sock, sk_socket)
+#define OFF_SK_PROTOCOL offsetof(struct sock, sk_protocol)
 #endif
 
 /* Read a kernel struct member at an offset that came from the running
@@ -164,9 +173,10 @@ static __always_inline u32 netns_of(u64 sk)
     return net ? READ_AT(net, OFF_NET_NS_INUM, u32) : 0;
 }
 
-/* The struct sock behind file descriptor fd of the current task, or 0:
- * task->files->fdt->fd[fd]->private_data (a struct socket)->sk. */
-static __always_inline u64 sk_of_fd(int fd)
+/* The private_data of file descriptor fd of the current task, or 0:
+ * task->files->fdt->fd[fd]->private_data (a struct socket if fd is a socket;
+ * anything else otherwise: callers check). */
+static __always_inline u64 socket_of_fd(int fd)
 {
     u64 task = bpf_get_current_task();
     u64 files = READ_AT(task, OFF_TASK_FILES, u64);
@@ -179,7 +189,13 @@ static __always_inline u64 sk_of_fd(int fd)
     u64 file = READ_AT(fds + 8 * (u64)fd, 0, u64);
     if (!file)
         return 0;
-    u64 sock = READ_AT(file, OFF_FILE_PRIVATE_DATA, u64);
+    return READ_AT(file, OFF_FILE_PRIVATE_DATA, u64);
+}
+
+/* The struct sock behind file descriptor fd of the current task, or 0. */
+static __always_inline u64 sk_of_fd(int fd)
+{
+    u64 sock = socket_of_fd(fd);
     return sock ? READ_AT(sock, OFF_SOCKET_SK, u64) : 0;
 }
 

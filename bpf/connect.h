@@ -142,4 +142,178 @@ static __always_inline void connect_forget(u64 sk)
         inflight.delete(&sk);
 }
 
+/* --- Failures connect() returns itself -------------------------------------
+ *
+ * A connect() that fails before the socket enters SYN_SENT (no route:
+ * ENETUNREACH, or EHOSTUNREACH/EACCES/EINVAL from an unreachable, prohibit or
+ * blackhole route; a cgroup connect hook's EPERM; an address the socket
+ * cannot use) never changes the socket's state, so nothing above sees it.
+ * These handlers watch the call itself, keyed by thread:
+ *   connect_call_begin    the call enters, on a fresh TCP socket (the caller
+ *                         checked connect_call_fresh): remember socket,
+ *                         sockaddr and time
+ *   connect_call_reached  the socket enters SYN_SENT inside the call: from
+ *                         there its end is connect_end's (EADDRNOTAVAIL
+ *                         included), so the call reports nothing
+ *   connect_call_end      the call returns: an error from a call that never
+ *                         reached SYN_SENT is one connect event, with the
+ *                         errno the caller got and the destination it asked for
+ * Where the call is seen: the tracepoint backend at the syscall
+ * (sys_enter/exit_connect; the sockaddr is user memory), kprobe and fentry at
+ * inet_stream_connect() (the kernel's copy), which also sees a cgroup
+ * pre-connect hook's refusal and, for a v4-mapped address on an IPv6 socket,
+ * counts once where tcp_v6_connect() calls tcp_v4_connect().
+ */
+#ifndef MAX_CONNECT_CALLS
+#define MAX_CONNECT_CALLS 16384
+#endif
+
+#define SOCK_STREAM 1
+#define SS_UNCONNECTED 1     /* enum socket_state: uapi (include/uapi/linux/net.h) */
+
+/* struct connect_call is in event.h: user space sweeps the map.
+ * One entry per thread inside connect(): bounded by threads, not by peers;
+ * an insert that fails is counted (CTR_CONNECT_CALLS_FULL). A return we
+ * never saw (recursion, a kretprobe instance short) leaves an entry that the
+ * thread's next connect() replaces; user space removes any older than a
+ * connect() can take before its socket enters SYN_SENT (session.py). */
+BPF_HASH(connect_calls, u32, struct connect_call, MAX_CONNECT_CALLS);
+
+/* A TCP socket on which connect() will call the protocol's connect: only a
+ * socket that is unconnected (struct socket) and closed (struct sock) does;
+ * any other gets EISCONN/EALREADY, or the error of an earlier non-blocking
+ * connect that connect_end already reported. */
+static __always_inline int connect_call_fresh(u64 sock, u64 sk)
+{
+    if (READ_AT(sk, OFF_SK_PROTOCOL, u16) != IPPROTO_TCP)
+        return 0;
+    if (READ_AT(sock, OFF_SOCKET_STATE, u32) != SS_UNCONNECTED)
+        return 0;
+    return READ_AT(sk, OFF_SKC_STATE, u8) == TCP_CLOSE;
+}
+
+/* The sockaddr is the caller's: user memory on the tracepoint backend (any
+ * bytes another user chose), the kernel's copy of it on kprobe/fentry. Both
+ * are read with the length the caller gave as the bound, and only in the
+ * socket's own family (anything else failed with EINVAL/EAFNOSUPPORT before
+ * it meant a destination: not reported). */
+#ifdef BACKEND_TRACEPOINT
+#define read_sockaddr bpf_probe_read_user
+#else
+#define read_sockaddr bpf_probe_read_kernel
+#endif
+
+static __always_inline int sockaddr_dest(u64 uaddr, u32 addrlen, u16 family,
+                                         u16 *dport, u8 *daddr)
+{
+    u16 sa_family = 0, port = 0;
+    /* (over 128, sizeof(struct sockaddr_storage), the kernel refused to copy it) */
+    if (addrlen < sizeof(sa_family) || addrlen > 128 ||
+        read_sockaddr(&sa_family, sizeof(sa_family), (void *)uaddr) != 0 ||
+        sa_family != family)
+        return 0;
+    if (family == AF_INET) {
+        if (addrlen < 16 || read_sockaddr(daddr, 4, (void *)(uaddr + 4)) != 0)
+            return 0;
+    } else {
+        if (addrlen < 24 || read_sockaddr(daddr, 16, (void *)(uaddr + 8)) != 0)
+            return 0;
+    }
+    if (read_sockaddr(&port, sizeof(port), (void *)(uaddr + 2)) != 0)
+        return 0;
+    *dport = bpf_ntohs(port);
+    return 1;
+}
+
+static __always_inline void connect_call_begin(u64 sk, u64 uaddr, u32 addrlen)
+{
+    u16 family = READ_AT(sk, OFF_SKC_FAMILY, u16);
+    if (!family_wanted(family))
+        return;
+    u64 id = bpf_get_current_pid_tgid();
+    char comm[16] = {};
+#ifdef FILTER_COMM
+    bpf_get_current_comm(&comm, sizeof(comm));
+#endif
+    if (!task_wanted(id >> 32, comm))
+        return;
+#ifdef FILTER_PORT
+    /* --port: decided before anything is stored (the exit checks again) */
+    u16 dport = 0;
+    u8 daddr[16] = {};
+    if (!sockaddr_dest(uaddr, addrlen, family, &dport, daddr) ||
+        !ports_wanted(READ_AT(sk, OFF_SKC_NUM, u16), dport))
+        return;
+#endif
+    u32 tid = (u32)id;
+    struct connect_call c = {};
+    c.sk = sk;
+    c.uaddr = uaddr;
+    c.addrlen = addrlen;
+    c.ts_ns = bpf_ktime_get_ns();
+    if (connect_calls.update(&tid, &c) != 0)
+        count(CTR_CONNECT_CALLS_FULL);
+}
+
+/* Called where the socket enters SYN_SENT: inside connect(), current task. */
+static __always_inline void connect_call_reached(u64 sk)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct connect_call *c = connect_calls.lookup(&tid);
+    if (c && c->sk == sk)
+        c->reached = 1;
+}
+
+static __always_inline void connect_call_end(void *ctx, long ret)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = (u32)id;
+    struct connect_call *c = connect_calls.lookup(&tid);
+    if (!c)
+        return;
+    struct connect_call call = *c;
+    connect_calls.delete(&tid);
+    /* Success, or the SYN went out (connect_end reports the outcome); the
+     * last three only when another thread's connect() on the same socket
+     * got in first. */
+    if (ret >= 0 || call.reached || ret == -EINPROGRESS || ret == -EALREADY ||
+        ret == -EISCONN)
+        return;
+    u64 sk = call.sk;
+    connect_forget(sk);   /* kprobe/fentry began it at tcp_v4/v6_connect */
+
+    struct connect_event ev = {};
+    ev.family = READ_AT(sk, OFF_SKC_FAMILY, u16);
+    if (!sockaddr_dest(call.uaddr, call.addrlen, ev.family, &ev.dport, ev.daddr))
+        return;
+    /* A socket bound before connect() has its local address and port. */
+    ev.sport = READ_AT(sk, OFF_SKC_NUM, u16);
+    if (!ports_wanted(ev.sport, ev.dport))
+        return;
+    if (ev.family == AF_INET)
+        bpf_probe_read_kernel(ev.saddr, 4, (void *)(sk + OFF_SKC_RCV_SADDR));
+    else
+        bpf_probe_read_kernel(ev.saddr, 16, (void *)(sk + OFF_SKC_V6_RCV_SADDR));
+    ev.type = EV_CONNECT;
+    ev.ts_start_ns = call.ts_ns;
+    ev.ts_end_ns = bpf_ktime_get_ns();
+    ev.pid = id >> 32;
+    ev.tid = tid;
+    ev.sk = sk;
+    bpf_get_current_comm(&ev.comm, sizeof(ev.comm));
+    ev.err = -ret;
+    /* (ECONNREFUSED/ETIMEDOUT only if the SYN_SENT tracepoint run was
+     * skipped: then this is the one report of it, named as connect_end would) */
+    if (ev.err == ENETUNREACH || ev.err == EHOSTUNREACH)
+        ev.outcome = OUTCOME_UNREACHABLE;
+    else if (ev.err == ECONNREFUSED)
+        ev.outcome = OUTCOME_REFUSED;
+    else if (ev.err == ETIMEDOUT)
+        ev.outcome = OUTCOME_TIMEOUT;
+    else
+        ev.outcome = OUTCOME_ERROR;
+    ev.netns = netns_of(sk);
+    emit(ctx, &ev, sizeof(ev));
+}
+
 #endif

@@ -14,13 +14,14 @@
 #define EV_ACCEPT 2
 #define EV_CLOSE 3
 
-/* connect outcomes, decided when the socket leaves SYN_SENT */
+/* connect outcomes, decided when the socket leaves SYN_SENT, or when
+ * connect() returns an error without the socket ever entering it */
 #define OUTCOME_ESTABLISHED 0  /* SYN-ACK, or a crossing SYN (simultaneous open) */
 #define OUTCOME_REFUSED 1      /* RST in answer to the SYN (sk_err ECONNREFUSED) */
 #define OUTCOME_TIMEOUT 2      /* the kernel's SYN retries exhausted (sk_err ETIMEDOUT) */
-#define OUTCOME_ERROR 3        /* connect() itself failed before a SYN went out (err: its errno) */
+#define OUTCOME_ERROR 3        /* connect() itself failed, no SYN went out (err: its errno) */
 #define OUTCOME_ABANDONED 4    /* closed by the application while SYN_SENT, no sk_err */
-#define OUTCOME_UNREACHABLE 5  /* any other sk_err: an ICMP error answered the SYN */
+#define OUTCOME_UNREACHABLE 5  /* other sk_err (ICMP error), or connect() failed ENETUNREACH/EHOSTUNREACH */
 
 /* counters[] slots, summed over CPUs by user space */
 #define CTR_LOST_EVENTS 0      /* ring/perf buffer full: event dropped */
@@ -28,6 +29,7 @@
 #define CTR_HANDSHAKES_FULL 2  /* accept wait not measured: handshake map full */
 #define CTR_LISTENERS_FULL 3   /* listener not tracked: listener map full */
 #define CTR_ACCEPTING_FULL 4   /* accept() not seen: map of threads in accept() full */
+#define CTR_CONNECT_CALLS_FULL 5 /* connect() not watched for its own error: map of threads in connect() full */
 /* (user space counts the in-flight connects it sweeps as stale: session.py) */
 #define CTR_MAX 8
 
@@ -37,7 +39,7 @@ struct connect_event {
     __u32 tid;
     __s32 err;           /* errno when it failed (sk_err, or connect()'s own), 0 otherwise */
     __u64 ts_start_ns;   /* connect() entered, CLOCK_MONOTONIC */
-    __u64 ts_end_ns;     /* socket left SYN_SENT */
+    __u64 ts_end_ns;     /* socket left SYN_SENT, or connect() returned its error */
     __u64 sk;            /* kernel socket address: correlation key only */
     __u8 saddr[16];      /* IPv4 in the first 4 bytes */
     __u8 daddr[16];
@@ -145,6 +147,16 @@ struct inflight_connect {
     __u8 have_dest;
     char comm[16];
     __u8 pad[2];
+};
+
+/* A thread inside connect() on a fresh TCP socket (map `connect_calls`,
+ * keyed by thread id): connect.h, connect_call_*. */
+struct connect_call {
+    __u64 sk;
+    __u64 uaddr;         /* the struct sockaddr the caller passed */
+    __u64 ts_ns;         /* connect() entered, CLOCK_MONOTONIC */
+    __u32 addrlen;
+    __u32 reached;       /* the socket entered SYN_SENT in this call */
 };
 
 /* --comm: the one process name wanted (map `filter_comm`, index 0). */

@@ -42,6 +42,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 #else
         connect_dest(sk, args->dport, daddr);
 #endif
+        connect_call_reached(sk);
         return 0;
     }
     if (oldstate == TCP_SYN_SENT) {
@@ -131,6 +132,32 @@ TRACEPOINT_PROBE(skb, kfree_skb)
     return 0;
 }
 #endif
+#endif
+
+#ifdef BACKEND_TRACEPOINT
+/* connect() failing before SYN_SENT (connect.h, connect_call_*). Every
+ * connect() of every process comes here (UDP, AF_UNIX too): anything but a
+ * fresh TCP socket leaves after a few reads. private_data is a struct socket
+ * only if fd is a socket: its sock must point back at it. */
+TRACEPOINT_PROBE(syscalls, sys_enter_connect)
+{
+    u64 sock = socket_of_fd((int)args->fd);
+    /* (struct socket's type first: UDP, the common other connect(), leaves
+     * two reads sooner) */
+    if (!sock || READ_AT(sock, OFF_SOCKET_TYPE, u16) != SOCK_STREAM)
+        return 0;
+    u64 sk = READ_AT(sock, OFF_SOCKET_SK, u64);
+    if (!sk || READ_AT(sk, OFF_SK_SOCKET, u64) != sock || !connect_call_fresh(sock, sk))
+        return 0;
+    connect_call_begin(sk, (u64)args->uservaddr, (u32)args->addrlen);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_connect)
+{
+    connect_call_end(args, args->ret);
+    return 0;
+}
 #endif
 
 /* accept() has no tracepoint of its own: the syscall ones are the only
@@ -223,6 +250,16 @@ static __always_inline void connect_entered(u64 sk, u16 fn_family)
     connect_begin(sk, family, 0, 0);
 }
 
+/* inet_stream_connect(sock, uaddr, addr_len, flags): every connect() of a
+ * TCP socket (and io_uring's, and the kernel's own), before the cgroup
+ * pre-connect hook and before tcp_v4/v6_connect (connect.h, connect_call_*). */
+static __always_inline void stream_connect_entered(u64 sock, u64 uaddr, int addr_len)
+{
+    u64 sk = READ_AT(sock, OFF_SOCKET_SK, u64);
+    if (sk && connect_call_fresh(sock, sk))
+        connect_call_begin(sk, uaddr, (u32)addr_len);
+}
+
 /* inet_csk_accept returned through the kretprobe/fexit: a call seen from its
  * start. If its thread was blocked in accept() when we started, it is not
  * blocked since then any more: the syscall exit must not count this call. */
@@ -271,6 +308,19 @@ int kp_tcp_v4_connect(struct pt_regs *ctx)
 int kp_tcp_v6_connect(struct pt_regs *ctx)
 {
     connect_entered((u64)PT_REGS_PARM1(ctx), AF_INET6);
+    return 0;
+}
+
+int kp_inet_stream_connect(struct pt_regs *ctx)
+{
+    stream_connect_entered((u64)PT_REGS_PARM1(ctx), (u64)PT_REGS_PARM2(ctx),
+                           (int)PT_REGS_PARM3(ctx));
+    return 0;
+}
+
+int kretp_inet_stream_connect(struct pt_regs *ctx)
+{
+    connect_call_end(ctx, (long)(int)PT_REGS_RC(ctx));
     return 0;
 }
 
@@ -325,6 +375,20 @@ KFUNC_PROBE(tcp_v4_connect, void *sk)
 KFUNC_PROBE(tcp_v6_connect, void *sk)
 {
     connect_entered((u64)sk, AF_INET6);
+    return 0;
+}
+#endif
+
+#ifndef NO_FENTRY_INET_STREAM_CONNECT
+KFUNC_PROBE(inet_stream_connect, void *sock, void *uaddr, int addr_len)
+{
+    stream_connect_entered((u64)sock, (u64)uaddr, addr_len);
+    return 0;
+}
+
+KRETFUNC_PROBE(inet_stream_connect, void *sock, void *uaddr, int addr_len, int flags, int ret)
+{
+    connect_call_end(ctx, ret);
     return 0;
 }
 #endif

@@ -59,7 +59,8 @@ def drop_reasons_from_btf(btf) -> DropReasons:
 # ---- short lines: the TUI's "cannot see", the manifest ----------------------
 
 IO_URING = ("accepts made through io_uring or inside the kernel (no accept() syscall): "
-            "no accept rows or queue waits for them")
+            "no accept rows or queue waits for them; likewise io_uring connects that fail "
+            "before any SYN (no route, a policy): no row")
 SYSCALL_COST = "accept() seen through syscall tracepoints (small cost on every syscall)"
 OTHER_NETNS = "SYN-time drops only for listeners in this network namespace"
 
@@ -99,6 +100,10 @@ def exactness(backend: str, reasons: DropReasons, kernel: str = "") -> list[tupl
     here = f"kernel {kernel}" if kernel else "this kernel"
     out: list[tuple[str, str]] = [
         ("exact", "connect attempts and latency (socket state changes, every backend)"),
+        ("exact", "connects that fail inside connect() before any SYN (no route, a route or "
+                  "policy that forbids it), with connect()'s errno: "
+                  + ("inet_stream_connect" if backend in ("kprobe", "fentry")
+                     else "syscalls:sys_{enter,exit}_connect")),
     ]
     if backend in ("kprobe", "fentry"):
         out.append(("exact", "accept-queue drops, ACK-time (drops) and SYN-time (syn_drops), "

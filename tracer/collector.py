@@ -103,7 +103,10 @@ class Collector:
             decode_errors=c["decode_errors"],
             inflight=self.session.inflight(),
             untracked_other=(c.get("untracked_accept_waits", 0) + c.get("untracked_listeners", 0)
-                             + c.get("untracked_lifetimes", 0) + c.get("untracked_accepts", 0)),
+                             + c.get("untracked_lifetimes", 0) + c.get("untracked_accepts", 0)
+                             # connect() calls not watched for their own error (most
+                             # then send a SYN and are tracked all the same)
+                             + c.get("untracked_connect_calls", 0)),
             missed_runs=c.get("missed_runs", 0),
             evicted_by=self.evicted_by(),
         )

@@ -72,6 +72,7 @@ CloseRecord = _STRUCTS["close_event"]
 ListenerKey = _STRUCTS["listener_key"]
 ListenerStatsRecord = _STRUCTS["listener_stats"]
 InflightRecord = _STRUCTS["inflight_connect"]
+ConnectCallRecord = _STRUCTS["connect_call"]
 
 # kernel code (bpf/event.h) -> outcome name (tracer/domain/outcomes.py)
 OUTCOMES = {

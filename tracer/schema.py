@@ -85,14 +85,16 @@ _COLUMNS: dict[str, list[Column]] = {
         Column("latency_us", _F64,
                "connect() call to the socket leaving SYN_SENT, microseconds: the time to the "
                "answer (established, refused, unreachable), the time the caller waited (timeout, "
-               "abandoned), the time inside connect() (error); filter on outcome = 'established' "
+               "abandoned), the time inside connect() (error, and unreachable for lack of a route, "
+               "syn_retransmits 0); filter on outcome = 'established' "
                "for handshake latency; null only in recordings older than these outcomes "
                "(timeout and error rows had none)", True),
         Column("outcome", _STR, outcomes.schema_description()),
         Column("syn_retransmits", _I32, "SYN retransmissions before the attempt resolved"),
         Column("errno", _I32,
                "error of a failed attempt: the socket's (111 ECONNREFUSED, 110 ETIMEDOUT, "
-               "113 EHOSTUNREACH, ...) or connect()'s own (99 EADDRNOTAVAIL); 0 if abandoned; "
+               "113 EHOSTUNREACH, ...) or connect()'s own (101 ENETUNREACH, 13 EACCES, "
+               "99 EADDRNOTAVAIL, ...); 0 if abandoned; "
                "null if established", True),
         Column("netns", _I64, "network namespace of the socket (inode of /proc/PID/ns/net of "
                "the process that connected); null if unknown (older recordings)", True),

@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
 
@@ -220,3 +221,359 @@ def test_live_view_shows_an_abandoned_connect_pending_then_as_a_timeout(collecto
     rec = connect_row(ev, Clock())
     assert rec["outcome"] == "abandoned" and rec["errno"] == 0
     assert 1_400_000 <= rec["latency_us"] <= waited_us
+
+
+# --- Errors connect() returns itself, before any SYN (connect.h, connect_call_*)
+
+NOROUTE_NET4 = "10.99.0"        # no route at all in a namespace with only lo
+UNREACH_NET4 = "10.99.1"        # ip route add unreachable
+PROHIBIT_NET4 = "10.99.2"       # ip route add prohibit
+BLACKHOLE_ROUTE_NET4 = "10.99.3"  # ip route add blackhole
+NOROUTE_NET6 = "fd00:99::"
+UNREACH_NET6 = "fd00:98::"
+CALL_ATTEMPTS = 5
+
+
+def _failing_connects(ns: str, family: int, target: str, port: int, blocking: bool,
+                      n: int = CALL_ATTEMPTS) -> list[int]:
+    """n connect()s from fresh sockets in ns; the errno each got (0 if none)."""
+    got = []
+    for _ in range(n):
+        s = socket_in(ns, family)
+        try:
+            s.setblocking(blocking)
+            got.append(s.connect_ex((target, port)))
+        finally:
+            s.close()
+    return got
+
+
+def _rows_in(tracer, port: int, target: str, inode: int) -> list:
+    return [e for e in tracer.connects_to(port, target) if e.netns == inode]
+
+
+@pytest.mark.parametrize("blocking", [True, False], ids=["blocking", "nonblocking"])
+@pytest.mark.parametrize("family", [4, 6])
+def test_connect_with_no_route_is_unreachable_with_the_clients_errno(tracer, family, blocking):
+    """A namespace with only lo: connect() fails at once with ENETUNREACH, the
+    socket never enters SYN_SENT. One row per call, the errno the client got,
+    the destination it asked for, its pid and the namespace."""
+    fam = socket.AF_INET if family == 4 else socket.AF_INET6
+    target = f"{NOROUTE_NET4}.7" if family == 4 else f"{NOROUTE_NET6}7"
+    port = 5432 if blocking else 5433
+    with scratch_netns() as ns:
+        inode = netns_inode(ns)
+        t0 = time.perf_counter_ns()
+        got = _failing_connects(ns, fam, target, port, blocking)
+        elapsed_us = (time.perf_counter_ns() - t0) / 1000
+        tracer.wait_for(lambda ev: len(_rows_in(tracer, port, target, inode)) >= len(got))
+    assert set(got) == {errno.ENETUNREACH}, got   # what the client saw
+    rows = _rows_in(tracer, port, target, inode)
+    assert len(rows) == len(got)
+    for ev in rows:
+        assert (ev.outcome, ev.err, ev.family, ev.pid, ev.sport) == (
+            "unreachable", errno.ENETUNREACH, family, os.getpid(), 0)
+        assert ev.syn_retransmits == 0
+        assert ev.latency_us is not None and 0 <= ev.latency_us <= elapsed_us
+    assert len({e.sk for e in rows}) >= 1
+    print(f"client errno {got[0]} x{len(got)}; tracer: {len(rows)} x {rows[0].outcome} "
+          f"errno {rows[0].err}, max {max(e.latency_us for e in rows):.1f} us in connect()")
+
+
+ROUTE_TYPES = {   # route type -> (IPv4 net, IPv6 net or None)
+    "unreachable": (UNREACH_NET4, UNREACH_NET6),
+    "prohibit": (PROHIBIT_NET4, None),
+    "blackhole": (BLACKHOLE_ROUTE_NET4, None),
+}
+
+
+@pytest.mark.parametrize("blocking", [True, False], ids=["blocking", "nonblocking"])
+def test_connect_refused_by_a_route_has_the_errno_the_client_got(tracer, blocking):
+    """`ip route add unreachable|prohibit|blackhole`: connect() fails in the
+    route lookup (EHOSTUNREACH, EACCES, EINVAL on these kernels; the client's
+    own errno is the truth). EHOSTUNREACH is `unreachable`, the others `error`,
+    each with its errno."""
+    port = 6543 if blocking else 6544
+    with scratch_netns() as ns:
+        inode = netns_inode(ns)
+        targets = []
+        for kind, (net4, net6) in ROUTE_TYPES.items():
+            _ip("-n", ns, "route", "add", kind, f"{net4}.0/24")
+            targets.append((kind, socket.AF_INET, f"{net4}.9"))
+            if net6:
+                _ip("-n", ns, "-6", "route", "add", kind, f"{net6}/64")
+                targets.append((kind, socket.AF_INET6, f"{net6}9"))
+        got = {t: _failing_connects(ns, t[1], t[2], port, blocking, n=3) for t in targets}
+        tracer.wait_for(lambda ev: all(len(_rows_in(tracer, port, t[2], inode)) >= 3
+                                       for t in targets))
+    seen = {}
+    for t in targets:
+        kind, fam, target = t
+        [client_errno] = set(got[t])
+        assert client_errno not in (0, errno.EINPROGRESS), (t, got[t])
+        rows = _rows_in(tracer, port, target, inode)
+        assert len(rows) == 3, (t, rows)
+        want = "unreachable" if client_errno in (errno.ENETUNREACH, errno.EHOSTUNREACH) else "error"
+        assert {(e.outcome, e.err, e.pid) for e in rows} == {(want, client_errno, os.getpid())}, t
+        seen[(kind, 4 if fam == socket.AF_INET else 6)] = errno.errorcode[client_errno]
+    # what these routes mean to connect(), as the client saw it
+    assert seen[("unreachable", 4)] == "EHOSTUNREACH"
+    assert seen[("prohibit", 4)] == "EACCES"
+    print(seen)
+
+
+def _listener_in(ns: str, port: int) -> socket.socket:
+    srv = socket_in(ns)
+    srv.bind(("127.0.0.1", port))
+    srv.listen(16)
+    return srv
+
+
+def test_connects_that_send_a_syn_give_one_row_each(tracer):
+    """The call's own watch must not add a row where the socket's state
+    already gives one: established (blocking, and non-blocking EINPROGRESS),
+    refused (blocking: connect() returns ECONNREFUSED; non-blocking: the
+    second connect() returns the earlier error), EALREADY on a connect in
+    progress, EISCONN on a connected socket."""
+    port_ok, port_closed = 7071, 7072
+    with scratch_netns() as ns:
+        inode = netns_inode(ns)
+        srv = _listener_in(ns, port_ok)
+        socks = []
+        try:
+            a = socket_in(ns)
+            socks.append(a)
+            assert a.connect_ex(("127.0.0.1", port_ok)) == 0
+            assert a.connect_ex(("127.0.0.1", port_ok)) == errno.EISCONN
+            b = socket_in(ns)
+            socks.append(b)
+            b.setblocking(False)
+            assert b.connect_ex(("127.0.0.1", port_ok)) in (0, errno.EINPROGRESS)
+            c = socket_in(ns)
+            socks.append(c)
+            assert c.connect_ex(("127.0.0.1", port_closed)) == errno.ECONNREFUSED
+            d = socket_in(ns)
+            socks.append(d)
+            d.setblocking(False)
+            assert d.connect_ex(("127.0.0.1", port_closed)) in (errno.EINPROGRESS,
+                                                                 errno.ECONNREFUSED)
+            time.sleep(0.1)
+            again = d.connect_ex(("127.0.0.1", port_closed))   # the earlier error, once
+            assert again in (errno.ECONNREFUSED, errno.ECONNABORTED, errno.EINVAL, 0), again
+            # EALREADY: a SYN nobody answers (a TUN device nobody reads)
+            _ip("-n", ns, "tuntap", "add", "dev", "bh0", "mode", "tun")
+            _ip("-n", ns, "addr", "add", f"{BLACKHOLE_NET}.1/24", "dev", "bh0")
+            _ip("-n", ns, "link", "set", "bh0", "up")
+            e = socket_in(ns)
+            socks.append(e)
+            e.setblocking(False)
+            assert e.connect_ex((f"{BLACKHOLE_NET}.4", port_ok)) == errno.EINPROGRESS
+            assert e.connect_ex((f"{BLACKHOLE_NET}.4", port_ok)) == errno.EALREADY
+        finally:
+            for s in socks:
+                s.close()
+            srv.close()
+        tracer.wait_for(lambda ev: len(_rows_in(tracer, port_ok, "127.0.0.1", inode)) >= 2
+                        and len(_rows_in(tracer, port_closed, "127.0.0.1", inode)) >= 2
+                        and _rows_in(tracer, port_ok, f"{BLACKHOLE_NET}.4", inode))
+    ok = _rows_in(tracer, port_ok, "127.0.0.1", inode)
+    closed = _rows_in(tracer, port_closed, "127.0.0.1", inode)
+    pending = _rows_in(tracer, port_ok, f"{BLACKHOLE_NET}.4", inode)
+    assert sorted(e.outcome for e in ok) == ["established", "established"]
+    assert sorted((e.outcome, e.err) for e in closed) == [("refused", 111), ("refused", 111)]
+    assert [(e.outcome, e.err) for e in pending] == [("abandoned", 0)]
+
+
+PROG_TYPE_CGROUP_SOCK_ADDR = 18
+ATTACH_CGROUP_INET4_CONNECT = 10
+BPF_PROG_ATTACH = 8
+# r0 = 0; exit: a cgroup connect4 program that refuses every connect()
+DENY_ALL = bytes([0xb7, 0, 0, 0, 0, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0])
+
+# Joins the cgroup, then the namespace (not `ip netns exec`: it mounts a
+# fresh /sys, where the cgroup is not).
+CHILD = """
+import ctypes, os, socket, sys
+with open(sys.argv[1] + "/cgroup.procs", "w") as f:
+    f.write(str(os.getpid()))
+fd = os.open("/run/netns/" + sys.argv[3], os.O_RDONLY)
+assert ctypes.CDLL(None, use_errno=True).setns(fd, 0x40000000) == 0, ctypes.get_errno()
+got = []
+for blocking in (True, False):
+    s = socket.socket()
+    s.setblocking(blocking)
+    got.append(s.connect_ex(("127.0.0.1", int(sys.argv[2]))))
+    s.close()
+print(os.getpid(), *got)
+"""
+
+
+def _cgroup2_root() -> str | None:
+    with open("/proc/mounts") as f:
+        for line in f:
+            dev, mnt, fstype, *_ = line.split()
+            if fstype == "cgroup2":
+                return mnt
+    return None
+
+
+def test_connect_refused_by_a_cgroup_policy_is_an_error_with_eperm(tracer):
+    """A cgroup connect4 BPF program (what container network policies use)
+    refuses before the protocol's connect runs: the row says error, EPERM,
+    the refused process and its destination, though a listener was there."""
+    import ctypes
+    import struct
+
+    from tracer.probes import bpf_syscall as sc
+
+    root = _cgroup2_root()
+    if root is None:
+        pytest.skip("no cgroup v2 hierarchy mounted (needed to attach a connect policy)")
+    port = 7081
+    cg = os.path.join(root, f"csconnerr-{os.getpid()}")
+    os.mkdir(cg)
+    prog = cg_fd = None
+    try:
+        prog, _ = sc.prog_load(PROG_TYPE_CGROUP_SOCK_ADDR, DENY_ALL, name="cs_deny",
+                               expected_attach_type=ATTACH_CGROUP_INET4_CONNECT)
+        cg_fd = os.open(cg, os.O_RDONLY | os.O_DIRECTORY)
+        attr = ctypes.create_string_buffer(16)
+        struct.pack_into("<IIII", attr, 0, cg_fd, prog, ATTACH_CGROUP_INET4_CONNECT, 0)
+        sc.bpf(BPF_PROG_ATTACH, attr)
+        with scratch_netns() as ns:
+            inode = netns_inode(ns)
+            srv = _listener_in(ns, port)
+            try:
+                proc = subprocess.run([sys.executable, "-c", CHILD, cg, str(port), ns],
+                                      capture_output=True, text=True, timeout=30)
+            finally:
+                srv.close()
+            assert proc.returncode == 0, proc.stderr
+            pid, *got = (int(x) for x in proc.stdout.split())
+            tracer.wait_for(lambda ev: len(_rows_in(tracer, port, "127.0.0.1", inode)) >= 2)
+    finally:
+        if cg_fd is not None:
+            os.close(cg_fd)
+        if prog is not None:
+            os.close(prog)
+        os.rmdir(cg)   # the child has exited; the attachment goes with the cgroup
+    assert got == [errno.EPERM, errno.EPERM]   # what the client saw
+    rows = _rows_in(tracer, port, "127.0.0.1", inode)
+    assert [(e.outcome, e.err, e.pid, e.sport) for e in rows] == [("error", errno.EPERM, pid, 0)] * 2
+    print(f"client errno {got}; tracer: {[(e.outcome, e.err, e.comm) for e in rows]}")
+
+
+def test_live_view_record_and_replay_show_connects_own_errors(collector_run):
+    """Through the real collection loop: connect()s with no route fill the
+    destination's row (under ERR, as unreachable), the event log names the
+    errno, and the recorded row replays as the same event."""
+    from tracer.clock import Clock
+    from tracer.replay.rows import connect_from_row
+    from tracer.sinks.recorder import connect_row
+
+    target, port, n = f"{NOROUTE_NET4}.8", 5439, 7
+    with scratch_netns() as ns:
+        inode = netns_inode(ns)
+        with collector_run(0.25) as run:
+            got = _failing_connects(ns, socket.AF_INET, target, port, True, n=n)
+            time.sleep(1.0)
+    assert got == [errno.ENETUNREACH] * n
+
+    final = next(r for r in run.snapshots[-1].destinations if r.label == f"{target}:{port}")
+    assert (final.attempts, final.established, final.unreachable, final.errors,
+            final.timeouts, final.pending) == (n, 0, n, n, 0, 0)
+    texts = [x.text for s in run.snapshots for x in s.notable]
+    assert any(target in t and "unreachable (errno 101 ENETUNREACH)" in t for t in texts), texts
+    mine = [e for e in run.events if getattr(e, "daddr", None) == target]
+    assert len(mine) == n
+    clock = Clock()
+    for ev in mine:
+        row = connect_row(ev, clock)
+        assert (row["outcome"], row["errno"], row["netns"], row["syn_retransmits"]) == (
+            "unreachable", 101, inode, 0)
+        assert row["latency_us"] is not None and row["latency_us"] < 1_000_000
+        back = connect_from_row(row)
+        assert (back.outcome, back.err, back.daddr, back.dport, back.pid, back.netns) == (
+            ev.outcome, ev.err, ev.daddr, ev.dport, ev.pid, ev.netns)
+
+
+def test_connect_call_whose_return_was_missed_is_swept(tracer):
+    """An entry left in `connect_calls` as if the connect() return had been
+    missed (recursion, a kretprobe instance short): removed once older than
+    any connect() waits before its socket enters SYN_SENT, a fresh one kept."""
+    import struct
+
+    from tracer import events
+    from tracer.probes.session import STALE_CONNECT_CALL_S
+
+    session = tracer.session
+    table = session._prog.maps["connect_calls"]
+    base = time.monotonic_ns()
+    now = base + (STALE_CONNECT_CALL_S + 100) * 10**9
+
+    def entry(age_s: float) -> bytes:
+        v = events.ConnectCallRecord()
+        v.sk = 0xFFFFFFFFFFFFF000
+        v.ts_ns = now - int(age_s * 1e9)
+        v.addrlen = 16
+        return bytes(v)
+
+    # thread ids no thread has (above pid_max's ceiling of 2^22)
+    stale_key, fresh_key = struct.pack("<I", 0xFFFFFFF0), struct.pack("<I", 0xFFFFFFF1)
+    table.update(stale_key, entry(STALE_CONNECT_CALL_S + 10))
+    table.update(fresh_key, entry(1))
+    try:
+        assert session.sweep_stale_connect_calls(now) == 1
+        assert table.lookup(stale_key) is None
+        assert table.lookup(fresh_key) is not None
+        assert session.sweep_stale_connect_calls(now) == 0
+    finally:
+        table.delete(stale_key)
+        table.delete(fresh_key)
+
+
+HOSTILE_CHILD = r"""
+import ctypes, socket, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+port = int(sys.argv[1])
+def call(fd, addr, length):
+    r = libc.connect(fd, addr, length)
+    return 0 if r == 0 else ctypes.get_errno()
+sin = struct.pack("!HH4s8x", socket.AF_INET, port, socket.inet_aton("10.99.0.9"))
+sin = struct.pack("=H", socket.AF_INET) + sin[2:]          # sa_family is host order
+sin6 = struct.pack("=H", socket.AF_INET6) + struct.pack("!H", port) + bytes(24)
+got = []
+for addr, length in ((ctypes.c_void_p(16), 16),            # unmapped pointer: EFAULT
+                     (sin, -1),                            # negative length: EINVAL
+                     (sin, 200),                           # over sockaddr_storage: EINVAL
+                     (sin, 8),                             # short: EINVAL
+                     (sin6, len(sin6)),                    # the other family: EAFNOSUPPORT
+                     (sin, len(sin))):                     # a real no-route failure
+    s = socket.socket()
+    got.append(call(s.fileno(), addr, length))
+    s.close()
+print(*got)
+"""
+
+
+def test_hostile_sockaddrs_from_an_unprivileged_user_give_no_rows(tracer):
+    """An unprivileged user's connect() calls with a bad pointer, bad lengths
+    and the wrong family: the tracer reads at most the bytes the family needs,
+    within the length given and the kernel's bound, and reports only the call
+    that meant a destination (ENETUNREACH)."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv not installed (util-linux)")
+    port = 5440
+    with scratch_netns() as ns:
+        inode = netns_inode(ns)
+        proc = subprocess.run(["ip", "netns", "exec", ns, "setpriv", "--reuid=65534",
+                               "--regid=65534", "--clear-groups", "/usr/bin/python3", "-I", "-c",
+                               HOSTILE_CHILD, str(port)],
+                              capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 0, proc.stderr
+        got = [int(x) for x in proc.stdout.split()]
+        tracer.wait_for(lambda ev: _rows_in(tracer, port, "10.99.0.9", inode))
+    assert got == [errno.EFAULT, errno.EINVAL, errno.EINVAL, errno.EINVAL, errno.EAFNOSUPPORT,
+                   errno.ENETUNREACH], got
+    rows = [e for e in tracer.connects_to(port) if e.netns == inode]
+    assert [(e.outcome, e.err, e.daddr) for e in rows] == [("unreachable", 101, "10.99.0.9")]

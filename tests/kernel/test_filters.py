@@ -25,7 +25,8 @@ pytestmark = pytest.mark.kernel
 N = 5
 
 # argv: family (4|6), comm. Prints "port P", waits for "go", then connects to
-# itself N times and accepts each; prints "done". Every wait is bounded.
+# itself N times and accepts each, then makes N connect()s to its port that
+# fail with ENETUNREACH; prints "done". Every wait is bounded.
 _CLIENT = r"""
 import select, socket, sys
 family, comm, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -49,6 +50,13 @@ for _ in range(n):
     held += [c, a]
 for s in held:
     s.close()
+# connect()s that fail before any SYN (a multicast destination: ENETUNREACH
+# from the route check, nothing sent), to its own port
+unreachable = "224.0.0.1" if family == "4" else "ff02::1"
+for _ in range(n):
+    c = socket.socket(af, socket.SOCK_STREAM)
+    assert c.connect_ex((unreachable, srv.getsockname()[1])) == 101
+    c.close()
 print("done", flush=True)
 """
 
@@ -107,7 +115,7 @@ def _run(filters_for, family_a=4, family_b=4):
         b.finish()
         # wait until A's traffic (or B's, for filters that keep B) has arrived
         seen = tracer.wait_for(
-            lambda ev: any(len(_mine(ev, w)[0]) >= N and len(_mine(ev, w)[1]) >= N
+            lambda ev: any(len(_mine(ev, w)[0]) >= 2 * N and len(_mine(ev, w)[1]) >= N
                            for w in (a, b)), timeout_s=10, settle_s=1.0)
     finally:
         tracer.close()
@@ -117,11 +125,12 @@ def _run(filters_for, family_a=4, family_b=4):
 
 def _exactly(side, w: Worker, family: int):
     connects, accepts = side
-    assert len(connects) == N, f"{w.comm}: {len(connects)} connects seen, made {N}"
+    assert len(connects) == 2 * N, f"{w.comm}: {len(connects)} connects seen, made {2 * N}"
     assert len(accepts) == N, f"{w.comm}: {len(accepts)} accepts seen, made {N}"
     assert {e.pid for e in connects + accepts} == {w.pid}
     assert {e.family for e in connects + accepts} == {family}
-    assert all(e.outcome == "established" for e in connects)
+    assert sorted((e.outcome, e.err) for e in connects) == (
+        [("established", 0)] * N + [("unreachable", 101)] * N)
 
 
 def _none(side, w: Worker):

@@ -309,3 +309,68 @@ def test_small_perf_buffer_with_a_stalled_reader_counts_every_lost_connect(monke
     assert seen + c["lost_events"] == made, (seen, c)
     assert set(sports[-len(cpus):]) <= {r["sport"] for r in rec.rows}
     assert_shown(rec, c["lost_events"])
+
+
+def test_tiny_connect_call_map_counts_every_unwatched_connect(monkeypatch, capfd, tmp_path):
+    """A map of 2 threads inside connect() (bpf/connect.h, connect_calls),
+    held by 2 threads blocked connecting into a black hole: the N connect()s
+    that fail meanwhile for lack of a route cannot be watched and are counted;
+    the N after the black-holed ones return are recorded. Recorded + counted
+    == made."""
+    import ctypes as C
+    import struct
+    import subprocess
+
+    from tests.kernel.test_connect_outcomes import scratch_netns, _ip
+    from tests.kernel.netlab import socket_in
+
+    slots, n = 2, 5
+    lst = Listener(backlog=8)    # only its port: the port filter's, and the target's
+    port = lst.port
+    made = {}
+
+    def traffic():
+        with scratch_netns() as ns:
+            _ip("-n", ns, "tuntap", "add", "dev", "bh0", "mode", "tun")
+            _ip("-n", ns, "addr", "add", "10.251.0.1/24", "dev", "bh0")
+            _ip("-n", ns, "link", "set", "bh0", "up")
+            started = threading.Barrier(slots + 1)
+
+            def held():
+                name_this_thread(COMM)
+                s = socket_in(ns)
+                # a blocking connect() that gives up after 1.5 s (EINPROGRESS)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 1, 500_000))
+                started.wait(5)
+                try:
+                    s.connect(("10.251.0.9", port))
+                except OSError:
+                    pass
+                s.close()
+
+            holders = [threading.Thread(target=held) for _ in range(slots)]
+            for t in holders:
+                t.start()
+            started.wait(5)
+            time.sleep(0.3)          # both inside connect(), holding the map
+            made["while_full"] = [socket_in(ns).connect_ex(("10.99.0.7", port))
+                                  for _ in range(n)]
+            for t in holders:
+                t.join(10)
+            made["after"] = [socket_in(ns).connect_ex(("10.99.0.7", port)) for _ in range(n)]
+
+    try:
+        rec = record_with(monkeypatch, capfd, tmp_path, port, traffic,
+                          sizes={"max_connect_calls": slots}, duration=4.0)
+    finally:
+        lst.close()
+    assert made["while_full"] == made["after"] == [101] * n   # ENETUNREACH, as the client saw
+    c = rec.counters
+    unreach = [r for r in rec.rows if r["daddr"] == "10.99.0.7"]
+    print(f"connect calls: made {2 * n} failing, recorded {len(unreach)}, "
+          f"untracked_connect_calls {c['untracked_connect_calls']}")
+    assert [(r["outcome"], r["errno"]) for r in unreach] == [("unreachable", 101)] * n
+    assert c["untracked_connect_calls"] == n, c
+    assert len(unreach) + c["untracked_connect_calls"] == 2 * n
+    last = [ln for ln in rec.stderr.splitlines() if "(stopped)" in ln]
+    assert last and f"lost {n} " in last[-1], rec.stderr

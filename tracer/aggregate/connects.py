@@ -93,7 +93,7 @@ class ConnectRow:
     pending: int = 0       # connects still waiting for an answer
     oldest_pending_s: float | None = None
     abandoned: int = 0     # the application gave up (closed while SYN_SENT)
-    unreachable: int = 0   # an ICMP error answered the SYN
+    unreachable: int = 0   # no route (connect()'s own error), or an ICMP error answered the SYN
     abandoned_max_wait_us: float | None = None   # longest an abandoned connect waited
 
     # Where failures are summarised (TUI columns, report findings): an

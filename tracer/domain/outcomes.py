@@ -1,9 +1,10 @@
 """Connect outcomes: their names, and which count as a failure, a timeout or
 an error wherever failures are summarised (live view, report, replay).
 
-The kernel decides the outcome when the socket leaves SYN_SENT (bpf/connect.h,
-codes in bpf/event.h); the names below are what the `connects` table's
-`outcome` column holds. Old recordings have only the first four: in them,
+The kernel decides the outcome when the socket leaves SYN_SENT, or when
+connect() returns an error without the socket ever entering it (no route, a
+policy's refusal: bpf/connect.h, codes in bpf/event.h); the names below are
+what the `connects` table's `outcome` column holds. Old recordings have only the first four: in them,
 `error` also covers what is now `abandoned` and `unreachable`.
 """
 from __future__ import annotations
@@ -14,8 +15,8 @@ ESTABLISHED = "established"   # handshake answered (SYN-ACK, or a crossing SYN)
 REFUSED = "refused"           # RST in answer to the SYN: errno 111 ECONNREFUSED
 TIMEOUT = "timeout"           # the kernel gave up resending the SYN: errno 110 ETIMEDOUT
 ABANDONED = "abandoned"       # the application gave up: closed while SYN_SENT, no error
-UNREACHABLE = "unreachable"   # an ICMP error answered the SYN (errno: 113 EHOSTUNREACH, ...)
-ERROR = "error"               # connect() itself failed (errno: 99 EADDRNOTAVAIL, ...)
+UNREACHABLE = "unreachable"   # no route, or an ICMP error answered the SYN (errno 101, 113, ...)
+ERROR = "error"               # connect() itself failed otherwise (errno 99 EADDRNOTAVAIL, 13, 1, ...)
 
 OUTCOMES = (ESTABLISHED, REFUSED, TIMEOUT, ABANDONED, UNREACHABLE, ERROR)
 FAILURES = OUTCOMES[1:]
@@ -30,9 +31,12 @@ DESCRIPTIONS = {
     TIMEOUT: "the kernel gave up resending the SYN (errno 110)",
     ABANDONED: "the application gave up: it closed the socket while the SYN was unanswered "
                "(its own connect timeout, or exit); counted as a timeout in summaries",
-    UNREACHABLE: "an ICMP error answered the SYN (errno says which, e.g. 113)",
-    ERROR: "connect() itself failed before any SYN was sent (errno, e.g. 99 EADDRNOTAVAIL: "
-           "no local port left)",
+    UNREACHABLE: "connect() found no route (errno 101 ENETUNREACH, 113 EHOSTUNREACH: no SYN "
+                 "sent, latency is the time inside connect()), or an ICMP error answered the "
+                 "SYN (errno says which, e.g. 113)",
+    ERROR: "connect() itself failed, no SYN answered (errno, e.g. 99 EADDRNOTAVAIL: no local "
+           "port left; 13 EACCES: a prohibit route; 22 EINVAL: a blackhole route; 1 EPERM: a "
+           "cgroup connect policy)",
 }
 
 

@@ -48,6 +48,9 @@ ACCEPT_SYSCALL_TRACEPOINTS = {
     "syscalls/sys_enter_accept": ("fd",),
     "syscalls/sys_exit_accept4": ("ret",),
     "syscalls/sys_exit_accept": ("ret",),
+    # and connect(), for the errors it returns before any SYN (bpf/connect.h)
+    "syscalls/sys_enter_connect": ("fd", "uservaddr", "addrlen"),
+    "syscalls/sys_exit_connect": ("ret",),
 }
 # and skb:kfree_skb where its record has what the drop split needs (offsets.py)
 TRACEPOINTS = (*HOOKED_TRACEPOINTS, *ACCEPT_SYSCALL_TRACEPOINTS, "skb/kfree_skb")
@@ -58,6 +61,7 @@ REQUIRED_TRACEPOINTS = tuple(HOOKED_TRACEPOINTS)
 KPROBE_TARGETS = (
     "tcp_v4_connect", "tcp_v6_connect", "inet_csk_accept",
     "tcp_conn_request", "tcp_v4_syn_recv_sock", "tcp_v6_syn_recv_sock",
+    "inet_stream_connect",
 )
 REQUIRED_KPROBE_TARGETS = ("tcp_v4_connect", "inet_csk_accept", "tcp_conn_request",
                            "tcp_v4_syn_recv_sock")
@@ -66,6 +70,8 @@ REQUIRED_KPROBE_TARGETS = ("tcp_v4_connect", "inet_csk_accept", "tcp_conn_reques
 OPTIONAL_HOOKS = {
     "tcp_v6_connect": "IPv6 connects are not traced",
     "tcp_v6_syn_recv_sock": "ACK-time accept-queue drops of IPv6 connections are not counted",
+    "inet_stream_connect": "errors connect() returns before sending a SYN (no route, "
+                           "a policy's EACCES/EPERM) are not seen",
 }
 FENTRY_TEST_FUNCTION = "tcp_v4_connect"
 
@@ -661,6 +667,8 @@ def backend_visibility(backend: str, features: Features) -> list[str]:
         lines.append("connects: caller pid at sock:inet_sock_set_state CLOSE->SYN_SENT, "
                      "which runs inside connect()")
         lines.append("connect latency and outcome: inet_sock_set_state SYN_SENT->ESTABLISHED/CLOSE")
+        lines.append("errors connect() returns before any SYN (no route, a policy's "
+                     "EACCES/EPERM): syscalls:sys_{enter,exit}_connect (not io_uring's connects)")
         lines.append("accepts: acceptor pid and accept wait via syscalls:sys_{enter,exit}_accept{,4} "
                      "(enabling any syscall tracepoint adds a small cost to every syscall)")
         lines.append("accept-queue drops: ACK-time drops at skb:kfree_skb (TCP_LISTEN_OVERFLOW, "
@@ -674,6 +682,8 @@ def backend_visibility(backend: str, features: Features) -> list[str]:
         if missing:
             lines.append(f"cannot hook {', '.join(missing)}: not in /proc/kallsyms (inlined or renamed)")
         lines.append("connects: pid and start time at the connect function itself")
+        lines.append("errors connect() returns before any SYN (no route, a policy's "
+                     "EACCES/EPERM, a cgroup connect hook): inet_stream_connect entry and return")
         lines.append("accept-queue drops: at the drop points (tcp_conn_request, "
                      "tcp_v4_syn_recv_sock, tcp_v6_syn_recv_sock)")
     else:
@@ -684,7 +694,7 @@ def backend_visibility(backend: str, features: Features) -> list[str]:
     lines.append("connect outcome: the socket's own error (sk_err, at a BTF offset) when it "
                  "leaves SYN_SENT: refused, timeout, unreachable; closed with no error: "
                  "abandoned by the application, or connect() found no local port "
-                 "(error, errno 99); a connect() that fails before SYN_SENT is not seen")
+                 "(error, errno 99)")
     from tracer.probes.session import STALE_CONNECT_S   # (session imports this module)
     lines.append(f"in-flight connects: an entry whose end was missed (BPF recursion) is removed "
                  f"after {STALE_CONNECT_S} s with no SYN sent and counted with the lost "

@@ -34,6 +34,10 @@ NEEDED = {
     "OFF_FDT_FD": ("fdtable", "fd"),
     "OFF_FILE_PRIVATE_DATA": ("file", "private_data"),
     "OFF_SOCKET_SK": ("socket", "sk"),
+    "OFF_SOCKET_STATE": ("socket", "state"),
+    "OFF_SOCKET_TYPE": ("socket", "type"),
+    "OFF_SK_SOCKET": ("sock", "sk_socket"),
+    "OFF_SK_PROTOCOL": ("sock", "sk_protocol"),
     "OFF_SKB_PROTOCOL": ("sk_buff", "protocol"),
 }
 

@@ -30,12 +30,14 @@ BACKENDS = ("tracepoint", "kprobe", "fentry")
 KPROBES = (
     ("kp_tcp_v4_connect", "tcp_v4_connect"),
     ("kp_tcp_v6_connect", "tcp_v6_connect"),
+    ("kp_inet_stream_connect", "inet_stream_connect"),
     ("kp_inet_csk_accept", "inet_csk_accept"),
     ("kp_tcp_conn_request", "tcp_conn_request"),
     ("kp_tcp_v4_syn_recv_sock", "tcp_v4_syn_recv_sock"),
     ("kp_tcp_v6_syn_recv_sock", "tcp_v6_syn_recv_sock"),
 )
-KRETPROBES = (("kretp_inet_csk_accept", "inet_csk_accept"),)
+KRETPROBES = (("kretp_inet_csk_accept", "inet_csk_accept"),
+              ("kretp_inet_stream_connect", "inet_stream_connect"))
 # Threads blocked in accept() each hold a kretprobe instance; a server with
 # many acceptor threads needs more than the kernel's default (2 x CPUs).
 KRETPROBE_MAXACTIVE = 4096
@@ -50,6 +52,7 @@ class BuildOptions:
     max_inflight: int = 65536
     # Test hook: the bpf/listeners.h defaults unless set (tests/kernel/test_losses.py)
     max_handshakes: int | None = None
+    max_connect_calls: int | None = None   # bpf/connect.h's default unless set (test_losses.py)
 
 
 def cflags(opts: BuildOptions, offset_flags: list[str]) -> list[str]:
@@ -59,6 +62,8 @@ def cflags(opts: BuildOptions, offset_flags: list[str]) -> list[str]:
              f"-DMAX_INFLIGHT={opts.max_inflight}"]
     if opts.max_handshakes is not None:
         flags.append(f"-DMAX_HANDSHAKES={opts.max_handshakes}")
+    if opts.max_connect_calls is not None:
+        flags.append(f"-DMAX_CONNECT_CALLS={opts.max_connect_calls}")
     if opts.ringbuf:
         flags.append(f"-DRINGBUF_PAGES={opts.ringbuf_pages}")
     else:

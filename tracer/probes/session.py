@@ -35,6 +35,12 @@ PROG_INFO_RECURSION_MISSES = 208
 # and some, so one missed retransmit run does not make a live connect stale.
 STALE_CONNECT_S = 300
 STALE_SWEEP_MAX = 4096   # entries removed per sweep at most (the map holds 65,536)
+# A thread's entry in `connect_calls` whose connect() return we missed: a
+# connect() either fails before SYN_SENT at once or enters it (from then on
+# the socket's state tells its end), so an entry this old can only be one
+# whose return was missed. Removing it loses nothing; its thread's next
+# connect() would have replaced it anyway.
+STALE_CONNECT_CALL_S = 60
 EV_CLOSE = C["EV_CLOSE"]
 EV_CONNECT = C["EV_CONNECT"]
 EV_ACCEPT = C["EV_ACCEPT"]
@@ -193,6 +199,8 @@ class ProbeSession:
             # the map of threads in accept() full, or a thread blocked in
             # accept() since before start whose return we could not wait for
             "untracked_accepts": total(C["CTR_ACCEPTING_FULL"]) + self._blocked_unseen(),
+            # connect() calls whose own error could not be watched
+            "untracked_connect_calls": total(C["CTR_CONNECT_CALLS_FULL"]),
             "untracked_lifetimes": self._open.untracked,
             "decode_errors": self.decode_errors,
             "stale_connects": self.stale_connects,
@@ -243,6 +251,7 @@ class ProbeSession:
         for kb, vb in table.items():
             v = events.InflightRecord.from_buffer_copy(vb)
             live.append((kb, vb, v))
+        self.sweep_stale_connect_calls(now_ns)
         for kb, vb, v in self.sweep_stale_connects(table, live, now_ns):
             if not v.have_dest:
                 continue
@@ -270,6 +279,21 @@ class ProbeSession:
                 removed += 1
         self.stale_connects += removed
         return kept
+
+    def sweep_stale_connect_calls(self, now_ns: int) -> int:
+        """Remove `connect_calls` entries older than STALE_CONNECT_CALL_S (at
+        most STALE_SWEEP_MAX a call); returns how many went."""
+        table = self._prog.maps["connect_calls"]
+        limit = now_ns - STALE_CONNECT_CALL_S * 1_000_000_000
+        removed = 0
+        for kb, vb in table.items():
+            if removed >= STALE_SWEEP_MAX:
+                break
+            if events.ConnectCallRecord.from_buffer_copy(vb).ts_ns < limit:
+                # the thread may have begun a new call since: delete only what was read
+                if table.lookup(kb) == vb and table.delete(kb):
+                    removed += 1
+        return removed
 
     def close(self) -> None:
         if self._buffer is not None:

@@ -200,9 +200,10 @@ HINTS = {
     "connects failing": "refused: nothing listens on that port, or its queue overflowed with "
                         "tcp_abort_on_overflow=1. timed out: SYNs unanswered (host down, "
                         "firewall drop, SYN queue full), whether the kernel gave up or the "
-                        "application's own connect timeout did (given up). failed: an ICMP "
-                        "error (unreachable), or connect() itself (errno 99: no local port "
-                        "left, see ip_local_port_range).",
+                        "application's own connect timeout did (given up). failed: no route or "
+                        "an ICMP error (unreachable: errno 101/113, check routes and the "
+                        "namespace's interfaces), or connect() itself (errno 99: no local port "
+                        "left, see ip_local_port_range; 13/1: a route or policy forbids it).",
     "connects hanging": "Connects wait with no answer at all: the host is down or a firewall "
                         "drops SYNs. They will time out after minutes (tcp_syn_retries); "
                         "callers are stuck meanwhile.",
