@@ -248,3 +248,20 @@ def test_pytest_session_in_guest_with_host_venv_returns_junit(guest_image, tmp_p
     suite = ET.parse(tmp_path / "junit.xml").getroot().find("testsuite")
     assert int(suite.get("tests")) >= 4 and int(suite.get("failures")) == 0, output
     assert int(suite.get("errors")) == 0 and int(suite.get("skipped")) == 0, output
+
+
+def test_guest_wheels_are_checked_against_the_guest_python_not_the_host(tmp_path):
+    # What pip 23 left for a 3.9 guest when run on 3.11: a click that needs
+    # 3.10, and pytest without the backports its markers ask for on 3.9.
+    def dist(name, version, *lines):
+        info = tmp_path / f"{name}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text("".join(f"{line}\n" for line in
+                                               (f"Name: {name}", f"Version: {version}", *lines)))
+    dist("click", "8.5.0", "Requires-Python: >=3.10")
+    dist("pytest", "8.4.2", "Requires-Python: >=3.9", 'Requires-Dist: exceptiongroup>=1; python_version < "3.11"',
+         'Requires-Dist: colorama>=0.4; sys_platform == "win32"', 'Requires-Dist: argcomplete; extra == "dev"',
+         "Requires-Dist: iniconfig>=1")
+    dist("iniconfig", "2.1.0")
+    assert guest_wheels.check_for_target(tmp_path, "3.9") == (["exceptiongroup>=1"], ["click!=8.5.0"])
+    assert guest_wheels.check_for_target(tmp_path, "3.13") == ([], [])
