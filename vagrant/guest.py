@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("build", help="build or reuse the guest image; prints its directory")
     b.add_argument("--suite", choices=sorted(RELEASES), default=SUITE, help=suite_help)
     b.add_argument("--archive", action="store_true", help="also write <hash>.tar.zst for CI caches")
-    b.add_argument("--prune", action="store_true", help="remove other images from the cache")
+    b.add_argument("--prune", action="store_true", help="remove older images of the same suite from the cache")
     for name, helptext in (("run", "run a command in the guest"), ("shell", "interactive guest shell")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--suite", choices=sorted(RELEASES), default=SUITE, help=suite_help)
