@@ -15,6 +15,7 @@ import pytest
 import guest  # on sys.path through conftest.py
 import guest_image
 import guest_packages
+import guest_run
 import guest_wheels
 from guest import Package, VersionMismatch, check_kernel_headers
 
@@ -265,3 +266,14 @@ def test_guest_wheels_are_checked_against_the_guest_python_not_the_host(tmp_path
     dist("iniconfig", "2.1.0")
     assert guest_wheels.check_for_target(tmp_path, "3.9") == (["exceptiongroup>=1"], ["click!=8.5.0"])
     assert guest_wheels.check_for_target(tmp_path, "3.13") == ([], [])
+
+
+def test_guest_command_gets_its_environment_and_scalar_arrow_kernels(tmp_path):
+    project = tmp_path / "project"
+    (project / ".venv").mkdir(parents=True)
+    (project / "file").write_text("x")
+    guest_run._stage(tmp_path / "disk", project, "echo hi", None, {"A": "b c"}, interactive=False)
+    script = (tmp_path / "disk" / "cmd").read_text().splitlines()
+    assert "export ARROW_USER_SIMD_LEVEL=NONE" in script
+    assert "export A='b c'" in script and script[-1] == "echo hi"
+    assert not (tmp_path / "disk" / "project" / ".venv").exists()
