@@ -1,5 +1,6 @@
-"""Builds and caches the test guest's disk image: Debian bookworm with the
-cloud kernel, bcc and the matching kernel headers (see guest.py).
+"""Builds and caches a test guest's disk image: Debian (bookworm by default,
+or bullseye or trixie) with its cloud kernel, bcc and the matching kernel
+headers (see guest.py).
 
 An image is named by the hash of its recipe (suite, packages, the resolved
 kernel version, the guest's PID 1 script), so a new kernel in the suite or a
@@ -23,12 +24,14 @@ from pathlib import Path
 from typing import Optional
 
 from guest_packages import (
-    ARCH, SUITE, GuestError, Package, VersionMismatch, check_kernel_headers, find_mirror,
+    ARCH, SUITE, GuestError, Package, VersionMismatch, check_kernel_headers, find_mirror, release,
     resolve_kernel,
 )
 
-# What connscope's kernel tests need in the guest. pyarrow and textual are not
-# packaged in bookworm: guest_run.py can carry the host venv's copies instead.
+# What connscope's kernel tests need in the guest; the same names in bullseye,
+# bookworm and trixie. pyarrow and textual are packaged in none of them:
+# guest_run.py carries them in (the host venv's, or wheels for the guest's
+# Python from guest_wheels.py).
 PACKAGES = (
     "python3",
     "python3-bpfcc",
@@ -62,10 +65,10 @@ def cache_dir_default() -> Path:
 
 # --- recipe and cache --------------------------------------------------------
 
-def recipe(image: Package, headers: Package) -> dict:
+def recipe(image: Package, headers: Package, suite: str = SUITE) -> dict:
     return {
         "recipe_version": RECIPE_VERSION,
-        "suite": SUITE,
+        "suite": suite,
         "arch": ARCH,
         "variant": "minbase",
         "packages": sorted(PACKAGES),
@@ -84,13 +87,26 @@ def is_image(path: Path) -> bool:
     return all((path / f).is_file() for f in ("root.img", "vmlinuz", "manifest.json"))
 
 
-def newest_cached_image(cache_dir: Path) -> Optional[Path]:
-    images = [p for p in cache_dir.glob("[0-9a-f]" * 16) if is_image(p)]
-    return max(images, key=lambda p: (p / "manifest.json").stat().st_mtime, default=None)
-
-
 def read_manifest(image_dir: Path) -> dict:
     return json.loads((image_dir / "manifest.json").read_text())
+
+
+def image_suite(image_dir: Path) -> Optional[str]:
+    try:
+        return read_manifest(image_dir).get("recipe", {}).get("suite")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def cached_images(cache_dir: Path, suite: str) -> list[Path]:
+    """Finished images of `suite` in the cache, oldest first."""
+    images = [p for p in cache_dir.glob("[0-9a-f]" * 16) if is_image(p) and image_suite(p) == suite]
+    return sorted(images, key=lambda p: (p / "manifest.json").stat().st_mtime)
+
+
+def newest_cached_image(cache_dir: Path, suite: str = SUITE) -> Optional[Path]:
+    images = cached_images(cache_dir, suite)
+    return images[-1] if images else None
 
 
 class _CacheLock:
@@ -112,8 +128,9 @@ class _CacheLock:
         os.close(self.fd)
 
 
-def build_image(cache_dir: Optional[Path] = None, *, archive: bool = False) -> Path:
-    """Return the directory of a finished guest image, building it if needed.
+def build_image(cache_dir: Optional[Path] = None, *, suite: str = SUITE, archive: bool = False) -> Path:
+    """Return the directory of a finished guest image of Debian `suite`
+    (bullseye, bookworm, trixie), building it if needed.
 
     The directory holds root.img (MBR + ext4), vmlinuz and manifest.json. An
     existing `<hash>.tar.zst` archive in the cache is restored instead of
@@ -122,17 +139,18 @@ def build_image(cache_dir: Optional[Path] = None, *, archive: bool = False) -> P
     """
     cache_dir = Path(cache_dir) if cache_dir else cache_dir_default()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    mirror = find_mirror()
+    release(suite)  # an unknown suite is an error, not an offline fallback
+    mirror = find_mirror(suite)
     try:
-        image_pkg, headers_pkg = resolve_kernel(cache_dir, mirror)
+        image_pkg, headers_pkg = resolve_kernel(cache_dir, mirror, suite)
     except GuestError as exc:
-        cached = newest_cached_image(cache_dir)
+        cached = newest_cached_image(cache_dir, suite)
         if cached is None:
             raise
-        log(f"{exc}; using the newest cached image {cached.name} without checking for a newer kernel")
+        log(f"{exc}; using the newest cached {suite} image {cached.name} without checking for a newer kernel")
         return cached
     check_kernel_headers(image_pkg, headers_pkg)
-    recipe_ = recipe(image_pkg, headers_pkg)
+    recipe_ = recipe(image_pkg, headers_pkg, suite)
     name = recipe_hash(recipe_)
     final = cache_dir / name
     packed = cache_dir / f"{name}.tar.zst"
@@ -150,7 +168,7 @@ def build_image(cache_dir: Optional[Path] = None, *, archive: bool = False) -> P
                 if packed.exists():
                     _restore(packed, work)
                 else:
-                    _build(work, recipe_, mirror, image_pkg, headers_pkg, name)
+                    _build(work, recipe_, mirror, image_pkg, headers_pkg, name, suite)
             except BaseException:
                 remove_tree(work)
                 raise
@@ -227,26 +245,27 @@ def _run(cmd: list[str], what: str, **kwargs) -> subprocess.CompletedProcess:
     return proc
 
 
-def _build(work: Path, recipe_: dict, mirror: str, image: Package, headers: Package, name: str) -> None:
+def _build(work: Path, recipe_: dict, mirror: str, image: Package, headers: Package, name: str,
+           suite: str) -> None:
     rootfs = work / "rootfs"
     timings = {}
     t0 = time.monotonic()
-    log(f"debootstrap {SUITE} with {image.name} {image.version} from {mirror} (about a minute)")
+    log(f"debootstrap {suite} with {image.name} {image.version} from {mirror} (about a minute)")
     # INITRD=No: the kernel boots without an initramfs, so skip building one.
     env = dict(os.environ, INITRD="No", DEBIAN_FRONTEND="noninteractive")
     _run(["debootstrap", "--variant=minbase", f"--arch={ARCH}",
           "--include=" + ",".join([*PACKAGES, image.name, headers.name]),
-          SUITE, str(rootfs), mirror], "debootstrap", env=env)
+          suite, str(rootfs), mirror], "debootstrap", env=env)
     timings["debootstrap_s"] = round(time.monotonic() - t0, 1)
 
     installed = _installed_versions(rootfs, image.name, headers.name)
-    release = check_kernel_headers(Package(image.name, installed[image.name]),
+    kernel = check_kernel_headers(Package(image.name, installed[image.name]),
                                    Package(headers.name, installed[headers.name]))
     if installed[image.name] != image.version:
         raise VersionMismatch(f"debootstrap installed {image.name} {installed[image.name]}, "
                               f"the index said {image.version}; the mirror changed mid-build, retry")
-    if not (rootfs / "usr/src" / f"linux-headers-{release}" / "include").is_dir():
-        raise GuestError(f"headers for {release} are not in the image")
+    if not (rootfs / "usr/src" / f"linux-headers-{kernel}" / "include").is_dir():
+        raise GuestError(f"headers for {kernel} are not in the image")
 
     init = rootfs / INIT_PATH_IN_GUEST.lstrip("/")
     shutil.copyfile(INIT_SCRIPT, init)
@@ -255,8 +274,10 @@ def _build(work: Path, recipe_: dict, mirror: str, image: Package, headers: Pack
         shutil.rmtree(rootfs / rel, ignore_errors=True)
     for initrd in (rootfs / "boot").glob("initrd.img-*"):
         initrd.unlink()
-    shutil.copyfile(rootfs / "boot" / f"vmlinuz-{release}", work / "vmlinuz")
+    shutil.copyfile(rootfs / "boot" / f"vmlinuz-{kernel}", work / "vmlinuz")
     python = os.readlink(rootfs / "usr/bin/python3")  # e.g. python3.11
+    if python != f"python{release(suite).python}":
+        raise GuestError(f"{suite}'s python3 is {python}, RELEASES says {release(suite).python}; fix RELEASES")
 
     t1 = time.monotonic()
     used = _du_bytes(rootfs)
@@ -269,7 +290,8 @@ def _build(work: Path, recipe_: dict, mirror: str, image: Package, headers: Pack
 
     manifest = {
         "name": name,
-        "kernel_release": release,
+        "suite": suite,
+        "kernel_release": kernel,
         "partuuid": f"{disk_id:08x}-01",
         "python": python,
         "rootfs_bytes": used,
@@ -278,7 +300,7 @@ def _build(work: Path, recipe_: dict, mirror: str, image: Package, headers: Pack
         "recipe": {k: v for k, v in recipe_.items() if k != "init_script"},
     }
     (work / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    log(f"built {name}: kernel {release}, rootfs {used >> 20} MiB, {timings}")
+    log(f"built {name}: {suite}, kernel {kernel}, rootfs {used >> 20} MiB, {timings}")
 
 
 def _installed_versions(rootfs: Path, *names: str) -> dict[str, str]:

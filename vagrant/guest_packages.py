@@ -1,6 +1,7 @@
-"""Which packages the test guest is built from: the Debian mirror, the kernel
-version that bookworm/main holds now, and the check that the kernel headers
-belong to that kernel (see guest.py)."""
+"""Which packages a test guest is built from: the Debian release (bullseye,
+bookworm or trixie), its mirror, the kernel version that <suite>/main holds
+now, and the check that the kernel headers belong to that kernel (see
+guest.py)."""
 from __future__ import annotations
 
 import os
@@ -10,7 +11,7 @@ import subprocess
 from pathlib import Path
 from typing import NamedTuple
 
-SUITE = "bookworm"
+SUITE = "bookworm"   # the default guest
 ARCH = "amd64"
 FLAVOUR = "cloud-amd64"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
@@ -28,6 +29,35 @@ class VersionMismatch(GuestError):
 class Package(NamedTuple):
     name: str
     version: str
+
+
+class Release(NamedTuple):
+    """What differs between the Debian releases a guest can be built from.
+
+    Package names are the same in all three (python3-bpfcc, the cloud kernel
+    meta packages); the kernel itself is resolved from the suite's index.
+    python: the system interpreter, which is the only one bcc's bindings
+    exist for. glibc: the newest manylinux tag the guest can load, for wheels
+    built on the host for the guest's Python (guest_wheels.py).
+    """
+    suite: str
+    debian: int
+    python: str
+    glibc: tuple[int, int]
+
+
+RELEASES = {r.suite: r for r in (
+    Release("bullseye", 11, "3.9", (2, 31)),   # kernel 5.10, bcc 0.18
+    Release("bookworm", 12, "3.11", (2, 36)),  # kernel 6.1, bcc 0.26
+    Release("trixie", 13, "3.13", (2, 41)),    # kernel 6.12
+)}
+
+
+def release(suite: str) -> Release:
+    try:
+        return RELEASES[suite]
+    except KeyError:
+        raise GuestError(f"unknown guest suite {suite!r}; known: {', '.join(RELEASES)}") from None
 
 
 def kernel_release(package_name: str) -> str:
@@ -111,7 +141,7 @@ def find_mirror(suite: str = SUITE) -> str:
 
 def _apt_options(apt_dir: Path, mirror: str, suite: str) -> list[str]:
     # A private apt state that sees exactly what debootstrap will see: the one
-    # suite, main only. The host's lists also carry bookworm-security, whose
+    # suite, main only. The host's lists also carry <suite>-security, whose
     # newer kernel ABI debootstrap would not install.
     for sub in ("lists/partial", "cache", "no-parts"):
         (apt_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -133,14 +163,14 @@ def _apt_options(apt_dir: Path, mirror: str, suite: str) -> list[str]:
     return [arg for k, v in opts.items() for arg in ("-o", f"{k}={v}")]
 
 
-def _depends_on(show_output: str, meta: str) -> Package:
+def _depends_on(show_output: str, meta: str, suite: str = SUITE) -> Package:
     """The versioned dependency of a Debian kernel meta package."""
     for stanza in show_output.split("\n\n"):
         if re.search(rf"^Package: {re.escape(meta)}$", stanza, re.M):
             m = re.search(r"^Depends: (linux-\S+) \(= ([^)]+)\)", stanza, re.M)
             if m:
                 return Package(m.group(1), m.group(2))
-    raise GuestError(f"{meta} has no versioned kernel dependency in the {SUITE} index")
+    raise GuestError(f"{meta} has no versioned kernel dependency in the {suite} index")
 
 
 def resolve_kernel(cache_dir: Path, mirror: str, suite: str = SUITE) -> tuple[Package, Package]:
@@ -149,7 +179,9 @@ def resolve_kernel(cache_dir: Path, mirror: str, suite: str = SUITE) -> tuple[Pa
     Read from the suite's index through a private apt state under cache_dir;
     after the first run an unchanged index costs one small request.
     """
-    opts = _apt_options(cache_dir / "apt", mirror, suite)
+    release(suite)
+    # One apt state per suite: builds of two suites may run side by side.
+    opts = _apt_options(cache_dir / "apt" / suite, mirror, suite)
     update = subprocess.run(["apt-get", *opts, "-q", "update"], capture_output=True, text=True)
     # apt-get update exits 0 when it could not fetch an index ("W: Failed to
     # fetch"); stale or missing lists must not pick the kernel.
@@ -162,4 +194,4 @@ def resolve_kernel(cache_dir: Path, mirror: str, suite: str = SUITE) -> tuple[Pa
                           capture_output=True, text=True)
     if show.returncode != 0:
         raise GuestError(f"apt-cache show {' '.join(metas)} failed: {show.stderr.strip()}")
-    return _depends_on(show.stdout, metas[0]), _depends_on(show.stdout, metas[1])
+    return _depends_on(show.stdout, metas[0], suite), _depends_on(show.stdout, metas[1], suite)

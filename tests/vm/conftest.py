@@ -23,10 +23,27 @@ def missing_prerequisites() -> list[str]:
     return missing
 
 
-@pytest.fixture(scope="session")
-def guest_image() -> Path:
-    """The cached guest image, built on first use (about a minute)."""
+# The Debian releases whose guests run the kernel suite (test_backends_in_guest.py,
+# test_fallbacks.py). CI boots bookworm only: trixie and bullseye stay out until
+# every test passes there on every backend (vagrant/README.md says what does
+# not yet). CONNSCOPE_VM_SUITES=trixie,bullseye runs others by hand.
+GUEST_SUITES = tuple(s for s in os.environ.get("CONNSCOPE_VM_SUITES", "bookworm").split(",") if s)
+
+
+def _build(suite: str) -> Path:
     missing = missing_prerequisites()
     if missing:
         pytest.skip(f"cannot build the test guest, missing: {', '.join(missing)} (sudo ./run test installs them)")
-    return guest.build_image()
+    return guest.build_image(suite=suite)
+
+
+@pytest.fixture(scope="session")
+def guest_image() -> Path:
+    """The cached default (bookworm) guest image, built on first use (about a minute)."""
+    return _build(guest.SUITE)
+
+
+@pytest.fixture(scope="session", params=GUEST_SUITES)
+def suite_image(request) -> Path:
+    """The image of each suite in GUEST_SUITES: tests using it run once per suite."""
+    return _build(request.param)

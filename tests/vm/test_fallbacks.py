@@ -15,8 +15,8 @@ FALLBACK_CHECKS = collect_test_ids([FALLBACK_CHECKS_FILE], "-o", "python_functio
 
 
 @pytest.fixture(scope="session")
-def suite(guest_image, tmp_path_factory):
-    return run_guest_suite(guest_image, tmp_path_factory)
+def suite(suite_image, tmp_path_factory):
+    return run_guest_suite(suite_image, tmp_path_factory)
 
 
 @pytest.mark.vm

@@ -13,7 +13,10 @@ from pathlib import Path
 import pytest
 
 import guest  # on sys.path through conftest.py
+import guest_image
 import guest_packages
+import guest_run
+import guest_wheels
 from guest import Package, VersionMismatch, check_kernel_headers
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
@@ -65,12 +68,109 @@ def test_unreachable_mirror_falls_back_to_cached_image_or_says_why(tmp_path, mon
     monkeypatch.setenv("APT_CONFIG", str(apt_conf))
     with pytest.raises(guest.GuestError, match="apt-get update for bookworm .* failed"):
         guest.build_image(tmp_path)
-    cached = tmp_path / "0123456789abcdef"
-    cached.mkdir()
-    for name in ("root.img", "vmlinuz", "manifest.json"):
-        (cached / name).write_text("{}")
+    cached = fake_image(tmp_path / "0123456789abcdef", "bookworm")
     (tmp_path / ".tmp-fedcba9876543210-x").mkdir()  # an interrupted build is no image
     assert guest.build_image(tmp_path) == cached
+    # Offline, a trixie guest is never stood in for by a bookworm image.
+    with pytest.raises(guest.GuestError, match="apt-get update for trixie .* failed"):
+        guest.build_image(tmp_path, suite="trixie")
+    trixie = fake_image(tmp_path / "fedcba9876543210", "trixie")
+    assert guest.build_image(tmp_path, suite="trixie") == trixie
+    assert guest.build_image(tmp_path) == cached
+
+
+def fake_image(path: Path, suite: str) -> Path:
+    path.mkdir(parents=True)
+    for name in ("root.img", "vmlinuz"):
+        (path / name).write_text("")
+    (path / "manifest.json").write_text(json.dumps({"recipe": {"suite": suite}}))
+    return path
+
+
+# --- the suite as a parameter ----------------------------------------------------
+
+def test_suite_is_part_of_the_recipe_hash_and_bookworm_stays_the_default():
+    image = Package("linux-image-6.1.0-50-cloud-amd64", "6.1.176-1")
+    headers = Package("linux-headers-6.1.0-50-cloud-amd64", "6.1.176-1")
+    default = guest_image.recipe_hash(guest_image.recipe(image, headers))
+    assert default == guest_image.recipe_hash(guest_image.recipe(image, headers, "bookworm"))
+    assert guest_image.recipe(image, headers)["suite"] == guest.SUITE == "bookworm"
+    assert default != guest_image.recipe_hash(guest_image.recipe(image, headers, "trixie"))
+
+
+def test_unknown_suite_is_refused_before_any_network_use(tmp_path):
+    with pytest.raises(guest.GuestError, match="unknown guest suite 'sid'; known: bullseye, bookworm, trixie"):
+        guest.build_image(tmp_path, suite="sid")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_takes_the_suite_for_build_run_and_shell(tmp_path, capsys):
+    for action in ("build", "run", "shell"):
+        with pytest.raises(SystemExit) as caught:
+            guest.main(["--cache", str(tmp_path), action, "--suite", "sid"])
+        assert caught.value.code == 2
+        assert "invalid choice: 'sid'" in capsys.readouterr().err
+
+
+def test_prune_keeps_other_suites_images(tmp_path, capsys):
+    old = fake_image(tmp_path / ("1" * 16), "bookworm")
+    (tmp_path / ("1" * 16 + ".tar.zst")).write_text("")
+    keep = fake_image(tmp_path / ("2" * 16), "bookworm")
+    other = fake_image(tmp_path / ("3" * 16), "trixie")
+    (tmp_path / ("3" * 16 + ".tar.zst")).write_text("")
+    guest._prune(tmp_path, keep)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [keep.name, other.name, other.name + ".tar.zst"]
+    assert not old.exists()
+
+
+def test_kernel_package_names_of_each_release_parse():
+    # Names as the three suites' indexes give them (trixie adds "+deb13").
+    for name, release in (("linux-image-5.10.0-32-cloud-amd64", "5.10.0-32-cloud-amd64"),
+                          ("linux-image-6.1.0-50-cloud-amd64-unsigned", "6.1.0-50-cloud-amd64"),
+                          ("linux-headers-6.12.117+deb13-cloud-amd64", "6.12.117+deb13-cloud-amd64")):
+        assert guest_packages.kernel_release(name) == release
+
+
+def test_each_release_names_its_python_and_glibc():
+    assert {s: (r.python, r.glibc) for s, r in guest.RELEASES.items()} == {
+        "bullseye": ("3.9", (2, 31)), "bookworm": ("3.11", (2, 36)), "trixie": ("3.13", (2, 41))}
+
+
+# --- wheels for a guest whose Python is not the venv's --------------------------
+
+def test_guest_wheels_are_binary_for_the_guest_python_abi_and_glibc():
+    argv = guest_wheels.pip_command(Path("/t"), "3.13", (2, 41), ["pyarrow>=14"])
+    assert argv[-1] == "pyarrow>=14"
+    assert "--only-binary=:all:" in argv
+    pairs = set(zip(argv, argv[1:]))
+    assert {("--python-version", "3.13"), ("--abi", "cp313"), ("--target", "/t"),
+            ("--implementation", "cp")} <= pairs
+    platforms = [b for a, b in zip(argv, argv[1:]) if a == "--platform"]
+    assert platforms[0] == "manylinux_2_41_x86_64" and "manylinux_2_42_x86_64" not in platforms
+    assert {"manylinux_2_28_x86_64", "manylinux2014_x86_64"} <= set(platforms)
+
+
+def test_guest_wheels_follow_the_project_requirements_and_key_on_python():
+    reqs = guest_wheels.requirements(PROJECT_DIR)
+    assert any(r.startswith("pyarrow") for r in reqs) and any(r.startswith("textual") for r in reqs)
+    assert any(r.startswith("pytest") for r in reqs)  # the test extra: the guest runs pytest
+    keys = {guest_wheels.wheels_key(py, (2, 41), reqs) for py in ("3.9", "3.13")}
+    assert len(keys) == 2
+
+
+def test_same_python_guest_gets_the_venv_and_another_python_gets_cached_wheels(tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    (project / ".venv/lib/python3.11/site-packages").mkdir(parents=True)
+    bookworm = fake_image(tmp_path / "cache" / ("a" * 16), "bookworm")
+    (bookworm / "manifest.json").write_text(json.dumps({"python": "python3.11", "recipe": {"suite": "bookworm"}}))
+    trixie = fake_image(tmp_path / "cache" / ("b" * 16), "trixie")
+    (trixie / "manifest.json").write_text(json.dumps({"python": "python3.13", "recipe": {"suite": "trixie"}}))
+    assert guest.venv_site_packages(project, bookworm) == project / ".venv/lib/python3.11/site-packages"
+    asked = []
+    monkeypatch.setattr(guest_wheels, "site_packages",
+                        lambda project_dir, python, glibc, cache: asked.append((python, glibc, cache)) or cache)
+    guest.venv_site_packages(project, trixie)
+    assert asked == [("3.13", (2, 41), tmp_path / "cache")]
 
 
 # --- in the guest --------------------------------------------------------------
@@ -149,3 +249,31 @@ def test_pytest_session_in_guest_with_host_venv_returns_junit(guest_image, tmp_p
     suite = ET.parse(tmp_path / "junit.xml").getroot().find("testsuite")
     assert int(suite.get("tests")) >= 4 and int(suite.get("failures")) == 0, output
     assert int(suite.get("errors")) == 0 and int(suite.get("skipped")) == 0, output
+
+
+def test_guest_wheels_are_checked_against_the_guest_python_not_the_host(tmp_path):
+    # What pip 23 left for a 3.9 guest when run on 3.11: a click that needs
+    # 3.10, and pytest without the backports its markers ask for on 3.9.
+    def dist(name, version, *lines):
+        info = tmp_path / f"{name}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text("".join(f"{line}\n" for line in
+                                               (f"Name: {name}", f"Version: {version}", *lines)))
+    dist("click", "8.5.0", "Requires-Python: >=3.10")
+    dist("pytest", "8.4.2", "Requires-Python: >=3.9", 'Requires-Dist: exceptiongroup>=1; python_version < "3.11"',
+         'Requires-Dist: colorama>=0.4; sys_platform == "win32"', 'Requires-Dist: argcomplete; extra == "dev"',
+         "Requires-Dist: iniconfig>=1")
+    dist("iniconfig", "2.1.0")
+    assert guest_wheels.check_for_target(tmp_path, "3.9") == (["exceptiongroup>=1"], ["click!=8.5.0"])
+    assert guest_wheels.check_for_target(tmp_path, "3.13") == ([], [])
+
+
+def test_guest_command_gets_its_environment_and_scalar_arrow_kernels(tmp_path):
+    project = tmp_path / "project"
+    (project / ".venv").mkdir(parents=True)
+    (project / "file").write_text("x")
+    guest_run._stage(tmp_path / "disk", project, "echo hi", None, {"A": "b c"}, interactive=False)
+    script = (tmp_path / "disk" / "cmd").read_text().splitlines()
+    assert "export ARROW_USER_SIMD_LEVEL=NONE" in script
+    assert "export A='b c'" in script and script[-1] == "echo hi"
+    assert not (tmp_path / "disk" / "project" / ".venv").exists()
