@@ -166,7 +166,8 @@ def test_two_namespaces_on_one_address_stay_two_listeners(collector_run):
 
 
 @pytest.mark.parametrize("syncookies", [0, 2], ids=["request-socket", "syn-cookie"])
-def test_ack_time_and_syn_time_drops_split_as_the_kernel_did(collector_run, syncookies):
+def test_ack_time_and_syn_time_drops_split_as_the_kernel_did(probe_session, collector_run,
+                                                             syncookies):
     """Three waves of 4 connects (50 ms each way) to a listen(4) socket. The
     first fills the queue to 4; the second's handshakes (a request socket
     each, or a SYN cookie each) finish into it: one fits, the rest overflow
@@ -176,6 +177,11 @@ def test_ack_time_and_syn_time_drops_split_as_the_kernel_did(collector_run, sync
     else happens. On the tracepoint backend the split comes from sk_drops,
     which counts a request-socket overflow twice and a cookie one once:
     passing one kind as the other fails here."""
+    info = probe_session.info
+    if info.backend == "tracepoint" and not info.drop_split:
+        pytest.skip("the tracepoint backend tells ACK-time from SYN-time drops only where "
+                    "skb:kfree_skb has rx_sk and the kernel the TCP_LISTEN_OVERFLOW reason "
+                    "(6.15+); here every drop counts as a SYN drop (doctor: NOT exact)")
     # The third wave must reach the listener (50 ms) before it closes at
     # 0.9 s; in a slow guest (TCG) the `ss` and counter reads between the
     # waves can take most of that. A run that missed the timing proves
