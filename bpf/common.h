@@ -101,6 +101,16 @@ static __always_inline int task_wanted(u32 tgid, const char *comm)
     return 1;
 }
 
+/* task_wanted() for the current task, reading its comm only under --comm. */
+static __always_inline int current_task_wanted(u64 pid_tgid)
+{
+    char comm[16] = {};
+#ifdef FILTER_COMM
+    bpf_get_current_comm(&comm, sizeof(comm));
+#endif
+    return task_wanted(pid_tgid >> 32, comm);
+}
+
 static __always_inline int family_wanted(u16 family)
 {
 #ifdef FILTER_FAMILY

@@ -231,11 +231,7 @@ static __always_inline void connect_call_begin(u64 sk, u64 uaddr, u32 addrlen)
     if (!family_wanted(family))
         return;
     u64 id = bpf_get_current_pid_tgid();
-    char comm[16] = {};
-#ifdef FILTER_COMM
-    bpf_get_current_comm(&comm, sizeof(comm));
-#endif
-    if (!task_wanted(id >> 32, comm))
+    if (!current_task_wanted(id))
         return;
 #ifdef FILTER_PORT
     /* --port: decided before anything is stored (the exit checks again) */

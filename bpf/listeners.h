@@ -224,11 +224,7 @@ static __always_inline void synack_retransmit(u64 lsk)
 static __always_inline void accept_begin(u64 lsk)
 {
     u64 id = bpf_get_current_pid_tgid();
-    char comm[16] = {};
-#ifdef FILTER_COMM
-    bpf_get_current_comm(&comm, sizeof(comm));   /* (accept_end reads it for the event) */
-#endif
-    if (!task_wanted(id >> 32, comm))
+    if (!current_task_wanted(id))
         return;
     u32 tid = (u32)id;
     /* Threads blocked in accept() are another user's to create: past the
@@ -278,11 +274,7 @@ static __always_inline void accept_end(void *ctx, u64 child, u64 lsk_arg)
     } else {
         /* Blocked in accept() since before we started (or filtered out):
          * accept_begin never ran for it. */
-        char comm[16] = {};
-#ifdef FILTER_COMM
-        bpf_get_current_comm(&comm, sizeof(comm));
-#endif
-        if (!task_wanted(id >> 32, comm))
+        if (!current_task_wanted(id))
             return;
     }
 

@@ -2,6 +2,8 @@
 elapsed time, the errno connect() returned, and the namespace it ran in
 (tracer/domain/outcomes.py names them). Each test makes its own network
 namespace; nothing it sends can leave it."""
+from __future__ import annotations
+
 import errno
 import itertools
 import os

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.kernel.workloads import nginx_conf
+from tests.kernel.workloads import nginx_conf, run_to_end
 
 pytestmark = pytest.mark.kernel
 
@@ -86,17 +86,9 @@ def drive(collector_run, cmd: list[str], timeout_s: float):
         while len(run.snapshots) == seen and time.monotonic() < deadline:
             time.sleep(0.005)
         start = time.time()
-        client = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True)
-        try:
-            out, _ = client.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            client.kill()
-            out, _ = client.communicate(timeout=10)
-            raise AssertionError(f"{cmd[0]} ran over {timeout_s} s: {out[-2000:]}")
+        client, out = run_to_end(cmd, timeout_s)
         end = time.time()
         time.sleep(INTERVAL * 1.5)
-    assert client.returncode == 0, out[-2000:]
     return run, client.pid, out, start, end
 
 

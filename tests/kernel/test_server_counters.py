@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.kernel.test_pool_advice import free_port, stop, wait_port
-from tests.kernel.workloads import nginx_conf
+from tests.kernel.workloads import nginx_conf, run_to_end
 
 pytestmark = pytest.mark.kernel
 
@@ -40,16 +40,8 @@ def traced(session, collector_run, cmd: list[str], timeout_s: float):
     session.poll(0)
     run = collector_run(INTERVAL)
     with run:
-        client = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True)
-        try:
-            out, _ = client.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            client.kill()
-            out, _ = client.communicate(timeout=10)
-            raise AssertionError(f"{cmd[0]} ran over {timeout_s} s: {out[-2000:]}")
+        client, out = run_to_end(cmd, timeout_s)
         time.sleep(INTERVAL * 2.5)
-    assert client.returncode == 0, out[-2000:]
     return run, client.pid, out
 
 

@@ -288,3 +288,17 @@ http {{
     }}
 }}
 """
+
+
+def run_to_end(cmd: list[str], timeout_s: float) -> tuple[subprocess.Popen, str]:
+    """Run a client (ab, pgbench, redis-benchmark) to its end: (its Popen,
+    its output). One that runs over timeout_s is killed and fails by name."""
+    client = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out, _ = client.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        client.kill()
+        out, _ = client.communicate(timeout=10)
+        raise AssertionError(f"{cmd[0]} ran over {timeout_s} s: {out[-2000:]}")
+    assert client.returncode == 0, out[-2000:]
+    return client, out
