@@ -24,10 +24,10 @@ def missing_prerequisites() -> list[str]:
 
 
 # The Debian releases whose guests run the kernel suite (test_backends_in_guest.py,
-# test_fallbacks.py). CI boots bookworm only: trixie and bullseye stay out until
-# every test passes there on every backend (vagrant/README.md says what does
-# not yet). CONNSCOPE_VM_SUITES=trixie,bullseye runs others by hand.
-GUEST_SUITES = tuple(s for s in os.environ.get("CONNSCOPE_VM_SUITES", "bookworm").split(",") if s)
+# test_fallbacks.py): 5.10, 6.1 and 6.12, each with its own Python and bcc.
+# CONNSCOPE_VM_SUITES=bookworm runs one by hand.
+GUEST_SUITES = tuple(s for s in os.environ.get("CONNSCOPE_VM_SUITES",
+                                               "bookworm,trixie,bullseye").split(",") if s)
 
 
 def _build(suite: str) -> Path:
