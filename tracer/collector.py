@@ -36,6 +36,7 @@ class Status:
     # was running on that CPU (bpf_prog_info.recursion_misses). Most fall on
     # state changes that make no event; any may have been one, so shown.
     missed_runs: int = 0
+    missed_by: dict = field(default_factory=dict)   # {program: skipped runs}
     # Rows of the live views folded into "other" because their tables were
     # full or idle (tracer/aggregate): {table: count} since start. Nothing is
     # missing from the recording's event rows, but the live views lost
@@ -95,6 +96,7 @@ class Collector:
 
     def _status(self, started: float, seconds: float) -> Status:
         c = self.session.counters()
+        missed_by = self.session.missed_runs_by()
         rate = (self._events_total - self._events_at_tick) / seconds if seconds > 0 else 0.0
         return Status(
             elapsed_s=time.monotonic() - started, events_total=self._events_total,
@@ -107,7 +109,8 @@ class Collector:
                              # connect() calls not watched for their own error (most
                              # then send a SYN and are tracked all the same)
                              + c.get("untracked_connect_calls", 0)),
-            missed_runs=c.get("missed_runs", 0),
+            missed_runs=sum(missed_by.values()),
+            missed_by=missed_by,
             evicted_by=self.evicted_by(),
         )
 
@@ -166,6 +169,7 @@ class Collector:
             events_total=status.events_total, events_per_s=status.events_per_s,
             lost_events=status.lost_total,
             evicted=sum(self.evicted_by().values()),
+            missed_by=tuple(sorted(status.missed_by.items())),
             destinations=tuple(self.connects.by_destination()),
             processes_connects=tuple(self.connects.by_process()),
             listeners=tuple(listener_rows),

@@ -374,3 +374,51 @@ def test_tiny_connect_call_map_counts_every_unwatched_connect(monkeypatch, capfd
     assert len(unreach) + c["untracked_connect_calls"] == 2 * n
     last = [ln for ln in rec.stderr.splitlines() if "(stopped)" in ln]
     assert last and f"lost {n} " in last[-1], rec.stderr
+
+
+def test_skipped_probe_runs_equal_bpftools_count_per_program(probe_session):
+    """The runs the kernel skipped (BPF recursion) that connscope shows, by
+    program, are bpftool's recursion_misses of the same programs (matched by
+    program id), after a loopback load that makes some (softirq state changes
+    interrupting our syscall programs; how many varies, equal they must be)."""
+    import shutil
+    import subprocess
+    import sys
+
+    from tracer.probes import bpf_syscall as sc
+
+    if not shutil.which("bpftool"):
+        pytest.skip("bpftool is not installed (Debian package bpftool)")
+    repo = Path(__file__).resolve().parents[2]
+    server = subprocess.Popen([sys.executable, "-m", "bench.loopback_load", "server", "--ports",
+                               "2", "--lifetime", "20"], cwd=repo, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        ports = server.stdout.readline().split()[1:]
+        clients = [subprocess.Popen([sys.executable, "-m", "bench.loopback_load", "connect",
+                                     "--ports", *ports, "--rate", "3000", "--seconds", "4"],
+                                    cwd=repo, stdout=subprocess.DEVNULL) for _ in range(2)]
+        deadline = time.monotonic() + 15
+        while any(c.poll() is None for c in clients) and time.monotonic() < deadline:
+            probe_session.poll(100)      # keep reading, as connscope does
+        for c in clients:
+            c.kill()
+            c.wait()
+    finally:
+        server.kill()
+        server.wait()
+    probe_session.poll(0)
+    ours = probe_session.missed_runs_by()
+    ids = {struct_id(sc.obj_info(fd)): name for name, fd in probe_session._prog.prog_fds.items()}
+    shown = json.loads(subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True,
+                                      text=True, check=True, timeout=30).stdout)
+    theirs = {ids[p["id"]]: p["recursion_misses"] for p in shown
+              if p["id"] in ids and p.get("recursion_misses")}
+    print("skipped runs:", ours)
+    assert ours == theirs
+    assert probe_session.counters()["missed_runs"] == sum(theirs.values())
+
+
+def struct_id(info: bytes) -> int:
+    """struct bpf_prog_info: __u32 type, __u32 id, ..."""
+    return int.from_bytes(info[4:8], "little")

@@ -139,12 +139,16 @@ def test_probe_runs_skipped_by_the_kernel_are_shown_not_hidden():
 
     quiet = status()
     skipped = Status(elapsed_s=12.0, events_total=345, events_per_s=28.7, lost_events=0,
-                     untracked_connects=0, decode_errors=0, inflight=3, missed_runs=17)
+                     untracked_connects=0, decode_errors=0, inflight=3, missed_runs=17,
+                     missed_by={"tracepoint__sock__inet_sock_set_state": 15,
+                                "tracepoint__tcp__tcp_destroy_sock": 2})
     assert "skipped" not in format_table(quiet, snap())
-    assert "probe runs skipped by the kernel 17" in format_table(skipped, snap()).splitlines()[0]
+    expected = ("17 probe runs skipped by the kernel (tracepoint sock:inet_sock_set_state 15, "
+                "tracepoint tcp:tcp_destroy_sock 2) (BPF recursion)")
+    assert expected in format_table(skipped, snap()).splitlines()[0]
     sink = StatusLineSink(stream=open("/dev/null", "w"))
     assert "skipped" not in sink.line(quiet)
-    assert "probe runs skipped by the kernel 17" in sink.line(skipped)
+    assert expected in sink.line(skipped)
     assert skipped.lost_total == 0   # a skipped run is not known to be a lost event
 
 

@@ -125,6 +125,10 @@ class Snapshot:
     events_per_s: float
     lost_events: int                    # total since start: ring buffer full, maps full
     evicted: int = 0                    # rows folded into "other" since start: tables full
+    # ((program, runs), ...) since start: runs of our BPF programs the kernel
+    # skipped because another BPF program was running on that CPU. Each may
+    # have been an event: shown next to the losses, by program.
+    missed_by: tuple[tuple[str, int], ...] = ()
     destinations: tuple[ConnectRow, ...] = ()
     processes_connects: tuple[ConnectRow, ...] = ()
     listeners: tuple[ListenerRow, ...] = ()
@@ -133,3 +137,7 @@ class Snapshot:
     recording_bytes: int | None = None
     recording_warning: str | None = None  # e.g. "disk full: writing paused"
     extra: dict = field(default_factory=dict)
+
+    @property
+    def missed_runs(self) -> int:
+        return sum(n for _, n in self.missed_by)

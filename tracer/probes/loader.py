@@ -141,19 +141,24 @@ class LoadedProgram:
             _close(m.fd)
         self.maps.clear()
 
-    def recursion_misses(self, offset: int | None) -> int:
-        """Runs of our programs the kernel skipped because another BPF program
-        was running on that CPU (bpf_prog_info.recursion_misses, 5.12+)."""
+    def recursion_misses(self, offset: int | None) -> dict[str, int]:
+        """{program: runs the kernel skipped} for each of our programs with
+        any: it was not run because another BPF program was running on that
+        CPU (bpf_prog_info.recursion_misses, 5.12+; {} before). Each skipped
+        run may have been an event, so they are shown with the losses, by
+        program, to say which hooks collide."""
         if offset is None:
-            return 0
-        total = 0
-        for fd in self.prog_fds.values():
+            return {}
+        missed = {}
+        for name, fd in self.prog_fds.items():
             try:
                 info = sc.obj_info(fd, max(offset + 8, 256))
             except OSError:
                 continue
-            total += struct.unpack_from("<Q", info, offset)[0]
-        return total
+            n = struct.unpack_from("<Q", info, offset)[0]
+            if n:
+                missed[name] = n
+        return missed
 
 
 def _close(fd: int) -> None:

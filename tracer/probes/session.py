@@ -204,8 +204,12 @@ class ProbeSession:
             "untracked_lifetimes": self._open.untracked,
             "decode_errors": self.decode_errors,
             "stale_connects": self.stale_connects,
-            "missed_runs": self._prog.recursion_misses(PROG_INFO_RECURSION_MISSES),
+            "missed_runs": sum(self.missed_runs_by().values()),
         }
+
+    def missed_runs_by(self) -> dict[str, int]:
+        """{program: runs the kernel skipped (BPF recursion)}, programs with any."""
+        return self._prog.recursion_misses(PROG_INFO_RECURSION_MISSES)
 
     def _blocked_unseen(self) -> int:
         b = self.blocked_accepts

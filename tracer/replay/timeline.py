@@ -25,6 +25,7 @@ from tracer.aggregate.connects import ConnectTable, destination_label
 from tracer.aggregate.notable import NotableLog
 from tracer.aggregate.snapshot import Header, Notable, Snapshot
 from tracer.domain.durations import duration
+from tracer.domain.hooks import missed_runs_from, skipped_runs_text
 from tracer.replay.controller import ReplayError
 from tracer.replay.latency import ConnectIndex, LatencyAt
 from tracer.replay.rows import connect_from_row, listener_rows, process_rows
@@ -151,6 +152,11 @@ class _Cursor:
             notes.append(("crit", "lost events",
                           f"this run lost {self.lost:,} kernel events (when is not recorded): "
                           f"counts are low"))
+        self.missed_by = tuple(sorted(missed_runs_from(m.get("missed_runs")).items()))
+        if self.missed_by:
+            notes.append(("warn", "skipped runs",
+                          f"{skipped_runs_text(dict(self.missed_by))} (BPF recursion; when is "
+                          f"not recorded): each may have been an event"))
         if run.first == 0:
             notes += [("warn", "unreadable", problem) for problem in timeline.problems]
         self.log.lines.extend(Notable(start, *n) for n in notes)
@@ -181,6 +187,7 @@ class _Cursor:
             events_total=self.events_total,
             events_per_s=n_events / seconds if seconds > 0 else 0.0, lost_events=self.lost,
             evicted=sum(self.connects.evicted.values()),
+            missed_by=self.missed_by,
             destinations=tuple(self.connects.by_destination()),
             processes_connects=tuple(self.connects.by_process()),
             listeners=tuple(listeners), processes=tuple(processes), notable=notable,

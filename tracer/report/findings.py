@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tracer.domain import outcomes as oc
+from tracer.domain.hooks import skipped_runs_text
 from tracer.report.destinations import DestinationStats
 from tracer.report.listeners import NEAR_FULL, ListenerStats
 from tracer.report.overview import Overview
@@ -51,6 +52,10 @@ def _data_findings(ov: Overview) -> list[Finding]:
         out.append(Finding("crit", "overview",
                            f"{ov.lost_events} events LOST by the kernel ({tables}): every count "
                            f"below is a lower bound", 3.0))
+    if ov.missed_runs:
+        out.append(Finding("warn", "overview",
+                           f"{skipped_runs_text(ov.missed_runs_by)} (BPF recursion): each may "
+                           f"have been an event, so counts may be low by as many", 2.5))
     if ov.dropped_rows:
         out.append(Finding("crit", "overview", f"{ov.dropped_rows} rows were not written "
                            f"(disk full or unwritable): the recording has gaps", 2.0))

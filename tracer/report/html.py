@@ -8,6 +8,7 @@ import math
 from html import escape
 from typing import Sequence
 
+from tracer.domain.hooks import skipped_runs_text
 from tracer.domain.pools import FORMULA
 from tracer.report.pool import window
 from tracer.report.summary import Summary
@@ -107,6 +108,9 @@ def _banners(s: Summary) -> str:
         by = ", ".join(f"{t}: {n:,}" for t, n in sorted(ov.lost_by_table.items()))
         out.append(f'<div class="lost">{ov.lost_events:,} events were LOST by the kernel '
                    f'({_e(by)}). Every count in this report is a lower bound.</div>')
+    if ov.missed_runs:
+        out.append(f'<div class="lost">{_e(skipped_runs_text(ov.missed_runs_by))} (BPF '
+                   f'recursion): each may have been an event.</div>')
     if ov.dropped_rows:
         out.append(f'<div class="lost">{ov.dropped_rows:,} rows were never written (disk full '
                    f'or unwritable): the recording has gaps.</div>')

@@ -5,11 +5,12 @@ kernels, and the losses a reader must know about before trusting any number
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tracer.domain.hooks import MAX_PROGRAMS, missed_runs_from
 from tracer.report.arrow_stats import time_range
 from tracer.schema import TABLES
 
@@ -45,6 +46,13 @@ class Overview:
     problems: tuple[str, ...]   # files skipped by the reader
     files_read: int
     interval_s: float           # sampling period of the per-interval tables
+    # {program: runs the kernel skipped (BPF recursion)}, summed over runs:
+    # each may have been an event of any table
+    missed_runs_by: dict = field(default_factory=dict)
+
+    @property
+    def missed_runs(self) -> int:
+        return sum(self.missed_runs_by.values())
 
     @property
     def crashed(self) -> tuple[RunInfo, ...]:
@@ -116,6 +124,9 @@ def summarize_overview(tables: dict[str, pa.Table], manifests: list[dict],
             for table, n in lost.items():
                 if isinstance(n, int) and n:
                     lost_by_table[table] += n
+    missed: Counter = Counter()
+    for m in manifests:
+        missed.update(missed_runs_from(m.get("missed_runs")))
     hosts = {r.host for r in runs}
     for t in tables.values():
         if t.num_rows:
@@ -129,4 +140,5 @@ def summarize_overview(tables: dict[str, pa.Table], manifests: list[dict],
         rows={t: tables[t].num_rows for t in TABLES if t in tables},
         lost_events=sum(lost_by_table.values()), lost_by_table=dict(lost_by_table),
         dropped_rows=sum(r.dropped_rows for r in runs), problems=tuple(problems),
-        files_read=files_read, interval_s=_interval_s(manifests))
+        files_read=files_read, interval_s=_interval_s(manifests),
+        missed_runs_by=dict(missed.most_common(MAX_PROGRAMS)))

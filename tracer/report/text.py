@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from tracer.domain.hooks import skipped_runs_text
 from tracer.domain.pools import FORMULA
 from tracer.report.findings import Finding
 from tracer.report.pool import window
@@ -65,6 +66,9 @@ def _header(s: Summary, source: str) -> list[str]:
         by = ", ".join(f"{t} {_n(n)}" for t, n in sorted(ov.lost_by_table.items()))
         out += ["", f"!!! {_n(ov.lost_events)} EVENTS LOST by the kernel ({by}): "
                     f"every count in this report is a lower bound !!!"]
+    if ov.missed_runs:
+        out.append(f"!   {skipped_runs_text(ov.missed_runs_by)} (BPF recursion): each may "
+                   f"have been an event")
     if ov.dropped_rows:
         out.append(f"!!! {_n(ov.dropped_rows)} rows were never written (disk full or "
                    f"unwritable) !!!")

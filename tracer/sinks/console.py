@@ -8,6 +8,7 @@ import time
 from tracer.aggregate.connects import ConnectRow
 from tracer.aggregate.snapshot import ListenerRow, PoolAdvice, ProcessRow, Snapshot
 from tracer.domain.durations import duration as fmt_us
+from tracer.domain.hooks import skipped_runs_text
 from tracer.safe_text import printable
 
 
@@ -60,8 +61,10 @@ def rank_listeners(rows) -> list[ListenerRow]:
 
 
 def missed_note(status) -> str:
-    missed = getattr(status, "missed_runs", 0)
-    return f"  probe runs skipped by the kernel {missed} (BPF recursion)" if missed else ""
+    missed = getattr(status, "missed_by", None) or {}
+    if not missed and getattr(status, "missed_runs", 0):   # total without the breakdown
+        missed = {"programs": status.missed_runs}
+    return f"  {skipped_runs_text(missed)} (BPF recursion)" if missed else ""
 
 
 def evicted_note(status) -> str:

@@ -293,6 +293,7 @@ class Recording:
         self.deleted_bytes = 0
         self.lost_events = {t: 0 for t in TABLES}
         self.evicted: dict[str, int] = {}   # live-view rows folded into "other"
+        self.missed_runs: dict[str, int] = {}   # {program: runs the kernel skipped}
 
         self._root = open_directory(directory, create=True)
         self._runs: Dir | None = None
@@ -379,6 +380,12 @@ class Recording:
         (tracer/aggregate), e.g. {"destinations": 12}: kept in the manifest."""
         self.evicted = {str(k): int(v) for k, v in totals.items()}
 
+    def set_missed_runs(self, totals: Mapping[str, int]) -> None:
+        """Set the running totals of runs of our BPF programs the kernel
+        skipped (BPF recursion), by program: kept in the manifest, since any
+        of them may have been an event of any table."""
+        self.missed_runs = {str(k): int(v) for k, v in totals.items() if v}
+
     def set_backend(self, backend: str) -> None:
         """Record the backend actually used (known only after the probes load)."""
         with self._io_lock:
@@ -434,6 +441,7 @@ class Recording:
             "dropped_rows": {w.table: w.dropped_rows for w in ws},
             "lost_events": dict(self.lost_events),
             "evicted": dict(self.evicted),
+            "missed_runs": dict(self.missed_runs),
             "files_written": sum(len(w.files) for w in ws),
             "bytes_written": sum(w.bytes_finalized for w in ws),
             "journal_bytes": sum(w.journal_bytes for w in ws),
@@ -564,6 +572,7 @@ class Recording:
         m["dropped_rows"] = {w.table: w.dropped_rows for w in self._writers.values()}
         m["lost_events"] = dict(self.lost_events)
         m["evicted"] = dict(self.evicted)
+        m["missed_runs"] = dict(self.missed_runs)
         m["files"] = sum(len(w.files) for w in self._writers.values())
         m["deleted_files"] = self.deleted_files
         if final:

@@ -127,6 +127,8 @@ class RecordSink:
         self.recording.set_lost({"connects": status.lost_total, "accepts": status.lost_total})
         # Live-view rows folded into "other" (no event row is missing for them)
         self.recording.set_evicted(getattr(status, "evicted_by", {}))
+        # Runs of our programs the kernel skipped: any may have been a row
+        self.recording.set_missed_runs(getattr(status, "missed_by", {}))
 
     def on_interval(self, status, snapshot: Snapshot) -> None:
         self._interval(status, snapshot)

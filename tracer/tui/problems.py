@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from tracer.aggregate.connects import ConnectRow
 from tracer.aggregate.snapshot import ListenerRow, ProcessRow, Snapshot
+from tracer.domain.hooks import skipped_runs_text
 from tracer.tui.units import fmt_rate, fmt_us
 
 CRIT, WARN = "crit", "warn"
@@ -164,6 +165,12 @@ def find_problems(s: Snapshot) -> list[Problem]:
         out.append(Problem(CRIT, -1.0, "events lost", "tracer",
                            f"{s.lost_events:,} events lost since start: every count here is "
                            f"a lower bound", "log", None))
+    if s.missed_runs:
+        # the kernel did not run our program for these (another BPF program
+        # was running on that CPU): each may have been an event
+        out.append(Problem(WARN, -1.0, "probe runs skipped", "tracer",
+                           f"{skipped_runs_text(dict(s.missed_by))} (BPF recursion): each may "
+                           f"have been an event, so counts may be low", "log", None))
     if s.recording_warning:
         out.append(Problem(CRIT, 1e12, "recording", s.header.recording_path or "recording",
                            s.recording_warning, "log", None))

@@ -79,6 +79,9 @@ def health_line(h: Header, snap: Snapshot | None) -> Text:
     else:
         t.append("lost ", style="dim")
         t.append("0", style="green")
+    if snap.missed_runs:   # runs of our programs the kernel skipped (BPF recursion)
+        t.append(*SEP)
+        t.append(f" {counted(snap.missed_runs, 'probe run')} skipped ", style="bold black on yellow")
     if snap.evicted:   # tables full: rows folded into "other" (tracer/aggregate)
         t.append(*SEP)
         t.append(f" {counted(snap.evicted, 'row')} evicted into 'other' ",
