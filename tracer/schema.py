@@ -171,6 +171,28 @@ _COLUMNS: dict[str, list[Column]] = {
                "bytes in the send queues of its TCP sockets at the end of the interval"),
         Column("rx_queue_bytes", _I64,
                "bytes in the receive queues of its TCP sockets at the end of the interval"),
+        Column("rss_bytes", _I64, "resident memory of the process (VmRSS, /proc/PID/statm) at "
+               "the end of the interval, bytes; null if unreadable or recorded before this "
+               "column", True),
+        Column("memory_per_connection_bytes", _F64,
+               "rss_bytes divided by the TCP connections it holds (every TCP socket but its "
+               "listeners: established + syn_sent + close_wait + other), bytes; the baseline "
+               "of the process is in every share; null if it holds none or rss_bytes is null",
+               True),
+        Column("cgroup_memory_bytes", _I64,
+               "memory charged to the process's memory cgroup (v1 memory.usage_in_bytes, v2 "
+               "memory.current; other processes of that cgroup included), bytes; null in the "
+               "root cgroup, or if unreadable", True),
+        Column("memory_limit_bytes", _I64,
+               "memory available to the process: its memory cgroup's limit (the smallest on "
+               "the path to the root) if set and below the host's RAM, else the host's "
+               "MemTotal, bytes; null if unknown", True),
+        Column("memory_limit_from", _STR,
+               "where memory_limit_bytes comes from: `cgroup` or `host`; null if unknown", True),
+        Column("listen_backlog", _I64,
+               "backlog maxima of the listening sockets it holds, summed (a projection of its "
+               "memory is made for the larger of this and 1,000 connections); null if recorded "
+               "before this column", True),
     ],
     "pools": [
         *_common("end of the interval"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from tracer.aggregate.connects import ConnectRow
+from tracer.domain import memory
 from tracer.domain.addresses import endpoint
 from tracer.domain.listeners import spans_namespaces, with_netns
 
@@ -82,10 +83,26 @@ class ProcessRow:
     advice: tuple[PoolAdvice, ...] = ()
     opened: int = 0             # connections opened in the interval (connect + accept)
     closed: int = 0             # connections it opened that closed in the interval
+    rss_bytes: int | None = None            # resident memory (VmRSS); None: unknown
+    cgroup_memory_bytes: int | None = None  # its memory cgroup's use; None: root cgroup or unknown
+    memory_limit_bytes: int | None = None   # available to it: cgroup limit, else MemTotal
+    memory_limit_from: str | None = None    # "cgroup" or "host" (tracer.domain.memory)
+    listen_backlog: int = 0                 # backlog maxima of its listeners, summed
 
     @property
     def sockets(self) -> int:
         return self.established + self.syn_sent + self.listen + self.close_wait + self.other
+
+    @property
+    def connections(self) -> int:
+        return memory.row_connections(self)
+
+    @property
+    def memory_per_connection(self) -> float | None:
+        return memory.row_per_connection(self)
+
+    def memory_projection(self) -> memory.Projection | None:
+        return memory.row_projection(self)
 
     @property
     def fd_ratio(self) -> float | None:

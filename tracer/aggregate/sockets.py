@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from tracer.aggregate.histogram import Histogram
 from tracer.aggregate.snapshot import PoolAdvice, ProcessRow
-from tracer.domain import pools
+from tracer.domain import memory as mem, pools
 from tracer.domain.addresses import endpoint
 
 # TCP state numbers (include/net/tcp_states.h)
@@ -39,13 +39,23 @@ class Holding:
     rx_queue_bytes: int = 0
     fds: int | None = None
     fd_limit: int | None = None
+    rss_bytes: int | None = None            # resident memory (VmRSS)
+    cgroup_memory_bytes: int | None = None  # its memory cgroup's use; None: root or none
+    memory_limit_bytes: int | None = None   # what is available to it (domain.memory.available)
+    memory_limit_from: str | None = None    # "cgroup" or "host"
+    listen_backlog: int = 0                 # backlog maxima of its listeners, summed
     by_remote: dict = field(default_factory=dict)   # (family, raddr, rport) -> established
 
 
 def tally(sockets, holders: dict[int, tuple[int, ...]], comms: dict[int, str],
-          fds: dict[int, int], limits: dict[int, int | None]) -> dict[int, Holding]:
+          fds: dict[int, int], limits: dict[int, int | None],
+          memory: dict[int, tuple] | None = None,
+          mem_total: int | None = None) -> dict[int, Holding]:
     """Join the socket table with /proc: a socket counts once for every
-    process that holds it (after fork both do; dup'ed fds count once)."""
+    process that holds it (after fork both do; dup'ed fds count once).
+    memory: pid -> (resident bytes, its cgroup's use, its cgroup's limit),
+    each None if unknown; mem_total: the host's RAM."""
+    memory = memory or {}
     # An accepted connection has a listener's port as its local port; it is
     # not one the process opened, so it is no pool's (by_remote), else a
     # server would get one "pooled" flow per client port.
@@ -55,8 +65,12 @@ def tally(sockets, holders: dict[int, tuple[int, ...]], comms: dict[int, str],
         for pid in holders.get(s.inode, ()) if s.inode else ():
             h = out.get(pid)
             if h is None:
+                rss, cg_used, cg_limit = memory.get(pid, (None, None, None))
+                avail, source = mem.available(cg_limit, mem_total)
                 h = out[pid] = Holding(comms.get(pid, "?"), fds=fds.get(pid),
-                                       fd_limit=limits.get(pid))
+                                       fd_limit=limits.get(pid), rss_bytes=rss,
+                                       cgroup_memory_bytes=cg_used, memory_limit_bytes=avail,
+                                       memory_limit_from=source if avail else None)
             if s.state == ESTABLISHED:
                 h.established += 1
                 if s.sport not in listening:
@@ -66,6 +80,7 @@ def tally(sockets, holders: dict[int, tuple[int, ...]], comms: dict[int, str],
                 h.syn_sent += 1
             elif s.state == LISTEN:
                 h.listen += 1
+                h.listen_backlog += s.wqueue   # a listener's Send-Q is its backlog
                 continue   # a listener's queues are not buffer bytes
             elif s.state == CLOSE_WAIT:
                 h.close_wait += 1
@@ -241,6 +256,9 @@ class ProcessTable:
                 churning=any(a.verdict.startswith("churning") for a in advice),
                 advice=advice,
                 opened=self._opened.get(pid, 0), closed=self._closed.get(pid, 0),
+                rss_bytes=h.rss_bytes, cgroup_memory_bytes=h.cgroup_memory_bytes,
+                memory_limit_bytes=h.memory_limit_bytes, memory_limit_from=h.memory_limit_from,
+                listen_backlog=h.listen_backlog,
             ))
         if folded is not None:
             rows = [r for r in rows if r.pid != OTHER_PID]
@@ -274,4 +292,6 @@ class ProcessTable:
             fds=None, fd_limit=None, tx_queue_bytes=sum(h.tx_queue_bytes for h in hs),
             rx_queue_bytes=sum(h.rx_queue_bytes for h in hs),
             churning=any(a.verdict.startswith("churning") for a in advice), advice=advice,
-            opened=opened, closed=closed)
+            opened=opened, closed=closed,
+            # the sum of their resident memory over the sum of their connections
+            rss_bytes=sum(h.rss_bytes for h in hs if h.rss_bytes is not None) if hs else None)

@@ -123,5 +123,9 @@ def process_rows(sockets: Iterable[dict], pools: Iterable[dict],
             tx_queue_bytes=r.get("tx_queue_bytes") or 0,
             rx_queue_bytes=r.get("rx_queue_bytes") or 0,
             churning=any(a.verdict.startswith("churning") for a in pool), advice=pool,
-            opened=opened, closed=closed))
+            opened=opened, closed=closed, rss_bytes=r.get("rss_bytes"),
+            cgroup_memory_bytes=r.get("cgroup_memory_bytes"),
+            memory_limit_bytes=r.get("memory_limit_bytes"),
+            memory_limit_from=r.get("memory_limit_from"),
+            listen_backlog=r.get("listen_backlog") or 0))
     return out

@@ -145,6 +145,10 @@ def _process_findings(procs: list[ProcessStats], advice: list[PoolAdvice]) -> li
                                f"{p.label} used {p.peak_fds} of {p.fd_limit} file descriptors "
                                f"({ratio:.0%}): new connections will fail at the limit",
                                ratio * 100))
+        proj = p.memory_projection
+        if proj is not None and proj.severity is not None:
+            out.append(Finding(proj.severity, "processes", proj.text(p.label),
+                               proj.share * 100))
         if p.close_wait_leak:
             out.append(Finding("warn", "processes",
                                f"{p.label}: {p.last_close_wait} sockets in CLOSE_WAIT at the "

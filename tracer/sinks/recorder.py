@@ -59,6 +59,9 @@ def socket_row(r, ts_us: int) -> dict:
         "syn_sent": r.syn_sent, "listen": r.listen, "close_wait": r.close_wait, "other": r.other,
         "opened": r.opened, "closed": r.closed, "fds": r.fds, "fd_limit": r.fd_limit,
         "tx_queue_bytes": r.tx_queue_bytes, "rx_queue_bytes": r.rx_queue_bytes,
+        "rss_bytes": r.rss_bytes, "memory_per_connection_bytes": r.memory_per_connection,
+        "cgroup_memory_bytes": r.cgroup_memory_bytes, "memory_limit_bytes": r.memory_limit_bytes,
+        "memory_limit_from": r.memory_limit_from, "listen_backlog": r.listen_backlog,
     }
 
 

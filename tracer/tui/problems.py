@@ -145,6 +145,13 @@ def process_problem(p: ProcessRow) -> Problem | None:
         if severity is None:
             severity, kind, score = WARN, "CLOSE_WAIT pile-up", float(p.close_wait)
         parts.append(f"{p.close_wait:,} sockets in CLOSE_WAIT (peer closed, app did not)")
+    proj = p.memory_projection()
+    if proj is not None and proj.severity is not None:
+        if severity is None or (proj.severity == CRIT and severity != CRIT):
+            severity, kind, score = proj.severity, "memory per connection", 1e3 * proj.share
+            parts.insert(0, proj.text("it"))
+        else:
+            parts.append(proj.text("it"))
     if p.churning:
         if severity is None:
             severity, kind, score = WARN, "connection churn", p.opened_per_s
@@ -215,6 +222,11 @@ HINTS = {
                      "ulimit -n, or find the descriptor leak.",
     "CLOSE_WAIT pile-up": "The peer closed these connections but the application never called "
                           "close(): a leak in its connection handling.",
+    "memory per connection": "Resident memory divided by the connections held, the "
+                             "process's baseline included (an upper bound), projected to "
+                             "1,000 connections or its listen backlog, against its cgroup's "
+                             "memory limit or the host's RAM. Past it the OOM killer ends the "
+                             "process: cut per-connection buffers and state, or give it more.",
     "connection churn": "A new connection per request: each costs a handshake and leaves a "
                         "TIME_WAIT socket. Use a connection pool or keep-alive.",
 }
