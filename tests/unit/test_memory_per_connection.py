@@ -126,6 +126,10 @@ def test_one_figure_live_replay_and_report():
     assert p.memory_projection == live.memory_projection()
     text = render_text(s)
     assert "api (7) on h1 holds 200 connections at 2.10 MB each: 420 MB" in text
+    from tracer.report.html import render_html
+    assert "<td class=\"bad\">1,000: 2.18 GB of 1.00 GB (218%, cgroup)</td>" in render_html(s, "")
+    from tracer.sinks.console import format_process
+    assert "2.10 MB" in format_process(live)
     (finding,) = [f for f in s.findings if "would need" in f.text]
     assert finding.severity == "crit" and finding.text == live.memory_projection().text(p.label)
     # the live Overview lists it too
