@@ -193,6 +193,15 @@ _COLUMNS: dict[str, list[Column]] = {
                "backlog maxima of the listening sockets it holds, summed (a projection of its "
                "memory is made for the larger of this and 1,000 connections); null if recorded "
                "before this column", True),
+        Column("socket_rmem_bytes", _I64,
+               "memory the kernel charged to the receive queues of its TCP sockets (sum of "
+               "`ss -tm` skmem `r`, rmem_alloc: data received and not yet read, with its "
+               "buffer overhead), bytes; null if the kernel gave no socket memory figures or "
+               "recorded before this column", True),
+        Column("socket_wmem_bytes", _I64,
+               "memory the kernel charged to the send queues of its TCP sockets (sum of "
+               "`ss -tm` skmem `w`, wmem_queued: data written and not yet acknowledged), "
+               "bytes; null as socket_rmem_bytes", True),
     ],
     "pools": [
         *_common("end of the interval"),

@@ -3,6 +3,8 @@ the projection and its finding, and one figure for the same data in the live
 rows, the `sockets` table (recorder -> replay) and the report."""
 from __future__ import annotations
 
+import dataclasses
+
 import pyarrow as pa
 import pytest
 
@@ -164,3 +166,26 @@ def test_old_recordings_without_memory_columns_report_none():
     (p,) = summarize_tables({"sockets": table}).by_sockets
     assert p.memory_per_connection is None and p.memory_projection is None
     assert "no resident memory recorded" in render_text(summarize_tables({"sockets": table}))
+
+
+def test_socket_memory_is_summed_per_process_and_recorded():
+    """skmem r and w of a process's TCP sockets (listeners left out), summed;
+    None where the kernel gave no meminfo; through the table and replay."""
+    def sock(state, inode, r, w):
+        return TcpSocket(family=4, state=state, saddr="127.0.0.1", sport=8080, daddr="127.0.0.1",
+                         dport=40000 + inode, inode=inode, uid=0, cookie=inode, rqueue=r // 2,
+                         wqueue=0, drops=0, rmem_alloc=r, wmem_queued=w)
+    socks = [sock(10, 1, 999, 999), sock(1, 2, 4096, 0), sock(1, 3, 8192, 1280),
+             sock(8, 4, 0, 512)]
+    holdings = tally(socks, {s.inode: (7,) for s in socks}, {7: "api"}, {}, {})
+    (row,) = ProcessTable().update(1.0, holdings, scanned_at=1.0)
+    assert (row.socket_rmem_bytes, row.socket_wmem_bytes) == (12288, 1792)
+    table = pa.Table.from_batches([rows_to_batch("sockets", [socket_row(row, 1)], host="h",
+                                                 run_id="r")])
+    (back,) = process_rows(table.to_pylist(), [], 1.0)
+    assert (back.socket_rmem_bytes, back.socket_wmem_bytes) == (12288, 1792)
+    no_meminfo = [dataclasses.replace(s, rmem_alloc=None, wmem_queued=None)
+                  for s in socks]
+    (row,) = ProcessTable().update(1.0, tally(no_meminfo, {s.inode: (7,) for s in socks},
+                                              {7: "api"}, {}, {}), scanned_at=1.0)
+    assert (row.socket_rmem_bytes, row.socket_wmem_bytes) == (None, None)

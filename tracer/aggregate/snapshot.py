@@ -88,6 +88,8 @@ class ProcessRow:
     memory_limit_bytes: int | None = None   # available to it: cgroup limit, else MemTotal
     memory_limit_from: str | None = None    # "cgroup" or "host" (tracer.domain.memory)
     listen_backlog: int = 0                 # backlog maxima of its listeners, summed
+    socket_rmem_bytes: int | None = None    # charged to its TCP sockets' receive queues (ss -tm r)
+    socket_wmem_bytes: int | None = None    # ... and send queues (ss -tm w)
 
     @property
     def sockets(self) -> int:

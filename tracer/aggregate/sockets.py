@@ -44,6 +44,11 @@ class Holding:
     memory_limit_bytes: int | None = None   # what is available to it (domain.memory.available)
     memory_limit_from: str | None = None    # "cgroup" or "host"
     listen_backlog: int = 0                 # backlog maxima of its listeners, summed
+    # socket memory the kernel charged to its TCP sockets (ss -tm skmem r and
+    # w): received data waiting for the application, sent data not yet acked;
+    # None where the kernel sent no meminfo
+    socket_rmem_bytes: int | None = None
+    socket_wmem_bytes: int | None = None
     by_remote: dict = field(default_factory=dict)   # (family, raddr, rport) -> established
 
 
@@ -88,6 +93,10 @@ def tally(sockets, holders: dict[int, tuple[int, ...]], comms: dict[int, str],
                 h.other += 1
             h.tx_queue_bytes += s.wqueue
             h.rx_queue_bytes += s.rqueue
+            if s.rmem_alloc is not None:
+                h.socket_rmem_bytes = (h.socket_rmem_bytes or 0) + s.rmem_alloc
+            if s.wmem_queued is not None:
+                h.socket_wmem_bytes = (h.socket_wmem_bytes or 0) + s.wmem_queued
     return out
 
 
@@ -258,7 +267,8 @@ class ProcessTable:
                 opened=self._opened.get(pid, 0), closed=self._closed.get(pid, 0),
                 rss_bytes=h.rss_bytes, cgroup_memory_bytes=h.cgroup_memory_bytes,
                 memory_limit_bytes=h.memory_limit_bytes, memory_limit_from=h.memory_limit_from,
-                listen_backlog=h.listen_backlog,
+                listen_backlog=h.listen_backlog, socket_rmem_bytes=h.socket_rmem_bytes,
+                socket_wmem_bytes=h.socket_wmem_bytes,
             ))
         if folded is not None:
             rows = [r for r in rows if r.pid != OTHER_PID]

@@ -127,5 +127,7 @@ def process_rows(sockets: Iterable[dict], pools: Iterable[dict],
             cgroup_memory_bytes=r.get("cgroup_memory_bytes"),
             memory_limit_bytes=r.get("memory_limit_bytes"),
             memory_limit_from=r.get("memory_limit_from"),
-            listen_backlog=r.get("listen_backlog") or 0))
+            listen_backlog=r.get("listen_backlog") or 0,
+            socket_rmem_bytes=r.get("socket_rmem_bytes"),
+            socket_wmem_bytes=r.get("socket_wmem_bytes")))
     return out

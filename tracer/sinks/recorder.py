@@ -62,6 +62,7 @@ def socket_row(r, ts_us: int) -> dict:
         "rss_bytes": r.rss_bytes, "memory_per_connection_bytes": r.memory_per_connection,
         "cgroup_memory_bytes": r.cgroup_memory_bytes, "memory_limit_bytes": r.memory_limit_bytes,
         "memory_limit_from": r.memory_limit_from, "listen_backlog": r.listen_backlog,
+        "socket_rmem_bytes": r.socket_rmem_bytes, "socket_wmem_bytes": r.socket_wmem_bytes,
     }
 
 

@@ -138,6 +138,9 @@ def process_summary(p: ProcessRow) -> Text:
         t.append(f" {p.fds:,}/{p.fd_limit:,} ({fmt_pct(ratio)})   ")
     _kv(t, "send-q", fmt_bytes(p.tx_queue_bytes))
     _kv(t, "recv-q", fmt_bytes(p.rx_queue_bytes))
+    if p.socket_rmem_bytes is not None or p.socket_wmem_bytes is not None:
+        _kv(t, "socket mem", f"{memory.size(p.socket_rmem_bytes)} rx, "
+                             f"{memory.size(p.socket_wmem_bytes)} tx")
     if p.rss_bytes is not None:
         t.append("\n")
         _kv(t, "rss", memory.size(p.rss_bytes))
