@@ -163,7 +163,14 @@ def make_collector(session, sinks, interval, clock, recording_path=None,
                      clock=clock, recording_status=recording_status,
                      kernel_view=kernel_view(),
                      drop_points_hooked=session.info.backend in ("kprobe", "fentry"),
-                     filters=filters)
+                     filters=filters, host_view=host_view())
+
+
+def host_view():
+    """Host-wide TCP memory and its limits, read once per interval."""
+    from tracer.probes import tcp_memory
+
+    return tcp_memory.read
 
 
 def kernel_view():

@@ -69,6 +69,8 @@ _TABLE_ROWS = {
     "sockets": "one row per process and interval",
     "pools": "one row per process, remote endpoint and interval with connection activity: "
              "the pool sizing advice (Little's law) behind the live view",
+    "tcp_memory": "one row per interval: the host's TCP memory against net.ipv4.tcp_mem, and "
+                  "what the TcpExt memory counters of /proc/net/netstat added",
 }
 
 _NETNS = Column("netns", _I64, "network namespace (inode of /proc/PID/ns/net): tells apart "
@@ -225,6 +227,25 @@ _COLUMNS: dict[str, list[Column]] = {
         Column("window_s", _F64, "seconds the rate and hold time cover: the last 30 intervals, "
                "or since the process first connected there; null in recordings made before "
                "this column", True),
+    ],
+    "tcp_memory": [
+        *_common("end of the interval"),
+        Column("used_bytes", _I64, "memory charged to all TCP sockets of the host "
+               "(/proc/net/sockstat TCP `mem`, pages x page size); null if unreadable", True),
+        Column("low_bytes", _I64, "net.ipv4.tcp_mem low threshold: below it TCP memory is never "
+               "limited; null if unreadable", True),
+        Column("pressure_bytes", _I64, "net.ipv4.tcp_mem pressure threshold: above it the host "
+               "is in TCP memory pressure (buffers shrink, queues are pruned)", True),
+        Column("max_bytes", _I64, "net.ipv4.tcp_mem maximum: no more socket buffer memory is "
+               "given (packets dropped, connections aborted)", True),
+        Column("memory_pressures", _I64, "entries into TCP memory pressure in the interval "
+               "(TcpExt TCPMemoryPressures)"),
+        Column("rcvq_drops", _I64, "packets dropped in the interval for want of receive memory "
+               "(TcpExt TCPRcvQDrop)"),
+        Column("pruned", _I64, "receive queues pruned in the interval to free memory (TcpExt "
+               "RcvPruned + OfoPruned)"),
+        Column("aborts_on_memory", _I64, "connections aborted in the interval for want of memory "
+               "(TcpExt TCPAbortOnMemory)"),
     ],
 }
 

@@ -149,6 +149,16 @@ def test_memory_per_connection_of_a_server_holding_2mb_each(tmp_path, memory_cgr
         assert per == rss / CONNECTIONS
         assert (limit, source, backlog) == (LIMIT, "cgroup", CONNECTIONS + 16)
 
+    # socket memory and host TCP memory went into the same recording
+    (n, rmem, maximum), = duckdb.sql(
+        f"select count(*), max(socket_rmem_bytes), max(t.max_bytes) from read_parquet("
+        f"'{out}/sockets/**/*.parquet', hive_partitioning=true) s, read_parquet("
+        f"'{out}/tcp_memory/**/*.parquet', hive_partitioning=true) t "
+        f"where s.pid = {server.pid}").fetchall()
+    page = os.sysconf("SC_PAGE_SIZE")
+    tcp_mem = [int(x) for x in Path("/proc/sys/net/ipv4/tcp_mem").read_text().split()]
+    assert n and rmem is not None and maximum == tcp_mem[2] * page
+
     # the report: the sentence, the figure, and the finding
     data = read_recording(out)
     s = summarize(data)

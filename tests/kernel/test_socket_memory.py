@@ -15,7 +15,9 @@ import time
 import pytest
 
 from tracer.aggregate.sockets import ProcessTable
+from tracer.domain.tcp_memory import STUCK_INTERVALS
 from tracer.run import kernel_view
+from tracer.tui.problems import process_problem
 
 pytestmark = pytest.mark.kernel
 
@@ -92,6 +94,14 @@ def test_socket_memory_equals_ss_for_a_server_that_never_reads():
             if before == after:
                 break
         rows = {r.pid: r for r in ProcessTable().update(1.0, holdings, scanned_at)}
+        # the server keeps not reading: after STUCK_INTERVALS fresh scans it is told
+        table, seen = ProcessTable(), set()
+        deadline = time.monotonic() + 30
+        while len(seen) < STUCK_INTERVALS and time.monotonic() < deadline:
+            _, _, holdings, scanned_at = read()
+            seen.add(scanned_at)
+            stuck = {r.pid: r for r in table.update(0.2, holdings, scanned_at)}[server.pid]
+            time.sleep(0.2)
     finally:
         for c in clients:
             c.close()
@@ -105,6 +115,10 @@ def test_socket_memory_equals_ss_for_a_server_that_never_reads():
     _, send_q, cr, cw = after[me]
     assert send_q > 0 and cw >= send_q     # what the closed windows refused waits here
     assert (cli.tx_queue_bytes, cli.socket_rmem_bytes, cli.socket_wmem_bytes) == (send_q, cr, cw)
+    assert stuck.unread_intervals >= STUCK_INTERVALS
+    problem = process_problem(stuck)
+    assert problem.kind == "not reading" and problem.key == (server.pid,)
+    print(f"\n{problem.detail}")
     print(f"\nserver: Recv-Q {recv_q:,} B, skmem r {r:,} B over {CONNECTIONS} sockets "
           f"(connscope {srv.rx_queue_bytes:,} / {srv.socket_rmem_bytes:,}); client: Send-Q "
           f"{send_q:,} B, skmem w {cw:,} B (connscope {cli.tx_queue_bytes:,} / "

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from tracer.aggregate.connects import ConnectRow
-from tracer.domain import memory
+from tracer.domain import memory, tcp_memory
 from tracer.domain.addresses import endpoint
 from tracer.domain.listeners import spans_namespaces, with_netns
 
@@ -90,6 +90,7 @@ class ProcessRow:
     listen_backlog: int = 0                 # backlog maxima of its listeners, summed
     socket_rmem_bytes: int | None = None    # charged to its TCP sockets' receive queues (ss -tm r)
     socket_wmem_bytes: int | None = None    # ... and send queues (ss -tm w)
+    unread_intervals: int = 0               # scans in a row with unread data never shrinking
 
     @property
     def sockets(self) -> int:
@@ -111,6 +112,23 @@ class ProcessRow:
         if self.fds is None or not self.fd_limit:
             return None
         return self.fds / self.fd_limit
+
+
+@dataclass(frozen=True)
+class TcpMemoryRow:
+    """Host-wide TCP memory at the end of an interval (tracer/domain/tcp_memory.py)."""
+    used_bytes: int | None
+    low_bytes: int | None
+    pressure_bytes: int | None
+    max_bytes: int | None
+    memory_pressures: int = 0       # entries into memory pressure in the interval
+    rcvq_drops: int = 0             # packets dropped for want of receive memory
+    pruned: int = 0                 # receive queues pruned (RcvPruned + OfoPruned)
+    aborts_on_memory: int = 0       # connections aborted for want of memory
+
+    @property
+    def state(self) -> str | None:
+        return tcp_memory.state(self.used_bytes, self.pressure_bytes, self.max_bytes)
 
 
 @dataclass(frozen=True)
@@ -152,3 +170,4 @@ class Snapshot:
     recording_bytes: int | None = None
     recording_warning: str | None = None  # e.g. "disk full: writing paused"
     extra: dict = field(default_factory=dict)
+    tcp_memory: TcpMemoryRow | None = None   # host-wide; None where not read (replay of old data)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from tracer.aggregate.histogram import Histogram
 from tracer.aggregate.snapshot import PoolAdvice, ProcessRow
-from tracer.domain import memory as mem, pools
+from tracer.domain import memory as mem, pools, tcp_memory
 from tracer.domain.addresses import endpoint
 
 # TCP state numbers (include/net/tcp_states.h)
@@ -136,6 +136,8 @@ class ProcessTable:
         self._closed: dict[int, int] = {}
         self._comm: dict[int, str] = {}   # of pids with flows or active in the interval
         self._scanned_at: float | None = None
+        # pid -> (interval ends in a row with unread data never shrinking, rx then)
+        self._unread: dict[int, tuple[int, int]] = {}
         self.evicted_flows = 0       # flow updates summed into the "other" flow
         self.evicted_processes = 0   # process rows summed into the "other" row
 
@@ -220,6 +222,10 @@ class ProcessTable:
         picture would count again, even from before a flow began."""
         fresh = scanned_at is None or scanned_at != self._scanned_at
         self._scanned_at = scanned_at
+        if fresh:   # bounded by the processes of this scan
+            self._unread = {pid: (tcp_memory.unread_streak(*self._unread.get(pid, (0, None)),
+                                                           h.rx_queue_bytes), h.rx_queue_bytes)
+                            for pid, h in holdings.items()}
         for pid, h in holdings.items():   # flows seen only by the scan (pooled, or older than us)
             for key in h.by_remote:
                 self._flow(pid, key)
@@ -269,6 +275,7 @@ class ProcessTable:
                 memory_limit_bytes=h.memory_limit_bytes, memory_limit_from=h.memory_limit_from,
                 listen_backlog=h.listen_backlog, socket_rmem_bytes=h.socket_rmem_bytes,
                 socket_wmem_bytes=h.socket_wmem_bytes,
+                unread_intervals=self._unread.get(pid, (0, 0))[0],
             ))
         if folded is not None:
             rows = [r for r in rows if r.pid != OTHER_PID]

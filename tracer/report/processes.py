@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tracer.domain import memory
+from tracer.domain import memory, tcp_memory
 from tracer.report.arrow_stats import bucket_start, sums_by, ts_us
 
 KEY = ["host", "pid", "comm"]
@@ -42,6 +42,7 @@ class ProcessStats:
     # the `sockets` row (a dict of MEMORY_COLUMNS) where it held the most
     # connections with its memory known, the latest such; None if none
     memory_row: dict | None = field(default=None, compare=False)
+    unread: tuple[int, int] = (0, 0)   # longest run of interval ends not reading, bytes then
 
     @property
     def connections(self) -> int:
@@ -130,6 +131,34 @@ def memory_rows(sockets: pa.Table) -> dict[tuple, dict]:
             for r in firsts.to_pylist()}
 
 
+def unread_streaks(sockets: pa.Table) -> dict[tuple, tuple[int, int]]:
+    """Per process (KEY) that ever left data unread: its longest run of
+    interval ends with unread data never shrinking (tracer.domain.tcp_memory,
+    as the live view counts it), and the bytes unread at the end of that run."""
+    if not sockets.num_rows:
+        return {}
+    rx = pc.fill_null(sockets.column("rx_queue_bytes"), 0)
+    t = sockets.filter(pc.greater(rx, 0))
+    if not t.num_rows:
+        return {}
+    wanted = {(r["host"], r["pid"], r["comm"]) for r in t.select(KEY).to_pylist()}
+    t = sockets.select([*KEY, "rx_queue_bytes"]).append_column("us", ts_us(sockets))
+    t = t.sort_by([("us", "ascending")])
+    state: dict[tuple, tuple[int, int | None]] = {}
+    best: dict[tuple, tuple[int, int]] = {}
+    for r in t.to_pylist():
+        key = (r["host"], r["pid"], r["comm"])
+        if key not in wanted:
+            continue
+        streak, before = state.get(key, (0, None))
+        now = r["rx_queue_bytes"] or 0
+        streak = tcp_memory.unread_streak(streak, before, now)
+        state[key] = (streak, now)
+        if streak > best.get(key, (0, 0))[0]:
+            best[key] = (streak, now)
+    return best
+
+
 def process_stats(sockets: pa.Table, interval_us: int, bucket_us: int) -> list[ProcessStats]:
     """Every process seen, most sockets first; timelines in `bucket_us` buckets."""
     if not sockets.num_rows:
@@ -147,6 +176,7 @@ def process_stats(sockets: pa.Table, interval_us: int, bucket_us: int) -> list[P
             (r["bucket"], r["total_max"], r["established_max"] or 0, r["close_wait_max"] or 0,
              r["fds_max"]))
     mem = memory_rows(sockets)
+    unread = unread_streaks(sockets)
     out = []
     for r in rows:
         key = (r["host"], r["pid"], r["comm"])
@@ -159,7 +189,8 @@ def process_stats(sockets: pa.Table, interval_us: int, bucket_us: int) -> list[P
             opened=r["opened_sum"] or 0, closed=r["closed_sum"] or 0,
             span_s=(r["us_max"] - r["us_min"] + interval_us) / 1e6,
             peak_fds=r["fds_max"], fd_limit=r["fd_limit_max"],
-            timeline=tuple(sorted(timelines.get(key, ()))), memory_row=mem.get(key)))
+            timeline=tuple(sorted(timelines.get(key, ()))), memory_row=mem.get(key),
+            unread=unread.get(key, (0, 0))))
     out.sort(key=lambda p: (-p.peak_sockets, p.host, p.pid))
     return out
 

@@ -160,6 +160,9 @@ def _processes(s: Summary) -> list[str]:
                    + (f" ({p.fd_ratio:.0%})" if p.fd_ratio is not None else ""))
                   for p in s.by_sockets])
     out += _memory(s)
+    out += ["", "HOST TCP MEMORY (/proc/net/sockstat against net.ipv4.tcp_mem; TcpExt counters "
+                "over the recording)"]
+    out += [f"  {clean(h.text)}" for h in s.tcp_memory] or ["  not recorded"]
     out += ["", "PROCESSES BY CHURN (TCP sockets opened and closed per second over the time "
                 "each process was seen)"]
     out += table(("process", "pid", "host", "opened", "closed", "opened total"),

@@ -127,6 +127,13 @@ class RecordSink:
             self.recording.write("sockets", sockets)
         if pools:
             self.recording.write("pools", pools)
+        m = snap.tcp_memory
+        if m is not None:
+            self.recording.write("tcp_memory", [{
+                "ts": snap.ts_us, "used_bytes": m.used_bytes, "low_bytes": m.low_bytes,
+                "pressure_bytes": m.pressure_bytes, "max_bytes": m.max_bytes,
+                "memory_pressures": m.memory_pressures, "rcvq_drops": m.rcvq_drops,
+                "pruned": m.pruned, "aborts_on_memory": m.aborts_on_memory}])
         # Every lost kernel event may have been any kind of row: say so on each.
         self.recording.set_lost({"connects": status.lost_total, "accepts": status.lost_total})
         # Live-view rows folded into "other" (no event row is missing for them)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from tracer.aggregate.connects import ConnectRow
 from tracer.aggregate.snapshot import ListenerRow, ProcessRow, Snapshot
+from tracer.domain import tcp_memory
 from tracer.tui.units import fmt_rate, fmt_us
 
 CRIT, WARN = "crit", "warn"
@@ -152,6 +153,10 @@ def process_problem(p: ProcessRow) -> Problem | None:
             parts.insert(0, proj.text("it"))
         else:
             parts.append(proj.text("it"))
+    if tcp_memory.not_reading(p.unread_intervals):
+        if severity is None:
+            severity, kind, score = WARN, "not reading", float(p.rx_queue_bytes)
+        parts.append(tcp_memory.not_reading_text("it", p.rx_queue_bytes, p.unread_intervals))
     if p.churning:
         if severity is None:
             severity, kind, score = WARN, "connection churn", p.opened_per_s
@@ -186,6 +191,14 @@ def find_problems(s: Snapshot) -> list[Problem]:
         p = process_problem(r)
         if p:
             out.append(p)
+    m = s.tcp_memory
+    if m is not None and (m.state in (tcp_memory.PRESSURE, tcp_memory.LIMIT, tcp_memory.NEAR)
+                          or m.memory_pressures or m.rcvq_drops):
+        crit = m.state != tcp_memory.NEAR or m.memory_pressures or m.rcvq_drops
+        out.append(Problem(CRIT if crit else WARN, float(m.used_bytes or 0), "TCP memory", "host",
+                           tcp_memory.finding_text(m.used_bytes or 0, m.pressure_bytes or 0,
+                                                   m.max_bytes or 0, m.memory_pressures,
+                                                   m.rcvq_drops, m.pruned), "log", None))
     out.sort(key=lambda p: p.rank)
     return out
 
@@ -227,6 +240,14 @@ HINTS = {
                              "1,000 connections or its listen backlog, against its cgroup's "
                              "memory limit or the host's RAM. Past it the OOM killer ends the "
                              "process: cut per-connection buffers and state, or give it more.",
+    "TCP memory": "All TCP sockets of the host share net.ipv4.tcp_mem (pages: low, pressure, "
+                  "max). In pressure the kernel shrinks buffers and prunes receive queues; at "
+                  "max it drops data and aborts connections. Find who holds the memory (the "
+                  "processes' socket mem: receive queues of applications that do not read) "
+                  "or raise tcp_mem.",
+    "not reading": "Data waits in the process's receive queues and never drains: it is "
+                   "stuck (a lock, a full worker pool) or ignores those sockets. The kernel "
+                   "keeps the memory charged and the peers' windows close.",
     "connection churn": "A new connection per request: each costs a handshake and leaves a "
                         "TIME_WAIT socket. Use a connection pool or keep-alive.",
 }
