@@ -143,3 +143,31 @@ def test_not_reading_live_and_in_the_report():
     drained = [dict(r, rx_queue_bytes=(514_048 if i % 2 else 0)) for i, r in enumerate(rows)]
     t = pa.Table.from_batches([rows_to_batch("sockets", drained, host="h1", run_id="r1")])
     assert not [f for f in summarize_tables({"sockets": t}).findings if "not reading" in f.text]
+
+
+def test_replay_shows_the_recorded_tcp_memory(tmp_path):
+    """One reading recorded, replayed: the Overview problem is the live one."""
+    from tests.tui.synthetic import last
+    from tracer.aggregate.snapshot import ProcessRow
+    from tracer.replay.timeline import RecordingTimeline
+    from tracer.report.reader import read_recording
+    from tracer.sinks.parquet_writer import Recording
+    from tracer.sinks.recorder import RecordSink
+    from tracer.clock import Clock
+
+    row = TcpMemoryRow(1_600_000_000, 1_180_000_000, 1_570_000_000, 2_360_000_000,
+                       memory_pressures=1, rcvq_drops=12, pruned=3)
+    proc = ProcessRow(pid=7, comm="api", established=1, syn_sent=0, listen=0, close_wait=0,
+                      other=0, opened_per_s=0.0, closed_per_s=0.0, fds=5, fd_limit=1024,
+                      tx_queue_bytes=0, rx_queue_bytes=0, churning=False)
+    snap = replace(last(), tcp_memory=row, processes=(proc,), listeners=(), destinations=(),
+                   processes_connects=())
+    with Recording(tmp_path, host="h1", run_id="r1") as rec:
+        sink = RecordSink(rec, Clock())
+        sink._interval(type("S", (), {"lost_total": 0, "evicted_by": {}})(), snap)
+    timeline = RecordingTimeline(read_recording(tmp_path), tmp_path)
+    replayed = timeline.snapshot(len(timeline) - 1)
+    assert replayed.tcp_memory == row
+    live = [p for p in find_problems(snap) if p.kind == "TCP memory"]
+    again = [p for p in find_problems(replayed) if p.kind == "TCP memory"]
+    assert live == again and live

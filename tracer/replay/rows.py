@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Iterable
 
 from tracer.aggregate.histogram import Histogram
-from tracer.aggregate.snapshot import ListenerRow, PoolAdvice, ProcessRow, label_namespaces
+from tracer.aggregate.snapshot import (ListenerRow, PoolAdvice, ProcessRow, TcpMemoryRow,
+                                       label_namespaces)
 from tracer.domain.listeners import key_of_row, listener_of_accept
 from tracer.events import Connect
 
@@ -131,3 +132,20 @@ def process_rows(sockets: Iterable[dict], pools: Iterable[dict],
             socket_rmem_bytes=r.get("socket_rmem_bytes"),
             socket_wmem_bytes=r.get("socket_wmem_bytes")))
     return out
+
+
+def tcp_memory_row(rows: Iterable[dict]) -> TcpMemoryRow | None:
+    """One interval's `tcp_memory` row back into what the live view showed
+    (the last, if a host wrote two); None where none was recorded."""
+    last = None
+    for r in rows:
+        if last is None or r["ts"] >= last["ts"]:
+            last = r
+    if last is None:
+        return None
+    return TcpMemoryRow(
+        used_bytes=last.get("used_bytes"), low_bytes=last.get("low_bytes"),
+        pressure_bytes=last.get("pressure_bytes"), max_bytes=last.get("max_bytes"),
+        memory_pressures=last.get("memory_pressures") or 0,
+        rcvq_drops=last.get("rcvq_drops") or 0, pruned=last.get("pruned") or 0,
+        aborts_on_memory=last.get("aborts_on_memory") or 0)
