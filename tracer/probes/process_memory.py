@@ -12,8 +12,11 @@ without following a link. Both v1 (memory controller, e.g.
 /sys/fs/cgroup/unified on hybrid hosts, where it usually has no memory
 controller) are read.
 
-Cost: statm is one small read (~5 µs); /proc/PID/cgroup one more; a
-cgroup's figures are read once per scan however many processes share it.
+Cost (measured, 2-core VM, 6.18): statm ~14 µs a process, read every scan
+for processes holding sockets; /proc/PID/cgroup ~16 µs, read every 5th scan
+(ProcScanner.limits_every); a cgroup's figures once per scan however many
+processes share it. With 200 processes holding sockets (300 in all) the
+scan's median stayed within its noise (30-43 ms either way, 3 runs of 15).
 """
 from __future__ import annotations
 
