@@ -6,6 +6,7 @@ window refused. The kernel view the collector reads (sock_diag joined with
 same socket memory (skmem r and w) as ss for the same sockets."""
 from __future__ import annotations
 
+import os
 import re
 import socket
 import subprocess
@@ -84,7 +85,7 @@ def test_socket_memory_equals_ss_for_a_server_that_never_reads():
                     sent += c.send(payload)
                 except BlockingIOError:
                     break
-        me = __import__("os").getpid()
+        me = os.getpid()
         read = kernel_view()
         for attempt in range(20):     # queues settle once the windows are closed
             time.sleep(0.3)
