@@ -16,8 +16,9 @@ from tracer.aggregate.connects import ConnectTable
 from tracer.aggregate.listeners import ListenerTable
 from tracer.aggregate.notable import NotableLog
 from tracer.aggregate.sockets import ProcessTable
-from tracer.aggregate.snapshot import Header, Snapshot
+from tracer.aggregate.snapshot import Header, Snapshot, TcpMemoryRow
 from tracer.clock import Clock
+from tracer.domain import tcp_memory
 from tracer.events import Accept, Connect
 from tracer.filters import Filters
 
@@ -71,7 +72,8 @@ class Collector:
                  kernel_view: Callable[[], tuple[list, dict, dict, float | None]] = no_kernel_view,
                  drop_points_hooked: bool = False,
                  recording_status: Callable[[], dict] | None = None,
-                 filters: Filters | None = None):
+                 filters: Filters | None = None,
+                 host_view: Callable[[], object] | None = None):
         self.session = session
         # applied to the rows read from the socket table (the kernel filters events)
         self.filters = filters or Filters()
@@ -80,6 +82,9 @@ class Collector:
         self.header = header
         self.clock = clock or Clock()
         self.kernel_view = kernel_view
+        # host-wide TCP memory (tracer.probes.tcp_memory.read), None: not read
+        self.host_view = host_view
+        self._tcp_counters: dict | None = None
         self.recording_status = recording_status
         # limits: the tables' bounds ({"max_keys": n, ...}), lowered by tests
         limits = limits or {}
@@ -165,6 +170,7 @@ class Collector:
         self.log.evicted(evicted - self._evicted_at_tick, now_us)
         self._evicted_at_tick = evicted
         return Snapshot(
+            tcp_memory=self._tcp_memory(),
             ts_us=now_us, interval_s=seconds, header=self.header,
             events_total=status.events_total, events_per_s=status.events_per_s,
             lost_events=status.lost_total,
@@ -177,6 +183,22 @@ class Collector:
             notable=self.log.roll(now_us),
             **self._recording_fields(),
         )
+
+    def _tcp_memory(self) -> TcpMemoryRow | None:
+        """This interval's host TCP memory and what its counters added."""
+        if self.host_view is None:
+            return None
+        try:
+            m = self.host_view()
+        except OSError:
+            return None
+        d = tcp_memory.deltas(m.counters, self._tcp_counters)
+        self._tcp_counters = dict(m.counters)
+        return TcpMemoryRow(
+            used_bytes=m.used, low_bytes=m.low, pressure_bytes=m.pressure, max_bytes=m.maximum,
+            memory_pressures=d.get("TCPMemoryPressures", 0), rcvq_drops=d.get("TCPRcvQDrop", 0),
+            pruned=d.get("RcvPruned", 0) + d.get("OfoPruned", 0),
+            aborts_on_memory=d.get("TCPAbortOnMemory", 0))
 
     def _recording_fields(self) -> dict:
         if self.recording_status is None:
@@ -195,6 +217,8 @@ class Collector:
             sink.on_interval(status, snapshot)
 
     def _prime(self) -> None:
+        if self.host_view is not None:
+            self._tcp_memory()      # counters from now on are this run's
         try:
             diag, _, _, _ = self.kernel_view()
         except OSError:

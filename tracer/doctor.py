@@ -38,6 +38,8 @@ SYSCTLS = (
     "fs.file-max",
     "fs.nr_open",
     "net.core.netdev_max_backlog",
+    "net.ipv4.tcp_mem",
+    "net.ipv4.tcp_rmem",
 )
 
 
@@ -247,7 +249,36 @@ def assess_limits(sysctls: dict[str, Optional[str]], nofile: tuple[int, int]) ->
         items.append(_item("net.core.netdev_max_backlog", v, "warn" if v < 1000 else "ok",
                            f"per-CPU queue of received packets; drops show in the second column of "
                            f"/proc/net/softnet_stat" + ("; raise it to 1000 or more" if v < 1000 else "")))
+
+    items += _tcp_memory_items(get("net.ipv4.tcp_mem"), get("net.ipv4.tcp_rmem"))
     return items
+
+
+def _tcp_memory_items(tcp_mem: Optional[str], tcp_rmem: Optional[str]) -> list[dict]:
+    """What net.ipv4.tcp_mem allows every TCP socket of the host together, in
+    bytes, and how many connections with full default receive buffers fit
+    before memory pressure (tracer/domain/tcp_memory.py)."""
+    from tracer.domain.memory import size
+
+    pages = [int(x) for x in (tcp_mem or "").split() if x.isdigit()]
+    if len(pages) != 3:
+        return []
+    page = os.sysconf("SC_PAGE_SIZE")
+    low, pressure, maximum = (p * page for p in pages)
+    advice = (f"all TCP buffers of the host together: limited from {size(low)}, in memory "
+              f"pressure above {size(pressure)} (buffers shrink, queues pruned: "
+              f"TCPMemoryPressures), nothing more past {size(maximum)} (data dropped: "
+              f"TCPRcvQDrop; connections aborted)")
+    rmem = [int(x) for x in (tcp_rmem or "").split() if x.isdigit()]
+    status = "ok"
+    if len(rmem) == 3 and rmem[1]:
+        fit = pressure // rmem[1]
+        advice += (f"; {fit:,} connections with a full default receive buffer "
+                   f"({size(rmem[1])}, net.ipv4.tcp_rmem) reach pressure")
+        if fit < USERS:
+            status = "warn"
+            advice += f": fewer than {USERS:,}, raise tcp_mem"
+    return [_item("net.ipv4.tcp_mem", " ".join(tcp_mem.split()), status, advice)]
 
 
 def read_sysctls(names=SYSCTLS, root: str = "/proc/sys") -> dict[str, Optional[str]]:

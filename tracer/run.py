@@ -163,7 +163,14 @@ def make_collector(session, sinks, interval, clock, recording_path=None,
                      clock=clock, recording_status=recording_status,
                      kernel_view=kernel_view(),
                      drop_points_hooked=session.info.backend in ("kprobe", "fentry"),
-                     filters=filters)
+                     filters=filters, host_view=host_view())
+
+
+def host_view():
+    """Host-wide TCP memory and its limits, read once per interval."""
+    from tracer.probes import tcp_memory
+
+    return tcp_memory.read
 
 
 def kernel_view():
@@ -181,10 +188,21 @@ def kernel_view():
                             snap.comm_by_pid.get(snap.holders[s.inode][0], "?"))
                   for _, s in listeners if s.inode in snap.holders}
         holdings = tally([s for _, s in listeners + sockets], snap.holders, snap.comm_by_pid,
-                         snap.fds_by_pid, snap.nofile_by_pid)
+                         snap.fds_by_pid, snap.nofile_by_pid, process_memory(snap),
+                         snap.mem_total)
         return listeners, owners, holdings, snap.taken_at
 
     return read
+
+
+def process_memory(snap) -> dict[int, tuple]:
+    """pid -> (resident bytes, its memory cgroup's use, that cgroup's limit)
+    from one /proc scan (tracer.probes.procfs.ProcSnapshot)."""
+    out = {}
+    for pid, rss in snap.rss_by_pid.items():
+        cg = snap.cgroups.get(snap.cgroup_by_pid.get(pid))
+        out[pid] = (rss, cg.used if cg else None, cg.limit if cg else None)
+    return out
 
 
 def _recording_args(recording) -> dict:

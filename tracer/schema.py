@@ -69,6 +69,8 @@ _TABLE_ROWS = {
     "sockets": "one row per process and interval",
     "pools": "one row per process, remote endpoint and interval with connection activity: "
              "the pool sizing advice (Little's law) behind the live view",
+    "tcp_memory": "one row per interval: the host's TCP memory against net.ipv4.tcp_mem, and "
+                  "what the TcpExt memory counters of /proc/net/netstat added",
 }
 
 _NETNS = Column("netns", _I64, "network namespace (inode of /proc/PID/ns/net): tells apart "
@@ -171,6 +173,37 @@ _COLUMNS: dict[str, list[Column]] = {
                "bytes in the send queues of its TCP sockets at the end of the interval"),
         Column("rx_queue_bytes", _I64,
                "bytes in the receive queues of its TCP sockets at the end of the interval"),
+        Column("rss_bytes", _I64, "resident memory of the process (VmRSS, /proc/PID/statm) at "
+               "the end of the interval, bytes; null if unreadable or recorded before this "
+               "column", True),
+        Column("memory_per_connection_bytes", _F64,
+               "rss_bytes divided by the TCP connections it holds (every TCP socket but its "
+               "listeners: established + syn_sent + close_wait + other), bytes; the baseline "
+               "of the process is in every share; null if it holds none or rss_bytes is null",
+               True),
+        Column("cgroup_memory_bytes", _I64,
+               "memory charged to the process's memory cgroup (v1 memory.usage_in_bytes, v2 "
+               "memory.current; other processes of that cgroup included), bytes; null in the "
+               "root cgroup, or if unreadable", True),
+        Column("memory_limit_bytes", _I64,
+               "memory available to the process: its memory cgroup's limit (the smallest on "
+               "the path to the root) if set and below the host's RAM, else the host's "
+               "MemTotal, bytes; null if unknown", True),
+        Column("memory_limit_from", _STR,
+               "where memory_limit_bytes comes from: `cgroup` or `host`; null if unknown", True),
+        Column("listen_backlog", _I64,
+               "backlog maxima of the listening sockets it holds, summed (a projection of its "
+               "memory is made for the larger of this and 1,000 connections); null if recorded "
+               "before this column", True),
+        Column("socket_rmem_bytes", _I64,
+               "memory the kernel charged to the receive queues of its TCP sockets (sum of "
+               "`ss -tm` skmem `r`, rmem_alloc: data received and not yet read, with its "
+               "buffer overhead), bytes; null if the kernel gave no socket memory figures or "
+               "recorded before this column", True),
+        Column("socket_wmem_bytes", _I64,
+               "memory the kernel charged to the send queues of its TCP sockets (sum of "
+               "`ss -tm` skmem `w`, wmem_queued: data written and not yet acknowledged), "
+               "bytes; null as socket_rmem_bytes", True),
     ],
     "pools": [
         *_common("end of the interval"),
@@ -194,6 +227,25 @@ _COLUMNS: dict[str, list[Column]] = {
         Column("window_s", _F64, "seconds the rate and hold time cover: the last 30 intervals, "
                "or since the process first connected there; null in recordings made before "
                "this column", True),
+    ],
+    "tcp_memory": [
+        *_common("end of the interval"),
+        Column("used_bytes", _I64, "memory charged to all TCP sockets of the host "
+               "(/proc/net/sockstat TCP `mem`, pages x page size); null if unreadable", True),
+        Column("low_bytes", _I64, "net.ipv4.tcp_mem low threshold: below it TCP memory is never "
+               "limited; null if unreadable", True),
+        Column("pressure_bytes", _I64, "net.ipv4.tcp_mem pressure threshold: above it the host "
+               "is in TCP memory pressure (buffers shrink, queues are pruned)", True),
+        Column("max_bytes", _I64, "net.ipv4.tcp_mem maximum: no more socket buffer memory is "
+               "given (packets dropped, connections aborted)", True),
+        Column("memory_pressures", _I64, "entries into TCP memory pressure in the interval "
+               "(TcpExt TCPMemoryPressures)"),
+        Column("rcvq_drops", _I64, "packets dropped in the interval for want of receive memory "
+               "(TcpExt TCPRcvQDrop)"),
+        Column("pruned", _I64, "receive queues pruned in the interval to free memory (TcpExt "
+               "RcvPruned + OfoPruned)"),
+        Column("aborts_on_memory", _I64, "connections aborted in the interval for want of memory "
+               "(TcpExt TCPAbortOnMemory)"),
     ],
 }
 

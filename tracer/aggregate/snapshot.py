@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from tracer.aggregate.connects import ConnectRow
+from tracer.domain import memory, tcp_memory
 from tracer.domain.addresses import endpoint
 from tracer.domain.listeners import spans_namespaces, with_netns
 
@@ -82,16 +83,52 @@ class ProcessRow:
     advice: tuple[PoolAdvice, ...] = ()
     opened: int = 0             # connections opened in the interval (connect + accept)
     closed: int = 0             # connections it opened that closed in the interval
+    rss_bytes: int | None = None            # resident memory (VmRSS); None: unknown
+    cgroup_memory_bytes: int | None = None  # its memory cgroup's use; None: root cgroup or unknown
+    memory_limit_bytes: int | None = None   # available to it: cgroup limit, else MemTotal
+    memory_limit_from: str | None = None    # "cgroup" or "host" (tracer.domain.memory)
+    listen_backlog: int = 0                 # backlog maxima of its listeners, summed
+    socket_rmem_bytes: int | None = None    # charged to its TCP sockets' receive queues (ss -tm r)
+    socket_wmem_bytes: int | None = None    # ... and send queues (ss -tm w)
+    unread_intervals: int = 0               # scans in a row with unread data never shrinking
 
     @property
     def sockets(self) -> int:
         return self.established + self.syn_sent + self.listen + self.close_wait + self.other
 
     @property
+    def connections(self) -> int:
+        return memory.row_connections(self)
+
+    @property
+    def memory_per_connection(self) -> float | None:
+        return memory.row_per_connection(self)
+
+    def memory_projection(self) -> memory.Projection | None:
+        return memory.row_projection(self)
+
+    @property
     def fd_ratio(self) -> float | None:
         if self.fds is None or not self.fd_limit:
             return None
         return self.fds / self.fd_limit
+
+
+@dataclass(frozen=True)
+class TcpMemoryRow:
+    """Host-wide TCP memory at the end of an interval (tracer/domain/tcp_memory.py)."""
+    used_bytes: int | None
+    low_bytes: int | None
+    pressure_bytes: int | None
+    max_bytes: int | None
+    memory_pressures: int = 0       # entries into memory pressure in the interval
+    rcvq_drops: int = 0             # packets dropped for want of receive memory
+    pruned: int = 0                 # receive queues pruned (RcvPruned + OfoPruned)
+    aborts_on_memory: int = 0       # connections aborted for want of memory
+
+    @property
+    def state(self) -> str | None:
+        return tcp_memory.state(self.used_bytes, self.pressure_bytes, self.max_bytes)
 
 
 @dataclass(frozen=True)
@@ -137,6 +174,7 @@ class Snapshot:
     recording_bytes: int | None = None
     recording_warning: str | None = None  # e.g. "disk full: writing paused"
     extra: dict = field(default_factory=dict)
+    tcp_memory: TcpMemoryRow | None = None   # host-wide; None where not read (replay of old data)
 
     @property
     def missed_runs(self) -> int:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from tracer.aggregate.histogram import Histogram
 from tracer.aggregate.snapshot import PoolAdvice, ProcessRow
-from tracer.domain import pools
+from tracer.domain import memory as mem, pools, tcp_memory
 from tracer.domain.addresses import endpoint
 
 # TCP state numbers (include/net/tcp_states.h)
@@ -39,13 +39,28 @@ class Holding:
     rx_queue_bytes: int = 0
     fds: int | None = None
     fd_limit: int | None = None
+    rss_bytes: int | None = None            # resident memory (VmRSS)
+    cgroup_memory_bytes: int | None = None  # its memory cgroup's use; None: root or none
+    memory_limit_bytes: int | None = None   # what is available to it (domain.memory.available)
+    memory_limit_from: str | None = None    # "cgroup" or "host"
+    listen_backlog: int = 0                 # backlog maxima of its listeners, summed
+    # socket memory the kernel charged to its TCP sockets (ss -tm skmem r and
+    # w): received data waiting for the application, sent data not yet acked;
+    # None where the kernel sent no meminfo
+    socket_rmem_bytes: int | None = None
+    socket_wmem_bytes: int | None = None
     by_remote: dict = field(default_factory=dict)   # (family, raddr, rport) -> established
 
 
 def tally(sockets, holders: dict[int, tuple[int, ...]], comms: dict[int, str],
-          fds: dict[int, int], limits: dict[int, int | None]) -> dict[int, Holding]:
+          fds: dict[int, int], limits: dict[int, int | None],
+          memory: dict[int, tuple] | None = None,
+          mem_total: int | None = None) -> dict[int, Holding]:
     """Join the socket table with /proc: a socket counts once for every
-    process that holds it (after fork both do; dup'ed fds count once)."""
+    process that holds it (after fork both do; dup'ed fds count once).
+    memory: pid -> (resident bytes, its cgroup's use, its cgroup's limit),
+    each None if unknown; mem_total: the host's RAM."""
+    memory = memory or {}
     # An accepted connection has a listener's port as its local port; it is
     # not one the process opened, so it is no pool's (by_remote), else a
     # server would get one "pooled" flow per client port.
@@ -55,8 +70,12 @@ def tally(sockets, holders: dict[int, tuple[int, ...]], comms: dict[int, str],
         for pid in holders.get(s.inode, ()) if s.inode else ():
             h = out.get(pid)
             if h is None:
+                rss, cg_used, cg_limit = memory.get(pid, (None, None, None))
+                avail, source = mem.available(cg_limit, mem_total)
                 h = out[pid] = Holding(comms.get(pid, "?"), fds=fds.get(pid),
-                                       fd_limit=limits.get(pid))
+                                       fd_limit=limits.get(pid), rss_bytes=rss,
+                                       cgroup_memory_bytes=cg_used, memory_limit_bytes=avail,
+                                       memory_limit_from=source if avail else None)
             if s.state == ESTABLISHED:
                 h.established += 1
                 if s.sport not in listening:
@@ -66,6 +85,7 @@ def tally(sockets, holders: dict[int, tuple[int, ...]], comms: dict[int, str],
                 h.syn_sent += 1
             elif s.state == LISTEN:
                 h.listen += 1
+                h.listen_backlog += s.wqueue   # a listener's Send-Q is its backlog
                 continue   # a listener's queues are not buffer bytes
             elif s.state == CLOSE_WAIT:
                 h.close_wait += 1
@@ -73,6 +93,10 @@ def tally(sockets, holders: dict[int, tuple[int, ...]], comms: dict[int, str],
                 h.other += 1
             h.tx_queue_bytes += s.wqueue
             h.rx_queue_bytes += s.rqueue
+            if s.rmem_alloc is not None:
+                h.socket_rmem_bytes = (h.socket_rmem_bytes or 0) + s.rmem_alloc
+            if s.wmem_queued is not None:
+                h.socket_wmem_bytes = (h.socket_wmem_bytes or 0) + s.wmem_queued
     return out
 
 
@@ -112,6 +136,8 @@ class ProcessTable:
         self._closed: dict[int, int] = {}
         self._comm: dict[int, str] = {}   # of pids with flows or active in the interval
         self._scanned_at: float | None = None
+        # pid -> (interval ends in a row with unread data never shrinking, rx then)
+        self._unread: dict[int, tuple[int, int]] = {}
         self.evicted_flows = 0       # flow updates summed into the "other" flow
         self.evicted_processes = 0   # process rows summed into the "other" row
 
@@ -196,6 +222,10 @@ class ProcessTable:
         picture would count again, even from before a flow began."""
         fresh = scanned_at is None or scanned_at != self._scanned_at
         self._scanned_at = scanned_at
+        if fresh:   # bounded by the processes of this scan
+            self._unread = {pid: (tcp_memory.unread_streak(*self._unread.get(pid, (0, None)),
+                                                           h.rx_queue_bytes), h.rx_queue_bytes)
+                            for pid, h in holdings.items()}
         for pid, h in holdings.items():   # flows seen only by the scan (pooled, or older than us)
             for key in h.by_remote:
                 self._flow(pid, key)
@@ -241,6 +271,11 @@ class ProcessTable:
                 churning=any(a.verdict.startswith("churning") for a in advice),
                 advice=advice,
                 opened=self._opened.get(pid, 0), closed=self._closed.get(pid, 0),
+                rss_bytes=h.rss_bytes, cgroup_memory_bytes=h.cgroup_memory_bytes,
+                memory_limit_bytes=h.memory_limit_bytes, memory_limit_from=h.memory_limit_from,
+                listen_backlog=h.listen_backlog, socket_rmem_bytes=h.socket_rmem_bytes,
+                socket_wmem_bytes=h.socket_wmem_bytes,
+                unread_intervals=self._unread.get(pid, (0, 0))[0],
             ))
         if folded is not None:
             rows = [r for r in rows if r.pid != OTHER_PID]
@@ -274,4 +309,6 @@ class ProcessTable:
             fds=None, fd_limit=None, tx_queue_bytes=sum(h.tx_queue_bytes for h in hs),
             rx_queue_bytes=sum(h.rx_queue_bytes for h in hs),
             churning=any(a.verdict.startswith("churning") for a in advice), advice=advice,
-            opened=opened, closed=closed)
+            opened=opened, closed=closed,
+            # the sum of their resident memory over the sum of their connections
+            rss_bytes=sum(h.rss_bytes for h in hs if h.rss_bytes is not None) if hs else None)

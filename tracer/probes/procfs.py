@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
+from tracer.probes import process_memory
 from tracer.safe_text import faithful_text
 
 PROC = "/proc"
@@ -167,6 +168,12 @@ class ProcSnapshot:
     nofile_by_pid: dict[int, Optional[int]]  # pids holding sockets; None: unlimited
     holders: dict[int, tuple[int, ...]] = field(default_factory=dict)  # inode -> pids, ascending
     scan_ms: float = 0.0
+    rss_by_pid: dict[int, Optional[int]] = field(default_factory=dict)  # pids holding sockets
+    # pids holding sockets and in a memory cgroup (not the root one)
+    cgroup_by_pid: dict[int, process_memory.CgroupRef] = field(default_factory=dict)
+    cgroups: dict[process_memory.CgroupRef, process_memory.CgroupMemory] = field(
+        default_factory=dict)
+    mem_total: Optional[int] = None   # the host's RAM, bytes
 
     def owner(self, inode: int) -> Optional[int]:
         """The lowest pid holding inode, or None."""
@@ -177,8 +184,11 @@ class ProcSnapshot:
 class ProcScanner:
     """Rescans /proc for socket ownership, cheaply enough to run every few
     seconds: every fd table is read each time (nothing in procfs says which
-    changed), while the command name and fd limit are re-read only for
-    processes holding sockets and the limit only every `limits_every` scans.
+    changed), while the command name, resident memory, memory cgroup and fd
+    limit are read only for processes holding sockets, and the limit and
+    the cgroup (which a process rarely changes) only every `limits_every`
+    scans. A cgroup's use and limit are read once per scan, however many
+    processes share it.
 
     A socket passed to another process (fork, SCM_RIGHTS) is attributed to
     the new holder at the next scan, so the scan period bounds how stale
@@ -191,14 +201,19 @@ class ProcScanner:
         self.limits_every = max(1, limits_every)
         self._scans = 0
         self._limits: dict[int, Optional[int]] = {}
+        self._mem_total: Optional[int] = None
+        self._cgroups: dict[int, Optional[process_memory.CgroupRef]] = {}
 
     def scan(self) -> ProcSnapshot:
         start = time.monotonic()
         refresh_limits = self._scans % self.limits_every == 0
+        if refresh_limits or self._mem_total is None:
+            self._mem_total = process_memory.mem_total()
         self._scans += 1
         inodes_by_pid: dict[int, frozenset[int]] = {}
         fds: dict[int, int] = {}
         names: dict[int, str] = {}
+        rss: dict[int, Optional[int]] = {}
         holders: dict[int, list[int]] = {}
         for pid in (all_pids() if self.pids is None else self.pids):
             scanned = _scan_fd_dir(pid)
@@ -216,9 +231,18 @@ class ProcScanner:
             inodes_by_pid[pid] = frozenset(inodes)
             for inode in inodes:
                 holders.setdefault(inode, []).append(pid)
+            rss[pid] = process_memory.rss_bytes(pid)
             if refresh_limits or pid not in self._limits:
                 self._limits[pid] = nofile_limit(pid)
+                self._cgroups[pid] = process_memory.memory_cgroup(pid)
         self._limits = {pid: lim for pid, lim in self._limits.items() if pid in names}
+        self._cgroups = {pid: ref for pid, ref in self._cgroups.items() if pid in names}
+        cgroup_by_pid = {pid: ref for pid, ref in self._cgroups.items() if ref is not None}
+        cgroups = {}
+        for ref in set(cgroup_by_pid.values()):
+            mem = process_memory.cgroup_memory(ref)
+            if mem is not None:
+                cgroups[ref] = mem
         for pids in holders.values():
             pids.sort()
         end = time.monotonic()
@@ -226,5 +250,6 @@ class ProcScanner:
             taken_at=end, inodes_by_pid=inodes_by_pid, fds_by_pid=fds,
             comm_by_pid=names, nofile_by_pid=dict(self._limits),
             holders={inode: tuple(pids) for inode, pids in holders.items()},
-            scan_ms=(end - start) * 1000.0,
+            scan_ms=(end - start) * 1000.0, rss_by_pid=rss, cgroup_by_pid=cgroup_by_pid,
+            cgroups=cgroups, mem_total=self._mem_total,
         )

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Iterable
 
 from tracer.aggregate.histogram import Histogram
-from tracer.aggregate.snapshot import ListenerRow, PoolAdvice, ProcessRow, label_namespaces
+from tracer.aggregate.snapshot import (ListenerRow, PoolAdvice, ProcessRow, TcpMemoryRow,
+                                       label_namespaces)
 from tracer.domain.listeners import key_of_row, listener_of_accept
 from tracer.events import Connect
 
@@ -123,5 +124,28 @@ def process_rows(sockets: Iterable[dict], pools: Iterable[dict],
             tx_queue_bytes=r.get("tx_queue_bytes") or 0,
             rx_queue_bytes=r.get("rx_queue_bytes") or 0,
             churning=any(a.verdict.startswith("churning") for a in pool), advice=pool,
-            opened=opened, closed=closed))
+            opened=opened, closed=closed, rss_bytes=r.get("rss_bytes"),
+            cgroup_memory_bytes=r.get("cgroup_memory_bytes"),
+            memory_limit_bytes=r.get("memory_limit_bytes"),
+            memory_limit_from=r.get("memory_limit_from"),
+            listen_backlog=r.get("listen_backlog") or 0,
+            socket_rmem_bytes=r.get("socket_rmem_bytes"),
+            socket_wmem_bytes=r.get("socket_wmem_bytes")))
     return out
+
+
+def tcp_memory_row(rows: Iterable[dict]) -> TcpMemoryRow | None:
+    """One interval's `tcp_memory` row back into what the live view showed
+    (the last, if a host wrote two); None where none was recorded."""
+    last = None
+    for r in rows:
+        if last is None or r["ts"] >= last["ts"]:
+            last = r
+    if last is None:
+        return None
+    return TcpMemoryRow(
+        used_bytes=last.get("used_bytes"), low_bytes=last.get("low_bytes"),
+        pressure_bytes=last.get("pressure_bytes"), max_bytes=last.get("max_bytes"),
+        memory_pressures=last.get("memory_pressures") or 0,
+        rcvq_drops=last.get("rcvq_drops") or 0, pruned=last.get("pruned") or 0,
+        aborts_on_memory=last.get("aborts_on_memory") or 0)

@@ -28,10 +28,10 @@ from tracer.domain.durations import duration
 from tracer.domain.hooks import missed_runs_from, skipped_runs_text
 from tracer.replay.controller import ReplayError
 from tracer.replay.latency import ConnectIndex, LatencyAt
-from tracer.replay.rows import connect_from_row, listener_rows, process_rows
+from tracer.replay.rows import connect_from_row, listener_rows, process_rows, tcp_memory_row
 
 EVENT_TABLES = ("connects", "accepts")
-INTERVAL_TABLES = ("listeners", "sockets", "overflows", "pools")
+INTERVAL_TABLES = ("listeners", "sockets", "overflows", "pools", "tcp_memory")
 MAX_INTERVALS = 5_000_000   # a row with a ts far in the future must not eat the memory
 CACHE_ROWS = 200_000        # rows (all views) of the Snapshots kept for stepping back
 BUILD_AHEAD = 4             # Snapshots built before the one asked for, so "," is instant
@@ -192,6 +192,7 @@ class _Cursor:
             processes_connects=tuple(self.connects.by_process()),
             listeners=tuple(listeners), processes=tuple(processes), notable=notable,
             recording_bytes=self.recording_bytes,
+            tcp_memory=tcp_memory_row(run.tables["tcp_memory"].rows(i)),
             extra={"run_id": run.run_id, "interval": run.first + i,
                    "latency_buckets": LatencyAt(run.connects, i)})
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tracer.domain import outcomes as oc
+from tracer.domain import outcomes as oc, tcp_memory
 from tracer.domain.hooks import skipped_runs_text
 from tracer.report.destinations import DestinationStats
 from tracer.report.listeners import NEAR_FULL, ListenerStats
@@ -150,6 +150,15 @@ def _process_findings(procs: list[ProcessStats], advice: list[PoolAdvice]) -> li
                                f"{p.label} used {p.peak_fds} of {p.fd_limit} file descriptors "
                                f"({ratio:.0%}): new connections will fail at the limit",
                                ratio * 100))
+        proj = p.memory_projection
+        if proj is not None and proj.severity is not None:
+            out.append(Finding(proj.severity, "processes", proj.text(p.label),
+                               proj.share * 100))
+        streak, unread = p.unread
+        if tcp_memory.not_reading(streak):
+            out.append(Finding("warn", "processes",
+                               tcp_memory.not_reading_text(p.label, unread, streak),
+                               float(streak)))
         if p.close_wait_leak:
             out.append(Finding("warn", "processes",
                                f"{p.label}: {p.last_close_wait} sockets in CLOSE_WAIT at the "
@@ -187,8 +196,10 @@ def _capped(found: list[Finding]) -> list[Finding]:
 
 def findings(ov: Overview, failing: list[DestinationStats], slow: list[DestinationStats],
              listeners: list[ListenerStats], procs: list[ProcessStats],
-             advice: list[PoolAdvice]) -> list[Finding]:
+             advice: list[PoolAdvice], tcp_memory=()) -> list[Finding]:
     found = (_data_findings(ov) + _listener_findings(listeners)
-             + _destination_findings(failing, slow) + _process_findings(procs, advice))
+             + _destination_findings(failing, slow) + _process_findings(procs, advice)
+             + [Finding("crit", "processes", h.text, float(h.memory_pressures + h.rcvq_drops))
+                for h in tcp_memory if h.troubled])
     found.sort(key=lambda f: (f.rank, f.text))
     return _capped(found)[:MAX_FINDINGS]

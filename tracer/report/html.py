@@ -8,6 +8,7 @@ import math
 from html import escape
 from typing import Sequence
 
+from tracer.domain import memory
 from tracer.domain.hooks import skipped_runs_text
 from tracer.domain.pools import FORMULA
 from tracer.report.pool import window
@@ -266,7 +267,31 @@ def _processes(s: Summary) -> str:
                     "<h3>Processes by churn (TCP sockets opened and closed per second over the "
                     "time each process was seen)</h3>",
                     _table(("process", "pid", "host", "opened", "closed", "opened total"),
-                           churn, numeric=(1, 3, 4, 5)))
+                           churn, numeric=(1, 3, 4, 5)),
+                    *_memory(s))
+
+
+def _memory(s: Summary) -> list[str]:
+    """Memory per connection where each process held the most connections
+    (tracer/domain/memory.py), and its projection."""
+    rows, bad = [], []
+    for p in s.by_sockets:
+        if p.memory_per_connection is None:
+            continue
+        proj = p.memory_projection
+        rows.append((p.comm, p.pid, p.host, p.connections, memory.size(p.memory_row["rss_bytes"]),
+                     memory.size(p.memory_per_connection),
+                     f"{proj.target:,}: {memory.size(proj.projected)} of "
+                     f"{memory.size(proj.available)} ({proj.share:.0%}, {proj.source})"
+                     if proj else "-"))
+        bad.append([False] * 6 + [bool(proj and proj.severity)])
+    if not rows:
+        return []
+    return [f"<h3>Memory per connection (resident memory / TCP connections held, where each "
+            f"held the most; projected to {memory.USERS:,} connections or its listen "
+            f"backlog)</h3>",
+            _table(("process", "pid", "host", "connections", "resident", "per connection",
+                    "projected"), rows, numeric=(1, 3, 4, 5), bad=bad)]
 
 
 def _pool(s: Summary) -> str:

@@ -29,6 +29,7 @@ from tracer.report.overview import Overview, summarize_overview
 from tracer.report.pool import PoolAdvice, pool_advice
 from tracer.report.processes import ProcessStats, by_churn, process_stats
 from tracer.report.reader import RecordingData
+from tracer.report.tcp_memory import HostTcpMemory, host_tcp_memory
 from tracer.schema import TABLES, schema
 
 TOP = 10        # rows per ranked table
@@ -61,6 +62,7 @@ class Summary:
     processes_seen: int
     pool: tuple[PoolAdvice, ...]
     bucket_us: int                                  # width of the timeline buckets
+    tcp_memory: tuple[HostTcpMemory, ...] = ()      # per host, where recorded
 
     @property
     def tables_present(self) -> set[str]:
@@ -103,14 +105,15 @@ def summarize_tables(tables: dict[str, pa.Table], manifests: list[dict] = (),
     advice = pool_advice(tables["pools"], TOP)
 
     # findings look at every destination, not only the ones the tables show
+    hosts_tcp = host_tcp_memory(tables["tcp_memory"])
     found = findings(ov, worst_by_failures(dests, len(dests)), worst_by_p99(dests, len(dests)),
-                     listeners, procs, advice)
+                     listeners, procs, advice, hosts_tcp)
     return Summary(
         overview=ov, findings=tuple(found), connects=_totals(dests), slowest=tuple(slowest),
         failing=tuple(failing), connecting=tuple(connecting), listeners=tuple(listeners[:TOP]),
         listeners_seen=len(all_listeners), by_sockets=tuple(procs[:TOP]),
         by_churn=tuple(churn), processes_seen=len(procs), pool=tuple(advice),
-        bucket_us=bucket_us)
+        bucket_us=bucket_us, tcp_memory=tuple(hosts_tcp))
 
 
 def summarize(data: RecordingData) -> Summary:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from tracer.domain import memory
 from tracer.domain.hooks import skipped_runs_text
 from tracer.domain.pools import FORMULA
 from tracer.report.findings import Finding
@@ -162,11 +163,34 @@ def _processes(s: Summary) -> list[str]:
                    f"{p.peak_fds if p.peak_fds is not None else '?'}/{p.fd_limit or '?'}"
                    + (f" ({p.fd_ratio:.0%})" if p.fd_ratio is not None else ""))
                   for p in s.by_sockets])
+    out += _memory(s)
+    out += ["", "HOST TCP MEMORY (/proc/net/sockstat against net.ipv4.tcp_mem; TcpExt counters "
+                "over the recording)"]
+    out += [f"  {clean(h.text)}" for h in s.tcp_memory] or ["  not recorded"]
     out += ["", "PROCESSES BY CHURN (TCP sockets opened and closed per second over the time "
                 "each process was seen)"]
     out += table(("process", "pid", "host", "opened", "closed", "opened total"),
                  [(p.comm, p.pid, p.host, rate(p.opened_per_s), rate(p.closed_per_s), p.opened)
                   for p in s.by_churn])
+    return out
+
+
+def _memory(s: Summary) -> list[str]:
+    """Memory per connection of the processes above, where they held the
+    most connections (tracer/domain/memory.py)."""
+    rows = [p for p in s.by_sockets if p.memory_per_connection is not None]
+    out = ["", f"MEMORY PER CONNECTION (resident memory / TCP connections held, where each "
+               f"held the most; projected to {memory.USERS:,} connections or its listen "
+               f"backlog)"]
+    if not rows:
+        return out + ["  no resident memory recorded with connections held"]
+    for p in rows:
+        proj = p.memory_projection
+        line = f"  {clean(p.memory_sentence)}"
+        if proj is not None:
+            line += (f"; {proj.target:,} would need {memory.size(proj.projected)} of "
+                     f"{memory.size(proj.available)} ({proj.share:.0%}, {proj.source})")
+        out.append(line)
     return out
 
 

@@ -7,6 +7,7 @@ import time
 
 from tracer.aggregate.connects import ConnectRow
 from tracer.aggregate.snapshot import ListenerRow, PoolAdvice, ProcessRow, Snapshot
+from tracer.domain import memory
 from tracer.domain.durations import duration as fmt_us
 from tracer.domain.hooks import skipped_runs_text
 from tracer.safe_text import printable
@@ -77,7 +78,7 @@ def evicted_note(status) -> str:
 
 PROCESS_HEADER = (f"{'PID':>7} {'COMM':<15} {'ESTAB':>6} {'SYN':>4} {'LISTEN':>6} "
                   f"{'CLOSE_W':>7} {'OTHER':>5} {'OPEN/s':>7} {'CLOSE/s':>7} {'FDS/LIMIT':>13} "
-                  f"POOLING")
+                  f"{'MEM/CONN':>8} POOLING")
 
 
 def format_process(p: ProcessRow) -> str:
@@ -86,7 +87,7 @@ def format_process(p: ProcessRow) -> str:
                                                               for a in p.advice}))
     return (f"{p.pid:>7} {_cell(p.comm, 15)} {p.established:>6} {p.syn_sent:>4} {p.listen:>6} "
             f"{p.close_wait:>7} {p.other:>5} {p.opened_per_s:>7.1f} {p.closed_per_s:>7.1f} "
-            f"{fds:>13} {printable(pooling)}").rstrip()
+            f"{fds:>13} {memory.size(p.memory_per_connection):>8} {printable(pooling)}").rstrip()
 
 
 def format_advice(p: ProcessRow, a: PoolAdvice) -> str:

@@ -59,6 +59,10 @@ def socket_row(r, ts_us: int) -> dict:
         "syn_sent": r.syn_sent, "listen": r.listen, "close_wait": r.close_wait, "other": r.other,
         "opened": r.opened, "closed": r.closed, "fds": r.fds, "fd_limit": r.fd_limit,
         "tx_queue_bytes": r.tx_queue_bytes, "rx_queue_bytes": r.rx_queue_bytes,
+        "rss_bytes": r.rss_bytes, "memory_per_connection_bytes": r.memory_per_connection,
+        "cgroup_memory_bytes": r.cgroup_memory_bytes, "memory_limit_bytes": r.memory_limit_bytes,
+        "memory_limit_from": r.memory_limit_from, "listen_backlog": r.listen_backlog,
+        "socket_rmem_bytes": r.socket_rmem_bytes, "socket_wmem_bytes": r.socket_wmem_bytes,
     }
 
 
@@ -123,6 +127,13 @@ class RecordSink:
             self.recording.write("sockets", sockets)
         if pools:
             self.recording.write("pools", pools)
+        m = snap.tcp_memory
+        if m is not None:
+            self.recording.write("tcp_memory", [{
+                "ts": snap.ts_us, "used_bytes": m.used_bytes, "low_bytes": m.low_bytes,
+                "pressure_bytes": m.pressure_bytes, "max_bytes": m.max_bytes,
+                "memory_pressures": m.memory_pressures, "rcvq_drops": m.rcvq_drops,
+                "pruned": m.pruned, "aborts_on_memory": m.aborts_on_memory}])
         # Every lost kernel event may have been any kind of row: say so on each.
         self.recording.set_lost({"connects": status.lost_total, "accepts": status.lost_total})
         # Live-view rows folded into "other" (no event row is missing for them)

@@ -6,6 +6,7 @@ from rich.text import Text
 
 from tracer.aggregate.connects import ConnectRow
 from tracer.aggregate.snapshot import ListenerRow, Notable, ProcessRow, Snapshot
+from tracer.domain import memory
 from tracer.safe_text import printable
 from tracer.tui.problems import HINTS, Problem
 from tracer.tui.table_views import SEVERITY_STYLE, fill_style, latency_style, severity_cell
@@ -137,6 +138,23 @@ def process_summary(p: ProcessRow) -> Text:
         t.append(f" {p.fds:,}/{p.fd_limit:,} ({fmt_pct(ratio)})   ")
     _kv(t, "send-q", fmt_bytes(p.tx_queue_bytes))
     _kv(t, "recv-q", fmt_bytes(p.rx_queue_bytes))
+    if p.socket_rmem_bytes is not None or p.socket_wmem_bytes is not None:
+        _kv(t, "socket mem", f"{memory.size(p.socket_rmem_bytes)} rx, "
+                             f"{memory.size(p.socket_wmem_bytes)} tx")
+    if p.rss_bytes is not None:
+        t.append("\n")
+        _kv(t, "rss", memory.size(p.rss_bytes))
+        _kv(t, "per connection", memory.size(p.memory_per_connection))
+        if p.cgroup_memory_bytes is not None:
+            _kv(t, "cgroup uses", memory.size(p.cgroup_memory_bytes))
+        if p.memory_limit_bytes:
+            _kv(t, "available", f"{memory.size(p.memory_limit_bytes)} "
+                                f"({p.memory_limit_from or '?'})")
+        proj = p.memory_projection()
+        if proj is not None:
+            t.append(f"\n{printable(proj.text(f'{p.comm}[{p.pid}]'))}",
+                     style={"crit": "bold red", "warn": "bold yellow"}.get(proj.severity or "",
+                                                                            "dim"))
     for a in p.advice:
         t.append(f"\n{printable(a.destination)}: ", style="bold cyan")
         t.append(printable(a.verdict),

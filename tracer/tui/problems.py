@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from tracer.aggregate.connects import ConnectRow
 from tracer.aggregate.snapshot import ListenerRow, ProcessRow, Snapshot
+from tracer.domain import tcp_memory
 from tracer.domain.hooks import skipped_runs_text
 from tracer.tui.units import fmt_rate, fmt_us
 
@@ -146,6 +147,17 @@ def process_problem(p: ProcessRow) -> Problem | None:
         if severity is None:
             severity, kind, score = WARN, "CLOSE_WAIT pile-up", float(p.close_wait)
         parts.append(f"{p.close_wait:,} sockets in CLOSE_WAIT (peer closed, app did not)")
+    proj = p.memory_projection()
+    if proj is not None and proj.severity is not None:
+        if severity is None or (proj.severity == CRIT and severity != CRIT):
+            severity, kind, score = proj.severity, "memory per connection", 1e3 * proj.share
+            parts.insert(0, proj.text("it"))
+        else:
+            parts.append(proj.text("it"))
+    if tcp_memory.not_reading(p.unread_intervals):
+        if severity is None:
+            severity, kind, score = WARN, "not reading", float(p.rx_queue_bytes)
+        parts.append(tcp_memory.not_reading_text("it", p.rx_queue_bytes, p.unread_intervals))
     if p.churning:
         if severity is None:
             severity, kind, score = WARN, "connection churn", p.opened_per_s
@@ -186,6 +198,14 @@ def find_problems(s: Snapshot) -> list[Problem]:
         p = process_problem(r)
         if p:
             out.append(p)
+    m = s.tcp_memory
+    if m is not None and (m.state in (tcp_memory.PRESSURE, tcp_memory.LIMIT, tcp_memory.NEAR)
+                          or m.memory_pressures or m.rcvq_drops):
+        crit = m.state != tcp_memory.NEAR or m.memory_pressures or m.rcvq_drops
+        out.append(Problem(CRIT if crit else WARN, float(m.used_bytes or 0), "TCP memory", "host",
+                           tcp_memory.finding_text(m.used_bytes or 0, m.pressure_bytes or 0,
+                                                   m.max_bytes or 0, m.memory_pressures,
+                                                   m.rcvq_drops, m.pruned), "log", None))
     out.sort(key=lambda p: p.rank)
     return out
 
@@ -222,6 +242,19 @@ HINTS = {
                      "ulimit -n, or find the descriptor leak.",
     "CLOSE_WAIT pile-up": "The peer closed these connections but the application never called "
                           "close(): a leak in its connection handling.",
+    "memory per connection": "Resident memory divided by the connections held, the "
+                             "process's baseline included (an upper bound), projected to "
+                             "1,000 connections or its listen backlog, against its cgroup's "
+                             "memory limit or the host's RAM. Past it the OOM killer ends the "
+                             "process: cut per-connection buffers and state, or give it more.",
+    "TCP memory": "All TCP sockets of the host share net.ipv4.tcp_mem (pages: low, pressure, "
+                  "max). In pressure the kernel shrinks buffers and prunes receive queues; at "
+                  "max it drops data and aborts connections. Find who holds the memory (the "
+                  "processes' socket mem: receive queues of applications that do not read) "
+                  "or raise tcp_mem.",
+    "not reading": "Data waits in the process's receive queues and never drains: it is "
+                   "stuck (a lock, a full worker pool) or ignores those sockets. The kernel "
+                   "keeps the memory charged and the peers' windows close.",
     "connection churn": "A new connection per request: each costs a handshake and leaves a "
                         "TIME_WAIT socket. Use a connection pool or keep-alive.",
 }

@@ -14,6 +14,7 @@ from rich.text import Text
 
 from tracer.aggregate.connects import ConnectRow
 from tracer.aggregate.snapshot import ListenerRow, Notable, ProcessRow, Snapshot
+from tracer.domain import memory
 from tracer.safe_text import printable
 from tracer.tui.problems import (HANGING_S, SLOW_P99_US, VERY_SLOW_P99_US, Problem,
                                  connect_badness)
@@ -243,7 +244,16 @@ def _process_cells(p: ProcessRow) -> tuple:
             num(fmt_count(p.close_wait), "yellow" if p.close_wait else "dim"),
             num(fmt_count(p.other)), num(fmt_rate(p.opened_per_s)), num(fmt_rate(p.closed_per_s)),
             gauge(p.fds, p.fd_limit, 5), num(fmt_pct(p.fd_ratio), fill_style(p.fd_ratio or 0.0)),
-            _advice(p))
+            _per_connection(p), _advice(p))
+
+
+def _per_connection(p: ProcessRow) -> Text:
+    """Memory per connection (resident memory / connections held; the detail
+    pane has the memory itself), red when its projection would not fit, yellow
+    when it would come close (tracer/domain/memory.py)."""
+    proj = p.memory_projection()
+    style = {"crit": "bold red", "warn": "yellow"}.get(proj.severity if proj else None, "")
+    return num(memory.size(p.memory_per_connection), style)
 
 
 PROCESSES = TableSpec(
@@ -251,7 +261,7 @@ PROCESSES = TableSpec(
     columns=(Col("PID", 7), Col("COMM", 15, False), Col("ESTAB", 6), Col("SYN", 4),
              Col("LISTEN", 6), Col("CLOSE_W", 7), Col("OTHER", 5), Col("OPEN/s", 6),
              Col("CLOSE/s", 7), Col("FDS / LIMIT", 18, False), Col("FD%", 4),
-             Col("POOLING", 0, False)),
+             Col("MEM/CONN", 8), Col("POOLING", 0, False)),
     sorts=(
         Sort("worst", lambda p: (-(p.fd_ratio or 0.0) if (p.fd_ratio or 0) > 0.8 else 0,
                                  -p.churning, -p.close_wait, -p.sockets, p.pid)),
@@ -259,6 +269,7 @@ PROCESSES = TableSpec(
         Sort("fd%", lambda p: (-(p.fd_ratio or 0.0), p.pid)),
         Sort("churn", lambda p: (-p.opened_per_s, p.pid)),
         Sort("close_wait", lambda p: (-p.close_wait, p.pid)),
+        Sort("mem/conn", lambda p: (-(p.memory_per_connection or 0.0), p.pid)),
         Sort("pid", lambda p: p.pid),
     ),
     items=lambda s: s.processes,
@@ -298,7 +309,7 @@ LOG = TableSpec(
 FOLD_ORDER = {
     "connects": ("trend", "p95", "TOTAL", "SYNRTX", "max"),
     "listeners": ("WAIT p50", "ACCEPTS", "PEAK", "OWNER"),
-    "processes": ("OTHER", "LISTEN", "SYN", "CLOSE/s", "FD%", "CLOSE_W"),
+    "processes": ("OTHER", "LISTEN", "SYN", "CLOSE/s", "FD%", "CLOSE_W", "MEM/CONN"),
 }
 MIN_FLEX = 8
 
