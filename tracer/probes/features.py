@@ -82,6 +82,7 @@ HIDE_FUNCTIONS_ENV = "CONNSCOPE_HIDE_FUNCTIONS"  # hooked functions, e.g. tcp_v6
 HIDE_FEATURES_ENV = "CONNSCOPE_HIDE_FEATURES"    # any of HIDEABLE_FEATURES
 HIDEABLE_FEATURES = ("fentry", "kprobes", "ringbuf")
 FAIL_LOAD_ENV = "CONNSCOPE_FAIL_LOAD"            # backends whose load is made to fail
+CLASSIC_TRACEPOINTS_ENV = "CONNSCOPE_CLASSIC_TRACEPOINTS"   # 1: classic tracepoint hooks even with BTF
 
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 RINGBUF_MIN_KERNEL = (5, 8)
@@ -117,6 +118,10 @@ class Features:
     # hooked tracepoint -> the fields connscope reads that its record lacks here
     # (only from tracefs, as root; {} when not checked)
     tracepoint_fields_missing: dict[str, list[str]] = field(default_factory=dict)
+    # how HOOKED_TRACEPOINTS are hooked: "raw" or "classic", and why, one line
+    # (choose_tracepoint_hooks)
+    tracepoint_hooks: str = "classic"
+    tracepoint_hooks_why: str = ""
 
     def missing_kprobe_targets(self, required_only: bool = False) -> list[str]:
         names = REQUIRED_KPROBE_TARGETS if required_only else KPROBE_TARGETS
@@ -148,6 +153,41 @@ def failing_loads() -> set[str]:
 def hidden_features() -> set[str]:
     """Features CONNSCOPE_HIDE_FEATURES makes count as unavailable (a test hook)."""
     return _names_in(HIDE_FEATURES_ENV) & set(HIDEABLE_FEATURES)
+
+
+def classic_tracepoints_forced() -> bool:
+    """CONNSCOPE_CLASSIC_TRACEPOINTS=1: hook with classic tracepoints even
+    where raw ones would do (a test and benchmark hook)."""
+    return os.environ.get(CLASSIC_TRACEPOINTS_ENV, "").strip() not in ("", "0")
+
+
+def choose_tracepoint_hooks(has_btf: bool, undescribed: list[str],
+                            forced_classic: bool = False) -> tuple[str, str]:
+    """("raw" or "classic", why in one line) for the tracepoints every
+    backend hooks. Raw tracepoints read the socket's fields at BTF offsets
+    and take their arguments as BTF describes them (btf_trace_<name>), so
+    they need BTF that describes each of them; classic ones read the trace
+    record, which the format file describes."""
+    if forced_classic:
+        return "classic", f"classic tracepoints: forced by {CLASSIC_TRACEPOINTS_ENV} (a test hook)"
+    if not has_btf:
+        return "classic", "classic tracepoints: no kernel BTF, so fields come from the trace records"
+    if undescribed:
+        return "classic", (f"classic tracepoints: BTF does not describe "
+                           f"{', '.join(undescribed)} (no btf_trace_ typedef)")
+    return "raw", "raw tracepoints (fields read at BTF offsets, no trace record filled)"
+
+
+def _tracepoint_hooks(btf: Optional[BTF]) -> tuple[str, str]:
+    undescribed = []
+    if btf is not None:
+        for tp in HOOKED_TRACEPOINTS:
+            name = tp.split("/", 1)[1]
+            try:
+                btf.tracepoint_params(name)
+            except BTFError:
+                undescribed.append(name)
+    return choose_tracepoint_hooks(btf is not None, undescribed, classic_tracepoints_forced())
 
 
 def _hiding_notes() -> list[str]:
@@ -490,11 +530,13 @@ def probe_features(load_tests: Optional[bool] = None, *, release: Optional[str] 
         kprobe_targets = {name: name in targets for name in KPROBE_TARGETS}
     ringbuf = (Feature(False, f"{_HIDDEN}; falls back to the perf buffer") if "ringbuf" in hidden
                else _check_ringbuf(release, btf, can_load, is_root))
+    hooks, hooks_why = _tracepoint_hooks(btf)
     return Features(is_root=is_root, privileges=privileges, kernel_release=release, btf=btf_feature,
                     headers=tree, bcc=bcc, kprobes=kprobes, kprobe_targets=kprobe_targets,
                     fentry=fentry, tracepoints=tracepoints, tracepoint_presence=presence,
                     tracepoint_fields_missing=lacking,
-                    ringbuf=ringbuf, load_tested=can_load, notes=notes)
+                    ringbuf=ringbuf, load_tested=can_load, notes=notes,
+                    tracepoint_hooks=hooks, tracepoint_hooks_why=hooks_why)
 
 
 # --- backend choice ---------------------------------------------------------------
@@ -526,11 +568,12 @@ def _alternatives(f: Features, exclude: str) -> str:
 
 
 def _hooked_tracepoint_problem(f: Features) -> Optional[str]:
-    """Every backend hooks HOOKED_TRACEPOINTS: one whose record lacks a
-    field read would fail to compile, so no backend works (the reason is the
-    kernel's own format file)."""
+    """Every backend hooks HOOKED_TRACEPOINTS: as classic tracepoints, one
+    whose record lacks a field read would fail to compile, so no backend
+    works (the reason is the kernel's own format file). Raw tracepoints read
+    the socket instead: only absent tracepoints matter to them."""
     lacking = {tp: names for tp, names in f.tracepoint_fields_missing.items()
-               if tp in HOOKED_TRACEPOINTS}
+               if tp in HOOKED_TRACEPOINTS and f.tracepoint_hooks != "raw"}
     absent = [tp for tp in HOOKED_TRACEPOINTS if not f.tracepoint_presence.get(tp, False)]
     if f.tracepoints.tested and absent and absent != list(HOOKED_TRACEPOINTS):
         # (none at all: tracefs could not be read, said elsewhere)
@@ -542,7 +585,7 @@ def _hooked_tracepoint_problem(f: Features) -> Optional[str]:
     what = "; ".join(f"{tp.replace('/', ':')} has no {', '.join(names)}"
                      for tp, names in lacking.items())
     return (f"this kernel's tracepoint records lack fields every backend reads ({what}, "
-            f"by its format files): connscope cannot trace here")
+            f"by its format files; {f.tracepoint_hooks_why}): connscope cannot trace here")
 
 
 def _backend_problem(backend: str, f: Features, suggest: bool = True) -> Optional[str]:
