@@ -584,8 +584,9 @@ def _hooked_tracepoint_problem(f: Features) -> Optional[str]:
         return None
     what = "; ".join(f"{tp.replace('/', ':')} has no {', '.join(names)}"
                      for tp, names in lacking.items())
+    hooks = f"; {f.tracepoint_hooks_why}" if f.tracepoint_hooks_why else ""
     return (f"this kernel's tracepoint records lack fields every backend reads ({what}, "
-            f"by its format files; {f.tracepoint_hooks_why}): connscope cannot trace here")
+            f"by its format files{hooks}): connscope cannot trace here")
 
 
 def _backend_problem(backend: str, f: Features, suggest: bool = True) -> Optional[str]:
