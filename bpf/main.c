@@ -38,13 +38,29 @@ struct state_change {
     u64 sk;
     int oldstate, newstate;
     u16 family, sport, dport;   /* ports in host order, as the record has them */
-    u8 saddr[16], daddr[16];    /* only where state_wants_addrs() */
+    u8 saddr[16], daddr[16];
 };
 
-/* Only the connect's beginning and end need the addresses. */
-static __always_inline int state_wants_addrs(int oldstate, int newstate)
+/* Which of those sock_state_changed() reads for this change: a raw hook
+ * reads only these from the socket (each read costs), and none at all for
+ * the changes it passes over (FIN_WAIT1, CLOSE_WAIT, ...: half of them). */
+#define NEED_FAMILY 1
+#define NEED_SPORT 2
+#define NEED_DPORT 4
+#define NEED_ADDRS 8
+#define NEED_PORTS (NEED_SPORT | NEED_DPORT)
+static __always_inline u32 state_needs(int oldstate, int newstate)
 {
-    return oldstate == TCP_SYN_SENT || (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT);
+    if (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT)
+        return NEED_FAMILY | NEED_DPORT | NEED_ADDRS;
+    if (oldstate == TCP_SYN_SENT)
+        return NEED_PORTS | NEED_ADDRS;
+    if ((oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED) ||
+        (newstate == TCP_CLOSE && oldstate != TCP_LISTEN))
+        return NEED_FAMILY | NEED_PORTS;
+    if (newstate == TCP_LISTEN)
+        return NEED_SPORT;
+    return 0;
 }
 
 static __always_inline void sock_state_changed(void *ctx, struct state_change *s)
@@ -64,6 +80,7 @@ static __always_inline void sock_state_changed(void *ctx, struct state_change *s
         return;
     }
     if (oldstate == TCP_SYN_SENT) {
+        /* (family: the connect's own, from connect_begin) */
         connect_end(ctx, sk, newstate, s->sport, s->dport, s->saddr, s->daddr);
         return;
     }
@@ -138,19 +155,24 @@ static __always_inline void skb_freed(u64 rx_sk, int reason)
 /* inet_sock_set_state(const struct sock *sk, int oldstate, int newstate) */
 RAW_TRACEPOINT_PROBE(inet_sock_set_state)
 {
-    u64 sk = ctx->args[0];
-    if (READ_AT(sk, OFF_SK_PROTOCOL, u16) != IPPROTO_TCP)
-        return 0;
     struct state_change s = {};
+    u64 sk = ctx->args[0];
     s.sk = sk;
     s.oldstate = (int)ctx->args[1];
     s.newstate = (int)ctx->args[2];
-    s.family = READ_AT(sk, OFF_SKC_FAMILY, u16);
+    u32 need = state_needs(s.oldstate, s.newstate);
+    /* (a change that needs nothing only closes a listener we know: TCP's) */
+    if (need && READ_AT(sk, OFF_SK_PROTOCOL, u16) != IPPROTO_TCP)
+        return 0;
+    if (need & (NEED_FAMILY | NEED_ADDRS))
+        s.family = READ_AT(sk, OFF_SKC_FAMILY, u16);
     /* sport is inet_sport, not skc_num: the record's, which a socket that
      * gave its port back at CLOSE still has (connect_outcome relies on it) */
-    s.sport = bpf_ntohs(READ_AT(sk, OFF_INET_SPORT, u16));
-    s.dport = bpf_ntohs(READ_AT(sk, OFF_SKC_DPORT, u16));
-    if (state_wants_addrs(s.oldstate, s.newstate)) {
+    if (need & NEED_SPORT)
+        s.sport = bpf_ntohs(READ_AT(sk, OFF_INET_SPORT, u16));
+    if (need & NEED_DPORT)
+        s.dport = bpf_ntohs(READ_AT(sk, OFF_SKC_DPORT, u16));
+    if (need & NEED_ADDRS) {
         if (s.family == AF_INET) {
             bpf_probe_read_kernel(s.saddr, 4, (const char *)sk + OFF_INET_SADDR);
             bpf_probe_read_kernel(s.daddr, 4, (const char *)sk + OFF_SKC_DADDR);
@@ -218,7 +240,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
     s.family = args->family;
     s.sport = args->sport;
     s.dport = args->dport;
-    if (state_wants_addrs(s.oldstate, s.newstate)) {
+    if (state_needs(s.oldstate, s.newstate) & NEED_ADDRS) {
         ADDR16(s.saddr, args, saddr, saddr_v6, s.family);
         ADDR16(s.daddr, args, daddr, daddr_v6, s.family);
     }
