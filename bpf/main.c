@@ -152,6 +152,22 @@ static __always_inline void skb_freed(u64 rx_sk, int reason)
 #ifdef RAW_TRACEPOINTS
 /* ctx->args[i]: argument i of the tracepoint's TP_PROTO. */
 
+#ifdef OFFSETS_FROM_HEADERS
+#error "raw tracepoints read fields at BTF offsets: not with OFFSETS_FROM_HEADERS"
+#endif
+/* Each bpf_probe_read_kernel() costs about as much for 24 bytes as for 2:
+ * where the layout has them together (every kernel since 4.x), the fields
+ * are read in one go: sock_common begins with daddr, rcv_saddr, hash,
+ * dport, num, family; inet_sock keeps inet_saddr six bytes before
+ * inet_sport. */
+#define SK_HEAD 24
+#if OFF_SKC_DADDR + 4 <= SK_HEAD && OFF_SKC_DPORT + 2 <= SK_HEAD && OFF_SKC_FAMILY + 2 <= SK_HEAD
+#define SK_HEAD_IN_ONE_READ
+#endif
+#if OFF_INET_SPORT == OFF_INET_SADDR + 6
+#define INET_IN_ONE_READ
+#endif
+
 /* inet_sock_set_state(const struct sock *sk, int oldstate, int newstate) */
 RAW_TRACEPOINT_PROBE(inet_sock_set_state)
 {
@@ -162,25 +178,49 @@ RAW_TRACEPOINT_PROBE(inet_sock_set_state)
     s.newstate = (int)ctx->args[2];
     u32 need = state_needs(s.oldstate, s.newstate);
     /* (a change that needs nothing only closes a listener we know: TCP's) */
-    if (need && READ_AT(sk, OFF_SK_PROTOCOL, u16) != IPPROTO_TCP)
+    if (!need)
+        goto run;
+    if (READ_AT(sk, OFF_SK_PROTOCOL, u16) != IPPROTO_TCP)
         return 0;
-    if (need & (NEED_FAMILY | NEED_ADDRS))
+    u32 daddr4 = 0, saddr4 = 0;
+    if (need & (NEED_FAMILY | NEED_DPORT | NEED_ADDRS)) {
+#ifdef SK_HEAD_IN_ONE_READ
+        u8 head[SK_HEAD];
+        bpf_probe_read_kernel(head, sizeof(head), (const void *)sk);
+        __builtin_memcpy(&s.family, head + OFF_SKC_FAMILY, 2);
+        __builtin_memcpy(&s.dport, head + OFF_SKC_DPORT, 2);
+        __builtin_memcpy(&daddr4, head + OFF_SKC_DADDR, 4);
+#else
         s.family = READ_AT(sk, OFF_SKC_FAMILY, u16);
+        s.dport = READ_AT(sk, OFF_SKC_DPORT, u16);
+        daddr4 = READ_AT(sk, OFF_SKC_DADDR, u32);
+#endif
+        s.dport = bpf_ntohs(s.dport);
+    }
     /* sport is inet_sport, not skc_num: the record's, which a socket that
      * gave its port back at CLOSE still has (connect_outcome relies on it) */
-    if (need & NEED_SPORT)
-        s.sport = bpf_ntohs(READ_AT(sk, OFF_INET_SPORT, u16));
-    if (need & NEED_DPORT)
-        s.dport = bpf_ntohs(READ_AT(sk, OFF_SKC_DPORT, u16));
+    if (need & (NEED_SPORT | NEED_ADDRS)) {
+#ifdef INET_IN_ONE_READ
+        u8 inet[8];
+        bpf_probe_read_kernel(inet, sizeof(inet), (const char *)sk + OFF_INET_SADDR);
+        __builtin_memcpy(&saddr4, inet, 4);
+        __builtin_memcpy(&s.sport, inet + 6, 2);
+#else
+        saddr4 = READ_AT(sk, OFF_INET_SADDR, u32);
+        s.sport = READ_AT(sk, OFF_INET_SPORT, u16);
+#endif
+        s.sport = bpf_ntohs(s.sport);
+    }
     if (need & NEED_ADDRS) {
         if (s.family == AF_INET) {
-            bpf_probe_read_kernel(s.saddr, 4, (const char *)sk + OFF_INET_SADDR);
-            bpf_probe_read_kernel(s.daddr, 4, (const char *)sk + OFF_SKC_DADDR);
+            __builtin_memcpy(s.saddr, &saddr4, 4);
+            __builtin_memcpy(s.daddr, &daddr4, 4);
         } else {
             bpf_probe_read_kernel(s.saddr, 16, (const char *)sk + OFF_SKC_V6_RCV_SADDR);
             bpf_probe_read_kernel(s.daddr, 16, (const char *)sk + OFF_SKC_V6_DADDR);
         }
     }
+run:
     sock_state_changed(ctx, &s);
     return 0;
 }
