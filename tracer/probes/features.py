@@ -150,6 +150,13 @@ def failing_loads() -> set[str]:
     return _names_in(FAIL_LOAD_ENV) & set(AUTO_ORDER)
 
 
+def raw_tracepoints_made_to_fail() -> bool:
+    """CONNSCOPE_FAIL_LOAD=raw_tracepoints: the raw tracepoint hooks' load
+    fails as a kernel's refusal would (a test hook for the fall back to
+    classic ones)."""
+    return "raw_tracepoints" in _names_in(FAIL_LOAD_ENV)
+
+
 def hidden_features() -> set[str]:
     """Features CONNSCOPE_HIDE_FEATURES makes count as unavailable (a test hook)."""
     return _names_in(HIDE_FEATURES_ENV) & set(HIDEABLE_FEATURES)
