@@ -135,3 +135,21 @@ def test_raw_programs_have_distinct_kernel_names():
     assert len(set(names)) == len(names) and all(len(n) <= 15 for n in names)
     assert kernel_name("raw_tracepoint__inet_sock_set_state") == kernel_name(
         "tracepoint__sock__inet_sock_set_state") == "sock_set_state"
+
+
+@pytest.mark.parametrize("kind, why", [
+    ("raw", "raw tracepoints (fields read at BTF offsets, no trace record filled)"),
+    ("classic", "classic tracepoints: no kernel BTF, so fields come from the trace records"),
+])
+def test_doctor_says_in_one_line_which_kind_runs_and_why(kind, why):
+    from tests.unit.test_doctor import report
+    from tracer import doctor
+
+    f = make(fentry=False, kprobes=False)
+    f.tracepoint_hooks, f.tracepoint_hooks_why = kind, why
+    r = report(f)
+    assert r["tracepoint_hooks"] == {"kind": kind, "why": why}
+    lines = doctor.render_text(r).splitlines()
+    assert f"  tracepoints every backend hooks: {why}" in lines
+    assert lines.index(f"  tracepoints every backend hooks: {why}") == 1 + next(
+        i for i, line in enumerate(lines) if line.startswith("  --backend auto picks"))
