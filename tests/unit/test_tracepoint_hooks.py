@@ -153,3 +153,22 @@ def test_doctor_says_in_one_line_which_kind_runs_and_why(kind, why):
     assert f"  tracepoints every backend hooks: {why}" in lines
     assert lines.index(f"  tracepoints every backend hooks: {why}") == 1 + next(
         i for i, line in enumerate(lines) if line.startswith("  --backend auto picks"))
+
+
+def test_a_record_lacking_a_field_does_not_break_the_tracepoints_for_raw_hooks(tmp_path, monkeypatch):
+    """As tracefs lays it out: tcp_destroy_sock's record without dport."""
+    events = tmp_path / "events"
+    for tp, fields in {**features.HOOKED_TRACEPOINTS, **features.ACCEPT_SYSCALL_TRACEPOINTS}.items():
+        d = events / tp
+        d.mkdir(parents=True)
+        keep = [f for f in fields if tp != "tcp/tcp_destroy_sock" or f != "dport"]
+        (d / "format").write_text("".join(f"\tfield:u64 {f};\toffset:8;\tsize:8;\tsigned:0;\n"
+                                          for f in keep))
+    (events / "skb/kfree_skb").mkdir(parents=True)
+    (events / "skb/kfree_skb/format").write_text("\tfield:void * skbaddr;\n")
+    monkeypatch.setattr(features, "TRACEFS_DIRS", (str(tmp_path),))
+    classic, _, lacking = features._check_tracepoints(True, raw=False)
+    raw, _, _ = features._check_tracepoints(True, raw=True)
+    assert lacking == {"tcp/tcp_destroy_sock": ["dport"]}
+    assert not classic.ok and "tcp:tcp_destroy_sock lacks dport (" in classic.detail
+    assert raw.ok and "tcp:tcp_destroy_sock lacks dport (not needed: raw tracepoints)" in raw.detail

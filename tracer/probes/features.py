@@ -388,7 +388,10 @@ def missing_fields(root: str, tracepoints: dict[str, tuple[str, ...]]) -> dict[s
     return out
 
 
-def _check_tracepoints(is_root: bool) -> tuple[Feature, dict[str, bool], dict[str, list[str]]]:
+def _check_tracepoints(is_root: bool, raw: bool = False) -> tuple[Feature, dict[str, bool], dict[str, list[str]]]:
+    """raw: the shared tracepoints are hooked as raw ones, which read the
+    socket rather than the record: a hooked record's missing field is no
+    problem then."""
     root = _tracefs_root()
     lacking: dict[str, list[str]] = {}
     if root is not None:
@@ -413,11 +416,13 @@ def _check_tracepoints(is_root: bool) -> tuple[Feature, dict[str, bool], dict[st
     missing = [tp for tp in TRACEPOINTS if not presence[tp]]
     required_missing = [tp for tp in REQUIRED_TRACEPOINTS if not presence[tp]]
     problems = [f"missing {', '.join(missing)}"] if missing else []
-    problems += [f"{tp.replace('/', ':')} lacks {', '.join(names)}" for tp, names in lacking.items()]
+    problems += [f"{tp.replace('/', ':')} lacks {', '.join(names)}"
+                 + (" (not needed: raw tracepoints)" if raw and tp in HOOKED_TRACEPOINTS else "")
+                 for tp, names in lacking.items()]
     detail = (f"{'; '.join(problems)} ({source})" if problems
               else f"all {len(TRACEPOINTS)} present"
               + (" with the fields read" if root is not None else "") + f" ({source})")
-    broken = required_missing or any(tp in HOOKED_TRACEPOINTS for tp in lacking)
+    broken = required_missing or (not raw and any(tp in HOOKED_TRACEPOINTS for tp in lacking))
     return Feature(not broken, detail), presence, lacking
 
 
@@ -528,7 +533,8 @@ def probe_features(load_tests: Optional[bool] = None, *, release: Optional[str] 
     bcc = _check_bcc()
     config = kernel_config(release)
     kprobes = Feature(False, _HIDDEN) if "kprobes" in hidden else _check_kprobes(config)
-    tracepoints, presence, lacking = _check_tracepoints(is_root)
+    hooks, hooks_why = _tracepoint_hooks(btf)
+    tracepoints, presence, lacking = _check_tracepoints(is_root, raw=hooks == "raw")
     can_load = load_tests and privileges.ok
     fentry = Feature(False, _HIDDEN) if "fentry" in hidden else _check_fentry(btf, can_load, is_root)
     kprobe_targets: dict[str, bool] = {}
@@ -537,7 +543,6 @@ def probe_features(load_tests: Optional[bool] = None, *, release: Optional[str] 
         kprobe_targets = {name: name in targets for name in KPROBE_TARGETS}
     ringbuf = (Feature(False, f"{_HIDDEN}; falls back to the perf buffer") if "ringbuf" in hidden
                else _check_ringbuf(release, btf, can_load, is_root))
-    hooks, hooks_why = _tracepoint_hooks(btf)
     return Features(is_root=is_root, privileges=privileges, kernel_release=release, btf=btf_feature,
                     headers=tree, bcc=bcc, kprobes=kprobes, kprobe_targets=kprobe_targets,
                     fentry=fentry, tracepoints=tracepoints, tracepoint_presence=presence,
