@@ -107,10 +107,10 @@ def test_the_switch_to_classic(monkeypatch, value, forced):
 
 def test_a_tracepoint_btf_does_not_describe_means_classic(monkeypatch):
     monkeypatch.delenv(CLASSIC_TRACEPOINTS_ENV, raising=False)
-    btf = kernel_like(KFREE_6_18, hooked=("inet_sock_set_state", "tcp_retransmit_skb",
-                                          "tcp_retransmit_synack"))
+    btf = kernel_like(KFREE_6_18, hooked=("tcp_retransmit_skb", "tcp_retransmit_synack",
+                                          "tcp_destroy_sock"))
     kind, why = features._tracepoint_hooks(btf)
-    assert kind == "classic" and why.endswith("tcp_destroy_sock (no btf_trace_ typedef)")
+    assert kind == "classic" and why.endswith("inet_sock_set_state (no btf_trace_ typedef)")
     assert features._tracepoint_hooks(None)[0] == "classic"
 
 
