@@ -18,7 +18,6 @@ from tracer.probes import startup
 from tracer.probes.btf import kernel_btf
 from tracer.probes.features import CLASSIC_TRACEPOINTS_ENV, probe_features
 from tracer.probes.offsets import kfree_skb_arg_positions
-from tracer.probes.session import PROG_INFO_RECURSION_MISSES
 
 pytestmark = pytest.mark.kernel
 
@@ -111,7 +110,7 @@ def test_raw_and_classic_report_identical_events(both, family, addr):
     for s in (raw, classic):
         s.poll(0)
         s.take_closes()
-    missed0 = {id(s): s._prog.recursion_misses(PROG_INFO_RECURSION_MISSES) for s in (raw, classic)}
+    missed0 = {id(s): s.counters()["missed_runs"] for s in (raw, classic)}
     accepted: list = []
     server = threading.Thread(target=_serve, args=(listener, CONNECTS, accepted), daemon=True)
     server.start()
@@ -154,7 +153,7 @@ def test_raw_and_classic_report_identical_events(both, family, addr):
     # while the other's do: a classic one is skipped whenever any BPF
     # program runs on that CPU, seen under the guests' emulation): a session
     # that missed runs may have missed as many events, no more.
-    missed = {name: s._prog.recursion_misses(PROG_INFO_RECURSION_MISSES) - missed0[id(s)]
+    missed = {name: s.counters()["missed_runs"] - missed0[id(s)]
               for name, (_, _, s) in seen.items()}
     truth = {"connects": sorted(client_ports), "refused": refusals,
              "accepts": sorted(p for _, p in accepted), "closes": CONNECTS}
