@@ -20,10 +20,13 @@ from bench.results import Results
 
 SECTIONS = ("overhead", "kernel", "ceiling", "startup", "overflow", "syscalls", "hotpaths",
             "cardinality")
-OVERHEAD_CONFIGS = ["none", "record", "top", "tcplife", "tcpstates", "probes", "probes-skip", "hooks"]
+OVERHEAD_CONFIGS = ["none", "record", "top", "tcplife", "tcpstates", "probes", "probes-skip", "hooks",
+                    "hooks-raw", "record-classic"]
+# raw vs classic tracepoint hooks: asked for by name (--configs), not in every run
+BY_NAME_ONLY = ("hooks-raw", "record-classic")
 # bench/run leaves out the comparison tracers it could not install (it says so)
 WITHOUT = [c for c in os.environ.get("CONNSCOPE_BENCH_WITHOUT", "").split(",") if c]
-DEFAULT_CONFIGS = [c for c in OVERHEAD_CONFIGS if c not in WITHOUT]
+DEFAULT_CONFIGS = [c for c in OVERHEAD_CONFIGS if c not in WITHOUT and c not in BY_NAME_ONLY]
 
 
 def log(msg: str) -> None:
@@ -40,6 +43,8 @@ def parse_args(argv):
     p.add_argument("--rounds", type=int, help="overhead rounds (default 5, quick 2)")
     p.add_argument("--configs", nargs="+", choices=OVERHEAD_CONFIGS,
                    default=DEFAULT_CONFIGS, help="overhead configurations")
+    p.add_argument("--kernel-configs", nargs="+", choices=[c for c in OVERHEAD_CONFIGS if c != "none"],
+                   help="tracers of the kernel-side cost section (default record tcplife tcpstates)")
     p.add_argument("--commit", metavar="REV",
                    help="benchmark this commit (exported with git archive into a temporary "
                         "directory; the repository is not touched) instead of the working tree, "
@@ -68,7 +73,8 @@ def run_section(name: str, args, procs: Processes, workdir: Path):
     if name == "kernel":
         from bench import kernel_cost
         return kernel_cost.run(procs, workdir, log=log,
-                               configs=kernel_cost.CONFIGS + (["record-baseline"] if args.baseline else []))
+                               configs=list(args.kernel_configs or kernel_cost.CONFIGS)
+                               + (["record-baseline"] if args.baseline else []))
     if name == "ceiling":
         from bench import ceiling
         return ceiling.run(procs, workdir, quick=q, log=log)

@@ -7,6 +7,8 @@ apart from what connscope's programs do once called.
     sudo .venv/bin/python -m bench.hook_cost [--rounds 4]
     sudo .venv/bin/python -m bench.hook_cost --hold   # load "all hooks", wait for SIGINT
                                                      # (bench/run's "hooks" configuration)
+    sudo .venv/bin/python -m bench.hook_cost --hold --raw   # the same, shared hooks as raw
+                                                           # tracepoints ("hooks-raw")
 
 Loopback only; each configuration runs --rounds times; every ab run is
 bounded by apache_bench.run's timeout.
@@ -35,12 +37,22 @@ CONFIGS = {
         "TRACEPOINT_PROBE(syscalls, sys_exit_accept4) { return 0; }\n"
         "TRACEPOINT_PROBE(tcp, tcp_destroy_sock) { return 0; }\n"
         "TRACEPOINT_PROBE(tcp, tcp_retransmit_skb) { return 0; }"),
+    # The same, with the tracepoints every backend shares hooked as raw
+    # tracepoints (what connscope does where the kernel has BTF); the syscall
+    # ones stay classic, as in connscope.
+    "all of the tracepoint backend's hooks, shared ones raw": (
+        "RAW_TRACEPOINT_PROBE(inet_sock_set_state) { return 0; }\n"
+        "TRACEPOINT_PROBE(syscalls, sys_enter_accept4) { return 0; }\n"
+        "TRACEPOINT_PROBE(syscalls, sys_exit_accept4) { return 0; }\n"
+        "RAW_TRACEPOINT_PROBE(tcp_destroy_sock) { return 0; }\n"
+        "RAW_TRACEPOINT_PROBE(tcp_retransmit_skb) { return 0; }"),
     # (skb:kfree_skb is left out: bcc cannot compile its format's enum field
     # without connscope's workaround, and it runs once per connection at 65 ns.)
 }
 
 
 ALL_HOOKS = "all of the tracepoint backend's hooks"
+ALL_HOOKS_RAW = "all of the tracepoint backend's hooks, shared ones raw"
 
 
 def hold(bpf) -> None:
@@ -66,6 +78,8 @@ def main(argv=None) -> None:
     p.add_argument("--requests", type=int, default=20000)
     p.add_argument("--hold", action="store_true",
                    help="load the do-nothing programs on all hooks and keep them until SIGINT/SIGTERM")
+    p.add_argument("--raw", action="store_true",
+                   help="with --hold: the shared tracepoints as raw tracepoints")
     args = p.parse_args(argv)
     import os
 
@@ -77,7 +91,7 @@ def main(argv=None) -> None:
     from bcc import BPF   # an experiment outside connscope: bcc's own loader is fine here
 
     if args.hold:
-        hold(BPF(text=CONFIGS[ALL_HOOKS]))
+        hold(BPF(text=CONFIGS[ALL_HOOKS_RAW if args.raw else ALL_HOOKS]))
         return
 
     rps: dict[str, list[float]] = {k: [] for k in CONFIGS}

@@ -37,13 +37,14 @@ marks["import connscope, click"] = time.perf_counter()
 mem["import connscope, click"] = rss()
 from tracer.probes import features, headers, startup
 from tracer.probes.btf import BTF
-from tracer.probes.offsets import offset_cflags, drop_reason_cflags
+from tracer.probes.offsets import offset_cflags, drop_reason_cflags, tracepoint_hook_cflags
 from tracer.filters import Filters
 f = features.probe_features(only_to_choose=True)
 marks["probe_features()"] = time.perf_counter()
 btf = startup.kernel_btf() if hasattr(startup, "kernel_btf") else BTF.load(startup.BTF_PATH)
 flags, _ = offset_cflags(btf, f.headers.matches_running_kernel)
-flags += drop_reason_cflags(btf)
+flags += tracepoint_hook_cflags(f.tracepoint_hooks)   # raw or classic, as startup picks
+flags += drop_reason_cflags(btf, raw=f.tracepoint_hooks == "raw")
 marks["BTF offsets"] = time.perf_counter()
 from tracer.probes.session import ProbeSession
 backend = features.choose_backend("auto", f)

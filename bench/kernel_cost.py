@@ -15,6 +15,7 @@ from bench.results import Section, fmt
 CONFIGS = ["record", "tcplife", "tcpstates"]
 
 
+
 def _delta(before: dict, after: dict) -> dict[str, tuple[int, int, int]]:
     def pad(v):   # (runs, ns) from a bpftool without recursion counts
         return tuple(v) + (0,) * (3 - len(v))

@@ -278,6 +278,30 @@ HOOKS_ONLY = TracerSpec(
           "before any work, the floor under connscope's figure")
 
 
+HOOKS_RAW = TracerSpec(
+    "do-nothing programs, shared hooks raw (floor)",
+    lambda d: [PYTHON, "-m", "bench.hook_cost", "--hold", "--raw"],
+    _stderr_has("hook_cost: ready"), lambda r, port: Counts(note="programs that return 0"),
+    env=bcc_env, kind="diagnostic",
+    about="the same return-0 programs, with the tracepoints every backend shares hooked as raw "
+          "tracepoints (as connscope does where the kernel has BTF)")
+
+
+def _classic_env() -> dict:
+    from tracer.probes.features import CLASSIC_TRACEPOINTS_ENV
+
+    e = tracer_env()
+    e[CLASSIC_TRACEPOINTS_ENV] = "1"
+    return e
+
+
+RECORD_CLASSIC = TracerSpec(
+    "connscope record, classic tracepoints", lambda d: [*CONNSCOPE, "record", "--out", d / "rec"],
+    _stderr_has("recording to"), _record_count, env=_classic_env,
+    about="headless recording to Parquet with the shared tracepoints hooked as classic ones "
+          "(CONNSCOPE_CLASSIC_TRACEPOINTS=1), as on a kernel without BTF")
+
+
 def baseline_record(source: Path, label: str) -> TracerSpec:
     """`connscope record` from another commit's tree (exported by bench/run
     --baseline), run side by side with this tree's in the same rounds."""
@@ -293,4 +317,5 @@ def baseline_record(source: Path, label: str) -> TracerSpec:
 
 NO_TRACER = None
 CONFIGS = {"none": NO_TRACER, "record": RECORD, "top": TOP_PLAIN, "tcplife": TCPLIFE,
-           "tcpstates": TCPSTATES, "probes": PROBE_ONLY, "probes-skip": PROBE_SKIP, "hooks": HOOKS_ONLY}
+           "tcpstates": TCPSTATES, "probes": PROBE_ONLY, "probes-skip": PROBE_SKIP, "hooks": HOOKS_ONLY,
+           "hooks-raw": HOOKS_RAW, "record-classic": RECORD_CLASSIC}

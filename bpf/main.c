@@ -6,6 +6,9 @@
  *   BACKEND_TRACEPOINT  stable tracepoints only: works without kprobes/fentry
  *   BACKEND_KPROBE      kprobes on the TCP functions themselves
  *   BACKEND_FENTRY      BPF trampolines on the same functions (lowest cost)
+ * and, with any of them:
+ *   RAW_TRACEPOINTS     the tracepoints all backends share hooked as raw
+ *                       tracepoints (the kernel has BTF; see below)
  * and, with kprobe or fentry:
  *   SYSCALL_EXIT_ACCEPT the syscall exit tracepoints of accept() are there:
  *                       compiled in, attached only while threads blocked in
@@ -15,6 +18,247 @@
 #include "sockets.h"
 #include "connect.h"
 #include "listeners.h"
+
+/* --- The tracepoints every backend hooks ------------------------------------
+ *
+ * As raw tracepoints (RAW_TRACEPOINTS: the kernel has BTF), each program gets
+ * the tracepoint's own arguments (its TP_PROTO: the socket, the states) and
+ * reads the socket's fields itself, at BTF offsets, reading only what it
+ * uses: the kernel fills no trace record, and it guards each program against
+ * recursion by itself instead of skipping every classic tracepoint program
+ * while another BPF program runs on that CPU (bpf_prog_active). As classic
+ * tracepoints otherwise (no BTF: offsets from the kernel's own headers), from
+ * the trace record the format file describes. Either way each hook is a thin
+ * wrapper that fills the same arguments for the same handlers below; the raw
+ * ones read the fields the tracepoint itself records, from the same places
+ * (include/trace/events/sock.h, tcp.h), so both see the same values. */
+
+/* What the state-change handler takes from either kind of hook. */
+struct state_change {
+    u64 sk;
+    int oldstate, newstate;
+    u16 family, sport, dport;   /* ports in host order, as the record has them */
+    u8 saddr[16], daddr[16];
+};
+
+/* Which of those sock_state_changed() reads for this change: a raw hook
+ * reads only these from the socket (each read costs), and none at all for
+ * the changes it passes over (FIN_WAIT1, CLOSE_WAIT, ...: half of them). */
+#define NEED_FAMILY 1
+#define NEED_SPORT 2
+#define NEED_DPORT 4
+#define NEED_ADDRS 8
+#define NEED_PORTS (NEED_SPORT | NEED_DPORT)
+static __always_inline u32 state_needs(int oldstate, int newstate)
+{
+    if (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT)
+        return NEED_FAMILY | NEED_DPORT | NEED_ADDRS;
+    if (oldstate == TCP_SYN_SENT)
+        return NEED_PORTS | NEED_ADDRS;
+    if ((oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED) ||
+        (newstate == TCP_CLOSE && oldstate != TCP_LISTEN))
+        return NEED_FAMILY | NEED_PORTS;
+    if (newstate == TCP_LISTEN)
+        return NEED_SPORT;
+    return 0;
+}
+
+static __always_inline void sock_state_changed(void *ctx, struct state_change *s)
+{
+    u64 sk = s->sk;
+    int oldstate = s->oldstate, newstate = s->newstate;
+    u16 family = s->family;
+
+    if (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT) {
+#ifdef BACKEND_TRACEPOINT
+        /* Inside connect(): current task is the caller. */
+        connect_begin(sk, family, s->dport, s->daddr);
+#else
+        connect_dest(sk, s->dport, s->daddr);
+#endif
+        connect_call_reached(sk);
+        return;
+    }
+    if (oldstate == TCP_SYN_SENT) {
+        /* (family: the connect's own, from connect_begin) */
+        connect_end(ctx, sk, newstate, s->sport, s->dport, s->saddr, s->daddr);
+        return;
+    }
+    if (oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED) {
+        /* Same softirq that just put the child in the accept queue. */
+        child_queued(sk, family, s->sport, s->dport);
+        return;
+    }
+    if (newstate == TCP_CLOSE && oldstate != TCP_LISTEN) {
+        if (family_wanted(family) && ports_wanted(s->sport, s->dport))
+            sock_closed(ctx, sk, oldstate);
+        return;
+    }
+    if (newstate == TCP_LISTEN && s->sport) {
+        /* Inside listen(): current task owns the listener. (A listen()
+         * without bind() gets its port only after this: seen later.) */
+        listener_open(sk);
+        return;
+    }
+    if (oldstate == TCP_LISTEN)
+        listener_close(sk);
+}
+
+static __always_inline void sock_retransmitted(u64 sk, int state)
+{
+    if (state == TCP_SYN_SENT)
+        connect_syn_rtx(sk);
+}
+
+static __always_inline void sock_destroyed(u64 sk, u16 dport)
+{
+    if (dport) {
+        /* A connection (the common case, twice per connection): only a
+         * child that was never accepted can have left something. */
+        child_forget(sk);
+        return;
+    }
+    /* Not connected: a connect() that failed before SYN_SENT (the kernel
+     * clears the port again), or a listener, which can go without a
+     * LISTEN -> CLOSE we saw (its network namespace deleted, or known to us
+     * only from a drop). */
+    connect_forget(sk);
+    listener_close(sk);
+}
+
+#ifdef BACKEND_TRACEPOINT
+#ifdef REASON_TCP_LISTEN_OVERFLOW
+/* Without kprobes the drop points cannot be hooked. The ACK-time overflow
+ * frees the packet with this reason and the listener as rx_sk (kernels that
+ * have rx_sk); SYN-time drops are only in the listener's sk_drops, which
+ * user space reads through sock_diag. */
+static __always_inline void skb_freed(u64 rx_sk, int reason)
+{
+    if (!rx_sk)
+        return;
+    if (reason == REASON_TCP_LISTEN_OVERFLOW) {
+        listener_overflow(rx_sk, OVERFLOW_ACK);
+    } else if (reason == REASON_NO_SOCKET &&
+               READ_AT(rx_sk, OFF_SKC_STATE, u8) == TCP_LISTEN) {
+        /* A SYN-cookie ACK that found the queue full: no request socket,
+         * so the kernel reports it as NO_SOCKET on the listener. */
+        listener_overflow(rx_sk, OVERFLOW_COOKIE);
+    }
+}
+#define HOOK_KFREE_SKB
+#endif
+#endif
+
+#ifdef RAW_TRACEPOINTS
+/* ctx->args[i]: argument i of the tracepoint's TP_PROTO. */
+
+#ifdef OFFSETS_FROM_HEADERS
+#error "raw tracepoints read fields at BTF offsets: not with OFFSETS_FROM_HEADERS"
+#endif
+/* Each bpf_probe_read_kernel() costs about as much for 24 bytes as for 2:
+ * where the layout has them together (every kernel since 4.x), the fields
+ * are read in one go: sock_common begins with daddr, rcv_saddr, hash,
+ * dport, num, family; inet_sock keeps inet_saddr six bytes before
+ * inet_sport. */
+#define SK_HEAD 24
+#if OFF_SKC_DADDR + 4 <= SK_HEAD && OFF_SKC_DPORT + 2 <= SK_HEAD && OFF_SKC_FAMILY + 2 <= SK_HEAD
+#define SK_HEAD_IN_ONE_READ
+#endif
+#if OFF_INET_SPORT == OFF_INET_SADDR + 6
+#define INET_IN_ONE_READ
+#endif
+
+/* inet_sock_set_state(const struct sock *sk, int oldstate, int newstate) */
+RAW_TRACEPOINT_PROBE(inet_sock_set_state)
+{
+    struct state_change s = {};
+    u64 sk = ctx->args[0];
+    s.sk = sk;
+    s.oldstate = (int)ctx->args[1];
+    s.newstate = (int)ctx->args[2];
+    u32 need = state_needs(s.oldstate, s.newstate);
+    /* (a change that needs nothing only closes a listener we know: TCP's) */
+    if (!need)
+        goto run;
+    if (READ_AT(sk, OFF_SK_PROTOCOL, u16) != IPPROTO_TCP)
+        return 0;
+    u32 daddr4 = 0, saddr4 = 0;
+    if (need & (NEED_FAMILY | NEED_DPORT | NEED_ADDRS)) {
+#ifdef SK_HEAD_IN_ONE_READ
+        u8 head[SK_HEAD];
+        bpf_probe_read_kernel(head, sizeof(head), (const void *)sk);
+        __builtin_memcpy(&s.family, head + OFF_SKC_FAMILY, 2);
+        __builtin_memcpy(&s.dport, head + OFF_SKC_DPORT, 2);
+        __builtin_memcpy(&daddr4, head + OFF_SKC_DADDR, 4);
+#else
+        s.family = READ_AT(sk, OFF_SKC_FAMILY, u16);
+        s.dport = READ_AT(sk, OFF_SKC_DPORT, u16);
+        daddr4 = READ_AT(sk, OFF_SKC_DADDR, u32);
+#endif
+        s.dport = bpf_ntohs(s.dport);
+    }
+    /* sport is inet_sport, not skc_num: the record's, which a socket that
+     * gave its port back at CLOSE still has (connect_outcome relies on it) */
+    if (need & (NEED_SPORT | NEED_ADDRS)) {
+#ifdef INET_IN_ONE_READ
+        u8 inet[8];
+        bpf_probe_read_kernel(inet, sizeof(inet), (const char *)sk + OFF_INET_SADDR);
+        __builtin_memcpy(&saddr4, inet, 4);
+        __builtin_memcpy(&s.sport, inet + 6, 2);
+#else
+        saddr4 = READ_AT(sk, OFF_INET_SADDR, u32);
+        s.sport = READ_AT(sk, OFF_INET_SPORT, u16);
+#endif
+        s.sport = bpf_ntohs(s.sport);
+    }
+    if (need & NEED_ADDRS) {
+        if (s.family == AF_INET) {
+            __builtin_memcpy(s.saddr, &saddr4, 4);
+            __builtin_memcpy(s.daddr, &daddr4, 4);
+        } else {
+            bpf_probe_read_kernel(s.saddr, 16, (const char *)sk + OFF_SKC_V6_RCV_SADDR);
+            bpf_probe_read_kernel(s.daddr, 16, (const char *)sk + OFF_SKC_V6_DADDR);
+        }
+    }
+run:
+    sock_state_changed(ctx, &s);
+    return 0;
+}
+
+/* tcp_retransmit_synack(const struct sock *sk, const struct request_sock *req) */
+RAW_TRACEPOINT_PROBE(tcp_retransmit_synack)
+{
+    synack_retransmit(ctx->args[0]);
+    return 0;
+}
+
+/* tcp_retransmit_skb(const struct sock *sk, const struct sk_buff *skb[, int err]) */
+RAW_TRACEPOINT_PROBE(tcp_retransmit_skb)
+{
+    u64 sk = ctx->args[0];
+    sock_retransmitted(sk, READ_AT(sk, OFF_SKC_STATE, u8));
+    return 0;
+}
+
+/* tcp_destroy_sock(struct sock *sk) */
+RAW_TRACEPOINT_PROBE(tcp_destroy_sock)
+{
+    u64 sk = ctx->args[0];
+    sock_destroyed(sk, READ_AT(sk, OFF_SKC_DPORT, u16));
+    return 0;
+}
+
+#ifdef HOOK_KFREE_SKB
+/* kfree_skb(skb, location, reason, rx_sk): which argument is which comes
+ * from the kernel's BTF (btf_trace_kfree_skb), -D by the loader. */
+RAW_TRACEPOINT_PROBE(kfree_skb)
+{
+    skb_freed(ctx->args[KFREE_SKB_RX_SK_ARG], (int)ctx->args[KFREE_SKB_REASON_ARG]);
+    return 0;
+}
+#endif
+
+#else /* classic tracepoints */
 
 /* Tracepoint argument arrays are 4 bytes for IPv4: widen to the event's 16. */
 #define ADDR16(dst, args, v4, v6, family)                                    \
@@ -29,47 +273,18 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 {
     if (args->protocol != IPPROTO_TCP)
         return 0;
-    u64 sk = (u64)args->skaddr;
-    int oldstate = args->oldstate, newstate = args->newstate;
-    u16 family = args->family;
-
-    if (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT) {
-        u8 daddr[16] = {};
-        ADDR16(daddr, args, daddr, daddr_v6, family);
-#ifdef BACKEND_TRACEPOINT
-        /* Inside connect(): current task is the caller. */
-        connect_begin(sk, family, args->dport, daddr);
-#else
-        connect_dest(sk, args->dport, daddr);
-#endif
-        connect_call_reached(sk);
-        return 0;
+    struct state_change s = {};
+    s.sk = (u64)args->skaddr;
+    s.oldstate = args->oldstate;
+    s.newstate = args->newstate;
+    s.family = args->family;
+    s.sport = args->sport;
+    s.dport = args->dport;
+    if (state_needs(s.oldstate, s.newstate) & NEED_ADDRS) {
+        ADDR16(s.saddr, args, saddr, saddr_v6, s.family);
+        ADDR16(s.daddr, args, daddr, daddr_v6, s.family);
     }
-    if (oldstate == TCP_SYN_SENT) {
-        u8 saddr[16] = {}, daddr[16] = {};
-        ADDR16(saddr, args, saddr, saddr_v6, family);
-        ADDR16(daddr, args, daddr, daddr_v6, family);
-        connect_end(args, sk, newstate, args->sport, args->dport, saddr, daddr);
-        return 0;
-    }
-    if (oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED) {
-        /* Same softirq that just put the child in the accept queue. */
-        child_queued(sk, family, args->sport, args->dport);
-        return 0;
-    }
-    if (newstate == TCP_CLOSE && oldstate != TCP_LISTEN) {
-        if (family_wanted(family) && ports_wanted(args->sport, args->dport))
-            sock_closed(args, sk, oldstate);
-        return 0;
-    }
-    if (newstate == TCP_LISTEN && args->sport) {
-        /* Inside listen(): current task owns the listener. (A listen()
-         * without bind() gets its port only after this: seen later.) */
-        listener_open(sk);
-        return 0;
-    }
-    if (oldstate == TCP_LISTEN)
-        listener_close(sk);
+    sock_state_changed(args, &s);
     return 0;
 }
 
@@ -81,58 +296,30 @@ TRACEPOINT_PROBE(tcp, tcp_retransmit_synack)
 
 TRACEPOINT_PROBE(tcp, tcp_retransmit_skb)
 {
-    if (args->state == TCP_SYN_SENT)
-        connect_syn_rtx((u64)args->skaddr);
+    sock_retransmitted((u64)args->skaddr, args->state);
     return 0;
 }
 
 TRACEPOINT_PROBE(tcp, tcp_destroy_sock)
 {
-    u64 sk = (u64)args->skaddr;
-    if (args->dport) {
-        /* A connection (the common case, twice per connection): only a
-         * child that was never accepted can have left something. */
-        child_forget(sk);
-        return 0;
-    }
-    /* Not connected: a connect() that failed before SYN_SENT (the kernel
-     * clears the port again), or a listener, which can go without a
-     * LISTEN -> CLOSE we saw (its network namespace deleted, or known to us
-     * only from a drop). */
-    connect_forget(sk);
-    listener_close(sk);
+    sock_destroyed((u64)args->skaddr, args->dport);
     return 0;
 }
 
-#ifdef BACKEND_TRACEPOINT
-#ifdef REASON_TCP_LISTEN_OVERFLOW
+#ifdef HOOK_KFREE_SKB
 #ifndef OFFSETS_FROM_HEADERS
 /* The tracepoint's struct names this enum; the generic headers may lack it
  * (or have another kernel's values). Its values come from BTF, so an
  * int-sized stand-in is all the compiler needs. */
 enum skb_drop_reason { CONNSCOPE_SKB_DROP_REASON_FROM_BTF = 0 };
 #endif
-/* Without kprobes the drop points cannot be hooked. The ACK-time overflow
- * frees the packet with this reason and the listener as rx_sk (kernels that
- * have rx_sk); SYN-time drops are only in the listener's sk_drops, which
- * user space reads through sock_diag. */
 TRACEPOINT_PROBE(skb, kfree_skb)
 {
-    u64 rx_sk = (u64)args->rx_sk;
-    if (!rx_sk)
-        return 0;
-    if (args->reason == REASON_TCP_LISTEN_OVERFLOW) {
-        listener_overflow(rx_sk, OVERFLOW_ACK);
-    } else if (args->reason == REASON_NO_SOCKET &&
-               READ_AT(rx_sk, OFF_SKC_STATE, u8) == TCP_LISTEN) {
-        /* A SYN-cookie ACK that found the queue full: no request socket,
-         * so the kernel reports it as NO_SOCKET on the listener. */
-        listener_overflow(rx_sk, OVERFLOW_COOKIE);
-    }
+    skb_freed((u64)args->rx_sk, args->reason);
     return 0;
 }
 #endif
-#endif
+#endif /* RAW_TRACEPOINTS */
 
 #ifdef BACKEND_TRACEPOINT
 /* connect() failing before SYN_SENT (connect.h, connect_call_*). Every

@@ -345,6 +345,7 @@ def collect(features: Optional[Features] = None, *,
         "program_cache": _program_cache(),
         "load_tested": f.load_tested,
         "backend": {"auto": auto, "why": auto_reason(f), "error": auto_error},
+        "tracepoint_hooks": {"kind": f.tracepoint_hooks, "why": f.tracepoint_hooks_why},
         "visibility": {b: backend_visibility(b, f) for b in AUTO_ORDER},
         "drop_reasons": {"kfree_skb_rx_sk": reasons.rx_sk,
                          "tcp_listen_overflow": reasons.listen_overflow},
@@ -417,6 +418,9 @@ def render_text(report: dict) -> str:
     lines += ["", "Backend"]
     b = r["backend"]
     lines.append(f"  --backend auto picks {b['why']}")
+    hooks = r.get("tracepoint_hooks")
+    if hooks:
+        lines.append(f"  tracepoints every backend hooks: {hooks['why']}")
     for name, vis in r["visibility"].items():
         lines.append(f"  {name}:")
         lines += [f"    - {line}" for line in vis]

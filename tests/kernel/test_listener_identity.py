@@ -448,7 +448,9 @@ def _attached_tracepoints(session) -> set:
         except OSError:
             continue               # not a BPF attachment
         prog_id, fd_type = struct.unpack_from("<II", attr, 24)
-        if fd_type == 1 and prog_id in ours:   # BPF_FD_TYPE_TRACEPOINT
+        # BPF_FD_TYPE_RAW_TRACEPOINT, BPF_FD_TYPE_TRACEPOINT (the shared
+        # tracepoints are raw ones where the kernel has BTF)
+        if fd_type in (0, 1) and prog_id in ours:
             names.add(buf.value.decode())
     return names
 

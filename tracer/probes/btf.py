@@ -323,6 +323,46 @@ class BTF:
             raise self._error(f"function {name!r} has no prototype")
         return vlen
 
+    def tracepoint_params(self, name: str) -> list[str]:
+        """The C types of tracepoint `name`'s arguments (its TP_PROTO), as a
+        raw tracepoint program gets them in ctx->args[]: from the kernel's
+        `btf_trace_<name>` typedef, a pointer to a function whose first
+        parameter is the tracepoint's own `void *__data` (left out here).
+        Types only: BTF keeps no parameter names for these. Arguments come
+        and go between kernels (kfree_skb: reason 5.17+, rx_sk later), and a
+        raw tracepoint program that reads past the last fails to attach."""
+        ids = self._named(f"btf_trace_{name}", (TYPEDEF,))
+        if not ids:
+            raise self._error(f"no btf_trace_{name}: BTF does not describe tracepoint {name}")
+        ptr = self._resolve(ids[0])
+        i, kind, _, _ = self._type(ptr)
+        proto = self._resolve(self._words[i + 2]) if kind == PTR else 0
+        if not proto or self._type(proto)[1] != FUNC_PROTO:
+            raise self._error(f"btf_trace_{name} is not a pointer to a function")
+        i, _, vlen, _ = self._type(proto)
+        params = [self._c_type(self._words[i + 3 + 2 * p + 1]) for p in range(vlen)]
+        return params[1:]
+
+    def _c_type(self, tid: int, depth: int = 0) -> str:
+        """'struct sock *', 'enum skb_drop_reason', 'int', 'void *': typedefs
+        and qualifiers looked through."""
+        if tid == 0:
+            return "void"
+        tid = self._resolve(tid)
+        i, kind, _, kind_flag = self._type(tid)
+        if kind == PTR:
+            if depth > _MAX_DEPTH:
+                raise self._error(f"pointers nested too deep at type id {tid}")
+            return self._c_type(self._words[i + 2], depth + 1) + " *"
+        name = self._name(self._words[i]) or "(anon)"
+        if kind in (STRUCT, UNION, FWD):
+            return f"{'union' if kind == UNION or (kind == FWD and kind_flag) else 'struct'} {name}"
+        if kind in (ENUM, ENUM64):
+            return f"enum {name}"
+        if kind == FUNC_PROTO:
+            return "function"
+        return name
+
     def offsets(self, spec: dict[str, tuple[str, str]]) -> dict[str, int]:
         """{'SK_ERR': ('sock', 'sk_err')} -> {'SK_ERR': 284}"""
         return {macro: self.member_offset(struct, path) for macro, (struct, path) in spec.items()}

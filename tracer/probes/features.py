@@ -82,6 +82,7 @@ HIDE_FUNCTIONS_ENV = "CONNSCOPE_HIDE_FUNCTIONS"  # hooked functions, e.g. tcp_v6
 HIDE_FEATURES_ENV = "CONNSCOPE_HIDE_FEATURES"    # any of HIDEABLE_FEATURES
 HIDEABLE_FEATURES = ("fentry", "kprobes", "ringbuf")
 FAIL_LOAD_ENV = "CONNSCOPE_FAIL_LOAD"            # backends whose load is made to fail
+CLASSIC_TRACEPOINTS_ENV = "CONNSCOPE_CLASSIC_TRACEPOINTS"   # 1: classic tracepoint hooks even with BTF
 
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 RINGBUF_MIN_KERNEL = (5, 8)
@@ -117,6 +118,10 @@ class Features:
     # hooked tracepoint -> the fields connscope reads that its record lacks here
     # (only from tracefs, as root; {} when not checked)
     tracepoint_fields_missing: dict[str, list[str]] = field(default_factory=dict)
+    # how HOOKED_TRACEPOINTS are hooked: "raw" or "classic", and why, one line
+    # (choose_tracepoint_hooks)
+    tracepoint_hooks: str = "classic"
+    tracepoint_hooks_why: str = ""
 
     def missing_kprobe_targets(self, required_only: bool = False) -> list[str]:
         names = REQUIRED_KPROBE_TARGETS if required_only else KPROBE_TARGETS
@@ -145,9 +150,55 @@ def failing_loads() -> set[str]:
     return _names_in(FAIL_LOAD_ENV) & set(AUTO_ORDER)
 
 
+def raw_tracepoints_made_to_fail() -> bool:
+    """CONNSCOPE_FAIL_LOAD=raw_tracepoints: the raw tracepoint hooks' load
+    fails as a kernel's refusal would (a test hook for the fall back to
+    classic ones)."""
+    return "raw_tracepoints" in _names_in(FAIL_LOAD_ENV)
+
+
 def hidden_features() -> set[str]:
     """Features CONNSCOPE_HIDE_FEATURES makes count as unavailable (a test hook)."""
     return _names_in(HIDE_FEATURES_ENV) & set(HIDEABLE_FEATURES)
+
+
+def classic_tracepoints_forced() -> bool:
+    """CONNSCOPE_CLASSIC_TRACEPOINTS=1: hook with classic tracepoints even
+    where raw ones would do (a test and benchmark hook)."""
+    return os.environ.get(CLASSIC_TRACEPOINTS_ENV, "").strip() not in ("", "0")
+
+
+def choose_tracepoint_hooks(has_btf: bool, undescribed: list[str],
+                            forced_classic: bool = False) -> tuple[str, str]:
+    """("raw" or "classic", why in one line) for the tracepoints every
+    backend hooks. Raw tracepoints read the socket's fields at BTF offsets
+    and take their arguments as BTF describes them (btf_trace_<name>), so
+    they need BTF that describes each of them; classic ones read the trace
+    record, which the format file describes."""
+    if forced_classic:
+        return "classic", f"classic tracepoints: forced by {CLASSIC_TRACEPOINTS_ENV} (a test hook)"
+    if not has_btf:
+        return "classic", "classic tracepoints: no kernel BTF, so fields come from the trace records"
+    if undescribed:
+        return "classic", (f"classic tracepoints: BTF does not describe "
+                           f"{', '.join(undescribed)} (no btf_trace_ typedef)")
+    return "raw", "raw tracepoints (fields read at BTF offsets, no trace record filled)"
+
+
+# The kernel's BTF describes all of its tracepoints (btf_trace_<name>
+# typedefs, 5.5+) or none: one stands for the others (each look-up costs
+# ~2.5 ms of start-up), whose presence the tracefs check covers.
+BTF_DESCRIBED_TRACEPOINT = "inet_sock_set_state"
+
+
+def _tracepoint_hooks(btf: Optional[BTF]) -> tuple[str, str]:
+    undescribed = []
+    if btf is not None:
+        try:
+            btf.tracepoint_params(BTF_DESCRIBED_TRACEPOINT)
+        except BTFError:
+            undescribed.append(BTF_DESCRIBED_TRACEPOINT)
+    return choose_tracepoint_hooks(btf is not None, undescribed, classic_tracepoints_forced())
 
 
 def _hiding_notes() -> list[str]:
@@ -341,7 +392,10 @@ def missing_fields(root: str, tracepoints: dict[str, tuple[str, ...]]) -> dict[s
     return out
 
 
-def _check_tracepoints(is_root: bool) -> tuple[Feature, dict[str, bool], dict[str, list[str]]]:
+def _check_tracepoints(is_root: bool, raw: bool = False) -> tuple[Feature, dict[str, bool], dict[str, list[str]]]:
+    """raw: the shared tracepoints are hooked as raw ones, which read the
+    socket rather than the record: a hooked record's missing field is no
+    problem then."""
     root = _tracefs_root()
     lacking: dict[str, list[str]] = {}
     if root is not None:
@@ -366,11 +420,13 @@ def _check_tracepoints(is_root: bool) -> tuple[Feature, dict[str, bool], dict[st
     missing = [tp for tp in TRACEPOINTS if not presence[tp]]
     required_missing = [tp for tp in REQUIRED_TRACEPOINTS if not presence[tp]]
     problems = [f"missing {', '.join(missing)}"] if missing else []
-    problems += [f"{tp.replace('/', ':')} lacks {', '.join(names)}" for tp, names in lacking.items()]
+    problems += [f"{tp.replace('/', ':')} lacks {', '.join(names)}"
+                 + (" (not needed: raw tracepoints)" if raw and tp in HOOKED_TRACEPOINTS else "")
+                 for tp, names in lacking.items()]
     detail = (f"{'; '.join(problems)} ({source})" if problems
               else f"all {len(TRACEPOINTS)} present"
               + (" with the fields read" if root is not None else "") + f" ({source})")
-    broken = required_missing or any(tp in HOOKED_TRACEPOINTS for tp in lacking)
+    broken = required_missing or (not raw and any(tp in HOOKED_TRACEPOINTS for tp in lacking))
     return Feature(not broken, detail), presence, lacking
 
 
@@ -481,7 +537,8 @@ def probe_features(load_tests: Optional[bool] = None, *, release: Optional[str] 
     bcc = _check_bcc()
     config = kernel_config(release)
     kprobes = Feature(False, _HIDDEN) if "kprobes" in hidden else _check_kprobes(config)
-    tracepoints, presence, lacking = _check_tracepoints(is_root)
+    hooks, hooks_why = _tracepoint_hooks(btf)
+    tracepoints, presence, lacking = _check_tracepoints(is_root, raw=hooks == "raw")
     can_load = load_tests and privileges.ok
     fentry = Feature(False, _HIDDEN) if "fentry" in hidden else _check_fentry(btf, can_load, is_root)
     kprobe_targets: dict[str, bool] = {}
@@ -494,7 +551,8 @@ def probe_features(load_tests: Optional[bool] = None, *, release: Optional[str] 
                     headers=tree, bcc=bcc, kprobes=kprobes, kprobe_targets=kprobe_targets,
                     fentry=fentry, tracepoints=tracepoints, tracepoint_presence=presence,
                     tracepoint_fields_missing=lacking,
-                    ringbuf=ringbuf, load_tested=can_load, notes=notes)
+                    ringbuf=ringbuf, load_tested=can_load, notes=notes,
+                    tracepoint_hooks=hooks, tracepoint_hooks_why=hooks_why)
 
 
 # --- backend choice ---------------------------------------------------------------
@@ -526,11 +584,12 @@ def _alternatives(f: Features, exclude: str) -> str:
 
 
 def _hooked_tracepoint_problem(f: Features) -> Optional[str]:
-    """Every backend hooks HOOKED_TRACEPOINTS: one whose record lacks a
-    field read would fail to compile, so no backend works (the reason is the
-    kernel's own format file)."""
+    """Every backend hooks HOOKED_TRACEPOINTS: as classic tracepoints, one
+    whose record lacks a field read would fail to compile, so no backend
+    works (the reason is the kernel's own format file). Raw tracepoints read
+    the socket instead: only absent tracepoints matter to them."""
     lacking = {tp: names for tp, names in f.tracepoint_fields_missing.items()
-               if tp in HOOKED_TRACEPOINTS}
+               if tp in HOOKED_TRACEPOINTS and f.tracepoint_hooks != "raw"}
     absent = [tp for tp in HOOKED_TRACEPOINTS if not f.tracepoint_presence.get(tp, False)]
     if f.tracepoints.tested and absent and absent != list(HOOKED_TRACEPOINTS):
         # (none at all: tracefs could not be read, said elsewhere)
@@ -541,8 +600,9 @@ def _hooked_tracepoint_problem(f: Features) -> Optional[str]:
         return None
     what = "; ".join(f"{tp.replace('/', ':')} has no {', '.join(names)}"
                      for tp, names in lacking.items())
+    hooks = f"; {f.tracepoint_hooks_why}" if f.tracepoint_hooks_why else ""
     return (f"this kernel's tracepoint records lack fields every backend reads ({what}, "
-            f"by its format files): connscope cannot trace here")
+            f"by its format files{hooks}): connscope cannot trace here")
 
 
 def _backend_problem(backend: str, f: Features, suggest: bool = True) -> Optional[str]:

@@ -318,8 +318,8 @@ def kernel_name(function: str) -> str:
     """The name the kernel (and bpftool) shows for a program: 15 characters
     at most, and distinct for every hook (bcc's function names are not: all
     four accept syscall tracepoints begin `tracepoint__sys`)."""
-    if function.startswith("tracepoint__"):
-        event = function.split("__", 2)[2]
+    if function.startswith(("tracepoint__", "raw_tracepoint__")):
+        event = function.split("__")[-1]
         for long, short in (("inet_sock_set_state", "sock_set_state"), ("sys_", ""),
                             ("retransmit", "rtx")):
             event = event.replace(long, short)

@@ -39,6 +39,10 @@ NEEDED = {
     "OFF_SK_SOCKET": ("sock", "sk_socket"),
     "OFF_SK_PROTOCOL": ("sock", "sk_protocol"),
     "OFF_SKB_PROTOCOL": ("sk_buff", "protocol"),
+    # raw tracepoints read what inet_sock_set_state records: its source
+    # address and port are the inet_sock's, not skc_rcv_saddr/skc_num
+    "OFF_INET_SPORT": ("inet_sock", "inet_sport"),
+    "OFF_INET_SADDR": ("inet_sock", "inet_saddr"),
 }
 
 
@@ -62,23 +66,55 @@ def offset_cflags(btf, headers_match_kernel: bool) -> tuple[list[str], str]:
 KFREE_SKB_FORMAT = "/sys/kernel/tracing/events/skb/kfree_skb/format"
 
 
-def drop_reason_cflags(btf, format_path: str = KFREE_SKB_FORMAT) -> list[str]:
+def tracepoint_hook_cflags(kind: str) -> list[str]:
+    """-DRAW_TRACEPOINTS for raw tracepoint hooks (features.tracepoint_hooks
+    says which kind and why); classic ones need no switch."""
+    return ["-DRAW_TRACEPOINTS"] if kind == "raw" else []
+
+
+def kfree_skb_arg_positions(params: list[str]) -> tuple[int, int] | None:
+    """(reason, rx_sk): where skb:kfree_skb's drop reason and receiving
+    socket are among its raw tracepoint arguments (BTF.tracepoint_params),
+    None if it lacks either. By type, since BTF has no names for them:
+    kfree_skb(skb, location, reason[, rx_sk])."""
+    reason = [i for i, t in enumerate(params) if t == "enum skb_drop_reason"]
+    rx_sk = [i for i, t in enumerate(params) if t == "struct sock *"]
+    if len(reason) != 1 or len(rx_sk) != 1:
+        return None
+    return reason[0], rx_sk[0]
+
+
+def drop_reason_cflags(btf, format_path: str = KFREE_SKB_FORMAT, *, raw: bool = False) -> list[str]:
     """-DREASON_TCP_LISTEN_OVERFLOW=N -DREASON_NO_SOCKET=M when skb:kfree_skb names the receiving
     socket (rx_sk, 6.11+) and the kernel has that drop reason (6.15+); the value is
-    the kernel's own (enums change between kernels), never hard-coded."""
-    try:
-        with open(format_path) as f:
-            fmt = f.read()
-    except OSError:
+    the kernel's own (enums change between kernels), never hard-coded. raw: for a
+    raw tracepoint hook, whose arguments come from BTF, with where each is
+    (-DKFREE_SKB_REASON_ARG, -DKFREE_SKB_RX_SK_ARG); else from the format file."""
+    if btf is None:
         return []
-    if "rx_sk;" not in fmt or btf is None:
-        return []
+    position = []
+    if raw:
+        try:
+            found = kfree_skb_arg_positions(btf.tracepoint_params("kfree_skb"))
+        except Exception:
+            found = None
+        if found is None:
+            return []
+        position = [f"-DKFREE_SKB_REASON_ARG={found[0]}", f"-DKFREE_SKB_RX_SK_ARG={found[1]}"]
+    else:
+        try:
+            with open(format_path) as f:
+                fmt = f.read()
+        except OSError:
+            return []
+        if "rx_sk;" not in fmt:
+            return []
     try:
         overflow = btf.enum_value("skb_drop_reason", "SKB_DROP_REASON_TCP_LISTEN_OVERFLOW")
         no_socket = btf.enum_value("skb_drop_reason", "SKB_DROP_REASON_NO_SOCKET")
     except Exception:
         return []
-    return [f"-DREASON_TCP_LISTEN_OVERFLOW={overflow}", f"-DREASON_NO_SOCKET={no_socket}"]
+    return [f"-DREASON_TCP_LISTEN_OVERFLOW={overflow}", f"-DREASON_NO_SOCKET={no_socket}", *position]
 
 
 def fentry_cflags(btf) -> list[str]:

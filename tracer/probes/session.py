@@ -62,6 +62,8 @@ class LoadInfo:
     drop_split: "bool | None" = None    # tracepoint: skb:kfree_skb drop reasons attached
     # `auto`: better backends that failed to load here, "<backend>: <why>" each
     passed_over: list[str] = field(default_factory=list)
+    # how the tracepoints every backend shares are hooked, and why (one line)
+    tracepoint_hooks: str = ""
 
 
 class ProbeSession:

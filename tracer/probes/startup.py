@@ -8,8 +8,10 @@ from tracer.filters import Filters
 from tracer.probes import blocked_accepts, headers, loader
 from tracer.probes.btf import BTFError, kernel_btf
 from tracer.probes.features import (BackendUnavailable, backends_to_try, failing_loads,
+                                    raw_tracepoints_made_to_fail,
                                     probe_features)
-from tracer.probes.offsets import OffsetError, drop_reason_cflags, fentry_cflags, offset_cflags
+from tracer.probes.offsets import (OffsetError, drop_reason_cflags, fentry_cflags, offset_cflags,
+                                   tracepoint_hook_cflags)
 from tracer.probes.session import ProbeError, ProbeSession
 
 BTF_PATH = "/sys/kernel/btf/vmlinux"
@@ -45,21 +47,48 @@ def start(requested: str, filters: Filters) -> ProbeSession:
     # the BTF probe_features() read (indexing it costs ~20 ms; do it once)
     btf = kernel_btf() if os.path.exists(BTF_PATH) else None
     flags, offsets_from = offset_cflags(btf, tree.matches_running_kernel)
-    reason_flags = drop_reason_cflags(btf)
-    flags += reason_flags
+    hooks = features.tracepoint_hooks if btf is not None else "classic"
     failed: list[str] = []
     for backend in candidates:
         try:
-            session = _open(backend, filters, features, tree, btf, flags, offsets_from)
+            session = _open_hooks(backend, filters, features, tree, btf, flags, offsets_from, hooks)
         except (ProbeError, OffsetError) as e:
             if len(candidates) == 1:
                 raise
             failed.append(f"{backend}: {e}")
             continue
-        session.info.drop_split = bool(reason_flags)   # tracer/blind_spots.py says what it means
         session.info.passed_over = failed
         return session
     raise ProbeError("no backend could be loaded: " + "; ".join(failed))
+
+
+def _open_hooks(backend, filters, features, tree, btf, flags, offsets_from, hooks) -> ProbeSession:
+    """_open with the shared tracepoints hooked as `hooks` says; raw ones the
+    kernel refuses (a verifier or attach failure detection cannot foresee)
+    are replaced by classic ones, and the session says so."""
+    why = features.tracepoint_hooks_why
+    try:
+        session = _open_with(backend, filters, features, tree, btf, flags, offsets_from, hooks)
+    except ProbeError as e:
+        if hooks != "raw" or "raw_tracepoint__" not in str(e):
+            raise
+        why = f"classic tracepoints: raw ones failed to load ({e})"
+        session = _open_with(backend, filters, features, tree, btf, flags, offsets_from, "classic")
+        session.info.notes.append(why)
+    session.info.tracepoint_hooks = why
+    return session
+
+
+def _open_with(backend, filters, features, tree, btf, flags, offsets_from, hooks) -> ProbeSession:
+    if hooks == "raw" and raw_tracepoints_made_to_fail():
+        raise ProbeError(f"cannot load the {backend} programs: cannot attach "
+                         f"raw_tracepoint__inet_sock_set_state: made to fail by "
+                         f"CONNSCOPE_FAIL_LOAD (a test hook)")
+    reason_flags = drop_reason_cflags(btf, raw=hooks == "raw")
+    session = _open(backend, filters, features, tree, btf,
+                    flags + tracepoint_hook_cflags(hooks) + reason_flags, offsets_from)
+    session.info.drop_split = bool(reason_flags)   # tracer/blind_spots.py says what it means
+    return session
 
 
 def _open(backend, filters, features, tree, btf, flags, offsets_from) -> ProbeSession:
