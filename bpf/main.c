@@ -457,10 +457,11 @@ KFUNC_PROBE(tcp_v4_syn_recv_sock, void *sk, void *skb, void *req, void *dst, voi
     return 0;
 }
 
-KRETFUNC_PROBE(tcp_v4_syn_recv_sock, void *sk, void *skb, void *req, void *dst, void *req_unhash,
-               void *own_req, void *ret)
+/* Without the return value: 6.12 added a seventh parameter, which moves
+ * it; whether the call dropped is told by the listener's sk_drops. */
+KRETFUNC_PROBE(tcp_v4_syn_recv_sock, void *sk, void *skb)
 {
-    syn_recv_sock_returned((u64)skb, (u64)ret);
+    syn_recv_sock_returned((u64)skb, 0);
     return 0;
 }
 
@@ -471,10 +472,11 @@ KFUNC_PROBE(tcp_v6_syn_recv_sock, void *sk, void *skb, void *req, void *dst, voi
     return 0;
 }
 
-KRETFUNC_PROBE(tcp_v6_syn_recv_sock, void *sk, void *skb, void *req, void *dst, void *req_unhash,
-               void *own_req, void *ret)
+/* Without the return value: 6.12 added a seventh parameter, which moves
+ * it; whether the call dropped is told by the listener's sk_drops. */
+KRETFUNC_PROBE(tcp_v6_syn_recv_sock, void *sk, void *skb)
 {
-    syn_recv_sock_returned((u64)skb, (u64)ret);
+    syn_recv_sock_returned((u64)skb, 0);
     return 0;
 }
 #endif
