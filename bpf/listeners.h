@@ -213,6 +213,89 @@ static __always_inline int acceptq_full(u64 lsk)
     return READ_AT(lsk, OFF_SK_ACK_BACKLOG, u32) > READ_AT(lsk, OFF_SK_MAX_ACK_BACKLOG, u32);
 }
 
+#if defined(BACKEND_KPROBE) || defined(BACKEND_FENTRY)
+/* kprobe/fentry: a drop point's call (tcp_conn_request for the SYN,
+ * tcp_v4/v6_syn_recv_sock for the handshake's last ACK) is judged when it
+ * returns, from what its entry saw. The kernel tests the queue between the
+ * two (sk_acceptq_is_full), and an accept() on another CPU can empty it
+ * meanwhile: "full on entry" alone counted a drop the kernel did not make
+ * (fentry 428, ListenOverflows 427 under nginx). A drop is counted when the
+ * call really dropped (its tcp_listendrop() moved the listener's sk_drops,
+ * and, on kprobe, syn_recv_sock returned no socket; fexit does not read the
+ * return value, whose place moved in 6.12) and the queue was full on entry
+ * or on return, around the kernel's own test. Left inexact: another CPU's drop
+ * on the same listener during a call that did not drop although the queue
+ * was full at one end (two races at once).
+ *
+ * The entries wait in a small per-CPU stack: these calls run in softirq, or
+ * from release_sock() with a softirq able to nest on top on the same CPU
+ * (LIFO), and a kretprobe has no arguments. Indexing modulo the size keeps
+ * pairs matched even after a call whose return was not seen (attached
+ * mid-call). */
+#define DROP_CHECK_DEPTH 4
+struct drop_check {
+    u64 lsk;
+    u64 skb;
+    u32 drops;    /* the listener's sk_drops on entry */
+    u8 full;      /* the accept queue was full on entry */
+    u8 kind;      /* OVERFLOW_* if this call drops */
+    u8 skip;      /* counted by an inner call (see syn_recv_sock_entered) */
+    u8 pad;
+};
+struct drop_checks {
+    u32 depth;
+    u32 pad;
+    struct drop_check slot[DROP_CHECK_DEPTH];
+};
+BPF_PERCPU_ARRAY(drop_checks, struct drop_checks, 1);
+
+static __always_inline void drop_check_push(u64 lsk, u64 skb, int kind, int skip)
+{
+    int zero = 0;
+    struct drop_checks *s = drop_checks.lookup(&zero);
+    if (!s)
+        return;
+    struct drop_check *c = &s->slot[s->depth & (DROP_CHECK_DEPTH - 1)];
+    c->lsk = lsk;
+    c->skb = skb;
+    c->kind = kind;
+    c->skip = skip;
+    c->full = skip ? 0 : acceptq_full(lsk);
+    c->drops = skip ? 0 : READ_AT(lsk, OFF_SK_DROPS, u32);
+    s->depth++;
+}
+
+/* The entry of the call now returning (skb: the call's own, 0 when the
+ * hook does not have it), or 0. */
+static __always_inline struct drop_check *drop_check_pop(u64 skb)
+{
+    int zero = 0;
+    struct drop_checks *s = drop_checks.lookup(&zero);
+    if (!s || s->depth == 0)
+        return 0;
+    s->depth--;
+    struct drop_check *c = &s->slot[s->depth & (DROP_CHECK_DEPTH - 1)];
+    if (c->skip || !c->lsk || (skb && c->skb != skb))
+        return 0;
+    return c;
+}
+
+/* The call of a drop point returned; made: it made the connection's socket
+ * (syn_recv_sock returned one; tcp_conn_request does not say: 0). Dropped
+ * means tcp_listendrop() ran in the call: the listener's sk_drops moved.
+ * (syn_recv_sock also returns NULL without a drop: a SYN-cookie ACK whose
+ * connection another CPU made first, found_dup_sk.) */
+static __always_inline void drop_check_returned(u64 skb, int made)
+{
+    struct drop_check *c = drop_check_pop(skb);
+    if (!c || made)
+        return;
+    u64 lsk = c->lsk;
+    if (READ_AT(lsk, OFF_SK_DROPS, u32) != c->drops && (c->full || acceptq_full(lsk)))
+        listener_overflow(lsk, c->kind);
+}
+#endif
+
 static __always_inline void synack_retransmit(u64 lsk)
 {
     struct listener_stats *st = listener_get(lsk);

@@ -460,26 +460,35 @@ static __always_inline void accept_returned(void *ctx, u64 child, u64 lsk)
     accept_end(ctx, child, lsk);
 }
 
-/* The two places the kernel drops for a full accept queue, each checked with
- * the kernel's own test (sk_acceptq_is_full) on entry: the SYN, and the
- * handshake's last ACK. */
-static __always_inline void conn_request_entered(u64 lsk)
+/* The two places the kernel drops for a full accept queue: the SYN
+ * (tcp_conn_request), and the handshake's last ACK (syn_recv_sock). Entry
+ * and return are both hooked: the drop is decided when the call returns
+ * (listeners.h, drop_check_*). */
+static __always_inline void conn_request_entered(u64 lsk, u64 skb)
 {
-    if (acceptq_full(lsk))
-        listener_overflow(lsk, OVERFLOW_SYN);
+    drop_check_push(lsk, skb, OVERFLOW_SYN, 0);
+}
+
+static __always_inline void conn_request_returned(u64 skb)
+{
+    drop_check_returned(skb, 0);
 }
 
 /* syn_recv_sock(sk, skb, req, dst, req_unhash, own_req): req_unhash is the
  * request socket for a handshake the listener kept (tcp_check_req), NULL for
  * a SYN cookie (tcp_get_cookie_sock). For an IPv4 packet on a dual-stack
  * IPv6 listener, tcp_v6_syn_recv_sock() calls tcp_v4_syn_recv_sock(), which
- * alone checks the queue and counts the overflow: count it there, once. */
+ * alone checks the queue and counts the overflow: count it there, once (the
+ * outer call's entry is kept, marked skip, so that returns pair up). */
 static __always_inline void syn_recv_sock_entered(u64 lsk, u64 skb, u64 req_unhash, int v6)
 {
-    if (v6 && READ_AT(skb, OFF_SKB_PROTOCOL, u16) == bpf_htons(ETH_P_IP))
-        return;
-    if (acceptq_full(lsk))
-        listener_overflow(lsk, req_unhash ? OVERFLOW_ACK : OVERFLOW_COOKIE);
+    int skip = v6 && READ_AT(skb, OFF_SKB_PROTOCOL, u16) == bpf_htons(ETH_P_IP);
+    drop_check_push(lsk, skb, req_unhash ? OVERFLOW_ACK : OVERFLOW_COOKIE, skip);
+}
+
+static __always_inline void syn_recv_sock_returned(u64 skb, u64 child)
+{
+    drop_check_returned(skb, child != 0);
 }
 #endif
 
@@ -529,7 +538,13 @@ int kretp_inet_csk_accept(struct pt_regs *ctx)
 
 int kp_tcp_conn_request(struct pt_regs *ctx)
 {
-    conn_request_entered((u64)PT_REGS_PARM3(ctx));
+    conn_request_entered((u64)PT_REGS_PARM3(ctx), (u64)PT_REGS_PARM4(ctx));
+    return 0;
+}
+
+int kretp_tcp_conn_request(struct pt_regs *ctx)
+{
+    conn_request_returned(0);
     return 0;
 }
 
@@ -544,6 +559,19 @@ int kp_tcp_v6_syn_recv_sock(struct pt_regs *ctx)
 {
     syn_recv_sock_entered((u64)PT_REGS_PARM1(ctx), (u64)PT_REGS_PARM2(ctx),
                           (u64)PT_REGS_PARM5(ctx), 1);
+    return 0;
+}
+
+/* A kretprobe has no arguments: the skb is not known at return. */
+int kretp_tcp_v4_syn_recv_sock(struct pt_regs *ctx)
+{
+    syn_recv_sock_returned(0, (u64)PT_REGS_RC(ctx));
+    return 0;
+}
+
+int kretp_tcp_v6_syn_recv_sock(struct pt_regs *ctx)
+{
+    syn_recv_sock_returned(0, (u64)PT_REGS_RC(ctx));
     return 0;
 }
 #endif
@@ -598,9 +626,15 @@ KRETFUNC_PROBE(inet_csk_accept, void *sk, int flags, void *err, int kern, void *
     return 0;
 }
 
-KFUNC_PROBE(tcp_conn_request, void *rsk_ops, void *af_ops, void *sk)
+KFUNC_PROBE(tcp_conn_request, void *rsk_ops, void *af_ops, void *sk, void *skb)
 {
-    conn_request_entered((u64)sk);
+    conn_request_entered((u64)sk, (u64)skb);
+    return 0;
+}
+
+KRETFUNC_PROBE(tcp_conn_request, void *rsk_ops, void *af_ops, void *sk, void *skb, int ret)
+{
+    conn_request_returned((u64)skb);
     return 0;
 }
 
@@ -610,10 +644,26 @@ KFUNC_PROBE(tcp_v4_syn_recv_sock, void *sk, void *skb, void *req, void *dst, voi
     return 0;
 }
 
+/* Without the return value: 6.12 added a seventh parameter, which moves
+ * it; whether the call dropped is told by the listener's sk_drops. */
+KRETFUNC_PROBE(tcp_v4_syn_recv_sock, void *sk, void *skb)
+{
+    syn_recv_sock_returned((u64)skb, 0);
+    return 0;
+}
+
 #ifndef NO_FENTRY_TCP_V6_SYN_RECV_SOCK
 KFUNC_PROBE(tcp_v6_syn_recv_sock, void *sk, void *skb, void *req, void *dst, void *req_unhash)
 {
     syn_recv_sock_entered((u64)sk, (u64)skb, (u64)req_unhash, 1);
+    return 0;
+}
+
+/* Without the return value: 6.12 added a seventh parameter, which moves
+ * it; whether the call dropped is told by the listener's sk_drops. */
+KRETFUNC_PROBE(tcp_v6_syn_recv_sock, void *sk, void *skb)
+{
+    syn_recv_sock_returned((u64)skb, 0);
     return 0;
 }
 #endif

@@ -40,6 +40,16 @@ PACKAGES = (
     "iproute2",
     "procps",
     "kmod",  # modprobe: veth and friends are modules in the cloud kernel
+    # Real peers for the ground-truth kernel tests (otherwise they skip):
+    # curl (connect timeouts), nginx and ab (accept-queue overflow under a
+    # real server; nginx-light is the smallest nginx in all three releases),
+    # redis (server counters), tmux (the TUI driven as a user would). About
+    # 15 MiB in all; postgres (test_pool_advice) is left out for its size.
+    "curl",
+    "nginx-light",
+    "apache2-utils",
+    "redis-server",
+    "tmux",
 )
 # Bump when build steps change in ways the recipe hash cannot see.
 RECIPE_VERSION = 1

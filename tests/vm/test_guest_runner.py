@@ -24,6 +24,16 @@ PROJECT_DIR = Path(__file__).resolve().parents[2]
 
 # --- no VM needed -------------------------------------------------------------
 
+def test_every_kernel_test_file_is_run_by_the_guests_or_says_why_not():
+    from guest_suite import KERNEL_SUITE, NOT_IN_GUEST_CI
+    files = {str(p.relative_to(PROJECT_DIR)) for p in (PROJECT_DIR / "tests/kernel").glob("test_*.py")}
+    assert not set(KERNEL_SUITE) & set(NOT_IN_GUEST_CI)
+    assert files == set(KERNEL_SUITE) | set(NOT_IN_GUEST_CI), \
+        "a kernel test file goes into guest_suite.KERNEL_SUITE or NOT_IN_GUEST_CI with its reason"
+    for path, why in NOT_IN_GUEST_CI.items():
+        assert why.startswith(("host only: ", "by hand: ")) and len(why) > 20, (path, why)
+
+
 def test_version_check_rejects_headers_of_another_kernel():
     image = Package("linux-image-6.1.0-50-cloud-amd64", "6.1.176-1")
     with pytest.raises(VersionMismatch, match="differ"):

@@ -37,7 +37,11 @@ KPROBES = (
     ("kp_tcp_v6_syn_recv_sock", "tcp_v6_syn_recv_sock"),
 )
 KRETPROBES = (("kretp_inet_csk_accept", "inet_csk_accept"),
-              ("kretp_inet_stream_connect", "inet_stream_connect"))
+              ("kretp_inet_stream_connect", "inet_stream_connect"),
+              # accept-queue drops are decided when the drop points return
+              ("kretp_tcp_conn_request", "tcp_conn_request"),
+              ("kretp_tcp_v4_syn_recv_sock", "tcp_v4_syn_recv_sock"),
+              ("kretp_tcp_v6_syn_recv_sock", "tcp_v6_syn_recv_sock"))
 # Threads blocked in accept() each hold a kretprobe instance; a server with
 # many acceptor threads needs more than the kernel's default (2 x CPUs).
 KRETPROBE_MAXACTIVE = 4096
