@@ -19,24 +19,14 @@ from tracer.aggregate.sockets import ProcessTable
 from tracer.domain.tcp_memory import STUCK_INTERVALS
 from tracer.run import kernel_view
 from tracer.tui.problems import process_problem
+from tests.kernel.workloads import NEVER_READING_SERVER
 
 pytestmark = pytest.mark.kernel
 
 CONNECTIONS = 4
 SEND = 4 << 20          # per connection; more than a never-read window takes
 
-SERVER = r"""
-import socket, sys, time
-srv = socket.socket()
-srv.bind(("127.0.0.1", 0))
-srv.listen(16)
-sys.stdout.write(f"{srv.getsockname()[1]}\n"); sys.stdout.flush()
-held = [srv.accept()[0] for _ in range(int(sys.argv[1]))]
-sys.stdout.write("ready\n"); sys.stdout.flush()
-deadline = time.monotonic() + 60
-while time.monotonic() < deadline and sys.stdin.readline():
-    pass
-"""
+SERVER = NEVER_READING_SERVER
 
 _USER = re.compile(r'pid=(\d+),fd=\d+')
 _SKMEM = re.compile(r"skmem:\(r(\d+),rb\d+,t\d+,tb\d+,f\d+,w(\d+),")

@@ -24,24 +24,14 @@ import pytest
 from tracer.collector import Collector
 from tracer.domain import tcp_memory as tm
 from tracer.probes import tcp_memory as probe
+from tests.kernel.workloads import NEVER_READING_SERVER
 
 pytestmark = pytest.mark.kernel
 
 TCP_MEM = Path("/proc/sys/net/ipv4/tcp_mem")
 LOW = "16 32 8192"       # pages: pressure above 128 kB, nothing past 32 MB
 
-SERVER = r"""
-import socket, sys, time
-srv = socket.socket()
-srv.bind(("127.0.0.1", 0))
-srv.listen(16)
-sys.stdout.write(f"{srv.getsockname()[1]}\n"); sys.stdout.flush()
-held = [srv.accept()[0] for _ in range(int(sys.argv[1]))]
-sys.stdout.write("ready\n"); sys.stdout.flush()
-deadline = time.monotonic() + 60
-while time.monotonic() < deadline and sys.stdin.readline():
-    pass
-"""
+SERVER = NEVER_READING_SERVER
 
 
 class _Session:

@@ -29,6 +29,22 @@ class ConnectResult(NamedTuple):
     elapsed_us: float  # around the connect() call (perf_counter_ns)
 
 
+# A loopback server that accepts argv[1] connections and never reads them:
+# prints its port, then "ready", and holds them until stdin closes (at most 60 s).
+NEVER_READING_SERVER = r"""
+import socket, sys, time
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen(16)
+sys.stdout.write(f"{srv.getsockname()[1]}\n"); sys.stdout.flush()
+held = [srv.accept()[0] for _ in range(int(sys.argv[1]))]
+sys.stdout.write("ready\n"); sys.stdout.flush()
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline and sys.stdin.readline():
+    pass
+"""
+
+
 def family_of(addr: str) -> int:
     return socket.AF_INET6 if ":" in addr else socket.AF_INET
 
