@@ -100,7 +100,13 @@ def test_reuseport_group_reloaded_drops_equal_listen_overflows(probe_session, co
     print(f"reuseport: ListenOverflows moved by {kernel}, overflow rows sum to "
           f"{sum(r.drops + r.syn_drops for r in rows)}")
     assert all(r.drops >= 0 and r.syn_drops >= 0 for r in rows)
-    assert sum(r.drops + r.syn_drops for r in rows) == kernel
+    counted = sum(r.drops + r.syn_drops for r in rows)
+    if info.backend == "kprobe":
+        # kprobe runs the kernel skips under load lose their drop, uncounted
+        # (doctor: NOT exact): 3,932 of 3,952 once in the trixie guest. Never more.
+        assert kernel * 0.99 <= counted <= kernel
+    else:
+        assert counted == kernel
     # one key, one row per interval: the members are summed, never listed apart
     per_interval = [sum(1 for r in s.listeners if r.lport == port and r.netns == inode)
                     for s in run.snapshots]

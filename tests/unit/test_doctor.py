@@ -645,3 +645,12 @@ def test_without_syscall_tracepoints_only_the_tracepoint_backend_is_out():
         "the tracepoint backend sees accept() through syscalls/sys_exit_accept4, which this "
         "kernel lacks or records without the fields read (CONFIG_FTRACE_SYSCALLS)")
     assert choose_backend("auto", f) == "fentry"
+
+
+def test_kprobe_drops_are_not_claimed_exact():
+    """A kprobe run the kernel skips loses its drop, and nothing counts it yet."""
+    from tracer.blind_spots import exactness
+
+    k = dict((text.split(",")[0], status) for status, text in exactness("kprobe", OLD))
+    f = dict((text.split(",")[0], status) for status, text in exactness("fentry", OLD))
+    assert k["accept-queue drops"] == "NOT exact" and f["accept-queue drops"] == "exact"
