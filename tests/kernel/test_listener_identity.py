@@ -280,11 +280,18 @@ def _split_run(collector_run, syncookies):
     return (sent if sent > 0.7 else 0.0), figures
 
 
-def test_drops_of_a_listener_closed_before_its_last_read(collector_run):
+def test_drops_of_a_listener_closed_before_its_last_read(probe_session, collector_run):
     """Issue 14 item 6 (410 of 411): a listener that closes between two reads
     of the socket table takes its last SYN drops with it, unless they are
     kept when it closes. Here every drop falls in that gap: one long
     interval, the listener closed inside it."""
+    info = probe_session.info
+    if info.backend == "tracepoint" and not info.drop_split:
+        # bullseye's 5.10 guest: 56 counted for ListenOverflows' 54
+        pytest.skip("the tracepoint backend counts drops exactly only where skb:kfree_skb has "
+                    "rx_sk and the kernel the TCP_LISTEN_OVERFLOW reason (6.15+); here they "
+                    "come from sk_drops, which counts an ACK-time overflow twice (doctor: NOT "
+                    "exact)")
     with private_netns() as (ns, inode):
         srv = socket_in(ns)
         srv.bind(("127.0.0.1", 0))
