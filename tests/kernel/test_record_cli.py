@@ -186,7 +186,9 @@ def test_disk_full_pauses_warns_and_resumes(tmp_path):
         with c:
             time.sleep(1.0)
             # fill the disk while it records
-            with open(filler, "wb") as f:
+            # unbuffered: a buffered file's close() would flush the last
+            # partial write again and raise ENOSPC outside the try
+            with open(filler, "wb", buffering=0) as f:
                 try:
                     while True:
                         f.write(b"\0" * 65536)
