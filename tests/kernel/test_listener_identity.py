@@ -43,14 +43,17 @@ def ss_listeners(ns, port):
     return [line.split() for line in out.splitlines() if line.strip()]
 
 
-def test_reuseport_group_reloaded_drops_equal_listen_overflows(probe_session, collector_run):
-    info = probe_session.info
+def skip_unless_drop_totals_exact(info):
     if info.backend == "tracepoint" and not info.drop_split:
-        # bookworm's 6.1 guest: 779 counted for ListenOverflows' 764
         pytest.skip("the tracepoint backend counts drops exactly only where skb:kfree_skb has "
                     "rx_sk and the kernel the TCP_LISTEN_OVERFLOW reason (6.15+); here they "
                     "come from sk_drops, which counts an ACK-time overflow twice (doctor: NOT "
                     "exact)")
+
+
+def test_reuseport_group_reloaded_drops_equal_listen_overflows(probe_session, collector_run):
+    info = probe_session.info
+    skip_unless_drop_totals_exact(info)   # bookworm 6.1 tracepoint: 779 for 764
     if not shutil.which("nginx") and not os.path.exists("/usr/sbin/nginx"):
         pytest.skip("nginx is not installed (Debian package nginx-light)")
     if not shutil.which("ab"):
@@ -285,13 +288,7 @@ def test_drops_of_a_listener_closed_before_its_last_read(probe_session, collecto
     of the socket table takes its last SYN drops with it, unless they are
     kept when it closes. Here every drop falls in that gap: one long
     interval, the listener closed inside it."""
-    info = probe_session.info
-    if info.backend == "tracepoint" and not info.drop_split:
-        # bullseye's 5.10 guest: 56 counted for ListenOverflows' 54
-        pytest.skip("the tracepoint backend counts drops exactly only where skb:kfree_skb has "
-                    "rx_sk and the kernel the TCP_LISTEN_OVERFLOW reason (6.15+); here they "
-                    "come from sk_drops, which counts an ACK-time overflow twice (doctor: NOT "
-                    "exact)")
+    skip_unless_drop_totals_exact(probe_session.info)   # bullseye 5.10 tracepoint: 56 for 54
     with private_netns() as (ns, inode):
         srv = socket_in(ns)
         srv.bind(("127.0.0.1", 0))
