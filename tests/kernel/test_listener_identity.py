@@ -106,8 +106,9 @@ def test_reuseport_group_reloaded_drops_equal_listen_overflows(probe_session, co
     counted = sum(r.drops + r.syn_drops for r in rows)
     if info.backend == "kprobe":
         # kprobe runs the kernel skips under load lose their drop, uncounted
-        # (doctor: NOT exact): 3,932 of 3,952 once in the trixie guest. Never more.
-        assert kernel * 0.99 <= counted <= kernel
+        # (doctor: NOT exact): 20 short in both trixie runs (3,932 of 3,952,
+        # 2,501 of 2,521), none in bookworm or bullseye. Never more.
+        assert kernel * 0.97 <= counted <= kernel
     else:
         assert counted == kernel
     # one key, one row per interval: the members are summed, never listed apart
