@@ -259,9 +259,10 @@ def _tcp_memory_items(tcp_mem: Optional[str], tcp_rmem: Optional[str]) -> list[d
     bytes, and how many connections with full default receive buffers fit
     before memory pressure (tracer/domain/tcp_memory.py)."""
     from tracer.domain.memory import size
+    from tracer.probes.tcp_memory import tcp_mem_pages
 
-    pages = [int(x) for x in (tcp_mem or "").split() if x.isdigit()]
-    if len(pages) != 3:
+    pages = tcp_mem_pages(tcp_mem)
+    if pages[0] is None:
         return []
     page = os.sysconf("SC_PAGE_SIZE")
     low, pressure, maximum = (p * page for p in pages)
