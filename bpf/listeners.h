@@ -221,11 +221,12 @@ static __always_inline int acceptq_full(u64 lsk)
  * meanwhile: "full on entry" alone counted a drop the kernel did not make
  * (fentry 428, ListenOverflows 427 under nginx). A drop is counted when the
  * call really dropped (its tcp_listendrop() moved the listener's sk_drops,
- * and, on kprobe, syn_recv_sock returned no socket; fexit does not read the
- * return value, whose place moved in 6.12) and the queue was full on entry
- * or on return, around the kernel's own test. Left inexact: another CPU's drop
- * on the same listener during a call that did not drop although the queue
- * was full at one end (two races at once).
+ * and syn_recv_sock returned no socket) and the queue was full on entry or
+ * on return, around the kernel's own test. Left inexact, for tcp_conn_request
+ * alone, whose return says nothing: another CPU's drop on the same listener
+ * during a SYN that was not dropped although the queue was full at one end
+ * (two races at once; before fexit read syn_recv_sock's return, fentry
+ * once counted 842 drops against ListenOverflows 841).
  *
  * The entries wait in a small per-CPU stack: these calls run in softirq, or
  * from release_sock() with a softirq able to nest on top on the same CPU

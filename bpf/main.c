@@ -644,11 +644,19 @@ KFUNC_PROBE(tcp_v4_syn_recv_sock, void *sk, void *skb, void *req, void *dst, voi
     return 0;
 }
 
-/* Without the return value: 6.12 added a seventh parameter, which moves
- * it; whether the call dropped is told by the listener's sk_drops. */
-KRETFUNC_PROBE(tcp_v4_syn_recv_sock, void *sk, void *skb)
+/* The return value follows the parameters, and 6.12 added a seventh
+ * (offsets.fentry_cflags counts them in the kernel's BTF). */
+#if TCP_V4_SYN_RECV_SOCK_NARGS == 6
+KRETFUNC_PROBE(tcp_v4_syn_recv_sock, void *sk, void *skb, void *req, void *dst,
+               void *req_unhash, void *own_req, void *ret)
+#elif TCP_V4_SYN_RECV_SOCK_NARGS == 7
+KRETFUNC_PROBE(tcp_v4_syn_recv_sock, void *sk, void *skb, void *req, void *dst,
+               void *req_unhash, void *own_req, void *opt_child_init, void *ret)
+#else
+#error "tcp_v4_syn_recv_sock: a signature this program does not know"
+#endif
 {
-    syn_recv_sock_returned((u64)skb, 0);
+    syn_recv_sock_returned((u64)skb, (u64)ret);
     return 0;
 }
 
@@ -659,11 +667,19 @@ KFUNC_PROBE(tcp_v6_syn_recv_sock, void *sk, void *skb, void *req, void *dst, voi
     return 0;
 }
 
-/* Without the return value: 6.12 added a seventh parameter, which moves
- * it; whether the call dropped is told by the listener's sk_drops. */
-KRETFUNC_PROBE(tcp_v6_syn_recv_sock, void *sk, void *skb)
+/* The return value follows the parameters, and 6.12 added a seventh
+ * (offsets.fentry_cflags counts them in the kernel's BTF). */
+#if TCP_V6_SYN_RECV_SOCK_NARGS == 6
+KRETFUNC_PROBE(tcp_v6_syn_recv_sock, void *sk, void *skb, void *req, void *dst,
+               void *req_unhash, void *own_req, void *ret)
+#elif TCP_V6_SYN_RECV_SOCK_NARGS == 7
+KRETFUNC_PROBE(tcp_v6_syn_recv_sock, void *sk, void *skb, void *req, void *dst,
+               void *req_unhash, void *own_req, void *opt_child_init, void *ret)
+#else
+#error "tcp_v6_syn_recv_sock: a signature this program does not know"
+#endif
 {
-    syn_recv_sock_returned((u64)skb, 0);
+    syn_recv_sock_returned((u64)skb, (u64)ret);
     return 0;
 }
 #endif

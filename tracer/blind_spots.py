@@ -107,8 +107,14 @@ def exactness(backend: str, reasons: DropReasons, kernel: str = "") -> list[tupl
     ]
     if backend in ("kprobe", "fentry"):
         if backend == "fentry":
-            out.append(("exact", "accept-queue drops, ACK-time (drops) and SYN-time (syn_drops), "
-                                 "hooked where the kernel drops"))
+            # tcp_conn_request's return says nothing: its drop is told by the
+            # listener's sk_drops, which other CPUs move too (listeners.h)
+            out.append(("NOT exact", "accept-queue drops, ACK-time (drops) and SYN-time "
+                                     "(syn_drops), hooked where the kernel drops: exact but "
+                                     "for a rare race, a SYN handled while accept() on another "
+                                     "CPU empties the full queue and a third CPU drops on the "
+                                     "same listener (once 842 against ListenOverflows 841 in a "
+                                     "6.1 guest)"))
         else:
             # a kprobe run the kernel skips (another BPF program on that CPU,
             # every kretprobe instance busy) is counted by the kprobe's own

@@ -522,7 +522,8 @@ def test_doctor_with_kprobes_shows_both_cases():
     text = doctor_text(make(), OLD)
     f = section(text, "fentry")
     assert "(what auto picks)" in f.splitlines()[0]
-    assert "exact     accept-queue drops, ACK-time (drops) and SYN-time (syn_drops)" in f
+    assert "NOT exact accept-queue drops, ACK-time (drops) and SYN-time (syn_drops)" in f
+    assert "rare race" in f
     assert "also io_uring and in-kernel accepts" in f
     t = section(text, "tracepoint")
     assert "(what auto picks)" not in t and "NOT exact accept-queue drops" in t
@@ -647,10 +648,13 @@ def test_without_syscall_tracepoints_only_the_tracepoint_backend_is_out():
     assert choose_backend("auto", f) == "fentry"
 
 
-def test_kprobe_drops_are_not_claimed_exact():
-    """A kprobe run the kernel skips loses its drop, and nothing counts it yet."""
+def test_kprobe_and_fentry_drops_are_not_claimed_exact():
+    """A kprobe run the kernel skips loses its drop, and nothing counts it yet;
+    fentry tells a SYN-time drop by the listener's sk_drops, which another CPU
+    can move during the call (842 counted against 841 once)."""
     from tracer.blind_spots import exactness
 
-    k = dict((text.split(",")[0], status) for status, text in exactness("kprobe", OLD))
-    f = dict((text.split(",")[0], status) for status, text in exactness("fentry", OLD))
-    assert k["accept-queue drops"] == "NOT exact" and f["accept-queue drops"] == "exact"
+    k = dict((text.split(",")[0], (status, text)) for status, text in exactness("kprobe", OLD))
+    f = dict((text.split(",")[0], (status, text)) for status, text in exactness("fentry", OLD))
+    assert k["accept-queue drops"][0] == "NOT exact" and "skips" in k["accept-queue drops"][1]
+    assert f["accept-queue drops"][0] == "NOT exact" and "rare race" in f["accept-queue drops"][1]

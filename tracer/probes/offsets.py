@@ -123,9 +123,12 @@ def fentry_cflags(btf) -> list[str]:
     fentry program on a function the kernel lacks fails the whole load."""
     if btf is None:
         raise OffsetError("fentry needs kernel BTF (/sys/kernel/btf/vmlinux)")
-    flags = [f"-DINET_CSK_ACCEPT_NARGS={btf.function_arity('inet_csk_accept')}"]
+    flags = [f"-DINET_CSK_ACCEPT_NARGS={btf.function_arity('inet_csk_accept')}",
+             f"-DTCP_V4_SYN_RECV_SOCK_NARGS={btf.function_arity('tcp_v4_syn_recv_sock')}"]
     hidden = hidden_functions()
     for name in OPTIONAL_HOOKS:   # IPv6 built as a module, or off
         if name in hidden or not btf.has_function(name):
             flags.append(f"-DNO_FENTRY_{name.upper()}")
+        elif name == "tcp_v6_syn_recv_sock":
+            flags.append(f"-DTCP_V6_SYN_RECV_SOCK_NARGS={btf.function_arity(name)}")
     return flags
