@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Protocol
 
 from tracer.aggregate.connects import ConnectTable
+from tracer.aggregate.edges import EdgeTable
 from tracer.aggregate.listeners import ListenerTable
 from tracer.aggregate.notable import NotableLog
 from tracer.aggregate.sockets import ProcessTable
@@ -90,6 +91,7 @@ class Collector:
         limits = limits or {}
         self.connects = ConnectTable(limits.get("max_keys"), limits.get("idle_intervals"))
         self.listeners = ListenerTable(drop_points_hooked, limits.get("max_listeners"))
+        self.edges = EdgeTable(limits.get("max_edges"))
         self.processes = ProcessTable(limits.get("max_flows"), limits.get("max_processes"))
         self.log = NotableLog()
         self._events_total = 0
@@ -120,7 +122,8 @@ class Collector:
         )
 
     def evicted_by(self) -> dict[str, int]:
-        return {**self.connects.evicted, **self.processes.evicted, **self.listeners.evicted}
+        return {**self.connects.evicted, **self.processes.evicted, **self.listeners.evicted,
+                **self.edges.evicted}
 
     def _drain(self, timeout_ms: int) -> None:
         events = self.session.poll(timeout_ms)
@@ -133,6 +136,7 @@ class Collector:
         for ev in events:
             if isinstance(ev, Connect):
                 self.connects.add(ev)
+                self.edges.add(ev)
                 if self.log.wants_connect(ev):
                     self.log.connect(ev, self.clock.wall_us(ev.ts_end_ns))
                 if ev.outcome == "established":
@@ -160,9 +164,13 @@ class Collector:
             seconds, diag, self.session.listener_counters(), self.session.take_listener_peaks(),
             owners)
         process_rows = self.processes.update(seconds, holdings, scanned_at)
+        # (joined with every listener, shown or not: a filter picks edges, not servers)
+        edge_rows = self.edges.roll(seconds, listener_rows,
+                                    holdings if scanned_at is not None else None)
         if self.filters.active:
             listener_rows = [r for r in listener_rows if self.filters.keeps_listener(r)]
             process_rows = [p for p in process_rows if self.filters.keeps_process(p)]
+            edge_rows = [e for e in edge_rows if self.filters.keeps_edge(e)]
         self.log.listeners(listener_rows, now_us)
         self.log.lost_events(status.lost_total - self._lost_at_tick, now_us)
         self._lost_at_tick = status.lost_total
@@ -180,6 +188,7 @@ class Collector:
             processes_connects=tuple(self.connects.by_process()),
             listeners=tuple(listener_rows),
             processes=tuple(process_rows),
+            edges=tuple(edge_rows),
             notable=self.log.roll(now_us),
             **self._recording_fields(),
         )
