@@ -117,3 +117,33 @@ def test_listener_of_connect():
     assert listener_of_connect(known, NS, 4, "127.0.0.1", 443) == listener_key(NS, 6, "::", 443)
     assert listener_of_connect(known, NS + 1, 4, "127.0.0.1", 80) is None   # other namespace
     assert is_loopback("::1") and is_loopback("::ffff:127.0.0.1") and not is_loopback("x")
+
+
+def test_recorded_edges_replay_as_the_live_rows(tmp_path):
+    """The live rows -> `edges` table -> replay gives the same rows back;
+    a recording made before the table (no edges rows) replays with none."""
+    from dataclasses import replace
+
+    from tests.tui.synthetic import last
+    from tracer.clock import Clock
+    from tracer.replay.timeline import RecordingTimeline
+    from tracer.report.reader import read_recording
+    from tracer.sinks.parquet_writer import Recording
+    from tracer.sinks.recorder import RecordSink
+
+    t = EdgeTable()
+    for _ in range(4):
+        t.add(connect(pid=100, comm="ab", latency_us=150))
+    t.add(connect(pid=100, comm="ab", outcome="refused", dport=9))
+    edges = tuple(t.roll(1.0, [listener(8080, 200, "api", drops=2)],
+                         {100: Holding("ab", by_remote={(4, "127.0.0.1", 8080): 3})}))
+    assert len(edges) == 2
+    for directory, recorded in ((tmp_path / "new", edges), (tmp_path / "old", ())):
+        snap = replace(last(), edges=recorded)
+        with Recording(directory, host="h1", run_id="r1") as rec:
+            RecordSink(rec, Clock())._interval(
+                type("S", (), {"lost_total": 0, "evicted_by": {}})(), snap)
+        timeline = RecordingTimeline(read_recording(directory), directory)
+        replayed = timeline.snapshot(len(timeline) - 1)
+        assert sorted(replayed.edges, key=lambda e: e.label) == \
+            sorted(recorded, key=lambda e: e.label)
