@@ -184,3 +184,92 @@ def test_recorded_chain_has_the_clients_counts_and_the_servers(tmp_path):
           f"(C accepted {c_accepted}); recorded A->B {sum(r['connects'] for r in ab)} in "
           f"{len(ab)} intervals, B->C {sum(r['connects'] for r in bc)} in {len(bc)}; "
           f"A held {held}")
+
+
+_FULL = r"""
+import socket, sys
+srv = socket.socket()
+srv.bind(("0.0.0.0", 0))
+srv.listen(1)                            # a tiny backlog, never accepted from
+print(srv.getsockname()[1], flush=True)
+sys.stdin.read()
+"""
+
+_BURST = r"""
+import socket, sys, time
+port, n = int(sys.argv[1]), int(sys.argv[2])
+socks = []
+for _ in range(n):
+    s = socket.socket()
+    s.setblocking(False)
+    s.connect_ex(("127.0.0.1", port))
+    socks.append(s)
+time.sleep(1.5)                          # the SYN (and SYN-ACK) retransmits come and go
+for s in socks:
+    s.close()
+print(len(socks), flush=True)
+"""
+
+
+def _listen_drops() -> int:
+    with open("/proc/net/netstat") as f:
+        head, values = [line.split() for line in f if line.startswith("TcpExt:")][:2]
+    return int(dict(zip(head, values))["ListenDrops"])
+
+
+def test_drops_show_on_the_edge_into_the_full_listener(tmp_path):
+    """A listener with backlog 1 that never accepts, and a client that opens
+    BURST connects to it at once: its edge carries the listener's drops (as
+    the listeners table has them, and the kernel's ListenDrops moved), and
+    the report draws it red."""
+    burst = 12
+    out = tmp_path / "rec"
+    rec = start_recorder(out, "--interval", "0.5", "--duration", "60")
+    procs = []
+    try:
+        wait_started(rec)
+        full = subprocess.Popen([sys.executable, "-c", f"NAME = b'cs-edge-full'\n{_NAME}{_FULL}"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        procs.append(full)
+        port = int(full.stdout.readline())
+        time.sleep(1.2)     # its owner is scanned
+        before = _listen_drops()
+        client = subprocess.Popen([sys.executable, "-c",
+                                   f"NAME = b'cs-edge-burst'\n{_NAME}{_BURST}", str(port),
+                                   str(burst)], stdout=subprocess.PIPE, text=True)
+        procs.append(client)
+        made = int(client.communicate(timeout=30)[0])
+        time.sleep(1.2)
+        dropped = _listen_drops() - before
+        full.communicate(timeout=10)
+        rec.send_signal(signal.SIGINT)
+        _, err = rec.communicate(timeout=60)
+        assert rec.returncode == 0, err
+    finally:
+        for p in (*procs, rec):
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+
+    assert made == burst and dropped > 0
+    data = read_recording(out)
+    edge = [r for r in data.tables["edges"].to_pylist()
+            if r["pid"] == client.pid and r["dport"] == port]
+    assert sum(r["connects"] for r in edge) == burst
+    assert {(r["server_pid"], r["server_comm"]) for r in edge} == {(full.pid, "cs-edge-full")}
+    listener = {r["ts"]: r["drops"] for r in data.tables["listeners"].to_pylist()
+                if r["lport"] == port}
+    on_edge = sum(r["listener_drops"] for r in edge)
+    # the edge's drops are its listener's, interval by interval
+    assert all(r["listener_drops"] == listener[r["ts"]] for r in edge), (edge, listener)
+    assert 0 < on_edge <= dropped, (on_edge, dropped)
+    s = summarize(data)
+    (e,) = [e for e in s.edges if e.pid == client.pid and e.dport == port]
+    assert e.troubled and e.listener_drops == on_edge
+    html = render_html(s)
+    svg = html[html.index('<section id="edges">'):]
+    svg = svg[svg.index("<svg"):svg.index("</svg>")]
+    red = re.findall(r'<path [^>]*class="edge-red"><title>([^<]*)</title>', svg)
+    assert any(f"cs-edge-burst ({client.pid})" in t for t in red), red
+    print(f"\n{burst} connects into a backlog of 1: ListenDrops moved {dropped}, the edge "
+          f"carries {on_edge} over {len(edge)} intervals")
