@@ -147,3 +147,18 @@ def test_recorded_edges_replay_as_the_live_rows(tmp_path):
         replayed = timeline.snapshot(len(timeline) - 1)
         assert sorted(replayed.edges, key=lambda e: e.label) == \
             sorted(recorded, key=lambda e: e.label)
+
+
+def test_filters_keep_edges_with_connects_and_matching_held_ones():
+    from tracer.filters import Filters
+
+    t = EdgeTable()
+    t.add(connect(pid=100, comm="client", dport=8080))     # passed the kernel's filter
+    rows = t.roll(1.0, [], {100: Holding("client", by_remote={(4, "127.0.0.1", 8080): 1}),
+                            200: Holding("other", by_remote={(4, "127.0.0.1", 5432): 1,
+                                                             (6, "::1", 8080): 1})})
+    kept = lambda f: sorted((r.pid, r.dport, r.family) for r in rows if f.keeps_edge(r))
+    assert kept(Filters()) == [(100, 8080, 4), (200, 5432, 4), (200, 8080, 6)]
+    assert kept(Filters.build(ports=[8080])) == [(100, 8080, 4), (200, 8080, 6)]
+    assert kept(Filters.build(ipv4=True)) == [(100, 8080, 4), (200, 5432, 4)]
+    assert kept(Filters.build(comm="client")) == [(100, 8080, 4)]
