@@ -50,15 +50,18 @@ def serve(c):
     with c:
         c.settimeout(15)
         f = c.makefile("rb")
-        if not f.readline():
+        first = f.readline()
+        if not first:
             return                       # a held connection, closed by the client
+        while HTTP and f.readline() not in (b"\r\n", b"\n", b""):
+            pass                         # the request's headers: read, so no RST
         if UPSTREAM:
             with socket.create_connection(("127.0.0.1", UPSTREAM), timeout=10) as u:
                 with lock:
                     counts["upstream"] += 1
                 u.sendall(b"q\n")
                 assert u.makefile("rb").readline() == b"ok\n"
-        c.sendall(b"ok\n")
+        c.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nok\n" if HTTP else b"ok\n")
 while not stop.is_set():
     try:
         c, _ = srv.accept()
@@ -90,8 +93,10 @@ for s in held:
 """
 
 
-def _server(name: bytes, bind: str, upstream: int) -> tuple[subprocess.Popen, int]:
-    code = f"NAME = {name!r}\n{_NAME}BIND = {bind!r}\nUPSTREAM = {upstream}\n{_SERVE}"
+def _server(name: bytes, bind: str, upstream: int, http: bool = False
+            ) -> tuple[subprocess.Popen, int]:
+    code = (f"NAME = {name!r}\n{_NAME}BIND = {bind!r}\nUPSTREAM = {upstream}\nHTTP = {http}\n"
+            f"{_SERVE}")
     p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, text=True)
     return p, int(p.stdout.readline())
@@ -273,3 +278,89 @@ def test_drops_show_on_the_edge_into_the_full_listener(tmp_path):
     assert any(f"cs-edge-burst ({client.pid})" in t for t in red), red
     print(f"\n{burst} connects into a backlog of 1: ListenDrops moved {dropped}, the edge "
           f"carries {on_edge} over {len(edge)} intervals")
+
+
+def test_ab_nginx_service_chain_against_the_servers_counters(tmp_path):
+    """The issue's chain with real servers: ab -> nginx (proxying, a new
+    upstream connection per request) -> a Python service that queries a
+    Python backend per request. The edges ab -> nginx, nginx -> service and
+    service -> backend have the connect counts the servers themselves count
+    (nginx's stub_status accepts, the service's and the backend's accepts)."""
+    import shutil
+
+    from tests.kernel.test_pool_advice import free_port
+    from tests.kernel.test_server_counters import stub_status
+    from tests.kernel.workloads import nginx_conf, run_to_end
+
+    if shutil.which("nginx") is None or shutil.which("ab") is None:
+        pytest.skip("nginx and ab are not installed (./run installs nginx-light, apache2-utils)")
+    requests = 30
+    out = tmp_path / "rec"
+    d = tmp_path / "nginx"
+    d.mkdir()
+    procs = []
+    rec = start_recorder(out, "--interval", "0.5", "--duration", "90")
+    try:
+        wait_started(rec)
+        backend, backend_port = _server(b"cs-edge-db", "127.0.0.1", 0)
+        procs.append(backend)
+        service, service_port = _server(b"cs-edge-svc", "127.0.0.1", backend_port, http=True)
+        procs.append(service)
+        port = free_port()
+        conf = nginx_conf(d, f"127.0.0.1:{port}").replace(
+            'location / { return 200 "ok\\n"; }',
+            f"location = /status {{ stub_status; }}\n"
+            f"        location / {{ proxy_pass http://127.0.0.1:{service_port}; }}")
+        assert "proxy_pass" in conf
+        (d / "nginx.conf").write_text(conf)
+        nginx = subprocess.Popen(["nginx", "-p", str(d), "-c", str(d / "nginx.conf"),
+                                  "-g", "daemon off;"], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+        procs.append(nginx)     # (stopped with SIGQUIT: workers finish and leave)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                before, _ = stub_status(port)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "nginx did not start"
+                time.sleep(0.1)
+        time.sleep(1.2)     # an interval end: the listeners' owners are scanned
+        ab, ab_out = run_to_end(["ab", "-q", "-n", str(requests), "-c", "1", "-s", "10",
+                                 f"http://127.0.0.1:{port}/"], 60)
+        after, _ = stub_status(port)
+        served = after - before - 1          # less the second status request's own
+        svc_accepted, svc_upstream = _stop(service)
+        db_accepted, _ = _stop(backend)
+        time.sleep(1.2)
+        rec.send_signal(signal.SIGINT)
+        _, err = rec.communicate(timeout=60)
+        assert rec.returncode == 0, err
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGQUIT if p.args[0] == "nginx" else signal.SIGKILL)
+                p.wait(10)
+        if rec.poll() is None:
+            rec.kill()
+            rec.wait(10)
+
+    done = int(re.search(r"Complete requests:\s+(\d+)", ab_out).group(1))
+    assert done == requests and "Non-2xx" not in ab_out, ab_out[-1500:]
+    assert svc_accepted == svc_upstream == db_accepted == requests
+
+    edges = read_recording(out).tables["edges"].to_pylist()
+    front = [r for r in edges if r["pid"] == ab.pid and r["dport"] == port]
+    middle = [r for r in edges if r["comm"] == "nginx" and r["dport"] == service_port]
+    back = [r for r in edges if r["pid"] == service.pid and r["dport"] == backend_port]
+    assert sum(r["connects"] for r in front) == served, front
+    assert sum(r["connects"] for r in middle) == svc_accepted, middle
+    assert sum(r["connects"] for r in back) == db_accepted, back
+    assert {r["server_comm"] for r in front} == {"nginx"}
+    assert {(r["server_pid"], r["server_comm"]) for r in middle} == {(service.pid, "cs-edge-svc")}
+    assert {(r["server_pid"], r["server_comm"]) for r in back} == {(backend.pid, "cs-edge-db")}
+    print(f"\nab {done} requests, nginx accepted {served}, service {svc_accepted}, backend "
+          f"{db_accepted}; edges: ab->nginx {sum(r['connects'] for r in front)}, "
+          f"nginx->service {sum(r['connects'] for r in middle)} from "
+          f"{len({r['pid'] for r in middle})} workers, service->backend "
+          f"{sum(r['connects'] for r in back)}")
