@@ -122,7 +122,6 @@ class EdgeTable:
         self.max_edges = max_edges or MAX_EDGES
         self._window: dict[tuple, _Window] = {}
         self._other = ConnectStats()
-        self._netns: dict[int, int] = {}   # pid -> netns, of pids with an edge this interval
         self.evicted_edges = 0
 
     @property
@@ -138,11 +137,12 @@ class EdgeTable:
                 self.evicted_edges += 1
                 return
             w = self._window[key] = _Window(ev.comm, ev.netns, False, ConnectStats())
+        # (per event: only what can change within an interval is looked at)
         w.stats.add(ev)
-        w.own_source = w.own_source or ev.saddr == ev.daddr
-        if ev.netns:
+        if not w.own_source and ev.saddr == ev.daddr:
+            w.own_source = True
+        if ev.netns and not w.netns:
             w.netns = ev.netns
-            self._netns[ev.pid] = ev.netns
 
     def roll(self, seconds: float, listener_rows=(), holdings=None) -> list[EdgeRow]:
         """Close the interval: one row per edge with connects in it or
@@ -157,7 +157,8 @@ class EdgeTable:
                     if n:
                         held[(pid, family, raddr, rport)] = (h.comm, n)
         window, self._window = self._window, {}
-        netns_of, self._netns = self._netns, {}
+        # a pid's namespace, for its edges seen only in the socket table
+        netns_of = {key[0]: w.netns for key, w in window.items() if w.netns}
         keys = list(window)
         only_held = [k for k in held if k not in window]
         room = self.max_edges - len(keys)
