@@ -53,6 +53,10 @@ class EmptyRecording(ReportError):
     pass
 
 
+class UnknownHost(ReportError):
+    pass
+
+
 @dataclass
 class RecordingData:
     tables: dict[str, pa.Table]     # every table of schema.TABLES; empty (with schema) if no data
@@ -145,6 +149,37 @@ def read_recording(directory, *, progress: Progress | None = None,
     tables = {t: _concat(t, parts[t]) for t in TABLES}
     return RecordingData(tables=tables, manifests=manifests, problems=problems,
                          files_read=files_read, recovery=recovery, unfinished=len(unfinished))
+
+
+def hosts_in(data: RecordingData) -> list[str]:
+    """Every host name in the rows and manifests of `data`, sorted."""
+    import pyarrow.compute as pc
+
+    hosts = {m.get("host") for m in data.manifests}
+    for t in data.tables.values():
+        if t.num_rows:
+            hosts.update(pc.unique(t.column("host")).to_pylist())
+    return sorted(h for h in hosts if isinstance(h, str) and h)
+
+
+def only_host(data: RecordingData, host: str, source) -> RecordingData:
+    """`data` cut down to the rows and manifests of `host` (exactly as
+    recorded), or UnknownHost naming the hosts there are."""
+    import pyarrow.compute as pc
+
+    from tracer.report.hosts import hosts_text
+
+    present = hosts_in(data)
+    if host not in present:
+        # names others chose, bounded: main() escapes them (safe_text)
+        raise UnknownHost(f"no host {host!r} in {source}; hosts present: "
+                          f"{hosts_text(present) or 'none'}")
+    tables = {name: t.filter(pc.equal(t.column("host"), host)) if t.num_rows else t
+              for name, t in data.tables.items()}
+    return RecordingData(tables=tables,
+                         manifests=[m for m in data.manifests if m.get("host") == host],
+                         problems=data.problems, files_read=data.files_read,
+                         recovery=data.recovery, unfinished=data.unfinished)
 
 
 # ---------------------------------------------------------------- finding files
