@@ -20,6 +20,18 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
+from tests.hostile_fs import (
+    connscope,
+    error_line,
+    needs_root,
+    needs_setpriv,
+    nobody_home,  # noqa: F401 (fixture)
+    plant_dirs,
+    plant_file,
+    plant_link,
+    tree,
+    victim,  # noqa: F401 (fixture)
+)
 from tracer.report.hosts import HostStats, add, bounded, host_stats
 from tracer.report.html import render_html
 from tracer.report.reader import read_recording
@@ -284,3 +296,49 @@ def test_recordings_of_different_versions_read_together(fleet, tmp_path):
     df = pd.concat(map(pd.read_parquet, files))
     assert len(df) == 50 and df["errno"].isna().sum() == 35 + 12
     assert summarize(read_recording(tree)).connects.attempts == 50
+
+
+@needs_root
+@needs_setpriv
+def test_a_hostile_hosts_directory_in_a_fleet(fleet, nobody_home, victim, tmp_path):
+    """One host's directory of the fleet is another user's: what they put there
+    (a host name with control codes and markup, a link to root's secret, a
+    garbage journal, a link to /) is read as data or skipped, never obeyed."""
+    made = tmp_path / "made"
+    record_host(made, EVIL, PLAN["web-2"])
+    fleet_dir = nobody_home
+    shutil.copytree(fleet / "own" / "web-1", fleet_dir / "web-1")   # root's own
+    evil = fleet_dir / "evil"
+    [connects] = [p for p in made.glob("connects/*/*.parquet") if not p.name.endswith("-0000.parquet")]
+    [manifest] = made.glob("runs/*.json")
+    day = connects.parent.name
+    plant_dirs(evil / "connects" / day, evil / "overflows" / day, evil / "runs")
+    plant_file(evil / "connects" / day / connects.name, connects.read_bytes())
+    plant_file(evil / "runs" / manifest.name, manifest.read_bytes())
+    plant_link(victim.file, evil / "overflows" / day / connects.name)
+    stem = connects.name[: -len("-0001.parquet")]
+    plant_file(evil / "connects" / day / f"{stem}-0002.arrows.inprogress", b"garbage" * 50)
+    plant_link("/", evil / "root-link")
+    before = tree(evil)
+
+    p = connscope("report", fleet_dir, "--html", tmp_path / "r.html")
+    assert p.returncode == 0, p.stderr
+    page = (tmp_path / "r.html").read_text()
+    for out in (p.stdout, p.stderr, page):
+        assert "\x1b" not in out and "secret-hash" not in out
+    assert "<script>" not in page
+    rows = {line.split()[0]: line.split()[1:] for line in p.stdout.split("HOSTS (")[1]
+            .split("\n\n")[0].splitlines()[2:]}
+    assert rows["web-1"][1] == "35" and rows["evil\\e[2J<script>x</script>"][1] == "15"
+    assert rows["all"][2] == "50"           # "all hosts": its first word, then the counts
+    assert f"{evil}/overflows/{day}/{connects.name}: a symbolic link; not followed" in p.stdout
+    assert "not finalized" in p.stderr     # the journal is nobody's: root leaves it
+    assert tree(evil) == before             # nothing written there
+    victim.assert_untouched()
+
+    p = connscope("replay", fleet_dir, "--host", "web-3")
+    line = error_line(p)
+    assert line == (f"Error: no host 'web-3' in {fleet_dir}; hosts present: "
+                    f"evil\\e[2J<script>x</script>, web-1")
+    assert tree(evil) == before
+    victim.assert_untouched()
