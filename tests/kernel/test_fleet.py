@@ -139,7 +139,7 @@ def record_host(host, out, ns, n_ok, n_flood, backlog):
     assert proc.returncode == 0, err
     assert dropped > 0, "the test did not overflow the queue"
     return {"connects": {ok_port: n_ok, full_port: n_flood}, "dropped": dropped,
-            "listener": full_port}
+            "listener": full_port, "netns": os.stat(f"/run/netns/{ns.name}").st_ino}
 
 
 @pytest.fixture(scope="module")
@@ -225,8 +225,8 @@ def test_duckdb_fleet_figures_are_the_sum_of_the_parts(fleet, monkeypatch):
             (where / "fleet").symlink_to(base / layout)
         monkeypatch.chdir(where)
         rows = duckdb.sql(sql_block(FLEET_QUERY)).fetchall()
-        got = {(h, port): d + s for h, _, port, _, d, s, *_ in rows}
-        assert got == {(h, t["listener"]): t["dropped"] for h, t in truth.items()}
+        got = {(h, netns, port): d + s for h, netns, _, port, _, d, s, *_ in rows}
+        assert got == {(h, t["netns"], t["listener"]): t["dropped"] for h, t in truth.items()}
         worst = max(truth, key=lambda h: truth[h]["dropped"])
         assert rows[0][0] == worst
 

@@ -236,7 +236,7 @@ def test_readme_fleet_query_finds_the_worst_listener(fleet, monkeypatch):
             (where / "fleet").symlink_to(fleet / layout)
         monkeypatch.chdir(where)
         rows = duckdb.sql(sql_block(FLEET_QUERY)).fetchall()
-        assert [(h, port, dropped, syns) for h, _, port, _, dropped, syns, *_ in rows] == [
+        assert [(h, port, dropped, syns) for h, _, _, port, _, dropped, syns, *_ in rows] == [
             ("web-2", 8080, 100, 0), ("web-1", 80, 40, 4), ("web-2", 80, 7, 1)]
 
 
