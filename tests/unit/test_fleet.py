@@ -342,3 +342,25 @@ def test_a_hostile_hosts_directory_in_a_fleet(fleet, nobody_home, victim, tmp_pa
                     f"evil\\e[2J<script>x</script>, web-1")
     assert tree(evil) == before
     victim.assert_untouched()
+
+
+def test_same_named_files_of_two_hosts_from_before_run_tokens_are_both_read(tmp_path):
+    """Recorded before file names had a run token: two hosts called localhost
+    whose runs started in the same second wrote the same names. Copied into
+    one fleet, each is read (a run copied twice is still read once)."""
+    fleet_dir = tmp_path / "fleet"
+    for host_dir, outcome in (("a", "refused"), ("b", "timeout")):
+        d = fleet_dir / host_dir
+        with Recording(d, host="localhost", start=START) as r:
+            r.write("connects", connect_rows(9, outcome))
+        for f in d.rglob("*.parquet"):      # the names of before: no token
+            f.rename(f.with_name(re.sub(r"-[a-z]{6}-", "-", f.name)))
+    a, b = (sorted((fleet_dir / h / "connects").rglob("*-0001.parquet")) for h in "ab")
+    assert [p.name for p in a] == [p.name for p in b]
+    assert [p.stat().st_size for p in a] == [p.stat().st_size for p in b]
+    data = read_recording(fleet_dir)
+    assert data.tables["connects"].num_rows == 18 and not data.problems
+    shutil.copytree(fleet_dir / "a", fleet_dir / "a-again")
+    data = read_recording(fleet_dir)
+    assert data.tables["connects"].num_rows == 18
+    assert len(data.problems) == 1 and "copied twice" in data.problems[0]

@@ -128,7 +128,8 @@ def read_recording(directory, *, progress: Progress | None = None,
             key = (table, path.parent.name, path.name, path.lstat().st_size)
             # empty files (no rows) of two hosts' runs of the same second are
             # alike; only files with rows are worth a line
-            if key in seen and not is_empty_placeholder(path.name):
+            if (key in seen and not is_empty_placeholder(path.name)
+                    and _same_bytes(seen[key], path)):
                 raise Skip(f"same file as {seen[key]} (copied twice?); read once")
             seen[key] = path
             parts[table].append(read_file(path, table, budget))
@@ -231,6 +232,22 @@ def _scan(root: Path) -> tuple[list[tuple[str, Path]], list[Path], list[tuple[Pa
         # reversed onto the stack: popped in name order, so reports are reproducible
         stack += [(d, depth + 1) for d in reversed(subdirs)]
     return data, manifests, skipped, unfinished
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    """Whether two files named and sized alike hold the same bytes: a run
+    copied twice does, two hosts of one name whose runs started in the same
+    second (recorded before file names had a run token) do not."""
+    import hashlib
+
+    digests = []
+    for path in (a, b):
+        h = hashlib.sha256()
+        with open_regular(path) as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        digests.append(h.digest())
+    return digests[0] == digests[1]
 
 
 def _read_manifests(paths: list[Path], problems: list[str]) -> list[dict]:
