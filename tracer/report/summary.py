@@ -24,6 +24,7 @@ from tracer.report.destinations import (
     worst_by_p99,
 )
 from tracer.report.findings import Finding, findings
+from tracer.report.hosts import HostStats, host_stats
 from tracer.report.listeners import KEY as LISTENER_KEY, ListenerStats, listener_stats, troubled
 from tracer.report.overview import Overview, summarize_overview
 from tracer.report.pool import PoolAdvice, pool_advice
@@ -63,6 +64,7 @@ class Summary:
     pool: tuple[PoolAdvice, ...]
     bucket_us: int                                  # width of the timeline buckets
     tcp_memory: tuple[HostTcpMemory, ...] = ()      # per host, where recorded
+    hosts: tuple[HostStats, ...] = ()               # per host; they add up to the totals
 
     @property
     def tables_present(self) -> set[str]:
@@ -113,7 +115,8 @@ def summarize_tables(tables: dict[str, pa.Table], manifests: list[dict] = (),
         failing=tuple(failing), connecting=tuple(connecting), listeners=tuple(listeners[:TOP]),
         listeners_seen=len(all_listeners), by_sockets=tuple(procs[:TOP]),
         by_churn=tuple(churn), processes_seen=len(procs), pool=tuple(advice),
-        bucket_us=bucket_us, tcp_memory=tuple(hosts_tcp))
+        bucket_us=bucket_us, tcp_memory=tuple(hosts_tcp),
+        hosts=tuple(host_stats(connects, all_listeners, ov.runs)))
 
 
 def summarize(data: RecordingData) -> Summary:
