@@ -164,17 +164,20 @@ def top(record_dir, max_size, plain, duration, **opts):
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("directory", type=click.Path(readable=False), metavar="DIR")
-def replay(directory):
+@click.option("--host", metavar="NAME",
+              help="Only this host's runs (DIR holds several hosts' recordings).")
+def replay(directory, host):
     """Replay a recording in the live view: play, pause, step, faster, slower,
     jump to the worst moment (press ? in the view for every key).
 
     \b
     Examples:
       connscope replay /var/tmp/rec
+      connscope replay /srv/fleet --host web-1
     """
     from tracer import replay as replay_recording
 
-    replay_recording.run(directory)
+    replay_recording.run(directory, host)
 
 
 @cli.command(context_settings=CONTEXT)

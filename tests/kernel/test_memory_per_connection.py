@@ -72,16 +72,35 @@ def _own_memory_cgroup() -> Path | None:
     return None
 
 
+def _v2_memory_root() -> Path | None:
+    """The cgroup v2 mount when it holds the memory controller (a v2-only host
+    such as the Debian guests), else None."""
+    root = Path("/sys/fs/cgroup")
+    try:
+        if "memory" not in (root / "cgroup.controllers").read_text().split():
+            return None
+    except OSError:
+        return None
+    return root
+
+
 @pytest.fixture
 def memory_cgroup():
-    """A v1 memory cgroup under ours, limited to LIMIT; removed afterwards."""
-    parent = _own_memory_cgroup()
-    if parent is None or not (parent / "memory.limit_in_bytes").exists():
-        pytest.skip("no cgroup v1 memory controller here (this host has one: hybrid cgroups)")
+    """A memory cgroup limited to LIMIT, removed afterwards: v1 under ours
+    (hybrid hosts like this one), else v2 under the root, the one cgroup
+    exempt from v2's rule that a cgroup whose children have controllers
+    holds no processes."""
+    parent, limit_file = _own_memory_cgroup(), "memory.limit_in_bytes"
+    if parent is None or not (parent / limit_file).exists():
+        parent, limit_file = _v2_memory_root(), "memory.max"
+        if parent is None:
+            pytest.skip("no memory cgroup controller here, neither v1 nor v2")
+        if "memory" not in (parent / "cgroup.subtree_control").read_text().split():
+            (parent / "cgroup.subtree_control").write_text("+memory")
     cg = parent / f"connscope-memtest-{os.getpid()}"
     cg.mkdir()
     try:
-        (cg / "memory.limit_in_bytes").write_text(str(LIMIT))
+        (cg / limit_file).write_text(str(LIMIT))
         yield cg
     finally:
         for _ in range(50):

@@ -83,7 +83,7 @@ def test_written_files_are_readable_by_pyarrow_and_duckdb(tmp_path):
     files = parquet_files(d)
     assert len(files) == 1
     assert files[0].parent.name == "date=2024-03-01"
-    assert files[0].name == f"box1-{r.start:%Y%m%dT%H%M%SZ}-0001.parquet"
+    assert files[0].name == f"box1-{r.start:%Y%m%dT%H%M%SZ}-{r.run_token}-0001.parquet"
     assert leftovers(d) == []
 
     t = pq.read_table(files[0], partitioning=None)   # the file alone, not its date= folder

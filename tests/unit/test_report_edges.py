@@ -12,7 +12,7 @@ from tracer.sinks.table_writer import rows_to_batch
 
 T0 = 1_709_262_000_000_000
 S = 1_000_000
-EVIL = '<script>x</script>'
+EVIL = '<script>x</script>\x1b'
 
 
 def _tbl(name, rows):
@@ -60,7 +60,7 @@ def test_text_and_html_show_the_map_escaped():
     html = render_html(s, "rec")
     section = html[html.index('<section id="edges">'):]
     section = section[:section.index("</section>")]
-    assert EVIL not in html and "&lt;script&gt;x&lt;/script&gt; (30)" in section
+    assert EVIL not in html and "&lt;script&gt;x&lt;/script&gt;\\e (30)" in section
     svg = section[section.index("<svg"):section.index("</svg>")]
     # nodes: ab, api, the db's server, the remote 443; three links, the db's red
     assert len(re.findall(r"<rect ", svg)) == 4
@@ -69,7 +69,7 @@ def test_text_and_html_show_the_map_escaped():
     # ab -> api -> db reads left to right: api's node is right of ab's, db's right of api's
     xs = {m.group(2): float(m.group(1)) for m in re.finditer(
         r'<rect x="([\d.]+)"[^>]*/><text[^>]*><title>([^<]*)</title>', svg)}
-    assert xs["ab (10)"] < xs["api (20)"] < xs["&lt;script&gt;x&lt;/script&gt; (30)"]
+    assert xs["ab (10)"] < xs["api (20)"] < xs["&lt;script&gt;x&lt;/script&gt;\\e (30)"]
 
 
 def test_no_edges_table_says_so():

@@ -38,21 +38,24 @@ def _parquet_bytes(directory: Path) -> int:
     return total
 
 
-def load(directory) -> RecordingTimeline:
-    """Read a recording. A missing or empty directory raises the reader's
-    one-line errors; unreadable files, and what finalizing a dead recorder's
-    files did (or why it could not), become lines in the log, not failures."""
+def load(directory, host: str | None = None) -> RecordingTimeline:
+    """Read a recording (only `host`'s rows and runs, if given). A missing or
+    empty directory, or a host it does not hold, raises the reader's one-line
+    errors; unreadable files, and what finalizing a dead recorder's files did
+    (or why it could not), become lines in the log, not failures."""
     from tracer.replay.timeline import RecordingTimeline
-    from tracer.report.reader import read_recording
+    from tracer.report.reader import only_host, read_recording
 
     # a dead recorder's journals are finalized first (or a line says why not)
     data = read_recording(directory, finalize=True)
+    if host is not None:
+        data = only_host(data, host, directory)
     data.problems[:0] = data.recovery
     return RecordingTimeline(data, directory, recording_bytes=_parquet_bytes(Path(directory)))
 
 
-def run(directory) -> None:
-    timeline = load(directory)
+def run(directory, host: str | None = None) -> None:
+    timeline = load(directory, host)
     # textual reads keys from stdin and draws on stderr (stdout may be piped)
     if not (sys.stdin.isatty() and sys.stderr.isatty()):
         raise ReplayError("replay needs a terminal; for text output use: "

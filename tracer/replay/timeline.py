@@ -30,6 +30,7 @@ from tracer.replay.controller import ReplayError
 from tracer.replay.latency import ConnectIndex, LatencyAt
 from tracer.replay.rows import (connect_from_row, edge_rows, listener_rows, process_rows,
                                 tcp_memory_row)
+from tracer.report.hosts import hosts_text
 
 EVENT_TABLES = ("connects", "accepts")
 INTERVAL_TABLES = ("listeners", "sockets", "overflows", "pools", "tcp_memory", "edges")
@@ -160,6 +161,10 @@ class _Cursor:
                           f"not recorded): each may have been an event"))
         if run.first == 0:
             notes += [("warn", "unreadable", problem) for problem in timeline.problems]
+            if len(timeline.hosts) > 1:
+                notes.append(("info", "hosts", f"{len(timeline.hosts):,} hosts: their runs "
+                                               f"play one after another; --host NAME "
+                                               f"replays one"))
         self.log.lines.extend(Notable(start, *n) for n in notes)
 
     def advance(self, materialize: bool) -> Snapshot | None:
@@ -317,7 +322,8 @@ class RecordingTimeline:
             hosts = sorted({b.table.column("host")[0].as_py() for r in self.runs
                             for b in r.tables.values() if b.table.num_rows})
         first = ms[0] if ms else {}
-        return Header(host=", ".join(hosts) or "?", kernel=first.get("kernel") or "?",
+        self.hosts = hosts
+        return Header(host=hosts_text(hosts) or "?", kernel=first.get("kernel") or "?",
                       backend=first.get("backend") or "?",
                       blind_spots=tuple(first.get("blind_spots") or ()),
                       recording_path=self.directory, source=f"replay {self.directory}")

@@ -11,11 +11,12 @@ from typing import Sequence
 from tracer.domain import memory
 from tracer.domain.hooks import skipped_runs_text
 from tracer.domain.pools import FORMULA
+from tracer.report.hosts import hosts_text
 from tracer.report.pool import window
 from tracer.report.summary import Summary
 from tracer.report.edges import graph_of
 from tracer.report.svg import graph, histogram, timeseries
-from tracer.report.text import cell, clean
+from tracer.report.text import HOST_HEADERS, cell, clean, host_rows
 from tracer.report.timefmt import clock, duration, iso_stamp, rate, stamp
 
 SEV_LABEL = {"crit": "CRIT", "warn": "WARN", "info": "INFO"}
@@ -97,7 +98,7 @@ def _header(s: Summary, source: str) -> str:
     ov = s.overview
     span = (f"{stamp(ov.first_us)} to {stamp(ov.last_us)} ({duration(ov.duration_s * 1e6)})"
             if ov.first_us is not None else "no rows recorded")
-    meta = (f"{span} · hosts: {', '.join(ov.hosts) or '-'} · {len(ov.runs)} run(s) · "
+    meta = (f"{span} · hosts: {hosts_text(ov.hosts) or '-'} · {len(ov.runs)} run(s) · "
             f"backends: {', '.join(ov.backends) or '-'}")
     out = (f'<header><h1>connscope report: {_e(source)}</h1>'
            f'<div class="meta">{_e(meta)}</div></header>')
@@ -142,6 +143,19 @@ def _overview(s: Summary) -> str:
                        f"{len(ov.problems)} skipped. Kernels: {', '.join(ov.kernels) or '-'}."),
                     _table(("run", "host", "backend", "kernel", "status", "start", "end",
                             "lost events", "unwritten rows"), rows, numeric=(7, 8), bad=bad))
+
+
+def _hosts(s: Summary) -> str:
+    rows = host_rows(s)
+    if not rows:
+        return ""
+    # the last row is the sum of the others: the fleet's totals
+    bad = [[False] * 8 + [r[8] > 0, r[9] > 0, False, r[11] > 0, r[12] > 0] for r in rows]
+    return _section("hosts", f"Hosts ({len(s.hosts):,})",
+                    _p("Connects by outcome, listeners and their drops, and losses, per host; "
+                       "the last row is their sum."),
+                    _table(HOST_HEADERS, rows, numeric=tuple(range(1, len(HOST_HEADERS))),
+                           bad=bad))
 
 
 def _latency(s: Summary) -> str:
@@ -319,11 +333,12 @@ def _edges(s: Summary) -> str:
                                            "before the edges table existed)."))
     several = len({e.host for e in s.edges}) > 1
     nodes, links = graph_of(list(s.edges), several)
-    drawn = graph([(n, clean(label)) for n, label in nodes],
-                  [(a, b, e.per_s, e.troubled, clean(
-                      f"{e.client} -> {e.destination}" + (f" -> {e.server}" if e.server else "")
-                      + f": {e.connects:,} connects, {rate(e.per_s)}, {e.failures:,} failed, "
-                      f"{e.listener_drops or 0:,} listener drops")) for a, b, e in links],
+    # (svg.py shows every label escaped: control characters, then markup)
+    drawn = graph(nodes,
+                  [(a, b, e.per_s, e.troubled,
+                    f"{e.client} -> {e.destination}" + (f" -> {e.server}" if e.server else "")
+                    + f": {e.connects:,} connects, {rate(e.per_s)}, {e.failures:,} failed, "
+                    f"{e.listener_drops or 0:,} listener drops") for a, b, e in links],
                   f"Who connects to whom ({len(s.edges)} of {s.edges_seen} edges)")
     rows = [(e.client, e.host, e.destination, e.server or "-", rate(e.per_s),
              rate(e.peak_per_s), e.connects, e.established_peak,
@@ -352,7 +367,8 @@ def _problems(s: Summary) -> str:
 
 
 def render_html(s: Summary, source: str = "") -> str:
-    body = (_header(s, source) + "<main>" + _banners(s) + _findings(s) + _listeners(s)
+    body = (_header(s, source) + "<main>" + _banners(s) + _findings(s) + _hosts(s)
+            + _listeners(s)
             + _failing(s) + _latency(s) + _processes(s) + _edges(s) + _pool(s) + _overview(s)
             + _problems(s) + "</main>")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"

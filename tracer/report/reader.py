@@ -53,6 +53,10 @@ class EmptyRecording(ReportError):
     pass
 
 
+class UnknownHost(ReportError):
+    pass
+
+
 @dataclass
 class RecordingData:
     tables: dict[str, pa.Table]     # every table of schema.TABLES; empty (with schema) if no data
@@ -124,7 +128,8 @@ def read_recording(directory, *, progress: Progress | None = None,
             key = (table, path.parent.name, path.name, path.lstat().st_size)
             # empty files (no rows) of two hosts' runs of the same second are
             # alike; only files with rows are worth a line
-            if key in seen and not is_empty_placeholder(path.name):
+            if (key in seen and not is_empty_placeholder(path.name)
+                    and _same_bytes(seen[key], path)):
                 raise Skip(f"same file as {seen[key]} (copied twice?); read once")
             seen[key] = path
             parts[table].append(read_file(path, table, budget))
@@ -145,6 +150,37 @@ def read_recording(directory, *, progress: Progress | None = None,
     tables = {t: _concat(t, parts[t]) for t in TABLES}
     return RecordingData(tables=tables, manifests=manifests, problems=problems,
                          files_read=files_read, recovery=recovery, unfinished=len(unfinished))
+
+
+def hosts_in(data: RecordingData) -> list[str]:
+    """Every host name in the rows and manifests of `data`, sorted."""
+    import pyarrow.compute as pc
+
+    hosts = {m.get("host") for m in data.manifests}
+    for t in data.tables.values():
+        if t.num_rows:
+            hosts.update(pc.unique(t.column("host")).to_pylist())
+    return sorted(h for h in hosts if isinstance(h, str) and h)
+
+
+def only_host(data: RecordingData, host: str, source) -> RecordingData:
+    """`data` cut down to the rows and manifests of `host` (exactly as
+    recorded), or UnknownHost naming the hosts there are."""
+    import pyarrow.compute as pc
+
+    from tracer.report.hosts import hosts_text
+
+    present = hosts_in(data)
+    if host not in present:
+        # names others chose, bounded: main() escapes them (safe_text)
+        raise UnknownHost(f"no host {host!r} in {source}; hosts present: "
+                          f"{hosts_text(present) or 'none'}")
+    tables = {name: t.filter(pc.equal(t.column("host"), host)) if t.num_rows else t
+              for name, t in data.tables.items()}
+    return RecordingData(tables=tables,
+                         manifests=[m for m in data.manifests if m.get("host") == host],
+                         problems=data.problems, files_read=data.files_read,
+                         recovery=data.recovery, unfinished=data.unfinished)
 
 
 # ---------------------------------------------------------------- finding files
@@ -196,6 +232,22 @@ def _scan(root: Path) -> tuple[list[tuple[str, Path]], list[Path], list[tuple[Pa
         # reversed onto the stack: popped in name order, so reports are reproducible
         stack += [(d, depth + 1) for d in reversed(subdirs)]
     return data, manifests, skipped, unfinished
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    """Whether two files named and sized alike hold the same bytes: a run
+    copied twice does, two hosts of one name whose runs started in the same
+    second (recorded before file names had a run token) do not."""
+    import hashlib
+
+    digests = []
+    for path in (a, b):
+        h = hashlib.sha256()
+        with open_regular(path) as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        digests.append(h.digest())
+    return digests[0] == digests[1]
 
 
 def _read_manifests(paths: list[Path], problems: list[str]) -> list[dict]:

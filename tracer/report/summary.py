@@ -25,6 +25,7 @@ from tracer.report.destinations import (
 )
 from tracer.report.edges import EdgeStats, edge_stats
 from tracer.report.findings import Finding, findings
+from tracer.report.hosts import HostStats, host_stats
 from tracer.report.listeners import KEY as LISTENER_KEY, ListenerStats, listener_stats, troubled
 from tracer.report.overview import Overview, summarize_overview
 from tracer.report.pool import PoolAdvice, pool_advice
@@ -67,6 +68,7 @@ class Summary:
     tcp_memory: tuple[HostTcpMemory, ...] = ()      # per host, where recorded
     edges: tuple[EdgeStats, ...] = ()               # the connection map, busiest first (TOP_EDGES)
     edges_seen: int = 0
+    hosts: tuple[HostStats, ...] = ()               # per host; they add up to the totals
 
     @property
     def tables_present(self) -> set[str]:
@@ -119,7 +121,7 @@ def summarize_tables(tables: dict[str, pa.Table], manifests: list[dict] = (),
         listeners_seen=len(all_listeners), by_sockets=tuple(procs[:TOP]),
         by_churn=tuple(churn), processes_seen=len(procs), pool=tuple(advice),
         bucket_us=bucket_us, tcp_memory=tuple(hosts_tcp), edges=tuple(edges[:TOP_EDGES]),
-        edges_seen=len(edges))
+        edges_seen=len(edges), hosts=tuple(host_stats(connects, all_listeners, ov.runs)))
 
 
 def summarize(data: RecordingData) -> Summary:

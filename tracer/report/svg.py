@@ -11,6 +11,7 @@ from html import escape
 from typing import Sequence
 
 from tracer.report.timefmt import duration
+from tracer.safe_text import printable
 
 PAD_L, PAD_R, PAD_T, PAD_B = 52, 12, 22, 26
 GRID = "#e3e6ea"
@@ -21,7 +22,8 @@ TIME_STEPS_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 1
 
 
 def _e(s) -> str:
-    return escape(str(s), quote=True)
+    # control characters shown escaped, as everywhere else (tracer/safe_text.py)
+    return escape(printable(s), quote=True)
 
 
 def _svg(width: int, height: int, label: str, body: list[str]) -> str:

@@ -12,6 +12,7 @@ from tracer.domain import memory
 from tracer.domain.hooks import skipped_runs_text
 from tracer.domain.pools import FORMULA
 from tracer.report.findings import Finding
+from tracer.report.hosts import add, bounded, hosts_text
 from tracer.report.pool import window
 from tracer.report.summary import Summary
 from tracer.report.timefmt import clock, duration, iso_stamp, rate, stamp
@@ -86,7 +87,7 @@ def _findings(found: Sequence[Finding]) -> list[str]:
 def _recording(s: Summary) -> list[str]:
     ov = s.overview
     out = ["", "RECORDING",
-           f"  hosts     {clean(', '.join(ov.hosts)) or '-'}",
+           f"  hosts     {clean(hosts_text(ov.hosts)) or '-'}",
            f"  backends  {clean(', '.join(ov.backends)) or '-'}",
            f"  kernels   {clean(', '.join(ov.kernels)) or '-'}",
            "  rows      " + ", ".join(f"{t} {_n(n)}" for t, n in ov.rows.items()),
@@ -97,6 +98,28 @@ def _recording(s: Summary) -> list[str]:
             for r in ov.runs]
     return out + table(("run", "host", "backend", "kernel", "status", "start", "end", "lost",
                         "unwritten"), rows)
+
+
+HOST_HEADERS = ("host", "runs", "connects", "established", "refused", "timeout", "error",
+                "listeners", "dropped", "SYNs dropped", "accepts", "lost events", "unwritten")
+
+
+def host_rows(s: Summary) -> list[tuple]:
+    """The per-host table's rows, the last one `all hosts` (their sum); none
+    for a recording of one host. Shared with html.py."""
+    if len(s.hosts) < 2:
+        return []
+    return [(h.host, h.runs, h.connects, h.established, h.refused, h.timeout, h.error,
+             h.listeners, h.drops, h.syn_drops, h.accepts, h.lost_events, h.dropped_rows)
+            for h in [*bounded(list(s.hosts)), add("all hosts", s.hosts)]]
+
+
+def _hosts(s: Summary) -> list[str]:
+    rows = host_rows(s)
+    if not rows:
+        return []
+    return ["", f"HOSTS ({len(s.hosts):,}; connects by outcome, listener drops, losses; "
+                f"each column adds up to the last row)"] + table(HOST_HEADERS, rows)
 
 
 def _destinations(s: Summary) -> list[str]:
@@ -238,6 +261,7 @@ def _problems(s: Summary) -> list[str]:
 
 
 def render_text(s: Summary, source: str = "") -> str:
-    lines = (_header(s, source) + _findings(s.findings) + _recording(s) + _destinations(s)
+    lines = (_header(s, source) + _findings(s.findings) + _recording(s) + _hosts(s)
+             + _destinations(s)
              + _listeners(s) + _processes(s) + _edges(s) + _pool(s) + _problems(s))
     return "\n".join(lines) + "\n"

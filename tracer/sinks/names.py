@@ -6,17 +6,26 @@ is never turned into a path that could leave it (`/`, `..`, a leading dot),
 because every pattern here is a single component made of
 `[A-Za-z0-9._-]` that does not start with a dot.
 
-    <table>/date=YYYY-MM-DD/<host>-<YYYYmmddTHHMMSSZ>-<seq>.parquet
-                                                     ...arrows.inprogress   (journal)
-                                                     ...parquet.inprogress  (temporary Parquet)
-    <table>/date=YYYY-MM-DD/<host>-<YYYYmmddTHHMMSSZ>-<first seq>-<last seq>.parquet
+    <table>/date=YYYY-MM-DD/<host>-<YYYYmmddTHHMMSSZ>-<token>-<seq>.parquet
+                                                            ...arrows.inprogress   (journal)
+                                                            ...parquet.inprogress  (temporary Parquet)
+    <table>/date=YYYY-MM-DD/<host>-<YYYYmmddTHHMMSSZ>-<token>-<first seq>-<last seq>.parquet
         (compacted: holds the rows of the files <first> to <last> of the same
         prefix and partition, which are deleted once it is published)
+
+<token> is six random letters a run draws (RUN_TOKEN_LETTERS): two hosts with
+the same name (cloned machines all called `localhost`) whose runs start in
+the same second still write different names, so their files can be copied
+into one folder, or written to one shared one, without one replacing the
+other. Names written before tokens (`<host>-<start>-<seq>`) are still ours.
     runs/<run_id>.json   (and <run_id>.json.tmp while it is replaced)
 """
 from __future__ import annotations
 
 import re
+import secrets
+import string
+from datetime import datetime, timezone
 
 LOCK_FILE = ".connscope.lock"
 # <prefix>-0000.parquet: the empty file (schema only) of a table that got no
@@ -35,8 +44,12 @@ MANIFEST_TMP_SUFFIX = ".json.tmp"
 # (tests, fleets): one safe file name component, no leading dot.
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 _DATE_DIR = re.compile(r"date=\d{4}-\d{2}-\d{2}")
-# <safe host>-<run start>-<seq>: TableWriter's file prefix and sequence number
-_DATA_BASE = re.compile(r"(?P<prefix>[A-Za-z0-9_-][A-Za-z0-9._-]{0,149}-\d{8}T\d{6}Z)"
+# <safe host>-<run start>[-<token>]-<seq>: TableWriter's file prefix and
+# sequence number (the token is letters only: never taken for a sequence
+# number, which is digits)
+RUN_TOKEN_LETTERS = 6
+_DATA_BASE = re.compile(r"(?P<prefix>[A-Za-z0-9_-][A-Za-z0-9._-]{0,149}-\d{8}T\d{6}Z"
+                        r"(?:-[a-z]{%d})?)" % RUN_TOKEN_LETTERS +
                         r"-(?P<first>\d{4,9})(?:-(?P<last>\d{4,9}))?")
 _HOST_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -47,6 +60,17 @@ def safe_name(s: str) -> str:
     if s.startswith("."):
         s = "_" + s[1:]
     return s or "host"
+
+
+def new_run_token() -> str:
+    return "".join(secrets.choice(string.ascii_lowercase) for _ in range(RUN_TOKEN_LETTERS))
+
+
+def file_prefix(host: str, run_start: datetime, token: str = "") -> str:
+    """`<safe host>-<run start>-<token>`: what a run's data files are named
+    after (without a token, as before tokens)."""
+    stamp = f"{safe_name(host)}-{run_start.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}"
+    return f"{stamp}-{token}" if token else stamp
 
 
 def is_run_id(value: object) -> bool:

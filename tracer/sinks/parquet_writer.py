@@ -268,7 +268,8 @@ class Recording:
                  background_flush: bool = False):
         from tracer.schema import SCHEMA_VERSION, TABLES
         from tracer.sinks.recovery import recover_locked
-        from tracer.sinks.table_writer import TableWriter, safe_name
+        from tracer.sinks.names import file_prefix, new_run_token
+        from tracer.sinks.table_writer import TableWriter
 
         self.directory = Path(directory)
         self.host = host or socket.gethostname()
@@ -276,8 +277,10 @@ class Recording:
         if start.tzinfo is None:
             start = start.replace(tzinfo=timezone.utc)  # naive means UTC, as for ts
         self.start = start.astimezone(timezone.utc)
-        self.run_id = run_id or (f"{safe_name(self.host)}-{self.start:%Y%m%dT%H%M%SZ}-"
-                                 f"{secrets.token_hex(3)}")
+        # in every data file's name: same-named hosts starting in the same
+        # second still write different names (tracer/sinks/names.py)
+        self.run_token = new_run_token()
+        self.run_id = run_id or file_prefix(self.host, self.start, self.run_token)
         manifest_name(self.run_id)   # ValueError unless a safe file name
         self.max_bytes = max_bytes
         self.flush_interval_s = flush_interval_s
@@ -328,7 +331,8 @@ class Recording:
                            rotate_rows=rotate_rows, rotate_bytes=rotate_bytes,
                            rotate_age_s=rotate_age_s, max_buffer_rows=max_buffer_rows,
                            clock=clock, on_file=self._file_finalized,
-                           publish_age_s=publish_age_s, on_compacted=self._files_compacted)
+                           publish_age_s=publish_age_s, on_compacted=self._files_compacted,
+                           run_token=self.run_token)
             for t in TABLES
         }
         try:

@@ -90,12 +90,17 @@ def partitions(root: Dir, table: str, lines: list[str]) -> Iterator[tuple[str, D
 
 
 def _quarantine(root: Dir, part: Dir, rel_dir: tuple[str, ...], name: str) -> str:
-    """Move `name` of `part` to quarantine/<rel_dir>/; return where it went (relative)."""
+    """Move `name` of `part` to quarantine/<rel_dir>/; return where it went (relative).
+
+    A Parquet file is renamed `<name>.quarantined`: under quarantine/ it sits
+    at `<table>/date=.../`, where a fleet's glob (`fleet/**/connects/*/*.parquet`,
+    README "Fleets") would otherwise match it and fail on what could not be read."""
+    base = name + ".quarantined" if name.endswith(PARQUET_SUFFIX) else name
     with root.walk(QUARANTINE_DIR, *rel_dir, create=True) as q:
-        dest, n = name, 0
+        dest, n = base, 0
         while q.exists(dest):
             n += 1
-            dest = f"{name}.{n}"
+            dest = f"{base}.{n}"
         part.rename_to(name, q, dest)
         q.fsync()
     part.fsync()

@@ -42,6 +42,7 @@ from tracer.sinks.names import (
     EMPTY_SEQ,
     compacted_name,
     data_seqs,
+    file_prefix,
     safe_name,
 )
 from tracer.sinks.trusted_dir import Dir
@@ -154,7 +155,8 @@ class TableWriter:
                  clock: Callable[[], float] = time.monotonic,
                  on_file: Callable[[str, str, str, int, int], None] | None = None,
                  publish_age_s: float | None = None,
-                 on_compacted: Callable[[str, str, list[str]], None] | None = None):
+                 on_compacted: Callable[[str, str, list[str]], None] | None = None,
+                 run_token: str = ""):
         self.root = root          # the recording directory, held open by Recording
         self.table = table
         self.schema = schema(table)
@@ -173,7 +175,7 @@ class TableWriter:
         self.publish_age_s = (rotate_age_s if publish_age_s is None
                               else min(publish_age_s, rotate_age_s))
         self.run_start = run_start
-        self._file_prefix = f"{safe_name(host)}-{run_start.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}"
+        self._file_prefix = file_prefix(host, run_start, run_token)
         self._journal_schema = self.schema.with_metadata(
             {**self.schema.metadata, RUN_ID_KEY.encode(): run_id.encode(),
              HOST_KEY.encode(): host.encode()})
