@@ -190,3 +190,72 @@ def test_prometheus_scrapes_equal_the_recording(workdir):
                                            "coalesce(sum(syn_drops), 0) from T")
     assert (overflows, syn_drops) == (drops, syns)
     assert drops + syns > 0
+
+
+# A process name another user chose: quotes, a newline, an ESC sequence and a
+# backslash, 12 bytes (a comm holds 15).
+HOSTILE_COMM = b'a"}\n1 \x1b[2J\\z'
+SET_COMM_AND_CONNECT = r"""
+import ctypes, socket, sys
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.prctl(15, ctypes.c_char_p(bytes.fromhex(sys.argv[1])), 0, 0, 0) == 0   # PR_SET_NAME
+for _ in range(3):
+    socket.create_connection(("127.0.0.1", int(sys.argv[2])), timeout=5).close()
+"""
+
+
+def test_a_hostile_process_name_adds_no_line_and_no_label(workdir):
+    """An unprivileged process names itself with a quote, a newline and an
+    ESC sequence and connects; the scrape (text and OpenMetrics) holds its
+    name escaped in one label value, and nothing else."""
+    from prometheus_client.openmetrics.parser import \
+        text_string_to_metric_families as openmetrics_families
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tracer.safe_text import faithful_text
+    from tracer.sinks.metrics_state import label_text
+
+    metrics_port = free_port()
+    server = tcp_server(None, "127.0.0.1", lifetime_s=60)
+    recorder = None
+    try:
+        recorder = subprocess.Popen(
+            [sys.executable, "-m", "tracer", "record", "--out", str(workdir / "rec"),
+             "--interval", "0.5", "--duration", "60", "--port", str(server.port),
+             "--metrics", f"127.0.0.1:{metrics_port}"],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        line = recorder.stderr.readline()
+        assert "recording to" in line, line
+        subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                        sys.executable, "-c", SET_COMM_AND_CONNECT, HOSTILE_COMM.hex(),
+                        str(server.port)], check=True, timeout=30)
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        want = label_text(faithful_text(HOSTILE_COMM))
+
+        def scrape(accept=None):
+            req = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return r.read().decode()
+
+        text = wait_until(lambda: (t := scrape()) if want.replace("\\", "\\\\").replace(
+            '"', '\\"') in t else None, 15, "the hostile process's connects in a scrape")
+        om = scrape("application/openmetrics-text; version=1.0.0")
+    finally:
+        server.stop()
+        if recorder is not None:
+            stop(recorder, signal.SIGINT)
+
+    for body in (text, om):
+        assert "\x1b" not in body
+        for ln in body.splitlines():
+            assert ln.startswith("# ") or ln.startswith("connscope_"), ln
+    for fams in (text_string_to_metric_families(text), openmetrics_families(om)):
+        names = set()
+        for f in fams:
+            assert f.name.startswith("connscope_"), f.name
+            for s in f.samples:
+                if (f.name == "connscope_connect_attempts"
+                        and s.labels.get("destination") == f"127.0.0.1:{server.port}"):
+                    names.add(s.labels["process"])
+                    assert set(s.labels) == {"process", "destination", "outcome"}
+        assert names == {want}, names

@@ -33,6 +33,7 @@ OTHER = "other"
 # printable() shows a control byte as 4 characters, a comm is 15 bytes)
 LABEL_MAX = 64
 IDLE_INTERVALS = 300     # as the live tables' (tracer/aggregate/connects.py)
+CACHE_MAX = 8192         # raw keys remembered per interval (a flood of new ones is not cached)
 
 # Upper bounds of the duration histograms' buckets, seconds (+Inf is added).
 # From 100 µs (loopback, a LAN) to the kernel's SYN retry limit (~127 s).
@@ -169,6 +170,10 @@ class MetricsState:
         self.skipped_runs: dict[str, int] = {}
         self.folded = 0
         self._names: dict[str, str] = {}   # comm -> label, bounded below
+        # raw event fields -> their series, for this interval only (labels
+        # are given back and folded between intervals: on_snapshot empties them)
+        self._connect_keys: dict[tuple, tuple] = {}
+        self._accept_keys: dict[tuple, Series] = {}
         self.view = EMPTY_VIEW
 
     # -- labels ---------------------------------------------------------------
@@ -201,29 +206,44 @@ class MetricsState:
 
     # -- events (every poll) ---------------------------------------------------
     def on_connect(self, ev) -> None:
-        process = self.process_label(ev.comm)
-        dest = self.destination_label(process, endpoint(ev.daddr, ev.dport, ev.family))
-        key = (process, dest, ev.outcome)
-        s = self.connects.get(key)
-        if s is None:
-            s = self.connects[key] = Series(len(DURATION_BUCKETS) + 1)
+        # The labels of a (comm, destination, outcome) are worked out once an
+        # interval (which also keeps its place, Slots.admit); then a dict look-up.
+        raw = (ev.comm, ev.family, ev.daddr, ev.dport, ev.outcome)
+        hit = self._connect_keys.get(raw)
+        if hit is None:
+            process = self.process_label(ev.comm)
+            dest = self.destination_label(process, endpoint(ev.daddr, ev.dport, ev.family))
+            key = (process, dest, ev.outcome)
+            s = self.connects.get(key)
+            if s is None:
+                s = self.connects[key] = Series(len(DURATION_BUCKETS) + 1)
+            hit = (s, (process, dest))
+            if len(self._connect_keys) < CACHE_MAX:
+                self._connect_keys[raw] = hit
+        s, pd = hit
         us = ev.latency_us
         s.observe(us / 1e6 if us is not None else None)
         if ev.syn_retransmits:
-            k = (process, dest)
-            self.syn_retransmits[k] = self.syn_retransmits.get(k, 0) + ev.syn_retransmits
+            self.syn_retransmits[pd] = self.syn_retransmits.get(pd, 0) + ev.syn_retransmits
 
     def on_accept(self, ev) -> None:
-        key = self.listener_label(endpoint(ev.laddr, ev.lport, ev.family), ev.netns)
-        s = self.accepts.get(key)
+        raw = (ev.family, ev.laddr, ev.lport, ev.netns)
+        s = self._accept_keys.get(raw)
         if s is None:
-            s = self.accepts[key] = Series(len(DURATION_BUCKETS) + 1)
+            key = self.listener_label(endpoint(ev.laddr, ev.lport, ev.family), ev.netns)
+            s = self.accepts.get(key)
+            if s is None:
+                s = self.accepts[key] = Series(len(DURATION_BUCKETS) + 1)
+            if len(self._accept_keys) < CACHE_MAX:
+                self._accept_keys[raw] = s
         us = ev.queue_wait_us
         s.observe(us / 1e6 if us is not None else None)
 
     # -- snapshots (every interval) --------------------------------------------
     def on_snapshot(self, snap) -> None:
         self.interval += 1
+        self._connect_keys = {}
+        self._accept_keys = {}
         self._listeners(snap.listeners)
         self._processes(snap.processes)
         # totals since start already: kept as they are, never lower
