@@ -237,8 +237,14 @@ def test_a_hostile_process_name_adds_no_line_and_no_label(workdir):
             with urllib.request.urlopen(req, timeout=5) as r:
                 return r.read().decode()
 
-        text = wait_until(lambda: (t := scrape()) if want.replace("\\", "\\\\").replace(
-            '"', '\\"') in t else None, 15, "the hostile process's connects in a scrape")
+        # as the text format writes a label value: backslash and quote escaped
+        written = want.replace("\\", "\\\\").replace('"', '\\"')
+
+        def scraped_with_it():
+            t = scrape()
+            return t if f'process="{written}"' in t else None
+
+        text = wait_until(scraped_with_it, 15, "the hostile process's connects in a scrape")
         om = scrape("application/openmetrics-text; version=1.0.0")
     finally:
         server.stop()
