@@ -169,6 +169,10 @@ class MetricsState:
         self.tracer: dict[str, int] = {}
         self.skipped_runs: dict[str, int] = {}
         self.folded = 0
+        # the latest snapshot's gauges, as the View holds them
+        self._listener_gauges: tuple = ()
+        self._process_gauges: tuple = ()
+        self._pool: tuple = ()
         self._names: dict[str, str] = {}   # comm -> label, bounded below
         # raw event fields -> their series, for this interval only (labels
         # are given back and folded between intervals: on_snapshot empties them)
@@ -324,10 +328,10 @@ class MetricsState:
             syn_retransmits=dict(self.syn_retransmits),
             accepts={k: s.frozen() for k, s in self.accepts.items()},
             listener_counters={k: tuple(v) for k, v in self.listener_counters.items()},
-            listener_gauges=getattr(self, "_listener_gauges", ()),
+            listener_gauges=self._listener_gauges,
             process_counters={k: tuple(v) for k, v in self.process_counters.items()},
-            process_gauges=getattr(self, "_process_gauges", ()),
-            pool=getattr(self, "_pool", ()),
+            process_gauges=self._process_gauges,
+            pool=self._pool,
             tracer=dict(self.tracer),
             skipped_runs=dict(self.skipped_runs),
             folded=self.folded,
