@@ -165,6 +165,10 @@ def test_prometheus_scrapes_equal_the_recording(workdir):
         assert len(set(values)) >= ROUNDS, values   # seen mid-run, not only at its end
         assert sum(by_outcome.values()) in values
 
+        # the gauges of the listener still there: nginx's backlog=16, as the kernel has it
+        limit = promql(web_port, f'connscope_listen_queue_limit{{listener="127.0.0.1:{nginx_port}"}}')
+        assert list(limit.values()) == [16.0], limit
+
         stop(recorder, signal.SIGINT)
         assert recorder.returncode == 0, recorder.stderr.read()
     finally:
