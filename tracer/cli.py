@@ -256,6 +256,29 @@ def record(out_dir, duration, max_size, **opts):
 
 
 @cli.command(context_settings=CONTEXT)
+@tracing_options
+@metrics_options
+@click.option("--duration", type=Seconds(min=0, min_open=True, max=DURATION_MAX_S),
+              metavar="SECONDS",
+              help="Stop after this long (default: until SIGINT/SIGTERM).")
+def serve(duration, **opts):
+    """Serve Prometheus/OpenMetrics metrics, with no screen and no recording
+    (--metrics is required). The scraper's side: README, section Metrics.
+
+    \b
+    Examples:
+      sudo connscope serve --metrics 127.0.0.1:9464
+      curl -s http://127.0.0.1:9464/metrics | grep connscope_listen_overflows
+    """
+    from tracer import run
+
+    metrics = _metrics(opts)
+    if metrics is None:
+        raise click.UsageError("serve needs --metrics HOST:PORT (e.g. --metrics 127.0.0.1:9464)")
+    run.serve(**_options(**opts), duration=duration, metrics=metrics)
+
+
+@cli.command(context_settings=CONTEXT)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def doctor(as_json):
     """What this host supports, which backend 'auto' picks, and advice.

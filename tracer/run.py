@@ -263,6 +263,20 @@ def record(*, backend: str, interval: float, filters: Filters, out_dir: str,
     _collect(session, sinks, interval, duration, clock, recording, filters)
 
 
+def serve(*, backend: str, interval: float, filters: Filters, duration: float | None,
+          metrics) -> None:
+    """Headless, nothing written: the --metrics endpoint alone."""
+    start = time.time()
+    metrics_sink = _serve_metrics(metrics)
+    with _closed_on_failure(metrics_sink):
+        session, _ = _start(backend, filters, None, {}, start, None)
+    host, port = metrics_sink.address[:2]
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    sys.stderr.write(f"connscope: serving metrics at http://{printable(where)}/metrics "
+                     f"(backend {session.info.backend}); Ctrl-C stops\n")
+    _collect(session, [metrics_sink], interval, duration, Clock(), None, filters)
+
+
 class TuiSink:
     """Hands each snapshot to the TUI; never waits for it."""
 

@@ -269,3 +269,45 @@ def test_a_hostile_process_name_adds_no_line_and_no_label(workdir):
                     names.add(s.labels["process"])
                     assert set(s.labels) == {"process", "destination", "outcome"}
         assert names == {want}, names
+
+
+def test_serve_counts_the_connects_made_and_stops_on_sigint():
+    """`serve` (no recording): N connects to a listener of ours are N
+    established attempts and N accepts in a scrape; SIGINT ends it with 0."""
+    metrics_port = free_port()
+    server = tcp_server(None, "127.0.0.1", lifetime_s=60)
+    proc = None
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tracer", "serve", "--interval", "0.5", "--duration", "60",
+             "--port", str(server.port), "--metrics", f"127.0.0.1:{metrics_port}"],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        line = proc.stderr.readline()
+        assert f"serving metrics at http://127.0.0.1:{metrics_port}/metrics" in line, line
+        made = connect_many("127.0.0.1", server.port, 7)
+        assert all(r.ok for r in made), made
+        assert server.wait_accepted(7) == 7
+
+        def counts():
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics",
+                                        timeout=5) as r:
+                text = r.read().decode()
+            from prometheus_client.parser import text_string_to_metric_families
+
+            got = {"attempts": 0.0, "accepts": 0.0}
+            for f in text_string_to_metric_families(text):
+                for s in f.samples:
+                    if s.name == "connscope_connect_attempts_total" and \
+                            s.labels["outcome"] == "established":
+                        got["attempts"] += s.value
+                    elif s.name == "connscope_accepts_total":
+                        got["accepts"] += s.value
+            return got if got == {"attempts": 7, "accepts": 7} else None
+
+        wait_until(counts, 10, "7 established connects and 7 accepts in a scrape")
+        stop(proc, signal.SIGINT)
+        assert proc.returncode == 0, proc.stderr.read()
+    finally:
+        server.stop()
+        if proc is not None:
+            stop(proc, signal.SIGKILL)

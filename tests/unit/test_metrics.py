@@ -297,13 +297,14 @@ def _connscope(*args):
                           cwd=ROOT, timeout=60)
 
 
-@pytest.mark.parametrize("command", ["record", "top"])
+@pytest.mark.parametrize("command", ["record", "top", "serve"])
 def test_port_in_use_is_one_error_line(tmp_path, command):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        extra = ["--out", str(tmp_path / "rec")] if command == "record" else ["--plain"]
+        extra = {"record": ["--out", str(tmp_path / "rec")], "top": ["--plain"],
+                 "serve": []}[command]
         r = _connscope(command, *extra, "--metrics", f"127.0.0.1:{port}")
     assert r.returncode == 1
     assert r.stderr == f"Error: --metrics 127.0.0.1:{port}: cannot listen there: " \
@@ -317,6 +318,13 @@ def test_bad_address_is_a_usage_error(tmp_path):
     assert "Error: Invalid value for '--metrics': ':9464': expected HOST:PORT" in r.stderr
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "rec").exists()
+
+
+def test_serve_without_metrics_is_a_usage_error():
+    r = _connscope("serve")
+    assert r.returncode == 2
+    assert r.stderr.endswith("Error: serve needs --metrics HOST:PORT "
+                             "(e.g. --metrics 127.0.0.1:9464)\n")
 
 
 def test_prometheus_client_is_a_runtime_dependency():
