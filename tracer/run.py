@@ -221,12 +221,36 @@ def _collect(session, sinks, interval, duration, clock, recording=None, filters=
             session.close()
 
 
+def _serve_metrics(metrics):
+    """The --metrics endpoint, listening before the probes load (a port in
+    use fails fast): a sink, or None."""
+    if metrics is None:
+        return None
+    from tracer.sinks.metrics_endpoint import MetricsSink
+
+    host, port, caps = metrics
+    return MetricsSink(host, port, caps)
+
+
+@contextmanager
+def _closed_on_failure(sink):
+    try:
+        yield
+    except BaseException:
+        if sink is not None:
+            sink.close()
+        raise
+
+
 def record(*, backend: str, interval: float, filters: Filters, out_dir: str,
-           duration: float | None, max_bytes: int | None = None) -> None:
+           duration: float | None, max_bytes: int | None = None, metrics=None) -> None:
     start = time.time()
-    session, recording = _start(
-        backend, filters, out_dir, _options_dict(backend, interval, filters, duration=duration,
-                                                 max_bytes=max_bytes), start, max_bytes)
+    metrics_sink = _serve_metrics(metrics)
+    with _closed_on_failure(metrics_sink):
+        session, recording = _start(
+            backend, filters, out_dir, _options_dict(backend, interval, filters,
+                                                     duration=duration, max_bytes=max_bytes),
+            start, max_bytes)
     recording.set_backend(session.info.backend)
     clock = Clock()
     sys.stderr.write(f"connscope: recording to {printable(out_dir)} (run {recording.run_id}, "
@@ -234,7 +258,23 @@ def record(*, backend: str, interval: float, filters: Filters, out_dir: str,
                      f"Ctrl-C stops\n")
     sinks = [RecordSink(recording, clock),
              StatusLineSink(recording_status=recording.status)]
+    if metrics_sink is not None:
+        sinks.append(metrics_sink)
     _collect(session, sinks, interval, duration, clock, recording, filters)
+
+
+def serve(*, backend: str, interval: float, filters: Filters, duration: float | None,
+          metrics) -> None:
+    """Headless, nothing written: the --metrics endpoint alone."""
+    start = time.time()
+    metrics_sink = _serve_metrics(metrics)
+    with _closed_on_failure(metrics_sink):
+        session, _ = _start(backend, filters, None, {}, start, None)
+    host, port = metrics_sink.address[:2]
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    sys.stderr.write(f"connscope: serving metrics at http://{printable(where)}/metrics "
+                     f"(backend {session.info.backend}); Ctrl-C stops\n")
+    _collect(session, [metrics_sink], interval, duration, Clock(), None, filters)
 
 
 class TuiSink:
@@ -305,13 +345,16 @@ def _run_tui(session, sinks, interval, duration, clock, recording, filters=None)
 
 
 def live(*, backend: str, interval: float, filters: Filters, record_dir: str | None,
-         plain: bool, duration: float | None, max_bytes: int | None = None) -> None:
+         plain: bool, duration: float | None, max_bytes: int | None = None,
+         metrics=None) -> None:
     start = time.time()
-    session, recording = _start(
-        backend, filters, record_dir or None,
-        _options_dict(backend, interval, filters, command="top"), start, max_bytes)
+    metrics_sink = _serve_metrics(metrics)
+    with _closed_on_failure(metrics_sink):
+        session, recording = _start(
+            backend, filters, record_dir or None,
+            _options_dict(backend, interval, filters, command="top"), start, max_bytes)
     clock = Clock()
-    sinks = []
+    sinks = [metrics_sink] if metrics_sink is not None else []
     if recording is not None:
         recording.set_backend(session.info.backend)
         sinks.append(RecordSink(recording, clock))
