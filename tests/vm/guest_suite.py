@@ -77,6 +77,10 @@ NOT_IN_GUEST_CI = {
         "host only: two recordings in UTS and network namespaces merged into one tree; what it "
         "tests (file names, the per-host report, DuckDB over a fleet) does not depend on the "
         "kernel, and its recordings use the same hooks as test_record_cli",
+    "tests/kernel/test_prometheus.py":
+        "host only: a real Prometheus server scrapes record --metrics; the endpoint reads the "
+        "same events and snapshots on every kernel, and Debian's prometheus is not in the guest "
+        "images",
     "tests/kernel/test_tcp_pressure.py":
         "by hand: in a guest only (it lowers the host-wide net.ipv4.tcp_mem); passed in "
         "bullseye and trixie (TCPMemoryPressures +1, seen by connscope); "
