@@ -29,7 +29,6 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-from tracer.safe_text import faithful_text
 
 # Longest cgroup path we keep as text; the kernel allows PATH_MAX, but a path
 # this long is nobody's container and a column of them would be a hostile
@@ -138,7 +137,8 @@ def clean_path(raw: bytes) -> Optional[str]:
         return "/"
     if any(p in (b"", b".", b"..") for p in parts):
         return None
-    return faithful_text(raw)
+    # as tracer.safe_text.faithful_text (the domain layer imports only itself)
+    return raw.decode("utf-8", "backslashreplace")
 
 
 def capped(path: str) -> str:
@@ -221,3 +221,53 @@ def container_log(name: str) -> Optional[tuple[str, str, str, str]]:
     if m is None or len(m.group(1)) > 253:
         return None
     return m.group(1), m.group(2), m.group(3), m.group(4)
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """Everything the tables say about where a process runs."""
+    cgroup_id: Optional[int] = None     # v2 id (inode), None on v1-only hosts
+    cgroup: Optional[str] = None        # path (capped)
+    container_runtime: Optional[str] = None
+    container_id: Optional[str] = None
+    pod_uid: Optional[str] = None
+    pod_namespace: Optional[str] = None
+    pod_name: Optional[str] = None
+    container_name: Optional[str] = None
+
+    @property
+    def container_label(self) -> Optional[str]:
+        """How views name it: pod/container, else runtime:short id, else None."""
+        if self.pod_name:
+            who = f"{self.pod_namespace}/{self.pod_name}"
+            return f"{who}/{self.container_name}" if self.container_name else who
+        if self.container_id is None:
+            return f"pod {self.pod_uid}" if self.pod_uid else None
+        short = (self.container_id if self.container_runtime == "systemd"
+                 else self.container_id[:12])
+        return f"{self.container_runtime}:{short}"
+
+
+NONE = Attribution()
+
+COLUMNS = ("cgroup_id", "cgroup", "container_runtime", "container_id", "pod_namespace",
+           "pod_name", "pod_uid", "container_name")
+
+
+def values(a: Optional[Attribution]) -> tuple:
+    """An attribution's columns, in COLUMNS order."""
+    a = a or NONE
+    return (a.cgroup_id, a.cgroup, a.container_runtime, a.container_id, a.pod_namespace,
+            a.pod_name, a.pod_uid, a.container_name)
+
+
+def from_row(row) -> Optional[Attribution]:
+    """The attribution in a recorded row (a mapping with COLUMNS, some
+    perhaps absent: older recordings); None if it names nothing."""
+    got = Attribution(*(row.get(c) for c in _FIELDS))
+    return None if got == NONE else got
+
+
+# COLUMNS in the order of Attribution's fields
+_FIELDS = ("cgroup_id", "cgroup", "container_runtime", "container_id", "pod_uid",
+           "pod_namespace", "pod_name", "container_name")

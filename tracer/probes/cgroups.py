@@ -33,7 +33,7 @@ from typing import Iterable, Optional
 
 from tracer import trusted_fs
 from tracer.domain import containers
-from tracer.domain.containers import CgroupIdentity, PodInfo
+from tracer.domain.containers import NONE, Attribution, CgroupIdentity, PodInfo
 from tracer.probes.process_memory import _dir_under, _read
 
 PROC = "/proc"
@@ -50,44 +50,6 @@ PODS_REFRESH_S = 10.0
 # v1 hierarchies whose path names a container as well as v2's does, in the
 # order asked on hosts where v2 does not (v1 only, or hybrid with v2 unused)
 _V1_ORDER = ("name=systemd", "memory", "pids", "cpu", "cpuacct", "blkio", "devices")
-
-
-@dataclass(frozen=True)
-class Attribution:
-    """Everything the tables say about where a process runs."""
-    cgroup_id: Optional[int] = None     # v2 id (inode), None on v1-only hosts
-    cgroup: Optional[str] = None        # path (capped)
-    container_runtime: Optional[str] = None
-    container_id: Optional[str] = None
-    pod_uid: Optional[str] = None
-    pod_namespace: Optional[str] = None
-    pod_name: Optional[str] = None
-    container_name: Optional[str] = None
-
-    @property
-    def container_label(self) -> Optional[str]:
-        """How views name it: pod/container, else runtime:short id, else None."""
-        if self.pod_name:
-            who = f"{self.pod_namespace}/{self.pod_name}"
-            return f"{who}/{self.container_name}" if self.container_name else who
-        if self.container_id is None:
-            return None
-        short = (self.container_id if self.container_runtime == "systemd"
-                 else self.container_id[:12])
-        return f"{self.container_runtime}:{short}"
-
-
-NONE = Attribution()
-
-COLUMNS = ("cgroup_id", "cgroup", "container_runtime", "container_id", "pod_namespace",
-           "pod_name", "pod_uid", "container_name")
-
-
-def values(a: Optional[Attribution]) -> tuple:
-    """An attribution's columns, in COLUMNS order."""
-    a = a or NONE
-    return (a.cgroup_id, a.cgroup, a.container_runtime, a.container_id, a.pod_namespace,
-            a.pod_name, a.pod_uid, a.container_name)
 
 
 # ---------------------------------------------------------------- the cgroup mounts
@@ -292,9 +254,13 @@ class ContainerCache:
         self._pods_at: Optional[float] = None
         self.evicted = 0
         self.unreadable = 0     # pids gone or unreadable when first seen
+        self._missing: set[int] = set()     # such pids, not read again until revalidate()
 
     @property
     def notes(self) -> tuple[str, ...]:
+        """Why the kubelet's directories were not read, or read in part."""
+        if self._pods_at is None:
+            self._refresh_pods(force=True)
         return self._pods.notes
 
     def get(self, pid: int) -> Optional[Attribution]:
@@ -303,6 +269,8 @@ class ContainerCache:
         if entry is not None:
             self._entries.move_to_end(pid)
             return entry[1]
+        if pid in self._missing or pid <= 0:
+            return None
         return self._resolve(pid)
 
     def note(self, pids: Iterable[int]) -> None:
@@ -311,11 +279,12 @@ class ContainerCache:
         for pid in set(pids):
             if pid in entries:
                 entries.move_to_end(pid)
-            elif pid > 0:
+            elif pid > 0 and pid not in self._missing:
                 self._resolve(pid)
 
     def revalidate(self) -> None:
         """Once per interval: forget exited or reused pids; re-read the pods."""
+        self._missing.clear()
         for pid, (started, _) in list(self._entries.items()):
             if start_time(pid, self.proc) != started:
                 del self._entries[pid]
@@ -340,6 +309,8 @@ class ContainerCache:
         raw = _read(f"{self.proc}/{pid}/cgroup", limit=8192)
         if started is None or raw is None:
             self.unreadable += 1
+            if len(self._missing) < self.max_pids:
+                self._missing.add(pid)
             return None
         found = identity_of(raw)
         if found is None:
@@ -352,6 +323,8 @@ class ContainerCache:
         # the process may have exited and its pid been reused between the reads
         if start_time(pid, self.proc) != started:
             self.unreadable += 1
+            if len(self._missing) < self.max_pids:
+                self._missing.add(pid)
             return None
         a = with_pod(bare, self._pods)
         self._entries[pid] = (started, a)
