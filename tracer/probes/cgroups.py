@@ -152,16 +152,16 @@ class Pods:
 EMPTY_PODS = Pods({}, {}, {})
 
 
-def _list_trusted(path: str) -> tuple[Optional[int], Optional[str]]:
+def _list_trusted(path: str, what: str) -> tuple[Optional[int], Optional[str]]:
     """(fd of the directory, None), (None, why not), or (None, None) if absent."""
     try:
         return trusted_fs.CACHE.open_dir(path), None
     except FileNotFoundError:
         return None, None
     except trusted_fs.Untrusted as e:
-        return None, f"{e}: not read"
+        return None, f"{what} not read from {path}: {e}"
     except OSError as e:
-        return None, f"{path}: {e.strerror or e}: not read"
+        return None, f"{what} not read from {path}: {e.strerror or e}"
 
 
 def read_pods(pods_root: str = POD_LOGS, links_root: str = CONTAINER_LOGS) -> Pods:
@@ -170,7 +170,7 @@ def read_pods(pods_root: str = POD_LOGS, links_root: str = CONTAINER_LOGS) -> Po
     notes: list[str] = []
     by_uid: dict[str, PodInfo] = {}
     names: dict[str, tuple[str, ...]] = {}
-    fd, why = _list_trusted(pods_root)
+    fd, why = _list_trusted(pods_root, "pod names")
     if why:
         notes.append(why)
     if fd is not None:
@@ -202,7 +202,7 @@ def read_pods(pods_root: str = POD_LOGS, links_root: str = CONTAINER_LOGS) -> Po
         finally:
             os.close(fd)
     by_id: dict[str, str] = {}
-    fd, why = _list_trusted(links_root)
+    fd, why = _list_trusted(links_root, "container names")
     if why:
         notes.append(why)
     if fd is not None:
