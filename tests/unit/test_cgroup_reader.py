@@ -159,3 +159,14 @@ def test_container_label():
     assert Attribution(pod_namespace="n", pod_name="p", container_name="c").container_label \
         == "n/p/c"
     assert Attribution().container_label is None
+
+
+def test_doctor_says_what_attribution_sees_here():
+    from tracer import doctor
+
+    got = doctor._containers()
+    h = cgroups.hierarchies()
+    assert got["mode"] == h.mode and got["v2"] == h.v2
+    assert ("pod names:" in got["detail"]) and (h.mode != "hybrid" or "hybrid" in got["detail"])
+    text = doctor.render_text({**doctor.collect(), "containers": got})
+    assert f"  containers   {'ok' if got['ok'] else 'no'}" in text
