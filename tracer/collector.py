@@ -19,6 +19,7 @@ from tracer.aggregate.sockets import ProcessTable
 from tracer.aggregate.snapshot import Header, Snapshot, TcpMemoryRow
 from tracer.clock import Clock
 from tracer.domain import tcp_memory
+from tracer.domain.containers import group_label
 from tracer.events import Accept, Connect
 from tracer.filters import Filters
 
@@ -138,11 +139,13 @@ class Collector:
         if not events:
             return
         self._events_total += len(events)
+        where = None
         if self.containers is not None:
             self.containers.note([ev.pid for ev in events])
+            where = self.containers.get
         for ev in events:
             if isinstance(ev, Connect):
-                self.connects.add(ev)
+                self.connects.add(ev, None if where is None else group_label(where(ev.pid)))
                 if self.log.wants_connect(ev):
                     self.log.connect(ev, self.clock.wall_us(ev.ts_end_ns))
                 if ev.outcome == "established":
@@ -190,6 +193,7 @@ class Collector:
             missed_by=tuple(sorted(status.missed_by.items())),
             destinations=tuple(self.connects.by_destination()),
             processes_connects=tuple(self.connects.by_process()),
+            containers_connects=tuple(self.connects.by_container()),
             listeners=tuple(listener_rows),
             processes=tuple(process_rows),
             notable=self.log.roll(now_us),

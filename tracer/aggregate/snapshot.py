@@ -171,6 +171,7 @@ class Snapshot:
     missed_by: tuple[tuple[str, int], ...] = ()
     destinations: tuple[ConnectRow, ...] = ()
     processes_connects: tuple[ConnectRow, ...] = ()
+    containers_connects: tuple[ConnectRow, ...] = ()   # by container label; () if unresolved
     listeners: tuple[ListenerRow, ...] = ()
     processes: tuple[ProcessRow, ...] = ()
     notable: tuple[Notable, ...] = ()   # newest last; bounded

@@ -271,3 +271,20 @@ def from_row(row) -> Optional[Attribution]:
 # COLUMNS in the order of Attribution's fields
 _FIELDS = ("cgroup_id", "cgroup", "container_runtime", "container_id", "pod_uid",
            "pod_namespace", "pod_name", "container_name")
+
+
+# The connects view's group of processes in no container (or gone before read)
+HOST = "host"
+
+
+def group_label(a: Optional[Attribution]) -> str:
+    """The connects view's container group of a process: its container's label, or HOST."""
+    return (a.container_label if a is not None else None) or HOST
+
+
+def group_of_row(row) -> Optional[str]:
+    """group_label of a recorded row; None for a recording made before the
+    container columns (no group at all, rather than everything "host")."""
+    if "container_id" not in row:
+        return None
+    return group_label(from_row(row))
