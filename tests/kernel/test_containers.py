@@ -167,6 +167,15 @@ def test_rows_name_the_container_pod_and_netns(runc, netns, tmp_path):
                    f"where container_id is not null")
     assert (server_id, "web-7d4b9c-xk2p") in sockets, sockets
 
+    # the report's section by container: the same totals as the rows
+    from tracer.report.reader import read_recording
+    from tracer.report.summary import summarize
+
+    by = {c.label: c for c in summarize(read_recording(out)).containers}
+    pod_row = by["shop/web-7d4b9c-xk2p/nginx"]
+    assert pod_row.accepts == CLIENTS_OK and pod_row.drops == sum(r[-1] for r in overflows)
+    assert by[f"docker:{client_id[:12]}"].connects == CLIENTS_OK
+
 
 @needs_setpriv
 def test_a_pods_directory_another_user_planted_is_not_believed(runc, tmp_path, nobody_home,

@@ -110,3 +110,40 @@ def _snapshot():
 
     return Snapshot(ts_us=0, interval_s=1.0, header=Header("h", "k", "tracepoint"),
                     events_total=0, events_per_s=0.0, lost_events=0)
+
+
+def _table(name, rows):
+    from tracer.sinks.table_writer import rows_to_batch
+    import pyarrow as pa
+
+    return pa.Table.from_batches([rows_to_batch(name, rows, host="h1", run_id="r")])
+
+
+def test_report_by_container():
+    from tracer.report.summary import summarize_tables
+    from tracer.report.text import render_text
+
+    where = dict(zip(containers.COLUMNS, containers.values(POD)))
+    docker = dict(zip(containers.COLUMNS, containers.values(DOCKER)))
+    c = lambda pid, outcome, w: {**recorder.connect_row(connect(pid=pid, outcome=outcome),
+                                                        Clock()), **w}
+    connects = _table("connects", [c(1, "established", docker), c(1, "refused", docker),
+                                   c(2, "established", docker), c(3, "established", {})])
+    overflows = _table("overflows", [recorder.overflow_row(_listener(container=POD), 10**12,
+                                                           1.0)] * 2)
+    s = summarize_tables({"connects": connects, "overflows": overflows})
+    got = {(x.label, x.connects, x.connect_failures, x.drops, x.processes) for x in s.containers}
+    assert got == {(f"docker:{ID[:12]}", 3, 1, 0, 2), ("shop/web-1/nginx", 0, 0, 6, 0),
+                   (HOST, 1, 0, 0, 1)}
+    text = render_text(s)
+    assert "BY CONTAINER OR POD" in text and "shop/web-1/nginx" in text
+
+
+def test_report_without_containers_says_so():
+    from tracer.report.summary import summarize_tables
+    from tracer.report.text import render_text
+
+    s = summarize_tables({"connects": _table("connects", [recorder.connect_row(connect(),
+                                                                               Clock())])})
+    assert s.containers == ()
+    assert "no row names a container or pod" in render_text(s)
