@@ -19,7 +19,6 @@ from tracer.aggregate.sockets import ProcessTable
 from tracer.aggregate.snapshot import Header, Snapshot, TcpMemoryRow
 from tracer.clock import Clock
 from tracer.domain import tcp_memory
-from tracer.domain.containers import group_label
 from tracer.events import Accept, Connect
 from tracer.filters import Filters
 
@@ -139,13 +138,13 @@ class Collector:
         if not events:
             return
         self._events_total += len(events)
-        where = None
+        group = None
         if self.containers is not None:
             self.containers.note([ev.pid for ev in events])
-            where = self.containers.get
+            group = self.containers.group
         for ev in events:
             if isinstance(ev, Connect):
-                self.connects.add(ev, None if where is None else group_label(where(ev.pid)))
+                self.connects.add(ev, None if group is None else group(ev.pid))
                 if self.log.wants_connect(ev):
                     self.log.connect(ev, self.clock.wall_us(ev.ts_end_ns))
                 if ev.outcome == "established":

@@ -170,3 +170,18 @@ def test_doctor_says_what_attribution_sees_here():
     assert ("pod names:" in got["detail"]) and (h.mode != "hybrid" or "hybrid" in got["detail"])
     text = doctor.render_text({**doctor.collect(), "containers": got})
     assert f"  containers   {'ok' if got['ok'] else 'no'}" in text
+
+
+def test_per_event_lookups_match_the_attribution(tmp_path):
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    _fake_proc(proc, 42, b"0::/docker/" + ID.encode() + b"\n", 1000)
+    cache = ContainerCache(v2_root=None, pods_root=str(tmp_path / "none"),
+                           links_root=str(tmp_path / "none"), proc=str(proc))
+    cache.note([42, 43])                       # 43: no such process
+    assert cache.columns(42) == cgroups.containers.values(cache.get(42))
+    assert cache.group(42) == f"docker:{ID[:12]}"
+    assert cache.columns(43) == cgroups.containers.values(None) and cache.group(43) == "host"
+    (proc / "42" / "stat").unlink()
+    cache.revalidate()
+    assert cache.columns(42) == cgroups.containers.values(None)

@@ -33,7 +33,8 @@ from typing import Iterable, Optional
 
 from tracer import trusted_fs
 from tracer.domain import containers
-from tracer.domain.containers import NONE, Attribution, CgroupIdentity, PodInfo
+from tracer.domain.containers import (HOST, NONE, Attribution, CgroupIdentity, PodInfo,
+                                     group_label, values)
 from tracer.probes.process_memory import _dir_under, _read
 
 PROC = "/proc"
@@ -232,6 +233,8 @@ def with_pod(a: Attribution, pods: Pods) -> Attribution:
 
 # ---------------------------------------------------------------- per-pid cache
 
+_NO_COLUMNS = values(None)
+
 class ContainerCache:
     """pid -> Attribution, resolved once per process and kept while it lives.
 
@@ -250,6 +253,9 @@ class ContainerCache:
         self._clock = clock
         self._entries: OrderedDict[int, tuple[int, Attribution]] = OrderedDict()
         self._bare: dict[int, Attribution] = {}    # pid -> before the pod join
+        # per event, only dict look-ups: the columns and the group, made once per pid
+        self._columns: dict[int, tuple] = {}
+        self._groups: dict[int, str] = {}
         self._pods = EMPTY_PODS
         self._pods_at: Optional[float] = None
         self.evicted = 0
@@ -287,8 +293,7 @@ class ContainerCache:
         self._missing.clear()
         for pid, (started, _) in list(self._entries.items()):
             if start_time(pid, self.proc) != started:
-                del self._entries[pid]
-                self._bare.pop(pid, None)
+                self._forget(pid)
         self._refresh_pods()
 
     def _refresh_pods(self, force: bool = False) -> None:
@@ -300,7 +305,7 @@ class ContainerCache:
         if pods != self._pods:
             self._pods = pods
             for pid, (started, _) in self._entries.items():
-                self._entries[pid] = (started, with_pod(self._bare[pid], pods))
+                self._set(pid, started, with_pod(self._bare[pid], pods))
 
     def _resolve(self, pid: int) -> Optional[Attribution]:
         if self._pods_at is None:
@@ -327,10 +332,30 @@ class ContainerCache:
                 self._missing.add(pid)
             return None
         a = with_pod(bare, self._pods)
-        self._entries[pid] = (started, a)
         self._bare[pid] = bare
+        self._set(pid, started, a)
         while len(self._entries) > self.max_pids:
-            old, _ = self._entries.popitem(last=False)
-            self._bare.pop(old, None)
+            self._forget(next(iter(self._entries)))
             self.evicted += 1
         return a
+
+    def _set(self, pid: int, started: int, a: Attribution) -> None:
+        self._entries[pid] = (started, a)
+        self._columns[pid] = values(a)
+        self._groups[pid] = group_label(a)
+
+    def _forget(self, pid: int) -> None:
+        del self._entries[pid]
+        self._bare.pop(pid, None)
+        self._columns.pop(pid, None)
+        self._groups.pop(pid, None)
+
+    # Per event, after note() for its poll: plain look-ups, no LRU touch (note did that)
+
+    def columns(self, pid: int) -> tuple:
+        """The container columns (tracer.domain.containers.COLUMNS) of pid; nulls if unknown."""
+        return self._columns.get(pid, _NO_COLUMNS)
+
+    def group(self, pid: int) -> str:
+        """The connects view's container group of pid (HOST if unknown)."""
+        return self._groups.get(pid, HOST)

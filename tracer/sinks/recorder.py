@@ -16,8 +16,8 @@ ACCEPT_FIELDS = ("ts", "pid", "comm", "family", "laddr", "lport", "raddr", "rpor
 _NO_CONTAINER = containers.values(None)
 
 
-def _no_container(pid: int):
-    return None
+def _no_container(pid: int) -> tuple:
+    return _NO_CONTAINER
 
 
 def connect_values(ev: Connect, clock: Clock, where=_NO_CONTAINER) -> tuple:
@@ -105,9 +105,9 @@ class RecordSink:
     def __init__(self, recording, clock: Clock, containers=None):
         self.recording = recording
         self.clock = clock
-        # pid -> Attribution (tracer.probes.cgroups.ContainerCache.get); the
-        # collector has resolved this poll's pids before on_events
-        self._container = containers.get if containers is not None else _no_container
+        # pid -> its container columns (tracer.probes.cgroups.ContainerCache.columns);
+        # the collector has resolved this poll's pids before on_events
+        self._container = containers.columns if containers is not None else _no_container
         self._rows: dict[str, list] = {"connects": [], "accepts": []}
         self._fields = {"connects": CONNECT_FIELDS, "accepts": ACCEPT_FIELDS}
 
@@ -119,13 +119,13 @@ class RecordSink:
 
     def on_events(self, events) -> None:
         connects, accepts = self._rows["connects"], self._rows["accepts"]
-        clock, container, cols = self.clock, self._container, containers.values
+        clock, container = self.clock, self._container
         for ev in events:
             kind = type(ev)
             if kind is Connect:
-                connects.append(connect_values(ev, clock, cols(container(ev.pid))))
+                connects.append(connect_values(ev, clock, container(ev.pid)))
             elif kind is Accept:
-                accepts.append(accept_values(ev, clock, cols(container(ev.pid))))
+                accepts.append(accept_values(ev, clock, container(ev.pid)))
         for table, rows in self._rows.items():
             if len(rows) >= BATCH_ROWS:
                 self._hand_over(table)
