@@ -185,3 +185,19 @@ def test_per_event_lookups_match_the_attribution(tmp_path):
     (proc / "42" / "stat").unlink()
     cache.revalidate()
     assert cache.columns(42) == cgroups.containers.values(None)
+
+
+def test_pids_not_asked_for_in_an_interval_are_let_go(tmp_path):
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    for pid in (1, 2):
+        _fake_proc(proc, pid, b"0::/\n", 5)
+    cache = ContainerCache(v2_root=None, pods_root=str(tmp_path / "none"),
+                           links_root=str(tmp_path / "none"), proc=str(proc))
+    cache.note([1, 2])
+    cache.revalidate()              # both asked for in this interval: kept
+    assert set(cache._entries) == {1, 2}
+    cache.get(1)
+    cache.revalidate()              # 2 idle for a whole interval
+    assert set(cache._entries) == {1} and cache.group(2) == "host"
+    assert cache.get(2) is not None     # read again when it comes back

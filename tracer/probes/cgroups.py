@@ -261,6 +261,7 @@ class ContainerCache:
         self.evicted = 0
         self.unreadable = 0     # pids gone or unreadable when first seen
         self._missing: set[int] = set()     # such pids, not read again until revalidate()
+        self._touched: set[int] = set()     # pids asked for since the last revalidate()
 
     @property
     def notes(self) -> tuple[str, ...]:
@@ -274,6 +275,7 @@ class ContainerCache:
         entry = self._entries.get(pid)
         if entry is not None:
             self._entries.move_to_end(pid)
+            self._touched.add(pid)
             return entry[1]
         if pid in self._missing or pid <= 0:
             return None
@@ -282,17 +284,22 @@ class ContainerCache:
     def note(self, pids: Iterable[int]) -> None:
         """Resolve the pids not yet known (the collector calls this per poll)."""
         entries = self._entries
-        for pid in set(pids):
+        pids = set(pids)
+        self._touched |= pids
+        for pid in pids:
             if pid in entries:
                 entries.move_to_end(pid)
             elif pid > 0 and pid not in self._missing:
                 self._resolve(pid)
 
     def revalidate(self) -> None:
-        """Once per interval: forget exited or reused pids; re-read the pods."""
+        """Once per interval: forget exited or reused pids, and those not asked
+        for since the last call (read again if they come back), so that each
+        interval costs one read per active process; re-read the pods."""
         self._missing.clear()
+        touched, self._touched = self._touched, set()
         for pid, (started, _) in list(self._entries.items()):
-            if start_time(pid, self.proc) != started:
+            if pid not in touched or start_time(pid, self.proc) != started:
                 self._forget(pid)
         self._refresh_pods()
 
