@@ -137,6 +137,10 @@ def test_report_by_container():
                    (HOST, 1, 0, 0, 1)}
     text = render_text(s)
     assert "BY CONTAINER OR POD" in text and "shop/web-1/nginx" in text
+    from tracer.report.html import render_html
+
+    html = render_html(s)
+    assert 'id="containers"' in html and "shop/web-1/nginx" in html
 
 
 def test_report_without_containers_says_so():
