@@ -140,11 +140,12 @@ class Collector:
         self._events_total += len(events)
         group = None
         if self.containers is not None:
-            self.containers.note([ev.pid for ev in events])
-            group = self.containers.group
+            self.containers.note([ev.pid for ev in events],
+                                 [ev.cgroup_id for ev in events if type(ev) is Connect])
+            group = self.containers.group_of
         for ev in events:
             if isinstance(ev, Connect):
-                self.connects.add(ev, None if group is None else group(ev.pid))
+                self.connects.add(ev, None if group is None else group(ev.pid, ev.cgroup_id))
                 if self.log.wants_connect(ev):
                     self.log.connect(ev, self.clock.wall_us(ev.ts_end_ns))
                 if ev.outcome == "established":

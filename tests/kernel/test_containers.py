@@ -206,3 +206,49 @@ def test_a_pods_directory_another_user_planted_is_not_believed(runc, tmp_path, n
     assert rows and set(rows) == {(server_id, pod_uid, None, None, None)}, rows
     victim.assert_untouched()
     assert tree(nobody_home) == planted
+
+
+def test_short_lived_clients_are_named_by_the_cgroup_id_of_their_connect(runc, netns,
+                                                                          tmp_path):
+    """wget in a loop: each connects, is served and exits within
+    milliseconds, before the collector reads its pid; the cgroup id the
+    kernel put on its connect names its container all the same."""
+    ns, ns_path, ns_inode = netns
+    port = 20000 + secrets.randbelow(20000)
+    server_id, client_id = secrets.token_hex(32), secrets.token_hex(32)
+    client_cg = f"/system.slice/docker-{client_id}.scope"
+    out = tmp_path / "rec"
+    proc = _recorder(out, port, tmp_path / "no-pods", tmp_path / "no-links")
+    try:
+        wait_started(proc)
+        runc.run("server", ["httpd", "-f", "-p", f"127.0.0.1:{port}", "-h", "/"],
+                 f"/docker/{server_id}", ns_path, timeout_s=40)
+        assert wait_for(lambda: _listening(ns, port), 10), "busybox httpd did not listen"
+        script = (f"i=0; while [ $i -lt 30 ]; do wget -q -O /dev/null "
+                  f"http://127.0.0.1:{port}/ ; i=$((i+1)); done")
+        runc.run("client", ["sh", "-c", script], client_cg, ns_path, timeout_s=30)
+        client_cg_id = _v2_id(client_cg)
+        assert runc.wait("client", 30) is not None
+        time.sleep(1.0)
+    finally:
+        err = _stop(proc)
+    rows = _sql(out, "connects", f"select container_runtime, container_id, cgroup, cgroup_id, "
+                f"netns from T where dport = {port}")
+    assert len(rows) == 30, rows
+    assert set(rows) == {("docker", client_id, client_cg, client_cg_id, ns_inode)}, rows
+
+
+def test_path_of_a_cgroup_id():
+    from tracer.probes.cgroups import hierarchies, path_of_id
+
+    root = hierarchies().v2
+    if root is None:
+        pytest.skip("no cgroup v2 mounted here")
+    d = Path(root) / f"connscope-test-{secrets.token_hex(4)}" / "inner"
+    d.mkdir(parents=True)
+    try:
+        assert path_of_id(root, d.stat().st_ino) == "/" + d.relative_to(root).as_posix()
+        assert path_of_id(root, 1 << 62) is None
+    finally:
+        d.rmdir()
+        d.parent.rmdir()

@@ -24,8 +24,10 @@ a few tens of microseconds per new process; a cached pid is a dict look-up.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import stat
+import struct
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, replace
@@ -107,6 +109,54 @@ def cgroup_id(v2_root: str, path: str) -> Optional[int]:
     finally:
         os.close(fd)
     return st.st_ino if stat.S_ISDIR(st.st_mode) else None
+
+
+_FILEID_KERNFS = 0xfe       # a cgroup's file handle: its 64-bit id (kernfs)
+
+
+class _FileHandle(ctypes.Structure):
+    _fields_ = [("handle_bytes", ctypes.c_uint), ("handle_type", ctypes.c_int),
+                ("f_handle", ctypes.c_ubyte * 8)]
+
+
+_libc = None
+
+
+def path_of_id(v2_root: str, cid: int) -> Optional[str]:
+    """The path of cgroup v2 id `cid` (what BPF's bpf_get_current_cgroup_id
+    gave), opened by its file handle (open_by_handle_at: root only) and named
+    by the kernel (/proc/self/fd); None if gone, not under `v2_root`, or not
+    allowed. Used for processes that exited before their pid was read."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    try:
+        mount = os.open(v2_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        handle = _FileHandle(8, _FILEID_KERNFS,
+                             (ctypes.c_ubyte * 8)(*struct.pack("=Q", cid & (2 ** 64 - 1))))
+        fd = _libc.open_by_handle_at(mount, ctypes.byref(handle),
+                                     os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    finally:
+        os.close(mount)
+    if fd < 0:
+        return None
+    try:
+        if os.fstat(fd).st_ino != cid:
+            return None
+        where = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    root = v2_root.rstrip("/")
+    if where == root:
+        return "/"
+    if not where.startswith(root + "/"):
+        return None
+    return containers.clean_path(os.fsencode(where[len(root):]))
 
 
 def start_time(pid: int, proc: str = PROC) -> Optional[int]:
@@ -262,6 +312,11 @@ class ContainerCache:
         self.unreadable = 0     # pids gone or unreadable when first seen
         self._missing: set[int] = set()     # such pids, not read again until revalidate()
         self._touched: set[int] = set()     # pids asked for since the last revalidate()
+        # cgroup id (from BPF, connects) -> columns, group: for pids gone before read
+        self._id_columns: dict[int, tuple] = {}
+        self._id_groups: dict[int, str] = {}
+        self._id_bare: dict[int, Attribution] = {}
+        self._missing_ids: set[int] = set()
 
     @property
     def notes(self) -> tuple[str, ...]:
@@ -281,8 +336,9 @@ class ContainerCache:
             return None
         return self._resolve(pid)
 
-    def note(self, pids: Iterable[int]) -> None:
-        """Resolve the pids not yet known (the collector calls this per poll)."""
+    def note(self, pids: Iterable[int], cgroup_ids: Iterable[int] = ()) -> None:
+        """Resolve the pids not yet known (the collector calls this per poll),
+        and the cgroup ids of events whose pid could not be read."""
         entries = self._entries
         pids = set(pids)
         self._touched |= pids
@@ -291,12 +347,50 @@ class ContainerCache:
                 entries.move_to_end(pid)
             elif pid > 0 and pid not in self._missing:
                 self._resolve(pid)
+        for cid in set(cgroup_ids):
+            if cid and cid not in self._id_columns and cid not in self._missing_ids:
+                self._resolve_id(cid)
+
+    def _resolve_id(self, cid: int) -> None:
+        path = path_of_id(self.v2_root, cid) if self.v2_root else None
+        if path is None:
+            if len(self._missing_ids) < self.max_pids:
+                self._missing_ids.add(cid)
+            return
+        if len(self._id_columns) >= self.max_pids:     # ids are never reused: start again
+            self.evicted += len(self._id_columns)
+            self._id_columns.clear()
+            self._id_groups.clear()
+            self._id_bare.clear()
+        ident = containers.identify(path)
+        bare = Attribution(cid, ident.path, ident.runtime, ident.container_id, ident.pod_uid)
+        self._id_bare[cid] = bare
+        self._set_id(cid, with_pod(bare, self._pods))
+
+    def _set_id(self, cid: int, a: Attribution) -> None:
+        self._id_columns[cid] = values(a)
+        self._id_groups[cid] = group_label(a)
+
+    def columns_of(self, pid: int, cgroup_id: int) -> tuple:
+        """columns(pid), or those of the cgroup id if the pid was not read."""
+        got = self._columns.get(pid)
+        if got is None:
+            got = self._id_columns.get(cgroup_id, _NO_COLUMNS)
+        return got
+
+    def group_of(self, pid: int, cgroup_id: int) -> str:
+        """group(pid), or that of the cgroup id if the pid was not read."""
+        got = self._groups.get(pid)
+        if got is None:
+            got = self._id_groups.get(cgroup_id, HOST)
+        return got
 
     def revalidate(self) -> None:
         """Once per interval: forget exited or reused pids, and those not asked
         for since the last call (read again if they come back), so that each
         interval costs one read per active process; re-read the pods."""
         self._missing.clear()
+        self._missing_ids.clear()
         touched, self._touched = self._touched, set()
         for pid, (started, _) in list(self._entries.items()):
             if pid not in touched or start_time(pid, self.proc) != started:
@@ -311,8 +405,10 @@ class ContainerCache:
         pods = read_pods(self.pods_root, self.links_root)
         if pods != self._pods:
             self._pods = pods
-            for pid, (started, _) in self._entries.items():
+            for pid, (started, _) in list(self._entries.items()):
                 self._set(pid, started, with_pod(self._bare[pid], pods))
+            for cid, bare in self._id_bare.items():
+                self._set_id(cid, with_pod(bare, pods))
 
     def _resolve(self, pid: int) -> Optional[Attribution]:
         if self._pods_at is None:

@@ -16,7 +16,7 @@ ACCEPT_FIELDS = ("ts", "pid", "comm", "family", "laddr", "lport", "raddr", "rpor
 _NO_CONTAINER = containers.values(None)
 
 
-def _no_container(pid: int) -> tuple:
+def _no_container(pid: int, cgroup_id: int = 0) -> tuple:
     return _NO_CONTAINER
 
 
@@ -105,9 +105,9 @@ class RecordSink:
     def __init__(self, recording, clock: Clock, containers=None):
         self.recording = recording
         self.clock = clock
-        # pid -> its container columns (tracer.probes.cgroups.ContainerCache.columns);
-        # the collector has resolved this poll's pids before on_events
-        self._container = containers.columns if containers is not None else _no_container
+        # (pid, cgroup id) -> container columns (tracer.probes.cgroups.ContainerCache.
+        # columns_of); the collector has resolved this poll's pids and ids before on_events
+        self._container = containers.columns_of if containers is not None else _no_container
         self._rows: dict[str, list] = {"connects": [], "accepts": []}
         self._fields = {"connects": CONNECT_FIELDS, "accepts": ACCEPT_FIELDS}
 
@@ -123,9 +123,9 @@ class RecordSink:
         for ev in events:
             kind = type(ev)
             if kind is Connect:
-                connects.append(connect_values(ev, clock, container(ev.pid)))
+                connects.append(connect_values(ev, clock, container(ev.pid, ev.cgroup_id)))
             elif kind is Accept:
-                accepts.append(accept_values(ev, clock, container(ev.pid)))
+                accepts.append(accept_values(ev, clock, container(ev.pid, 0)))
         for table, rows in self._rows.items():
             if len(rows) >= BATCH_ROWS:
                 self._hand_over(table)
