@@ -2,9 +2,6 @@
 the mount table, and pod directories this user owns (the trust rules take
 root or ourselves; tests/kernel/test_containers.py does the root side)."""
 import os
-import stat
-
-import pytest
 
 from tracer.probes import cgroups
 from tracer.probes.cgroups import Attribution, ContainerCache
