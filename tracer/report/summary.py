@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from tracer.report.arrow_stats import nice_bucket_us, typical_interval_us
+from tracer.report.containers import ContainerStats, container_stats
 from tracer.report.destinations import (
     ConnectingProcess,
     DestinationStats,
@@ -65,6 +66,7 @@ class Summary:
     bucket_us: int                                  # width of the timeline buckets
     tcp_memory: tuple[HostTcpMemory, ...] = ()      # per host, where recorded
     hosts: tuple[HostStats, ...] = ()               # per host; they add up to the totals
+    containers: tuple[ContainerStats, ...] = ()     # by container or pod; () if none named
 
     @property
     def tables_present(self) -> set[str]:
@@ -116,7 +118,8 @@ def summarize_tables(tables: dict[str, pa.Table], manifests: list[dict] = (),
         listeners_seen=len(all_listeners), by_sockets=tuple(procs[:TOP]),
         by_churn=tuple(churn), processes_seen=len(procs), pool=tuple(advice),
         bucket_us=bucket_us, tcp_memory=tuple(hosts_tcp),
-        hosts=tuple(host_stats(connects, all_listeners, ov.runs)))
+        hosts=tuple(host_stats(connects, all_listeners, ov.runs)),
+        containers=tuple(container_stats(tables)[:TOP]))
 
 
 def summarize(data: RecordingData) -> Summary:
