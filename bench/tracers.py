@@ -315,7 +315,58 @@ def baseline_record(source: Path, label: str) -> TracerSpec:
                       about=f"headless recording to Parquet, commit {label}")
 
 
+# ---------------------------------------------------------------- --metrics
+
+_METRICS_PORTS: dict[Path, int] = {}
+
+
+def _metrics_argv(d: Path) -> list:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = _METRICS_PORTS[d] = s.getsockname()[1]
+    return [*CONNSCOPE, "record", "--out", d / "rec", "--metrics", f"127.0.0.1:{port}"]
+
+
+def _scraped_every_second(r: Running) -> bool:
+    """Ready as `record` is; then a thread of this (benchmark) process, not of
+    the tracer's process tree, scrapes /metrics every second as Prometheus
+    would, until the tracer exits (at most an hour)."""
+    if not _stderr_has("recording to")(r):
+        return False
+    import threading
+    import urllib.request
+
+    url = f"http://127.0.0.1:{_METRICS_PORTS[r.dir]}/metrics"
+
+    def scrape():
+        for _ in range(3600):
+            if r.proc.poll() is not None:
+                return
+            try:
+                with urllib.request.urlopen(url, timeout=5) as resp:
+                    resp.read()
+            except OSError:
+                pass
+            time.sleep(1.0)
+
+    threading.Thread(target=scrape, name="scraper", daemon=True).start()
+    return True
+
+
+RECORD_METRICS = TracerSpec(
+    "connscope record --metrics", _metrics_argv, _stderr_has("recording to"), _record_count,
+    about="headless recording to Parquet and the Prometheus endpoint, never scraped")
+RECORD_METRICS_SCRAPED = TracerSpec(
+    "connscope record --metrics, scraped every 1 s", _metrics_argv, _scraped_every_second,
+    _record_count,
+    about="headless recording to Parquet and the Prometheus endpoint, scraped every second "
+          "(the scraper is in the benchmark's process, not the tracer's)")
+
+
 NO_TRACER = None
 CONFIGS = {"none": NO_TRACER, "record": RECORD, "top": TOP_PLAIN, "tcplife": TCPLIFE,
            "tcpstates": TCPSTATES, "probes": PROBE_ONLY, "probes-skip": PROBE_SKIP, "hooks": HOOKS_ONLY,
-           "hooks-raw": HOOKS_RAW, "record-classic": RECORD_CLASSIC}
+           "hooks-raw": HOOKS_RAW, "record-classic": RECORD_CLASSIC,
+           "record-metrics": RECORD_METRICS, "record-metrics-scraped": RECORD_METRICS_SCRAPED}

@@ -42,6 +42,7 @@ static __always_inline void connect_begin(u64 sk, u16 family, u16 dport, const u
     if (!task_wanted(c.pid, c.comm))
         return;
     c.family = family;
+    c.cgroup_id = bpf_get_current_cgroup_id();
     c.ts_ns = bpf_ktime_get_ns();
     c.ts_active_ns = c.ts_ns;
     if (daddr) {
@@ -116,6 +117,7 @@ static __always_inline void connect_end(void *ctx, u64 sk, int newstate, u16 spo
     ev.sk = sk;
     ev.family = c->family;
     ev.syn_retransmits = c->syn_retransmits;
+    ev.cgroup_id = c->cgroup_id;
     __builtin_memcpy(ev.comm, c->comm, sizeof(ev.comm));
     __builtin_memcpy(ev.saddr, saddr, 16);
     ev.sport = sport;
@@ -297,6 +299,7 @@ static __always_inline void connect_call_end(void *ctx, long ret)
     ev.tid = tid;
     ev.sk = sk;
     bpf_get_current_comm(&ev.comm, sizeof(ev.comm));
+    ev.cgroup_id = bpf_get_current_cgroup_id();
     ev.err = -ret;
     /* (ECONNREFUSED/ETIMEDOUT only if the SYN_SENT tracepoint run was
      * skipped: then this is the one report of it, named as connect_end would) */

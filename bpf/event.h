@@ -51,6 +51,8 @@ struct connect_event {
     char comm[16];
     __u32 netns;         /* network namespace inode number */
     __u8 pad[4];
+    __u64 cgroup_id;     /* the caller's cgroup v2 id at connect(): names its container
+                          * after it exited (tracer/probes/cgroups.py) */
 };
 
 /* One accepted connection, emitted in the accepting process's context. */
@@ -147,6 +149,7 @@ struct inflight_connect {
     __u8 have_dest;
     char comm[16];
     __u8 pad[2];
+    __u64 cgroup_id;     /* bpf_get_current_cgroup_id() in connect() */
 };
 
 /* A thread inside connect() on a fresh TCP socket (map `connect_calls`,

@@ -85,6 +85,51 @@ def _directory_path(ctx, param, value):
     return value
 
 
+def _metrics_address(ctx, param, value):
+    from tracer.sinks.metrics_address import MetricsError, parse_address
+
+    if value is None:
+        return None
+    try:
+        return parse_address(value)
+    except MetricsError as e:
+        raise click.BadParameter(str(e), ctx, param)
+
+
+def metrics_options(f):
+    """--metrics and its caps (README: Metrics)."""
+    decorators = [
+        click.option("--metrics", "metrics_address", metavar="HOST:PORT",
+                     callback=_metrics_address,
+                     help="Serve Prometheus/OpenMetrics metrics at http://HOST:PORT/metrics "
+                          "(e.g. 127.0.0.1:9464; 0.0.0.0:9464 listens on every interface)."),
+        click.option("--metrics-top-processes", type=click.IntRange(1, 1000), default=20,
+                     show_default=True, metavar="N",
+                     help="Processes with labels of their own; the rest are 'other'."),
+        click.option("--metrics-top-destinations", type=click.IntRange(1, 1000), default=10,
+                     show_default=True, metavar="N",
+                     help="Destinations per process with labels of their own; the rest are "
+                          "'other'."),
+        click.option("--metrics-top-listeners", type=click.IntRange(1, 1000), default=50,
+                     show_default=True, metavar="N",
+                     help="Listeners with labels of their own; the rest are 'other'."),
+    ]
+    for d in reversed(decorators):
+        f = d(f)
+    return f
+
+
+def _metrics(opts: dict):
+    """Takes the --metrics options out of `opts`: (host, port, Caps) or None."""
+    address = opts.pop("metrics_address")
+    caps = {k: opts.pop(f"metrics_top_{k}") for k in ("processes", "destinations", "listeners")}
+    if address is None:
+        return None
+    from tracer.sinks.metrics_state import Caps
+
+    return (*address, Caps(**caps))
+
+
 def recording_options(f):
     return click.option(
         "--max-size", type=Size(), metavar="SIZE",
@@ -143,6 +188,7 @@ def _options(backend, interval, pids, comm, ports, ipv4, ipv6, **extra):
 @click.option("--record", "record_dir", type=click.Path(file_okay=False), metavar="DIR",
               callback=_directory_path, help="Also write Parquet to DIR, as 'record' does.")
 @recording_options
+@metrics_options
 @click.option("--plain", is_flag=True, help="Print plain periodic tables instead of the TUI.")
 @click.option("--duration", type=Seconds(min=0, min_open=True, max=DURATION_MAX_S),
               metavar="SECONDS",
@@ -155,11 +201,13 @@ def top(record_dir, max_size, plain, duration, **opts):
       sudo connscope top
       sudo connscope top --port 5432 --record /var/tmp/incident
       sudo connscope top --plain | tee trace.txt
+      sudo connscope top --plain --metrics 127.0.0.1:9464 > /dev/null
     """
     from tracer import run
 
+    metrics = _metrics(opts)
     run.live(**_options(**opts), record_dir=record_dir, plain=plain, duration=duration,
-             max_bytes=max_size)
+             max_bytes=max_size, metrics=metrics)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -190,6 +238,7 @@ def replay(directory, host):
               metavar="SECONDS",
               help="Stop after this long (default: until SIGINT/SIGTERM).")
 @recording_options
+@metrics_options
 def record(out_dir, duration, max_size, **opts):
     """Record to Parquet without a screen.
 
@@ -199,11 +248,37 @@ def record(out_dir, duration, max_size, **opts):
     \b
     Examples:
       sudo connscope record --out /var/tmp/rec --duration 60
+      sudo connscope record --out /var/tmp/rec --metrics 127.0.0.1:9464
       duckdb -c "select * from read_parquet('/var/tmp/rec/connects/**/*.parquet', hive_partitioning=true)"
     """
     from tracer import run
 
-    run.record(**_options(**opts), out_dir=out_dir, duration=duration, max_bytes=max_size)
+    metrics = _metrics(opts)
+    run.record(**_options(**opts), out_dir=out_dir, duration=duration, max_bytes=max_size,
+               metrics=metrics)
+
+
+@cli.command(context_settings=CONTEXT)
+@tracing_options
+@metrics_options
+@click.option("--duration", type=Seconds(min=0, min_open=True, max=DURATION_MAX_S),
+              metavar="SECONDS",
+              help="Stop after this long (default: until SIGINT/SIGTERM).")
+def serve(duration, **opts):
+    """Serve Prometheus/OpenMetrics metrics, with no screen and no recording
+    (--metrics is required). The scraper's side: README, section Metrics.
+
+    \b
+    Examples:
+      sudo connscope serve --metrics 127.0.0.1:9464
+      curl -s http://127.0.0.1:9464/metrics | grep connscope_listen_overflows
+    """
+    from tracer import run
+
+    metrics = _metrics(opts)
+    if metrics is None:
+        raise click.UsageError("serve needs --metrics HOST:PORT (e.g. --metrics 127.0.0.1:9464)")
+    run.serve(**_options(**opts), duration=duration, metrics=metrics)
 
 
 @cli.command(context_settings=CONTEXT)

@@ -74,7 +74,8 @@ class Collector:
                  drop_points_hooked: bool = False,
                  recording_status: Callable[[], dict] | None = None,
                  filters: Filters | None = None,
-                 host_view: Callable[[], object] | None = None):
+                 host_view: Callable[[], object] | None = None,
+                 containers=None):
         self.session = session
         # applied to the rows read from the socket table (the kernel filters events)
         self.filters = filters or Filters()
@@ -85,6 +86,9 @@ class Collector:
         self.kernel_view = kernel_view
         # host-wide TCP memory (tracer.probes.tcp_memory.read), None: not read
         self.host_view = host_view
+        # pid -> cgroup, container, pod (tracer.probes.cgroups.ContainerCache): resolved
+        # per poll for the pids in it, before any sink sees the events; None: not read
+        self.containers = containers
         self._tcp_counters: dict | None = None
         self.recording_status = recording_status
         # limits: the tables' bounds ({"max_keys": n, ...}), lowered by tests
@@ -122,8 +126,12 @@ class Collector:
         )
 
     def evicted_by(self) -> dict[str, int]:
-        return {**self.connects.evicted, **self.processes.evicted, **self.listeners.evicted,
-                **self.edges.evicted}
+        out = {**self.connects.evicted, **self.processes.evicted, **self.listeners.evicted,
+               **self.edges.evicted}
+        if self.containers is not None:
+            # pids let go of by the bounded container cache (read again if seen again)
+            out["container_cache"] = self.containers.evicted
+        return out
 
     def _drain(self, timeout_ms: int) -> None:
         events = self.session.poll(timeout_ms)
@@ -133,9 +141,14 @@ class Collector:
         if not events:
             return
         self._events_total += len(events)
+        group = None
+        if self.containers is not None:
+            self.containers.note([ev.pid for ev in events],
+                                 [ev.cgroup_id for ev in events if type(ev) is Connect])
+            group = self.containers.group_of
         for ev in events:
             if isinstance(ev, Connect):
-                self.connects.add(ev)
+                self.connects.add(ev, None if group is None else group(ev.pid, ev.cgroup_id))
                 self.edges.add(ev)
                 if self.log.wants_connect(ev):
                     self.log.connect(ev, self.clock.wall_us(ev.ts_end_ns))
@@ -164,6 +177,8 @@ class Collector:
             seconds, diag, self.session.listener_counters(), self.session.take_listener_peaks(),
             owners)
         process_rows = self.processes.update(seconds, holdings, scanned_at)
+        if self.containers is not None:
+            listener_rows, process_rows = self._attribute(listener_rows, process_rows)
         # (joined with every listener, shown or not: a filter picks edges, not servers)
         edge_rows = self.edges.roll(seconds, listener_rows,
                                     holdings if scanned_at is not None else None)
@@ -186,12 +201,23 @@ class Collector:
             missed_by=tuple(sorted(status.missed_by.items())),
             destinations=tuple(self.connects.by_destination()),
             processes_connects=tuple(self.connects.by_process()),
+            containers_connects=tuple(self.connects.by_container()),
             listeners=tuple(listener_rows),
             processes=tuple(process_rows),
             edges=tuple(edge_rows),
             notable=self.log.roll(now_us),
             **self._recording_fields(),
         )
+
+    def _attribute(self, listener_rows, process_rows):
+        """Each row with its process's container (pid reuse checked first)."""
+        cache = self.containers
+        cache.revalidate()
+        listener_rows = [replace(r, container=cache.get(r.pid)) if r.pid else r
+                         for r in listener_rows]
+        process_rows = [replace(p, container=cache.get(p.pid)) if p.pid else p
+                        for p in process_rows]
+        return listener_rows, process_rows
 
     def _tcp_memory(self) -> TcpMemoryRow | None:
         """This interval's host TCP memory and what its counters added."""

@@ -299,6 +299,32 @@ def _feature(f: Feature) -> dict:
     return asdict(f)
 
 
+def _containers() -> dict:
+    """What container attribution can see here (tracer/probes/cgroups.py)."""
+    from tracer.probes import cgroups
+
+    h = cgroups.hierarchies()
+    pods = cgroups.read_pods()
+    detail = {
+        "v2": f"cgroup v2 at {h.v2}: cgroup ids, containers and pods from cgroup paths",
+        "hybrid": f"hybrid: cgroup v2 at {h.v2} gives cgroup ids; a container a runtime "
+                  "put only in the v1 controllers is named from its v1 path, without an id",
+        "v1": "cgroup v1 only: containers and pods named from v1 paths; no cgroup ids "
+              "(cgroup_id null)",
+        "none": "no cgroup file system mounted: no container attribution",
+    }[h.mode]
+    if pods.notes:
+        names = "; ".join(pods.notes)
+    elif pods.by_uid:
+        names = f"{len(pods.by_uid)} pods in {cgroups.POD_LOGS}"
+    elif os.path.isdir(cgroups.POD_LOGS):
+        names = f"no pods in {cgroups.POD_LOGS}"
+    else:
+        names = f"no {cgroups.POD_LOGS} (no kubelet here): pod uids only, no names"
+    return {"ok": h.mode != "none", "tested": True, "mode": h.mode, "v2": h.v2,
+            "v1": list(h.v1), "detail": f"{detail}; pod names: {names}"}
+
+
 def _program_cache() -> dict:
     from tracer.probes import compiled
 
@@ -344,6 +370,7 @@ def collect(features: Optional[Features] = None, *,
         "tracepoints": {**_feature(f.tracepoints), "present": dict(f.tracepoint_presence)},
         "ringbuf": _feature(f.ringbuf),
         "program_cache": _program_cache(),
+        "containers": _containers(),
         "load_tested": f.load_tested,
         "backend": {"auto": auto, "why": auto_reason(f), "error": auto_error},
         "tracepoint_hooks": {"kind": f.tracepoint_hooks, "why": f.tracepoint_hooks_why},
@@ -404,6 +431,8 @@ def render_text(report: dict) -> str:
     ]
     if "program_cache" in r:
         rows.append(("prog cache", r["program_cache"], r["program_cache"]["detail"]))
+    if "containers" in r:
+        rows.append(("containers", r["containers"], r["containers"]["detail"]))
     lines.append("Host")
     for name, d, detail in rows:
         lines.append(f"  {name:<12} {_mark(d):<3} {detail}")

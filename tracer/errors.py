@@ -12,6 +12,7 @@ from tracer.filters import FilterError
 from tracer.probes.startup import STARTUP_ERRORS
 from tracer.replay.controller import ReplayError
 from tracer.report import ReportError
+from tracer.sinks.metrics_address import MetricsError
 from tracer.sinks.parquet_writer import RecordingError
 
-USER_ERRORS = (FilterError, RecordingError, ReportError, ReplayError, *STARTUP_ERRORS)
+USER_ERRORS = (FilterError, MetricsError, RecordingError, ReportError, ReplayError, *STARTUP_ERRORS)

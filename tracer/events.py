@@ -156,6 +156,7 @@ class Connect:
     syn_retransmits: int
     sk: int = 0               # kernel socket address: joins its close record
     netns: int = 0            # network namespace inode; 0 if unknown
+    cgroup_id: int = 0        # caller's cgroup v2 id at connect(); 0 if unknown
 
     @property
     def latency_us(self) -> float | None:
@@ -190,6 +191,7 @@ def decode_connect_at(view, offset: int) -> Connect:
         syn_retransmits=r.syn_retransmits,
         sk=r.sk,
         netns=r.netns,
+        cgroup_id=r.cgroup_id,
     )
 
 

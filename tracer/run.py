@@ -144,22 +144,24 @@ def _options_dict(backend, interval, filters: Filters, **extra) -> dict:
 
 
 def header_for(session, recording_path=None, source="live",
-               filters: Filters | None = None) -> Header:
+               filters: Filters | None = None, notes: tuple = ()) -> Header:
     spots = blind_spots(session.info.backend, getattr(session.info, "drop_split", None))
     passed_over = tuple(session.info.passed_over)
     return Header(host=socket.gethostname(), kernel=os.uname().release,
                   backend=session.info.backend,
                   blind_spots=spots + tuple(session.info.notes) + tuple(
-                      f"not running {why}" for why in passed_over),
+                      f"not running {why}" for why in passed_over) + tuple(notes),
                   passed_over=tuple(why.split(":", 1)[0] for why in passed_over),
                   recording_path=recording_path, source=source,
                   filters=filters.describe() if filters is not None and filters.active else "")
 
 
 def make_collector(session, sinks, interval, clock, recording_path=None,
-                   recording_status=None, filters: Filters | None = None) -> Collector:
-    return Collector(session, sinks, interval,
-                     header=header_for(session, recording_path, filters=filters),
+                   recording_status=None, filters: Filters | None = None,
+                   containers=None) -> Collector:
+    return Collector(session, sinks, interval, containers=containers,
+                     header=header_for(session, recording_path, filters=filters,
+                                       notes=containers.notes if containers else ()),
                      clock=clock, recording_status=recording_status,
                      kernel_view=kernel_view(),
                      drop_points_hooked=session.info.backend in ("kprobe", "fentry"),
@@ -211,9 +213,17 @@ def _recording_args(recording) -> dict:
     return {"recording_path": str(recording.directory), "recording_status": recording.status}
 
 
-def _collect(session, sinks, interval, duration, clock, recording=None, filters=None):
+def container_cache():
+    """pid -> cgroup, container and pod, shared by the collector and the sinks."""
+    from tracer.probes.cgroups import ContainerCache
+
+    return ContainerCache()
+
+
+def _collect(session, sinks, interval, duration, clock, recording=None, filters=None,
+             containers=None):
     collector = make_collector(session, sinks, interval, clock, **_recording_args(recording),
-                               filters=filters)
+                               filters=filters, containers=containers)
     with stop_on_signals() as should_stop:
         try:
             return collector.run(should_stop, duration)
@@ -221,20 +231,63 @@ def _collect(session, sinks, interval, duration, clock, recording=None, filters=
             session.close()
 
 
+def _serve_metrics(metrics):
+    """The --metrics endpoint, listening before the probes load (a port in
+    use fails fast): a sink, or None."""
+    if metrics is None:
+        return None
+    from tracer.sinks.metrics_endpoint import MetricsSink
+
+    host, port, caps = metrics
+    return MetricsSink(host, port, caps)
+
+
+@contextmanager
+def _closed_on_failure(sink):
+    try:
+        yield
+    except BaseException:
+        if sink is not None:
+            sink.close()
+        raise
+
+
 def record(*, backend: str, interval: float, filters: Filters, out_dir: str,
-           duration: float | None, max_bytes: int | None = None) -> None:
+           duration: float | None, max_bytes: int | None = None, metrics=None) -> None:
     start = time.time()
-    session, recording = _start(
-        backend, filters, out_dir, _options_dict(backend, interval, filters, duration=duration,
-                                                 max_bytes=max_bytes), start, max_bytes)
+    metrics_sink = _serve_metrics(metrics)
+    with _closed_on_failure(metrics_sink):
+        session, recording = _start(
+            backend, filters, out_dir, _options_dict(backend, interval, filters,
+                                                     duration=duration, max_bytes=max_bytes),
+            start, max_bytes)
     recording.set_backend(session.info.backend)
     clock = Clock()
     sys.stderr.write(f"connscope: recording to {printable(out_dir)} (run {recording.run_id}, "
                      f"backend {session.info.backend}, {session.info.offsets_from}); "
                      f"Ctrl-C stops\n")
-    sinks = [RecordSink(recording, clock),
+    containers = container_cache()
+    for note in containers.notes:       # e.g. a pods directory others can write
+        sys.stderr.write(f"connscope: {printable(note)}\n")
+    sinks = [RecordSink(recording, clock, containers),
              StatusLineSink(recording_status=recording.status)]
-    _collect(session, sinks, interval, duration, clock, recording, filters)
+    if metrics_sink is not None:
+        sinks.append(metrics_sink)
+    _collect(session, sinks, interval, duration, clock, recording, filters, containers)
+
+
+def serve(*, backend: str, interval: float, filters: Filters, duration: float | None,
+          metrics) -> None:
+    """Headless, nothing written: the --metrics endpoint alone."""
+    start = time.time()
+    metrics_sink = _serve_metrics(metrics)
+    with _closed_on_failure(metrics_sink):
+        session, _ = _start(backend, filters, None, {}, start, None)
+    host, port = metrics_sink.address[:2]
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    sys.stderr.write(f"connscope: serving metrics at http://{printable(where)}/metrics "
+                     f"(backend {session.info.backend}); Ctrl-C stops\n")
+    _collect(session, [metrics_sink], interval, duration, Clock(), None, filters)
 
 
 class TuiSink:
@@ -260,7 +313,8 @@ def _exit_app(app) -> None:
         pass
 
 
-def _run_tui(session, sinks, interval, duration, clock, recording, filters=None) -> None:
+def _run_tui(session, sinks, interval, duration, clock, recording, filters=None,
+             containers=None) -> None:
     """The collector in a worker thread, the TUI in this one. Whatever ends
     first (q, SIGTERM, --duration, an error in collection) ends both, and the
     terminal is restored by Textual on the way out."""
@@ -269,11 +323,12 @@ def _run_tui(session, sinks, interval, duration, clock, recording, filters=None)
     from tracer.tui.app import build_app
 
     app = build_app(header_for(session, str(recording.directory) if recording else None,
-                               filters=filters))
+                               filters=filters, notes=containers.notes if containers else ()))
     stop = threading.Event()
     failure: list[BaseException] = []
     collector = make_collector(session, [TuiSink(app), *sinks], interval, clock,
-                               **_recording_args(recording), filters=filters)
+                               **_recording_args(recording), filters=filters,
+                               containers=containers)
 
     def collect():
         try:
@@ -305,19 +360,25 @@ def _run_tui(session, sinks, interval, duration, clock, recording, filters=None)
 
 
 def live(*, backend: str, interval: float, filters: Filters, record_dir: str | None,
-         plain: bool, duration: float | None, max_bytes: int | None = None) -> None:
+         plain: bool, duration: float | None, max_bytes: int | None = None,
+         metrics=None) -> None:
     start = time.time()
-    session, recording = _start(
-        backend, filters, record_dir or None,
-        _options_dict(backend, interval, filters, command="top"), start, max_bytes)
+    metrics_sink = _serve_metrics(metrics)
+    with _closed_on_failure(metrics_sink):
+        session, recording = _start(
+            backend, filters, record_dir or None,
+            _options_dict(backend, interval, filters, command="top"), start, max_bytes)
     clock = Clock()
-    sinks = []
+    sinks = [metrics_sink] if metrics_sink is not None else []
+    containers = container_cache()
     if recording is not None:
         recording.set_backend(session.info.backend)
-        sinks.append(RecordSink(recording, clock))
+        sinks.append(RecordSink(recording, clock, containers))
     # Not a terminal (| tee, ssh without a pty, scripts) or asked for: plain tables.
     if plain or not (sys.stdout.isatty() and sys.stdin.isatty()):
+        for note in containers.notes:
+            sys.stderr.write(f"connscope: {printable(note)}\n")
         sinks.insert(0, ConsoleSink(title=f"[{session.info.backend}] "))
-        _collect(session, sinks, interval, duration, clock, recording, filters)
+        _collect(session, sinks, interval, duration, clock, recording, filters, containers)
     else:
-        _run_tui(session, sinks, interval, duration, clock, recording, filters)
+        _run_tui(session, sinks, interval, duration, clock, recording, filters, containers)

@@ -61,6 +61,32 @@ def _endpoint(addr: str, port: str, who: str) -> list[Column]:
     ]
 
 
+def _containers(whose: str) -> list[Column]:
+    """Where the process runs (tracer/domain/containers.py); all null when unknown."""
+    return [
+        Column("cgroup_id", _I64, f"cgroup v2 id of {whose} (inode of its cgroup directory; what "
+               "bpf_get_current_cgroup_id() returns); null without cgroup v2 or if unknown",
+               True),
+        Column("cgroup", _STR, f"cgroup path of {whose} (v2; on a v1-only host, or where v2 "
+               "names nothing, the v1 path that names a container; at most 512 characters, a "
+               "longer one keeps its end after `...`); null if unknown", True),
+        Column("container_runtime", _STR, "what the cgroup path says made it: `docker`, "
+               "`containerd`, `cri-o`, `podman`, `conmon` (a container's monitor), `cri` (a "
+               "Kubernetes container whose runtime the path does not say), `systemd` (a "
+               "service); null if none", True),
+        Column("container_id", _STR, "container id (64 hex digits) from the cgroup path; for "
+               "`systemd`, the service's unit name; null if none", True),
+        Column("pod_namespace", _STR, "Kubernetes namespace of the pod, from the kubelet's "
+               "/var/log/pods directory names; null if none or unknown", True),
+        Column("pod_name", _STR, "Kubernetes pod name (as pod_namespace)", True),
+        Column("pod_uid", _STR, "Kubernetes pod uid, from the kubepods cgroup path (systemd "
+               "or cgroupfs driver); null if not in a pod", True),
+        Column("container_name", _STR, "Kubernetes container name, from /var/log/containers "
+               "(by container id) or the pod's only container directory in /var/log/pods; "
+               "null if unknown", True),
+    ]
+
+
 _TABLE_ROWS = {
     "connects": "one row per outgoing connect attempt, written when it resolves",
     "accepts": "one row per connection accepted by an application",
@@ -103,6 +129,7 @@ _COLUMNS: dict[str, list[Column]] = {
                "null if established", True),
         Column("netns", _I64, "network namespace of the socket (inode of /proc/PID/ns/net of "
                "the process that connected); null if unknown (older recordings)", True),
+        *_containers("the process that connected"),
     ],
     "accepts": [
         *_common("when accept() returned"),
@@ -118,6 +145,7 @@ _COLUMNS: dict[str, list[Column]] = {
                "process that owns the listening socket, if not the acceptor; null if unknown",
                True),
         _NETNS,
+        *_containers("the process that accepted"),
     ],
     "overflows": [
         *_common("end of the interval"),
@@ -136,6 +164,7 @@ _COLUMNS: dict[str, list[Column]] = {
         Column("backlog_peak", _I32, "highest accept queue length seen in the interval"),
         Column("interval_s", _F64, "length of the interval, seconds"),
         Column("synack_retransmits", _I64, "SYN-ACK retransmissions in the interval"),
+        *_containers("the owner (pid)"),
     ],
     "listeners": [
         *_common("end of the interval"),
@@ -157,6 +186,7 @@ _COLUMNS: dict[str, list[Column]] = {
         Column("accept_wait_p99_us", _F64,
                "99th percentile of handshake done to accept() in the interval, microseconds; "
                "null if nothing was accepted", True),
+        *_containers("the owner (pid)"),
     ],
     "sockets": [
         *_common("end of the interval"),
@@ -207,6 +237,7 @@ _COLUMNS: dict[str, list[Column]] = {
                "memory the kernel charged to the send queues of its TCP sockets (sum of "
                "`ss -tm` skmem `w`, wmem_queued: data written and not yet acknowledged), "
                "bytes; null as socket_rmem_bytes", True),
+        *_containers("the process"),
     ],
     "pools": [
         *_common("end of the interval"),
@@ -230,6 +261,7 @@ _COLUMNS: dict[str, list[Column]] = {
         Column("window_s", _F64, "seconds the rate and hold time cover: the last 30 intervals, "
                "or since the process first connected there; null in recordings made before "
                "this column", True),
+        *_containers("the process"),
     ],
     "tcp_memory": [
         *_common("end of the interval"),

@@ -126,6 +126,21 @@ def test_doctor_runs_from_the_installed_package(installed, tmp_path):
     assert "backend" in json.loads(proc.stdout)
 
 
+def test_the_installed_package_serves_metrics(installed, tmp_path):
+    """--metrics needs prometheus_client: a declared dependency, installed with
+    the wheel (Debian's python3-prometheus-client is not what is imported)."""
+    code = ("import urllib.request, prometheus_client as p; "
+            "from tracer.sinks.metrics_endpoint import MetricsSink; "
+            "s = MetricsSink('127.0.0.1', 0); "
+            "u = f'http://127.0.0.1:{s.address[1]}/metrics'; "
+            "print(p.__file__); print(urllib.request.urlopen(u, timeout=10).read().count(b'\\nconnscope_')); "
+            "s.close()")
+    out = _run([str(installed / "bin" / "python"), "-c", code], cwd=tmp_path,
+               env={"PATH": "/usr/bin:/bin"}).stdout.split()
+    assert out[0].startswith(str(installed)), f"imported {out[0]}, not the venv's"
+    assert int(out[1]) >= 5   # the tracer's own totals, there before any event
+
+
 def test_recover_runs_from_the_installed_package(installed, tmp_path):
     """`connscope recover` on a recorder killed with SIGKILL, from the user's
     install: every journaled row ends up in Parquet the wheel's pyarrow reads."""

@@ -235,6 +235,31 @@ async def test_g_switches_connects_between_destinations_and_processes(snaps):
         assert "10.0.0.10:5432" in {r.split()[0] for r in rows(app, "connects")}
 
 
+async def test_g_cycles_through_containers_where_they_are_known(snaps):
+    from tracer.aggregate.connects import ConnectTable
+    from tracer.domain.containers import HOST
+
+    t = ConnectTable()
+    for ev in synthetic_connects():
+        t.add(ev, "shop/web-1/nginx" if ev.pid == 1001 else HOST)
+    t.roll(1.0)
+    app = live_app(replace(snaps[-1], containers_connects=tuple(t.by_container())))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("2", "g")
+        assert "(g: by container)" in text(app, "#connects-caption")
+        await pilot.press("g")
+        assert "connects by container" in text(app, "#connects-caption")
+        assert {r.split()[0] for r in rows(app, "connects")} == {"shop/web-1/nginx", HOST}
+        await pilot.press("g")
+        assert "connects by destination" in text(app, "#connects-caption")
+
+
+def synthetic_connects():
+    from tests.unit.test_connect_table import connect
+
+    return [connect(pid=pid) for pid in (1001, 1001, 2002)]
+
+
 @pytest.mark.parametrize("key", ["p", "space"])
 async def test_pause_freezes_the_display_while_snapshots_arrive(snaps, key):
     app = live_app(snaps[10])

@@ -65,21 +65,26 @@ def test_ctypes_layout_matches_the_c_compiler(tmp_path):
 
 
 # connect_event by hand, native byte order (the kernel's), no padding per event.h's rule
-LAYOUT = "=IIIiQQQ16s16sHHHBB16sI4s"
+LAYOUT = "=IIIiQQQ16s16sHHHBB16sI4sQ"
 
 
 def pack(family=socket.AF_INET, saddr="10.1.2.3", daddr="192.168.7.9", sport=54321, dport=443,
          outcome="OUTCOME_ESTABLISHED", err=0, comm=b"curl", start=7_000_000_000,
-         end=7_000_250_000, pid=4242, tid=4243, syn_retransmits=2, netns=4026531840):
+         end=7_000_250_000, pid=4242, tid=4243, syn_retransmits=2, netns=4026531840,
+         cgroup_id=0):
     out = outcome if isinstance(outcome, int) else CONSTANTS[outcome]
     return struct.pack(LAYOUT, CONSTANTS["EV_CONNECT"], pid, tid, err, start, end,
                        0xFFFF888812345678, socket.inet_pton(family, saddr),
                        socket.inet_pton(family, daddr), sport, dport, syn_retransmits, family, out,
-                       comm, netns, b"")
+                       comm, netns, b"", cgroup_id)
 
 
 def test_hand_packed_layout_has_the_size_of_the_record():
     assert struct.calcsize(LAYOUT) == ctypes.sizeof(events.ConnectRecord)
+
+
+def test_decode_cgroup_id():
+    assert decode_connect(pack(cgroup_id=1393)).cgroup_id == 1393
 
 
 def test_decode_ipv4():

@@ -122,6 +122,7 @@ IDLE_INTERVALS = HISTORY
 # tracer/aggregate/sockets.py), so code that reads a key's shape still works.
 OTHER_DESTINATION = (0, "other", 0)
 OTHER_PROCESS = (0,)
+OTHER_CONTAINER = ("other",)
 
 
 class _Keyed:
@@ -259,24 +260,34 @@ class ConnectTable:
         self._pending: dict = {}
         self._dest = _Keyed(OTHER_DESTINATION, max_keys, idle_intervals)
         self._proc = _Keyed(OTHER_PROCESS, max_keys, idle_intervals)
+        # by container (its label), only fed where containers are resolved
+        self._cont = _Keyed(OTHER_CONTAINER, max_keys, idle_intervals)
         self._comm: dict[int, str] = {}   # only of pids with a row
         self.events = 0
 
-    def add(self, ev: Connect) -> None:
+    def add(self, ev: Connect, container: str | None = None) -> None:
+        """Count ev; `container`: the group of the process's container
+        (tracer.domain.containers.group_label), None where containers are not resolved."""
         self.events += 1
         self._dest.add((ev.family, ev.daddr, ev.dport), ev)
         if self._proc.add((ev.pid,), ev):
             self._comm[ev.pid] = ev.comm
+        if container is not None:
+            self._cont.add((container,), ev)
 
     def roll(self, seconds: float) -> None:
         """Close the current interval (call once per interval)."""
         self._dest.roll(seconds)
         for (pid,) in self._proc.roll(seconds):
             self._comm.pop(pid, None)
+        self._cont.roll(seconds)
 
     @property
     def evicted(self) -> dict[str, int]:
-        return {"destinations": self._dest.evicted, "processes": self._proc.evicted}
+        out = {"destinations": self._dest.evicted, "processes": self._proc.evicted}
+        if self._cont.evicted:
+            out["containers"] = self._cont.evicted
+        return out
 
     def set_pending(self, pending: dict) -> None:
         """{(family, daddr, dport): (count, oldest age in seconds)} right now."""
@@ -287,3 +298,7 @@ class ConnectTable:
 
     def by_process(self) -> list[ConnectRow]:
         return self._proc.rows(lambda k: f"{k[0]} {self._comm.get(k[0], '?')}")
+
+    def by_container(self) -> list[ConnectRow]:
+        """Rows per container label; empty where containers are not resolved."""
+        return self._cont.rows(lambda k: k[0])

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from tracer.aggregate.connects import ConnectRow
 from tracer.aggregate.edges import EdgeRow
 from tracer.domain import memory, tcp_memory
+from tracer.domain.containers import Attribution
 from tracer.domain.addresses import endpoint
 from tracer.domain.listeners import spans_namespaces, with_netns
 
@@ -35,6 +36,7 @@ class ListenerRow:
     netns: int | None = None    # network namespace inode (None: unknown)
     cookie_drops: int = 0       # of `drops`: SYN-cookie handshakes dropped (client thinks it is connected)
     netns_in_label: bool = False  # the rows shown with it span namespaces (spans_namespaces)
+    container: Attribution | None = None  # the owner's cgroup, container, pod (None: unknown)
 
     @property
     def label(self) -> str:
@@ -92,6 +94,7 @@ class ProcessRow:
     socket_rmem_bytes: int | None = None    # charged to its TCP sockets' receive queues (ss -tm r)
     socket_wmem_bytes: int | None = None    # ... and send queues (ss -tm w)
     unread_intervals: int = 0               # scans in a row with unread data never shrinking
+    container: Attribution | None = None    # its cgroup, container, pod (None: unknown)
 
     @property
     def sockets(self) -> int:
@@ -169,6 +172,7 @@ class Snapshot:
     missed_by: tuple[tuple[str, int], ...] = ()
     destinations: tuple[ConnectRow, ...] = ()
     processes_connects: tuple[ConnectRow, ...] = ()
+    containers_connects: tuple[ConnectRow, ...] = ()   # by container label; () if unresolved
     listeners: tuple[ListenerRow, ...] = ()
     processes: tuple[ProcessRow, ...] = ()
     notable: tuple[Notable, ...] = ()   # newest last; bounded

@@ -8,6 +8,7 @@ from tracer.aggregate.edges import EdgeRow
 from tracer.aggregate.histogram import Histogram
 from tracer.aggregate.snapshot import (ListenerRow, PoolAdvice, ProcessRow, TcpMemoryRow,
                                        label_namespaces)
+from tracer.domain.containers import from_row
 from tracer.domain.listeners import key_of_row, listener_of_accept
 from tracer.events import Connect
 
@@ -90,7 +91,8 @@ def listener_rows(listeners: Iterable[dict], overflows: Iterable[dict], accepts:
             accept_wait_p50_us=_percentile(w, 50),   # not recorded: from the accepts rows
             accept_wait_p99_us=p99 if p99 is not None else _percentile(w, 99),
             synack_retransmits=(o or {}).get("synack_retransmits") or 0,
-            netns=key.netns or None, cookie_drops=(o or {}).get("cookie_drops") or 0))
+            netns=key.netns or None, cookie_drops=(o or {}).get("cookie_drops") or 0,
+            container=from_row(owner)))
     return label_namespaces(out)
 
 
@@ -131,7 +133,7 @@ def process_rows(sockets: Iterable[dict], pools: Iterable[dict],
             memory_limit_from=r.get("memory_limit_from"),
             listen_backlog=r.get("listen_backlog") or 0,
             socket_rmem_bytes=r.get("socket_rmem_bytes"),
-            socket_wmem_bytes=r.get("socket_wmem_bytes")))
+            socket_wmem_bytes=r.get("socket_wmem_bytes"), container=from_row(r)))
     return out
 
 

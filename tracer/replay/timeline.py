@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 from tracer.aggregate.connects import ConnectTable, destination_label
 from tracer.aggregate.notable import NotableLog
 from tracer.aggregate.snapshot import Header, Notable, Snapshot
+from tracer.domain.containers import group_of_row
 from tracer.domain.durations import duration
 from tracer.domain.hooks import missed_runs_from, skipped_runs_text
 from tracer.replay.controller import ReplayError
@@ -174,7 +175,7 @@ class _Cursor:
         end_us = int(run.ends[i])
         for row in run.tables["connects"].rows(i):
             ev = connect_from_row(row)
-            self.connects.add(ev)
+            self.connects.add(ev, group_of_row(row))
             # the live log stamps a connect when it resolved
             self.log.connect(ev, row["ts"] + int(ev.latency_us or 0))
         self.connects.roll(seconds)
@@ -196,6 +197,7 @@ class _Cursor:
             missed_by=self.missed_by,
             destinations=tuple(self.connects.by_destination()),
             processes_connects=tuple(self.connects.by_process()),
+            containers_connects=tuple(self.connects.by_container()),
             listeners=tuple(listeners), processes=tuple(processes), notable=notable,
             recording_bytes=self.recording_bytes,
             tcp_memory=tcp_memory_row(run.tables["tcp_memory"].rows(i)),

@@ -357,6 +357,21 @@ def _edges(s: Summary) -> str:
                             "drops"), rows, numeric=(4, 5, 6, 7, 8, 9, 10, 11, 12, 13), bad=bad))
 
 
+def _containers(s: Summary) -> str:
+    """By container or pod; absent when no row names one (nothing to say)."""
+    if not s.containers:
+        return ""
+    rows = [(c.label, c.host, c.connects, c.connect_failures, c.accepts, c.drops, c.processes)
+            for c in s.containers]
+    bad = [[False] * 3 + [bool(c.connect_failures), False, bool(c.drops), False]
+           for c in s.containers]
+    return _section("containers", "By container or pod",
+                    _p("Connects made and failed, connections accepted and accept-queue drops "
+                       "of the processes in each; host: in no container."),
+                    _table(("container or pod", "host", "connects", "failed", "accepts",
+                            "dropped", "processes"), rows, numeric=(2, 3, 4, 5, 6), bad=bad))
+
+
 def _problems(s: Summary) -> str:
     problems = s.overview.problems
     if not problems:
@@ -369,7 +384,8 @@ def _problems(s: Summary) -> str:
 def render_html(s: Summary, source: str = "") -> str:
     body = (_header(s, source) + "<main>" + _banners(s) + _findings(s) + _hosts(s)
             + _listeners(s)
-            + _failing(s) + _latency(s) + _processes(s) + _edges(s) + _pool(s) + _overview(s)
+            + _failing(s) + _latency(s) + _processes(s) + _containers(s) + _edges(s)
+            + _pool(s) + _overview(s)
             + _problems(s) + "</main>")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"

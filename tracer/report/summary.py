@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from tracer.report.arrow_stats import nice_bucket_us, typical_interval_us
+from tracer.report.containers import ContainerStats, container_stats
 from tracer.report.destinations import (
     ConnectingProcess,
     DestinationStats,
@@ -69,6 +70,7 @@ class Summary:
     edges: tuple[EdgeStats, ...] = ()               # the connection map, busiest first (TOP_EDGES)
     edges_seen: int = 0
     hosts: tuple[HostStats, ...] = ()               # per host; they add up to the totals
+    containers: tuple[ContainerStats, ...] = ()     # by container or pod; () if none named
 
     @property
     def tables_present(self) -> set[str]:
@@ -121,7 +123,8 @@ def summarize_tables(tables: dict[str, pa.Table], manifests: list[dict] = (),
         listeners_seen=len(all_listeners), by_sockets=tuple(procs[:TOP]),
         by_churn=tuple(churn), processes_seen=len(procs), pool=tuple(advice),
         bucket_us=bucket_us, tcp_memory=tuple(hosts_tcp), edges=tuple(edges[:TOP_EDGES]),
-        edges_seen=len(edges), hosts=tuple(host_stats(connects, all_listeners, ov.runs)))
+        edges_seen=len(edges), hosts=tuple(host_stats(connects, all_listeners, ov.runs)),
+        containers=tuple(container_stats(tables)[:TOP]))
 
 
 def summarize(data: RecordingData) -> Summary:

@@ -234,6 +234,18 @@ def _edges(s: Summary) -> list[str]:
     return out
 
 
+def _containers(s: Summary) -> list[str]:
+    out = ["", "BY CONTAINER OR POD (connects made, connections accepted and accept-queue drops "
+               "of the processes in each; `host`: in no container)"]
+    if not s.containers:
+        return out + ["  no row names a container or pod (none ran here, or recorded before "
+                      "connscope named them)"]
+    return out + table(("container or pod", "host", "connects", "failed", "accepts", "dropped",
+                        "processes"),
+                       [(c.label, c.host, c.connects, c.connect_failures, c.accepts, c.drops,
+                         c.processes) for c in s.containers])
+
+
 def _pool(s: Summary) -> list[str]:
     out = ["", f"POOL ADVICE (each flow's busiest window, as recorded in the pools table; "
                f"{FORMULA})"]
@@ -263,5 +275,6 @@ def _problems(s: Summary) -> list[str]:
 def render_text(s: Summary, source: str = "") -> str:
     lines = (_header(s, source) + _findings(s.findings) + _recording(s) + _hosts(s)
              + _destinations(s)
-             + _listeners(s) + _processes(s) + _edges(s) + _pool(s) + _problems(s))
+             + _listeners(s) + _processes(s) + _containers(s) + _edges(s) + _pool(s)
+             + _problems(s))
     return "\n".join(lines) + "\n"

@@ -3,34 +3,49 @@ from __future__ import annotations
 
 from tracer.aggregate.snapshot import ListenerRow, Snapshot
 from tracer.clock import Clock
-from tracer.domain import outcomes
+from tracer.domain import containers, outcomes
 from tracer.events import Accept, Connect
 
 
 CONNECT_FIELDS = ("ts", "pid", "tid", "comm", "family", "saddr", "sport", "daddr", "dport",
-                  "latency_us", "outcome", "syn_retransmits", "errno", "netns")
+                  "latency_us", "outcome", "syn_retransmits", "errno", "netns",
+                  *containers.COLUMNS)
 ACCEPT_FIELDS = ("ts", "pid", "comm", "family", "laddr", "lport", "raddr", "rport",
-                 "queue_wait_us", "backlog_len", "backlog_max", "listener_pid", "netns")
+                 "queue_wait_us", "backlog_len", "backlog_max", "listener_pid", "netns",
+                 *containers.COLUMNS)
+_NO_CONTAINER = containers.values(None)
 
 
-def connect_values(ev: Connect, clock: Clock) -> tuple:
+def _no_container(pid: int, cgroup_id: int = 0) -> tuple:
+    return _NO_CONTAINER
+
+
+def connect_values(ev: Connect, clock: Clock, where=_NO_CONTAINER) -> tuple:
     """A connects row, in CONNECT_FIELDS order (tuples: cheaper than dicts
-    at tens of thousands a second, and turned into columns in one zip)."""
+    at tens of thousands a second, and turned into columns in one zip);
+    `where`: containers.values() of the process."""
     return (
         clock.wall_us(ev.ts_start_ns),   # SPEC: when connect() was called
         ev.pid, ev.tid, ev.comm, ev.family, ev.saddr, ev.sport, ev.daddr, ev.dport,
         ev.latency_us, ev.outcome, ev.syn_retransmits,
         None if ev.outcome == outcomes.ESTABLISHED else ev.err, ev.netns or None,
+        *where,
     )
 
 
-def accept_values(ev: Accept, clock: Clock) -> tuple:
+def accept_values(ev: Accept, clock: Clock, where=_NO_CONTAINER) -> tuple:
     return (clock.wall_us(ev.ts_ns), ev.pid, ev.comm, ev.family, ev.laddr, ev.lport, ev.raddr,
-            ev.rport, ev.queue_wait_us, ev.backlog_len, ev.backlog_max, None, ev.netns or None)
+            ev.rport, ev.queue_wait_us, ev.backlog_len, ev.backlog_max, None, ev.netns or None,
+            *where)
 
 
-def connect_row(ev: Connect, clock: Clock) -> dict:
-    return dict(zip(CONNECT_FIELDS, connect_values(ev, clock)))
+def connect_row(ev: Connect, clock: Clock, where=_NO_CONTAINER) -> dict:
+    return dict(zip(CONNECT_FIELDS, connect_values(ev, clock, where)))
+
+
+def _where(r) -> dict:
+    """The container columns of an interval row (ListenerRow, ProcessRow)."""
+    return dict(zip(containers.COLUMNS, containers.values(r.container)))
 
 
 def listener_row(r: ListenerRow, ts_us: int) -> dict:
@@ -39,7 +54,7 @@ def listener_row(r: ListenerRow, ts_us: int) -> dict:
         "comm": r.comm, "backlog_max": r.backlog_max, "queue_len": r.queue_len,
         "queue_peak": r.queue_peak, "overflows_total": r.drops_total,
         "syn_queue_len": r.syn_queue_len, "drops": r.drops + r.syn_drops,
-        "accepts": r.accepts, "accept_wait_p99_us": r.accept_wait_p99_us,
+        "accepts": r.accepts, "accept_wait_p99_us": r.accept_wait_p99_us, **_where(r),
     }
 
 
@@ -49,7 +64,7 @@ def overflow_row(r: ListenerRow, ts_us: int, interval_s: float) -> dict:
         "comm": r.comm, "drops": r.drops, "syn_drops": r.syn_drops,
         "cookie_drops": r.cookie_drops,
         "backlog_max": r.backlog_max, "backlog_peak": r.queue_peak, "interval_s": interval_s,
-        "synack_retransmits": r.synack_retransmits,
+        "synack_retransmits": r.synack_retransmits, **_where(r),
     }
 
 
@@ -63,6 +78,7 @@ def socket_row(r, ts_us: int) -> dict:
         "cgroup_memory_bytes": r.cgroup_memory_bytes, "memory_limit_bytes": r.memory_limit_bytes,
         "memory_limit_from": r.memory_limit_from, "listen_backlog": r.listen_backlog,
         "socket_rmem_bytes": r.socket_rmem_bytes, "socket_wmem_bytes": r.socket_wmem_bytes,
+        **_where(r),
     }
 
 
@@ -72,8 +88,8 @@ def pool_rows(r, ts_us: int) -> list[dict]:
         "arrival_per_s": a.arrival_per_s, "hold_s": a.hold_s,
         "concurrency_mean": a.concurrency_mean, "concurrency_p99": a.concurrency_p99,
         "concurrency_peak": a.concurrency_peak, "recommended": a.recommended,
-        "in_use": a.in_use, "verdict": a.verdict, "window_s": a.window_s,
-    } for a in r.advice]
+        "in_use": a.in_use, "verdict": a.verdict, "window_s": a.window_s, **where,
+    } for a in r.advice for where in (_where(r),)]
 
 
 def edge_row(e, ts_us: int, interval_s: float) -> dict:
@@ -98,9 +114,12 @@ class RecordSink:
     BATCH_ROWS): turning rows into Arrow costs ~60 us a call whatever the
     size, which per poll was most of our CPU at a few thousand connects/s."""
 
-    def __init__(self, recording, clock: Clock):
+    def __init__(self, recording, clock: Clock, containers=None):
         self.recording = recording
         self.clock = clock
+        # (pid, cgroup id) -> container columns (tracer.probes.cgroups.ContainerCache.
+        # columns_of); the collector has resolved this poll's pids and ids before on_events
+        self._container = containers.columns_of if containers is not None else _no_container
         self._rows: dict[str, list] = {"connects": [], "accepts": []}
         self._fields = {"connects": CONNECT_FIELDS, "accepts": ACCEPT_FIELDS}
 
@@ -112,13 +131,13 @@ class RecordSink:
 
     def on_events(self, events) -> None:
         connects, accepts = self._rows["connects"], self._rows["accepts"]
-        clock = self.clock
+        clock, container = self.clock, self._container
         for ev in events:
             kind = type(ev)
             if kind is Connect:
-                connects.append(connect_values(ev, clock))
+                connects.append(connect_values(ev, clock, container(ev.pid, ev.cgroup_id)))
             elif kind is Accept:
-                accepts.append(accept_values(ev, clock))
+                accepts.append(accept_values(ev, clock, container(ev.pid, 0)))
         for table, rows in self._rows.items():
             if len(rows) >= BATCH_ROWS:
                 self._hand_over(table)

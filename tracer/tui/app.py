@@ -39,6 +39,9 @@ REPLAY_TICK_S = 0.1
 HISTOGRAM_PANEL = 46        # width of #connects-hist in app.tcss
 
 
+GROUP_WORDS = {"dest": "destination", "proc": "process", "cont": "container"}
+
+
 class SnapshotArrived(Message):
     """A wake-up only: the newest snapshot waits in the app's mailbox."""
 
@@ -199,8 +202,9 @@ class ConnscopeApp(App):
 
     def _spec(self, view: str) -> TableSpec:
         if view == "connects":
-            return table_views.CONNECTS_BY_PROC if self.group == "proc" else \
-                table_views.CONNECTS_BY_DEST
+            return {"proc": table_views.CONNECTS_BY_PROC,
+                    "cont": table_views.CONNECTS_BY_CONTAINER}.get(self.group,
+                                                                   table_views.CONNECTS_BY_DEST)
         return {"overview": table_views.OVERVIEW, "listeners": table_views.LISTENERS,
                 "processes": table_views.PROCESSES, "log": table_views.LOG,
                 "map": map_view.MAP}[view]
@@ -311,16 +315,16 @@ class ConnscopeApp(App):
 
     def _refresh_caption(self, view: str, shown: int, matched: int, total: int) -> None:
         what = {"overview": "problems, worst first",
-                "connects": "connects by process" if self.group == "proc" else
-                            "connects by destination",
+                "connects": {"proc": "connects by process",
+                             "cont": "connects by container"}.get(self.group,
+                                                                   "connects by destination"),
                 "listeners": "listening sockets", "processes": "processes with TCP sockets",
                 "log": "notable events, newest first",
                 "map": "connection map: client → destination → serving process"}[view]
         t = Text(" ")
         t.append(what, style="bold")
         if view == "connects":
-            t.append("  (g: by destination)" if self.group == "proc" else "  (g: by process)",
-                     style="dim")
+            t.append(f"  (g: by {GROUP_WORDS[self._next_group()]})", style="dim")
         t.append(f"   {matched:,} of {total:,}" if self.filter_text else f"   {total:,}",
                  style="dim")
         if shown < matched:
@@ -491,9 +495,19 @@ class ConnscopeApp(App):
         self.sort[self.active] = (self.sort[self.active] + 1) % len(spec.sorts)
         self._refresh_all()
 
+    def _next_group(self) -> str:
+        """Destination -> process -> container -> destination; container only
+        where the snapshot has container groups (containers resolved here)."""
+        if self.group == "dest":
+            return "proc"
+        if self.group == "proc" and self._shown is not None and \
+                self._shown.containers_connects:
+            return "cont"
+        return "dest"
+
     def action_toggle_group(self) -> None:
-        """Connects by destination <-> by process (from another view: go there)."""
-        self.group = "proc" if self.group == "dest" else "dest"
+        """Connects by destination, process, container (from another view: go there)."""
+        self.group = self._next_group()
         self._selected["connects"] = None
         self._pinned["connects"] = False
         self._set_columns("connects")

@@ -98,11 +98,30 @@ def histogram_text(buckets, width: int, rows: int = 7) -> Text:
 
 # ---------------------------------------------------------------- listeners and processes
 
+def container_lines(t: Text, where) -> None:
+    """Where the process runs (tracer.domain.containers.Attribution), if known.
+    Every part was named by someone else: shown through printable."""
+    if where is None or where.cgroup is None:
+        return
+    if where.pod_uid:
+        pod = (f"{where.pod_namespace}/{where.pod_name}" if where.pod_name
+               else "(name not known)")
+        _kv(t, "pod", printable(f"{pod} uid {where.pod_uid}"), "bold")
+        if where.container_name:
+            _kv(t, "container name", printable(where.container_name), "bold")
+    if where.container_id:
+        _kv(t, where.container_runtime or "container", printable(where.container_id), "bold")
+    cid = f" (id {where.cgroup_id})" if where.cgroup_id is not None else ""
+    _kv(t, "cgroup", printable(where.cgroup) + cid)
+    t.append("\n")
+
+
 def listener_summary(r: ListenerRow) -> Text:
     t = Text()
     t.append(printable(r.label), style="bold cyan")
     t.append(f"  owner {printable(r.comm or '?')}[{r.pid if r.pid is not None else '?'}]\n",
              style="dim")
+    container_lines(t, r.container)
     fill = r.queue_peak / r.backlog_max if r.backlog_max else 0.0
     t.append("accept queue ", style="dim")
     t.append(bar(r.queue_len / r.backlog_max if r.backlog_max else 0.0, 30),
@@ -125,6 +144,7 @@ def process_summary(p: ProcessRow) -> Text:
     t = Text()
     t.append(f"{printable(p.comm)}[{p.pid}]", style="bold cyan")
     t.append(f"  {p.sockets:,} TCP sockets\n", style="dim")
+    container_lines(t, p.container)
     for name, n in (("ESTABLISHED", p.established), ("SYN_SENT", p.syn_sent),
                     ("LISTEN", p.listen), ("CLOSE_WAIT", p.close_wait), ("other", p.other)):
         _kv(t, name, f"{n:,}", "bold yellow" if name == "CLOSE_WAIT" and n else "bold")

@@ -98,6 +98,14 @@ def severity_cell(severity: str) -> Text:
     return Text(f" {SEVERITY_WORD.get(severity, severity)} ", style=SEVERITY_STYLE.get(severity, ""))
 
 
+def _where(r) -> str:
+    """A row's container and pod, for the filter (`f web-1` finds a pod's rows)."""
+    a = r.container
+    if a is None:
+        return ""
+    return " ".join(x for x in (a.container_label, a.container_id, a.pod_uid) if x)
+
+
 def _who(pid: int | None, comm: str | None) -> str:
     if pid is None:
         return comm or "?"
@@ -182,6 +190,16 @@ CONNECTS_BY_DEST = TableSpec(
     search_text=lambda r: r.label,
 )
 
+CONNECTS_BY_CONTAINER = TableSpec(
+    name="connects",
+    columns=_connect_columns("CONTAINER", 19),
+    sorts=_CONNECT_SORTS,
+    items=lambda s: s.containers_connects,
+    row_key=lambda r: ("cont", r.key),
+    cells=_connect_cells,
+    search_text=lambda r: r.label,
+)
+
 CONNECTS_BY_PROC = TableSpec(
     name="connects",
     columns=_connect_columns("PROCESS", 19),
@@ -224,7 +242,7 @@ LISTENERS = TableSpec(
     items=lambda s: s.listeners,
     row_key=lambda r: (r.family, r.laddr, r.lport),
     cells=_listener_cells,
-    search_text=lambda r: f"{r.label} {r.pid or ''} {r.comm or ''}",
+    search_text=lambda r: f"{r.label} {r.pid or ''} {r.comm or ''} {_where(r)}",
 )
 
 
@@ -275,7 +293,7 @@ PROCESSES = TableSpec(
     items=lambda s: s.processes,
     row_key=lambda p: (p.pid,),
     cells=_process_cells,
-    search_text=lambda p: f"{p.pid} {p.comm}",
+    search_text=lambda p: f"{p.pid} {p.comm} {_where(p)}",
 )
 
 

@@ -1,0 +1,254 @@
+"""Container and pod attribution against real containers (runc, busybox):
+a server in a kubepods-shaped container (a pod the test describes in a pods
+directory of its own, as the kubelet's /var/log/pods) and a client in a
+docker-shaped one, both in a network namespace the test makes; a real
+`connscope record` must put the right container, runtime, cgroup id, pod
+and netns on every row, and the accept-queue overflow on the server's
+container. Then a pods directory planted by an unprivileged user is not
+believed."""
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from tests.hostile_fs import needs_setpriv, nobody_home, plant_dirs, plant_link, tree, victim  # noqa: F401
+from tests.kernel import runc_containers
+from tests.kernel.test_record_cli import CONNSCOPE, ROOT, wait_started
+from tests.kernel.workloads import wait_for
+
+pytestmark = pytest.mark.kernel
+
+CLIENTS_OK, CLIENTS_BLOCKED = 4, 24
+BUSYBOX_HTTPD_BACKLOG = 9       # busybox httpd listens with backlog 9: a queue of 10
+
+
+@pytest.fixture
+def runc(tmp_path):
+    why = runc_containers.available()
+    if why:
+        pytest.skip(why)
+    r = runc_containers.Runc(tmp_path / "runc")
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def netns():
+    name = f"cs-ct-{os.getpid()}-{secrets.token_hex(2)}"
+    subprocess.run(["ip", "netns", "add", name], check=True, timeout=10)
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True, timeout=10)
+        yield name, f"/run/netns/{name}", os.stat(f"/run/netns/{name}").st_ino
+    finally:
+        subprocess.run(["ip", "netns", "del", name], timeout=10)
+
+
+def _listening(ns: str, port: int) -> bool:
+    out = subprocess.run(["ip", "netns", "exec", ns, "ss", "-Htln", f"sport = :{port}"],
+                         capture_output=True, text=True, timeout=10).stdout
+    return bool(out.strip())
+
+
+def _overflowed(ns: str, port: int) -> bool:
+    """The listener's accept queue is past its limit (ss: Recv-Q > Send-Q)."""
+    out = subprocess.run(["ip", "netns", "exec", ns, "ss", "-Htln", f"sport = :{port}"],
+                         capture_output=True, text=True, timeout=10).stdout.split()
+    return len(out) >= 3 and int(out[1]) > int(out[2])
+
+
+def _v2_id(cgroup_path: str) -> int | None:
+    from tracer.probes.cgroups import hierarchies
+
+    root = hierarchies().v2
+    return os.stat(root + cgroup_path).st_ino if root else None
+
+
+def _sql(out: Path, table: str, query: str) -> list[tuple]:
+    return duckdb.sql(query.replace(
+        "T", f"read_parquet('{out}/{table}/**/*.parquet', hive_partitioning=true, "
+             "union_by_name=true)", 1)).fetchall()
+
+
+def _recorder(out: Path, port: int, pods: Path, links: Path, duration: int = 40):
+    """A real `connscope record` reading the kubelet's directories from `pods`, `links`."""
+    return subprocess.Popen([*CONNSCOPE, "record", "--out", str(out), "--interval", "0.5",
+                             "--port", str(port), "--duration", str(duration)], cwd=ROOT,
+                            env={**os.environ, "CONNSCOPE_POD_LOGS": str(pods),
+                                 "CONNSCOPE_CONTAINER_LOGS": str(links)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _stop(proc) -> str:
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    return err
+
+
+def test_rows_name_the_container_pod_and_netns(runc, netns, tmp_path):
+    ns, ns_path, ns_inode = netns
+    port = 20000 + secrets.randbelow(20000)
+    server_id, client_id = secrets.token_hex(32), secrets.token_hex(32)
+    pod_uid = str(uuid.uuid4())
+    server_cg = f"/kubepods/burstable/pod{pod_uid}/{server_id}"
+    client_cg = f"/system.slice/docker-{client_id}.scope"
+    # the kubelet's directories, as it makes them: root's, 0755
+    pods, links = tmp_path / "pods", tmp_path / "containers"
+    (pods / f"shop_web-7d4b9c-xk2p_{pod_uid}" / "nginx").mkdir(parents=True)
+    (pods / f"shop_web-7d4b9c-xk2p_{pod_uid}" / "sidecar").mkdir()
+    links.mkdir()
+    (links / f"web-7d4b9c-xk2p_shop_nginx-{server_id}.log").symlink_to(
+        pods / f"shop_web-7d4b9c-xk2p_{pod_uid}" / "nginx" / "0.log")
+    for d in (tmp_path, pods, links):
+        os.chmod(d, 0o755)
+
+    out = tmp_path / "rec"
+    _v2_id_was: list = []
+    proc = _recorder(out, port, pods, links)
+    try:
+        wait_started(proc)
+        runc.run("server", ["httpd", "-f", "-p", f"127.0.0.1:{port}", "-h", "/"], server_cg,
+                 ns_path, timeout_s=40)
+        assert wait_for(lambda: _listening(ns, port), 10), "busybox httpd did not listen"
+        server_cg_id = _v2_id(server_cg)
+        # clients that hold their connection 2 s (nc reads from sleep): connected, served
+        script = (f"i=0; while [ $i -lt {CLIENTS_OK} ]; do (sleep 2 | nc 127.0.0.1 {port}) & "
+                  "i=$((i+1)); done; wait")
+        runc.run("client", ["sh", "-c", script], client_cg, ns_path, timeout_s=20)
+        client_cg_id = _v2_id(client_cg)
+        assert runc.wait("client", 20) is not None
+        # the server frozen: the queue fills and the rest overflow
+        runc.pause("server")
+        # (these clients stay until the container is killed: the queued ones
+        # connected, the rest still retrying their SYNs, which makes no row)
+        script = (f"i=0; while [ $i -lt {CLIENTS_BLOCKED} ]; do "
+                  f"(sleep 30 | nc 127.0.0.1 {port}) & i=$((i+1)); done; wait")
+        runc.run("client2", ["sh", "-c", script], client_cg + "-2", ns_path, timeout_s=30)
+        _v2_id_was.append(_v2_id(client_cg + "-2"))
+        assert wait_for(lambda: _overflowed(ns, port), 10), "no accept-queue overflow"
+        time.sleep(1.5)     # the last interval's listener rows
+    finally:
+        err = _stop(proc)
+    assert "not read from" not in err, err
+
+    connects = _sql(out, "connects", f"select container_runtime, container_id, cgroup, "
+                    f"cgroup_id, netns, pod_uid, outcome from T where dport = {port}")
+    first = [r for r in connects if r[1] == client_id]
+    assert len(first) == CLIENTS_OK, connects
+    assert {r[:6] for r in first} == {("docker", client_id, client_cg, client_cg_id, ns_inode,
+                                       None)}
+    assert all(r[6] == "established" for r in first)
+    # the frozen server's clients: their own container (the path's "-2" is no docker id)
+    second = [r for r in connects if r[1] != client_id]
+    assert BUSYBOX_HTTPD_BACKLOG <= len(second) < CLIENTS_BLOCKED, second
+    assert {r[2:6] for r in second} == {(client_cg + "-2", _v2_id_was[0], ns_inode, None)}
+
+    pod = ("cri", server_id, server_cg, server_cg_id, pod_uid, "shop", "web-7d4b9c-xk2p",
+           "nginx", ns_inode)
+    cols = ("container_runtime, container_id, cgroup, cgroup_id, pod_uid, pod_namespace, "
+            "pod_name, container_name, netns")
+    accepts = _sql(out, "accepts", f"select {cols} from T where lport = {port}")
+    assert len(accepts) == CLIENTS_OK and set(accepts) == {pod}, accepts
+    listeners = _sql(out, "listeners", f"select {cols} from T where lport = {port}")
+    assert listeners and set(listeners) == {pod}, listeners
+    overflows = _sql(out, "overflows", f"select {cols}, drops + syn_drops from T "
+                     f"where lport = {port}")
+    assert overflows and {r[:-1] for r in overflows} == {pod}, overflows
+    assert sum(r[-1] for r in overflows) > 0
+    sockets = _sql(out, "sockets", f"select distinct container_id, pod_name from T "
+                   f"where container_id is not null")
+    assert (server_id, "web-7d4b9c-xk2p") in sockets, sockets
+
+    # the report's section by container: the same totals as the rows
+    from tracer.report.reader import read_recording
+    from tracer.report.summary import summarize
+
+    by = {c.label: c for c in summarize(read_recording(out)).containers}
+    pod_row = by["shop/web-7d4b9c-xk2p/nginx"]
+    assert pod_row.accepts == CLIENTS_OK and pod_row.drops == sum(r[-1] for r in overflows)
+    assert by[f"docker:{client_id[:12]}"].connects == CLIENTS_OK
+
+
+@needs_setpriv
+def test_a_pods_directory_another_user_planted_is_not_believed(runc, tmp_path, nobody_home,
+                                                              victim):
+    """nobody makes a pods directory naming the real pod's uid with names of
+    their choosing, and a pod directory that is a link to root's; connscope,
+    as root, says it did not read it, and no row carries those names."""
+    port = 20000 + secrets.randbelow(20000)
+    server_id, pod_uid = secrets.token_hex(32), str(uuid.uuid4())
+    other_uid = "f" + pod_uid[1:]
+    pods = nobody_home / "pods"
+    plant_dirs(pods / f"evil_forged_{pod_uid}" / "fake")
+    plant_link(victim.dir, pods / f"evil_linked_{other_uid}")
+    planted = tree(nobody_home)
+
+    out = tmp_path / "rec"
+    proc = _recorder(out, port, pods, nobody_home / "containers", duration=30)
+    try:
+        wait_started(proc)
+        runc.run("server", ["httpd", "-f", "-p", f"127.0.0.1:{port}", "-h", "/"],
+                 f"/kubepods/pod{pod_uid}/{server_id}", None, timeout_s=30)
+        time.sleep(1.5)
+    finally:
+        err = _stop(proc)
+    assert f"pod names not read from {pods}: {nobody_home} is owned by uid 65534" in err, err
+    rows = _sql(out, "listeners", f"select container_id, pod_uid, pod_namespace, pod_name, "
+                f"container_name from T where lport = {port}")
+    assert rows and set(rows) == {(server_id, pod_uid, None, None, None)}, rows
+    victim.assert_untouched()
+    assert tree(nobody_home) == planted
+
+
+def test_short_lived_clients_are_named_by_the_cgroup_id_of_their_connect(runc, netns,
+                                                                          tmp_path):
+    """wget in a loop: each connects, is served and exits within
+    milliseconds, before the collector reads its pid; the cgroup id the
+    kernel put on its connect names its container all the same."""
+    ns, ns_path, ns_inode = netns
+    port = 20000 + secrets.randbelow(20000)
+    server_id, client_id = secrets.token_hex(32), secrets.token_hex(32)
+    client_cg = f"/system.slice/docker-{client_id}.scope"
+    out = tmp_path / "rec"
+    proc = _recorder(out, port, tmp_path / "no-pods", tmp_path / "no-links")
+    try:
+        wait_started(proc)
+        runc.run("server", ["httpd", "-f", "-p", f"127.0.0.1:{port}", "-h", "/"],
+                 f"/docker/{server_id}", ns_path, timeout_s=40)
+        assert wait_for(lambda: _listening(ns, port), 10), "busybox httpd did not listen"
+        script = (f"i=0; while [ $i -lt 30 ]; do wget -q -O /dev/null "
+                  f"http://127.0.0.1:{port}/ ; i=$((i+1)); done")
+        runc.run("client", ["sh", "-c", script], client_cg, ns_path, timeout_s=30)
+        client_cg_id = _v2_id(client_cg)
+        assert runc.wait("client", 30) is not None
+        time.sleep(1.0)
+    finally:
+        err = _stop(proc)
+    rows = _sql(out, "connects", f"select container_runtime, container_id, cgroup, cgroup_id, "
+                f"netns from T where dport = {port}")
+    assert len(rows) == 30, rows
+    assert set(rows) == {("docker", client_id, client_cg, client_cg_id, ns_inode)}, rows
+
+
+def test_path_of_a_cgroup_id():
+    from tracer.probes.cgroups import hierarchies, path_of_id
+
+    root = hierarchies().v2
+    if root is None:
+        pytest.skip("no cgroup v2 mounted here")
+    d = Path(root) / f"connscope-test-{secrets.token_hex(4)}" / "inner"
+    d.mkdir(parents=True)
+    try:
+        assert path_of_id(root, d.stat().st_ino) == "/" + d.relative_to(root).as_posix()
+        assert path_of_id(root, 1 << 62) is None
+    finally:
+        d.rmdir()
+        d.parent.rmdir()
