@@ -78,7 +78,7 @@ NOT_IN_GUEST_CI = {
         "tests (file names, the per-host report, DuckDB over a fleet) does not depend on the "
         "kernel, and its recordings use the same hooks as test_record_cli",
     "tests/kernel/test_containers.py":
-        "by hand, not yet run in a guest: runc and busybox-static are not in the guest images "
+        "by hand: not yet run in a guest: runc and busybox-static are not in the guest images "
         "yet; on the hybrid host it runs real runc containers (v2 ids from the unified "
         "hierarchy)",
     "tests/kernel/test_prometheus.py":
