@@ -321,6 +321,7 @@ def test_counts_match_ss_through_close_dup_shutdown_fork_and_exit(collector_run,
             assert holder.read().startswith("ready")
             assert server.wait_accepted(99) == 99
             pids = [holder.pid, server.pid]
+            missed_at_start = probe_session.counters()["missed_runs"]
 
             conns: set[tuple[str, str]] = set()   # the holder's connections, (local, peer)
 
@@ -344,7 +345,13 @@ def test_counts_match_ss_through_close_dup_shutdown_fork_and_exit(collector_run,
                 phases.append((phase, truth, got, closed_truth, closes))
                 assert same_view(truth, got), (
                     f"{phase}: connscope {got} != ss and /proc {truth}; {losses(probe_session)}")
-                assert closes == closed_truth, (
+                # A probe run the kernel skipped (the state-change program
+                # re-entered on its CPU: an interrupt during it, frequent in a
+                # TCG guest) loses its close, counted and shown as "probe runs
+                # skipped": the only loss allowed, and no more than it counts
+                # (22 of 50 closes once in trixie under QEMU, 44 runs skipped).
+                skipped = probe_session.counters()["missed_runs"] - missed_at_start
+                assert closes == closed_truth or closes < closed_truth <= closes + skipped, (
                     f"{phase}: {closes} close events, but {closed_truth} connections reached "
                     f"CLOSE; {losses(probe_session)}")
                 return truth

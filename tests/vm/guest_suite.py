@@ -83,7 +83,7 @@ NOT_IN_GUEST_CI = {
         "20 s; it records with `auto` and joins through sock_diag and /proc as test_record_cli "
         "does",
     "tests/kernel/test_containers.py":
-        "by hand, not yet run in a guest: runc and busybox-static are not in the guest images "
+        "by hand: not yet run in a guest: runc and busybox-static are not in the guest images "
         "yet; on the hybrid host it runs real runc containers (v2 ids from the unified "
         "hierarchy)",
     "tests/kernel/test_prometheus.py":
