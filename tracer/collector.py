@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Protocol
 
 from tracer.aggregate.connects import ConnectTable
+from tracer.aggregate.edges import EdgeTable
 from tracer.aggregate.listeners import ListenerTable
 from tracer.aggregate.notable import NotableLog
 from tracer.aggregate.sockets import ProcessTable
@@ -94,6 +95,7 @@ class Collector:
         limits = limits or {}
         self.connects = ConnectTable(limits.get("max_keys"), limits.get("idle_intervals"))
         self.listeners = ListenerTable(drop_points_hooked, limits.get("max_listeners"))
+        self.edges = EdgeTable(limits.get("max_edges"))
         self.processes = ProcessTable(limits.get("max_flows"), limits.get("max_processes"))
         self.log = NotableLog()
         self._events_total = 0
@@ -124,7 +126,8 @@ class Collector:
         )
 
     def evicted_by(self) -> dict[str, int]:
-        out = {**self.connects.evicted, **self.processes.evicted, **self.listeners.evicted}
+        out = {**self.connects.evicted, **self.processes.evicted, **self.listeners.evicted,
+               **self.edges.evicted}
         if self.containers is not None:
             # pids let go of by the bounded container cache (read again if seen again)
             out["container_cache"] = self.containers.evicted
@@ -146,6 +149,7 @@ class Collector:
         for ev in events:
             if isinstance(ev, Connect):
                 self.connects.add(ev, None if group is None else group(ev.pid, ev.cgroup_id))
+                self.edges.add(ev)
                 if self.log.wants_connect(ev):
                     self.log.connect(ev, self.clock.wall_us(ev.ts_end_ns))
                 if ev.outcome == "established":
@@ -175,9 +179,13 @@ class Collector:
         process_rows = self.processes.update(seconds, holdings, scanned_at)
         if self.containers is not None:
             listener_rows, process_rows = self._attribute(listener_rows, process_rows)
+        # (joined with every listener, shown or not: a filter picks edges, not servers)
+        edge_rows = self.edges.roll(seconds, listener_rows,
+                                    holdings if scanned_at is not None else None)
         if self.filters.active:
             listener_rows = [r for r in listener_rows if self.filters.keeps_listener(r)]
             process_rows = [p for p in process_rows if self.filters.keeps_process(p)]
+            edge_rows = [e for e in edge_rows if self.filters.keeps_edge(e)]
         self.log.listeners(listener_rows, now_us)
         self.log.lost_events(status.lost_total - self._lost_at_tick, now_us)
         self._lost_at_tick = status.lost_total
@@ -196,6 +204,7 @@ class Collector:
             containers_connects=tuple(self.connects.by_container()),
             listeners=tuple(listener_rows),
             processes=tuple(process_rows),
+            edges=tuple(edge_rows),
             notable=self.log.roll(now_us),
             **self._recording_fields(),
         )

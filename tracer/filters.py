@@ -84,6 +84,22 @@ class Filters:
             return False
         return not self.comm or row.comm == self.comm
 
+    def keeps_edge(self, row) -> bool:
+        """The connection map: an edge with connects passed the kernel's
+        filter; one seen only in the socket table is kept when its client and
+        destination match."""
+        if not self.active or row.attempts:
+            return True
+        if not row.family:
+            return False
+        if self.pids and row.pid not in self.pids:
+            return False
+        if self.comm and row.comm != self.comm:
+            return False
+        if self.family and row.family != self.family:
+            return False
+        return not self.ports or row.dport in self.ports
+
     def keeps_process(self, row) -> bool:
         """The processes view: --pid/--comm select processes; --port/-4/-6
         (a process holds sockets of every kind) keep the processes with

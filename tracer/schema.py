@@ -97,6 +97,9 @@ _TABLE_ROWS = {
              "the pool sizing advice (Little's law) behind the live view",
     "tcp_memory": "one row per interval: the host's TCP memory against net.ipv4.tcp_mem, and "
                   "what the TcpExt memory counters of /proc/net/netstat added",
+    "edges": "one row per edge of the connection map and interval: a client process and a "
+             "destination it connected to in the interval or holds connections to, and for a "
+             "destination that is a listener of this host, the process serving it",
 }
 
 _NETNS = Column("netns", _I64, "network namespace (inode of /proc/PID/ns/net): tells apart "
@@ -278,6 +281,35 @@ _COLUMNS: dict[str, list[Column]] = {
                "RcvPruned + OfoPruned)"),
         Column("aborts_on_memory", _I64, "connections aborted in the interval for want of memory "
                "(TcpExt TCPAbortOnMemory)"),
+    ],
+    "edges": [
+        *_common("end of the interval"),
+        *_process(),
+        _FAMILY,
+        *_endpoint("daddr", "dport", "destination"),
+        Column("netns", _I64, "network namespace of the client's connects (the listener is "
+               "looked up in it); null if unknown", True),
+        Column("connects", _I64, "connect attempts on the edge in the interval (every outcome)"),
+        Column("connects_per_s", _F64, "connects divided by interval_s"),
+        Column("interval_s", _F64, "length of the interval, seconds"),
+        Column("connected", _I64, "of connects, established"),
+        *[Column(o, _I64, f"of connects, {o} ({outcomes.DESCRIPTIONS[o]})")
+          for o in outcomes.FAILURES],
+        Column("connect_p50_us", _F64, "median handshake latency of the interval's established "
+               "connects, microseconds; null if none", True),
+        Column("connect_p99_us", _F64, "99th percentile of the same; null if none", True),
+        Column("established", _I32, "ESTABLISHED connections the client holds to the "
+               "destination at the end of the interval (the socket table); null if the socket "
+               "table was not read", True),
+        Column("server_pid", _I32, "owner of the listener of this host the destination reached "
+               "(a loopback address, the connect's own source address, or a listener bound to "
+               "the address, in the client's network namespace); null if the destination is "
+               "not local or its owner is unknown", True),
+        Column("server_comm", _STR, "that owner's name (as `comm`); null as server_pid", True),
+        Column("listener", _STR, "the listener reached (addr:port as bound, e.g. 0.0.0.0:80); "
+               "null if the destination is not a listener of this host", True),
+        Column("listener_drops", _I64, "that listener's drops and SYN drops in the interval "
+               "(listeners.drops: shared by every edge to it); null if not local", True),
     ],
 }
 

@@ -84,7 +84,7 @@ def test_more_destinations_than_the_cap_are_counted_shown_and_recorded(probe_ses
              StatusLineSink(every_s=0, stream=status_lines, recording_status=recording.status),
              seen]
     collector = Collector(probe_session, sinks, 0.5, header=header_for(probe_session),
-                          clock=clock, kernel_view=kernel_view(), limits={"max_keys": CAP})
+                          clock=clock, kernel_view=kernel_view(), limits={"max_keys": CAP, "max_edges": CAP})
     stop = threading.Event()
     thread = threading.Thread(target=collector.run, args=(stop.is_set,))
     thread.start()
@@ -130,5 +130,19 @@ def test_more_destinations_than_the_cap_are_counted_shown_and_recorded(probe_ses
     assert any(n.kind == "evicted" for n in snap.notable)
     manifest = json.loads((out / "runs" / "cardinality.json").read_text())
     assert manifest["evicted"]["destinations"] == evicted
+    # the connection map too: one edge per destination, bounded per interval,
+    # the rest in "other" (with anything else over the bound), every connect kept
+    edges = ds.dataset(str(out / "edges"), format="parquet", partitioning="hive").to_table(
+        columns=["ts", "pid", "comm", "refused"])
+    per_interval = edges.group_by("ts").aggregate([("comm", "count")])
+    assert max(per_interval.column("comm_count").to_pylist()) <= CAP + 1
+    (pid,) = flood_pids
+    flood = edges.filter(pc.equal(edges["pid"], pid))
+    other = edges.filter(pc.equal(edges["comm"], "other"))
+    assert sum(flood.column("refused").to_pylist()) + \
+        sum(other.column("refused").to_pylist()) >= DESTINATIONS
+    intervals = len(set(flood.column("ts").to_pylist()))
+    assert status.evicted_by["edges"] >= DESTINATIONS - CAP * intervals
+    assert manifest["evicted"]["edges"] == status.evicted_by["edges"]
     assert manifest["status"] == "complete"
     assert status.lost_total == 0

@@ -11,8 +11,11 @@ overflows; a churning process, one near its fd limit, one leaking CLOSE_WAIT.
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 from tracer.aggregate.connects import ConnectTable
+from tracer.aggregate.edges import EdgeTable
+from tracer.aggregate.sockets import Holding
 from tracer.aggregate.histogram import Histogram
 from tracer.aggregate.notable import NotableLog
 from tracer.aggregate.snapshot import Header, ListenerRow, PoolAdvice, ProcessRow, Snapshot
@@ -64,6 +67,24 @@ def _events(i: int, rng: random.Random, extra_destinations: int) -> list[Connect
         evs.append(_connect(t, 5000 + d % 50, f"worker{d % 50}", dst, "established",
                             rng.uniform(200, 3_000)))
     return evs
+
+
+def _local_events(i: int) -> list[Connect]:
+    """A chain on this host for the Map view: haproxy -> nginx (the listener
+    that overflows) -> postgres. Fed to the edge table only, so the other
+    views keep their numbers."""
+    t = MONO0_NS + i * 1_000_000_000
+    rng = random.Random(1000 + i)   # its own: the other views' numbers stay as they were
+    evs = [_connect(t, 600, "haproxy", ("127.0.0.1", OVERFLOWING[1]),
+                    "refused" if k < 2 and i >= 10 else "established", rng.uniform(50, 90))
+           for k in range(30)]
+    evs += [_connect(t, 812, "nginx", ("127.0.0.1", 5432), "established", rng.uniform(30, 60))
+            for _ in range(15)]
+    return [replace(e, saddr="127.0.0.1") for e in evs]
+
+
+HELD = {812: Holding("nginx", by_remote={(4, "127.0.0.1", 5432): 12}),
+        2002: Holding("orders", by_remote={(4, *SLOW_DB): 20})}
 
 
 def _listeners(i: int, totals: dict) -> list[ListenerRow]:
@@ -151,6 +172,7 @@ def scenario(intervals: int = 30, *, extra_destinations: int = 0, extra_processe
     # (a table that holds every destination: what is tested here is how the
     # TUI shows many rows, not the table's bound)
     table = ConnectTable(max_keys=extra_destinations + 100)
+    edges = EdgeTable(max_edges=extra_destinations + 100)
     log, latency = NotableLog(), LatencyBuckets()
     totals: dict = {}
     out = []
@@ -160,8 +182,11 @@ def scenario(intervals: int = 30, *, extra_destinations: int = 0, extra_processe
         evs = _events(i, rng, extra_destinations)
         for ev in evs:
             table.add(ev)
+            edges.add(ev)
             latency.add(ev)
             log.connect(ev, end_us)
+        for ev in _local_events(i):
+            edges.add(ev)
         table.roll(1.0)
         # the black hole always has connects waiting, the oldest for 1.5 s to 4.5 s
         table.set_pending({(4, *BLACKHOLE): (2, 1.5 + i % 4)})
@@ -169,6 +194,7 @@ def scenario(intervals: int = 30, *, extra_destinations: int = 0, extra_processe
         new_lost = 0 if lost_from is None or i < lost_from else 17
         lost += new_lost
         listeners = _listeners(i, totals)
+        edge_rows = edges.roll(1.0, listeners, HELD)
         log.listeners(listeners, end_us)
         log.lost_events(new_lost, end_us)
         notable = log.roll(end_us)
@@ -180,6 +206,7 @@ def scenario(intervals: int = 30, *, extra_destinations: int = 0, extra_processe
             destinations=tuple(table.by_destination()),
             processes_connects=tuple(table.by_process()), listeners=tuple(listeners),
             processes=tuple(_processes(i, extra_processes)), notable=notable,
+            edges=tuple(edge_rows),
             recording_bytes=3_500_000 + i * 120_000,
             extra={"latency_buckets": latency.snapshot()}))
     return out

@@ -62,6 +62,7 @@ EXPECT = {
     "listeners": "0.0.0.0:8080",
     "processes": "php-fpm",
     "log": "drop burst",
+    "map": "haproxy (600) → 127.0.0.1:8080 → nginx (812)",
 }
 
 

@@ -42,6 +42,7 @@ def live(snapshot):
     pytest.param(("2", "slash", "6", "3"), id="filter-typing"),
     pytest.param(("2", "s", "s"), id="connects-sorted-by-rate"),
     pytest.param(("p",), id="paused"),
+    pytest.param(("6",), id="map"),
 ])
 def test_live_views(snap_compare, snap, keys):
     assert snap_compare(live(snap), press=keys, terminal_size=SIZE)
@@ -52,6 +53,7 @@ def test_live_views(snap_compare, snap, keys):
     pytest.param(("2",), id="connects"),
     pytest.param(("3",), id="listeners"),
     pytest.param(("4",), id="processes"),
+    pytest.param(("6",), id="map"),
 ])
 def test_views_at_80x24(snap_compare, snap, keys):
     """An on-call's ssh window: the columns that matter stay, the rest fold

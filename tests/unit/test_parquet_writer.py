@@ -316,9 +316,9 @@ def test_manifest_at_start_and_at_close(tmp_path):
     assert datetime.strptime(m["end"], "%Y-%m-%dT%H:%M:%S.%f%z") >= \
         datetime.strptime(m["start"], "%Y-%m-%dT%H:%M:%S.%f%z")
     assert m["rows"] == {"connects": 4, "accepts": 0, "overflows": 0, "listeners": 0,
-                         "sockets": 1, "pools": 0, "tcp_memory": 0}
+                         "sockets": 1, "pools": 0, "tcp_memory": 0, "edges": 0}
     assert m["lost_events"]["connects"] == 9
-    assert m["files"] == 2 + 7     # and the empty file each table gets at the start
+    assert m["files"] == 2 + 8     # and the empty file each table gets at the start
     assert not list((d / "runs").glob("*.tmp"))
 
 

@@ -46,8 +46,8 @@ def problem_for(data, name):
 def test_reads_what_the_writer_wrote(tmp_path):
     record(tmp_path, rows=100, files=3)
     data = read_recording(tmp_path)
-    # and the empty file each of the 7 tables gets at the start
-    assert data.files_read == 3 + 7 and data.problems == []
+    # and the empty file each of the 8 tables gets at the start
+    assert data.files_read == 3 + 8 and data.problems == []
     assert set(data.tables) == set(TABLES)
     assert data.tables["connects"].num_rows == 300
     for t in TABLES:
@@ -62,7 +62,7 @@ def test_fleet_in_nested_directories(tmp_path):
     record(tmp_path / "dc2" / "web-2b", host="web-2", run_id="run-c", rows=30)
     data = read_recording(tmp_path)
     t = data.tables["connects"]
-    assert t.num_rows == 60 and data.files_read == 3 * (1 + 7)   # + an empty file per table each
+    assert t.num_rows == 60 and data.files_read == 3 * (1 + 8)   # + an empty file per table each
     assert sorted(set(t.column("host").to_pylist())) == ["web-1", "web-2"]
     assert [m["run_id"] for m in data.manifests] == ["run-a", "run-b", "run-c"]
 
@@ -107,7 +107,7 @@ def test_progress_counts_every_file(tmp_path):
     (tmp_path / PART / "junk.parquet").write_bytes(b"junk")
     seen = []
     read_recording(tmp_path, progress=lambda done, total: seen.append((done, total)))
-    assert seen == [(i, 12) for i in range(1, 13)]     # + an empty file per table
+    assert seen == [(i, 13) for i in range(1, 14)]     # + an empty file per table
 
 
 # ---------------------------------------------------------------- bad files
@@ -129,7 +129,7 @@ def test_each_bad_file_is_one_problem_and_the_rest_is_read(tmp_path):
     pq.write_table(future, part / "future.parquet")
 
     data = read_recording(tmp_path)
-    assert data.tables["connects"].num_rows == 400 and data.files_read == 2 + 7
+    assert data.tables["connects"].num_rows == 400 and data.files_read == 2 + 8
     assert len(data.problems) == 5
     assert problem_for(data, part / "corrupt.parquet").endswith(
         "not a Parquet file (magic bytes not found)")

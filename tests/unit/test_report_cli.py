@@ -129,7 +129,7 @@ def test_progress_bar_only_for_many_files(tmp_path):
     code, _, err = run("report", str(few))
     assert code == 0 and "reading" not in err
     code, out, err = run("report", str(many))
-    assert code == 0 and "reading" in err and "files     32 read" in out   # + an empty file per table
+    assert code == 0 and "reading" in err and "files     33 read" in out   # + an empty file per table
 
 
 # ---------------------------------------------------------------- duckdb as a second opinion

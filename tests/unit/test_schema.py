@@ -46,8 +46,8 @@ SPEC_NULLABLE = {
 
 
 def test_tables_are_the_spec_tables_and_our_additions():
-    # SPEC's five, plus `pools` (the pool advice, issue 5) and `tcp_memory` (issue 18)
-    assert set(sch.TABLES) == set(SPEC_TABLES) | {"pools", "tcp_memory"}
+    # SPEC's five, plus `pools` (the pool advice, issue 5), `tcp_memory` and `edges` (issue 18)
+    assert set(sch.TABLES) == set(SPEC_TABLES) | {"pools", "tcp_memory", "edges"}
 
 
 @pytest.mark.parametrize("table", sorted(SPEC_TABLES))

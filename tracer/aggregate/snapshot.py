@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from tracer.aggregate.connects import ConnectRow
+from tracer.aggregate.edges import EdgeRow
 from tracer.domain import memory, tcp_memory
 from tracer.domain.containers import Attribution
 from tracer.domain.addresses import endpoint
@@ -179,6 +180,7 @@ class Snapshot:
     recording_warning: str | None = None  # e.g. "disk full: writing paused"
     extra: dict = field(default_factory=dict)
     tcp_memory: TcpMemoryRow | None = None   # host-wide; None where not read (replay of old data)
+    edges: tuple[EdgeRow, ...] = ()          # the connection map (tracer/aggregate/edges.py)
 
     @property
     def missed_runs(self) -> int:

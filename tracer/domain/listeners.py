@@ -12,6 +12,7 @@ with each other and never with a known namespace.
 """
 from __future__ import annotations
 
+import ipaddress
 from typing import Iterable, NamedTuple, Optional
 
 from tracer.domain.addresses import endpoint
@@ -88,3 +89,37 @@ def member_delta(current: int, previous: Optional[int]) -> int:
     if previous is None or current < previous:
         return max(0, current)
     return current - previous
+
+
+def is_loopback(addr: str) -> bool:
+    """127.0.0.0/8, ::1, or a v4-mapped loopback address."""
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return (mapped or ip).is_loopback
+
+
+def listener_of_connect(known, netns: Optional[int], family: int, daddr: str, dport: int,
+                        saddr: Optional[str] = None) -> Optional[ListenerKey]:
+    """The listener of this host a connect to daddr:dport reached, or None
+    (a remote destination, or nothing listening there that we know of).
+    `known` holds the listeners' keys. A listener bound to one address is
+    on that address (ours); a wildcard one is reached only when the
+    destination is ours: a loopback address, or the connect's own source
+    address (the kernel routes to a local address from that address). A v4
+    destination with no v4 listener may reach a dual-stack `::` listener."""
+    exact = listener_key(netns, family, daddr, dport)
+    if exact in known:
+        return exact
+    if not (is_loopback(daddr) or (saddr is not None and daddr == saddr)):
+        return None
+    wild = exact._replace(laddr=wildcard(family))
+    if wild in known:
+        return wild
+    if family == 4:
+        dual = exact._replace(family=6, laddr=wildcard(6))
+        if dual in known:
+            return dual
+    return None

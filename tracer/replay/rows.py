@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from tracer.aggregate.edges import EdgeRow
 from tracer.aggregate.histogram import Histogram
 from tracer.aggregate.snapshot import (ListenerRow, PoolAdvice, ProcessRow, TcpMemoryRow,
                                        label_namespaces)
@@ -151,3 +152,21 @@ def tcp_memory_row(rows: Iterable[dict]) -> TcpMemoryRow | None:
         memory_pressures=last.get("memory_pressures") or 0,
         rcvq_drops=last.get("rcvq_drops") or 0, pruned=last.get("pruned") or 0,
         aborts_on_memory=last.get("aborts_on_memory") or 0)
+
+
+def edge_rows(rows: Iterable[dict]) -> list[EdgeRow]:
+    """One interval's `edges` rows back into the EdgeRows the live Map view
+    showed (the inverse of tracer.sinks.recorder's edge_row); none in
+    recordings made before the table."""
+    last = _by_key(rows, lambda r: (r["pid"], r["family"], r["daddr"], r["dport"]))
+    return [EdgeRow(
+        pid=r["pid"], comm=r["comm"], family=r["family"], daddr=r["daddr"], dport=r["dport"],
+        attempts=r["connects"], rate=r.get("connects_per_s") or 0.0,
+        connected=r.get("connected") or 0, refused=r.get("refused") or 0,
+        timeout=r.get("timeout") or 0, abandoned=r.get("abandoned") or 0,
+        unreachable=r.get("unreachable") or 0, error=r.get("error") or 0,
+        p50_us=r.get("connect_p50_us"), p99_us=r.get("connect_p99_us"),
+        established=r.get("established"), netns=r.get("netns"),
+        server_pid=r.get("server_pid"), server_comm=r.get("server_comm"),
+        listener=r.get("listener"), listener_drops=r.get("listener_drops"))
+        for r in last.values()]

@@ -29,11 +29,12 @@ from tracer.domain.durations import duration
 from tracer.domain.hooks import missed_runs_from, skipped_runs_text
 from tracer.replay.controller import ReplayError
 from tracer.replay.latency import ConnectIndex, LatencyAt
-from tracer.replay.rows import connect_from_row, listener_rows, process_rows, tcp_memory_row
+from tracer.replay.rows import (connect_from_row, edge_rows, listener_rows, process_rows,
+                                tcp_memory_row)
 from tracer.report.hosts import hosts_text
 
 EVENT_TABLES = ("connects", "accepts")
-INTERVAL_TABLES = ("listeners", "sockets", "overflows", "pools", "tcp_memory")
+INTERVAL_TABLES = ("listeners", "sockets", "overflows", "pools", "tcp_memory", "edges")
 MAX_INTERVALS = 5_000_000   # a row with a ts far in the future must not eat the memory
 CACHE_ROWS = 200_000        # rows (all views) of the Snapshots kept for stepping back
 BUILD_AHEAD = 4             # Snapshots built before the one asked for, so "," is instant
@@ -200,13 +201,14 @@ class _Cursor:
             listeners=tuple(listeners), processes=tuple(processes), notable=notable,
             recording_bytes=self.recording_bytes,
             tcp_memory=tcp_memory_row(run.tables["tcp_memory"].rows(i)),
+            edges=tuple(edge_rows(run.tables["edges"].rows(i))),
             extra={"run_id": run.run_id, "interval": run.first + i,
                    "latency_buckets": LatencyAt(run.connects, i)})
 
 
 def _rows_in(s: Snapshot) -> int:
     return (len(s.destinations) + len(s.processes_connects) + len(s.listeners)
-            + len(s.processes) + 1)
+            + len(s.processes) + len(s.edges) + 1)
 
 
 class RecordingTimeline:

@@ -14,7 +14,8 @@ from tracer.domain.pools import FORMULA
 from tracer.report.hosts import hosts_text
 from tracer.report.pool import window
 from tracer.report.summary import Summary
-from tracer.report.svg import histogram, timeseries
+from tracer.report.edges import graph_of
+from tracer.report.svg import graph, histogram, timeseries
 from tracer.report.text import HOST_HEADERS, cell, clean, host_rows
 from tracer.report.timefmt import clock, duration, iso_stamp, rate, stamp
 
@@ -56,6 +57,7 @@ td.bad { color: #c62828; font-weight: 600; }
           gap: 12px; margin-top: 12px; }
 .charts svg { max-width: 100%; height: auto; background: #fff; }
 .note { color: #57606a; font-size: 12.5px; }
+.graph svg { max-width: 100%; height: auto; }
 code { font-size: 12.5px; }
 """
 
@@ -324,6 +326,37 @@ def _pool(s: Summary) -> str:
                            numeric=(1, 5, 7, 8, 9, 10), bad=bad))
 
 
+def _edges(s: Summary) -> str:
+    title = "Connection map"
+    if not s.edges:
+        return _section("edges", title, _p("No edges recorded (nothing connected, or recorded "
+                                           "before the edges table existed)."))
+    several = len({e.host for e in s.edges}) > 1
+    nodes, links = graph_of(list(s.edges), several)
+    # (svg.py shows every label escaped: control characters, then markup)
+    drawn = graph(nodes,
+                  [(a, b, e.per_s, e.troubled,
+                    f"{e.client} -> {e.destination}" + (f" -> {e.server}" if e.server else "")
+                    + f": {e.connects:,} connects, {rate(e.per_s)}, {e.failures:,} failed, "
+                    f"{e.listener_drops or 0:,} listener drops") for a, b, e in links],
+                  f"Who connects to whom ({len(s.edges)} of {s.edges_seen} edges)")
+    rows = [(e.client, e.host, e.destination, e.server or "-", rate(e.per_s),
+             rate(e.peak_per_s), e.connects, e.established_peak,
+             duration(e.p50_us) if e.p50_us is not None else "-",
+             duration(e.p99_us) if e.p99_us is not None else "-", e.refused, e.timeout,
+             e.error, e.listener_drops) for e in s.edges]
+    bad = [[False] * 10 + [bool(e.refused), bool(e.timeout), bool(e.error),
+                           bool(e.listener_drops)] for e in s.edges]
+    return _section("edges", title,
+                    _p("Client process -> destination -> the process serving it where the "
+                       "destination is a listener of the traced host. Line width: connects "
+                       "per second; red: failed connects or drops at the listener."),
+                    f'<div class="graph">{drawn}</div>',
+                    _table(("client", "host", "destination", "server", "conn/s", "peak/s",
+                            "connects", "held", "p50", "p99", "refused", "timeout", "error",
+                            "drops"), rows, numeric=(4, 5, 6, 7, 8, 9, 10, 11, 12, 13), bad=bad))
+
+
 def _containers(s: Summary) -> str:
     """By container or pod; absent when no row names one (nothing to say)."""
     if not s.containers:
@@ -351,8 +384,8 @@ def _problems(s: Summary) -> str:
 def render_html(s: Summary, source: str = "") -> str:
     body = (_header(s, source) + "<main>" + _banners(s) + _findings(s) + _hosts(s)
             + _listeners(s)
-            + _failing(s) + _latency(s) + _processes(s) + _containers(s) + _pool(s)
-            + _overview(s)
+            + _failing(s) + _latency(s) + _processes(s) + _containers(s) + _edges(s)
+            + _pool(s) + _overview(s)
             + _problems(s) + "</main>")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"

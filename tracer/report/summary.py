@@ -24,6 +24,7 @@ from tracer.report.destinations import (
     worst_by_failures,
     worst_by_p99,
 )
+from tracer.report.edges import EdgeStats, edge_stats
 from tracer.report.findings import Finding, findings
 from tracer.report.hosts import HostStats, host_stats
 from tracer.report.listeners import KEY as LISTENER_KEY, ListenerStats, listener_stats, troubled
@@ -35,6 +36,7 @@ from tracer.report.tcp_memory import HostTcpMemory, host_tcp_memory
 from tracer.schema import TABLES, schema
 
 TOP = 10        # rows per ranked table
+TOP_EDGES = 30  # edges in the connection map's table and graph
 CHARTED = 6     # destinations, listeners and processes that get a chart
 
 
@@ -65,6 +67,8 @@ class Summary:
     pool: tuple[PoolAdvice, ...]
     bucket_us: int                                  # width of the timeline buckets
     tcp_memory: tuple[HostTcpMemory, ...] = ()      # per host, where recorded
+    edges: tuple[EdgeStats, ...] = ()               # the connection map, busiest first (TOP_EDGES)
+    edges_seen: int = 0
     hosts: tuple[HostStats, ...] = ()               # per host; they add up to the totals
     containers: tuple[ContainerStats, ...] = ()     # by container or pod; () if none named
 
@@ -110,6 +114,7 @@ def summarize_tables(tables: dict[str, pa.Table], manifests: list[dict] = (),
 
     # findings look at every destination, not only the ones the tables show
     hosts_tcp = host_tcp_memory(tables["tcp_memory"])
+    edges = edge_stats(tables["edges"], connects)
     found = findings(ov, worst_by_failures(dests, len(dests)), worst_by_p99(dests, len(dests)),
                      listeners, procs, advice, hosts_tcp)
     return Summary(
@@ -117,8 +122,8 @@ def summarize_tables(tables: dict[str, pa.Table], manifests: list[dict] = (),
         failing=tuple(failing), connecting=tuple(connecting), listeners=tuple(listeners[:TOP]),
         listeners_seen=len(all_listeners), by_sockets=tuple(procs[:TOP]),
         by_churn=tuple(churn), processes_seen=len(procs), pool=tuple(advice),
-        bucket_us=bucket_us, tcp_memory=tuple(hosts_tcp),
-        hosts=tuple(host_stats(connects, all_listeners, ov.runs)),
+        bucket_us=bucket_us, tcp_memory=tuple(hosts_tcp), edges=tuple(edges[:TOP_EDGES]),
+        edges_seen=len(edges), hosts=tuple(host_stats(connects, all_listeners, ov.runs)),
         containers=tuple(container_stats(tables)[:TOP]))
 
 

@@ -203,3 +203,62 @@ def timeseries(t0: int, t1: int, title: str, series: Sequence[dict],
                         f'fill="{s["color"]}"/><text x="{legend_x + 13:.1f}" y="13" '
                         f'fill="#333">{_e(s["name"])}</text>')
     return _svg(width, height, title, body)
+
+
+def graph(nodes: Sequence[tuple[object, str]], links: Sequence[tuple[object, object, float, bool,
+                                                                    str]],
+          title: str, width: int = 760) -> str:
+    """A left-to-right graph: nodes are (id, label); links (from, to, weight,
+    red, tooltip), drawn with widths by weight and red where `red`. Nodes are
+    placed in columns by their longest path from a node nothing points at,
+    so a chain a -> b -> db reads left to right."""
+    ids = [n for n, _ in nodes]
+    depth = {n: 0 for n in ids}
+    for _ in range(len(ids)):           # longest path, bounded: a cycle stops growing here
+        moved = False
+        for a, b, *_ in links:
+            if a != b and depth[b] < depth[a] + 1 and depth[a] + 1 < len(ids):
+                depth[b] = depth[a] + 1
+                moved = True
+        if not moved:
+            break
+    columns: dict[int, list] = {}
+    for n in ids:
+        columns.setdefault(depth[n], []).append(n)
+    ncol = max(columns) + 1 if columns else 1
+    rows = max((len(c) for c in columns.values()), default=1)
+    node_w, node_h, gap = 170, 24, 16
+    height = PAD_T + 10 + rows * (node_h + gap) + 10
+    width = max(width, 40 + ncol * node_w + (ncol - 1) * 90)
+    step = (width - 40 - node_w) / max(ncol - 1, 1)
+    pos = {}
+    for c, members in columns.items():
+        for i, n in enumerate(members):
+            pos[n] = (20 + c * step, PAD_T + 10 + i * (node_h + gap))
+    top = max((w for *_, w, _, _ in links), default=0) or 1
+    body = [f'<text x="20" y="14" font-weight="600" fill="#111">{_e(title)}</text>']
+    for a, b, w, red, tip in links:
+        (ax, ay), (bx, by) = pos[a], pos[b]
+        x1, y1 = ax + node_w, ay + node_h / 2
+        x2, y2 = bx, by + node_h / 2
+        if bx <= ax:                    # backwards (a cycle): around below
+            x1, x2 = ax + node_w / 2, bx + node_w / 2
+            y1, y2 = ay + node_h, by + node_h
+            d = f"M{x1:.1f},{y1:.1f} C{x1:.1f},{y1 + 40:.1f} {x2:.1f},{y2 + 40:.1f} {x2:.1f},{y2:.1f}"
+        else:
+            mid = (x1 + x2) / 2
+            d = f"M{x1:.1f},{y1:.1f} C{mid:.1f},{y1:.1f} {mid:.1f},{y2:.1f} {x2:.1f},{y2:.1f}"
+        stroke = 1.5 + 8.5 * math.sqrt(max(w, 0) / top)
+        color = "#d62728" if red else "#4e79a7"
+        body.append(f'<path d="{d}" fill="none" stroke="{color}" stroke-width="{stroke:.1f}" '
+                    f'stroke-opacity="0.75" class="{"edge-red" if red else "edge"}">'
+                    f'<title>{_e(tip)}</title></path>')
+        body.append(f'<text x="{(x1 + x2) / 2:.1f}" y="{(y1 + y2) / 2 - 4:.1f}" '
+                    f'text-anchor="middle" fill="{color}" {HALO}>{_e(_num(round(w, 1)))}/s</text>')
+    for n, label in nodes:
+        x, y = pos[n]
+        short = label if len(label) <= 26 else label[:25] + "…"
+        body.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{node_w}" height="{node_h}" rx="4" '
+                    f'fill="#f3f4f6" stroke="{AXIS}"/><text x="{x + 6:.1f}" '
+                    f'y="{y + 16:.1f}" fill="#111"><title>{_e(label)}</title>{_e(short)}</text>')
+    return _svg(int(width), int(height), title, body)

@@ -217,6 +217,23 @@ def _memory(s: Summary) -> list[str]:
     return out
 
 
+def _edges(s: Summary) -> list[str]:
+    """The connection map: who connected to whom, busiest first."""
+    out = ["", f"CONNECTION MAP (client -> destination -> serving process where local; "
+               f"{len(s.edges)} of {s.edges_seen} edges; p50/p99 of established handshakes)"]
+    if not s.edges:
+        return out + ["  no edges recorded (edges table empty: nothing connected, or "
+                      "recorded before the table existed)"]
+    out += table(("client", "host", "destination", "server", "conn/s", "peak/s", "connects",
+                  "held", "p50", "p99", "refused", "timeout", "error", "drops"),
+                 [(e.client, e.host, e.destination, e.server or "-", rate(e.per_s),
+                   rate(e.peak_per_s), e.connects, e.established_peak,
+                   duration(e.p50_us) if e.p50_us is not None else "-",
+                   duration(e.p99_us) if e.p99_us is not None else "-",
+                   e.refused, e.timeout, e.error, e.listener_drops) for e in s.edges])
+    return out
+
+
 def _containers(s: Summary) -> list[str]:
     out = ["", "BY CONTAINER OR POD (connects made, connections accepted and accept-queue drops "
                "of the processes in each; `host`: in no container)"]
@@ -258,5 +275,6 @@ def _problems(s: Summary) -> list[str]:
 def render_text(s: Summary, source: str = "") -> str:
     lines = (_header(s, source) + _findings(s.findings) + _recording(s) + _hosts(s)
              + _destinations(s)
-             + _listeners(s) + _processes(s) + _containers(s) + _pool(s) + _problems(s))
+             + _listeners(s) + _processes(s) + _containers(s) + _edges(s) + _pool(s)
+             + _problems(s))
     return "\n".join(lines) + "\n"

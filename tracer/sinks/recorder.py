@@ -92,6 +92,18 @@ def pool_rows(r, ts_us: int) -> list[dict]:
     } for a in r.advice for where in (_where(r),)]
 
 
+def edge_row(e, ts_us: int, interval_s: float) -> dict:
+    return {
+        "ts": ts_us, "pid": e.pid, "comm": e.comm, "family": e.family, "daddr": e.daddr,
+        "dport": e.dport, "netns": e.netns, "connects": e.attempts, "connects_per_s": e.rate,
+        "interval_s": interval_s, "connected": e.connected, "refused": e.refused,
+        "timeout": e.timeout, "abandoned": e.abandoned, "unreachable": e.unreachable,
+        "error": e.error, "connect_p50_us": e.p50_us, "connect_p99_us": e.p99_us,
+        "established": e.established, "server_pid": e.server_pid, "server_comm": e.server_comm,
+        "listener": e.listener, "listener_drops": e.listener_drops,
+    }
+
+
 BATCH_ROWS = 4096   # rows per table handed to the writer at once
 
 
@@ -153,6 +165,9 @@ class RecordSink:
                 "pressure_bytes": m.pressure_bytes, "max_bytes": m.max_bytes,
                 "memory_pressures": m.memory_pressures, "rcvq_drops": m.rcvq_drops,
                 "pruned": m.pruned, "aborts_on_memory": m.aborts_on_memory}])
+        edges = [edge_row(e, snap.ts_us, snap.interval_s) for e in snap.edges]
+        if edges:
+            self.recording.write("edges", edges)
         # Every lost kernel event may have been any kind of row: say so on each.
         self.recording.set_lost({"connects": status.lost_total, "accepts": status.lost_total})
         # Live-view rows folded into "other" (no event row is missing for them)

@@ -24,7 +24,7 @@ from textual.widgets import DataTable, Input, Static, TabbedContent, TabPane
 
 from tracer.aggregate.snapshot import Header, Snapshot
 from tracer.safe_text import printable
-from tracer.tui import details, keys, table_views
+from tracer.tui import details, keys, map_view, table_views
 from tracer.tui.problems import Problem, find_problems
 from tracer.tui.replay_driver import ReplayDriver
 from tracer.tui.screens import DetailScreen, HelpScreen
@@ -169,6 +169,10 @@ class ConnscopeApp(App):
                 yield Static(id="log-caption", classes="caption")
                 yield DataTable(id="log-table", cursor_type="row")
                 yield Static(id="log-panel", classes="panel")
+            with TabPane(VIEW_TITLES[5], id="map"):
+                yield Static(id="map-caption", classes="caption")
+                yield DataTable(id="map-table", cursor_type="row")
+                yield Static(id="map-panel", classes="panel")
         box = FilterInput(id="filter", placeholder="filter rows: pid, comm, port or address "
                                                   "(Enter keeps it, Esc clears it)")
         box.cursor_blink = False    # a blinking cursor would make screenshots differ run to run
@@ -202,7 +206,8 @@ class ConnscopeApp(App):
                     "cont": table_views.CONNECTS_BY_CONTAINER}.get(self.group,
                                                                    table_views.CONNECTS_BY_DEST)
         return {"overview": table_views.OVERVIEW, "listeners": table_views.LISTENERS,
-                "processes": table_views.PROCESSES, "log": table_views.LOG}[view]
+                "processes": table_views.PROCESSES, "log": table_views.LOG,
+                "map": map_view.MAP}[view]
 
     def _set_columns(self, view: str) -> None:
         table = self._table(view)
@@ -314,7 +319,8 @@ class ConnscopeApp(App):
                              "cont": "connects by container"}.get(self.group,
                                                                    "connects by destination"),
                 "listeners": "listening sockets", "processes": "processes with TCP sockets",
-                "log": "notable events, newest first"}[view]
+                "log": "notable events, newest first",
+                "map": "connection map: client → destination → serving process"}[view]
         t = Text(" ")
         t.append(what, style="bold")
         if view == "connects":
@@ -341,7 +347,7 @@ class ConnscopeApp(App):
         folded = table_views.folded_titles(self._spec(view), self._col_widths.get(view, ()))
         if folded:      # a narrow screen: the detail pane (Enter) has every column
             t.append(f"   +{len(folded)} cols: Enter", style="dim")
-        if self._shown is not None and view in ("connects", "listeners", "processes"):
+        if self._shown is not None and view in ("connects", "listeners", "processes", "map"):
             # every "/s" column is the last interval's count divided by its length
             t.append(f"   /s = last {self._shown.interval_s:.3g}s", style="dim")
         self.query_one(f"#{view}-caption", Static).update(t, layout=False)
@@ -376,6 +382,9 @@ class ConnscopeApp(App):
         panel = self.query_one(f"#{view}-panel", Static)
         if item is None:
             panel.update("", layout=False)
+            return
+        if view == "map":
+            panel.update(map_view.edge_summary(item, self._shown.edges), layout=False)
             return
         render = {"overview": details.problem_summary, "listeners": details.listener_summary,
                   "processes": details.process_summary, "log": details.notable_summary}[view]
@@ -456,6 +465,10 @@ class ConnscopeApp(App):
             return
         key = self.group_key(item) if self.active == "connects" else None
         width = min(self.size.width - 8, 110)
+        if self.active == "map":
+            self.push_screen(DetailScreen(printable(f"edge {item.label}"),
+                                          map_view.edge_summary(item, self._shown.edges)))
+            return
         self.push_screen(DetailScreen(details.detail_title(item),
                                       details.detail_text(item, self._shown, key, width)))
 

@@ -8,8 +8,8 @@ from textual.binding import Binding
 
 from tracer.aggregate.snapshot import Header
 
-VIEWS = ("overview", "connects", "listeners", "processes", "log")
-VIEW_TITLES = ("1 Overview", "2 Connects", "3 Listeners", "4 Processes", "5 Log")
+VIEWS = ("overview", "connects", "listeners", "processes", "log", "map")
+VIEW_TITLES = ("1 Overview", "2 Connects", "3 Listeners", "4 Processes", "5 Log", "6 Map")
 REPLAY_ACTIONS = {"step", "faster", "slower", "worst"}     # disabled live
 
 BINDINGS = [
@@ -48,7 +48,7 @@ TABLE_KEYS = [
 def key_hints(replay: bool) -> Text:
     """The bottom line. A fixed Static rather than textual's Footer, which
     rebuilds itself on every focus change (a view switch) and costs frames."""
-    hints = [("q", "quit"), ("?", "help"), ("1-5", "views"), ("Enter", "detail"),
+    hints = [("q", "quit"), ("?", "help"), ("1-6", "views"), ("Enter", "detail"),
              ("/", "filter"), ("s", "sort"), ("g", "by dest/proc")]
     if replay:
         hints += [("space", "play"), (", .", "step"), ("- +", "speed"), ("w", "worst")]

@@ -328,6 +328,7 @@ FOLD_ORDER = {
     "connects": ("trend", "p95", "TOTAL", "SYNRTX", "max"),
     "listeners": ("WAIT p50", "ACCEPTS", "PEAK", "OWNER"),
     "processes": ("OTHER", "LISTEN", "SYN", "CLOSE/s", "FD%", "CLOSE_W", "MEM/CONN"),
+    "map": ("p50", "ERR", "TIMEOUT"),
 }
 MIN_FLEX = 8
 

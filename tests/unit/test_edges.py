@@ -1,0 +1,164 @@
+"""EdgeTable: the connection map per interval (client -> destination -> server)."""
+
+from tracer.aggregate.edges import EdgeTable, ranked
+from tracer.aggregate.snapshot import ListenerRow
+from tracer.aggregate.sockets import Holding
+from tracer.domain.listeners import is_loopback, listener_key, listener_of_connect
+from tracer.events import Connect
+
+T0 = 5_000_000_000
+NS = 4026531840
+
+
+def connect(pid=100, comm="client", daddr="127.0.0.1", dport=8080, outcome="established",
+            latency_us=1000.0, saddr="127.0.0.1", family=4, netns=NS):
+    return Connect(ts_start_ns=T0, ts_end_ns=T0 + int(latency_us * 1000), pid=pid, tid=pid,
+                   comm=comm, family=family, saddr=saddr, sport=40000, daddr=daddr, dport=dport,
+                   outcome=outcome, err=0, syn_retransmits=0, netns=netns)
+
+
+def listener(port, pid, comm, laddr="0.0.0.0", drops=0, syn_drops=0, netns=NS, family=4):
+    return ListenerRow(family=family, laddr=laddr, lport=port, pid=pid, comm=comm,
+                       backlog_max=128, queue_len=0, queue_peak=0, syn_queue_len=0, drops=drops,
+                       syn_drops=syn_drops, drops_total=drops + syn_drops,
+                       drops_per_s=float(drops + syn_drops), accepts=0,
+                       accept_wait_p50_us=None, accept_wait_p99_us=None, synack_retransmits=0,
+                       netns=netns)
+
+
+def by_label(rows):
+    return {r.label: r for r in rows}
+
+
+def test_chain_joins_local_destinations_to_their_servers():
+    t = EdgeTable()
+    for _ in range(10):
+        t.add(connect(pid=100, comm="ab", dport=8080, latency_us=100))
+    for i in range(10):
+        t.add(connect(pid=200, comm="api", dport=5432, latency_us=200 + i))
+    t.add(connect(pid=200, comm="api", dport=5432, outcome="refused"))
+    t.add(connect(pid=200, comm="api", daddr="10.9.9.9", dport=443, saddr="10.0.0.2"))
+    listeners = [listener(8080, 200, "api", drops=3, syn_drops=1),
+                 listener(5432, 300, "postgres", laddr="127.0.0.1"),
+                 listener(443, 999, "local-https")]
+    holdings = {200: Holding("api", by_remote={(4, "127.0.0.1", 5432): 4})}
+    rows = by_label(t.roll(2.0, listeners, holdings))
+    assert set(rows) == {"ab (100) → 127.0.0.1:8080 → api (200)",
+                         "api (200) → 127.0.0.1:5432 → postgres (300)",
+                         "api (200) → 10.9.9.9:443"}
+    front = rows["ab (100) → 127.0.0.1:8080 → api (200)"]
+    assert (front.attempts, front.rate, front.connected, front.failures) == (10, 5.0, 10, 0)
+    assert front.listener == "0.0.0.0:8080" and front.listener_drops == 4
+    assert front.established == 0           # the socket table has none of ab's left
+    db = rows["api (200) → 127.0.0.1:5432 → postgres (300)"]
+    assert (db.attempts, db.connected, db.refused, db.established) == (11, 10, 1, 4)
+    assert 200 <= db.p50_us <= db.p99_us <= 210 and db.listener_drops == 0
+    remote = rows["api (200) → 10.9.9.9:443"]
+    # a wildcard listener on 443 here is not what a remote 443 reaches
+    assert remote.server_pid is None and remote.listener_drops is None and not remote.local
+
+
+def test_interval_resets_and_held_only_edges_appear():
+    t = EdgeTable()
+    t.add(connect())
+    assert len(t.roll(1.0, [listener(8080, 7, "srv")], None)) == 1
+    # nothing connected, but the client still holds two connections
+    rows = t.roll(1.0, [listener(8080, 7, "srv")],
+                  {100: Holding("client", by_remote={(4, "127.0.0.1", 8080): 2})})
+    assert [(r.label, r.attempts, r.established) for r in rows] == [
+        ("client (100) → 127.0.0.1:8080 → srv (7)", 0, 2)]
+    assert t.roll(1.0, [], {}) == []
+
+
+def test_socket_table_not_read_leaves_established_unknown():
+    t = EdgeTable()
+    t.add(connect())
+    (row,) = t.roll(1.0, [], None)
+    assert row.established is None and row.server is None
+
+
+def test_namespaces_keep_same_address_listeners_apart():
+    t = EdgeTable()
+    t.add(connect(pid=1, comm="a", netns=111))
+    t.add(connect(pid=2, comm="b", netns=222))
+    rows = by_label(t.roll(1.0, [listener(8080, 10, "srv-a", netns=111),
+                                 listener(8080, 20, "srv-b", netns=222)], None))
+    assert set(rows) == {"a (1) → 127.0.0.1:8080 → srv-a (10)",
+                         "b (2) → 127.0.0.1:8080 → srv-b (20)"}
+
+
+def test_bounded_with_other_edge_and_eviction_count():
+    t = EdgeTable(max_edges=3)
+    for port in range(10):
+        t.add(connect(dport=1000 + port))
+    rows = t.roll(1.0, [], {100: Holding("client", by_remote={(4, "10.1.1.1", 1): 5})})
+    assert len(rows) == 4 and rows[-1].label == "other"
+    assert rows[-1].attempts == 7 and rows[-1].established == 5
+    assert sum(r.attempts for r in rows) == 10
+    assert t.evicted == {"edges": 8}    # 7 connects that found no room, 1 held-only edge
+
+
+def test_hostile_comm_stays_text_and_ranking_puts_busy_first():
+    t = EdgeTable()
+    t.add(connect(pid=5, comm="<b>x</b>"))
+    for _ in range(3):
+        t.add(connect(pid=6, comm="busy", dport=9))
+    rows = ranked(t.roll(1.0, [], None))
+    assert [r.comm for r in rows] == ["busy", "<b>x</b>"]
+
+
+def test_listener_of_connect():
+    known = {listener_key(NS, 4, "0.0.0.0", 80), listener_key(NS, 6, "::", 443),
+             listener_key(NS, 4, "10.0.0.5", 22)}
+    assert listener_of_connect(known, NS, 4, "127.0.0.1", 80) == listener_key(NS, 4, "0.0.0.0", 80)
+    assert listener_of_connect(known, NS, 4, "10.0.0.5", 80) is None        # maybe remote
+    assert listener_of_connect(known, NS, 4, "10.0.0.5", 80, "10.0.0.5") is not None
+    assert listener_of_connect(known, NS, 4, "10.0.0.5", 22) == listener_key(NS, 4, "10.0.0.5", 22)
+    assert listener_of_connect(known, NS, 4, "127.0.0.1", 443) == listener_key(NS, 6, "::", 443)
+    assert listener_of_connect(known, NS + 1, 4, "127.0.0.1", 80) is None   # other namespace
+    assert is_loopback("::1") and is_loopback("::ffff:127.0.0.1") and not is_loopback("x")
+
+
+def test_recorded_edges_replay_as_the_live_rows(tmp_path):
+    """The live rows -> `edges` table -> replay gives the same rows back;
+    a recording made before the table (no edges rows) replays with none."""
+    from dataclasses import replace
+
+    from tests.tui.synthetic import last
+    from tracer.clock import Clock
+    from tracer.replay.timeline import RecordingTimeline
+    from tracer.report.reader import read_recording
+    from tracer.sinks.parquet_writer import Recording
+    from tracer.sinks.recorder import RecordSink
+
+    t = EdgeTable()
+    for _ in range(4):
+        t.add(connect(pid=100, comm="ab", latency_us=150))
+    t.add(connect(pid=100, comm="ab", outcome="refused", dport=9))
+    edges = tuple(t.roll(1.0, [listener(8080, 200, "api", drops=2)],
+                         {100: Holding("ab", by_remote={(4, "127.0.0.1", 8080): 3})}))
+    assert len(edges) == 2
+    for directory, recorded in ((tmp_path / "new", edges), (tmp_path / "old", ())):
+        snap = replace(last(), edges=recorded)
+        with Recording(directory, host="h1", run_id="r1") as rec:
+            RecordSink(rec, Clock())._interval(
+                type("S", (), {"lost_total": 0, "evicted_by": {}})(), snap)
+        timeline = RecordingTimeline(read_recording(directory), directory)
+        replayed = timeline.snapshot(len(timeline) - 1)
+        assert sorted(replayed.edges, key=lambda e: e.label) == \
+            sorted(recorded, key=lambda e: e.label)
+
+
+def test_filters_keep_edges_with_connects_and_matching_held_ones():
+    from tracer.filters import Filters
+
+    t = EdgeTable()
+    t.add(connect(pid=100, comm="client", dport=8080))     # passed the kernel's filter
+    rows = t.roll(1.0, [], {100: Holding("client", by_remote={(4, "127.0.0.1", 8080): 1}),
+                            200: Holding("other", by_remote={(4, "127.0.0.1", 5432): 1,
+                                                             (6, "::1", 8080): 1})})
+    kept = lambda f: sorted((r.pid, r.dport, r.family) for r in rows if f.keeps_edge(r))
+    assert kept(Filters()) == [(100, 8080, 4), (200, 5432, 4), (200, 8080, 6)]
+    assert kept(Filters.build(ports=[8080])) == [(100, 8080, 4), (200, 8080, 6)]
+    assert kept(Filters.build(ipv4=True)) == [(100, 8080, 4), (200, 5432, 4)]
+    assert kept(Filters.build(comm="client")) == [(100, 8080, 4)]
