@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.kernel.conftest import discard_pending
 from tests.kernel.test_pool_advice import free_port, stop, wait_port
 from tests.kernel.workloads import nginx_conf, run_to_end
 
@@ -37,7 +38,7 @@ def traced(session, collector_run, cmd: list[str], timeout_s: float):
     dropped; the collector is primed before the client starts and runs on
     for two intervals after it ends, so every accept and close is in a
     snapshot."""
-    session.poll(0)
+    discard_pending(session)
     run = collector_run(INTERVAL)
     with run:
         client, out = run_to_end(cmd, timeout_s)
