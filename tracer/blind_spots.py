@@ -122,8 +122,10 @@ def exactness(backend: str, reasons: DropReasons, kernel: str = "") -> list[tupl
             out.append(("NOT exact", "accept-queue drops, ACK-time (drops) and SYN-time "
                                      "(syn_drops), hooked where the kernel drops: under heavy "
                                      "load a kprobe run the kernel skips loses its drop, "
-                                     "uncounted (20 of 3,952 once in a 6.12 guest); fentry "
-                                     "does not"))
+                                     "uncounted (20 of 3,952 once in a 6.12 guest; fentry "
+                                     "does not); and the rare SYN-time race fentry has "
+                                     "(1,018 against ListenOverflows 1,017 once in a 5.10 "
+                                     "guest)"))
         out.append(("exact", "accepts and queue waits, also io_uring and in-kernel accepts "
                              "(inet_csk_accept)"))
         out.append(BLOCKED_BEFORE_START)

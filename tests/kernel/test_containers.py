@@ -224,8 +224,12 @@ def test_short_lived_clients_are_named_by_the_cgroup_id_of_their_connect(runc, n
         runc.run("server", ["httpd", "-f", "-p", f"127.0.0.1:{port}", "-h", "/"],
                  f"/docker/{server_id}", ns_path, timeout_s=40)
         assert wait_for(lambda: _listening(ns, port), 10), "busybox httpd did not listen"
+        # the container outlives its last wget by 2 s, as a container's cgroup
+        # outlives its short-lived processes; `runc run` removes the cgroup the
+        # moment init exits, and a cgroup removed before connscope read its path
+        # keeps only its id (CI once read all 30 connects after the removal)
         script = (f"i=0; while [ $i -lt 30 ]; do wget -q -O /dev/null "
-                  f"http://127.0.0.1:{port}/ ; i=$((i+1)); done")
+                  f"http://127.0.0.1:{port}/ ; i=$((i+1)); done; sleep 2")
         runc.run("client", ["sh", "-c", script], client_cg, ns_path, timeout_s=30)
         client_cg_id = _v2_id(client_cg)
         assert runc.wait("client", 30) is not None

@@ -108,7 +108,13 @@ def test_reuseport_group_reloaded_drops_equal_listen_overflows(probe_session, co
         # kprobe runs the kernel skips under load lose their drop, uncounted
         # (doctor: NOT exact): 20 short in both trixie runs (3,932 of 3,952,
         # 2,501 of 2,521), none in bookworm or bullseye. Never more.
-        assert kernel * 0.97 <= counted <= kernel
+        # And a SYN-time drop is told by the listener's sk_drops, which another
+        # CPU can move during the call (doctor: a rare race), on kprobe as on
+        # fentry: 1,018 against 1,017 once in bullseye (kprobe), 842 against
+        # 841 once in bookworm (fentry); every other run equal.
+        assert kernel * 0.97 <= counted <= kernel + max(2, kernel * 0.005)
+    elif info.backend == "fentry":
+        assert abs(counted - kernel) <= max(2, kernel * 0.005)
     else:
         assert counted == kernel
     # one key, one row per interval: the members are summed, never listed apart

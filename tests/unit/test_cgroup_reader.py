@@ -198,3 +198,14 @@ def test_pids_not_asked_for_in_an_interval_are_let_go(tmp_path):
     cache.revalidate()              # 2 idle for a whole interval
     assert set(cache._entries) == {1} and cache.group(2) == "host"
     assert cache.get(2) is not None     # read again when it comes back
+
+
+def test_a_connect_whose_cgroup_is_gone_keeps_its_cgroup_id(tmp_path):
+    """The pid exited and the cgroup was removed before its path was read:
+    the id the kernel put on the connect is still recorded, the rest null."""
+    cache = ContainerCache(v2_root=str(tmp_path), pods_root=str(tmp_path / "none"),
+                           links_root=str(tmp_path / "none"), proc=str(tmp_path / "proc"))
+    cache.note([99999], [123456789])          # no such pid, no such cgroup id
+    assert cache.columns_of(99999, 123456789) == (123456789, None, None, None, None, None,
+                                                  None, None)
+    assert cache.columns_of(99999, 0) == (None,) * 8

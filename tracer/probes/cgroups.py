@@ -375,7 +375,11 @@ class ContainerCache:
         """columns(pid), or those of the cgroup id if the pid was not read."""
         got = self._columns.get(pid)
         if got is None:
-            got = self._id_columns.get(cgroup_id, _NO_COLUMNS)
+            got = self._id_columns.get(cgroup_id)
+        if got is None:
+            # the cgroup was gone before its path was read (a container removed
+            # within a poll of its last connect): the kernel's id is still a fact
+            got = (cgroup_id or None, *_NO_COLUMNS[1:])
         return got
 
     def group_of(self, pid: int, cgroup_id: int) -> str:
