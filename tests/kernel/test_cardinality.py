@@ -13,6 +13,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pytest
 
+from tests.kernel.conftest import discard_pending
+
 pytestmark = pytest.mark.kernel
 
 DESTINATIONS = 400
@@ -74,7 +76,7 @@ def test_more_destinations_than_the_cap_are_counted_shown_and_recorded(probe_ses
     from tracer.sinks.parquet_writer import Recording
     from tracer.sinks.recorder import RecordSink
 
-    probe_session.poll(0)
+    discard_pending(probe_session)
     clock = Clock()
     out = tmp_path / "rec"
     recording = Recording(out, host="test", run_id="cardinality", backend="tracepoint",
