@@ -45,11 +45,15 @@ PACKAGES = (
     # real server; nginx-light is the smallest nginx in all three releases),
     # redis (server counters), tmux (the TUI driven as a user would). About
     # 15 MiB in all; postgres (test_pool_advice) is left out for its size.
+    # runc and busybox-static run test_containers' real containers (a
+    # locally made busybox root filesystem; nothing pulled from a registry).
     "curl",
     "nginx-light",
     "apache2-utils",
     "redis-server",
     "tmux",
+    "runc",
+    "busybox-static",
 )
 # Bump when build steps change in ways the recipe hash cannot see.
 RECIPE_VERSION = 1
