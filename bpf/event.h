@@ -30,6 +30,7 @@
 #define CTR_LISTENERS_FULL 3   /* listener not tracked: listener map full */
 #define CTR_ACCEPTING_FULL 4   /* accept() not seen: map of threads in accept() full */
 #define CTR_CONNECT_CALLS_FULL 5 /* connect() not watched for its own error: map of threads in connect() full */
+#define CTR_NESTED_STATE_CHANGES 6 /* state changes the raw program's second copy handled (main.c) */
 /* (user space counts the in-flight connects it sweeps as stale: session.py) */
 #define CTR_MAX 8
 

@@ -169,7 +169,7 @@ static __always_inline void skb_freed(u64 rx_sk, int reason)
 #endif
 
 /* inet_sock_set_state(const struct sock *sk, int oldstate, int newstate) */
-RAW_TRACEPOINT_PROBE(inet_sock_set_state)
+static __always_inline int set_state_raw(struct bpf_raw_tracepoint_args *ctx)
 {
     struct state_change s = {};
     u64 sk = ctx->args[0];
@@ -223,6 +223,40 @@ RAW_TRACEPOINT_PROBE(inet_sock_set_state)
 run:
     sock_state_changed(ctx, &s);
     return 0;
+}
+
+/* A state change can happen in an interrupt that arrives while this CPU
+ * runs the program for another one (a loopback softirq inside connect()).
+ * The kernel skips a raw tracepoint program already running on that CPU
+ * (its recursion_misses), so the inner change would be lost. A second copy
+ * of the program, attached to the same tracepoint, handles a change only
+ * while the first is running on its CPU: then it is the first that the
+ * kernel skipped. Otherwise it runs after the first and does nothing.
+ * (Kernels that do not skip run the first again; its exit clears the flag,
+ * so the copy stays idle.) Each change it handles is counted, and user
+ * space takes those from the first's misses (session.py). */
+BPF_PERCPU_ARRAY(set_state_running, u32, 1);
+
+RAW_TRACEPOINT_PROBE(inet_sock_set_state)
+{
+    int zero = 0;
+    u32 *running = set_state_running.lookup(&zero);
+    if (running)
+        *running = 1;
+    set_state_raw(ctx);
+    if (running)
+        *running = 0;
+    return 0;
+}
+
+int raw_tracepoint__inet_sock_set_state__nested(struct bpf_raw_tracepoint_args *ctx)
+{
+    int zero = 0;
+    u32 *running = set_state_running.lookup(&zero);
+    if (!running || !*running)
+        return 0;
+    count(CTR_NESTED_STATE_CHANGES);
+    return set_state_raw(ctx);
 }
 
 /* tcp_retransmit_synack(const struct sock *sk, const struct request_sock *req) */

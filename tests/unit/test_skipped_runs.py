@@ -6,7 +6,9 @@ tracer/domain/hooks.py."""
 import json
 from datetime import datetime, timezone
 
-from tracer.domain.hooks import hook_label, missed_runs_from, skipped_runs_text
+from tracer.domain.hooks import (NESTED_COPY, hook_label, missed_runs_from, skipped_runs_text,
+                                  unhandled_misses)
+from tracer.probes.loader import kernel_name
 
 MISSED = {"tracepoint__sock__inet_sock_set_state": 1100, "tracepoint__tcp__tcp_destroy_sock": 60,
           "raw_tracepoint__kfree_skb": 5, "kfunc__vmlinux__tcp_v4_connect": 2}
@@ -99,3 +101,23 @@ def test_report_and_replay_show_the_same_count(tmp_path):
     shown = {timeline.snapshot(i).missed_runs for i in range(0, len(timeline), 50)}
     # each run's intervals carry that run's count (replay plays one run at a time)
     assert shown == {1000, 167}
+
+
+def test_runs_the_nested_copy_handled_are_not_lost():
+    first = "raw_tracepoint__inet_sock_set_state"
+    copy = first + NESTED_COPY
+    missed = {first: 44, copy: 3, "raw_tracepoint__tcp_destroy_sock": 2}
+    # 40 of the first's 44 skipped runs were handled by its copy: 4 lost;
+    # the copy's own 3 are runs the first made (or counted there)
+    assert unhandled_misses(missed, {first: 40}) == {first: 4, "raw_tracepoint__tcp_destroy_sock": 2}
+    assert unhandled_misses(missed, {first: 44}) == {"raw_tracepoint__tcp_destroy_sock": 2}
+    # read in that order, handled never exceeds missed; if it did, nothing is negative
+    assert unhandled_misses({first: 1}, {first: 5}) == {}
+    assert unhandled_misses(missed, {}) == {first: 44, "raw_tracepoint__tcp_destroy_sock": 2}
+
+
+def test_the_copy_has_its_own_kernel_name():
+    first = "raw_tracepoint__inet_sock_set_state"
+    assert kernel_name(first) == "sock_set_state"
+    assert kernel_name(first + NESTED_COPY) == "sock_set_state2"
+    assert len(kernel_name("raw_tracepoint__a_very_long_tracepoint_name" + NESTED_COPY)) == 15

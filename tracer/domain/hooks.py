@@ -45,6 +45,28 @@ def skipped_runs_text(missed: dict[str, int], limit: int = 3) -> str:
     return f"{total:,} probe run{'s' if total != 1 else ''} skipped by the kernel ({named}{more})"
 
 
+# A second program on a raw tracepoint, run only while the first is running
+# on its CPU (bpf/main.c: the set-state program's nested copy).
+NESTED_COPY = "__nested"
+
+
+def unhandled_misses(missed: dict[str, int], handled: dict[str, int]) -> dict[str, int]:
+    """The kernel's skipped runs ({program: n}, recursion_misses) less those
+    a nested copy handled: `handled` is {program: runs its copy handled}, read
+    BEFORE `missed` (each handled run follows its miss, so the difference is
+    never below what was really lost). A copy's own skipped runs are left
+    out: it is skipped only while it runs, and then either the first ran
+    (nothing lost) or the first was skipped too (counted there)."""
+    out = {}
+    for name, n in missed.items():
+        if name.endswith(NESTED_COPY):
+            continue
+        n -= handled.get(name, 0)
+        if n > 0:
+            out[name] = n
+    return out
+
+
 MAX_PROGRAMS = 64   # we load about 20; more in a manifest is not ours
 _PROGRAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")   # a C function name
 

@@ -1,7 +1,8 @@
 """Create the maps of a compiled program, load its functions, attach them.
 
 How each function attaches follows from its name, as bcc names them:
-`tracepoint__CAT__NAME` (a tracepoint), `raw_tracepoint__NAME`, `kfunc__FN` /
+`tracepoint__CAT__NAME` (a tracepoint), `raw_tracepoint__NAME` (and
+`raw_tracepoint__NAME__COPY`, a second program on it), `kfunc__FN` /
 `kretfunc__FN` (fentry/fexit); kprobe functions are named by the caller
 (tracer/probes/program.py: KPROBES). Everything is undone by close(), and a
 kretprobe made through tracefs is removed from kprobe_events again.
@@ -292,7 +293,9 @@ def load(prog: CompiledProgram, *, kprobes: tuple[KprobeSpec, ...] = (), hidden:
                 loaded._links.append(_attach_perf(fd, pfd))
             elif fn.name.startswith("raw_tracepoint__"):
                 fd = _load(loaded, prog, fn.name, insns, sc.PROG_RAW_TRACEPOINT)
-                loaded._links.append(sc.raw_tracepoint_open(fd, fn.name[len("raw_tracepoint__"):]))
+                # raw_tracepoint__NAME__COPY: another program on NAME (main.c)
+                tp = fn.name[len("raw_tracepoint__"):].split("__", 1)[0]
+                loaded._links.append(sc.raw_tracepoint_open(fd, tp))
             elif fn.name.startswith(("kfunc__", "kretfunc__")):
                 ret = fn.name.startswith("kretfunc__")
                 target = fn.name.split("__", 1)[1]
@@ -320,12 +323,15 @@ def kernel_name(function: str) -> str:
     """The name the kernel (and bpftool) shows for a program: 15 characters
     at most, and distinct for every hook (bcc's function names are not: all
     four accept syscall tracepoints begin `tracepoint__sys`)."""
+    copy = ""
+    if function.startswith("raw_tracepoint__") and function.count("__") == 2:
+        function, copy = function.rsplit("__", 1)    # a second program on one tracepoint
     if function.startswith(("tracepoint__", "raw_tracepoint__")):
         event = function.split("__")[-1]
         for long, short in (("inet_sock_set_state", "sock_set_state"), ("sys_", ""),
                             ("retransmit", "rtx")):
             event = event.replace(long, short)
-        return event[:15]
+        return event[:14] + "2" if copy else event[:15]
     return function[:15]
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from tracer import events, lifetimes
 from tracer.domain import outcomes
+from tracer.domain.hooks import NESTED_COPY, unhandled_misses
 from tracer.events import C
 from tracer.filters import Filters
 from tracer.probes import blocked_accepts, buffers, loader, program
@@ -180,15 +181,17 @@ class ProbeSession:
         time.sleep(min(timeout_ms, POLL_SLEEP_MS) / 1000.0)
         self._buffer.read(_ignore, MAX_BATCH)
 
+    def _counter(self, slot: int) -> int:
+        """A counters[] slot summed over CPUs."""
+        table = self._prog.maps["counters"]
+        value = table.lookup(struct.pack("<I", slot))
+        if value is None:
+            return 0
+        return sum(struct.unpack_from("<Q", v)[0] for v in table.per_cpu(value))
+
     def counters(self) -> dict[str, int]:
         """Kernel-side loss counters, summed over CPUs."""
-        table = self._prog.maps["counters"]
-
-        def total(slot):
-            value = table.lookup(struct.pack("<I", slot))
-            if value is None:
-                return 0
-            return sum(struct.unpack_from("<Q", v)[0] for v in table.per_cpu(value))
+        total = self._counter
         return {
             # The same drops, counted twice on a perf buffer: by emit() when the
             # output helper fails (kernels that report it) and by the kernel's
@@ -210,8 +213,13 @@ class ProbeSession:
         }
 
     def missed_runs_by(self) -> dict[str, int]:
-        """{program: runs the kernel skipped (BPF recursion)}, programs with any."""
-        return self._prog.recursion_misses(PROG_INFO_RECURSION_MISSES)
+        """{program: runs the kernel skipped (BPF recursion) and nothing
+        handled}, programs with any."""
+        handled = {}
+        if "raw_tracepoint__inet_sock_set_state" + NESTED_COPY in self._prog.prog_fds:
+            handled["raw_tracepoint__inet_sock_set_state"] = self._counter(
+                C["CTR_NESTED_STATE_CHANGES"])        # first: see unhandled_misses
+        return unhandled_misses(self._prog.recursion_misses(PROG_INFO_RECURSION_MISSES), handled)
 
     def _blocked_unseen(self) -> int:
         b = self.blocked_accepts
