@@ -127,7 +127,8 @@ def summarize(runs, configs, rounds, requests, concurrency, port) -> Section:
         ["configuration", "req/s (median)", "range", "vs none", "paired ratio",
          "nginx+ab CPU µs / conn",
          "ab failed", "tracer CPU s / 10k conn", "wake-ups / conn", "peak RSS MB", "idle CPU %",
-         "connects seen", "accepts seen", "lost", "BPF recursion misses", "runs with foreign BPF"],
+         "connects seen", "accepts seen", "lost", "BPF recursion misses", "skipped runs not handled",
+         "runs with foreign BPF"],
         raw={"runs": runs, "port": port})
     base = median(r["ab"]["rps"] for r in runs if r["key"] == "none")
     for key in configs:
@@ -146,7 +147,7 @@ def summarize(runs, configs, rounds, requests, concurrency, port) -> Section:
                           if r.get("nginx_accepted")), 0),
                f"{failed} / {ab_conns:,}"]
         if spec is None:
-            row += ["–", "–", "–", "–", "–", "–", "–", "–"]
+            row += ["–", "–", "–", "–", "–", "–", "–", "–", "–"]
         else:
             cpu = median(r["tracer_cpu_s"] / (r["nginx_accepted"] / 1e4)
                          for r in rs if "tracer_cpu_s" in r and r["nginx_accepted"] > 0)
@@ -168,6 +169,8 @@ def summarize(runs, configs, rounds, requests, concurrency, port) -> Section:
             row += [fmt(cpu, 2), fmt(wakeups, 2), fmt(peak, 0), fmt(idle, 1), seen("connects"), seen("accepts"),
                     "–" if any(v is None for v in lost) else fmt(sum(lost)),
                     fmt(sum(r.get("recursion_misses", 0) for r in rs))]
+            unhandled = [c.get("missed_runs") for c in counted]
+            row.append("–" if any(v is None for v in unhandled) else fmt(sum(unhandled)))
             died = [r for r in rs if "tracer_died" in r]
             if died:
                 s.notes.append(f"{spec.name}: died during {len(died)} run(s)")
@@ -200,7 +203,10 @@ def summarize(runs, configs, rounds, requests, concurrency, port) -> Section:
         "'Complete requests' is not the ground truth; the kernel's ActiveOpens agree with nginx.",
         "BPF recursion misses: runs of the tracer's programs the kernel skipped because a BPF "
         "program was already running on that CPU (bpftool's recursion_misses, summed at the end "
-        "of each run); such events never reach a buffer, so no tool counts them as lost.",
+        "of each run); such events never reach a buffer, so no tool counts them as lost. "
+        "connscope's set-state program has a nested copy that handles the changes its first "
+        "copy was skipped for: 'skipped runs not handled' (the manifest's missed_runs) are "
+        "those lost.",
         "lost: connscope's manifest lost_events (record), the 'lost N' of the last table (top), "
         "bcc's 'Possibly lost N samples' (tcplife, tcpstates).",
     ]

@@ -46,6 +46,10 @@ class Counts:
     accepts: int | None = None     # server side: connections accepted (or handshakes done)
     lost: int | None = None        # events the tool says it lost
     note: str = ""
+    # probe runs the kernel skipped that nothing handled (connscope's
+    # manifest missed_runs; bpftool's recursion_misses also count the runs
+    # a nested copy handled)
+    missed_runs: int | None = None
 
 
 @dataclass
@@ -131,7 +135,8 @@ def recording_counts(rec_dir: Path, port: int) -> Counts:
     dropped = sum(sum(m.get("dropped_rows", {}).values()) for m in manifests)
     status = ",".join(m.get("status", "?") for m in manifests)
     note = f"manifest {status}" + (f", {dropped} rows dropped" if dropped else "")
-    return Counts(rows("connects", "dport"), rows("accepts", "lport"), lost, note)
+    missed = sum(sum(m.get("missed_runs", {}).values()) for m in manifests)
+    return Counts(rows("connects", "dport"), rows("accepts", "lport"), lost, note, missed)
 
 
 def _record_count(r: Running, port: int) -> Counts:
@@ -295,6 +300,20 @@ def _classic_env() -> dict:
     return e
 
 
+def _no_containers_env() -> dict:
+    from tracer.run import NO_CONTAINERS_ENV
+
+    e = tracer_env()
+    e[NO_CONTAINERS_ENV] = "1"
+    return e
+
+
+RECORD_NO_CONTAINERS = TracerSpec(
+    "connscope record, no container attribution",
+    lambda d: [*CONNSCOPE, "record", "--out", d / "rec"],
+    _stderr_has("recording to"), _record_count, env=_no_containers_env,
+    about="headless recording to Parquet without container and pod attribution "
+          "(CONNSCOPE_NO_CONTAINERS=1): what attribution costs, against `record`")
 RECORD_CLASSIC = TracerSpec(
     "connscope record, classic tracepoints", lambda d: [*CONNSCOPE, "record", "--out", d / "rec"],
     _stderr_has("recording to"), _record_count, env=_classic_env,
@@ -369,4 +388,5 @@ NO_TRACER = None
 CONFIGS = {"none": NO_TRACER, "record": RECORD, "top": TOP_PLAIN, "tcplife": TCPLIFE,
            "tcpstates": TCPSTATES, "probes": PROBE_ONLY, "probes-skip": PROBE_SKIP, "hooks": HOOKS_ONLY,
            "hooks-raw": HOOKS_RAW, "record-classic": RECORD_CLASSIC,
-           "record-metrics": RECORD_METRICS, "record-metrics-scraped": RECORD_METRICS_SCRAPED}
+           "record-metrics": RECORD_METRICS, "record-metrics-scraped": RECORD_METRICS_SCRAPED,
+           "record-no-containers": RECORD_NO_CONTAINERS}

@@ -213,10 +213,17 @@ def _recording_args(recording) -> dict:
     return {"recording_path": str(recording.directory), "recording_status": recording.status}
 
 
+NO_CONTAINERS_ENV = "CONNSCOPE_NO_CONTAINERS"   # 1: no container attribution (what it costs)
+
+
 def container_cache():
-    """pid -> cgroup, container and pod, shared by the collector and the sinks."""
+    """pid -> cgroup, container and pod, shared by the collector and the sinks;
+    None with CONNSCOPE_NO_CONTAINERS=1 (the container columns stay null:
+    the benchmark's measure of what attribution costs)."""
     from tracer.probes.cgroups import ContainerCache
 
+    if os.environ.get(NO_CONTAINERS_ENV) == "1":
+        return None
     return ContainerCache()
 
 
@@ -267,7 +274,7 @@ def record(*, backend: str, interval: float, filters: Filters, out_dir: str,
                      f"backend {session.info.backend}, {session.info.offsets_from}); "
                      f"Ctrl-C stops\n")
     containers = container_cache()
-    for note in containers.notes:       # e.g. a pods directory others can write
+    for note in (containers.notes if containers else ()):   # e.g. a pods directory others can write
         sys.stderr.write(f"connscope: {printable(note)}\n")
     sinks = [RecordSink(recording, clock, containers),
              StatusLineSink(recording_status=recording.status)]
@@ -376,7 +383,7 @@ def live(*, backend: str, interval: float, filters: Filters, record_dir: str | N
         sinks.append(RecordSink(recording, clock, containers))
     # Not a terminal (| tee, ssh without a pty, scripts) or asked for: plain tables.
     if plain or not (sys.stdout.isatty() and sys.stdin.isatty()):
-        for note in containers.notes:
+        for note in (containers.notes if containers else ()):
             sys.stderr.write(f"connscope: {printable(note)}\n")
         sinks.insert(0, ConsoleSink(title=f"[{session.info.backend}] "))
         _collect(session, sinks, interval, duration, clock, recording, filters, containers)

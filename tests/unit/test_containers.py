@@ -159,3 +159,15 @@ def test_container_dirs_and_links():
         "web-1", "default", "nginx", ID)
     assert containers.container_log(f"web-1_default_nginx-{ID}.log.evil") is None
     assert containers.container_log(f"web-1_default_nginx-{ID[:-1]}.log") is None
+
+
+def test_attribution_can_be_left_out_for_the_benchmark(monkeypatch):
+    from tracer.probes.cgroups import ContainerCache
+    from tracer.run import NO_CONTAINERS_ENV, container_cache
+
+    monkeypatch.delenv(NO_CONTAINERS_ENV, raising=False)
+    assert isinstance(container_cache(), ContainerCache)
+    monkeypatch.setenv(NO_CONTAINERS_ENV, "1")
+    assert container_cache() is None
+    monkeypatch.setenv(NO_CONTAINERS_ENV, "yes")     # only "1" turns it off
+    assert isinstance(container_cache(), ContainerCache)
