@@ -50,6 +50,7 @@ class Counts:
     # manifest missed_runs; bpftool's recursion_misses also count the runs
     # a nested copy handled)
     missed_runs: int | None = None
+    missed_runs_by: dict | None = None   # {program: missed_runs}, kept in the JSON
 
 
 @dataclass
@@ -135,8 +136,12 @@ def recording_counts(rec_dir: Path, port: int) -> Counts:
     dropped = sum(sum(m.get("dropped_rows", {}).values()) for m in manifests)
     status = ",".join(m.get("status", "?") for m in manifests)
     note = f"manifest {status}" + (f", {dropped} rows dropped" if dropped else "")
-    missed = sum(sum(m.get("missed_runs", {}).values()) for m in manifests)
-    return Counts(rows("connects", "dport"), rows("accepts", "lport"), lost, note, missed)
+    by: dict = {}
+    for m in manifests:
+        for program, n in m.get("missed_runs", {}).items():
+            by[program] = by.get(program, 0) + n
+    return Counts(rows("connects", "dport"), rows("accepts", "lport"), lost, note,
+                  sum(by.values()), by)
 
 
 def _record_count(r: Running, port: int) -> Counts:

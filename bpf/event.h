@@ -31,6 +31,7 @@
 #define CTR_ACCEPTING_FULL 4   /* accept() not seen: map of threads in accept() full */
 #define CTR_CONNECT_CALLS_FULL 5 /* connect() not watched for its own error: map of threads in connect() full */
 #define CTR_NESTED_STATE_CHANGES 6 /* state changes the raw program's second copy handled (main.c) */
+#define CTR_NESTED_DESTROYS 7  /* destroyed sockets the raw program's second copy handled (main.c) */
 /* (user space counts the in-flight connects it sweeps as stale: session.py) */
 #define CTR_MAX 8
 

@@ -235,25 +235,27 @@ run:
  * (Kernels that do not skip run the first again; its exit clears the flag,
  * so the copy stays idle.) Each change it handles is counted, and user
  * space takes those from the first's misses (session.py). */
-BPF_PERCPU_ARRAY(set_state_running, u32, 1);
+#define RUNNING_SET_STATE 0
+#define RUNNING_DESTROY 1
+BPF_PERCPU_ARRAY(running, u32, 2);
 
 RAW_TRACEPOINT_PROBE(inet_sock_set_state)
 {
-    int zero = 0;
-    u32 *running = set_state_running.lookup(&zero);
-    if (running)
-        *running = 1;
+    int slot = RUNNING_SET_STATE;
+    u32 *on = running.lookup(&slot);
+    if (on)
+        *on = 1;
     set_state_raw(ctx);
-    if (running)
-        *running = 0;
+    if (on)
+        *on = 0;
     return 0;
 }
 
 int raw_tracepoint__inet_sock_set_state__nested(struct bpf_raw_tracepoint_args *ctx)
 {
-    int zero = 0;
-    u32 *running = set_state_running.lookup(&zero);
-    if (!running || !*running)
+    int slot = RUNNING_SET_STATE;
+    u32 *on = running.lookup(&slot);
+    if (!on || !*on)
         return 0;
     count(CTR_NESTED_STATE_CHANGES);
     return set_state_raw(ctx);
@@ -274,12 +276,36 @@ RAW_TRACEPOINT_PROBE(tcp_retransmit_skb)
     return 0;
 }
 
-/* tcp_destroy_sock(struct sock *sk) */
-RAW_TRACEPOINT_PROBE(tcp_destroy_sock)
+/* tcp_destroy_sock(struct sock *sk); a socket destroyed in a softirq while
+ * this CPU runs the program for another is handled by a nested copy, as for
+ * inet_sock_set_state above. */
+static __always_inline int destroy_raw(struct bpf_raw_tracepoint_args *ctx)
 {
     u64 sk = ctx->args[0];
     sock_destroyed(sk, READ_AT(sk, OFF_SKC_DPORT, u16));
     return 0;
+}
+
+RAW_TRACEPOINT_PROBE(tcp_destroy_sock)
+{
+    int slot = RUNNING_DESTROY;
+    u32 *on = running.lookup(&slot);
+    if (on)
+        *on = 1;
+    destroy_raw(ctx);
+    if (on)
+        *on = 0;
+    return 0;
+}
+
+int raw_tracepoint__tcp_destroy_sock__nested(struct bpf_raw_tracepoint_args *ctx)
+{
+    int slot = RUNNING_DESTROY;
+    u32 *on = running.lookup(&slot);
+    if (!on || !*on)
+        return 0;
+    count(CTR_NESTED_DESTROYS);
+    return destroy_raw(ctx);
 }
 
 #ifdef HOOK_KFREE_SKB

@@ -216,9 +216,10 @@ class ProbeSession:
         """{program: runs the kernel skipped (BPF recursion) and nothing
         handled}, programs with any."""
         handled = {}
-        if "raw_tracepoint__inet_sock_set_state" + NESTED_COPY in self._prog.prog_fds:
-            handled["raw_tracepoint__inet_sock_set_state"] = self._counter(
-                C["CTR_NESTED_STATE_CHANGES"])        # first: see unhandled_misses
+        for program, slot in (("raw_tracepoint__inet_sock_set_state", "CTR_NESTED_STATE_CHANGES"),
+                              ("raw_tracepoint__tcp_destroy_sock", "CTR_NESTED_DESTROYS")):
+            if program + NESTED_COPY in self._prog.prog_fds:
+                handled[program] = self._counter(C[slot])   # first: see unhandled_misses
         return unhandled_misses(self._prog.recursion_misses(PROG_INFO_RECURSION_MISSES), handled)
 
     def _blocked_unseen(self) -> int:
