@@ -256,3 +256,49 @@ def test_path_of_a_cgroup_id():
     finally:
         d.rmdir()
         d.parent.rmdir()
+
+
+def test_edges_name_the_client_and_server_containers(runc, netns, tmp_path):
+    """A client container's wget processes connect to a server in another
+    container (one network namespace): the recorded edges carry the client's
+    container (by the cgroup id of its connects: each wget is gone within
+    milliseconds) and the serving container (its listener's owner), and the
+    report names both."""
+    ns, ns_path, ns_inode = netns
+    port = 20000 + secrets.randbelow(20000)
+    server_id, client_id = secrets.token_hex(32), secrets.token_hex(32)
+    server_cg, client_cg = f"/docker/{server_id}", f"/system.slice/docker-{client_id}.scope"
+    requests = 12
+    out = tmp_path / "rec"
+    proc = _recorder(out, port, tmp_path / "no-pods", tmp_path / "no-links")
+    try:
+        wait_started(proc)
+        runc.run("server", ["httpd", "-f", "-p", f"127.0.0.1:{port}", "-h", "/"], server_cg,
+                 ns_path, timeout_s=40)
+        assert wait_for(lambda: _listening(ns, port), 10), "busybox httpd did not listen"
+        server_cg_id = _v2_id(server_cg)
+        time.sleep(1.2)     # interval ends: the listener's owner is read
+        script = (f"i=0; while [ $i -lt {requests} ]; do wget -q -O /dev/null "
+                  f"http://127.0.0.1:{port}/ ; i=$((i+1)); done; sleep 2")
+        runc.run("client", ["sh", "-c", script], client_cg, ns_path, timeout_s=30)
+        client_cg_id = _v2_id(client_cg)
+        assert runc.wait("client", 30) is not None
+        time.sleep(1.0)
+    finally:
+        err = _stop(proc)
+    rows = _sql(out, "edges", "select connects, comm, netns, cgroup_id, container_runtime, "
+                "container_id, server_comm, server_cgroup_id, server_container_runtime, "
+                f"server_container_id from T where dport = {port}")
+    assert sum(r[0] for r in rows) == requests, rows
+    assert {r[1:] for r in rows} == {("wget", ns_inode, client_cg_id, "docker", client_id,
+                                      "httpd", server_cg_id, "docker", server_id)}, rows
+
+    from tracer.report.reader import read_recording
+    from tracer.report.summary import summarize
+    from tracer.report.text import render_text
+
+    s = summarize(read_recording(out))
+    mine = [e for e in s.edges if e.dport == port]
+    assert mine and {(e.client.split(" in ")[1], e.server.split(" in ")[1]) for e in mine} == \
+        {(f"docker:{client_id[:12]}", f"docker:{server_id[:12]}")}, mine
+    assert f"in docker:{server_id[:12]}" in render_text(s)

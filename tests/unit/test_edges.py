@@ -162,3 +162,58 @@ def test_filters_keep_edges_with_connects_and_matching_held_ones():
     assert kept(Filters.build(ports=[8080])) == [(100, 8080, 4), (200, 8080, 6)]
     assert kept(Filters.build(ipv4=True)) == [(100, 8080, 4), (200, 5432, 4)]
     assert kept(Filters.build(comm="client")) == [(100, 8080, 4)]
+
+
+def test_edges_name_the_containers_of_both_ends_and_keep_them_through_a_recording(tmp_path):
+    """The serving process's container is its listener row's; the client's
+    (set by the collector) and the kernel's cgroup id of its connects are
+    kept; both reach the table, replay, the report's labels and graph."""
+    from dataclasses import replace
+
+    from tests.tui.synthetic import last
+    from tracer.clock import Clock
+    from tracer.domain.containers import Attribution
+    from tracer.replay.timeline import RecordingTimeline
+    from tracer.report.html import render_html
+    from tracer.report.reader import read_recording
+    from tracer.report.summary import summarize
+    from tracer.report.text import render_text
+    from tracer.sinks.parquet_writer import Recording
+    from tracer.sinks.recorder import RecordSink
+
+    client_ct = Attribution(1111, "/docker/" + "a" * 64, "docker", "a" * 64)
+    server_ct = Attribution(2222, "/kubepods/pod" + "1" * 8, "cri", "b" * 64,
+                            pod_namespace="shop", pod_name="api-0", container_name="api")
+    t = EdgeTable()
+    for _ in range(3):
+        t.add(replace(connect(pid=100, comm="client"), cgroup_id=1111))
+    t.add(connect(pid=101, comm="plain", dport=9))
+    lst = replace(listener(8080, 200, "api"), container=server_ct)
+    rows = {r.pid: r for r in t.roll(1.0, [lst], None)}
+    assert rows[100].cgroup_id == 1111 and rows[101].cgroup_id is None
+    assert rows[100].server_container == server_ct and rows[101].server_container is None
+    # (the collector's attribution of the client)
+    edges = (replace(rows[100], container=client_ct), rows[101])
+    e = edges[0]
+    assert e.label == (f"client (100) in docker:{'a' * 12} → 127.0.0.1:8080 → "
+                       "api (200) in shop/api-0/api")
+    assert edges[1].label == "plain (101) → 127.0.0.1:9"
+
+    snap = replace(last(), edges=edges)
+    with Recording(tmp_path, host="h1", run_id="r1") as rec:
+        RecordSink(rec, Clock())._interval(
+            type("S", (), {"lost_total": 0, "evicted_by": {}})(), snap)
+    data = read_recording(tmp_path)
+    (row,) = [r for r in data.tables["edges"].to_pylist() if r["pid"] == 100]
+    assert (row["cgroup_id"], row["container_id"], row["server_cgroup_id"],
+            row["server_pod_name"], row["server_container_name"]) == \
+        (1111, "a" * 64, 2222, "api-0", "api")
+    timeline = RecordingTimeline(data, tmp_path)
+    replayed = timeline.snapshot(len(timeline) - 1).edges
+    assert sorted(replayed, key=lambda e: e.label) == sorted(edges, key=lambda e: e.label)
+    s = summarize(data)
+    (stats,) = [x for x in s.edges if x.pid == 100]
+    assert (stats.client, stats.server) == (f"client (100) in docker:{'a' * 12}",
+                                             "api (200) in shop/api-0/api")
+    assert f"client (100) in docker:{'a' * 12}" in render_text(s)
+    assert "api (200) in shop/api-0/api" in render_html(s)

@@ -8,6 +8,11 @@ tallies it: `Holding.by_remote`), and, when the destination is a listener of
 this host, the process serving it and that listener's drops in the interval
 (the listener rows of the same interval, joined with
 tracer/domain/listeners.listener_of_connect). Pure state.
+
+Where each end runs: the serving process's container is its listener row's
+(attributed before the join); the client's is set by the collector from the
+pid, or from the cgroup id the kernel gave its connects when the pid is
+gone (`cgroup_id` here), as the connects table does.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from dataclasses import dataclass
 
 from tracer.aggregate.connects import ConnectStats
 from tracer.domain.addresses import endpoint
+from tracer.domain.containers import Attribution, in_container
 from tracer.domain.listeners import listener_key, listener_of_connect
 from tracer.events import Connect
 
@@ -49,6 +55,9 @@ class EdgeRow:
     server_comm: str | None = None
     listener: str | None = None    # that listener's addr:port (e.g. 0.0.0.0:80)
     listener_drops: int | None = None  # its drops + SYN drops in the interval; None: not local
+    cgroup_id: int | None = None   # the client's cgroup v2 id, from its connects' events
+    container: Attribution | None = None         # the client's (collector); None: unknown/none
+    server_container: Attribution | None = None  # the listener owner's; None: unknown/none
 
     @property
     def failures(self) -> int:
@@ -60,7 +69,8 @@ class EdgeRow:
 
     @property
     def client(self) -> str:
-        return "other" if self.family == 0 else f"{self.comm} ({self.pid})"
+        return "other" if self.family == 0 else in_container(f"{self.comm} ({self.pid})",
+                                                             self.container)
 
     @property
     def destination(self) -> str:
@@ -70,7 +80,9 @@ class EdgeRow:
     def server(self) -> str | None:
         if self.server_comm is None and self.server_pid is None:
             return None
-        return f"{self.server_comm or '?'} ({self.server_pid if self.server_pid else '?'})"
+        return in_container(
+            f"{self.server_comm or '?'} ({self.server_pid if self.server_pid else '?'})",
+            self.server_container)
 
     @property
     def label(self) -> str:
@@ -87,6 +99,7 @@ class _Window:
     netns: int
     own_source: bool               # some connect's source address was the destination
     stats: ConnectStats
+    cgroup_id: int = 0
 
 
 class _ListenerIndex:
@@ -136,7 +149,8 @@ class EdgeTable:
                 self._other.add(ev)
                 self.evicted_edges += 1
                 return
-            w = self._window[key] = _Window(ev.comm, ev.netns, False, ConnectStats())
+            w = self._window[key] = _Window(ev.comm, ev.netns, False, ConnectStats(),
+                                            ev.cgroup_id)
         # (per event: only what can change within an interval is looked at)
         w.stats.add(ev)
         if not w.own_source and ev.saddr == ev.daddr:
@@ -178,7 +192,8 @@ class EdgeTable:
             netns = (w.netns if w else 0) or netns_of.get(pid) or None
             n_held = held.get(key, (None, 0))[1] if holdings is not None else None
             lst = index.find(netns, family, daddr, dport, bool(w and w.own_source))
-            rows.append(_row(pid, comm, family, daddr, dport, s, per_s, n_held, netns, lst))
+            rows.append(_row(pid, comm, family, daddr, dport, s, per_s, n_held, netns, lst,
+                             (w.cgroup_id if w else 0) or None))
         if self._other.attempts or other_held:
             rows.append(_row(0, "other", 0, "other", 0, self._other, per_s,
                              other_held if holdings is not None else None, None, None))
@@ -186,7 +201,8 @@ class EdgeTable:
         return rows
 
 
-def _row(pid, comm, family, daddr, dport, s: ConnectStats, per_s, held, netns, lst) -> EdgeRow:
+def _row(pid, comm, family, daddr, dport, s: ConnectStats, per_s, held, netns, lst,
+         cgroup_id=None) -> EdgeRow:
     h = s.latency
     return EdgeRow(
         pid=pid, comm=comm, family=family, daddr=daddr, dport=dport, attempts=s.attempts,
@@ -196,7 +212,9 @@ def _row(pid, comm, family, daddr, dport, s: ConnectStats, per_s, held, netns, l
         server_pid=lst.pid if lst is not None else None,
         server_comm=lst.comm if lst is not None else None,
         listener=lst.label if lst is not None else None,
-        listener_drops=lst.drops + lst.syn_drops if lst is not None else None)
+        listener_drops=lst.drops + lst.syn_drops if lst is not None else None,
+        cgroup_id=cgroup_id,
+        server_container=getattr(lst, "container", None) if lst is not None else None)
 
 
 def ranked(rows) -> list[EdgeRow]:
