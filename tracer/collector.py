@@ -157,6 +157,7 @@ class Collector:
                                           ev.latency_us)
             elif isinstance(ev, Accept):
                 self.listeners.add_accept(ev)
+                self.edges.add_accept(ev)
                 self.processes.opened(ev.pid, ev.comm, None)
         for sink in self.sinks:
             sink.on_events(events)

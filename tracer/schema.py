@@ -312,11 +312,17 @@ _COLUMNS: dict[str, list[Column]] = {
                "table was not read", True),
         Column("server_pid", _I32, "owner of the listener of this host the destination reached "
                "(a loopback address, the connect's own source address, or a listener bound to "
-               "the address, in the client's network namespace); null if the destination is "
-               "not local or its owner is unknown", True),
+               "the address, in the client's network namespace; else a listener in the one "
+               "other namespace that owns the address: server_netns); null if the destination "
+               "is not local or its owner is unknown", True),
         Column("server_comm", _STR, "that owner's name (as `comm`); null as server_pid", True),
         Column("listener", _STR, "the listener reached (addr:port as bound, e.g. 0.0.0.0:80); "
                "null if the destination is not a listener of this host", True),
+        Column("server_netns", _I64, "network namespace of that listener: the client's, or "
+               "for a destination in another namespace (a container reached at its address) "
+               "the namespace owning the address, as its accepted connections' local addresses "
+               "and its bound listeners show (joined only when exactly one such namespace "
+               "listens on the port); null if not local", True),
         Column("listener_drops", _I64, "that listener's drops and SYN drops in the interval "
                "(listeners.drops: shared by every edge to it); null if not local", True),
         *_containers("the client"),

@@ -169,6 +169,7 @@ def edge_rows(rows: Iterable[dict]) -> list[EdgeRow]:
         established=r.get("established"), netns=r.get("netns"),
         server_pid=r.get("server_pid"), server_comm=r.get("server_comm"),
         listener=r.get("listener"), listener_drops=r.get("listener_drops"),
+        server_netns=r.get("server_netns"),
         cgroup_id=r.get("cgroup_id"), container=from_row(r),
         server_container=from_row(r, SERVER_PREFIX))
         for r in last.values()]
