@@ -457,7 +457,11 @@ class _Postgres:
                  "-c", f"unix_socket_directories={self.data}", "-c", "max_connections=40",
                  "-c", "fsync=off", "-c", "log_connections=on"],
                 stdout=subprocess.DEVNULL, stderr=log)
-        wait_port(self.port)
+        try:
+            wait_port(self.port)
+        except BaseException:
+            self.close()
+            raise
 
     def sessions(self, application: str) -> int:
         """Connections PostgreSQL authorized for this application_name."""
