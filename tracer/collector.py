@@ -157,6 +157,7 @@ class Collector:
                                           ev.latency_us)
             elif isinstance(ev, Accept):
                 self.listeners.add_accept(ev)
+                self.edges.add_accept(ev)
                 self.processes.opened(ev.pid, ev.comm, None)
         for sink in self.sinks:
             sink.on_events(events)
@@ -182,6 +183,10 @@ class Collector:
         # (joined with every listener, shown or not: a filter picks edges, not servers)
         edge_rows = self.edges.roll(seconds, listener_rows,
                                     holdings if scanned_at is not None else None)
+        if self.containers is not None:
+            of = self.containers.attribution_of
+            edge_rows = [replace(e, container=of(e.pid, e.cgroup_id or 0)) if e.family else e
+                         for e in edge_rows]
         if self.filters.active:
             listener_rows = [r for r in listener_rows if self.filters.keeps_listener(r)]
             process_rows = [p for p in process_rows if self.filters.keeps_process(p)]

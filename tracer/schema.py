@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import pyarrow as pa
 
-from tracer.domain import outcomes
+from tracer.domain import containers, outcomes
 
 SCHEMA_VERSION = "1"
 
@@ -87,6 +87,12 @@ def _containers(whose: str) -> list[Column]:
     ]
 
 
+def _server_containers() -> list[Column]:
+    """_containers of an edge's serving process, each name prefixed `server_`."""
+    return [c._replace(name=containers.SERVER_PREFIX + c.name)
+            for c in _containers("the serving process (server_pid)")]
+
+
 _TABLE_ROWS = {
     "connects": "one row per outgoing connect attempt, written when it resolves",
     "accepts": "one row per connection accepted by an application",
@@ -99,7 +105,10 @@ _TABLE_ROWS = {
                   "what the TcpExt memory counters of /proc/net/netstat added",
     "edges": "one row per edge of the connection map and interval: a client process and a "
              "destination it connected to in the interval or holds connections to, and for a "
-             "destination that is a listener of this host, the process serving it",
+             "destination that is a listener of this host, the process serving it; where each "
+             "runs: the client's container columns (by its pid, or by the cgroup id of its "
+             "connects if it was gone before it was read) and the serving process's, prefixed "
+             "`server_` (null where the destination is not a listener of this host)",
 }
 
 _NETNS = Column("netns", _I64, "network namespace (inode of /proc/PID/ns/net): tells apart "
@@ -303,13 +312,21 @@ _COLUMNS: dict[str, list[Column]] = {
                "table was not read", True),
         Column("server_pid", _I32, "owner of the listener of this host the destination reached "
                "(a loopback address, the connect's own source address, or a listener bound to "
-               "the address, in the client's network namespace); null if the destination is "
-               "not local or its owner is unknown", True),
+               "the address, in the client's network namespace; else a listener in the one "
+               "other namespace that owns the address: server_netns); null if the destination "
+               "is not local or its owner is unknown", True),
         Column("server_comm", _STR, "that owner's name (as `comm`); null as server_pid", True),
         Column("listener", _STR, "the listener reached (addr:port as bound, e.g. 0.0.0.0:80); "
                "null if the destination is not a listener of this host", True),
+        Column("server_netns", _I64, "network namespace of that listener: the client's, or "
+               "for a destination in another namespace (a container reached at its address) "
+               "the namespace owning the address, as its accepted connections' local addresses "
+               "and its bound listeners show (joined only when exactly one such namespace "
+               "listens on the port); null if not local", True),
         Column("listener_drops", _I64, "that listener's drops and SYN drops in the interval "
                "(listeners.drops: shared by every edge to it); null if not local", True),
+        *_containers("the client"),
+        *_server_containers(),
     ],
 }
 

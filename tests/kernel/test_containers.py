@@ -12,6 +12,7 @@ import os
 import secrets
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -256,3 +257,119 @@ def test_path_of_a_cgroup_id():
     finally:
         d.rmdir()
         d.parent.rmdir()
+
+
+def test_edges_name_the_client_and_server_containers(runc, netns, tmp_path):
+    """A client container's wget processes connect to a server in another
+    container (one network namespace): the recorded edges carry the client's
+    container (by the cgroup id of its connects: each wget is gone within
+    milliseconds) and the serving container (its listener's owner), and the
+    report names both."""
+    ns, ns_path, ns_inode = netns
+    port = 20000 + secrets.randbelow(20000)
+    server_id, client_id = secrets.token_hex(32), secrets.token_hex(32)
+    server_cg, client_cg = f"/docker/{server_id}", f"/system.slice/docker-{client_id}.scope"
+    requests = 12
+    out = tmp_path / "rec"
+    proc = _recorder(out, port, tmp_path / "no-pods", tmp_path / "no-links")
+    try:
+        wait_started(proc)
+        runc.run("server", ["httpd", "-f", "-p", f"127.0.0.1:{port}", "-h", "/"], server_cg,
+                 ns_path, timeout_s=40)
+        assert wait_for(lambda: _listening(ns, port), 10), "busybox httpd did not listen"
+        server_cg_id = _v2_id(server_cg)
+        time.sleep(1.2)     # interval ends: the listener's owner is read
+        script = (f"i=0; while [ $i -lt {requests} ]; do wget -q -O /dev/null "
+                  f"http://127.0.0.1:{port}/ ; i=$((i+1)); done; sleep 2")
+        runc.run("client", ["sh", "-c", script], client_cg, ns_path, timeout_s=30)
+        client_cg_id = _v2_id(client_cg)
+        assert runc.wait("client", 30) is not None
+        time.sleep(1.0)
+    finally:
+        err = _stop(proc)
+    rows = _sql(out, "edges", "select connects, comm, netns, cgroup_id, container_runtime, "
+                "container_id, server_comm, server_cgroup_id, server_container_runtime, "
+                f"server_container_id from T where dport = {port}")
+    assert sum(r[0] for r in rows) == requests, rows
+    assert {r[1:] for r in rows} == {("wget", ns_inode, client_cg_id, "docker", client_id,
+                                      "httpd", server_cg_id, "docker", server_id)}, rows
+
+    from tracer.report.reader import read_recording
+    from tracer.report.summary import summarize
+    from tracer.report.text import render_text
+
+    s = summarize(read_recording(out))
+    mine = [e for e in s.edges if e.dport == port]
+    assert mine and {(e.client.split(" in ")[1], e.server.split(" in ")[1]) for e in mine} == \
+        {(f"docker:{client_id[:12]}", f"docker:{server_id[:12]}")}, mine
+    assert f"in docker:{server_id[:12]}" in render_text(s)
+
+
+_HOST_CLIENT = r"""
+import ctypes, socket, sys
+ctypes.CDLL(None).prctl(15, b"cs-xns-client", 0, 0, 0)
+addr, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+done = 0
+for _ in range(n):
+    with socket.create_connection((addr, port), timeout=10) as s:
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        while s.recv(4096):
+            pass                        # served to the end: accepted before the next
+        done += 1
+print(done, flush=True)
+"""
+
+
+def test_a_container_reached_at_its_address_from_the_host_is_joined_across_namespaces(
+        runc, netns, tmp_path):
+    """A server container with a network namespace of its own (a veth pair
+    to the host, as a bridge network gives it), listening on the wildcard
+    address; a host process connects to the container's address. The edge
+    joins the listener in the container's namespace, not the client's: the
+    serving process, its container and that namespace."""
+    ns, ns_path, ns_inode = netns
+    port = 20000 + secrets.randbelow(20000)
+    server_id = secrets.token_hex(32)
+    server_cg = f"/docker/{server_id}"
+    net = f"10.{200 + secrets.randbelow(50)}.{secrets.randbelow(250)}"
+    host_ip, ct_ip = f"{net}.1", f"{net}.2"
+    veth = f"csx{os.getpid() % 100000}{secrets.token_hex(1)}"
+    subprocess.run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0",
+                    "netns", ns], check=True, timeout=10)
+    requests = 15
+    out = tmp_path / "rec"
+    try:
+        subprocess.run(["ip", "addr", "add", f"{host_ip}/30", "dev", veth], check=True,
+                       timeout=10)
+        subprocess.run(["ip", "link", "set", veth, "up"], check=True, timeout=10)
+        subprocess.run(["ip", "-n", ns, "addr", "add", f"{ct_ip}/30", "dev", "eth0"],
+                       check=True, timeout=10)
+        subprocess.run(["ip", "-n", ns, "link", "set", "eth0", "up"], check=True, timeout=10)
+        host_ns = os.stat("/proc/self/ns/net").st_ino
+        proc = _recorder(out, port, tmp_path / "no-pods", tmp_path / "no-links")
+        try:
+            wait_started(proc)
+            runc.run("server", ["httpd", "-f", "-p", f"0.0.0.0:{port}", "-h", "/"], server_cg,
+                     ns_path, timeout_s=40)
+            assert wait_for(lambda: _listening(ns, port), 10), "busybox httpd did not listen"
+            server_cg_id = _v2_id(server_cg)
+            server_pid = runc.pid("server")
+            time.sleep(1.2)     # interval ends: the listener's owner is read
+            client = subprocess.run([sys.executable, "-c", _HOST_CLIENT, ct_ip, str(port),
+                                     str(requests)], capture_output=True, text=True, timeout=60)
+            assert client.returncode == 0, client.stderr
+            time.sleep(1.0)
+        finally:
+            err = _stop(proc)
+    finally:
+        subprocess.run(["ip", "link", "del", veth], timeout=10)
+    assert int(client.stdout) == requests
+    rows = _sql(out, "edges", "select connects, comm, netns, server_pid, server_comm, "
+                "server_netns, listener, server_cgroup_id, server_container_id, "
+                f"listener_drops from T where dport = {port} and daddr = '{ct_ip}'")
+    assert sum(r[0] for r in rows) == requests, rows
+    # (busybox timeout, the container's init, execs httpd: same pid; the
+    # listener's label names its namespace where listeners span several)
+    assert {r[1:] for r in rows} == {("cs-xns-client", host_ns, server_pid, "httpd", ns_inode,
+                                      f"0.0.0.0:{port} netns {ns_inode}", server_cg_id,
+                                      server_id, 0)}, rows

@@ -364,3 +364,226 @@ def test_ab_nginx_service_chain_against_the_servers_counters(tmp_path):
           f"nginx->service {sum(r['connects'] for r in middle)} from "
           f"{len({r['pid'] for r in middle})} workers, service->backend "
           f"{sum(r['connects'] for r in back)}")
+
+
+# A Python HTTP service in front of PostgreSQL: one thread, listen(BACKLOG),
+# a slow handler, and a new database connection per request (a minimal
+# PostgreSQL wire-protocol client: trust authentication, one simple query),
+# counting the connections it accepted and the ones it opened to the database.
+_PG_SERVICE = r"""
+import socket, struct, sys, threading, time
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", 0))
+srv.listen(BACKLOG)
+srv.settimeout(0.2)
+stop = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+print(srv.getsockname()[1], flush=True)
+accepted = db_connects = 0
+
+def query(sql):
+    global db_connects
+    with socket.create_connection(("127.0.0.1", PG_PORT), timeout=10) as s:
+        db_connects += 1
+        f = s.makefile("rb")
+        def message():
+            kind, (n,) = f.read(1), struct.unpack("!i", f.read(4))
+            body = f.read(n - 4)
+            assert kind != b"E", body
+            return kind, body
+        params = b"user\0postgres\0database\0postgres\0application_name\0cs-edge-svc\0\0"
+        s.sendall(struct.pack("!ii", 8 + len(params), 196608) + params)
+        while message()[0] != b"Z":
+            pass                                   # authentication ok, parameters
+        s.sendall(b"Q" + struct.pack("!i", 5 + len(sql)) + sql + b"\0")
+        value = None
+        while (m := message())[0] != b"Z":
+            if m[0] == b"D":                       # one row, one column
+                (n,) = struct.unpack("!i", m[1][2:6])
+                value = m[1][6:6 + n]
+        s.sendall(b"X\0\0\0\4")
+        return value
+
+while not stop.is_set():
+    try:
+        c, _ = srv.accept()
+    except socket.timeout:
+        continue
+    accepted += 1
+    with c:
+        c.settimeout(15)
+        f = c.makefile("rb")
+        while f.readline() not in (b"\r\n", b"\n", b""):
+            pass                                   # the request and its headers
+        time.sleep(SLOW_S)                         # slow: the accept queue fills
+        body = query(b"select 40 + 2") + b"\n"
+        c.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+print(accepted, db_connects, flush=True)
+"""
+
+
+def _netstat(name: str) -> int:
+    with open("/proc/net/netstat") as f:
+        head, values = [line.split() for line in f if line.startswith("TcpExt:")][:2]
+    return int(dict(zip(head, values))[name])
+
+
+class _Postgres:
+    """A PostgreSQL cluster of its own (as test_pool_advice's fixture: a
+    temporary directory owned by postgres, 127.0.0.1, a free port) that logs
+    every connection it authorizes: its own count of the service's sessions."""
+
+    def __init__(self, tmp_path):
+        from tests.kernel.test_pool_advice import PG_BIN, free_port, wait_port
+
+        if not (PG_BIN / "postgres").exists():
+            pytest.skip("PostgreSQL is not installed (./run installs postgresql)")
+        import shutil
+        import tempfile
+        from pathlib import Path
+
+        self.data = Path(tempfile.mkdtemp(prefix="connscope-pg-"))
+        shutil.chown(self.data, "postgres", "postgres")
+        as_pg = ["runuser", "-u", "postgres", "--"]
+        subprocess.run([*as_pg, str(PG_BIN / "initdb"), "-D", str(self.data / "db"), "-A",
+                        "trust", "-U", "postgres"], check=True, capture_output=True, timeout=120)
+        self.port = free_port()
+        self.log = tmp_path / "postgres.log"
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen(
+                [*as_pg, str(PG_BIN / "postgres"), "-D", str(self.data / "db"), "-p",
+                 str(self.port), "-c", "listen_addresses=127.0.0.1",
+                 "-c", f"unix_socket_directories={self.data}", "-c", "max_connections=40",
+                 "-c", "fsync=off", "-c", "log_connections=on"],
+                stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            wait_port(self.port)
+        except BaseException:
+            self.close()
+            raise
+
+    def sessions(self, application: str) -> int:
+        """Connections PostgreSQL authorized for this application_name."""
+        return sum(f"application_name={application}" in line and "connection authorized" in line
+                   for line in self.log.read_text().splitlines())
+
+    def close(self):
+        import shutil
+
+        from tests.kernel.test_pool_advice import stop
+
+        stop(self.proc, signal.SIGINT)      # a fast shutdown
+        shutil.rmtree(self.data, ignore_errors=True)
+
+
+def test_ab_nginx_service_postgres_chain_with_a_tiny_backlog_in_the_middle(tmp_path):
+    """The issue's verification chain: ab -> nginx (one worker, a new upstream
+    connection per request) -> a Python service (listen(1), one request at a
+    time, slowly) -> PostgreSQL (a new session per request). The edges carry
+    the connects each server counted itself (nginx's stub_status, the
+    service's accepts and database connects, PostgreSQL's authorized
+    connections in its log), the right serving processes, and the middle
+    service's accept-queue drops on the nginx -> service edge only, as many as
+    the kernel's ListenOverflows moved."""
+    import shutil
+
+    from tests.kernel.test_pool_advice import free_port
+    from tests.kernel.test_server_counters import stub_status
+    from tests.kernel.workloads import nginx_conf, run_to_end
+
+    if shutil.which("nginx") is None or shutil.which("ab") is None:
+        pytest.skip("nginx and ab are not installed (./run installs nginx-light, apache2-utils)")
+    requests, concurrency = 40, 10
+    out = tmp_path / "rec"
+    d = tmp_path / "nginx"
+    d.mkdir()
+    procs = []
+    pg = _Postgres(tmp_path)
+    rec = start_recorder(out, "--interval", "0.5", "--duration", "150")
+    try:
+        wait_started(rec)
+        code = (f"NAME = b'cs-edge-svc'\n{_NAME}BACKLOG = 1\nSLOW_S = 0.05\n"
+                f"PG_PORT = {pg.port}\n{_PG_SERVICE}")
+        service = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, text=True)
+        procs.append(service)
+        service_port = int(service.stdout.readline())
+        port = free_port()
+        conf = nginx_conf(d, f"127.0.0.1:{port}", workers=1).replace(
+            'location / { return 200 "ok\\n"; }',
+            f"location = /status {{ stub_status; }}\n"
+            f"        location / {{ proxy_pass http://127.0.0.1:{service_port}; }}")
+        assert "proxy_pass" in conf
+        (d / "nginx.conf").write_text(conf)
+        nginx = subprocess.Popen(["nginx", "-p", str(d), "-c", str(d / "nginx.conf"),
+                                  "-g", "daemon off;"], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+        procs.append(nginx)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                before, _ = stub_status(port)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "nginx did not start"
+                time.sleep(0.1)
+        time.sleep(1.2)     # interval ends: the listeners' owners and sk_drops are read
+        overflows = _netstat("ListenOverflows")
+        sessions = pg.sessions("cs-edge-svc")
+        ab, ab_out = run_to_end(["ab", "-q", "-n", str(requests), "-c", str(concurrency),
+                                 "-s", "60", f"http://127.0.0.1:{port}/"], 120)
+        after, _ = stub_status(port)
+        served = after - before - 1          # less the second status request's own
+        svc_accepted, svc_db = map(int, service.communicate("", timeout=30)[0].split())
+        time.sleep(1.2)     # the closing intervals (the listener's last sk_drops)
+        overflows = _netstat("ListenOverflows") - overflows
+        sessions = pg.sessions("cs-edge-svc") - sessions
+        rec.send_signal(signal.SIGINT)
+        _, err = rec.communicate(timeout=60)
+        assert rec.returncode == 0, err
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGQUIT if p.args[0] == "nginx" else signal.SIGKILL)
+                p.wait(10)
+        if rec.poll() is None:
+            rec.kill()
+            rec.wait(10)
+        pg.close()
+
+    done = int(re.search(r"Complete requests:\s+(\d+)", ab_out).group(1))
+    assert done == requests and "Non-2xx" not in ab_out, ab_out[-1500:]
+    # the servers' own counts agree with each other; the backlog overflowed
+    assert served == svc_accepted == svc_db == sessions == requests, \
+        (served, svc_accepted, svc_db, sessions)
+    assert overflows > 0
+
+    data = read_recording(out)
+    edges = data.tables["edges"].to_pylist()
+    front = [r for r in edges if r["pid"] == ab.pid and r["dport"] == port]
+    middle = [r for r in edges if r["comm"] == "nginx" and r["dport"] == service_port]
+    back = [r for r in edges if r["pid"] == service.pid and r["dport"] == pg.port]
+    assert sum(r["connects"] for r in front) == served, front
+    assert sum(r["connects"] for r in middle) == svc_accepted, middle
+    assert sum(r["connects"] for r in back) == sessions, back
+    assert {r["server_comm"] for r in front} == {"nginx"}
+    assert {(r["server_pid"], r["server_comm"]) for r in middle} == {(service.pid, "cs-edge-svc")}
+    assert {r["server_comm"] for r in back} == {"postgres"}
+    # the drops: on the edge into the tiny backlog, interval by interval as
+    # its listener has them, in all as many as the kernel counted; none on the
+    # edges into nginx and PostgreSQL
+    listener = {}
+    for r in data.tables["listeners"].to_pylist():
+        if r["lport"] == service_port:
+            listener[r["ts"]] = listener.get(r["ts"], 0) + r["drops"]
+    assert len({r["pid"] for r in middle}) == 1      # one worker: one edge per interval
+    assert all(r["listener_drops"] == listener[r["ts"]] for r in middle), (middle, listener)
+    on_edge = sum(r["listener_drops"] for r in middle)
+    assert on_edge == sum(listener.values()) == overflows, (on_edge, listener, overflows)
+    assert all(r["listener_drops"] == 0 for r in front + back), front + back
+    print(f"\nab {done} requests (-c {concurrency}), nginx accepted {served}, the service "
+          f"{svc_accepted} and made {svc_db} database connects, PostgreSQL authorized "
+          f"{sessions}; edges: ab->nginx {sum(r['connects'] for r in front)}, nginx->service "
+          f"{sum(r['connects'] for r in middle)} with {on_edge} drops (ListenOverflows moved "
+          f"{overflows}), service->postgres {sum(r['connects'] for r in back)}")

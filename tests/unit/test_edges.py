@@ -95,7 +95,7 @@ def test_bounded_with_other_edge_and_eviction_count():
     assert len(rows) == 4 and rows[-1].label == "other"
     assert rows[-1].attempts == 7 and rows[-1].established == 5
     assert sum(r.attempts for r in rows) == 10
-    assert t.evicted == {"edges": 8}    # 7 connects that found no room, 1 held-only edge
+    assert t.evicted == {"edges": 8, "edge_addresses": 0}    # 7 connects that found no room, 1 held-only edge
 
 
 def test_hostile_comm_stays_text_and_ranking_puts_busy_first():
@@ -162,3 +162,116 @@ def test_filters_keep_edges_with_connects_and_matching_held_ones():
     assert kept(Filters.build(ports=[8080])) == [(100, 8080, 4), (200, 8080, 6)]
     assert kept(Filters.build(ipv4=True)) == [(100, 8080, 4), (200, 5432, 4)]
     assert kept(Filters.build(comm="client")) == [(100, 8080, 4)]
+
+
+def test_edges_name_the_containers_of_both_ends_and_keep_them_through_a_recording(tmp_path):
+    """The serving process's container is its listener row's; the client's
+    (set by the collector) and the kernel's cgroup id of its connects are
+    kept; both reach the table, replay, the report's labels and graph."""
+    from dataclasses import replace
+
+    from tests.tui.synthetic import last
+    from tracer.clock import Clock
+    from tracer.domain.containers import Attribution
+    from tracer.replay.timeline import RecordingTimeline
+    from tracer.report.html import render_html
+    from tracer.report.reader import read_recording
+    from tracer.report.summary import summarize
+    from tracer.report.text import render_text
+    from tracer.sinks.parquet_writer import Recording
+    from tracer.sinks.recorder import RecordSink
+
+    client_ct = Attribution(1111, "/docker/" + "a" * 64, "docker", "a" * 64)
+    server_ct = Attribution(2222, "/kubepods/pod" + "1" * 8, "cri", "b" * 64,
+                            pod_namespace="shop", pod_name="api-0", container_name="api")
+    t = EdgeTable()
+    for _ in range(3):
+        t.add(replace(connect(pid=100, comm="client"), cgroup_id=1111))
+    t.add(connect(pid=101, comm="plain", dport=9))
+    lst = replace(listener(8080, 200, "api"), container=server_ct)
+    rows = {r.pid: r for r in t.roll(1.0, [lst], None)}
+    assert rows[100].cgroup_id == 1111 and rows[101].cgroup_id is None
+    assert rows[100].server_container == server_ct and rows[101].server_container is None
+    # (the collector's attribution of the client)
+    edges = (replace(rows[100], container=client_ct), rows[101])
+    e = edges[0]
+    assert e.label == (f"client (100) in docker:{'a' * 12} → 127.0.0.1:8080 → "
+                       "api (200) in shop/api-0/api")
+    assert edges[1].label == "plain (101) → 127.0.0.1:9"
+
+    snap = replace(last(), edges=edges)
+    with Recording(tmp_path, host="h1", run_id="r1") as rec:
+        RecordSink(rec, Clock())._interval(
+            type("S", (), {"lost_total": 0, "evicted_by": {}})(), snap)
+    data = read_recording(tmp_path)
+    (row,) = [r for r in data.tables["edges"].to_pylist() if r["pid"] == 100]
+    assert (row["cgroup_id"], row["container_id"], row["server_cgroup_id"],
+            row["server_pod_name"], row["server_container_name"]) == \
+        (1111, "a" * 64, 2222, "api-0", "api")
+    timeline = RecordingTimeline(data, tmp_path)
+    replayed = timeline.snapshot(len(timeline) - 1).edges
+    assert sorted(replayed, key=lambda e: e.label) == sorted(edges, key=lambda e: e.label)
+    s = summarize(data)
+    (stats,) = [x for x in s.edges if x.pid == 100]
+    assert (stats.client, stats.server) == (f"client (100) in docker:{'a' * 12}",
+                                             "api (200) in shop/api-0/api")
+    assert f"client (100) in docker:{'a' * 12}" in render_text(s)
+    assert "api (200) in shop/api-0/api" in render_html(s)
+
+
+def _accept(netns, laddr, lport=8080, family=4):
+    from tracer.events import Accept
+
+    return Accept(ts_ns=T0, ts_handshake_ns=T0, pid=300, tid=300, comm="srv", family=family,
+                  laddr=laddr, lport=lport, raddr="10.0.0.1", rport=40000, backlog_len=0,
+                  backlog_max=128, netns=netns)
+
+
+def test_a_destination_in_another_namespace_joins_the_listener_of_the_namespace_owning_it():
+    """The host connects to a container's address (a veth peer): the
+    container's wildcard listener is found through the namespace its
+    accepts show owns that address; two namespaces owning it and both
+    listening: no join (a guess); loopback and wildcard are never learned."""
+    ns2, ns3 = NS + 2, NS + 3
+    t = EdgeTable()
+    t.add(connect(pid=100, daddr="10.0.0.2", saddr="10.0.0.1"))
+    t.add_accept(_accept(ns2, "10.0.0.2"))
+    t.add_accept(_accept(ns2, "127.0.0.1"))
+    t.add_accept(_accept(ns3, "0.0.0.0"))
+    srv = listener(8080, 300, "srv", netns=ns2)
+    host = listener(8080, 1, "host-srv", netns=NS)       # the host's own wildcard on 8080
+    (row,) = t.roll(1.0, [srv, host])
+    assert (row.server_pid, row.server_comm, row.server_netns) == (300, "srv", ns2)
+    assert t.owners.of(4, "127.0.0.1") == () and t.owners.of(4, "0.0.0.0") == ()
+    # learned once, kept: the next interval's connects join without new accepts
+    t.add(connect(pid=100, daddr="10.0.0.2", saddr="10.0.0.1"))
+    (row,) = t.roll(1.0, [srv, host])
+    assert row.server_pid == 300
+    # a second namespace owns the same address (another bridge) and listens: ambiguous
+    t.add_accept(_accept(ns3, "10.0.0.2"))
+    t.add(connect(pid=100, daddr="10.0.0.2", saddr="10.0.0.1"))
+    (row,) = t.roll(1.0, [srv, host, listener(8080, 301, "other", netns=ns3)])
+    assert row.server_pid is None and row.server_netns is None
+    # a listener bound to the address is its namespace's too; v4 on a dual-stack socket
+    t2 = EdgeTable()
+    t2.add(connect(pid=100, daddr="10.0.0.7", dport=9000, saddr="10.0.0.1"))
+    t2.add(connect(pid=100, daddr="10.0.0.9", dport=9000, saddr="10.0.0.1"))
+    t2.add_accept(_accept(ns3, "::ffff:10.0.0.9", 9000, family=6))
+    rows = {r.daddr: r for r in t2.roll(1.0, [
+        listener(9000, 400, "bound", laddr="10.0.0.7", netns=ns2),
+        listener(9000, 401, "dual", laddr="::", netns=ns3, family=6)])}
+    assert (rows["10.0.0.7"].server_pid, rows["10.0.0.7"].server_netns) == (400, ns2)
+    assert (rows["10.0.0.9"].server_pid, rows["10.0.0.9"].server_netns) == (401, ns3)
+
+
+def test_address_owners_are_bounded_and_count_what_they_let_go():
+    from tracer.aggregate.edges import MAX_OWNERS, _AddressOwners
+
+    o = _AddressOwners(max_addresses=3)
+    for i in range(5):
+        o.note(NS, 4, f"10.1.0.{i}")
+    assert o.evicted == 2 and o.of(4, "10.1.0.0") == () and o.of(4, "10.1.0.4") == (NS,)
+    for n in range(MAX_OWNERS + 3):
+        o.note(NS + n, 4, "10.1.0.4")
+    assert len(o.of(4, "10.1.0.4")) == MAX_OWNERS
+    assert o.of(4, "10.1.0.4")[0] == NS + MAX_OWNERS + 2      # most recent first

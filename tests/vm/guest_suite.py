@@ -78,10 +78,10 @@ NOT_IN_GUEST_CI = {
         "tests (file names, the per-host report, DuckDB over a fleet) does not depend on the "
         "kernel, and its recordings use the same hooks as test_record_cli",
     "tests/kernel/test_edges.py":
-        "host only: until it is run in a guest (not yet: the guests were busy); the connection "
-        "map of real chains on loopback (Python servers; ab and nginx), 3 passed on the host, "
-        "20 s; it records with `auto` and joins through sock_diag and /proc as test_record_cli "
-        "does",
+        "host only: PostgreSQL (the last hop of the issue's ab -> nginx -> service -> "
+        "PostgreSQL chain) is not in the guest images; the connection map of real chains on "
+        "loopback (Python servers; ab, nginx and PostgreSQL), 4 passed on the host; it records "
+        "with `auto` and joins through sock_diag and /proc as test_record_cli does",
     "tests/kernel/test_containers.py":
         "by hand: not yet run in a guest: runc and busybox-static are not in the guest images "
         "yet; on the hybrid host it runs real runc containers (v2 ids from the unified "

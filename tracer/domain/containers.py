@@ -252,6 +252,9 @@ NONE = Attribution()
 
 COLUMNS = ("cgroup_id", "cgroup", "container_runtime", "container_id", "pod_namespace",
            "pod_name", "pod_uid", "container_name")
+# The same, of a connection map edge's serving process (the edges table)
+SERVER_PREFIX = "server_"
+SERVER_COLUMNS = tuple(SERVER_PREFIX + c for c in COLUMNS)
 
 
 def values(a: Optional[Attribution]) -> tuple:
@@ -261,10 +264,11 @@ def values(a: Optional[Attribution]) -> tuple:
             a.pod_name, a.pod_uid, a.container_name)
 
 
-def from_row(row) -> Optional[Attribution]:
+def from_row(row, prefix: str = "") -> Optional[Attribution]:
     """The attribution in a recorded row (a mapping with COLUMNS, some
-    perhaps absent: older recordings); None if it names nothing."""
-    got = Attribution(*(row.get(c) for c in _FIELDS))
+    perhaps absent: older recordings; each name after `prefix`, e.g.
+    SERVER_PREFIX); None if it names nothing."""
+    got = Attribution(*(row.get(prefix + c) for c in _FIELDS))
     return None if got == NONE else got
 
 
@@ -275,6 +279,13 @@ _FIELDS = ("cgroup_id", "cgroup", "container_runtime", "container_id", "pod_uid"
 
 # The connects view's group of processes in no container (or gone before read)
 HOST = "host"
+
+
+def in_container(process: str, a: Optional[Attribution]) -> str:
+    """A process as the connection map names it: with its container
+    (pod/container, or runtime:short id) where it runs in one."""
+    label = a.container_label if a is not None else None
+    return f"{process} in {label}" if label else process
 
 
 def group_label(a: Optional[Attribution]) -> str:

@@ -316,6 +316,7 @@ class ContainerCache:
         self._id_columns: dict[int, tuple] = {}
         self._id_groups: dict[int, str] = {}
         self._id_bare: dict[int, Attribution] = {}
+        self._id_attr: dict[int, Attribution] = {}
         self._missing_ids: set[int] = set()
 
     @property
@@ -362,6 +363,7 @@ class ContainerCache:
             self._id_columns.clear()
             self._id_groups.clear()
             self._id_bare.clear()
+            self._id_attr.clear()
         ident = containers.identify(path)
         bare = Attribution(cid, ident.path, ident.runtime, ident.container_id, ident.pod_uid)
         self._id_bare[cid] = bare
@@ -369,6 +371,7 @@ class ContainerCache:
 
     def _set_id(self, cid: int, a: Attribution) -> None:
         self._id_columns[cid] = values(a)
+        self._id_attr[cid] = a
         self._id_groups[cid] = group_label(a)
 
     def columns_of(self, pid: int, cgroup_id: int) -> tuple:
@@ -380,6 +383,14 @@ class ContainerCache:
             # the cgroup was gone before its path was read (a container removed
             # within a poll of its last connect): the kernel's id is still a fact
             got = (cgroup_id or None, *_NO_COLUMNS[1:])
+        return got
+
+    def attribution_of(self, pid: int, cgroup_id: int) -> Optional[Attribution]:
+        """get(pid), or (as columns_of) that of the cgroup id if the pid was
+        not read: the kernel's id alone if even its path is gone."""
+        got = self.get(pid) if pid > 0 else None
+        if got is None and cgroup_id:
+            got = self._id_attr.get(cgroup_id) or Attribution(cgroup_id)
         return got
 
     def group_of(self, pid: int, cgroup_id: int) -> str:

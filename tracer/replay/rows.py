@@ -8,7 +8,7 @@ from tracer.aggregate.edges import EdgeRow
 from tracer.aggregate.histogram import Histogram
 from tracer.aggregate.snapshot import (ListenerRow, PoolAdvice, ProcessRow, TcpMemoryRow,
                                        label_namespaces)
-from tracer.domain.containers import from_row
+from tracer.domain.containers import SERVER_PREFIX, from_row
 from tracer.domain.listeners import key_of_row, listener_of_accept
 from tracer.events import Connect
 
@@ -168,5 +168,8 @@ def edge_rows(rows: Iterable[dict]) -> list[EdgeRow]:
         p50_us=r.get("connect_p50_us"), p99_us=r.get("connect_p99_us"),
         established=r.get("established"), netns=r.get("netns"),
         server_pid=r.get("server_pid"), server_comm=r.get("server_comm"),
-        listener=r.get("listener"), listener_drops=r.get("listener_drops"))
+        listener=r.get("listener"), listener_drops=r.get("listener_drops"),
+        server_netns=r.get("server_netns"),
+        cgroup_id=r.get("cgroup_id"), container=from_row(r),
+        server_container=from_row(r, SERVER_PREFIX))
         for r in last.values()]

@@ -12,6 +12,8 @@ import pyarrow.compute as pc
 
 from tracer.domain import outcomes as oc
 from tracer.domain.addresses import endpoint
+from tracer.domain.containers import (COLUMNS, SERVER_COLUMNS, SERVER_PREFIX, Attribution,
+                                      from_row, in_container)
 from tracer.report.arrow_stats import quantiles_by, sums_by
 
 KEY = ["host", "pid", "comm", "family", "daddr", "dport"]
@@ -38,6 +40,8 @@ class EdgeStats:
     server_comm: str | None
     listener: str | None
     listener_drops: int | None   # drops of that listener in the intervals the edge was seen
+    container: Attribution | None = None          # the client's (last known); None: none/unknown
+    server_container: Attribution | None = None   # the listener owner's (last known)
 
     @property
     def failures(self) -> int:
@@ -49,7 +53,8 @@ class EdgeStats:
 
     @property
     def client(self) -> str:
-        return "other" if self.family == 0 else f"{self.comm or '?'} ({self.pid})"
+        return "other" if self.family == 0 else in_container(f"{self.comm or '?'} ({self.pid})",
+                                                             self.container)
 
     @property
     def destination(self) -> str:
@@ -59,7 +64,9 @@ class EdgeStats:
     def server(self) -> str | None:
         if self.server_pid is None and self.server_comm is None:
             return None
-        return f"{self.server_comm or '?'} ({self.server_pid if self.server_pid else '?'})"
+        return in_container(
+            f"{self.server_comm or '?'} ({self.server_pid if self.server_pid else '?'})",
+            self.server_container)
 
 
 def edge_stats(edges: pa.Table, connects: pa.Table) -> list[EdgeStats]:
@@ -72,7 +79,8 @@ def edge_stats(edges: pa.Table, connects: pa.Table) -> list[EdgeStats]:
             ("refused", "sum"), ("timeout", "sum"), ("abandoned", "sum"),
             ("unreachable", "sum"), ("error", "sum"), ("established", "max"),
             ("server_pid", "last"), ("server_comm", "last"), ("listener", "last"),
-            ("listener_drops", "sum"), ("listener", "count")]
+            ("listener_drops", "sum"), ("listener", "count"),
+            *((c, "last") for c in (*COLUMNS, *SERVER_COLUMNS))]
     established = connects.filter(pc.equal(connects.column("outcome"), oc.ESTABLISHED))
     quant = quantiles_by(established, ["host", "pid", "family", "daddr", "dport"],
                          "latency_us", (0.5, 0.99))
@@ -92,7 +100,9 @@ def edge_stats(edges: pa.Table, connects: pa.Table) -> list[EdgeStats]:
             established_peak=r["established_max"], p50_us=p50, p99_us=p99,
             server_pid=r["server_pid_last"], server_comm=r["server_comm_last"],
             listener=r["listener_last"],
-            listener_drops=(r["listener_drops_sum"] or 0) if local else None))
+            listener_drops=(r["listener_drops_sum"] or 0) if local else None,
+            container=from_row({c: r[f"{c}_last"] for c in COLUMNS}),
+            server_container=from_row({c: r[f"{SERVER_PREFIX}{c}_last"] for c in COLUMNS})))
     # (a damaged file's row may hold a null anywhere: the key compares text)
     out.sort(key=lambda e: (-e.per_s, -(e.failures + (e.listener_drops or 0)),
                             -(e.established_peak or 0),

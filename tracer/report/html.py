@@ -349,7 +349,8 @@ def _edges(s: Summary) -> str:
                            bool(e.listener_drops)] for e in s.edges]
     return _section("edges", title,
                     _p("Client process -> destination -> the process serving it where the "
-                       "destination is a listener of the traced host. Line width: connects "
+                       "destination is a listener of the traced host; each process \"in\" its "
+                       "container where it runs in one. Line width: connects "
                        "per second; red: failed connects or drops at the listener."),
                     f'<div class="graph">{drawn}</div>',
                     _table(("client", "host", "destination", "server", "conn/s", "peak/s",

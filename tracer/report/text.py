@@ -219,7 +219,8 @@ def _memory(s: Summary) -> list[str]:
 
 def _edges(s: Summary) -> list[str]:
     """The connection map: who connected to whom, busiest first."""
-    out = ["", f"CONNECTION MAP (client -> destination -> serving process where local; "
+    out = ["", f"CONNECTION MAP (client -> destination -> serving process where local, each "
+               f"`in` its container where it runs in one; "
                f"{len(s.edges)} of {s.edges_seen} edges; p50/p99 of established handshakes)"]
     if not s.edges:
         return out + ["  no edges recorded (edges table empty: nothing connected, or "

@@ -100,7 +100,9 @@ def edge_row(e, ts_us: int, interval_s: float) -> dict:
         "timeout": e.timeout, "abandoned": e.abandoned, "unreachable": e.unreachable,
         "error": e.error, "connect_p50_us": e.p50_us, "connect_p99_us": e.p99_us,
         "established": e.established, "server_pid": e.server_pid, "server_comm": e.server_comm,
-        "listener": e.listener, "listener_drops": e.listener_drops,
+        "listener": e.listener, "server_netns": e.server_netns,
+        "listener_drops": e.listener_drops, **_where(e),
+        **dict(zip(containers.SERVER_COLUMNS, containers.values(e.server_container))),
     }
 
 

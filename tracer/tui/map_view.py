@@ -116,6 +116,9 @@ def edge_summary(e: EdgeRow, edges=()) -> Text:
         t.append(f"listener {printable(e.listener)}: {e.listener_drops or 0:,} dropped this "
                  f"interval (for every client of it)\n",
                  style="bold red" if e.listener_drops else "dim")
+        if e.server_netns and e.netns and e.server_netns != e.netns:
+            t.append(f"in another network namespace ({e.server_netns}) than the client's "
+                     f"({e.netns}): the one that owns {printable(e.daddr)}\n", style="dim")
     else:
         t.append("not a listener of this host (or its owner is not known)\n", style="dim")
     t.append("chain: ", style="dim")
