@@ -287,7 +287,9 @@ def serve(*, backend: str, interval: float, filters: Filters, duration: float | 
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     sys.stderr.write(f"connscope: serving metrics at http://{printable(where)}/metrics "
                      f"(backend {session.info.backend}); Ctrl-C stops\n")
-    _collect(session, [metrics_sink], interval, duration, Clock(), None, filters)
+    # --cgroup/--container pick listeners and processes by their owner's container
+    _collect(session, [metrics_sink], interval, duration, Clock(), None, filters,
+             container_cache() if filters.cgroups else None)
 
 
 class TuiSink:
