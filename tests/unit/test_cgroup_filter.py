@@ -184,3 +184,14 @@ def test_the_commands_refuse_a_bad_selection_in_one_line(command, args, message)
         assert lines == [lines[0]] and lines[0].startswith("Error: --cgroup/--container need")
         return
     assert len(lines) == 1 and lines[0].startswith(message), r.output
+
+
+def test_doctor_says_what_the_filter_can_do_here():
+    assert cgroup_filter.support(None, None) == (
+        False, "--cgroup/--container unavailable: no cgroup v2 mounted (the kernel's cgroup "
+               "ids are v2 ids)")
+    ok, line = cgroup_filter.support("/sys/fs/cgroup", (True, ""))
+    assert ok and line.endswith("the selected cgroups and those below them")
+    ok, line = cgroup_filter.support("/sys/fs/cgroup", (False, "refused (EINVAL)"))
+    assert ok and line.endswith("themselves only, not those below them (refused (EINVAL))")
+    assert "load-tested as root" in cgroup_filter.support("/x", None)[1]

@@ -198,3 +198,21 @@ def coverage_note(ancestors: bool, why: str = "") -> str:
                 "processes view by their owner's cgroup")
     return ("--cgroup/--container match the selected cgroups themselves only, not those below "
             f"them: {why}; listeners, drops and processes by their owner's cgroup")
+
+
+def support(v2: Optional[str], ancestors: Optional[tuple[bool, str]]) -> tuple[bool, str]:
+    """(usable, one line) for doctor: what --cgroup/--container can do here.
+    ancestors: ancestors_matched(), or None when it could not be load-tested
+    (not root)."""
+    if v2 is None:
+        return False, ("--cgroup/--container unavailable: no cgroup v2 mounted (the kernel's "
+                       "cgroup ids are v2 ids)")
+    if ancestors is None:
+        return True, (f"--cgroup/--container by cgroup v2 id (under {v2}); whether the cgroups "
+                      f"below a selected one match too is load-tested as root")
+    ok, why = ancestors
+    if ok:
+        return True, (f"--cgroup/--container by cgroup v2 id (under {v2}), in the kernel: the "
+                      f"selected cgroups and those below them")
+    return True, (f"--cgroup/--container by cgroup v2 id (under {v2}), in the kernel: the "
+                  f"selected cgroups themselves only, not those below them ({why})")
