@@ -304,12 +304,14 @@ def test_the_container_filter_is_applied_in_the_kernel(runc, netns, tmp_path):
         (inner / "cgroup.procs").write_text(pid)
     assert not (v2 / a_cg.lstrip("/") / "cgroup.procs").read_text().split()
 
-    out_a, out_s = tmp_path / "rec-a", tmp_path / "rec-s"
+    out_a, out_s, out_p = tmp_path / "rec-a", tmp_path / "rec-s", tmp_path / "rec-p"
     rec_a = _filtered_recorder(out_a, "--container", aid[:12])
     rec_s = _filtered_recorder(out_s, "--container", sid)
+    rec_p = _filtered_recorder(out_p, "--cgroup", a_cg)     # A by path, as /proc shows it
     try:
         wait_started(rec_a)
         wait_started(rec_s)
+        wait_started(rec_p)
         before = _netns_counters(ns)
         for who in ("a", "b1"):
             (runc.rootfs / "tmp" / f"{go}-{who}").touch()
@@ -327,19 +329,20 @@ def test_the_container_filter_is_applied_in_the_kernel(runc, netns, tmp_path):
         after = _netns_counters(ns)
         time.sleep(1.5)     # an interval reads the listener's final counters
     finally:
-        err_a, err_s = _stop(rec_a), _stop(rec_s)
+        _stop(rec_a), _stop(rec_s), _stop(rec_p)
     made = after["TcpActiveOpens"] - before["TcpActiveOpens"]
     assert made >= n_a + n_b + BUSYBOX_HTTPD_BACKLOG, (made, "B's blocked clients connected")
     overflows = after["TcpExtListenOverflows"] - before["TcpExtListenOverflows"]
     assert overflows > 0
 
-    # A's recorder: A's connects, all of them, and nothing else
-    connects = _sql(out_a, "connects", "select container_id, cgroup, outcome, dport from T")
-    assert len(connects) == n_a, connects
-    assert set(connects) == {(aid, a_cg + "/inner", "established", port)}, connects
-    assert _sql(out_a, "accepts", "select count(*) from T") == [(0,)]
-    assert _sql(out_a, "listeners", f"select count(*) from T where lport = {port}") == [(0,)]
-    assert _sql(out_a, "overflows", "select count(*) from T") == [(0,)]
+    # A's recorders (by id, by path): A's connects, all of them, and nothing else
+    for out in (out_a, out_p):
+        connects = _sql(out, "connects", "select container_id, cgroup, outcome, dport from T")
+        assert len(connects) == n_a, connects
+        assert set(connects) == {(aid, a_cg + "/inner", "established", port)}, connects
+        assert _sql(out, "accepts", "select count(*) from T") == [(0,)]
+        assert _sql(out, "listeners", f"select count(*) from T where lport = {port}") == [(0,)]
+        assert _sql(out, "overflows", "select count(*) from T") == [(0,)]
 
     # the server's recorder: its accepts, its listener's overflows, nobody's connects
     assert _sql(out_s, "connects", "select count(*) from T") == [(0,)]

@@ -10,6 +10,8 @@ import secrets
 import pytest
 from click.testing import CliRunner
 
+from tests.hostile_fs import ROOT, needs_root, needs_setpriv, nobody_home, plant_link  # noqa: F401
+from tests.hostile_fs import tree as fs_tree
 from tracer.cli import cli
 from tracer.domain.containers import Attribution, container_cgroups, container_prefix
 from tracer.filters import MAX_CGROUPS, CgroupTarget, FilterError, Filters
@@ -195,3 +197,33 @@ def test_doctor_says_what_the_filter_can_do_here():
     ok, line = cgroup_filter.support("/sys/fs/cgroup", (False, "refused (EINVAL)"))
     assert ok and line.endswith("themselves only, not those below them (refused (EINVAL))")
     assert "load-tested as root" in cgroup_filter.support("/x", None)[1]
+
+
+@needs_root
+@needs_setpriv
+def test_a_link_another_user_planted_is_not_followed_by_root(nobody_home, tmp_path):
+    """nobody plants links to the real cgroup v2 mount, to a v1 hierarchy and
+    to /etc; `connscope record --cgroup LINK` as root refuses each in one line,
+    makes no recording directory, and leaves nobody's directory as it was."""
+    import subprocess
+    import sys
+
+    from tracer.probes.cgroups import hierarchies
+
+    v2 = hierarchies().v2
+    targets = {"v2": v2 or "/sys/fs/cgroup", "v1": "/sys/fs/cgroup/memory", "etc": "/etc"}
+    for name, target in targets.items():
+        plant_link(target, nobody_home / name)
+    planted = fs_tree(nobody_home)
+    for name in targets:
+        out = tmp_path / f"rec-{name}"
+        r = subprocess.run([sys.executable, "-m", "tracer", "record", "--out", str(out),
+                            "--duration", "1", "--cgroup", f"{nobody_home}/{name}/"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error: --cgroup"), r.stderr
+        if v2:      # taken as a cgroup path, which no cgroup has: never followed
+            assert f"not a cgroup under {v2}" in lines[0], lines
+        assert not out.exists()
+    assert fs_tree(nobody_home) == planted
