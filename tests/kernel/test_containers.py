@@ -13,6 +13,7 @@ import secrets
 import signal
 import subprocess
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -305,7 +306,11 @@ def test_the_container_filter_is_applied_in_the_kernel(runc, netns, tmp_path):
     assert not (v2 / a_cg.lstrip("/") / "cgroup.procs").read_text().split()
 
     out_a, out_s, out_p = tmp_path / "rec-a", tmp_path / "rec-s", tmp_path / "rec-p"
-    rec_a = _filtered_recorder(out_a, "--container", aid[:12])
+    from tests.kernel.test_pool_advice import free_port
+
+    metrics_port = free_port()
+    rec_a = _filtered_recorder(out_a, "--container", aid[:12], "--metrics",
+                               f"127.0.0.1:{metrics_port}")
     rec_s = _filtered_recorder(out_s, "--container", sid)
     rec_p = _filtered_recorder(out_p, "--cgroup", a_cg)     # A by path, as /proc shows it
     try:
@@ -328,6 +333,9 @@ def test_the_container_filter_is_applied_in_the_kernel(runc, netns, tmp_path):
         time.sleep(1.0)     # B's sockets gone: no SYN arrives any more
         after = _netns_counters(ns)
         time.sleep(1.5)     # an interval reads the listener's final counters
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics",
+                                    timeout=10) as r:
+            metrics = r.read().decode()
     finally:
         _stop(rec_a), _stop(rec_s), _stop(rec_p)
     made = after["TcpActiveOpens"] - before["TcpActiveOpens"]
@@ -343,6 +351,16 @@ def test_the_container_filter_is_applied_in_the_kernel(runc, netns, tmp_path):
         assert _sql(out, "accepts", "select count(*) from T") == [(0,)]
         assert _sql(out, "listeners", f"select count(*) from T where lport = {port}") == [(0,)]
         assert _sql(out, "overflows", "select count(*) from T") == [(0,)]
+
+    # A's recorder's Prometheus endpoint: the same connects, labelled with A's container
+    from prometheus_client.parser import text_string_to_metric_families
+
+    attempts = [(s.labels, s.value) for f in text_string_to_metric_families(metrics)
+                if f.name == "connscope_connect_attempts" for s in f.samples
+                if s.name == "connscope_connect_attempts_total"]
+    assert {(ls["container"], ls["pod"], ls["namespace"], ls["outcome"]) for ls, _ in attempts} \
+        == {(aid[:12], "", "", "established")}, attempts
+    assert sum(v for _, v in attempts) == n_a
 
     # the server's recorder: its accepts, its listener's overflows, nobody's connects
     assert _sql(out_s, "connects", "select count(*) from T") == [(0,)]
