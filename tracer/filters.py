@@ -54,7 +54,7 @@ class CgroupTarget:
     id: int
     level: int
     path: str
-    label: str          # what the user gave, as the status line shows it
+    label: str          # what the user gave, as the status line shows it ("cgroup /x")
 
     def covers(self, path: str | None) -> bool:
         """The cgroup at `path` is this one or below it (what the kernel matches)."""
@@ -178,7 +178,7 @@ class Filters:
         if self.family:
             parts.append(f"IPv{self.family} only")
         if self.cgroups:
-            parts.append("cgroup " + ",".join(t.label for t in self.cgroups))
+            parts += [t.label for t in self.cgroups]
         return "; ".join(parts) or "none"
 
     def as_dict(self) -> dict:

@@ -41,7 +41,7 @@ def test_a_path_under_the_mount_or_as_proc_shows_it_gives_the_directorys_inode(t
     assert (by_cgroup.id, by_cgroup.level, by_cgroup.path) == (
         want, 2, f"/system.slice/docker-{A}.scope")
     assert (by_fs.id, by_fs.level, by_fs.path) == (by_cgroup.id, 2, by_cgroup.path)
-    assert by_fs.label == f"{tree}/system.slice/docker-{A}.scope/"
+    assert by_fs.label == f"cgroup {tree}/system.slice/docker-{A}.scope/"
     root = cgroup_filter.resolve_path("/", str(tree))
     assert (root.id, root.level, root.path) == (os.stat(tree).st_ino, 0, "/")
 
@@ -131,15 +131,16 @@ def test_the_walk_does_not_follow_links_out_of_the_tree(tree, tmp_path):
 
 
 def _target(path: str, cid: int = 7) -> CgroupTarget:
-    return CgroupTarget(cid, path.count("/"), path, path)
+    return CgroupTarget(cid, path.count("/"), path, f"cgroup {path}")
 
 
 def test_filters_keep_rows_in_the_selected_cgroups_and_below():
     f = Filters.build(cgroups=[_target("/a/b"), _target("/a/b", 7), _target("/c", 9)])
     assert len(f.cgroups) == 2 and f.active
-    assert f.describe() == "cgroup /a/b,/c"
-    assert f.as_dict()["cgroups"] == [{"id": 7, "path": "/a/b", "label": "/a/b"},
-                                      {"id": 9, "path": "/c", "label": "/c"}]
+    assert f.describe() == "cgroup /a/b; cgroup /c"
+    assert Filters.build(pids=[3], cgroups=[_target("/a")]).describe() == "pid 3; cgroup /a"
+    assert f.as_dict()["cgroups"] == [{"id": 7, "path": "/a/b", "label": "cgroup /a/b"},
+                                      {"id": 9, "path": "/c", "label": "cgroup /c"}]
     keeps = f.keeps_container
     assert keeps(Attribution(7, "/a/b")) and keeps(Attribution(70, "/a/b/x/y"))
     assert keeps(Attribution(9, "/gone-but-same-id")) and keeps(Attribution(None, "/c"))

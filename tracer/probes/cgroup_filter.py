@@ -97,7 +97,7 @@ def resolve_path(arg: str, root: Optional[str] = None) -> CgroupTarget:
     if not stat.S_ISDIR(st.st_mode) or st.st_dev != root_dev:
         raise FilterError(f"--cgroup {arg}: not a cgroup of the v2 hierarchy at {base} "
                           f"(another file system)")
-    return CgroupTarget(st.st_ino, len(parts), path, arg)
+    return CgroupTarget(st.st_ino, len(parts), path, f"cgroup {arg}")
 
 
 def cgroup_paths(root: Optional[str] = None, limit: int = MAX_CGROUPS_WALKED):
