@@ -9,6 +9,10 @@
  *   FILTER_COMM          only tasks whose comm equals filter_comm[0]
  *   FILTER_PORT          only connections with a local or remote port in filter_port
  *   FILTER_FAMILY=2|10   only IPv4 or only IPv6
+ *   FILTER_CGROUP        only tasks in a cgroup v2 listed in filter_cgroup
+ *   CGROUP_ANCESTORS     ... or below one (the kernel lets tracing programs
+ *                        call bpf_get_current_ancestor_cgroup_id: tested by
+ *                        tracer/probes/cgroup_filter.py)
  *   OFF_<NAME>           struct member offsets (see tracer/probes/offsets.py)
  */
 #ifndef CONNSCOPE_COMMON_H
@@ -77,10 +81,44 @@ BPF_ARRAY(filter_comm, struct comm_filter, 1);
 #ifdef FILTER_PORT
 BPF_HASH(filter_port, u16, u8, 1024);
 #endif
+#ifdef FILTER_CGROUP
+#define MAX_CGROUP_FILTERS 8    /* tracer/filters.py MAX_CGROUPS */
+BPF_ARRAY(filter_cgroup, struct cgroup_filter, MAX_CGROUP_FILTERS);
+#endif
+
+/* --cgroup/--container: the current task is in a selected cgroup (or below
+ * one). Process context only: in softirq the current task is unrelated. */
+static __always_inline int cgroup_wanted(void)
+{
+#ifdef FILTER_CGROUP
+#ifndef CGROUP_ANCESTORS
+    u64 mine = bpf_get_current_cgroup_id();
+#endif
+#pragma unroll
+    for (u32 i = 0; i < MAX_CGROUP_FILTERS; i++) {
+        u32 k = i;
+        struct cgroup_filter *f = filter_cgroup.lookup(&k);
+        if (!f || !f->id)
+            return 0;
+#ifdef CGROUP_ANCESTORS
+        if (bpf_get_current_ancestor_cgroup_id(f->level) == f->id)
+            return 1;
+#else
+        if (mine == f->id)
+            return 1;
+#endif
+    }
+    return 0;
+#else
+    return 1;
+#endif
+}
 
 /* Process-side filters, checked in process context (connect, accept). */
 static __always_inline int task_wanted(u32 tgid, const char *comm)
 {
+    if (!cgroup_wanted())
+        return 0;
 #ifdef FILTER_PID
     if (!filter_pid.lookup(&tgid))
         return 0;

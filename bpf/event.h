@@ -164,6 +164,14 @@ struct connect_call {
     __u32 reached;       /* the socket entered SYN_SENT in this call */
 };
 
+/* --cgroup/--container: a cgroup v2 wanted (map `filter_cgroup`, one per
+ * index, id 0 ends the list): its id and its depth below the v2 root. */
+struct cgroup_filter {
+    __u64 id;
+    __u32 level;
+    __u32 pad;
+};
+
 /* --comm: the one process name wanted (map `filter_comm`, index 0). */
 struct comm_filter {
     char comm[16];

@@ -43,6 +43,12 @@ def tracing_options(f):
                      help="Only connections with this local or remote port (repeatable)."),
         click.option("-4", "ipv4", is_flag=True, help="IPv4 only."),
         click.option("-6", "ipv6", is_flag=True, help="IPv6 only."),
+        click.option("--cgroup", "cgroup_paths", multiple=True, metavar="PATH",
+                     help="Only processes in this cgroup v2 or below it: a directory under "
+                          "the v2 mount, or a path as /proc/PID/cgroup shows it (repeatable)."),
+        click.option("--container", "container_ids", multiple=True, metavar="ID",
+                     help="Only processes in this container: 12 or more digits of its id "
+                          "(repeatable)."),
     ]
     for d in reversed(decorators):
         f = d(f)
@@ -165,7 +171,8 @@ def cli(ctx, debug):
     ctx.obj = {"debug": debug}
 
 
-def _options(backend, interval, pids, comm, ports, ipv4, ipv6, **extra):
+def _options(backend, interval, pids, comm, ports, ipv4, ipv6, cgroup_paths=(),
+             container_ids=(), **extra):
     import os
 
     from tracer.filters import Filters, FilterError, check_pids, read_pid_max
@@ -174,6 +181,16 @@ def _options(backend, interval, pids, comm, ports, ipv4, ipv6, **extra):
         filters = Filters.build(pids=pids, comm=comm, ports=ports, ipv4=ipv4, ipv6=ipv6)
     except FilterError as e:
         raise click.UsageError(str(e))
+    if cgroup_paths or container_ids:
+        from dataclasses import replace
+
+        from tracer.probes import cgroup_filter
+
+        try:     # the host's cgroups, not the command line, are wrong: Error: and exit 1
+            targets = cgroup_filter.resolve(cgroup_paths, container_ids)
+            filters = replace(filters, cgroups=Filters.build(cgroups=targets).cgroups)
+        except FilterError as e:
+            raise click.ClickException(str(e))
     errors, warnings = check_pids(filters.pids, read_pid_max(),
                                   lambda p: os.path.exists(f"/proc/{p}"))
     if errors:

@@ -321,8 +321,13 @@ def _containers() -> dict:
         names = f"no pods in {cgroups.POD_LOGS}"
     else:
         names = f"no {cgroups.POD_LOGS} (no kubelet here): pod uids only, no names"
+    from tracer.probes import cgroup_filter
+
+    usable, filtering = cgroup_filter.support(
+        h.v2, cgroup_filter.ancestors_matched() if h.v2 and os.geteuid() == 0 else None)
     return {"ok": h.mode != "none", "tested": True, "mode": h.mode, "v2": h.v2,
-            "v1": list(h.v1), "detail": f"{detail}; pod names: {names}"}
+            "v1": list(h.v1), "detail": f"{detail}; pod names: {names}",
+            "filter": {"ok": usable, "tested": True, "detail": filtering}}
 
 
 def _program_cache() -> dict:
@@ -433,6 +438,9 @@ def render_text(report: dict) -> str:
         rows.append(("prog cache", r["program_cache"], r["program_cache"]["detail"]))
     if "containers" in r:
         rows.append(("containers", r["containers"], r["containers"]["detail"]))
+        if "filter" in r["containers"]:
+            f = r["containers"]["filter"]
+            rows.append(("--cgroup", f, f["detail"]))
     lines.append("Host")
     for name, d, detail in rows:
         lines.append(f"  {name:<12} {_mark(d):<3} {detail}")

@@ -279,6 +279,7 @@ def record(*, backend: str, interval: float, filters: Filters, out_dir: str,
     sinks = [RecordSink(recording, clock, containers),
              StatusLineSink(recording_status=recording.status)]
     if metrics_sink is not None:
+        metrics_sink.set_containers(containers)
         sinks.append(metrics_sink)
     _collect(session, sinks, interval, duration, clock, recording, filters, containers)
 
@@ -294,7 +295,10 @@ def serve(*, backend: str, interval: float, filters: Filters, duration: float | 
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     sys.stderr.write(f"connscope: serving metrics at http://{printable(where)}/metrics "
                      f"(backend {session.info.backend}); Ctrl-C stops\n")
-    _collect(session, [metrics_sink], interval, duration, Clock(), None, filters)
+    # container labels; --cgroup/--container pick listeners and processes by owner's container
+    containers = container_cache()
+    metrics_sink.set_containers(containers)
+    _collect(session, [metrics_sink], interval, duration, Clock(), None, filters, containers)
 
 
 class TuiSink:
@@ -378,6 +382,8 @@ def live(*, backend: str, interval: float, filters: Filters, record_dir: str | N
     clock = Clock()
     sinks = [metrics_sink] if metrics_sink is not None else []
     containers = container_cache()
+    if metrics_sink is not None:
+        metrics_sink.set_containers(containers)
     if recording is not None:
         recording.set_backend(session.info.backend)
         sinks.append(RecordSink(recording, clock, containers))

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -241,6 +242,136 @@ def test_short_lived_clients_are_named_by_the_cgroup_id_of_their_connect(runc, n
                 f"netns from T where dport = {port}")
     assert len(rows) == 30, rows
     assert set(rows) == {("docker", client_id, client_cg, client_cg_id, ns_inode)}, rows
+
+
+def _netns_counters(ns: str) -> dict[str, int]:
+    """The test namespace's own Tcp and TcpExt counters (ground truth: only the
+    test's containers use it)."""
+    out: dict[str, int] = {}
+    for f in ("/proc/net/snmp", "/proc/net/netstat"):
+        lines = subprocess.run(["ip", "netns", "exec", ns, "cat", f], capture_output=True,
+                               text=True, timeout=10, check=True).stdout.splitlines()
+        for names, values in zip(lines[::2], lines[1::2]):
+            kind, _, names = names.partition(": ")
+            out.update({f"{kind}{k}": int(v) for k, v in
+                        zip(names.split(), values.partition(": ")[2].split())})
+    return out
+
+
+def _filtered_recorder(out: Path, *args: str, duration: int = 60):
+    return subprocess.Popen([*CONNSCOPE, "record", "--out", str(out), "--interval", "0.5",
+                             "--duration", str(duration), *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _waiting(go: str, script: str) -> list[str]:
+    """sh -c SCRIPT once the test makes /tmp/GO in the shared root file system."""
+    return ["sh", "-c", f"while [ ! -e /tmp/{go} ]; do sleep 0.1; done; {script}"]
+
+
+def test_the_container_filter_is_applied_in_the_kernel(runc, netns, tmp_path):
+    """Two client containers (A, B) and a server container with a tiny
+    backlog in one network namespace the test makes; two real recorders,
+    `--container A` (A's processes moved into a child cgroup of A's first:
+    the filter covers what is below the container's cgroup) and `--container
+    SERVER`. Ground truth: the namespace's own counters (ActiveOpens: every
+    connect made; PassiveOpens; ListenOverflows) and what each client
+    container runs. A's recorder has A's connects and nothing of B or the
+    server; the server's has its accepts and its listener's overflows, as
+    many as the kernel counted, and nobody's connects."""
+    ns, ns_path, _ = netns
+    port = 20000 + secrets.randbelow(20000)
+    sid, aid, bid = (secrets.token_hex(32) for _ in range(3))
+    a_cg, b_cg = f"/system.slice/docker-{aid}.scope", f"/system.slice/docker-{bid}.scope"
+    n_a, n_b, n_blocked = 4, 3, 16
+    go = f"go-{secrets.token_hex(4)}"
+    held = "i=0; while [ $i -lt {n} ]; do (sleep 1 | nc 127.0.0.1 {port}) & i=$((i+1)); done; wait"
+    runc.run("server", ["httpd", "-f", "-p", f"127.0.0.1:{port}", "-h", "/"],
+             f"/system.slice/docker-{sid}.scope", ns_path, timeout_s=80)
+    assert wait_for(lambda: _listening(ns, port), 10), "busybox httpd did not listen"
+    runc.run("a", _waiting(f"{go}-a", held.format(n=n_a, port=port) + "; sleep 60"), a_cg,
+             ns_path, timeout_s=80)
+    runc.run("b", _waiting(f"{go}-b1", held.format(n=n_b, port=port) + "; " + (
+        f"while [ ! -e /tmp/{go}-b2 ]; do sleep 0.1; done; "
+        f"i=0; while [ $i -lt {n_blocked} ]; do (sleep 60 | nc 127.0.0.1 {port}) & "
+        "i=$((i+1)); done; wait")), b_cg, ns_path, timeout_s=80)
+    # A's processes into a cgroup below A's own (the filter names A's)
+    from tracer.probes.cgroups import hierarchies
+
+    v2 = Path(hierarchies().v2)
+    inner = v2 / a_cg.lstrip("/") / "inner"
+    inner.mkdir()
+    runc.made_dirs.append(inner)
+    for pid in (v2 / a_cg.lstrip("/") / "cgroup.procs").read_text().split():
+        (inner / "cgroup.procs").write_text(pid)
+    assert not (v2 / a_cg.lstrip("/") / "cgroup.procs").read_text().split()
+
+    out_a, out_s, out_p = tmp_path / "rec-a", tmp_path / "rec-s", tmp_path / "rec-p"
+    from tests.kernel.test_pool_advice import free_port
+
+    metrics_port = free_port()
+    rec_a = _filtered_recorder(out_a, "--container", aid[:12], "--metrics",
+                               f"127.0.0.1:{metrics_port}")
+    rec_s = _filtered_recorder(out_s, "--container", sid)
+    rec_p = _filtered_recorder(out_p, "--cgroup", a_cg)     # A by path, as /proc shows it
+    try:
+        wait_started(rec_a)
+        wait_started(rec_s)
+        wait_started(rec_p)
+        before = _netns_counters(ns)
+        for who in ("a", "b1"):
+            (runc.rootfs / "tmp" / f"{go}-{who}").touch()
+        assert wait_for(lambda: _netns_counters(ns)["TcpActiveOpens"]
+                        - before["TcpActiveOpens"] == n_a + n_b, 15)
+        time.sleep(1.5)     # every held connection closed, the server idle again
+        runc.pause("server")
+        (runc.rootfs / "tmp" / f"{go}-b2").touch()
+        assert wait_for(lambda: _overflowed(ns, port), 10), "no accept-queue overflow"
+        time.sleep(3)       # SYN retransmits dropped too (SYN-time overflows)
+        subprocess.run(["runc", "--root", str(runc.state), "kill", "b", "KILL"],
+                       capture_output=True, timeout=10)
+        assert runc.wait("b", 20) is not None
+        time.sleep(1.0)     # B's sockets gone: no SYN arrives any more
+        after = _netns_counters(ns)
+        time.sleep(1.5)     # an interval reads the listener's final counters
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics",
+                                    timeout=10) as r:
+            metrics = r.read().decode()
+    finally:
+        _stop(rec_a), _stop(rec_s), _stop(rec_p)
+    made = after["TcpActiveOpens"] - before["TcpActiveOpens"]
+    assert made >= n_a + n_b + BUSYBOX_HTTPD_BACKLOG, (made, "B's blocked clients connected")
+    overflows = after["TcpExtListenOverflows"] - before["TcpExtListenOverflows"]
+    assert overflows > 0
+
+    # A's recorders (by id, by path): A's connects, all of them, and nothing else
+    for out in (out_a, out_p):
+        connects = _sql(out, "connects", "select container_id, cgroup, outcome, dport from T")
+        assert len(connects) == n_a, connects
+        assert set(connects) == {(aid, a_cg + "/inner", "established", port)}, connects
+        assert _sql(out, "accepts", "select count(*) from T") == [(0,)]
+        assert _sql(out, "listeners", f"select count(*) from T where lport = {port}") == [(0,)]
+        assert _sql(out, "overflows", "select count(*) from T") == [(0,)]
+
+    # A's recorder's Prometheus endpoint: the same connects, labelled with A's container
+    from prometheus_client.parser import text_string_to_metric_families
+
+    attempts = [(s.labels, s.value) for f in text_string_to_metric_families(metrics)
+                if f.name == "connscope_connect_attempts" for s in f.samples
+                if s.name == "connscope_connect_attempts_total"]
+    assert {(ls["container"], ls["pod"], ls["namespace"], ls["outcome"]) for ls, _ in attempts} \
+        == {(aid[:12], "", "", "established")}, attempts
+    assert sum(v for _, v in attempts) == n_a
+
+    # the server's recorder: its accepts, its listener's overflows, nobody's connects
+    assert _sql(out_s, "connects", "select count(*) from T") == [(0,)]
+    accepts = _sql(out_s, "accepts", "select container_id, lport from T")
+    assert accepts == [(sid, port)] * (n_a + n_b), accepts
+    listeners = _sql(out_s, "listeners", "select distinct container_id, lport from T")
+    assert listeners == [(sid, port)], listeners
+    dropped = _sql(out_s, "overflows", "select container_id, sum(drops + syn_drops) from T "
+                   "group by container_id")
+    assert dropped == [(sid, overflows)], (dropped, overflows)
 
 
 def test_path_of_a_cgroup_id():

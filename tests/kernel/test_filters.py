@@ -228,3 +228,71 @@ def test_port_filter_applies_to_the_listeners_shown(filtered):
         assert snapshots[-1].header.filters == f"port {b.port}"
     else:
         assert {a.port, b.port} <= ports
+
+
+@pytest.mark.parametrize("below", [True, False], ids=["with-ancestors", "exact-id-only"])
+def test_cgroup_filter_sees_the_cgroup_and_below_it_or_it_alone(below, monkeypatch):
+    """--cgroup: A in the selected cgroup v2, B in a child of it, C left where
+    it is. With bpf_get_current_ancestor_cgroup_id the kernel keeps A and B;
+    built without it (what a kernel whose tracing programs cannot call it
+    gets: forced here) A alone. C is never seen."""
+    import secrets
+    from pathlib import Path
+
+    from tests.kernel.conftest import Tracer
+    from tracer.probes import cgroup_filter, startup
+    from tracer.probes.cgroups import hierarchies
+
+    v2 = hierarchies().v2
+    if v2 is None:
+        pytest.skip("no cgroup v2 mounted here: --cgroup needs one")
+    if below and not cgroup_filter.ancestors_matched()[0]:
+        pytest.skip(f"this kernel's tracing programs cannot call "
+                    f"bpf_get_current_ancestor_cgroup_id: {cgroup_filter.ancestors_matched()[1]}")
+    monkeypatch.setattr(cgroup_filter, "_ancestors",
+                        (True, "") if below else (False, "forced by the test"))
+    top = Path(v2) / f"connscope-filter-{os.getpid()}-{secrets.token_hex(2)}"
+    child = top / "child"
+    child.mkdir(parents=True)
+    workers = []
+    try:
+        tag = os.getpid() % 10000
+        a, b, c = (Worker(4, f"csg{x}{tag}") for x in "abc")
+        workers = [a, b, c]
+        (top / "cgroup.procs").write_text(str(a.pid))
+        (child / "cgroup.procs").write_text(str(b.pid))
+        target = cgroup_filter.resolve_path("/" + top.name, v2)
+        session = startup.start(os.environ.get("CONNSCOPE_TEST_BACKEND", "auto"),
+                                Filters.build(cgroups=[target]))
+        tracer = Tracer(session)
+        try:
+            assert any(("below them" if below else "themselves only") in n
+                       for n in session.info.notes), session.info.notes
+            for w in workers:
+                w.go()
+            for w in workers:
+                w.finish()
+            seen = tracer.wait_for(
+                lambda ev: len(_mine(ev, a)[0]) >= 2 * N and len(_mine(ev, a)[1]) >= N
+                and (not below or len(_mine(ev, b)[0]) >= 2 * N), timeout_s=10, settle_s=1.0)
+        finally:
+            tracer.close()
+            session.close()
+    finally:
+        for w in workers:
+            if w.proc.poll() is None:
+                w.proc.kill()
+                w.proc.wait(5)
+        for d in (child, top):
+            for _ in range(50):
+                try:
+                    d.rmdir()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+    _exactly(_mine(seen, a), a, 4)
+    if below:
+        _exactly(_mine(seen, b), b, 4)
+    else:
+        _none(_mine(seen, b), b)
+    _none(_mine(seen, c), c)

@@ -267,7 +267,8 @@ def test_a_hostile_process_name_adds_no_line_and_no_label(workdir):
                 if (f.name == "connscope_connect_attempts"
                         and s.labels.get("destination") == f"127.0.0.1:{server.port}"):
                     names.add(s.labels["process"])
-                    assert set(s.labels) == {"process", "destination", "outcome"}
+                    assert set(s.labels) == {"process", "container", "pod", "namespace",
+                                             "destination", "outcome"}
         assert names == {want}, names
 
 

@@ -29,7 +29,7 @@ def test_no_filters():
     f = Filters.build()
     assert f == Filters()
     assert f.describe() == "none"
-    assert f.as_dict() == {"pids": [], "comm": None, "ports": [], "family": None}
+    assert f.as_dict() == {"pids": [], "comm": None, "ports": [], "family": None, "cgroups": []}
 
 
 @pytest.mark.parametrize("kwargs,message", [
@@ -71,7 +71,8 @@ def test_describe_and_as_dict_are_sorted_and_deduplicated():
     f = Filters.build(pids=[30, 4, 30], comm="nginx", ports=[443, 80], ipv6=True)
     assert f.describe() == "pid 4,30; comm nginx; port 80,443; IPv6 only"
     d = f.as_dict()
-    assert d == {"pids": [4, 30], "comm": "nginx", "ports": [80, 443], "family": 6}
+    assert d == {"pids": [4, 30], "comm": "nginx", "ports": [80, 443], "family": 6,
+                 "cgroups": []}
     assert json.loads(json.dumps(d)) == d
     assert Filters.build(ports=[5432]).describe() == "port 5432"
     assert Filters.build(ipv4=True).describe() == "IPv4 only"

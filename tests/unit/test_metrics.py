@@ -3,6 +3,7 @@ capping, counters that only grow, and the exposition text the official
 client library renders from them (parsed back with the library's parser)."""
 import socket
 import subprocess
+from dataclasses import replace as dc_replace
 import sys
 import urllib.request
 from pathlib import Path
@@ -15,8 +16,10 @@ from tracer.aggregate.snapshot import Header, ListenerRow, PoolAdvice, ProcessRo
 from tracer.events import Accept, Connect
 from tracer.sinks.metrics_address import MetricsError, parse_address
 from tracer.sinks.metrics_endpoint import ConnscopeCollector, MetricsSink, families
+from tracer.domain import containers
+from tracer.domain.containers import Attribution
 from tracer.sinks.metrics_state import (DURATION_BUCKETS, LABEL_MAX, OTHER, Caps, MetricsState,
-                                        label_text)
+                                        label_text, where_of, where_of_attribution)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -159,8 +162,8 @@ def test_histogram_buckets_are_cumulative_and_le_inclusive():
         state.on_connect(connect(us=us))
     state.on_snapshot(snapshot())
     s = samples(scrape(state))
-    key = frozenset({"process": "curl", "destination": "10.0.0.1:80",
-                     "outcome": "established"}.items())
+    key = frozenset({"process": "curl", "container": "", "pod": "", "namespace": "",
+                     "destination": "10.0.0.1:80", "outcome": "established"}.items())
 
     def bucket(le):
         return s[("connscope_connect_duration_seconds_bucket", key | {("le", le)})]
@@ -331,3 +334,92 @@ def test_prometheus_client_is_a_runtime_dependency():
     text = (ROOT / "pyproject.toml").read_text()
     deps = text.split("dependencies = [", 1)[1].split("]", 1)[0]
     assert "prometheus_client" in deps
+
+
+# -- containers and pods ------------------------------------------------------------
+
+POD_ID, DOCKER_ID = "ab" * 32, "cd" * 32
+POD = Attribution(11, f"/kubepods/pod{'1' * 8}-1111-1111-1111-{'1' * 12}/{POD_ID}", "cri",
+                  POD_ID, f"{'1' * 8}-1111-1111-1111-{'1' * 12}", "shop", "web-7d4b9c-xk2p",
+                  "nginx")
+DOCKER = Attribution(12, f"/system.slice/docker-{DOCKER_ID}.scope", "docker", DOCKER_ID)
+SERVICE = Attribution(13, "/system.slice/cron.service", "systemd", "cron.service")
+
+
+def _where_by_pid(by_pid: dict):
+    """What ContainerCache.columns_of gives: the columns of a pid's attribution."""
+    return lambda pid, cgroup_id: containers.values(by_pid.get(pid))
+
+
+def test_where_labels_name_the_container_pod_and_namespace():
+    assert where_of(containers.values(POD)) == ("nginx", "web-7d4b9c-xk2p", "shop")
+    assert where_of(containers.values(DOCKER)) == (DOCKER_ID[:12], "", "")
+    assert where_of(containers.values(SERVICE)) == ("cron.service", "", "")
+    assert where_of(containers.values(None)) == where_of(None) == ("", "", "")
+    assert where_of_attribution(POD) == ("nginx", "web-7d4b9c-xk2p", "shop")
+
+
+def test_connects_carry_their_processs_container_and_the_same_name_elsewhere_is_another():
+    state = MetricsState(where=_where_by_pid({1: POD, 2: DOCKER}))
+    for pid in (1, 1, 2, 3):
+        ev = connect(comm="nginx")
+        state.on_connect(dc_replace(ev, pid=pid, tid=pid))
+    state.on_snapshot(snapshot())
+    text = scrape(state)
+    got = {(x["container"], x["pod"], x["namespace"]): v for (n, ls), v in samples(text).items()
+           if n == "connscope_connect_attempts_total" for x in [dict(ls)]}
+    assert got == {("nginx", "web-7d4b9c-xk2p", "shop"): 2, (DOCKER_ID[:12], "", ""): 1,
+                   ("", "", ""): 1}
+
+
+def test_the_process_cap_counts_a_name_in_each_container_once():
+    state = MetricsState(Caps(processes=2), where=_where_by_pid({1: POD, 2: DOCKER}))
+    for pid in (1, 2, 3):
+        ev = connect(comm="nginx")
+        state.on_connect(dc_replace(ev, pid=pid, tid=pid))
+    state.on_snapshot(snapshot())
+    text = scrape(state)
+    series = {(x["process"], x["container"]) for (n, ls) in samples(text)
+              if n == "connscope_connect_attempts_total" for x in [dict(ls)]}
+    assert series == {("nginx", "nginx"), ("nginx", DOCKER_ID[:12]), (OTHER, "")}
+    assert total(text, "connscope_connect_attempts_total") == 3
+
+
+def test_idle_containers_fold_into_other_and_sums_never_go_down():
+    by_pid = {1: POD}
+    state = MetricsState(Caps(processes=1), idle=2, where=_where_by_pid(by_pid))
+    sums = []
+    for step in range(6):
+        pid = 1 if step < 2 else 2
+        by_pid[2] = DOCKER
+        ev = connect(comm="nginx")
+        state.on_connect(dc_replace(ev, pid=pid, tid=pid))
+        state.on_snapshot(snapshot())
+        sums.append(total(scrape(state), "connscope_connect_attempts_total"))
+    assert sums == [1, 2, 3, 4, 5, 6]
+    text = scrape(state)
+    assert total(text, "connscope_connect_attempts_total", container=DOCKER_ID[:12]) >= 1
+    assert state.view.folded >= 1
+
+
+def test_process_gauges_pool_and_counters_carry_the_container():
+    advice = PoolAdvice(destination="10.0.0.1:5432", arrival_per_s=10.0, hold_s=0.5,
+                        concurrency_mean=2.0, concurrency_p99=3.0, concurrency_peak=3,
+                        recommended=8, in_use=3, verdict="pooled")
+    rows = [dc_replace(process(pid=1, comm="nginx", opened=2, advice=(advice,)), container=POD),
+            process(pid=2, comm="cron", opened=1)]
+    state = MetricsState()
+    state.on_snapshot(snapshot(processes=rows,
+                               listeners=[dc_replace(listener(), container=DOCKER)]))
+    s = samples(scrape(state))
+    sock = {dict(ls)["pid"]: dict(ls) for (n, ls) in s if n == "connscope_process_sockets"}
+    assert (sock["1"]["container"], sock["1"]["pod"], sock["1"]["namespace"]) == (
+        "nginx", "web-7d4b9c-xk2p", "shop")
+    assert (sock["2"]["container"], sock["2"]["pod"]) == ("", "")
+    (pool,) = [dict(ls) for (n, ls) in s if n == "connscope_pool_recommended_connections"]
+    assert pool["pod"] == "web-7d4b9c-xk2p" and pool["destination"] == "10.0.0.1:5432"
+    opened = {dict(ls)["container"]: v for (n, ls), v in s.items()
+              if n == "connscope_connections_opened_total"}
+    assert opened == {"nginx": 2, "": 1}
+    (q,) = [dict(ls) for (n, ls) in s if n == "connscope_listen_queue_length"]
+    assert q["container"] == DOCKER_ID[:12]

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from tracer.aggregate.histogram import Histogram
 from tracer.domain import addresses
 from tracer.domain import outcomes
+from tracer.domain.containers import HOST
 from tracer.events import Connect
 
 HISTORY = 300  # intervals of p99 history kept per key (5 min at 1 s)
@@ -95,6 +96,10 @@ class ConnectRow:
     abandoned: int = 0     # the application gave up (closed while SYN_SENT)
     unreachable: int = 0   # no route (connect()'s own error), or an ICMP error answered the SYN
     abandoned_max_wait_us: float | None = None   # longest an abandoned connect waited
+    # where the connects came from: a container's label (tracer.domain.containers
+    # group_label), SEVERAL for a destination reached from more than one (the host
+    # counts as one), None for the host or where containers are not resolved
+    container: str | None = None
 
     # Where failures are summarised (TUI columns, report findings): an
     # abandoned connect is a timeout the application chose, and counts as one.
@@ -123,6 +128,8 @@ IDLE_INTERVALS = HISTORY
 OTHER_DESTINATION = (0, "other", 0)
 OTHER_PROCESS = (0,)
 OTHER_CONTAINER = ("other",)
+SEVERAL = "(several)"
+_UNSEEN = object()
 
 
 class _Keyed:
@@ -209,8 +216,10 @@ class _Keyed:
             return tuple(hist)
         return (tuple(hist) + (None,) * idle)[-HISTORY:]
 
-    def rows(self, label, pending=None) -> list[ConnectRow]:
+    def rows(self, label, pending=None, where=None) -> list[ConnectRow]:
+        """where: key -> ConnectRow.container (None: no container column)."""
         pending = pending or {}
+        where = where or (lambda key: None)
         out = []
         # Connects still in flight are bounded by the kernel's map (65,536),
         # but a row each is more than a view holds: past the room left, the
@@ -230,14 +239,15 @@ class _Keyed:
         for key, s in self.total.items():
             n, age = pending.get(key, (0, None))
             out.append(_row(key, label(key), s, self.rate.get(key, 0.0), self._history(key),
-                            n, age))
+                            n, age, where(key)))
         if self.other.attempts or other_n:
             out.append(_row(self.other_key, "other", self.other, self.other_rate,
                             tuple(self.other_history), other_n, other_age))
         return out
 
 
-def _row(key, label, s: ConnectStats, rate, history, pending, oldest) -> ConnectRow:
+def _row(key, label, s: ConnectStats, rate, history, pending, oldest,
+         container=None) -> ConnectRow:
     h = s.latency
     return ConnectRow(
         key=key, label=label, attempts=s.attempts, rate=rate, established=s.established,
@@ -245,7 +255,7 @@ def _row(key, label, s: ConnectStats, rate, history, pending, oldest) -> Connect
         p50_us=h.percentile(50), p95_us=h.percentile(95), p99_us=h.percentile(99),
         max_us=h.max if h.count else None, p99_history=history, pending=pending,
         oldest_pending_s=oldest, abandoned=s.abandoned, unreachable=s.unreachable,
-        abandoned_max_wait_us=s.waited_max_us if s.abandoned else None)
+        abandoned_max_wait_us=s.waited_max_us if s.abandoned else None, container=container)
 
 
 def destination_label(key: tuple) -> str:
@@ -263,23 +273,39 @@ class ConnectTable:
         # by container (its label), only fed where containers are resolved
         self._cont = _Keyed(OTHER_CONTAINER, max_keys, idle_intervals)
         self._comm: dict[int, str] = {}   # only of pids with a row
+        # the container column (where resolved), only of keys with a row
+        self._proc_where: dict[int, str | None] = {}
+        self._dest_where: dict[tuple, str | None] = {}
         self.events = 0
 
     def add(self, ev: Connect, container: str | None = None) -> None:
         """Count ev; `container`: the group of the process's container
         (tracer.domain.containers.group_label), None where containers are not resolved."""
         self.events += 1
-        self._dest.add((ev.family, ev.daddr, ev.dport), ev)
-        if self._proc.add((ev.pid,), ev):
+        dest = (ev.family, ev.daddr, ev.dport)
+        in_dest = self._dest.add(dest, ev)
+        in_proc = self._proc.add((ev.pid,), ev)
+        if in_proc:
             self._comm[ev.pid] = ev.comm
         if container is not None:
             self._cont.add((container,), ev)
+            where = None if container == HOST else container
+            if in_proc:
+                self._proc_where[ev.pid] = where
+            if in_dest:
+                had = self._dest_where.get(dest, _UNSEEN)
+                if had is _UNSEEN:
+                    self._dest_where[dest] = where
+                elif had != where:
+                    self._dest_where[dest] = SEVERAL
 
     def roll(self, seconds: float) -> None:
         """Close the current interval (call once per interval)."""
-        self._dest.roll(seconds)
+        for key in self._dest.roll(seconds):
+            self._dest_where.pop(key, None)
         for (pid,) in self._proc.roll(seconds):
             self._comm.pop(pid, None)
+            self._proc_where.pop(pid, None)
         self._cont.roll(seconds)
 
     @property
@@ -294,10 +320,11 @@ class ConnectTable:
         self._pending = pending
 
     def by_destination(self) -> list[ConnectRow]:
-        return self._dest.rows(destination_label, self._pending)
+        return self._dest.rows(destination_label, self._pending, self._dest_where.get)
 
     def by_process(self) -> list[ConnectRow]:
-        return self._proc.rows(lambda k: f"{k[0]} {self._comm.get(k[0], '?')}")
+        return self._proc.rows(lambda k: f"{k[0]} {self._comm.get(k[0], '?')}",
+                               where=lambda k: self._proc_where.get(k[0]))
 
     def by_container(self) -> list[ConnectRow]:
         """Rows per container label; empty where containers are not resolved."""

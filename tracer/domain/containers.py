@@ -299,3 +299,34 @@ def group_of_row(row) -> Optional[str]:
     if "container_id" not in row:
         return None
     return group_label(from_row(row))
+
+
+# ---------------------------------------------------------------- --container ID
+
+MIN_ID_PREFIX = 12      # as docker ps shows ids; shorter prefixes collide across a fleet
+_ID_PREFIX = re.compile(r"[0-9a-f]{%d,64}" % MIN_ID_PREFIX)
+
+
+def container_prefix(text: str) -> Optional[str]:
+    """A --container argument as an id prefix (12 to 64 lowercase hex
+    digits; upper case is taken as lower), or None if it is not one."""
+    text = text.strip().lower()
+    return text if _ID_PREFIX.fullmatch(text) else None
+
+
+def container_cgroups(prefix: str, paths) -> dict[str, str]:
+    """{container id: its cgroup path} for the containers whose id starts
+    with `prefix`, among cgroup `paths` (any order). A container's cgroup is
+    the shallowest path naming it: the cgroups below it (a runtime's or the
+    container's own) are part of it. conmon's cgroups (a runtime's monitor,
+    not the container) are not containers here."""
+    found: dict[str, str] = {}
+    for path in paths:
+        ident = identify(path)
+        cid = ident.container_id
+        if cid is None or ident.runtime in ("systemd", "conmon") or not cid.startswith(prefix):
+            continue
+        have = found.get(cid)
+        if have is None or path.count("/") < have.count("/"):
+            found[cid] = path
+    return found

@@ -57,6 +57,9 @@ class BuildOptions:
     # Test hook: the bpf/listeners.h defaults unless set (tests/kernel/test_losses.py)
     max_handshakes: int | None = None
     max_connect_calls: int | None = None   # bpf/connect.h's default unless set (test_losses.py)
+    # --cgroup/--container also match the cgroups below the selected ones
+    # (tracer/probes/cgroup_filter.py ancestors_matched)
+    cgroup_ancestors: bool = True
 
 
 def cflags(opts: BuildOptions, offset_flags: list[str]) -> list[str]:
@@ -81,6 +84,10 @@ def cflags(opts: BuildOptions, offset_flags: list[str]) -> list[str]:
         flags.append("-DFILTER_PORT")
     if f.family:
         flags.append(f"-DFILTER_FAMILY={2 if f.family == 4 else 10}")
+    if f.cgroups:
+        flags.append("-DFILTER_CGROUP")
+        if opts.cgroup_ancestors:
+            flags.append("-DCGROUP_ANCESTORS")
     return flags + list(offset_flags)
 
 
@@ -224,3 +231,6 @@ def fill_filter_maps(maps: dict, f: Filters) -> None:
             maps["filter_port"].update(struct.pack("<H", port), b"\1")
     if f.comm:
         maps["filter_comm"].update(struct.pack("<i", 0), f.comm.encode()[:15].ljust(16, b"\0"))
+    for i, target in enumerate(f.cgroups):    # struct cgroup_filter (bpf/event.h)
+        maps["filter_cgroup"].update(struct.pack("<I", i),
+                                     struct.pack("<QII", target.id, target.level, 0))

@@ -71,7 +71,12 @@ class ProbeSession:
     def __init__(self, backend: str, filters: Filters, *, ringbuf: bool, offset_flags: list[str],
                  env: dict[str, str], offsets_from: str = "", headers: str = "",
                  btf_data: bytes | None = None):
-        self._opts = program.BuildOptions(backend=backend, filters=filters, ringbuf=ringbuf)
+        ancestors, why = True, ""
+        if filters.cgroups:
+            from tracer.probes.cgroup_filter import ancestors_matched
+            ancestors, why = ancestors_matched()
+        self._opts = program.BuildOptions(backend=backend, filters=filters, ringbuf=ringbuf,
+                                          cgroup_ancestors=ancestors)
         self._offset_flags = offset_flags
         self._env = env
         self._btf_data = btf_data
@@ -87,6 +92,9 @@ class ProbeSession:
         self.from_cache = False
         self.info = LoadInfo(backend, "ring buffer" if ringbuf else "perf buffer",
                              offsets_from, headers, 0.0)
+        if filters.cgroups:
+            from tracer.probes.cgroup_filter import coverage_note
+            self.info.notes.append(coverage_note(ancestors, why))
 
     def open(self) -> "ProbeSession":
         t0 = time.monotonic()

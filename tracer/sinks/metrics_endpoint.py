@@ -19,10 +19,11 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
 
 from tracer.events import Accept, Connect
 from tracer.sinks.metrics_address import MetricsError
-from tracer.sinks.metrics_state import (DURATION_BUCKETS, SOCKET_STATES, Caps, MetricsState,
-                                        View)
+from tracer.sinks.metrics_state import (DURATION_BUCKETS, SOCKET_STATES, WHERE, Caps,
+                                        MetricsState, View)
 
 _LE = tuple(repr(b) for b in DURATION_BUCKETS) + ("+Inf",)
+PROCESS = ["process", *WHERE]       # a process's labels: its name, container, pod, namespace
 
 
 def _histogram(name, doc, labels, series: dict) -> HistogramMetricFamily:
@@ -38,17 +39,17 @@ def families(view: View, cpu_seconds: float | None = None) -> list:
     attempts = CounterMetricFamily(
         "connscope_connect_attempts", "Outgoing connect attempts by how they ended "
         "(established, refused, timeout, abandoned, unreachable, error)",
-        labels=["process", "destination", "outcome"])
+        labels=[*PROCESS, "destination", "outcome"])
     for key, (_, count, _) in view.connects.items():
         attempts.add_metric(list(key), count)
     out.append(attempts)
     out.append(_histogram(
         "connscope_connect_duration_seconds", "connect() to the answer (or, for a timeout or "
         "an abandoned connect, to when the caller stopped waiting)",
-        ["process", "destination", "outcome"], view.connects))
+        [*PROCESS, "destination", "outcome"], view.connects))
     syn = CounterMetricFamily("connscope_connect_syn_retransmits",
                               "SYN retransmissions of outgoing connects",
-                              labels=["process", "destination"])
+                              labels=[*PROCESS, "destination"])
     for key, n in view.syn_retransmits.items():
         syn.add_metric(list(key), n)
     out.append(syn)
@@ -71,48 +72,49 @@ def families(view: View, cpu_seconds: float | None = None) -> list:
             f.add_metric(list(key), values[i])
         out.append(f)
     qlen = GaugeMetricFamily("connscope_listen_queue_length", "Accept queue length at the end "
-                             "of the interval", labels=["listener", "netns", "process"])
+                             "of the interval", labels=["listener", "netns", *PROCESS])
     qmax = GaugeMetricFamily("connscope_listen_queue_limit", "Accept queue limit: "
                              "min(listen() backlog, net.core.somaxconn)",
-                             labels=["listener", "netns", "process"])
+                             labels=["listener", "netns", *PROCESS])
     for key, length, limit in view.listener_gauges:
         qlen.add_metric(list(key), length)
         qmax.add_metric(list(key), limit)
     out += [qlen, qmax]
 
     opened = CounterMetricFamily("connscope_connections_opened", "TCP connections a process "
-                                 "opened (connect or accept)", labels=["process"])
+                                 "opened (connect or accept)", labels=PROCESS)
     closed = CounterMetricFamily("connscope_connections_closed", "TCP connections a process "
-                                 "opened that closed", labels=["process"])
+                                 "opened that closed", labels=PROCESS)
     for process, (o, c) in view.process_counters.items():
-        opened.add_metric([process], o)
-        closed.add_metric([process], c)
+        opened.add_metric(list(process), o)
+        closed.add_metric(list(process), c)
     out += [opened, closed]
     sockets = GaugeMetricFamily("connscope_process_sockets", "TCP sockets a process holds, "
-                                "by state", labels=["pid", "process", "state"])
+                                "by state", labels=["pid", *PROCESS, "state"])
     fds = GaugeMetricFamily("connscope_process_fds", "Open file descriptors",
-                            labels=["pid", "process"])
+                            labels=["pid", *PROCESS])
     fd_limit = GaugeMetricFamily("connscope_process_fd_limit", "Soft RLIMIT_NOFILE",
-                                 labels=["pid", "process"])
-    for (pid, process), states, n_fds, limit in view.process_gauges:
+                                 labels=["pid", *PROCESS])
+    for (pid, *process), states, n_fds, limit in view.process_gauges:
+        labels = [str(pid), *process]
         for state in SOCKET_STATES:
-            sockets.add_metric([str(pid), process, state], states[state])
+            sockets.add_metric([*labels, state], states[state])
         if n_fds is not None:
-            fds.add_metric([str(pid), process], n_fds)
+            fds.add_metric(labels, n_fds)
         if limit is not None:
-            fd_limit.add_metric([str(pid), process], limit)
+            fd_limit.add_metric(labels, limit)
     out += [sockets, fds, fd_limit]
     rec = GaugeMetricFamily("connscope_pool_recommended_connections", "Connections a pool "
                             "to this destination should hold (Little's law with headroom)",
-                            labels=["pid", "process", "destination"])
+                            labels=["pid", *PROCESS, "destination"])
     in_use = GaugeMetricFamily("connscope_pool_in_use_connections", "Connections to this "
                                "destination the process holds now",
-                               labels=["pid", "process", "destination"])
+                               labels=["pid", *PROCESS, "destination"])
     hold = GaugeMetricFamily("connscope_pool_hold_seconds", "Mean time a connection to this "
                              "destination is held, connect() to close",
-                             labels=["pid", "process", "destination"])
-    for (pid, process, dest), recommended, n, hold_s in view.pool:
-        labels = [str(pid), process, dest]
+                             labels=["pid", *PROCESS, "destination"])
+    for (pid, *process_dest), recommended, n, hold_s in view.pool:
+        labels = [str(pid), *process_dest]
         rec.add_metric(labels, recommended)
         in_use.add_metric(labels, n)
         hold.add_metric(labels, hold_s)
@@ -158,7 +160,7 @@ class MetricsSink:
     is fed at http://HOST:PORT/metrics until closed."""
 
     def __init__(self, host: str, port: int, caps: Caps = Caps()):
-        self.state = MetricsState(caps)
+        self.state = MetricsState(caps)     # set_containers() adds the WHERE labels
         registry = CollectorRegistry(auto_describe=False)
         registry.register(ConnscopeCollector(self.state))
         try:
@@ -167,6 +169,12 @@ class MetricsSink:
             why = e.strerror or str(e)
             raise MetricsError(f"--metrics {host}:{port}: cannot listen there: {why}") from None
         self.address = self._server.server_address
+
+    def set_containers(self, containers) -> None:
+        """Label connects with their process's container (a ContainerCache:
+        made after the endpoint listens; the collector resolves each poll's
+        pids before the sinks see its events)."""
+        self.state.columns_of = containers.columns_of if containers is not None else None
 
     def on_events(self, events) -> None:
         on_connect, on_accept = self.state.on_connect, self.state.on_accept

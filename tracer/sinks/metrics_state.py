@@ -14,7 +14,8 @@ Where each figure comes from (one definition of each thing):
 - the tracer's own losses, evictions and skipped runs: the Snapshot's totals.
 
 Label values are chosen by other users (a process name is any 15 bytes), so
-there are at most `caps.processes` processes, `caps.destinations`
+there are at most `caps.processes` processes (a name in one container, pod
+and namespace: `WHERE` labels, empty on the host), `caps.destinations`
 destinations per process and `caps.listeners` listeners with a label of
 their own; the rest are counted under "other". A label idle for
 IDLE_INTERVALS gives its place back, and what it counted moves to "other" of
@@ -26,6 +27,7 @@ import bisect
 from dataclasses import dataclass
 
 from tracer.domain.addresses import endpoint
+from tracer.domain.containers import COLUMNS
 from tracer.safe_text import printable
 
 OTHER = "other"
@@ -40,6 +42,14 @@ CACHE_MAX = 8192         # raw keys remembered per interval (a flood of new ones
 DURATION_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                     0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 130.0)
 SOCKET_STATES = ("established", "syn_sent", "listen", "close_wait", "other")
+# Where a process runs, after its name in every per-process series: its
+# container (Kubernetes container name, else the id's first 12 digits, a
+# service's unit name), pod and pod namespace; "" where none or unknown.
+WHERE = ("container", "pod", "namespace")
+HOST_WHERE = ("", "", "")
+OTHER_PROCESS = (OTHER, *HOST_WHERE)
+_RUNTIME, _ID, _NAMESPACE, _POD, _NAME = (COLUMNS.index(c) for c in (
+    "container_runtime", "container_id", "pod_namespace", "pod_name", "container_name"))
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,27 @@ class Caps:
     processes: int = 20
     destinations: int = 10      # per process
     listeners: int = 50
+
+
+def where_of(columns: tuple | None) -> tuple[str, str, str]:
+    """WHERE label values from container columns (tracer.domain.containers
+    COLUMNS order, as ContainerCache.columns_of gives them); None: the host."""
+    if not columns or columns[_ID] is None and columns[_POD] is None:
+        return HOST_WHERE
+    cid = columns[_ID]
+    container = columns[_NAME] or (
+        (cid if columns[_RUNTIME] == "systemd" else cid[:12]) if cid else "")
+    return (label_text(container) if container else "",
+            label_text(columns[_POD]) if columns[_POD] else "",
+            label_text(columns[_NAMESPACE]) if columns[_NAMESPACE] else "")
+
+
+def where_of_attribution(a) -> tuple[str, str, str]:
+    """where_of for a row's Attribution (None: the host or unknown)."""
+    if a is None:
+        return HOST_WHERE
+    from tracer.domain.containers import values
+    return where_of(values(a))
 
 
 def label_text(text: object) -> str:
@@ -134,14 +165,15 @@ def _fold(table: dict, match, to_other) -> None:
 class View:
     """What one scrape renders: copies, never the live dicts."""
 
-    connects: dict          # (process, destination, outcome) -> (cum buckets, count, sum)
-    syn_retransmits: dict   # (process, destination) -> int
+    # (a process is its name and WHERE: (process, container, pod, namespace))
+    connects: dict          # (*process, destination, outcome) -> (cum buckets, count, sum)
+    syn_retransmits: dict   # (*process, destination) -> int
     accepts: dict           # (listener, netns) -> (cum buckets, count, sum)
     listener_counters: dict  # (listener, netns) -> (drops, syn_drops, synack_retransmits)
-    listener_gauges: tuple  # ((listener, netns, process), queue_len, backlog_max), ...
+    listener_gauges: tuple  # ((listener, netns, owner's *process), queue_len, backlog_max), ...
     process_counters: dict  # process -> (opened, closed)
-    process_gauges: tuple   # ((pid, process), {state: n}, fds, fd_limit), ...
-    pool: tuple             # ((pid, process, destination), recommended, in_use, hold_s), ...
+    process_gauges: tuple   # ((pid, *process), {state: n}, fds, fd_limit), ...
+    pool: tuple             # ((pid, *process, destination), recommended, in_use, hold_s), ...
     tracer: dict            # name -> value (events, lost, evicted)
     skipped_runs: dict      # program -> runs
     folded: int             # label values given back (idle), their counts moved to "other"
@@ -154,18 +186,22 @@ class MetricsState:
     """Fed by the collector thread only; `view` is replaced, never changed,
     once per interval, so a scrape reads it without a lock."""
 
-    def __init__(self, caps: Caps = Caps(), idle: int = IDLE_INTERVALS):
+    def __init__(self, caps: Caps = Caps(), idle: int = IDLE_INTERVALS, where=None):
+        """where: (pid, cgroup id) -> container columns of an event's process
+        (tracer.probes.cgroups.ContainerCache.columns_of), None: no WHERE labels."""
         self.caps = caps
+        self.columns_of = where
+        self._wheres: dict[tuple, tuple] = {}     # columns -> WHERE values, bounded below
         self.interval = 0
         self.procs = Slots(caps.processes, idle)
-        self.dests: dict[str, Slots] = {}            # per process
+        self.dests: dict[tuple, Slots] = {}          # per process
         self.listener_slots = Slots(caps.listeners, idle)
         self.idle = idle
         self.connects: dict[tuple, Series] = {}
         self.syn_retransmits: dict[tuple, int] = {}
         self.accepts: dict[tuple, Series] = {}
         self.listener_counters: dict[tuple, list] = {}
-        self.process_counters: dict[str, list] = {}
+        self.process_counters: dict[tuple, list] = {}
         self.tracer: dict[str, int] = {}
         self.skipped_runs: dict[str, int] = {}
         self.folded = 0
@@ -189,12 +225,25 @@ class MetricsState:
             name = self._names[comm] = label_text(comm)
         return name
 
-    def process_label(self, comm: str) -> str:
-        name = self._name(comm)
-        return name if name != OTHER and self.procs.admit(name, self.interval) else OTHER
+    def _where(self, pid: int, cgroup_id: int) -> tuple:
+        if self.columns_of is None:
+            return HOST_WHERE
+        cols = self.columns_of(pid, cgroup_id)
+        got = self._wheres.get(cols)
+        if got is None:
+            if len(self._wheres) > 4096:   # containers come and go
+                self._wheres.clear()
+            got = self._wheres[cols] = where_of(cols)
+        return got
 
-    def destination_label(self, process: str, dest: str) -> str:
-        if process == OTHER:
+    def process_label(self, comm: str, where: tuple = HOST_WHERE) -> tuple:
+        """(process, container, pod, namespace), or OTHER_PROCESS past the cap."""
+        name = self._name(comm)
+        proc = (name, *where)
+        return proc if name != OTHER and self.procs.admit(proc, self.interval) else OTHER_PROCESS
+
+    def destination_label(self, process: tuple, dest: str) -> str:
+        if process == OTHER_PROCESS:
             return OTHER
         slots = self.dests.get(process)
         if slots is None:
@@ -212,16 +261,17 @@ class MetricsState:
     def on_connect(self, ev) -> None:
         # The labels of a (comm, destination, outcome) are worked out once an
         # interval (which also keeps its place, Slots.admit); then a dict look-up.
-        raw = (ev.comm, ev.family, ev.daddr, ev.dport, ev.outcome)
+        where = self._where(ev.pid, ev.cgroup_id)
+        raw = (ev.comm, where, ev.family, ev.daddr, ev.dport, ev.outcome)
         hit = self._connect_keys.get(raw)
         if hit is None:
-            process = self.process_label(ev.comm)
+            process = self.process_label(ev.comm, where)
             dest = self.destination_label(process, endpoint(ev.daddr, ev.dport, ev.family))
-            key = (process, dest, ev.outcome)
+            key = (*process, dest, ev.outcome)
             s = self.connects.get(key)
             if s is None:
                 s = self.connects[key] = Series(len(DURATION_BUCKETS) + 1)
-            hit = (s, (process, dest))
+            hit = (s, (*process, dest))
             if len(self._connect_keys) < CACHE_MAX:
                 self._connect_keys[raw] = hit
         s, pd = hit
@@ -270,12 +320,16 @@ class MetricsState:
             c[2] += r.synack_retransmits
             if key[0] != OTHER:
                 owner = self._name(r.comm) if r.comm is not None else ""
-                gauges.append(((key[0], key[1], owner), r.queue_len, r.backlog_max))
+                gauges.append(((key[0], key[1], owner,
+                                *where_of_attribution(getattr(r, "container", None))),
+                               r.queue_len, r.backlog_max))
         self._listener_gauges = tuple(gauges)
 
     def _processes(self, rows) -> None:
+        wheres = {id(r): where_of_attribution(r.container) for r in rows}
         for r in rows:
-            process = OTHER if r.pid == 0 else self.process_label(r.comm)
+            process = (OTHER_PROCESS if r.pid == 0
+                       else self.process_label(r.comm, wheres[id(r)]))
             c = self.process_counters.setdefault(process, [0, 0])
             c[0] += r.opened
             c[1] += r.closed
@@ -283,34 +337,38 @@ class MetricsState:
         top = sorted((r for r in rows if r.pid and r.sockets), key=lambda r: r.sockets,
                      reverse=True)[:self.caps.processes]
         self._process_gauges = tuple(
-            ((r.pid, self._name(r.comm)),
+            ((r.pid, self._name(r.comm), *wheres[id(r)]),
              {"established": r.established, "syn_sent": r.syn_sent, "listen": r.listen,
               "close_wait": r.close_wait, "other": r.other}, r.fds, r.fd_limit)
             for r in top)
         self._pool = tuple(
-            ((r.pid, self._name(r.comm), a.destination), a.recommended, a.in_use, a.hold_s)
+            ((r.pid, self._name(r.comm), *wheres[id(r)], a.destination), a.recommended,
+             a.in_use, a.hold_s)
             for r in top for a in r.advice[:self.caps.destinations])
 
     def _expire(self) -> None:
         """Labels idle for `idle` intervals give their place back; what they
         counted moves to "other" of the same level."""
         now = self.interval
+        n = len(OTHER_PROCESS)
         for process in self.procs.expire(now):
             self.dests.pop(process, None)
-            _fold(self.connects, lambda k: k[0] == process, lambda k: (OTHER, OTHER, k[2]))
-            _fold(self.syn_retransmits, lambda k: k[0] == process, lambda k: (OTHER, OTHER))
+            _fold(self.connects, lambda k: k[:n] == process,
+                  lambda k: (*OTHER_PROCESS, OTHER, k[-1]))
+            _fold(self.syn_retransmits, lambda k: k[:n] == process,
+                  lambda k: (*OTHER_PROCESS, OTHER))
             pc = self.process_counters.pop(process, None)
             if pc:
-                o = self.process_counters.setdefault(OTHER, [0, 0])
+                o = self.process_counters.setdefault(OTHER_PROCESS, [0, 0])
                 o[0] += pc[0]
                 o[1] += pc[1]
             self.folded += 1
         for process, slots in self.dests.items():
             for dest in slots.expire(now):
-                _fold(self.connects, lambda k: k[0] == process and k[1] == dest,
-                      lambda k: (process, OTHER, k[2]))
-                _fold(self.syn_retransmits, lambda k: k == (process, dest),
-                      lambda k: (process, OTHER))
+                _fold(self.connects, lambda k: k[:n] == process and k[n] == dest,
+                      lambda k: (*process, OTHER, k[-1]))
+                _fold(self.syn_retransmits, lambda k: k == (*process, dest),
+                      lambda k: (*process, OTHER))
                 self.folded += 1
         for key in self.listener_slots.expire(now):
             name, _, ns = key.rpartition(" ")

@@ -85,6 +85,9 @@ class ConnscopeApp(App):
         self._pinned = {v: False for v in VIEWS}
         self._widths: dict[str, int] = {}
         self._col_widths: dict[str, list[int]] = {}
+        self._col_specs: dict[str, TableSpec] = {}     # what _col_widths were made for
+        # a CONTAINER column in connects and processes (table_views.in_containers)
+        self._in_containers = False
         self._rows: dict[str, dict[str, object]] = {v: {} for v in VIEWS}
         self._last_tick = 0.0
         self._replayer = None if replay is None else ReplayDriver(
@@ -201,13 +204,18 @@ class ConnscopeApp(App):
         return self.query_one(f"#{view}-table", DataTable)
 
     def _spec(self, view: str) -> TableSpec:
+        tv = table_views
         if view == "connects":
-            return {"proc": table_views.CONNECTS_BY_PROC,
-                    "cont": table_views.CONNECTS_BY_CONTAINER}.get(self.group,
-                                                                   table_views.CONNECTS_BY_DEST)
-        return {"overview": table_views.OVERVIEW, "listeners": table_views.LISTENERS,
-                "processes": table_views.PROCESSES, "log": table_views.LOG,
-                "map": map_view.MAP}[view]
+            if self.group == "cont":
+                return tv.CONNECTS_BY_CONTAINER
+            if self._in_containers:
+                return tv.CONNECTS_BY_PROC_IN_CONTAINERS if self.group == "proc" else \
+                    tv.CONNECTS_BY_DEST_IN_CONTAINERS
+            return tv.CONNECTS_BY_PROC if self.group == "proc" else tv.CONNECTS_BY_DEST
+        if view == "processes" and self._in_containers:
+            return tv.PROCESSES_IN_CONTAINERS
+        return {"overview": tv.OVERVIEW, "listeners": tv.LISTENERS,
+                "processes": tv.PROCESSES, "log": tv.LOG, "map": map_view.MAP}[view]
 
     def _set_columns(self, view: str) -> None:
         table = self._table(view)
@@ -216,6 +224,7 @@ class ConnscopeApp(App):
         # the screen's width, less cell padding, the vertical scrollbar and a margin
         widths = column_widths(spec, self.size.width - 2 * table.cell_padding - 3)
         self._col_widths[view] = widths
+        self._col_specs[view] = spec
         table.add_column(header_line(spec, widths), key="row")
         self._widths[view] = self.size.width
 
@@ -231,6 +240,7 @@ class ConnscopeApp(App):
     def _show(self, snapshot: Snapshot, arrival: int) -> None:
         if snapshot is not self._shown:
             self._problems = find_problems(snapshot)
+            self._in_containers = table_views.in_containers(snapshot)
         self._shown = snapshot
         self._shown_arrival = arrival
         self._refresh_all()
@@ -270,6 +280,8 @@ class ConnscopeApp(App):
 
     def _refresh_view(self, view: str) -> None:
         spec = self._spec(view)
+        if self._col_specs.get(view) is not spec and view in self._col_specs:
+            self._set_columns(view)     # the CONTAINER column came or went
         all_items = self._items(view)
         rows, matched = visible(spec, all_items, self.filter_text, self.sort[view])
         table = self._table(view)

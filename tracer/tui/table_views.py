@@ -106,6 +106,29 @@ def _where(r) -> str:
     return " ".join(x for x in (a.container_label, a.container_id, a.pod_uid) if x)
 
 
+CONTAINER_WIDTH = 16
+
+
+def _container_of_process(r) -> str:
+    """The container column of a row with an Attribution: pod/container, else
+    runtime:short id; empty for the host. Someone else's names: a plain
+    string cell, so escaped and cut to the column (_fit)."""
+    a = r.container
+    return (a.container_label if a is not None else None) or ""
+
+
+def with_container(spec: TableSpec, cell) -> TableSpec:
+    """`spec` with a CONTAINER column after its first: the app shows this
+    variant when the snapshot has rows in containers (a host without any
+    keeps its columns for numbers)."""
+    cols = spec.columns
+    return TableSpec(
+        name=spec.name, columns=(cols[0], Col("CONTAINER", CONTAINER_WIDTH, False), *cols[1:]),
+        sorts=spec.sorts, items=spec.items, row_key=spec.row_key,
+        cells=lambda r: (lambda c: (c[0], cell(r), *c[1:]))(spec.cells(r)),
+        search_text=spec.search_text)
+
+
 def _who(pid: int | None, comm: str | None) -> str:
     if pid is None:
         return comm or "?"
@@ -211,6 +234,10 @@ CONNECTS_BY_PROC = TableSpec(
 )
 
 
+CONNECTS_BY_DEST_IN_CONTAINERS = with_container(CONNECTS_BY_DEST, lambda r: r.container or "")
+CONNECTS_BY_PROC_IN_CONTAINERS = with_container(CONNECTS_BY_PROC, lambda r: r.container or "")
+
+
 # ---------------------------------------------------------------- listeners
 
 def _queue_fill(r: ListenerRow) -> float:
@@ -297,6 +324,16 @@ PROCESSES = TableSpec(
 )
 
 
+PROCESSES_IN_CONTAINERS = with_container(PROCESSES, _container_of_process)
+
+
+def in_containers(s: Snapshot) -> bool:
+    """The snapshot has processes or connects in a container (not the host)."""
+    return (any(r.container for r in s.destinations)
+            or any(p.container is not None and p.container.container_label
+                   for p in s.processes))
+
+
 # ---------------------------------------------------------------- log
 
 def _notable_key(n: Notable) -> tuple:
@@ -325,9 +362,10 @@ LOG = TableSpec(
 # drops and wait p99; processes keep pid, comm, established, opens, fds and
 # pooling.
 FOLD_ORDER = {
-    "connects": ("trend", "p95", "TOTAL", "SYNRTX", "max"),
+    "connects": ("trend", "p95", "CONTAINER", "TOTAL", "SYNRTX", "max"),
     "listeners": ("WAIT p50", "ACCEPTS", "PEAK", "OWNER"),
-    "processes": ("OTHER", "LISTEN", "SYN", "CLOSE/s", "FD%", "CLOSE_W", "MEM/CONN"),
+    "processes": ("OTHER", "LISTEN", "SYN", "CONTAINER", "CLOSE/s", "FD%", "CLOSE_W",
+                  "MEM/CONN"),
     "map": ("p50", "ERR", "TIMEOUT"),
 }
 MIN_FLEX = 8
