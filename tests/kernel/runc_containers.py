@@ -29,6 +29,14 @@ def available() -> str | None:
             return f"{tool} is not installed (./run test installs runc and busybox-static)"
     if os.geteuid() != 0:
         return "runc needs root"
+    version = subprocess.run(["runc", "--version"], capture_output=True, text=True,
+                             timeout=10).stdout.split("\n")[0]
+    if "rc" in version.split("version")[-1]:
+        # Debian 11's 1.0.0~rc93, in the bullseye test guest (5.10): every `runc run`
+        # failed with "nsenter: could not ensure we are a cloned binary: No such file
+        # or directory"; bookworm's 1.1.5 and trixie's run them
+        return f"{version.strip()} is a release candidate that cannot run the test's containers " \
+               "in the bullseye guest (could not ensure we are a cloned binary); runc 1.1+ can"
     return None
 
 
