@@ -5,14 +5,18 @@ handshakes map that must not keep entries for connections it will never see
 accepted."""
 import os
 import shutil
+import signal
 import socket
 import struct
 import subprocess
+import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from tests.kernel.netlab import delayed_link, netns_counters, socket_in
@@ -340,7 +344,6 @@ NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 def _blocked_acceptor(accepts=1, as_user=()):
     """A process whose thread is blocked in accept() (accept4 in CPython)
     before any tracer starts; it accepts `accepts` times. Returns (proc, port)."""
-    import sys
     proc = subprocess.Popen([*as_user, sys.executable, "-c", BLOCKED_ACCEPTOR, str(accepts)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/")
     port = int(proc.stdout.readline())
@@ -615,3 +618,121 @@ def test_handshake_entries_do_not_outlive_accepts_of_filtered_out_processes():
         session.close()
         other.kill()
         other.wait(5)
+
+
+NEVER_ACCEPTS = r"""
+import socket, sys
+s = socket.socket(); s.bind((sys.argv[1], 0)); s.listen(int(sys.argv[2]))
+print(s.getsockname()[1], flush=True)
+sys.stdin.readline()         # never accepts; the listener goes when we are told
+"""
+
+
+def _recorded_listener(out, inode, laddr, port):
+    """(listeners table drops, overflows table drops, syn_drops, row count) of
+    one listener key in a finished recording, read with pyarrow."""
+    def rows(table):
+        out_rows = []
+        for f in sorted(Path(out, table).glob("date=*/*.parquet")):
+            out_rows += [r for r in pq.read_table(f).to_pylist()
+                         if (r["netns"], r["laddr"], r["lport"]) == (inode, laddr, port)]
+        return out_rows
+
+    lis, ovf = rows("listeners"), rows("overflows")
+    return (sum(r["drops"] for r in lis), sum(r["drops"] for r in ovf),
+            sum(r["syn_drops"] for r in ovf), len(lis))
+
+
+@pytest.mark.parametrize("listener_opens", ["before-record", "after-record"])
+def test_record_keeps_ack_time_drops_of_a_listener_in_a_test_namespace(tmp_path, listener_opens):
+    """The real `record` (a child process, as a user runs it) while a listener
+    in a namespace of this test's own (netlab, 50 ms each way) that never
+    accepts gets ACK-time drops: two waves of 4 connects to listen(4); the
+    second's handshakes finish into the full queue (3 overflow), and the
+    SYN-ACKs the listener sends again ~1 s later are answered into it again.
+    The listener opens before record starts (known from sock_diag and its
+    drops: its listen() was not seen) or after (seen at listen()). Its row in
+    the recording's listeners table, replay and report all carry the
+    namespace's own ListenOverflows and ListenDrops."""
+    from tests.kernel.test_record_cli import start_recorder, wait_started
+    from tracer.replay import load
+    from tracer.report.reader import read_recording
+    from tracer.report.summary import summarize
+
+    out = tmp_path / "rec"
+    with delayed_link(delay_ms=50) as link:
+        ns = link.ns_server
+        inode = os.stat(f"/run/netns/{ns}").st_ino
+        server = port = None
+
+        def open_listener():
+            proc = link.popen(ns, [sys.executable, "-c", NEVER_ACCEPTS, link.server_ip4, "4"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            return proc, int(proc.stdout.readline())
+
+        if listener_opens == "before-record":
+            server, port = open_listener()
+        rec = start_recorder(out, "--interval", "0.5")
+        try:
+            wait_started(rec)
+            time.sleep(1.2)       # primed, and one interval read
+            if server is None:
+                server, port = open_listener()
+                time.sleep(0.7)   # an interval with the listener and no drops yet
+            c0 = link.counters(ns)
+            clients = []
+
+            def wave():
+                for _ in range(4):
+                    c = socket_in(link.ns_client)
+                    c.setblocking(False)
+                    c.connect_ex((link.server_ip4, port))
+                    clients.append(c)
+
+            wave()
+            time.sleep(0.2)
+            wave()
+            time.sleep(1.8)       # the first SYN-ACK retransmits (1 s) are answered too
+            server.stdin.close()  # the listener goes before the next ones (3 s)
+            server.wait(5)
+            time.sleep(0.3)
+            c1 = link.counters(ns)
+            for c in clients:
+                c.close()
+            time.sleep(1.2)       # two more intervals
+            rec.send_signal(signal.SIGINT)
+            _, err = rec.communicate(timeout=60)
+        finally:
+            if rec.poll() is None:
+                rec.kill()
+                rec.wait()
+    assert rec.returncode == 0, err
+    overflows = c1["TcpExt.ListenOverflows"] - c0["TcpExt.ListenOverflows"]
+    listen_drops = c1["TcpExt.ListenDrops"] - c0["TcpExt.ListenDrops"]
+    lis_drops, ack_drops, syn_drops, n_rows = _recorded_listener(out, inode, link.server_ip4, port)
+
+    timeline = load(out)
+    replayed = 0
+    for i in range(len(timeline)):
+        snap = timeline.snapshot(i)
+        replayed += sum(r.drops + r.syn_drops for r in snap.listeners
+                        if (r.netns, r.laddr, r.lport) == (inode, link.server_ip4, port))
+    reported = [li for li in summarize(read_recording(out)).listeners
+                if (li.netns, li.laddr, li.lport) == (inode, link.server_ip4, port)]
+    text = subprocess.run([sys.executable, "-m", "tracer", "report", str(out)],
+                          capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2])
+    print(f"{listener_opens}: ListenOverflows +{overflows}, ListenDrops +{listen_drops}; "
+          f"listeners rows {n_rows} with drops {lis_drops}, overflows {ack_drops} ACK-time + "
+          f"{syn_drops} SYN-time, replay {replayed}, report "
+          f"{[(li.drops, li.syn_drops) for li in reported]}")
+    assert overflows > 0, "the waves did not overflow the queue"
+    assert n_rows, "the listener is not in the recording's listeners table"
+    assert lis_drops == overflows == listen_drops
+    assert ack_drops + syn_drops == overflows
+    assert ack_drops == overflows, "every drop here is an ACK-time one"
+    assert replayed == overflows
+    assert len(reported) == 1 and reported[0].drops + reported[0].syn_drops == overflows
+    assert text.returncode == 0, text.stderr
+    line = next(li for li in text.stdout.splitlines() if f"{link.server_ip4}:{port}" in li)
+    assert f" {overflows} " in f" {line} "
