@@ -650,11 +650,13 @@ def _recorded_listener(out, inode, laddr, port):
             sum(r["syn_drops"] for r in ovf), len(lis))
 
 
-@pytest.mark.parametrize("listener_opens,owner", [
-    ("before-record", "process"), ("after-record", "process"),
-    ("before-record", "unseen-namespace"), ("after-record", "unseen-namespace")])
+@pytest.mark.parametrize("listener_opens,owner,stop", [
+    ("before-record", "process", "settled"), ("after-record", "process", "settled"),
+    ("before-record", "test-process", "settled"), ("after-record", "test-process", "at-once"),
+    ("before-record", "unseen-namespace", "settled"),
+    ("after-record", "unseen-namespace", "settled")])
 def test_record_keeps_ack_time_drops_of_a_listener_in_a_test_namespace(tmp_path, listener_opens,
-                                                                       owner):
+                                                                       owner, stop):
     """The real `record` (a child process, as a user runs it) while a listener
     in a namespace of this test's own (netlab, 50 ms each way) that never
     accepts gets ACK-time drops: two waves of 4 connects to listen(4); the
@@ -662,11 +664,13 @@ def test_record_keeps_ack_time_drops_of_a_listener_in_a_test_namespace(tmp_path,
     SYN-ACKs the listener sends again ~1 s later are answered into it again.
     The listener opens before record starts (its listen() not seen) or after.
     Its owner is a process in the namespace (sock_diag finds the namespace
-    through it and /run/netns), or the test process itself with the namespace
-    out of the recorder's sight (HIDE_NAMED_NETNS): then BPF alone knows the
-    listener, from listen() or only from its first drop. Its row in the
-    recording's listeners table, replay and report all carry the namespace's
-    own ListenOverflows and ListenDrops."""
+    through it and /run/netns), or the test process (through /run/netns
+    alone), or the test process with the namespace out of the recorder's
+    sight (HIDE_NAMED_NETNS): then BPF alone knows the listener, from listen()
+    or only from its first drop. The recorder stops two intervals after the
+    last drop, or at once (SIGINT right after the listener closed). Its row
+    in the recording's listeners table, replay and report all carry the
+    namespace's own ListenOverflows and ListenDrops."""
     from tests.kernel.test_record_cli import CONNSCOPE, ROOT, wait_started
     from tracer.replay import load
     from tracer.report.reader import read_recording
@@ -677,6 +681,7 @@ def test_record_keeps_ack_time_drops_of_a_listener_in_a_test_namespace(tmp_path,
         ns = link.ns_server
         inode = os.stat(f"/run/netns/{ns}").st_ino
         listener = port = None
+        clients = []
 
         def open_listener():
             if owner == "process":
@@ -708,7 +713,6 @@ def test_record_keeps_ack_time_drops_of_a_listener_in_a_test_namespace(tmp_path,
                 listener, port = open_listener()
                 time.sleep(0.7)   # an interval with the listener and no drops yet
             c0 = link.counters(ns)
-            clients = []
 
             def wave():
                 for _ in range(4):
@@ -722,12 +726,15 @@ def test_record_keeps_ack_time_drops_of_a_listener_in_a_test_namespace(tmp_path,
             wave()
             time.sleep(1.8)       # the first SYN-ACK retransmits (1 s) are answered too
             close_listener()      # before the next ones (3 s)
+            if stop == "at-once":
+                rec.send_signal(signal.SIGINT)
             time.sleep(0.3)
             c1 = link.counters(ns)
-            for c in clients:
-                c.close()
-            time.sleep(1.2)       # two more intervals
-            rec.send_signal(signal.SIGINT)
+            if stop == "settled":
+                for c in clients:
+                    c.close()
+                time.sleep(1.2)   # two more intervals
+                rec.send_signal(signal.SIGINT)
             _, err = rec.communicate(timeout=60)
         finally:
             if rec.poll() is None:
@@ -735,6 +742,8 @@ def test_record_keeps_ack_time_drops_of_a_listener_in_a_test_namespace(tmp_path,
                 rec.wait()
             if listener is not None and owner != "process":
                 listener.close()
+            for c in clients:
+                c.close()
     assert rec.returncode == 0, err
     overflows = c1["TcpExt.ListenOverflows"] - c0["TcpExt.ListenOverflows"]
     listen_drops = c1["TcpExt.ListenDrops"] - c0["TcpExt.ListenDrops"]
@@ -750,7 +759,7 @@ def test_record_keeps_ack_time_drops_of_a_listener_in_a_test_namespace(tmp_path,
                 if (li.netns, li.laddr, li.lport) == (inode, link.server_ip4, port)]
     text = subprocess.run([*CONNSCOPE, "report", str(out)], capture_output=True, text=True,
                           timeout=120, cwd=ROOT)
-    print(f"{listener_opens}, {owner}: ListenOverflows +{overflows}, ListenDrops "
+    print(f"{listener_opens}, {owner}, stopped {stop}: ListenOverflows +{overflows}, ListenDrops "
           f"+{listen_drops}; listeners rows {n_rows} with drops {lis_drops}, overflows "
           f"{ack_drops} ACK-time + {syn_drops} SYN-time, replay {replayed}, report "
           f"{[(li.drops, li.syn_drops) for li in reported]}")
