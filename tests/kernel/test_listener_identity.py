@@ -3,6 +3,7 @@ SO_REUSEPORT groups (nginx, reloaded), two namespaces on one address, the
 ACK-time / SYN-time split, accepts begun before the tracer, and the
 handshakes map that must not keep entries for connections it will never see
 accepted."""
+import json
 import os
 import shutil
 import signal
@@ -635,6 +636,18 @@ HIDE_NAMED_NETNS = ["unshare", "--mount", "--propagation", "private", "sh", "-c"
                     'mount -t tmpfs -o size=64k none /run/netns && exec "$@"', "sh"]
 
 
+def drop_split_here() -> bool:
+    """Whether the tracepoint backend can split drops here (what `record`
+    decides at start: tracer/probes/startup.py), without loading anything."""
+    from tracer.probes.offsets import drop_reason_cflags
+    from tracer.probes.startup import kernel_btf
+
+    if not os.path.exists("/sys/kernel/btf/vmlinux"):
+        return False
+    btf = kernel_btf()
+    return bool(drop_reason_cflags(btf, raw=True) or drop_reason_cflags(btf))
+
+
 def _recorded_listener(out, inode, laddr, port):
     """(listeners table drops, overflows table drops, syn_drops, row count) of
     one listener key in a finished recording, read with pyarrow."""
@@ -676,6 +689,10 @@ def test_record_keeps_ack_time_drops_of_a_listener_in_a_test_namespace(tmp_path,
     from tracer.report.reader import read_recording
     from tracer.report.summary import summarize
 
+    backend = os.environ.get("CONNSCOPE_TEST_BACKEND", "auto")
+    if owner == "unseen-namespace" and backend in ("kprobe", "fentry"):
+        pytest.skip("kprobe and fentry hook the drop points: a namespace out of sock_diag's "
+                    "sight changes nothing there (tracepoint takes SYN-time drops from sk_drops)")
     out = tmp_path / "rec"
     with delayed_link(delay_ms=50) as link:
         ns = link.ns_server
@@ -704,7 +721,7 @@ def test_record_keeps_ack_time_drops_of_a_listener_in_a_test_namespace(tmp_path,
             listener, port = open_listener()
         hide = HIDE_NAMED_NETNS if owner == "unseen-namespace" else []
         rec = subprocess.Popen([*hide, *CONNSCOPE, "record", "--out", str(out),
-                                "--interval", "0.5"], cwd=ROOT, stdout=subprocess.PIPE,
+                                "--interval", "0.5", "--backend", backend], cwd=ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
         try:
             wait_started(rec)
@@ -745,6 +762,10 @@ def test_record_keeps_ack_time_drops_of_a_listener_in_a_test_namespace(tmp_path,
             for c in clients:
                 c.close()
     assert rec.returncode == 0, err
+    [used] = {json.loads(m.read_text())["backend"] for m in (out / "runs").glob("*.json")}
+    if used == "tracepoint" and not drop_split_here():
+        pytest.skip("the tracepoint backend tells ACK-time drops apart only where skb:kfree_skb "
+                    "has rx_sk and the kernel the TCP_LISTEN_OVERFLOW reason (6.15+)")
     overflows = c1["TcpExt.ListenOverflows"] - c0["TcpExt.ListenOverflows"]
     listen_drops = c1["TcpExt.ListenDrops"] - c0["TcpExt.ListenDrops"]
     lis_drops, ack_drops, syn_drops, n_rows = _recorded_listener(out, inode, link.server_ip4, port)
