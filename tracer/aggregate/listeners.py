@@ -32,7 +32,11 @@ in between leaves its last value in the BPF map (taken at close), matched by
 socket cookie. Where that is missing (the map entry was never made, e.g. a
 listener older than us that closed without any hook seeing it) the drops of
 its last interval are unknown and the listener is counted in
-`evicted["listeners closed unread"]`, shown with the other losses.
+`evicted["listeners closed unread"]`, shown with the other losses. A
+listener sock_diag never lists (its namespace out of sight: held by sockets
+alone, or by one thread of a process living elsewhere) counts only what BPF
+saw while open; its SYN-time drops come in at close, from that last value,
+when BPF saw its listen() (else the value holds drops from before we began).
 """
 from __future__ import annotations
 
