@@ -32,7 +32,11 @@ in between leaves its last value in the BPF map (taken at close), matched by
 socket cookie. Where that is missing (the map entry was never made, e.g. a
 listener older than us that closed without any hook seeing it) the drops of
 its last interval are unknown and the listener is counted in
-`evicted["listeners closed unread"]`, shown with the other losses.
+`evicted["listeners closed unread"]`, shown with the other losses. A
+listener sock_diag never lists (its namespace out of sight: held by sockets
+alone, or by one thread of a process living elsewhere) counts only what BPF
+saw while open; its SYN-time drops come in at close, from that last value,
+when BPF saw its listen() (else the value holds drops from before we began).
 """
 from __future__ import annotations
 
@@ -215,20 +219,27 @@ class ListenerTable:
                 unknown.add(key)            # first sight: its past is not this interval's
                 continue
             out[key] = out.get(key, 0) + member_delta(now, 0 if prev is None else prev)
-        # Closed before sock_diag listed them to us (opened and closed within
-        # one interval): all their drops are new, unless they were open at
-        # prime() (then their drops before it are not ours to count). Closed
-        # entries are read once (the session removes them).
+        # Closed and never listed by sock_diag (opened and closed within one
+        # interval, or in a namespace it cannot read): its sk_drops at close
+        # are its whole life's. They are ours when BPF saw its listen() (the
+        # owner is known only from there) and it was not open at prime();
+        # otherwise they hold drops from before we started. Its earlier
+        # intervals counted only what BPF saw: what they reported (twice per
+        # request-socket overflow, as sk_drops counts it) is taken off, so
+        # the split leaves its SYN-time drops, all of them, to this interval.
+        # Closed entries are read once (the session removes them).
         for c in counters:
             if not c.closed or (c.cookie and c.cookie in matched):
                 continue
             key = listener_key(*c.key)
             if key not in self._by_key or not self._primed:
                 continue
-            if c.sk in self._old_members:
+            if c.sk in self._old_members or not c.pid:
                 unknown.add(key)
                 continue
-            out[key] = out.get(key, 0) + c.drops_at_close
+            prev = self._members.get(c.sk)
+            reported = 0 if prev is None else 2 * prev.ack_overflows + prev.cookie_overflows
+            out[key] = out.get(key, 0) + c.drops_at_close - reported
         for key in unknown:
             out.pop(key, None)
         return out
