@@ -246,9 +246,15 @@ def main(argv=None) -> None:
         src, sha = export(args.baseline)
         sides.append((f"baseline {sha}", src))
     results: dict[str, list[dict]] = {name: [] for name, _ in sides}
-    for _ in range(args.rounds):
-        for name, root in sides:   # alternated: the machine's load falls on both alike
-            results[name].append(run_side(root, args.per_poll, pids, args.parquet))
+    try:
+        for _ in range(args.rounds):
+            for name, root in sides:   # alternated: the machine's load falls on both alike
+                results[name].append(run_side(root, args.per_poll, pids, args.parquet))
+    finally:
+        if args.baseline:
+            import shutil
+
+            shutil.rmtree(src, ignore_errors=True)
     n = args.per_poll * POLLS_PER_INTERVAL * INTERVALS
     print(f"{n:,} connections a round ({args.per_poll} a poll, interval every "
           f"{POLLS_PER_INTERVAL} polls), {args.rounds} rounds alternated; "
