@@ -20,6 +20,7 @@ from tracer.aggregate.sockets import ProcessTable
 from tracer.aggregate.snapshot import Header, Snapshot, TcpMemoryRow
 from tracer.clock import Clock
 from tracer.domain import tcp_memory
+from tracer.domain.outcomes import ESTABLISHED
 from tracer.events import Accept, Connect
 from tracer.filters import Filters
 
@@ -146,19 +147,24 @@ class Collector:
             self.containers.note([ev.pid for ev in events],
                                  [ev.cgroup_id for ev in events if type(ev) is Connect])
             group = self.containers.group_of
+        # (per event: bound methods looked up once a poll)
+        connects_add, edges_add = self.connects.add, self.edges.add
+        opened = self.processes.opened
+        accept_add, edges_accept = self.listeners.add_accept, self.edges.add_accept
+        log = self.log
+        wants_connect = log.wants_connect
         for ev in events:
             if isinstance(ev, Connect):
-                self.connects.add(ev, None if group is None else group(ev.pid, ev.cgroup_id))
-                self.edges.add(ev)
-                if self.log.wants_connect(ev):
-                    self.log.connect(ev, self.clock.wall_us(ev.ts_end_ns))
-                if ev.outcome == "established":
-                    self.processes.opened(ev.pid, ev.comm, (ev.family, ev.daddr, ev.dport),
-                                          ev.latency_us)
+                connects_add(ev, None if group is None else group(ev.pid, ev.cgroup_id))
+                edges_add(ev)
+                if wants_connect(ev):
+                    log.connect(ev, self.clock.wall_us(ev.ts_end_ns))
+                if ev.outcome == ESTABLISHED:
+                    opened(ev.pid, ev.comm, (ev.family, ev.daddr, ev.dport), ev.latency_us)
             elif isinstance(ev, Accept):
-                self.listeners.add_accept(ev)
-                self.edges.add_accept(ev)
-                self.processes.opened(ev.pid, ev.comm, None)
+                accept_add(ev)
+                edges_accept(ev)
+                opened(ev.pid, ev.comm, None)
         for sink in self.sinks:
             sink.on_events(events)
 

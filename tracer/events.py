@@ -13,6 +13,7 @@ import struct
 from collections import namedtuple
 from dataclasses import dataclass
 from functools import lru_cache
+from operator import itemgetter
 from pathlib import Path
 
 from tracer.compat import SLOTS
@@ -103,6 +104,18 @@ def format_addr(family: int, raw: bytes) -> str:
     return text
 
 
+# (family, the record's whole 16-byte address field) -> format_addr's text:
+# the decoders' look-up, one dict get with no slicing (bounded as _ADDR_CACHE)
+_ADDR_BY_RAW: dict = {}
+
+
+def _addr_by_raw(family: int, raw: bytes) -> str:
+    if len(_ADDR_BY_RAW) >= _CACHE_MAX:
+        _ADDR_BY_RAW.clear()
+    text = _ADDR_BY_RAW[(family, raw)] = format_addr(family, raw)
+    return text
+
+
 def comm_text(raw: bytes) -> str:
     """The comm of a record (NUL-padded), decoded once per distinct value."""
     text = _COMM_CACHE.get(raw)
@@ -171,28 +184,25 @@ class Connect:
 _CONNECT, _ConnectT = unpacker(ConnectRecord)
 
 
+_CONNECT_UNPACK = _CONNECT.unpack_from
+# the record's fields in the order Connect takes them (one C call, no namedtuple)
+_CONNECT_PICK = itemgetter(*(_ConnectT._fields.index(n) for n in (
+    "ts_start_ns", "ts_end_ns", "pid", "tid", "comm", "family", "saddr", "sport", "daddr",
+    "dport", "outcome", "err", "syn_retransmits", "sk", "netns", "cgroup_id")))
+
+
 def decode_connect_at(view, offset: int) -> Connect:
-    """Decode one connect_event record at `offset` of a buffer."""
-    r = _ConnectT._make(_CONNECT.unpack_from(view, offset))
-    fam = r.family
+    """Decode one connect_event record at `offset` of a buffer. (Once per
+    connect: positional arguments and cache look-ups inline; the same
+    values as format_addr and comm_text give.)"""
+    (ts_start, ts_end, pid, tid, comm, fam, saddr, sport, daddr, dport, outcome, err, syn, sk,
+     netns, cgroup_id) = _CONNECT_PICK(_CONNECT_UNPACK(view, offset))
     return Connect(
-        ts_start_ns=r.ts_start_ns,
-        ts_end_ns=r.ts_end_ns,
-        pid=r.pid,
-        tid=r.tid,
-        comm=comm_text(r.comm),
-        family=4 if fam == AF_INET else 6,
-        saddr=format_addr(fam, r.saddr),
-        sport=r.sport,
-        daddr=format_addr(fam, r.daddr),
-        dport=r.dport,
-        outcome=OUTCOMES.get(r.outcome, outcomes.ERROR),
-        err=r.err,
-        syn_retransmits=r.syn_retransmits,
-        sk=r.sk,
-        netns=r.netns,
-        cgroup_id=r.cgroup_id,
-    )
+        ts_start, ts_end, pid, tid, _COMM_CACHE.get(comm) or comm_text(comm),
+        4 if fam == AF_INET else 6,
+        _ADDR_BY_RAW.get((fam, saddr)) or _addr_by_raw(fam, saddr), sport,
+        _ADDR_BY_RAW.get((fam, daddr)) or _addr_by_raw(fam, daddr), dport,
+        OUTCOMES.get(outcome, outcomes.ERROR), err, syn, sk, netns, cgroup_id)
 
 
 def decode_connect(buf) -> Connect:
@@ -230,16 +240,22 @@ class Accept:
 _ACCEPT, _AcceptT = unpacker(AcceptRecord)
 
 
+_ACCEPT_UNPACK = _ACCEPT.unpack_from
+_ACCEPT_PICK = itemgetter(*(_AcceptT._fields.index(n) for n in (
+    "ts_ns", "ts_handshake_ns", "pid", "tid", "comm", "family", "laddr", "lport", "raddr",
+    "rport", "backlog_len", "backlog_max", "netns", "sk")))
+
+
 def decode_accept_at(view, offset: int) -> Accept:
-    r = _AcceptT._make(_ACCEPT.unpack_from(view, offset))
-    fam = r.family
+    """(As decode_connect_at.)"""
+    (ts, ts_handshake, pid, tid, comm, fam, laddr, lport, raddr, rport, backlog_len, backlog_max,
+     netns, sk) = _ACCEPT_PICK(_ACCEPT_UNPACK(view, offset))
     return Accept(
-        ts_ns=r.ts_ns, ts_handshake_ns=r.ts_handshake_ns, pid=r.pid, tid=r.tid,
-        comm=comm_text(r.comm), family=4 if fam == AF_INET else 6,
-        laddr=format_addr(fam, r.laddr), lport=r.lport,
-        raddr=format_addr(fam, r.raddr), rport=r.rport,
-        backlog_len=r.backlog_len, backlog_max=r.backlog_max, netns=r.netns, sk=r.sk,
-    )
+        ts, ts_handshake, pid, tid, _COMM_CACHE.get(comm) or comm_text(comm),
+        4 if fam == AF_INET else 6,
+        _ADDR_BY_RAW.get((fam, laddr)) or _addr_by_raw(fam, laddr), lport,
+        _ADDR_BY_RAW.get((fam, raddr)) or _addr_by_raw(fam, raddr), rport,
+        backlog_len, backlog_max, netns, sk)
 
 
 def decode_accept(buf) -> Accept:

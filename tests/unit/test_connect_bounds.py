@@ -2,7 +2,12 @@
 expiry plus a cap), what is let go is folded into an "other" row so the rows
 still add up to every connect fed, and each eviction is counted."""
 
-from tracer.aggregate.connects import HISTORY, OTHER_DESTINATION, ConnectTable
+import random
+
+import pytest
+
+from tracer.aggregate import connects
+from tracer.aggregate.connects import BATCH_MAX, HISTORY, OTHER_DESTINATION, ConnectTable
 from tests.unit.test_connect_table import connect
 
 
@@ -56,7 +61,10 @@ def test_a_flood_within_one_interval_is_bounded_and_counted():
     t = ConnectTable(max_keys=100)
     for i in range(1000):
         t.add(connect(daddr=dest(i), outcome="refused", pid=1000 + i, comm=f"p{i}"))
-    # before the interval closes the window holds at most max_keys keys
+    # before the interval closes: connects waiting to be grouped (add) are at
+    # most BATCH_MAX, and once summed the window holds at most max_keys keys
+    assert t._batched <= BATCH_MAX
+    t._flush()
     assert len(t._dest.window) == 100 and len(t._proc.window) == 100
     t.roll(1.0)
     for rows in (t.by_destination(), t.by_process()):
@@ -129,3 +137,43 @@ def test_pending_beyond_the_room_left_is_summed_into_other():
     other = [r for r in rows if r.key == OTHER_DESTINATION][0]
     assert other.pending == 14 and other.oldest_pending_s == 6.0
     assert sum(r.pending for r in rows) == 20
+
+
+def _one_by_one(t: ConnectTable, ev, container) -> None:
+    """What ConnectTable.add did before connects were grouped: each connect
+    added to the three views in turn."""
+    t.events += 1
+    t._dest.add((ev.family, ev.daddr, ev.dport), ev)
+    if t._proc.add((ev.pid,), ev):
+        t._comm[ev.pid] = ev.comm
+    if container is not None:
+        t._cont.add((container,), ev)
+
+
+@pytest.mark.parametrize("batch_max", [BATCH_MAX, 7, 1])
+def test_grouped_connects_give_the_rows_one_by_one_adds_gave(monkeypatch, batch_max):
+    # Repeated keys (groups), lone connects, every outcome, comms that change,
+    # full windows within an interval, groups cut by BATCH_MAX, idle keys let go.
+    monkeypatch.setattr(connects, "BATCH_MAX", batch_max)
+    rng = random.Random(5)
+    grouped = ConnectTable(max_keys=12, idle_intervals=3)
+    reference = ConnectTable(max_keys=12, idle_intervals=3)
+    outcomes = ("established",) * 6 + ("refused", "timeout", "abandoned", "unreachable", "error")
+    for interval in range(8):
+        for _ in range(rng.randint(1, 300)):
+            ev = connect(outcome=rng.choice(outcomes), latency_us=rng.uniform(5, 5e6),
+                         daddr=dest(rng.randint(0, 16)), dport=rng.choice((80, 443)),
+                         pid=rng.randint(1, 18), comm=rng.choice(("a", "b")),
+                         syn_retransmits=rng.randint(0, 2))
+            container = rng.choice((None, "docker:1", "docker:2", "pod/x"))
+            grouped.add(ev, container)
+            _one_by_one(reference, ev, container)
+        if interval % 3 == 1:   # read within an interval too
+            assert grouped.by_destination() == reference.by_destination()
+        grouped.roll(1.0)
+        reference.roll(1.0)
+        for view in ("by_destination", "by_process", "by_container"):
+            assert getattr(grouped, view)() == getattr(reference, view)()
+        assert grouped.evicted == reference.evicted
+        assert grouped.events == reference.events
+    assert grouped.evicted["destinations"] > 0 and grouped.evicted["processes"] > 0

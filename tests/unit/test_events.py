@@ -221,3 +221,58 @@ def test_parquet_keeps_the_faithful_comm(tmp_path):
     comms = [c for f in files for c in pq.read_table(f).column("comm").to_pylist()]
     assert comms == ["a\\xffb", "a\\xfeb", "\x1b]0;x\x07[/x]", "a\nb"]
     assert [_undo_backslashreplace(c) for c in comms] == raws
+
+
+def _reference(record, unpack_fields, ev_fields, raw):
+    """A decoded event, field by field from the record's own named fields
+    (the decoders pick them by position: an order mistake shows here)."""
+    r = unpack_fields._make(record.unpack_from(raw, 0))._asdict()
+    fam = r["family"]
+    out = {}
+    for name in ev_fields:
+        v = r[name]
+        if name == "family":
+            v = 4 if fam == events.AF_INET else 6
+        elif name in ("saddr", "daddr", "laddr", "raddr"):
+            v = events.format_addr(fam, v)
+        elif name == "comm":
+            v = events.comm_text(v)
+        elif name == "outcome":
+            v = events.OUTCOMES.get(v, "error")
+        out[name] = v
+    return out
+
+
+def test_decoders_give_every_field_its_own_value():
+    raw = pack(pid=11, tid=12, err=13, start=14, end=15, sport=16, dport=17, syn_retransmits=18,
+               netns=19, cgroup_id=20, outcome="OUTCOME_REFUSED", comm=b"\xffodd\0x")
+    ev = decode_connect(raw)
+    fields = [f for f in events.Connect.__dataclass_fields__]
+    assert {f: getattr(ev, f) for f in fields} == _reference(
+        events._CONNECT, events._ConnectT, fields, raw)
+    values = dict(type=CONSTANTS["EV_ACCEPT"], pid=21, tid=22, backlog_len=23, ts_ns=24,
+                  ts_handshake_ns=25, sk=26, laddr=socket.inet_pton(socket.AF_INET6, "fd00::7"),
+                  raddr=socket.inet_pton(socket.AF_INET6, "::ffff:10.0.0.9"), lport=27,
+                  rport=28, backlog_max=29, netns=30, family=socket.AF_INET6, pad=b"",
+                  comm=b"nginx")
+    raw = events._ACCEPT.pack(*(values[f] for f in events._AcceptT._fields))
+    ev = events.decode_accept(raw)
+    fields = [f for f in events.Accept.__dataclass_fields__]
+    got = {f: getattr(ev, f) for f in fields}
+    assert got == _reference(events._ACCEPT, events._AcceptT, fields, raw)
+    assert (got["laddr"], got["raddr"], got["sk"]) == ("fd00::7", "::ffff:10.0.0.9", 26)
+
+
+def test_decoded_address_text_depends_on_the_family_and_the_address_bytes_only():
+    # the decoders' cache is keyed by the raw field: the same 16 bytes read as
+    # v4 and as v6 are different addresses; bytes past a v4 address are not it
+    v6 = socket.inet_pton(socket.AF_INET6, "a01:203:ff00::1")
+    e6 = decode_connect(pack(family=socket.AF_INET6, saddr="a01:203:ff00::1",
+                             daddr="a01:203:ff00::1"))
+    as_v4 = bytearray(pack(family=socket.AF_INET6, saddr="a01:203:ff00::1",
+                           daddr="a01:203:ff00::1"))
+    as_v4[struct.calcsize("=IIIiQQQ16s16sHHH")] = socket.AF_INET     # the family byte
+    e4 = decode_connect(bytes(as_v4))
+    assert (e6.family, e6.saddr) == (6, "a01:203:ff00::1")
+    assert (e4.family, e4.saddr, e4.daddr) == (4, "10.1.2.3", "10.1.2.3") and v6[:4] == bytes(
+        [10, 1, 2, 3])

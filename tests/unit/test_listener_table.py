@@ -110,3 +110,51 @@ def test_closed_listener_reported_once_then_gone():
     t.prime([], [counters(port=81)])
     assert [r.lport for r in t.update(1.0, [], [counters(port=81, closed=True)])] == [81]
     assert t.update(1.0, [], []) == []
+
+
+def test_accept_resolution_cache_follows_listeners_that_come_and_go():
+    # add_accept remembers which listener an accept's address resolved to;
+    # the answer changes when the table gains or loses a key, and so must it.
+    def accept():
+        return Accept(ts_ns=2, ts_handshake_ns=1, pid=42, tid=42, comm="srv", family=4,
+                      laddr="10.0.0.1", lport=80, raddr="10.0.0.2", rport=5555,
+                      backlog_len=0, backlog_max=128, netns=NS)
+
+    t = ListenerTable(drop_points_hooked=False)
+    t.prime([], [])
+    t.add_accept(accept())                 # nothing known: the exact key, made now
+    rows = t.update(1.0, [(NS, Diag(4, "0.0.0.0", 80, 0, 128, drops=0))], [])
+    assert sorted((r.laddr, r.accepts) for r in rows) == [("0.0.0.0", 0), ("10.0.0.1", 1)]
+    # the exact key was not seen by sock_diag: gone; the wildcard one stays
+    t.add_accept(accept())
+    t.add_accept(accept())
+    rows = t.update(1.0, [(NS, Diag(4, "0.0.0.0", 80, 0, 128, drops=0))], [])
+    assert [(r.laddr, r.accepts) for r in rows] == [("0.0.0.0", 2)]
+    # a listener on the exact address appears: accepts go to it from then on
+    t.update(1.0, [(NS, Diag(4, "0.0.0.0", 80, 0, 128, drops=0)),
+                   (NS, Diag(4, "10.0.0.1", 80, 0, 16, drops=0, inode=8))], [])
+    t.add_accept(accept())
+    rows = t.update(1.0, [(NS, Diag(4, "0.0.0.0", 80, 0, 128, drops=0)),
+                          (NS, Diag(4, "10.0.0.1", 80, 0, 16, drops=0, inode=8))], [])
+    assert sorted((r.laddr, r.accepts) for r in rows) == [("0.0.0.0", 0), ("10.0.0.1", 1)]
+    # same, when the exact key is made by a counters entry within the interval
+    t2 = ListenerTable(drop_points_hooked=False)
+    t2.prime([(NS, Diag(4, "0.0.0.0", 80, 0, 128, drops=0))], [])
+    t2.add_accept(accept())
+    t2._get((NS, 4, "10.0.0.1", 80))      # as update() does for a new listener
+    t2.add_accept(accept())
+    rows = t2.update(1.0, [(NS, Diag(4, "0.0.0.0", 80, 0, 128, drops=0)),
+                           (NS, Diag(4, "10.0.0.1", 80, 0, 16, drops=0, inode=8))], [])
+    assert sorted((r.laddr, r.accepts) for r in rows) == [("0.0.0.0", 1), ("10.0.0.1", 1)]
+    # a listener that closes (no key made in that update): its accepts' address
+    # resolves to the wildcard from then on
+    t3 = ListenerTable(drop_points_hooked=False)
+    both = [(NS, Diag(4, "0.0.0.0", 80, 0, 128, drops=0)),
+            (NS, Diag(4, "10.0.0.1", 80, 0, 16, drops=0, inode=8))]
+    t3.prime(both, [])
+    t3.add_accept(accept())
+    rows = t3.update(1.0, both, [])
+    assert sorted((r.laddr, r.accepts) for r in rows) == [("0.0.0.0", 0), ("10.0.0.1", 1)]
+    t3.update(1.0, both[:1], [])           # 10.0.0.1:80 closed
+    t3.add_accept(accept())
+    assert [(r.laddr, r.accepts) for r in t3.update(1.0, both[:1], [])] == [("0.0.0.0", 1)]

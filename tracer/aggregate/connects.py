@@ -122,6 +122,7 @@ class ConnectRow:
 # go first. What a key held is folded into the "other" row, so the rows still
 # add up to every connect seen; each key folded is counted (`evicted`).
 MAX_KEYS = 4096
+BATCH_MAX = 4096   # connects grouped before they are summed into the views (add)
 IDLE_INTERVALS = HISTORY
 # The "other" rows' keys, shaped like the keys of their views (pid 0 as in
 # tracer/aggregate/sockets.py), so code that reads a key's shape still works.
@@ -166,6 +167,18 @@ class _Keyed:
                 return False
             s = self.window[key] = ConnectStats()
         s.add(ev)
+        return True
+
+    def add_stats(self, key: tuple, part: ConnectStats, n: int) -> bool:
+        """As add(), for n connects summed in `part` (not kept: merged)."""
+        s = self.window.get(key)
+        if s is None:
+            if len(self.window) >= self.max_keys:
+                self.other_window.merge(part)
+                self.evicted += n
+                return False
+            s = self.window[key] = ConnectStats()
+        s.merge(part)
         return True
 
     def roll(self, seconds: float) -> list[tuple]:
@@ -277,30 +290,79 @@ class ConnectTable:
         self._proc_where: dict[int, str | None] = {}
         self._dest_where: dict[tuple, str | None] = {}
         self.events = 0
+        # connects not yet in the views (add): (family, daddr, dport, pid,
+        # container) -> [Connect, ...] in arrival order; pid -> its last comm
+        self._batch: dict[tuple, list] = {}
+        self._batch_comm: dict[int, str] = {}
+        self._batched = 0
 
     def add(self, ev: Connect, container: str | None = None) -> None:
         """Count ev; `container`: the group of the process's container
-        (tracer.domain.containers.group_label), None where containers are not resolved."""
+        (tracer.domain.containers.group_label), None where containers are not resolved.
+
+        Connects are grouped by (destination, pid, container) until the
+        table is read (or BATCH_MAX are waiting): each group is summed once
+        and merged into the three views, instead of each connect being
+        added three times. The views come out the same: a key gets its slot
+        in a full window at its first connect as before (groups keep the
+        order of their first connects), and all merged fields are counts,
+        maxima or histogram buckets (only the latency histograms' float
+        `total`, which no view reads, is summed in another order)."""
         self.events += 1
-        dest = (ev.family, ev.daddr, ev.dport)
-        in_dest = self._dest.add(dest, ev)
-        in_proc = self._proc.add((ev.pid,), ev)
-        if in_proc:
-            self._comm[ev.pid] = ev.comm
-        if container is not None:
-            self._cont.add((container,), ev)
-            where = None if container == HOST else container
+        key = (ev.family, ev.daddr, ev.dport, ev.pid, container)
+        evs = self._batch.get(key)
+        if evs is None:
+            self._batch[key] = [ev]
+        else:
+            evs.append(ev)
+        self._batch_comm[ev.pid] = ev.comm
+        self._batched += 1
+        if self._batched >= BATCH_MAX:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._batch:
+            return
+        batch, self._batch = self._batch, {}
+        comms, self._batch_comm = self._batch_comm, {}
+        self._batched = 0
+        dest, proc, cont = self._dest, self._proc, self._cont
+        counted = set()     # pids with a row of their own (all or none of an interval's)
+        for (family, daddr, dport, pid, container), evs in batch.items():
+            dkey = (family, daddr, dport)
+            if len(evs) == 1:    # (a lone connect: added, as cheap as a merge)
+                ev = evs[0]
+                in_dest = dest.add(dkey, ev)
+                in_proc = proc.add((pid,), ev)
+                if container is not None:
+                    cont.add((container,), ev)
+            else:
+                part = ConnectStats()
+                for ev in evs:
+                    part.add(ev)
+                n = len(evs)
+                in_dest = dest.add_stats(dkey, part, n)
+                in_proc = proc.add_stats((pid,), part, n)
+                if container is not None:
+                    cont.add_stats((container,), part, n)
             if in_proc:
-                self._proc_where[ev.pid] = where
-            if in_dest:
-                had = self._dest_where.get(dest, _UNSEEN)
-                if had is _UNSEEN:
-                    self._dest_where[dest] = where
-                elif had != where:
-                    self._dest_where[dest] = SEVERAL
+                counted.add(pid)
+            if container is not None:
+                where = None if container == HOST else container
+                if in_proc:
+                    self._proc_where[pid] = where
+                if in_dest:
+                    had = self._dest_where.get(dkey, _UNSEEN)
+                    if had is _UNSEEN:
+                        self._dest_where[dkey] = where
+                    elif had != where:
+                        self._dest_where[dkey] = SEVERAL
+        for pid in counted:
+            self._comm[pid] = comms[pid]    # its last connect's, as add() kept
 
     def roll(self, seconds: float) -> None:
         """Close the current interval (call once per interval)."""
+        self._flush()
         for key in self._dest.roll(seconds):
             self._dest_where.pop(key, None)
         for (pid,) in self._proc.roll(seconds):
@@ -310,6 +372,7 @@ class ConnectTable:
 
     @property
     def evicted(self) -> dict[str, int]:
+        self._flush()
         out = {"destinations": self._dest.evicted, "processes": self._proc.evicted}
         if self._cont.evicted:
             out["containers"] = self._cont.evicted
@@ -320,12 +383,15 @@ class ConnectTable:
         self._pending = pending
 
     def by_destination(self) -> list[ConnectRow]:
+        self._flush()
         return self._dest.rows(destination_label, self._pending, self._dest_where.get)
 
     def by_process(self) -> list[ConnectRow]:
+        self._flush()
         return self._proc.rows(lambda k: f"{k[0]} {self._comm.get(k[0], '?')}",
                                where=lambda k: self._proc_where.get(k[0]))
 
     def by_container(self) -> list[ConnectRow]:
         """Rows per container label; empty where containers are not resolved."""
+        self._flush()
         return self._cont.rows(lambda k: k[0])

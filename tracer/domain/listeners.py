@@ -13,6 +13,7 @@ with each other and never with a known namespace.
 from __future__ import annotations
 
 import ipaddress
+from functools import lru_cache
 from typing import Iterable, NamedTuple, Optional
 
 from tracer.domain.addresses import endpoint
@@ -91,6 +92,10 @@ def member_delta(current: int, previous: Optional[int]) -> int:
     return current - previous
 
 
+# Asked for every accepted connection's local address (the edges' address
+# owners): parsing it each time cost ~3 µs an accept on loopback. Peers'
+# addresses are few and any user can make many: a bounded cache.
+@lru_cache(maxsize=4096)
 def is_loopback(addr: str) -> bool:
     """127.0.0.0/8, ::1, or a v4-mapped loopback address."""
     try:

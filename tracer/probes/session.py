@@ -46,6 +46,9 @@ EV_CLOSE = C["EV_CLOSE"]
 EV_CONNECT = C["EV_CONNECT"]
 EV_ACCEPT = C["EV_ACCEPT"]
 CLOSE_SIZE = events.CLOSE_SIZE
+ESTABLISHED = outcomes.ESTABLISHED
+_RECORD_TYPE = events._TYPE
+_DECODERS_AT = events.DECODERS_AT
 
 
 class ProbeError(Exception):
@@ -145,18 +148,19 @@ class ProbeSession:
         return self
 
     def _on_record(self, view, offset: int, size: int) -> None:
-        kind = events.record_type(view, offset)
+        # (four calls a connection: module look-ups kept to constants)
+        kind = _RECORD_TYPE(view, offset)[0]
         if kind == EV_CLOSE and size >= CLOSE_SIZE:
             self._open.closed_at(view, offset, self._closes)
             return
-        entry = events.DECODERS_AT.get(kind)
+        entry = _DECODERS_AT.get(kind)
         if entry is None or size < entry[1]:
             self.decode_errors += 1
             return
         ev = entry[0](view, offset)
         self._pending.append(ev)
         if kind == EV_CONNECT:
-            if ev.outcome == outcomes.ESTABLISHED:
+            if ev.outcome == ESTABLISHED:
                 self._open.connected(ev, self._closes)
         elif kind == EV_ACCEPT:
             self._open.accepted(ev, self._closes)
