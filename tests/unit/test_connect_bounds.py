@@ -9,6 +9,7 @@ import pytest
 from tracer.aggregate import connects
 from tracer.aggregate.connects import BATCH_MAX, HISTORY, OTHER_DESTINATION, ConnectTable
 from tests.unit.test_connect_table import connect
+from tracer.domain.containers import HOST
 
 
 def dest(i: int) -> str:
@@ -143,11 +144,22 @@ def _one_by_one(t: ConnectTable, ev, container) -> None:
     """What ConnectTable.add did before connects were grouped: each connect
     added to the three views in turn."""
     t.events += 1
-    t._dest.add((ev.family, ev.daddr, ev.dport), ev)
-    if t._proc.add((ev.pid,), ev):
+    dest = (ev.family, ev.daddr, ev.dport)
+    in_dest = t._dest.add(dest, ev)
+    in_proc = t._proc.add((ev.pid,), ev)
+    if in_proc:
         t._comm[ev.pid] = ev.comm
     if container is not None:
         t._cont.add((container,), ev)
+        where = None if container == HOST else container
+        if in_proc:
+            t._proc_where[ev.pid] = where
+        if in_dest:
+            had = t._dest_where.get(dest, connects._UNSEEN)
+            if had is connects._UNSEEN:
+                t._dest_where[dest] = where
+            elif had != where:
+                t._dest_where[dest] = connects.SEVERAL
 
 
 @pytest.mark.parametrize("batch_max", [BATCH_MAX, 7, 1])
@@ -165,7 +177,7 @@ def test_grouped_connects_give_the_rows_one_by_one_adds_gave(monkeypatch, batch_
                          daddr=dest(rng.randint(0, 16)), dport=rng.choice((80, 443)),
                          pid=rng.randint(1, 18), comm=rng.choice(("a", "b")),
                          syn_retransmits=rng.randint(0, 2))
-            container = rng.choice((None, "docker:1", "docker:2", "pod/x"))
+            container = rng.choice((None, HOST, "docker:1", "docker:2", "pod/x"))
             grouped.add(ev, container)
             _one_by_one(reference, ev, container)
         if interval % 3 == 1:   # read within an interval too

@@ -294,6 +294,7 @@ class ConnectTable:
         # container) -> [Connect, ...] in arrival order; pid -> its last comm
         self._batch: dict[tuple, list] = {}
         self._batch_comm: dict[int, str] = {}
+        self._batch_where: dict[int, str] = {}      # pid -> its last container
         self._batched = 0
 
     def add(self, ev: Connect, container: str | None = None) -> None:
@@ -316,6 +317,8 @@ class ConnectTable:
         else:
             evs.append(ev)
         self._batch_comm[ev.pid] = ev.comm
+        if container is not None:
+            self._batch_where[ev.pid] = container   # its last connect's, as the comm
         self._batched += 1
         if self._batched >= BATCH_MAX:
             self._flush()
@@ -325,6 +328,7 @@ class ConnectTable:
             return
         batch, self._batch = self._batch, {}
         comms, self._batch_comm = self._batch_comm, {}
+        wheres, self._batch_where = self._batch_where, {}
         self._batched = 0
         dest, proc, cont = self._dest, self._proc, self._cont
         counted = set()     # pids with a row of their own (all or none of an interval's)
@@ -347,18 +351,18 @@ class ConnectTable:
                     cont.add_stats((container,), part, n)
             if in_proc:
                 counted.add(pid)
-            if container is not None:
+            if container is not None and in_dest:
                 where = None if container == HOST else container
-                if in_proc:
-                    self._proc_where[pid] = where
-                if in_dest:
-                    had = self._dest_where.get(dkey, _UNSEEN)
-                    if had is _UNSEEN:
-                        self._dest_where[dkey] = where
-                    elif had != where:
-                        self._dest_where[dkey] = SEVERAL
+                had = self._dest_where.get(dkey, _UNSEEN)
+                if had is _UNSEEN:
+                    self._dest_where[dkey] = where
+                elif had != where:
+                    self._dest_where[dkey] = SEVERAL
         for pid in counted:
             self._comm[pid] = comms[pid]    # its last connect's, as add() kept
+            container = wheres.get(pid)
+            if container is not None:
+                self._proc_where[pid] = None if container == HOST else container
 
     def roll(self, seconds: float) -> None:
         """Close the current interval (call once per interval)."""
