@@ -167,7 +167,15 @@ def test_raw_and_classic_report_identical_events(both, family, addr):
                 "accepts": sorted(a[7] for a in accepts(evs)), "closes": closes_to(closes)}
 
     views = {name: observed(evs, closes) for name, (evs, closes, _) in seen.items()}
+    # Before 6.7 the kernel counts no skipped run of a classic tracepoint
+    # program (trace_call_bpf began counting them then): a skip is invisible,
+    # so the classic view may be short by what a busy CPU skipped, uncounted.
+    counts_classic_skips = tuple(map(int, os.uname().release.split(".")[:2])) >= (6, 7)
     for name, view in views.items():
+        if name == "classic" and not counts_classic_skips and view != truth:
+            assert all(set(view[k]) <= set(truth[k]) if isinstance(truth[k], list)
+                       else view[k] <= truth[k] for k in truth), (name, view, truth)
+            continue
         if missed[name] == 0:    # ground truth: the client's ports and errnos, the server's accepts
             assert view == truth, name
         else:
