@@ -13,6 +13,10 @@ KERNEL_SUITE = (
     "tests/kernel/test_listeners.py",
     "tests/kernel/test_listener_identity.py",
     "tests/kernel/test_features.py",
+    # per-process sockets through close, dup, fork and exit: passed by hand in
+    # bullseye (kprobe), bookworm (kprobe, fentry, tracepoint) and trixie
+    # (kprobe, fentry); 29-39 s a backend, about 5 min of CI over the 9 runs
+    "tests/kernel/test_sockets.py",
 )
 
 # file -> why CI's guests leave it out: "host only: ..." where it cannot run
@@ -24,9 +28,6 @@ NOT_IN_GUEST_CI = {
     # Figures: bookworm guest (6.1), one boot, pytest's time for the file on
     # kprobe / fentry, 2026-12-05. All of these together take 13.6 / 12.4 min a
     # backend: in every guest and backend that is about 2 hours of CI.
-    "tests/kernel/test_sockets.py":
-        "by hand: passes in bookworm on kprobe and fentry (3 passed, 39 s / 29 s); the first "
-        "candidate for CI (about 5 min over 3 guests x 3 backends)",
     "tests/kernel/test_record_cli.py":
         "by hand: 9 passed, 1 skipped (the no-kprobes error path) in bookworm, 185 s / 157 s; "
         "it runs `auto` (fentry in the guests) whatever CONNSCOPE_TEST_BACKEND says",
@@ -83,9 +84,9 @@ NOT_IN_GUEST_CI = {
         "loopback (Python servers; ab, nginx and PostgreSQL), 4 passed on the host; it records "
         "with `auto` and joins through sock_diag and /proc as test_record_cli does",
     "tests/kernel/test_containers.py":
-        "by hand: not yet run in a guest: runc and busybox-static are not in the guest images "
-        "yet; on the hybrid host it runs real runc containers (v2 ids from the unified "
-        "hierarchy)",
+        "by hand: real runc containers; passed in trixie (fentry) and bookworm (tracepoint) on "
+        "cgroup v2 alone, and on the hybrid host (v2 ids from the unified hierarchy); skips by "
+        "name in bullseye, whose runc 1.0.0~rc93 cannot start them there",
     "tests/kernel/test_namespace_listener_drops.py":
         "by hand: not yet run in a guest; the real `record` against a listener in a test-made "
         "namespace over a 50 ms link, 7 variants (~55 s on the host): on the guests' tracepoint "
