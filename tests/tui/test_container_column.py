@@ -1,4 +1,4 @@
-"""The CONTAINER column of the connects and processes views: what each row
+"""The CONTAINER column of the connects, listeners and processes views: what each row
 says (one container, several, the host), that it appears only where some
 row is in a container, and that names others chose are escaped and cut to
 the column."""
@@ -108,3 +108,31 @@ def test_snapshot_connects_with_containers(snap_compare):
     app = build_app(synthetic.HEADER)
     app.post_snapshot(_snapshot_in_containers())
     assert snap_compare(app, press=("2",), terminal_size=(150, 30))
+
+
+def test_listeners_name_their_owners_container():
+    base = synthetic.last()
+    lis = tuple(replace(r, container=POD if i == 0 else None)
+                for i, r in enumerate(base.listeners))
+    snap = replace(base, listeners=lis)
+    assert not in_containers(replace(base, listeners=tuple(replace(r, container=None)
+                                                           for r in base.listeners)))
+    assert in_containers(snap)      # a listener in a pod is enough
+    spec = table_views.LISTENERS_IN_CONTAINERS
+    assert [c.title for c in spec.columns][:3] == ["LISTENER", "CONTAINER", "OWNER"]
+    assert spec.cells(lis[0])[1] == "shop/web-1/nginx"
+    assert spec.cells(lis[1])[1] == ""
+    assert spec.cells(lis[0])[0:1] + spec.cells(lis[0])[2:] == table_views.LISTENERS.cells(lis[0])
+    # at 80 columns the listener, queue, drops and wait p99 stay; the container folds
+    kept = [c.title for c, w in zip(spec.columns, column_widths(spec, 80 - 5)) if w]
+    assert "CONTAINER" not in kept and {"LISTENER", "ACCEPT QUEUE", "DROP/s", "WAIT p99"} <= set(kept)
+
+
+def test_snapshot_listeners_with_containers(snap_compare):
+    """Listeners at 150 columns, the first owned by a pod's process."""
+    base = synthetic.last()
+    lis = tuple(replace(r, container=POD if i == 0 else None)
+                for i, r in enumerate(base.listeners))
+    app = build_app(synthetic.HEADER)
+    app.post_snapshot(replace(base, listeners=lis))
+    assert snap_compare(app, press=("3",), terminal_size=(150, 30))

@@ -86,7 +86,7 @@ class ConnscopeApp(App):
         self._widths: dict[str, int] = {}
         self._col_widths: dict[str, list[int]] = {}
         self._col_specs: dict[str, TableSpec] = {}     # what _col_widths were made for
-        # a CONTAINER column in connects and processes (table_views.in_containers)
+        # a CONTAINER column in connects, listeners and processes (table_views.in_containers)
         self._in_containers = False
         self._rows: dict[str, dict[str, object]] = {v: {} for v in VIEWS}
         self._last_tick = 0.0
@@ -214,6 +214,8 @@ class ConnscopeApp(App):
             return tv.CONNECTS_BY_PROC if self.group == "proc" else tv.CONNECTS_BY_DEST
         if view == "processes" and self._in_containers:
             return tv.PROCESSES_IN_CONTAINERS
+        if view == "listeners" and self._in_containers:
+            return tv.LISTENERS_IN_CONTAINERS
         return {"overview": tv.OVERVIEW, "listeners": tv.LISTENERS,
                 "processes": tv.PROCESSES, "log": tv.LOG, "map": map_view.MAP}[view]
 

@@ -325,13 +325,15 @@ PROCESSES = TableSpec(
 
 
 PROCESSES_IN_CONTAINERS = with_container(PROCESSES, _container_of_process)
+# (a listener's container is its owner's)
+LISTENERS_IN_CONTAINERS = with_container(LISTENERS, _container_of_process)
 
 
 def in_containers(s: Snapshot) -> bool:
-    """The snapshot has processes or connects in a container (not the host)."""
+    """The snapshot has processes, connects or listeners in a container (not the host)."""
     return (any(r.container for r in s.destinations)
             or any(p.container is not None and p.container.container_label
-                   for p in s.processes))
+                   for p in (*s.processes, *s.listeners)))
 
 
 # ---------------------------------------------------------------- log
@@ -363,7 +365,7 @@ LOG = TableSpec(
 # pooling.
 FOLD_ORDER = {
     "connects": ("trend", "p95", "CONTAINER", "TOTAL", "SYNRTX", "max"),
-    "listeners": ("WAIT p50", "ACCEPTS", "PEAK", "OWNER"),
+    "listeners": ("WAIT p50", "ACCEPTS", "PEAK", "CONTAINER", "OWNER"),
     "processes": ("OTHER", "LISTEN", "SYN", "CONTAINER", "CLOSE/s", "FD%", "CLOSE_W",
                   "MEM/CONN"),
     "map": ("p50", "ERR", "TIMEOUT"),
