@@ -84,9 +84,10 @@ NOT_IN_GUEST_CI = {
         "loopback (Python servers; ab, nginx and PostgreSQL), 4 passed on the host; it records "
         "with `auto` and joins through sock_diag and /proc as test_record_cli does",
     "tests/kernel/test_containers.py":
-        "by hand: real runc containers; passed in trixie (fentry) and bookworm (tracepoint) on "
-        "cgroup v2 alone, and on the hybrid host (v2 ids from the unified hierarchy); skips by "
-        "name in bullseye, whose runc 1.0.0~rc93 cannot start them there",
+        "by hand: real runc containers; passed in trixie (fentry; tracepoint with the "
+        "--cgroup/--container filter tests) and bookworm (tracepoint) on cgroup v2 alone, and "
+        "on the hybrid host (v2 ids from the unified hierarchy); skips by name in bullseye, "
+        "whose runc 1.0.0~rc93 cannot start them there",
     "tests/kernel/test_namespace_listener_drops.py":
         "by hand: not yet run in a guest; the real `record` against a listener in a test-made "
         "namespace over a 50 ms link, 7 variants (~55 s on the host): on the guests' tracepoint "
