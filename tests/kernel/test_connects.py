@@ -26,7 +26,10 @@ PR_SET_NAME = 15
 # values are the real claim; these only keep the guest run meaningful.
 CLIENT_AGREEMENT_US = 25_000 if os.environ.get("CONNSCOPE_VM") else 2000   # median
 CLIENT_SAMPLE_US = 60_000 if os.environ.get("CONNSCOPE_VM") else 20_000     # any one connect
-RTT_CEILING_US = 160_000 if os.environ.get("CONNSCOPE_VM") else 130_000
+# (the link's 100 ms plus scheduling; under QEMU TCG a guest stalls now and then:
+# one connect took 249 ms in a CI run, and the client timed it the same; the
+# client's own timing is the exact check, this only says the link was crossed)
+RTT_CEILING_US = 400_000 if os.environ.get("CONNSCOPE_VM") else 130_000
 
 
 def set_thread_name(name: str) -> None:

@@ -227,12 +227,22 @@ class ProbeSession:
     def missed_runs_by(self) -> dict[str, int]:
         """{program: runs the kernel skipped (BPF recursion) and nothing
         handled}, programs with any."""
+        handled = self.handled_runs_by()     # first: see unhandled_misses
+        return unhandled_misses(self.kernel_skipped_runs_by(), handled)
+
+    def kernel_skipped_runs_by(self) -> dict[str, int]:
+        """{program: runs the kernel skipped} as the kernel counts them
+        (bpftool's recursion_misses), nested copies included."""
+        return self._prog.recursion_misses(PROG_INFO_RECURSION_MISSES)
+
+    def handled_runs_by(self) -> dict[str, int]:
+        """{program: its skipped runs that its nested copy handled} (main.c)."""
         handled = {}
         for program, slot in (("raw_tracepoint__inet_sock_set_state", "CTR_NESTED_STATE_CHANGES"),
                               ("raw_tracepoint__tcp_destroy_sock", "CTR_NESTED_DESTROYS")):
             if program + NESTED_COPY in self._prog.prog_fds:
-                handled[program] = self._counter(C[slot])   # first: see unhandled_misses
-        return unhandled_misses(self._prog.recursion_misses(PROG_INFO_RECURSION_MISSES), handled)
+                handled[program] = self._counter(C[slot])
+        return handled
 
     def _blocked_unseen(self) -> int:
         b = self.blocked_accepts
