@@ -339,6 +339,11 @@ def test_the_container_filter_is_applied_in_the_kernel(runc, netns, tmp_path):
             metrics = r.read().decode()
     finally:
         _stop(rec_a), _stop(rec_s), _stop(rec_p)
+    # B's clients whose handshakes were dropped at ACK time die as orphans
+    # that retransmit their FIN, and each FIN overflows the paused server's
+    # queue again, until after the recorders stop (24 recorded against 22
+    # counted at `after` once in CI). The recording lies between the two.
+    final = _netns_counters(ns)
     made = after["TcpActiveOpens"] - before["TcpActiveOpens"]
     assert made >= n_a + n_b + BUSYBOX_HTTPD_BACKLOG, (made, "B's blocked clients connected")
     overflows = after["TcpExtListenOverflows"] - before["TcpExtListenOverflows"]
@@ -371,7 +376,9 @@ def test_the_container_filter_is_applied_in_the_kernel(runc, netns, tmp_path):
     assert listeners == [(sid, port)], listeners
     dropped = _sql(out_s, "overflows", "select container_id, sum(drops + syn_drops) from T "
                    "group by container_id")
-    assert dropped == [(sid, overflows)], (dropped, overflows)
+    late = final["TcpExtListenOverflows"] - before["TcpExtListenOverflows"]
+    assert len(dropped) == 1 and dropped[0][0] == sid, dropped
+    assert overflows <= dropped[0][1] <= late, (dropped, overflows, late)
 
 
 def test_path_of_a_cgroup_id():

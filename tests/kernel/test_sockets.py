@@ -419,10 +419,14 @@ def test_counts_match_ss_through_close_dup_shutdown_fork_and_exit(collector_run,
     assert opened == 99 + 50 + 50, f"holder opened {opened}, expected 199; {losses(probe_session)}"
     assert len(unclosed) <= 2, f"{len(unclosed)} of 199 connections still full sockets: {unclosed}"
     reached = 199 - len(unclosed)
-    assert len(closes) == reached, (
+    # The same allowance as in each phase: a close is lost only with a probe
+    # run the kernel skipped, counted and shown (192 of 199 once in a CI
+    # guest, 14 runs skipped); never a surplus, never an uncounted loss.
+    skipped = probe_session.counters()["missed_runs"] - missed_at_start
+    assert len(closes) == reached or len(closes) < reached <= len(closes) + skipped, (
         f"{len(closes)} closes of {reached} connections that reached CLOSE; {losses(probe_session)}")
     closed = sum(r.closed for s in run.snapshots for r in s.processes if r.pid == holder.pid)
-    assert closed == reached, f"the rows count {closed} closes of {reached}"
+    assert closed == len(closes), f"the rows count {closed} closes, the events {len(closes)}"
     # Lifetimes are kept for the connections it connect()ed (pool hold
     # times); accepted ones (None) are only counted.
     lifetimes = [c for c in closes if c is not None]
