@@ -161,7 +161,7 @@ def make_collector(session, sinks, interval, clock, recording_path=None,
                    containers=None) -> Collector:
     return Collector(session, sinks, interval, containers=containers,
                      header=header_for(session, recording_path, filters=filters,
-                                       notes=containers.notes if containers else ()),
+                                       notes=container_notes(containers)),
                      clock=clock, recording_status=recording_status,
                      kernel_view=kernel_view(),
                      drop_points_hooked=session.info.backend in ("kprobe", "fentry"),
@@ -227,6 +227,12 @@ def container_cache():
     return ContainerCache()
 
 
+def container_notes(containers) -> tuple:
+    """What the container cache has to say (e.g. a pods directory others can
+    write); nothing when attribution is off."""
+    return tuple(containers.notes) if containers is not None else ()
+
+
 def _collect(session, sinks, interval, duration, clock, recording=None, filters=None,
              containers=None):
     collector = make_collector(session, sinks, interval, clock, **_recording_args(recording),
@@ -274,7 +280,7 @@ def record(*, backend: str, interval: float, filters: Filters, out_dir: str,
                      f"backend {session.info.backend}, {session.info.offsets_from}); "
                      f"Ctrl-C stops\n")
     containers = container_cache()
-    for note in (containers.notes if containers else ()):   # e.g. a pods directory others can write
+    for note in container_notes(containers):   # e.g. a pods directory others can write
         sys.stderr.write(f"connscope: {printable(note)}\n")
     sinks = [RecordSink(recording, clock, containers),
              StatusLineSink(recording_status=recording.status)]
@@ -334,7 +340,7 @@ def _run_tui(session, sinks, interval, duration, clock, recording, filters=None,
     from tracer.tui.app import build_app
 
     app = build_app(header_for(session, str(recording.directory) if recording else None,
-                               filters=filters, notes=containers.notes if containers else ()))
+                               filters=filters, notes=container_notes(containers)))
     stop = threading.Event()
     failure: list[BaseException] = []
     collector = make_collector(session, [TuiSink(app), *sinks], interval, clock,
@@ -389,7 +395,7 @@ def live(*, backend: str, interval: float, filters: Filters, record_dir: str | N
         sinks.append(RecordSink(recording, clock, containers))
     # Not a terminal (| tee, ssh without a pty, scripts) or asked for: plain tables.
     if plain or not (sys.stdout.isatty() and sys.stdin.isatty()):
-        for note in (containers.notes if containers else ()):
+        for note in container_notes(containers):
             sys.stderr.write(f"connscope: {printable(note)}\n")
         sinks.insert(0, ConsoleSink(title=f"[{session.info.backend}] "))
         _collect(session, sinks, interval, duration, clock, recording, filters, containers)
