@@ -252,7 +252,11 @@ def remove_tree(path: Path) -> None:
 
 
 def _run(cmd: list[str], what: str, **kwargs) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+    except FileNotFoundError:
+        raise GuestError(f"{what}: {cmd[0]} was not found on PATH: install it, or add "
+                         f"/usr/sbin to PATH (debootstrap and mke2fs live there)") from None
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
         raise GuestError(f"{what} failed (exit {proc.returncode}):\n{tail}")

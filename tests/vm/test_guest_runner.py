@@ -34,6 +34,15 @@ def test_every_kernel_test_file_is_run_by_the_guests_or_says_why_not():
         assert why.startswith(("host only: ", "by hand: ")) and len(why) > 20, (path, why)
 
 
+def test_a_missing_build_tool_is_one_error_line_naming_it(monkeypatch, tmp_path):
+    """A shell without /usr/sbin on PATH (debootstrap, mke2fs): guest.py says
+    which tool and where, not a FileNotFoundError traceback."""
+    monkeypatch.setenv("PATH", str(tmp_path))     # an empty directory: nothing is found
+    with pytest.raises(guest_image.GuestError, match=r"^debootstrap bookworm: debootstrap was not "
+                                                     r"found on PATH.*/usr/sbin"):
+        guest_image._run(["debootstrap", "--version"], "debootstrap bookworm")
+
+
 def test_version_check_rejects_headers_of_another_kernel():
     image = Package("linux-image-6.1.0-50-cloud-amd64", "6.1.176-1")
     with pytest.raises(VersionMismatch, match="differ"):
