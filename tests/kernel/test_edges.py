@@ -484,8 +484,9 @@ def test_ab_nginx_service_postgres_chain_with_a_tiny_backlog_in_the_middle(tmp_p
     the connects each server counted itself (nginx's stub_status, the
     service's accepts and database connects, PostgreSQL's authorized
     connections in its log), the right serving processes, and the middle
-    service's accept-queue drops on the nginx -> service edge only, as many as
-    the kernel's ListenOverflows moved."""
+    service's accept-queue drops on the nginx -> service edge only (those of
+    every interval the edge has a row in), and on its listener as many as the
+    kernel's ListenOverflows moved."""
     import shutil
 
     from tests.kernel.test_pool_advice import free_port
@@ -580,10 +581,18 @@ def test_ab_nginx_service_postgres_chain_with_a_tiny_backlog_in_the_middle(tmp_p
     assert len({r["pid"] for r in middle}) == 1      # one worker: one edge per interval
     assert all(r["listener_drops"] == listener[r["ts"]] for r in middle), (middle, listener)
     on_edge = sum(r["listener_drops"] for r in middle)
-    assert on_edge == sum(listener.values()) == overflows, (on_edge, listener, overflows)
+    # An edge has a row in an interval only with connects made or connections
+    # held in it; drops in an interval with neither are the listener's, on no
+    # edge (once in CI: 2 of 25, in the interval after the edge's last row).
+    # The listener has every one the kernel counted, and the edge every one
+    # of the intervals it has a row in.
+    off_edge = {ts: n for ts, n in listener.items() if n and ts not in {r["ts"] for r in middle}}
+    assert sum(listener.values()) == overflows, (listener, overflows)
+    assert 0 < on_edge == overflows - sum(off_edge.values()), (on_edge, off_edge, overflows)
     assert all(r["listener_drops"] == 0 for r in front + back), front + back
     print(f"\nab {done} requests (-c {concurrency}), nginx accepted {served}, the service "
           f"{svc_accepted} and made {svc_db} database connects, PostgreSQL authorized "
           f"{sessions}; edges: ab->nginx {sum(r['connects'] for r in front)}, nginx->service "
-          f"{sum(r['connects'] for r in middle)} with {on_edge} drops (ListenOverflows moved "
+          f"{sum(r['connects'] for r in middle)} with {on_edge} drops ({sum(off_edge.values())} in "
+          f"intervals without its row; ListenOverflows moved "
           f"{overflows}), service->postgres {sum(r['connects'] for r in back)}")
