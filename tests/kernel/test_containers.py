@@ -302,9 +302,20 @@ def test_the_container_filter_is_applied_in_the_kernel(runc, netns, tmp_path):
     inner = v2 / a_cg.lstrip("/") / "inner"
     inner.mkdir()
     runc.made_dirs.append(inner)
-    for pid in (v2 / a_cg.lstrip("/") / "cgroup.procs").read_text().split():
-        (inner / "cgroup.procs").write_text(pid)
-    assert not (v2 / a_cg.lstrip("/") / "cgroup.procs").read_text().split()
+    # A's shell polls with `sleep 0.1`: a sleep may exit before it is moved
+    # (ESRCH), or be forked into A's cgroup just before its parent moved; so
+    # moved until none is left (a child of a moved process is born inside).
+    outer = v2 / a_cg.lstrip("/") / "cgroup.procs"
+    for _ in range(50):
+        left = outer.read_text().split()
+        if not left:
+            break
+        for pid in left:
+            try:
+                (inner / "cgroup.procs").write_text(pid)
+            except ProcessLookupError:
+                pass        # exited meanwhile
+    assert not outer.read_text().split(), "A's processes could not all be moved"
 
     out_a, out_s, out_p = tmp_path / "rec-a", tmp_path / "rec-s", tmp_path / "rec-p"
     from tests.kernel.test_pool_advice import free_port
