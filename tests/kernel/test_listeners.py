@@ -87,7 +87,7 @@ def flood_in(ns, addr, port, n, family=socket.AF_INET, threads=5):
     return socks
 
 
-def test_overflow_matches_listen_overflows_and_drops(collector_run):
+def test_overflow_matches_listen_overflows_and_drops(probe_session, collector_run):
     with private_netns() as (ns, inode):
         srv = socket_in(ns)
         srv.bind(("127.0.0.1", 0))
@@ -112,8 +112,15 @@ def test_overflow_matches_listen_overflows_and_drops(collector_run):
     overflows, listen_drops = after[0] - before[0], after[1] - before[1]
     assert overflows > 0, "the test did not overflow the queue"
     # The namespace is ours alone, so the whole delta is this listener's.
-    assert drops + syn_drops == overflows
-    assert drops + syn_drops == listen_drops
+    info = probe_session.info
+    if info.backend == "tracepoint" and not info.drop_split:
+        # Drops from sk_drops, which counts an ACK-time overflow twice and a
+        # SYN-time one once (doctor: NOT exact): 144 for 138 once in a guest
+        # when some handshakes finished into the full queue.
+        assert overflows <= drops + syn_drops <= 2 * overflows, (drops, syn_drops, overflows)
+    else:
+        assert drops + syn_drops == overflows
+        assert drops + syn_drops == listen_drops
     # The kernel's limit is backlog + 1 = 5. Its fullness check is not taken
     # under the queue's lock, so handshakes finishing on several CPUs at once
     # can each pass it: seen once in the 2-CPU guest, a queue of 6 that `ss`
