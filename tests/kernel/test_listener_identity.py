@@ -17,7 +17,7 @@ import pyarrow as pa
 import pytest
 
 from tests.kernel.netlab import delayed_link, netns_counters, socket_in
-from tests.kernel.test_listeners import flood_in, private_netns
+from tests.kernel.test_listeners import drops_from_sk_drops, flood_in, private_netns
 from tests.kernel.workloads import nginx_conf
 from tracer.domain.listeners import key_of_row
 from tracer.filters import Filters
@@ -57,7 +57,7 @@ def ss_listeners(ns, port):
 
 
 def skip_unless_drop_totals_exact(info):
-    if info.backend == "tracepoint" and not info.drop_split:
+    if drops_from_sk_drops(info):
         pytest.skip("the tracepoint backend counts drops exactly only where skb:kfree_skb has "
                     "rx_sk and the kernel the TCP_LISTEN_OVERFLOW reason (6.15+); here they "
                     "come from sk_drops, which counts an ACK-time overflow twice (doctor: NOT "
@@ -221,7 +221,7 @@ def test_ack_time_and_syn_time_drops_split_as_the_kernel_did(probe_session, coll
     which counts a request-socket overflow twice and a cookie one once:
     passing one kind as the other fails here."""
     info = probe_session.info
-    if info.backend == "tracepoint" and not info.drop_split:
+    if drops_from_sk_drops(info):
         pytest.skip("the tracepoint backend tells ACK-time from SYN-time drops only where "
                     "skb:kfree_skb has rx_sk and the kernel the TCP_LISTEN_OVERFLOW reason "
                     "(6.15+); here every drop counts as a SYN drop (doctor: NOT exact)")
