@@ -14,7 +14,7 @@ import uuid
 from contextlib import contextmanager
 from datetime import datetime, timezone
 
-from tracer import __version__
+from tracer import __version__, allocator
 from tracer.clock import Clock
 from tracer.aggregate.snapshot import Header
 from tracer.blind_spots import blind_spots
@@ -81,19 +81,11 @@ class _Refuse:
         return None
 
 
-# Arrow's default allocator (mimalloc in the pyarrow wheels) kept the
-# tracer's peak RSS under ab -c 1000 at 148-160 MB; with the C library's
-# malloc it is 111 MB (jemalloc: 112). The tracer makes small batches once a
-# second: allocator speed does not show. Read when pyarrow makes its first
-# pool, so set before that; a user's own choice is kept.
-ARROW_POOL = ("ARROW_DEFAULT_MEMORY_POOL", "system")
-
-
 def keep_out_of_the_tracer(modules=NOT_IN_THE_TRACER) -> None:
     wanted = [m for m in modules if m not in sys.modules]
     if wanted and not any(isinstance(f, _Refuse) for f in sys.meta_path):
         sys.meta_path.insert(0, _Refuse(wanted))
-    os.environ.setdefault(*ARROW_POOL)
+    allocator.configure()    # Arrow's pool, malloc's threshold: tracer/allocator.py
 
 
 def _start(backend: str, filters: Filters, out_dir: str | None, options: dict, start: float,

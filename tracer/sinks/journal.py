@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import mmap
 import os
+from typing import Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -140,6 +141,35 @@ def write_parquet(part: Dir, name: str, table: pa.Table, row_group_rows: int) ->
         pq.write_table(table, f, row_group_size=row_group_rows, compression="zstd",
                        write_statistics=True)
         return f.tell()
+    return write_via(part.fd, tmp, name, write)
+
+
+def write_parquet_parts(part: Dir, name: str, sch: pa.Schema, tables: Iterable[pa.Table],
+                        row_group_rows: int) -> tuple[int, int]:
+    """Write the rows of `tables` (read one at a time, in order) to `name` in
+    `part` as write_parquet does, holding no more than one table and a row
+    group at once; row groups are `row_group_rows` rows but for the last.
+    Returns (rows, file size)."""
+    tmp = name[: -len(PARQUET_SUFFIX)] + PARQUET_TMP_SUFFIX
+
+    def write(f) -> tuple[int, int]:
+        rows = 0
+        with pq.ParquetWriter(f, sch, compression="zstd", write_statistics=True) as w:
+            pending: list[pa.Table] = []
+            held = 0
+            for t in tables:
+                pending.append(t.cast(sch) if t.schema != sch else t)
+                held += t.num_rows
+                rows += t.num_rows
+                if held >= row_group_rows:
+                    joined = pa.concat_tables(pending)
+                    whole = held - held % row_group_rows
+                    w.write_table(joined.slice(0, whole), row_group_size=row_group_rows)
+                    pending, held = [joined.slice(whole)], held - whole
+            if held or not rows:
+                w.write_table(pa.concat_tables(pending) if pending else sch.empty_table(),
+                              row_group_size=row_group_rows)
+        return rows, f.tell()
     return write_via(part.fd, tmp, name, write)
 
 

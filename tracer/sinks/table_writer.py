@@ -16,6 +16,7 @@ file count stays at one per rotation plus the small files of the last one.
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
@@ -34,6 +35,7 @@ from tracer.sinks.journal import (
     Journal,
     journal_to_parquet,
     write_parquet,
+    write_parquet_parts,
 )
 from tracer.sinks.names import (
     JOURNAL_SUFFIX,
@@ -235,6 +237,8 @@ class TableWriter:
         since = self._buffer_since
         if since is None:
             return False
+        if self._buffered >= self.row_group_rows:
+            return True     # a row group's worth: memory, not time, is the limit
         now = self._clock() if now is None else now
         return now - since >= self.flush_interval_s
 
@@ -268,7 +272,9 @@ class TableWriter:
             due = flush or self.flush_due(now) or self._pending
             wrote = self.flush() if due else False
             for day, j in list(self._journals.items()):
-                if now - j.opened_at >= self.publish_age_s:
+                # Published by age for live readers, and by size: the journal is
+                # read whole to become Parquet, so its size is our peak RSS
+                if now - j.opened_at >= self.publish_age_s or j.rows >= self.row_group_rows:
                     self._rotate(day)
                     wrote = True
             self._compact_due(now)
@@ -435,13 +441,19 @@ class TableWriter:
                 if other == target or (o and o[0] == prefix and other not in names
                                        and o[1] <= last and o[2] >= first):
                     return
-            tables = []
-            for name in sorted(names):
+            def read(name: str) -> pa.Table:
                 fd, _ = part.open_regular(name, 1 << 40)
                 with os.fdopen(fd, "rb") as f:
-                    tables.append(pq.read_table(f))
-            merged = pa.concat_tables(tables)
-            size = write_parquet(part, target, merged, self.row_group_rows)
+                    return pq.read_table(f)
+
+            # one small file in memory at a time: the group can hold a minute
+            # of rows (rotate_rows), which read whole was the tracer's peak RSS
+            ordered = sorted(names)
+            first_table = read(ordered[0])
+            rows, size = write_parquet_parts(
+                part, target, first_table.schema,
+                itertools.chain([first_table], map(read, ordered[1:])), self.row_group_rows)
+            del first_table
             for name in names:
                 part.unlink(name)
             part.fsync()
@@ -451,7 +463,7 @@ class TableWriter:
         if self._on_compacted:
             self._on_compacted(self.table, folder, sorted(names))
         if self._on_file:
-            self._on_file(self.table, folder, target, merged.num_rows, size)
+            self._on_file(self.table, folder, target, rows, size)
 
     def write_empty(self) -> str:
         """Write an empty file of this table (schema only) in the partition of

@@ -1,0 +1,152 @@
+"""What bounds the recorder's memory at high rates (issue 17: peak RSS under
+150 MB at the highest rate this machine makes; BENCHMARKS.md, "Peak RSS"):
+rows are flushed and journals published by size as well as by age, the
+compaction of a minute's small files holds one of them at a time, and
+glibc's malloc gives large blocks back when they are freed."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tracer.sinks import table_writer
+from tracer.sinks.parquet_writer import Recording
+
+from tests.unit.test_recording_readable import FakeClock, count, data_files, rows
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def files(d) -> list:
+    """The data files of the rows' own date (not the schema-only file the
+    run's start gets)."""
+    return [f for f in data_files(d) if f.parent.name == "date=2024-03-01"]
+
+
+def small_groups(r: Recording, n: int) -> None:
+    for w in r._writers.values():
+        w.row_group_rows = n
+
+
+def test_a_row_groups_worth_is_flushed_and_published_without_waiting(tmp_path):
+    """With no time passing at all, rows past a row group's worth reach a
+    Parquet file at the next tick: memory, not the clock, is the limit."""
+    d = tmp_path / "rec"
+    clock = FakeClock()
+    r = Recording(d, clock=clock, flush_interval_s=2.0, publish_age_s=5.0, rotate_age_s=60.0)
+    small_groups(r, 100)
+    r.write("connects", rows(99))
+    r.tick()
+    assert files(d) == []                         # below the size, not yet due by age
+    r.write("connects", rows(1, start=99))
+    r.tick()
+    assert [pq.read_metadata(f).num_rows for f in files(d)] == [100]
+    assert count(d) == 100
+    r.close()
+    assert count(d) == 100
+
+
+def test_compaction_reads_one_small_file_at_a_time_and_keeps_every_row_in_order(
+        tmp_path, monkeypatch):
+    """Thirty writes of 70 rows published as small files, compacted at close: one file
+    whose rows are the same rows in the same order, in row groups of the
+    writer's size (the last shorter); while compacting, no more than one small
+    file was read and not yet written."""
+    d = tmp_path / "rec"
+    clock = FakeClock()
+    r = Recording(d, clock=clock, flush_interval_s=2.0, publish_age_s=5.0, rotate_age_s=1000.0)
+    small_groups(r, 100)
+    reads = {"open": 0, "most": 0}
+    real_read = table_writer.pq.read_table
+
+    def counting_read(f, *a, **k):
+        reads["open"] += 1
+        reads["most"] = max(reads["most"], reads["open"])
+        return real_read(f, *a, **k)
+
+    real_parts = table_writer.write_parquet_parts
+
+    def consuming(part, name, sch, tables, row_group_rows):
+        def each():
+            for t in tables:
+                yield t
+                reads["open"] -= 1      # written: the writer is done with it
+        return real_parts(part, name, sch, each(), row_group_rows)
+
+    monkeypatch.setattr(table_writer.pq, "read_table", counting_read)
+    monkeypatch.setattr(table_writer, "write_parquet_parts", consuming)
+    for k in range(30):
+        r.write("connects", rows(70, start=70 * k))
+        clock.t += 5.0
+        r.tick()
+    assert len(files(d)) >= 14                    # small files, not yet compacted
+    r.close()
+    [f] = files(d)
+    meta = pq.read_metadata(f)
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [100] * 21
+    assert pq.read_table(f).column("sport").to_pylist() == [x["sport"] for x in rows(2100)]
+    assert reads["most"] == 1, reads
+
+
+def _retained_after_free(configured: bool) -> int:
+    """KiB of anonymous memory a process holds after 200 blocks of 256 KiB
+    were allocated and every other one freed (the rest, 25 MB, stay)."""
+    code = textwrap.dedent(f"""
+        import ctypes
+        libc = ctypes.CDLL(None)
+        libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+        libc.free.argtypes = [ctypes.c_void_p]
+        if {configured!r}:
+            from tracer import allocator
+            assert allocator.configure() == "fixed"
+
+        def anon():
+            for line in open("/proc/self/status"):
+                if line.startswith("RssAnon"):
+                    return int(line.split()[1])
+
+        # one large block freed: glibc raises its mapping threshold past it
+        p = libc.malloc(1 << 20); ctypes.memset(p, 1, 1 << 20); libc.free(p)
+        base = anon()
+        blocks = []
+        for _ in range(200):
+            b = libc.malloc(256 << 10); ctypes.memset(b, 1, 256 << 10); blocks.append(b)
+        for b in blocks[::2]:
+            libc.free(b)
+        print(anon() - base)
+    """)
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env=env, cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    return int(p.stdout)
+
+
+def _glibc() -> bool:
+    import ctypes
+    return hasattr(ctypes.CDLL(None), "gnu_get_libc_version")
+
+
+@pytest.mark.skipif(not _glibc(), reason="malloc's mapping threshold is glibc's")
+def test_large_blocks_go_back_to_the_system_when_freed():
+    """Ground truth from the process's own RssAnon: without the fixed
+    threshold glibc keeps the 25 MB freed between the blocks still in use
+    (50 MB held); with it they are unmapped (25 MB held)."""
+    held_default = _retained_after_free(False)
+    held_fixed = _retained_after_free(True)
+    assert held_default > 45 << 10, held_default
+    assert held_fixed < 29 << 10, held_fixed
+
+
+def test_a_users_malloc_settings_are_kept(monkeypatch):
+    from tracer import allocator
+
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    assert allocator.configure() == "kept"
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=65536")
+    assert allocator.configure() == "kept"
