@@ -24,6 +24,10 @@ from tracer.domain.outcomes import ESTABLISHED
 from tracer.events import Accept, Connect
 from tracer.filters import Filters
 
+# At the end of a run, batches read at most to empty the buffer (a 4 MiB ring
+# holds at most 8 of them; the kernel may still be writing meanwhile)
+FINAL_DRAIN_BATCHES = 32
+
 
 @dataclass(frozen=True)
 class Status:
@@ -290,9 +294,15 @@ class Collector:
                     self._tick(started, last_tick, now)
                     last_tick = now
         finally:
-            # Events already in the buffer belong to this run: take them, and
-            # close the last (partial) interval so per-interval tables have it.
+            # Events already in the buffer belong to this run: take them all
+            # (a read stops at a batch; bounded, as the kernel may go on
+            # writing), and close the last (partial) interval so
+            # per-interval tables have it.
             self._drain(0)
+            for _ in range(FINAL_DRAIN_BATCHES):
+                if not getattr(self.session, "behind", False):
+                    break
+                self._drain(0)
             seconds = max(time.monotonic() - last_tick, 1e-9)
             status = self._status(started, seconds)
             snapshot = self._snapshot(seconds, status)
