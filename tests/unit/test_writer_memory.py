@@ -29,7 +29,7 @@ def files(d) -> list:
 
 def small_groups(r: Recording, n: int) -> None:
     for w in r._writers.values():
-        w.row_group_rows = n
+        w.row_group_rows = w.flush_rows = w.publish_rows = n
 
 
 def test_a_row_groups_worth_is_flushed_and_published_without_waiting(tmp_path):

@@ -138,6 +138,13 @@ def _day_name(day: int) -> str:
 
 # ---------------------------------------------------------------- one table
 
+# (at 30,000 connections/s: a flush about every half second, a small file a
+# second; 64k-row pieces, the row group size, held the writer's peak RSS
+# 25-30 MB above its steady state; BENCHMARKS.md section 16)
+FLUSH_ROWS = 1 << 14
+PUBLISH_ROWS = 1 << 15
+
+
 def _file_schema(part: Dir, name: str) -> pa.Schema:
     fd, _ = part.open_regular(name, 1 << 40)
     with os.fdopen(fd, "rb") as f:
@@ -169,6 +176,7 @@ class TableWriter:
                  flush_interval_s: float = 2.0, rotate_rows: int = 1_000_000,
                  rotate_bytes: int = 64 << 20, rotate_age_s: float = 60.0,
                  max_buffer_rows: int = 1 << 18, row_group_rows: int = ROW_GROUP_ROWS,
+                 flush_rows: int = FLUSH_ROWS, publish_rows: int = PUBLISH_ROWS,
                  clock: Callable[[], float] = time.monotonic,
                  on_file: Callable[[str, str, str, int, int], None] | None = None,
                  publish_age_s: float | None = None,
@@ -185,6 +193,11 @@ class TableWriter:
         self.rotate_age_s = rotate_age_s
         self.max_buffer_rows = max_buffer_rows
         self.row_group_rows = row_group_rows
+        # Rows buffered, and rows journaled, that are flushed or published
+        # whatever their age: each becomes Arrow and then Parquet in one piece,
+        # so these sizes, not the rate, set the writer's peak memory
+        self.flush_rows = flush_rows
+        self.publish_rows = publish_rows
         self._clock = clock
         self._on_file = on_file
         self._on_compacted = on_compacted
@@ -252,8 +265,8 @@ class TableWriter:
         since = self._buffer_since
         if since is None:
             return False
-        if self._buffered >= self.row_group_rows:
-            return True     # a row group's worth: memory, not time, is the limit
+        if self._buffered >= self.flush_rows:
+            return True     # memory, not time, is the limit
         now = self._clock() if now is None else now
         return now - since >= self.flush_interval_s
 
@@ -289,7 +302,7 @@ class TableWriter:
             for day, j in list(self._journals.items()):
                 # Published by age for live readers, and by size: the journal is
                 # read whole to become Parquet, so its size is our peak RSS
-                if now - j.opened_at >= self.publish_age_s or j.rows >= self.row_group_rows:
+                if now - j.opened_at >= self.publish_age_s or j.rows >= self.publish_rows:
                     self._rotate(day)
                     wrote = True
             self._compact_due(now)
