@@ -54,7 +54,10 @@ def parse_args(argv):
                         "which other engineers may be editing")
     p.add_argument("--baseline", metavar="REV",
                    help="also run `connscope record` from this commit in the overhead rounds "
-                        "(config record-baseline), side by side with the tree measured")
+                        "(config record-baseline), the kernel-cost, ceiling and cardinality "
+                        "sections, side by side with the tree measured")
+    p.add_argument("--ceiling-rates", type=int, nargs="+", metavar="R",
+                   help="connection rates of the ceiling's steps (default 1,000 to 40,000)")
     p.add_argument("--cardinality-seconds", type=float, metavar="S",
                    help="length of each cardinality flood (default 300, quick 60)")
     p.add_argument("--cardinality-none-seconds", type=float, metavar="S",
@@ -80,7 +83,8 @@ def run_section(name: str, args, procs: Processes, workdir: Path):
                                + (["record-baseline"] if args.baseline else []))
     if name == "ceiling":
         from bench import ceiling
-        return ceiling.run(procs, workdir, quick=q, log=log)
+        return ceiling.run(procs, workdir, quick=q, log=log, rates=args.ceiling_rates,
+                           baseline=getattr(args, "baseline_source", None))
     if name == "startup":
         from bench import startup_time
         return startup_time.run(procs, workdir, warm_runs=2 if q else 4, log=log)

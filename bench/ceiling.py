@@ -39,7 +39,9 @@ def _wait_ports(path: Path, proc, limit_s: float = 10.0) -> list[int]:
     raise RuntimeError("the loopback server did not start")
 
 
-def one_step(procs: Processes, workdir: Path, rate: int, seconds: float, tag: str = "") -> dict:
+def one_step(procs: Processes, workdir: Path, rate: int, seconds: float, tag: str = "",
+             spec=None) -> dict:
+    spec = spec or tracers.RECORD
     d = workdir / f"ceiling-{rate}{tag}"
     d.mkdir(parents=True)
     server = procs.start([PYTHON, "-m", "bench.loopback_load", "server", "--ports",
@@ -49,7 +51,7 @@ def one_step(procs: Processes, workdir: Path, rate: int, seconds: float, tag: st
     r = None
     try:
         ports = _wait_ports(d / "server.out", server)
-        r = tracers.start(procs, tracers.RECORD, d / "tracer")
+        r = tracers.start(procs, spec, d / "tracer")
         cpu0 = tree_cpu_seconds(r.pid)
         t0 = time.monotonic()
         clients = [procs.start([PYTHON, "-m", "bench.loopback_load", "connect", "--ports",
@@ -99,40 +101,54 @@ def one_step(procs: Processes, workdir: Path, rate: int, seconds: float, tag: st
     return out
 
 
-def run(procs: Processes, workdir: Path, quick: bool = False, log=print) -> Section:
-    rates = [2_000, 8_000, 16_000, 24_000] if quick else \
-        [1_000, 2_000, 4_000, 8_000, 12_000, 16_000, 20_000, 24_000, 32_000, 40_000]
+def run(procs: Processes, workdir: Path, quick: bool = False, log=print,
+        rates: list[int] | None = None, baseline=None) -> Section:
+    """baseline: (tree, label) of another commit (bench/run --baseline): each
+    step then runs it too, right after this tree's, at the same rate."""
+    rates = rates or ([2_000, 8_000, 16_000, 24_000] if quick else
+                      [1_000, 2_000, 4_000, 8_000, 12_000, 16_000, 20_000, 24_000, 32_000, 40_000])
     seconds = 5.0 if quick else 8.0
+    sides = [("", None)]
+    if baseline is not None:
+        sides.append((f" at {baseline[1]}", tracers.baseline_record(*baseline)))
     steps = []
+
+    def step(rate, secs, tag, endurance=False):
+        out = []
+        for label, spec in sides:
+            st = one_step(procs, workdir, rate, secs, tag=tag + ("-baseline" if spec else ""),
+                          spec=spec)
+            st["side"] = label
+            st["endurance"] = endurance
+            steps.append(st)
+            out.append(st)
+            log(f"  {rate:>6}/s asked{label}, {st['achieved_rate']:>6}/s made: connects "
+                f"{st['connects']}/{st['attempted']}, accepts {st['accepts']}/{st['accepted']}, "
+                f"lost {st['lost']}, cpu {st['tracer_cpu_s']} s, rss max {st['rss_max_mb']} MB, "
+                f"peak {st['peak_rss_mb']} MB, exit {st['tracer_exit']}")
+        return out[0]
+
     for rate in rates:
-        st = one_step(procs, workdir, rate, seconds)
-        steps.append(st)
-        log(f"  {rate:>6}/s asked, {st['achieved_rate']:>6}/s made: connects {st['connects']}"
-            f"/{st['attempted']}, accepts {st['accepts']}/{st['accepted']}, lost {st['lost']}, "
-            f"cpu {st['tracer_cpu_s']} s, rss max {st['rss_max_mb']} MB, exit {st['tracer_exit']}")
+        st = step(rate, seconds, "")
         if st["achieved_rate"] < 0.8 * rate:
             log("  the generator cannot go faster here: stopping")
             break
     if not quick:
         # Past the ceiling for longer: does memory stay bounded, do losses stay counted?
-        rate = max(s["achieved_rate"] for s in steps)
-        st = one_step(procs, workdir, rate, 30.0, tag="-endurance")
-        st["endurance"] = True
-        steps.append(st)
-        log(f"  endurance {st['achieved_rate']}/s for 30 s: lost {st['lost']}, RSS (s, MB, anon MB) "
-            f"{st['rss_series_mb'][::5]}")
-    clean = [s["achieved_rate"] for s in steps
-             if s["lost"] == 0 and s["connects"] == s["attempted"] and not s.get("endurance")]
+        rate = max(s["achieved_rate"] for s in steps if not s["side"])
+        step(rate, 30.0, "-endurance", endurance=True)
+    clean = [s["achieved_rate"] for s in steps if s["lost"] == 0 and not s["side"]
+             and s["connects"] == s["attempted"] and not s.get("endurance")]
     s = Section("ceiling", f"Ceiling: connscope record under paced loopback connects "
                            f"({CONNECTORS} connector processes, 1 accepting server, "
                            f"{seconds:.0f} s per step)",
-                "sudo bench/run --only ceiling",
+                "sudo bench/run --only ceiling [--ceiling-rates R ...] [--baseline REV]",
                 ["asked /s", "made /s", "connects recorded", "accepts recorded", "lost (manifest)",
                  "missing rows", "BPF recursion misses", "tracer CPU %", "RSS max MB", "peak RSS MB", "alive, exit"],
                 raw={"steps": steps})
     for st in steps:
         missing = (st["attempted"] - st["connects"]) + ((st["accepted"] or 0) - st["accepts"])
-        s.rows.append([fmt(st["rate"]) + (" (30 s)" if st.get("endurance") else ""),
+        s.rows.append([fmt(st["rate"]) + (" (30 s)" if st.get("endurance") else "") + st.get("side", ""),
                        fmt(st["achieved_rate"]),
                        f"{st['connects']:,} / {st['attempted']:,}",
                        f"{st['accepts']:,} / {st['accepted'] or 0:,}", fmt(st["lost"]),
@@ -155,10 +171,8 @@ def run(procs: Processes, workdir: Path, quick: bool = False, log=print) -> Sect
         "without being counted in lost_events.",
         "Tracer CPU % of one core over the step, including draining its buffer after it.",
     ]
-    endurance = [st for st in steps if st.get("endurance")]
-    if endurance:
-        e = endurance[0]
-        s.notes.append("Endurance step (last row): RSS over time, (seconds, VmRSS MB, RssAnon MB): "
-                       + ", ".join(f"({t:.0f}, {m:.0f}, {a:.0f})" for t, m, a in
-                                   e["rss_series_mb"][::5]))
+    for e in (st for st in steps if st.get("endurance")):
+        s.notes.append(f"Endurance step{e.get('side', '')}: RSS over time, (seconds, VmRSS MB, "
+                       "RssAnon MB): " + ", ".join(f"({t:.0f}, {m:.0f}, {a:.0f})" for t, m, a in
+                                                   e["rss_series_mb"][::5]))
     return s
