@@ -135,21 +135,15 @@ def parquet_name(journal: str) -> str:
 
 def write_parquet(part: Dir, name: str, table: pa.Table, row_group_rows: int) -> int:
     """Write `table` to `name` in `part` via a temporary name, durably; return the file size."""
-    tmp = name[: -len(PARQUET_SUFFIX)] + PARQUET_TMP_SUFFIX
-
-    def write(f) -> int:
-        pq.write_table(table, f, row_group_size=row_group_rows, compression="zstd",
-                       write_statistics=True)
-        return f.tell()
-    return write_via(part.fd, tmp, name, write)
+    return write_parquet_parts(part, name, table.schema, [table], row_group_rows)[1]
 
 
 def write_parquet_parts(part: Dir, name: str, sch: pa.Schema, tables: Iterable[pa.Table],
                         row_group_rows: int) -> tuple[int, int]:
-    """Write the rows of `tables` (read one at a time, in order) to `name` in
-    `part` as write_parquet does, holding no more than one table and a row
-    group at once; row groups are `row_group_rows` rows but for the last.
-    Returns (rows, file size)."""
+    """Write the rows of `tables` (of schema `sch`, read one at a time, in
+    order) to `name` in `part` via a temporary name, durably, holding no more
+    than one table and a row group at once; row groups are `row_group_rows`
+    rows but for the last. Returns (rows, file size)."""
     tmp = name[: -len(PARQUET_SUFFIX)] + PARQUET_TMP_SUFFIX
 
     def write(f) -> tuple[int, int]:
@@ -158,7 +152,7 @@ def write_parquet_parts(part: Dir, name: str, sch: pa.Schema, tables: Iterable[p
             pending: list[pa.Table] = []
             held = 0
             for t in tables:
-                pending.append(t.cast(sch) if t.schema != sch else t)
+                pending.append(t)
                 held += t.num_rows
                 rows += t.num_rows
                 if held >= row_group_rows:

@@ -145,12 +145,6 @@ FLUSH_ROWS = 1 << 14
 PUBLISH_ROWS = 1 << 15
 
 
-def _file_schema(part: Dir, name: str) -> pa.Schema:
-    fd, _ = part.open_regular(name, 1 << 40)
-    with os.fdopen(fd, "rb") as f:
-        return pq.ParquetFile(f).schema_arrow
-
-
 def _row_groups(part: Dir, name: str) -> Iterator[pa.Table]:
     """The row groups of one of our Parquet files, read one at a time."""
     fd, _ = part.open_regular(name, 1 << 40)
@@ -473,10 +467,10 @@ class TableWriter:
             # rows (rotate_rows), which read whole was the tracer's peak RSS.
             # ParquetFile, not read_table: the dataset layer read_table goes
             # through maps ~50 MB more of Arrow's libraries into the process.
-            ordered = sorted(names)
+            # (the small files are this writer's journals, of its journal schema)
             rows, size = write_parquet_parts(
-                part, target, _file_schema(part, ordered[0]),
-                itertools.chain.from_iterable(_row_groups(part, n) for n in ordered),
+                part, target, self._journal_schema,
+                itertools.chain.from_iterable(_row_groups(part, n) for n in sorted(names)),
                 self.row_group_rows)
             for name in names:
                 part.unlink(name)
