@@ -136,7 +136,7 @@ def test_reuseport_group_reloaded_drops_equal_listen_overflows(probe_session, co
     assert max(per_interval) == 1
 
 
-def test_two_namespaces_on_one_address_stay_two_listeners(collector_run):
+def test_two_namespaces_on_one_address_stay_two_listeners(probe_session, collector_run):
     """Live, the recorded rows, replay and report: one address in two
     namespaces is two listeners, and the drops stay with the one that had
     them."""
@@ -172,7 +172,14 @@ def test_two_namespaces_on_one_address_stay_two_listeners(collector_run):
     for r in rows:
         live[r.netns] = live.get(r.netns, 0) + r.drops + r.syn_drops
     assert set(live) >= {ino_a, ino_b}
-    assert live[ino_a] == after[0] - before[0] > 0
+    overflows = after[0] - before[0]
+    if drops_from_sk_drops(probe_session.info):
+        # sk_drops counts a handshake that finished into the full queue twice
+        # (37 for 34 once in the bookworm guest): the same bound as
+        # test_listeners' overflow test
+        assert 0 < overflows <= live[ino_a] <= 2 * overflows, (live, overflows)
+    else:
+        assert live[ino_a] == overflows > 0
     assert live[ino_b] == after[1] - before[1] == 0
 
     # As recorded, then replayed and reported.
