@@ -12,6 +12,9 @@ gives CPU seconds per 10,000 connections (process CPU time, as the overhead
 benchmark's figure) for both; the rows each side produced are hashed and
 must be identical (the one-truth rule: a faster path must not change output).
 
+Each side's process is set up as its own `record` sets it up
+(run.keep_out_of_the_tracer: allocators, the cycle collector's pace).
+
 With --parquet DIR the rows go to a real Recording (Parquet files, journal,
 flush thread) under DIR as well, and its CPU is counted; the row digests are
 then not taken.
@@ -122,6 +125,9 @@ class Recording:
 
 def worker(per_poll: int, pids: list[int], parquet: str | None = None) -> dict:
     import tracer
+    from tracer import run
+
+    run.keep_out_of_the_tracer()    # the process as `record` sets it up (each tree its own)
     from tracer.aggregate.snapshot import Header
     from tracer.clock import Clock
     from tracer.collector import Collector, Status

@@ -86,6 +86,7 @@ def keep_out_of_the_tracer(modules=NOT_IN_THE_TRACER) -> None:
     if wanted and not any(isinstance(f, _Refuse) for f in sys.meta_path):
         sys.meta_path.insert(0, _Refuse(wanted))
     allocator.configure()    # Arrow's pool, malloc's threshold: tracer/allocator.py
+    allocator.configure_gc()  # the cycle collector's pace (same module)
 
 
 def _start(backend: str, filters: Filters, out_dir: str | None, options: dict, start: float,
