@@ -24,8 +24,8 @@ from tracer.domain.outcomes import ESTABLISHED
 from tracer.events import Accept, Connect
 from tracer.filters import Filters
 
-# At the end of a run, batches read at most to empty the buffer (a 4 MiB ring
-# holds at most 8 of them; the kernel may still be writing meanwhile)
+# At the end of a run, batches read at most to empty the buffer (the 8 MiB ring
+# holds at most 16 of them; the kernel may still be writing meanwhile)
 FINAL_DRAIN_BATCHES = 32
 
 

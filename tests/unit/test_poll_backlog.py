@@ -92,3 +92,17 @@ def test_the_end_of_a_run_reads_every_batch_the_buffer_holds(monkeypatch):
     c = Collector(Session(ring), [], header=None)
     c.run(lambda: True)          # stopped at once: only the final drain runs
     assert ring.empty
+
+
+def test_the_final_drain_can_empty_a_full_ring_of_the_smallest_records():
+    """The end of a run reads at most FINAL_DRAIN_BATCHES batches: enough for
+    the ring buffer the build asks for, full of the smallest record there is
+    (a close), and as much again written meanwhile."""
+    from tracer.collector import FINAL_DRAIN_BATCHES
+    from tracer.probes import bpf_syscall, program
+
+    pages = program.BuildOptions(backend="tracepoint", filters=Filters()).ringbuf_pages
+    ring = pages * bpf_syscall.PAGE_SIZE
+    slot = (e.CLOSE_SIZE + buffers.RINGBUF_HDR + 7) & ~7
+    batches_in_a_full_ring = -(-ring // slot) // sess.MAX_BATCH
+    assert 2 * batches_in_a_full_ring <= FINAL_DRAIN_BATCHES, (ring, slot, batches_in_a_full_ring)

@@ -52,7 +52,12 @@ class BuildOptions:
     backend: str
     filters: Filters
     ringbuf: bool = True
-    ringbuf_pages: int = 1024  # 4 MiB: ~40k connect events before loss
+    # 8 MiB: ~30,000 connections (four records each) before loss. 4 MiB lost
+    # 104,374 records in 30 s at 26,000 connections/s, where the tracer keeps
+    # up on average but not through every moment two busy cores leave it; 8
+    # MiB lost none, for +5 MB of peak RSS (its pages are mapped into us;
+    # BENCHMARKS.md section 17)
+    ringbuf_pages: int = 2048
     max_inflight: int = 65536
     # Test hook: the bpf/listeners.h defaults unless set (tests/kernel/test_losses.py)
     max_handshakes: int | None = None
