@@ -71,6 +71,10 @@ def one_step(procs: Processes, workdir: Path, rate: int, seconds: float, tag: st
         out["rss_series_mb"] = series
         for c in clients:
             procs.stop(c, timeout=5)
+        # The server goes before the tracer: what it accepts after the tracer
+        # stopped (a queue still full under overload) would count as missing
+        # rows; what is left in its queues when it closes is never accepted.
+        procs.stop(server, timeout=5)
         got = [_last_json(d / f"client{i}.out") for i in range(CONNECTORS)]
         out["attempted"] = sum(g.get("ok", 0) + g.get("failed", 0) for g in got)
         out["failed"] = sum(g.get("failed", 0) for g in got)
