@@ -47,8 +47,8 @@ def parquet_options(sch: pa.Schema) -> dict:
     built and then abandoned in every row group. Integers and times are
     delta-encoded (DELTA_BINARY_PACKED, readable by DuckDB, pandas, polars
     and Spark): rows come in time order, so consecutive values differ
-    little. A connects table is then ~3.5x smaller and a third cheaper to
-    write (BENCHMARKS.md section 17), and it is written twice per row
+    little. The event tables are then 2.5-4x smaller and a third cheaper to
+    encode (BENCHMARKS.md section 17), and every row is encoded twice
     (published, then compacted)."""
     text = [f.name for f in sch if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
     delta = {f.name: "DELTA_BINARY_PACKED" for f in sch
