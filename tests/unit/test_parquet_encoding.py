@@ -13,15 +13,7 @@ from tracer.sinks.journal import parquet_options
 from tracer.sinks.parquet_writer import Recording
 from tracer.schema import TABLES, schema
 
-T0 = 1_709_294_400_000_000      # 2024-03-01T12:00:00Z
-
-
-class FakeClock:
-    def __init__(self):
-        self.t = 1000.0
-
-    def __call__(self):
-        return self.t
+from tests.unit.test_recording_readable import T0, FakeClock
 
 
 def connects(n, start=0):
