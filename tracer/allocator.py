@@ -21,7 +21,7 @@ poll, each time walking every event, row tuple and list of the poll still
 alive, and promoting them so that older generations are walked again. None
 of the event path's objects are in cycles; they die by reference count. At
 GC_YOUNG_THRESHOLD the collector still runs (cycles are collected, a
-little later) and the event path costs 11-12 % less CPU (BENCHMARKS.md
+little later) and the event path costs 8-13 % less CPU (BENCHMARKS.md
 section 17).
 """
 from __future__ import annotations

@@ -45,9 +45,9 @@ def parquet_options(sch: pa.Schema) -> dict:
     Dictionaries only for text: names, addresses and outcomes repeat, while
     times, ports and ids are mostly distinct, and a dictionary for them is
     built and then abandoned in every row group. Integers and times are
-    delta-encoded (DELTA_BINARY_PACKED, readable by DuckDB, pandas, polars
-    and Spark): rows come in time order, so consecutive values differ
-    little. The event tables are then 2.5-4x smaller and a third cheaper to
+    delta-encoded (DELTA_BINARY_PACKED; DuckDB, pyarrow and polars read it,
+    tests/unit/test_parquet_encoding.py): rows come in time order, so
+    consecutive values differ little. The event tables are then 2.5-4x smaller and a third cheaper to
     encode (BENCHMARKS.md section 17), and every row is encoded twice
     (published, then compacted)."""
     text = [f.name for f in sch if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
