@@ -58,10 +58,12 @@ def test_curl_timeout_into_a_black_hole_is_abandoned(tracer):
         _ip("-n", ns, "addr", "add", f"{BLACKHOLE_NET}.1/24", "dev", "bh0")
         _ip("-n", ns, "link", "set", "bh0", "up")
         target = f"{BLACKHOLE_NET}.2"
+        t0 = time.monotonic()
         proc = subprocess.run(
             ["ip", "netns", "exec", ns, "curl", "-m", "2", "-s", "-o", "/dev/null",
              "-w", "%{time_total}", f"http://{target}:81/"],
             capture_output=True, text=True, timeout=30)
+        process_us = (time.monotonic() - t0) * 1e6
         tracer.wait_for(lambda ev: tracer.connects_to(81, target))
         inode = netns_inode(ns)
     assert proc.returncode == 28, proc.stderr   # curl: operation timed out
@@ -71,9 +73,11 @@ def test_curl_timeout_into_a_black_hole_is_abandoned(tracer):
     assert ev.err == 0
     assert ev.comm == "curl"
     assert ev.syn_retransmits >= 1
-    # the wait is curl's own, inside its elapsed time and most of it
+    # the wait is curl's own: most of its elapsed time, and within its process's
+    # life (the socket leaves SYN_SENT when curl closes it, after curl's own
+    # clock stopped: 1.5 ms after it once in a TCG guest, CI of ff7600b)
     assert ev.latency_us is not None
-    assert curl_us - 300_000 <= ev.latency_us <= curl_us + 1_000, (ev.latency_us, curl_us)
+    assert curl_us - 300_000 <= ev.latency_us <= process_us, (ev.latency_us, curl_us, process_us)
     assert ev.netns == inode
     print(f"curl exit {proc.returncode} after {curl_us:.0f} us; tracer: {ev.outcome}, "
           f"waited {ev.latency_us:.0f} us, {ev.syn_retransmits} SYN retransmits, netns {ev.netns}")

@@ -156,7 +156,7 @@ def test_two_listeners_only_one_overflowing(collector_run):
     calm.close()
 
 
-def test_ipv6_listener_overflow(collector_run):
+def test_ipv6_listener_overflow(probe_session, collector_run):
     with private_netns() as (ns, inode):
         srv = socket_in(ns, socket.AF_INET6)
         srv.bind(("::1", 0))
@@ -173,7 +173,14 @@ def test_ipv6_listener_overflow(collector_run):
         srv.close()
     rows = [r for r in run.listener_rows(port) if r.netns == inode]
     assert rows and all(r.family == 6 and r.laddr == "::1" for r in rows)
-    assert sum(r.drops + r.syn_drops for r in rows) == after[0] - before[0] > 0
+    counted, overflows = sum(r.drops + r.syn_drops for r in rows), after[0] - before[0]
+    assert overflows > 0, "the test did not overflow the queue"
+    if drops_from_sk_drops(probe_session.info):
+        # sk_drops counts a handshake finished into the full queue twice: 62
+        # for 56 in the bullseye guest (CI of ff7600b), as the IPv4 test allows
+        assert overflows <= counted <= 2 * overflows, (counted, overflows)
+    else:
+        assert counted == overflows
 
 
 def test_queue_wait_is_time_spent_in_the_queue(collector_run):
