@@ -146,10 +146,10 @@ def run(procs: Processes, workdir: Path, quick: bool = False, log=print,
     def missing_rows(st) -> int:
         return (st["attempted"] - st["connects"]) + ((st["accepted"] or 0) - st["accepts"])
 
-    clean = [s["achieved_rate"] for s in steps if s["lost"] == 0 and not s["side"]
-             and missing_rows(s) == 0 and not s.get("endurance")]
-    spotless = [s["achieved_rate"] for s in steps if s["lost"] == 0 and not s["side"]
-                and missing_rows(s) == 0 and not s.get("missed_runs") and not s.get("endurance")]
+    lossless = [s for s in steps if s["lost"] == 0 and not s["side"]
+                and missing_rows(s) == 0 and not s.get("endurance")]
+    clean = [s["achieved_rate"] for s in lossless]
+    spotless = [s["achieved_rate"] for s in lossless if not s.get("missed_runs")]
     s = Section("ceiling", f"Ceiling: connscope record under paced loopback connects "
                            f"({CONNECTORS} connector processes, 1 accepting server, "
                            f"{seconds:.0f} s per step)",

@@ -47,9 +47,9 @@ def parquet_options(sch: pa.Schema) -> dict:
     built and then abandoned in every row group. Integers and times are
     delta-encoded (DELTA_BINARY_PACKED; DuckDB, pyarrow and polars read it,
     tests/unit/test_parquet_encoding.py): rows come in time order, so
-    consecutive values differ little. The event tables are then 2.5-4x smaller and a third cheaper to
-    encode (BENCHMARKS.md section 17), and every row is encoded twice
-    (published, then compacted)."""
+    consecutive values differ little. The event tables are then 2.5-4x
+    smaller and a third cheaper to encode (BENCHMARKS.md section 17), and
+    every row is encoded twice (published, then compacted)."""
     text = [f.name for f in sch if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
     delta = {f.name: "DELTA_BINARY_PACKED" for f in sch
              if pa.types.is_integer(f.type) or pa.types.is_timestamp(f.type)}
