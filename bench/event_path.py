@@ -142,10 +142,13 @@ def worker(per_poll: int, pids: list[int], parquet: str | None = None) -> dict:
             self.polls: list[tuple[bytes, int]] = []
             self.lost = 0
 
-        def read(self, handle, limit):
+        def read(self, handle, limit, walk=None):
             data, end = self.polls.pop(0) if self.polls else (b"", 0)
             view = memoryview(data)
-            cons, n = buffers.read_ring(view, (1 << 62) - 1, 0, lambda: end, handle, limit)
+            if walk is None:   # (trees before the compiled path have no walk)
+                cons, n = buffers.read_ring(view, (1 << 62) - 1, 0, lambda: end, handle, limit)
+            else:
+                cons, n = walk(view, (1 << 62) - 1, 0, lambda: end, limit)
             return n
 
     class Session(ProbeSession):    # the kernel's maps: nothing in them

@@ -12,6 +12,7 @@ import socket
 from dataclasses import asdict
 from typing import Callable, Optional
 
+from tracer import fastpath
 from tracer.blind_spots import DropReasons, drop_reasons_from_btf, exactness
 from tracer.probes.features import (
     AUTO_ORDER, BackendUnavailable, Feature, Features, auto_reason, backend_visibility,
@@ -375,6 +376,9 @@ def collect(features: Optional[Features] = None, *,
         "tracepoints": {**_feature(f.tracepoints), "present": dict(f.tracepoint_presence)},
         "ringbuf": _feature(f.ringbuf),
         "program_cache": _program_cache(),
+        "event_path": {"ok": fastpath.native is not None, "tested": True,
+                       "detail": fastpath.STATUS if fastpath.native is not None
+                       else f"{fastpath.STATUS}; {fastpath.TO_COMPILE}"},
         "containers": _containers(),
         "load_tested": f.load_tested,
         "backend": {"auto": auto, "why": auto_reason(f), "error": auto_error},
@@ -436,6 +440,8 @@ def render_text(report: dict) -> str:
     ]
     if "program_cache" in r:
         rows.append(("prog cache", r["program_cache"], r["program_cache"]["detail"]))
+    if "event_path" in r:
+        rows.append(("event path", r["event_path"], r["event_path"]["detail"]))
     if "containers" in r:
         rows.append(("containers", r["containers"], r["containers"]["detail"]))
         if "filter" in r["containers"]:

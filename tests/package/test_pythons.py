@@ -89,8 +89,11 @@ def _reachable(exe: str) -> tuple[str, dict]:
 
 
 def _venv(exe: str, env: dict, minor: str) -> Path:
-    key = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + str(ROOT).encode()
-                         + exe.encode()).hexdigest()[:12]
+    # (the install compiles tracer/_fastpath.c into the checkout: a changed
+    # source is installed, so compiled, again)
+    sources = b"".join((ROOT / f).read_bytes() for f in (
+        "pyproject.toml", "setup.py", "tracer/_fastpath.c", "tracer/bpf/event.h"))
+    key = hashlib.sha256(sources + str(ROOT).encode() + exe.encode()).hexdigest()[:12]
     venv = CACHE / f"venv-{Path(exe).name}-{key}"
     stamp = venv / ".installed"
     if stamp.exists():

@@ -33,10 +33,13 @@ class Ring:
         self.cons = 0
         self.lost = 0
 
-    def read(self, handle, limit: int) -> int:
+    def read(self, handle, limit: int, walk=None) -> int:
         end = len(self.data)
-        self.cons, n = buffers.read_ring(self.data, (1 << 62) - 1, self.cons, lambda: end,
-                                         handle, limit)
+        if walk is None:
+            self.cons, n = buffers.read_ring(self.data, (1 << 62) - 1, self.cons, lambda: end,
+                                             handle, limit)
+        else:   # the compiled path, when this install has it
+            self.cons, n = walk(self.data, (1 << 62) - 1, self.cons, lambda: end, limit)
         return n
 
     @property

@@ -63,10 +63,17 @@ class RingBuffer:
         self._data = _bytes_at(self._maps[1][0] + page, 2 * size)
         self.lost = 0   # the kernel side counts its own drops (counters map)
 
-    def read(self, handle, limit: int) -> int:
-        """Hand up to `limit` records to handle(view, offset, size); returns how many."""
-        cons, n = read_ring(self._data, self._mask, self._consumer.value,
-                            lambda: self._producer.value, handle, limit)
+    def read(self, handle, limit: int, walk=None) -> int:
+        """Hand up to `limit` records to handle(view, offset, size); returns how
+        many. `walk`, when given, does read_ring's and handle's work in one
+        call: walk(data, mask, cons, producer, limit) -> (cons, n)
+        (tracer/fastpath.py)."""
+        producer = lambda: self._producer.value   # noqa: E731
+        if walk is None:
+            cons, n = read_ring(self._data, self._mask, self._consumer.value, producer, handle,
+                                limit)
+        else:
+            cons, n = walk(self._data, self._mask, self._consumer.value, producer, limit)
         self._consumer.value = cons
         return n
 
@@ -121,7 +128,8 @@ class PerfBuffer:
             self.close()
             raise
 
-    def read(self, handle, limit: int) -> int:
+    def read(self, handle, limit: int, walk=None) -> int:
+        """As RingBuffer.read; `walk` is for ring buffers only (not used)."""
         n = 0
         size, page = self._size, sc.PAGE_SIZE
         for _fd, addr in self._rings:

@@ -1,0 +1,445 @@
+/* The compiled event path: the BPF ring buffer walked, its records decoded
+ * and closes joined with their opens, in one C loop instead of four Python
+ * calls a connection.
+ *
+ * It is an accelerator, not a second definition. The layouts are the
+ * kernel's own (bpf/event.h, included below, the header the BPF programs
+ * fill); the Python objects made are those of tracer/events.py (its classes,
+ * address and comm caches and their slow paths, handed over by
+ * tracer/fastpath.py); and what it does is what the pure-Python path does
+ * (tracer/probes/buffers.py read_ring, ProbeSession._on_record,
+ * tracer/lifetimes.py closed_at), which stays the reference:
+ * tests/unit/test_fastpath.py walks the same records, hostile ones included,
+ * through both and requires the same events, tallies and table state.
+ *
+ * Opens are handed to OpenConnections.connected/accepted (Python): their
+ * rare cases (a close that came first, a full table) are kept in one place.
+ *
+ * Bounds: every record is checked against the buffer it is read from, and a
+ * record too short for its type is a decode error, as in Python.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+#include <linux/types.h>
+
+#include "bpf/event.h"
+
+#define ABI_VERSION 1
+
+#define RINGBUF_BUSY (1U << 31)
+#define RINGBUF_DISCARD (1U << 30)
+#define RINGBUF_HDR 8
+#define AF_INET_ 2
+
+/* What tracer/fastpath.py configures once: borrowed from tracer.events. */
+static PyObject *Connect_t, *Accept_t;        /* the event classes */
+static PyObject *addr_cache, *addr_slow;      /* _ADDR_BY_RAW, _addr_by_raw */
+static PyObject *comm_cache, *comm_slow;      /* _COMM_CACHE, comm_text */
+static PyObject *outcome_names;               /* OUTCOMES */
+static PyObject *outcome_unknown;             /* outcomes.ERROR */
+static Py_ssize_t early_max;                  /* lifetimes._EARLY_MAX */
+static PyObject *str_open, *str_early, *str_live, *str_active, *str_passive;
+static PyObject *str_connected, *str_accepted;
+
+static int configured(void)
+{
+    if (Connect_t == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "tracer._fastpath: configure() not called");
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *fp_configure(PyObject *self, PyObject *args)
+{
+    PyObject *c, *a, *ac, *as, *cc, *cs, *on, *ou;
+    Py_ssize_t em;
+    if (!PyArg_ParseTuple(args, "OOO!OO!OO!On", &c, &a, &PyDict_Type, &ac, &as, &PyDict_Type, &cc,
+                          &cs, &PyDict_Type, &on, &ou, &em))
+        return NULL;
+    PyObject *objs[] = {c, a, ac, as, cc, cs, on, ou};
+    PyObject **slots[] = {&Connect_t, &Accept_t, &addr_cache, &addr_slow, &comm_cache,
+                          &comm_slow, &outcome_names, &outcome_unknown};
+    for (size_t i = 0; i < sizeof(objs) / sizeof(objs[0]); i++) {
+        Py_INCREF(objs[i]);
+        Py_XSETREF(*slots[i], objs[i]);
+    }
+    early_max = em;
+    Py_RETURN_NONE;
+}
+
+/* Text of an address field (family, the field's 16 raw bytes): the cache's,
+ * or the slow path's (which fills the cache). New reference. */
+static PyObject *addr_text(unsigned family, const __u8 *raw)
+{
+    PyObject *fam = PyLong_FromUnsignedLong(family);
+    PyObject *bytes = PyBytes_FromStringAndSize((const char *)raw, 16);
+    PyObject *key = (fam && bytes) ? PyTuple_Pack(2, fam, bytes) : NULL;
+    PyObject *text = NULL;
+    if (key) {
+        text = PyDict_GetItemWithError(addr_cache, key);
+        if (text && PyObject_IsTrue(text) == 1)
+            Py_INCREF(text);
+        else if (!PyErr_Occurred())
+            text = PyObject_CallFunctionObjArgs(addr_slow, fam, bytes, NULL);
+        else
+            text = NULL;
+    }
+    Py_XDECREF(key);
+    Py_XDECREF(bytes);
+    Py_XDECREF(fam);
+    return text;
+}
+
+static PyObject *comm_of(const char *raw)
+{
+    PyObject *bytes = PyBytes_FromStringAndSize(raw, 16);
+    if (bytes == NULL)
+        return NULL;
+    PyObject *text = PyDict_GetItemWithError(comm_cache, bytes);
+    if (text && PyObject_IsTrue(text) == 1)
+        Py_INCREF(text);
+    else if (!PyErr_Occurred())
+        text = PyObject_CallOneArg(comm_slow, bytes);
+    else
+        text = NULL;
+    Py_DECREF(bytes);
+    return text;
+}
+
+static PyObject *outcome_of(unsigned code)
+{
+    PyObject *k = PyLong_FromUnsignedLong(code);
+    if (k == NULL)
+        return NULL;
+    PyObject *name = PyDict_GetItemWithError(outcome_names, k);
+    Py_DECREF(k);
+    if (name == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        name = outcome_unknown;
+    }
+    Py_INCREF(name);
+    return name;
+}
+
+/* Call `type` with n new references (stolen, NULLs allowed: then fails). */
+static PyObject *make(PyObject *type, PyObject **args, size_t n)
+{
+    PyObject *out = NULL;
+    size_t i;
+    for (i = 0; i < n; i++)
+        if (args[i] == NULL)
+            break;
+    if (i == n)
+        out = PyObject_Vectorcall(type, args, n, NULL);
+    for (i = 0; i < n; i++)
+        Py_XDECREF(args[i]);
+    return out;
+}
+
+static PyObject *decode_connect(const struct connect_event *r)
+{
+    unsigned fam = r->family;
+    PyObject *args[16] = {
+        PyLong_FromUnsignedLongLong(r->ts_start_ns), PyLong_FromUnsignedLongLong(r->ts_end_ns),
+        PyLong_FromUnsignedLong(r->pid), PyLong_FromUnsignedLong(r->tid), comm_of(r->comm),
+        PyLong_FromLong(fam == AF_INET_ ? 4 : 6), addr_text(fam, r->saddr),
+        PyLong_FromUnsignedLong(r->sport), addr_text(fam, r->daddr),
+        PyLong_FromUnsignedLong(r->dport), outcome_of(r->outcome), PyLong_FromLong(r->err),
+        PyLong_FromUnsignedLong(r->syn_retransmits), PyLong_FromUnsignedLongLong(r->sk),
+        PyLong_FromUnsignedLong(r->netns), PyLong_FromUnsignedLongLong(r->cgroup_id),
+    };
+    return make(Connect_t, args, 16);
+}
+
+static PyObject *decode_accept(const struct accept_event *r)
+{
+    unsigned fam = r->family;
+    PyObject *args[14] = {
+        PyLong_FromUnsignedLongLong(r->ts_ns), PyLong_FromUnsignedLongLong(r->ts_handshake_ns),
+        PyLong_FromUnsignedLong(r->pid), PyLong_FromUnsignedLong(r->tid), comm_of(r->comm),
+        PyLong_FromLong(fam == AF_INET_ ? 4 : 6), addr_text(fam, r->laddr),
+        PyLong_FromUnsignedLong(r->lport), addr_text(fam, r->raddr),
+        PyLong_FromUnsignedLong(r->rport), PyLong_FromUnsignedLong(r->backlog_len),
+        PyLong_FromUnsignedLong(r->backlog_max), PyLong_FromUnsignedLong(r->netns),
+        PyLong_FromUnsignedLongLong(r->sk),
+    };
+    return make(Accept_t, args, 14);
+}
+
+/* The per-walk state: the dicts of the OpenConnections and Closes objects
+ * as they are now (both replace some of them between reads). Borrowed. */
+struct walk_state {
+    PyObject *pending;          /* list of events */
+    PyObject *closes;           /* events.Closes */
+    PyObject *open_conns;       /* lifetimes.OpenConnections */
+    PyObject *open, *early, *live, *active, *passive;
+};
+
+static int add_to(PyObject *dict, PyObject *key, long n)
+{
+    PyObject *old = PyDict_GetItemWithError(dict, key);
+    if (old == NULL && PyErr_Occurred())
+        return -1;
+    long have = old ? PyLong_AsLong(old) : 0;
+    if (have == -1 && PyErr_Occurred())
+        return -1;
+    PyObject *v = PyLong_FromLong(have + n);
+    if (v == NULL)
+        return -1;
+    int rc = PyDict_SetItem(dict, key, v);
+    Py_DECREF(v);
+    return rc;
+}
+
+/* OpenConnections._let_go: one connection of `key` fewer held. */
+static int let_go(struct walk_state *w, PyObject *key)
+{
+    PyObject *old = PyDict_GetItemWithError(w->live, key);
+    if (old == NULL && PyErr_Occurred())
+        return -1;
+    long n = (old ? PyLong_AsLong(old) : 0) - 1;
+    if (n == -2 && PyErr_Occurred())
+        return -1;
+    if (n > 0) {
+        PyObject *v = PyLong_FromLong(n);
+        int rc = v ? PyDict_SetItem(w->live, key, v) : -1;
+        Py_XDECREF(v);
+        return rc;
+    }
+    if (old != NULL)
+        return PyDict_DelItem(w->live, key);
+    return 0;
+}
+
+/* OpenConnections.closed_at. */
+static int on_close(struct walk_state *w, const struct close_event *r)
+{
+    PyObject *sk = PyLong_FromUnsignedLongLong(r->sk);
+    if (sk == NULL)
+        return -1;
+    int rc = -1;
+    PyObject *opened = PyDict_GetItemWithError(w->open, sk);
+    if (opened != NULL) {
+        Py_INCREF(opened);
+        if (PyDict_DelItem(w->open, sk) < 0 || !PyTuple_Check(opened) || PyTuple_GET_SIZE(opened) != 2) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_TypeError, "open connection entry is not (key, ts)");
+            Py_DECREF(opened);
+            goto out;
+        }
+        PyObject *key = PyTuple_GET_ITEM(opened, 0);
+        if (Py_IS_TYPE(key, &PyTuple_Type)) {
+            unsigned long long ts_open = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(opened, 1));
+            PyObject *lifetimes = NULL, *value = NULL;
+            if (!(ts_open == (unsigned long long)-1 && PyErr_Occurred()) && let_go(w, key) == 0) {
+                lifetimes = PyDict_GetItemWithError(w->active, key);
+                if (lifetimes != NULL)
+                    Py_INCREF(lifetimes);
+                else if (!PyErr_Occurred()) {
+                    lifetimes = PyList_New(0);
+                    if (lifetimes && PyDict_SetItem(w->active, key, lifetimes) < 0)
+                        Py_CLEAR(lifetimes);
+                }
+                if (lifetimes) {
+                    double us = r->ts_ns > ts_open ? (double)(r->ts_ns - ts_open) / 1000.0 : 0.0;
+                    value = PyFloat_FromDouble(us);
+                    if (value && PyList_Append(lifetimes, value) == 0)
+                        rc = 0;
+                }
+            }
+            Py_XDECREF(value);
+            Py_XDECREF(lifetimes);
+        } else {
+            rc = add_to(w->passive, key, 1);
+        }
+        Py_DECREF(opened);
+    } else if (PyErr_Occurred()) {
+        goto out;
+    } else if (PyDict_GET_SIZE(w->early) < early_max) {
+        PyObject *ts = PyLong_FromUnsignedLongLong(r->ts_ns);
+        rc = ts ? PyDict_SetItem(w->early, sk, ts) : -1;
+        Py_XDECREF(ts);
+    } else {
+        rc = 0;
+    }
+out:
+    Py_DECREF(sk);
+    return rc;
+}
+
+/* One record: 1 handled, 0 a decode error, -1 a Python error. */
+static int on_record(struct walk_state *w, const char *p, __u32 size)
+{
+    __u32 kind = 0;
+    if (size >= sizeof(kind))
+        memcpy(&kind, p, sizeof(kind));
+    if (kind == EV_CLOSE && size >= sizeof(struct close_event))
+        return on_close(w, (const struct close_event *)p) < 0 ? -1 : 1;
+    PyObject *ev, *method;
+    if (kind == EV_CONNECT && size >= sizeof(struct connect_event)) {
+        const struct connect_event *r = (const struct connect_event *)p;
+        ev = decode_connect(r);
+        method = r->outcome == OUTCOME_ESTABLISHED ? str_connected : NULL;
+    } else if (kind == EV_ACCEPT && size >= sizeof(struct accept_event)) {
+        ev = decode_accept((const struct accept_event *)p);
+        method = str_accepted;
+    } else {
+        return 0;
+    }
+    if (ev == NULL)
+        return -1;
+    int rc = PyList_Append(w->pending, ev);
+    if (rc == 0 && method != NULL) {
+        PyObject *res = PyObject_CallMethodObjArgs(w->open_conns, method, ev, w->closes, NULL);
+        rc = res ? 0 : -1;
+        Py_XDECREF(res);
+    }
+    Py_DECREF(ev);
+    return rc < 0 ? -1 : 1;
+}
+
+static int bind_state(struct walk_state *w)
+{
+    w->open = w->early = w->live = w->active = w->passive = NULL;
+    PyObject **dst[] = {&w->open, &w->early, &w->live, &w->active, &w->passive};
+    PyObject *owner[] = {w->open_conns, w->open_conns, w->open_conns, w->closes, w->closes};
+    PyObject *name[] = {str_open, str_early, str_live, str_active, str_passive};
+    for (int i = 0; i < 5; i++) {
+        PyObject *d = PyObject_GetAttr(owner[i], name[i]);
+        if (d == NULL)
+            return -1;
+        if (!PyDict_CheckExact(d)) {
+            PyErr_Format(PyExc_TypeError, "%U is not a dict", name[i]);
+            Py_DECREF(d);
+            return -1;
+        }
+        *dst[i] = d;    /* released by release_state */
+    }
+    return 0;
+}
+
+static void release_state(struct walk_state *w)
+{
+    Py_CLEAR(w->open);
+    Py_CLEAR(w->early);
+    Py_CLEAR(w->live);
+    Py_CLEAR(w->active);
+    Py_CLEAR(w->passive);
+}
+
+static __u64 load_u64(PyObject *producer, int *err)
+{
+    PyObject *v = PyObject_CallNoArgs(producer);
+    if (v == NULL) {
+        *err = 1;
+        return 0;
+    }
+    unsigned long long x = PyLong_AsUnsignedLongLong(v);
+    Py_DECREF(v);
+    if (x == (unsigned long long)-1 && PyErr_Occurred())
+        *err = 1;
+    return x;
+}
+
+/* walk_ring(data, mask, cons, producer, limit, pending, closes, open)
+ *   -> (new consumer position, records handed over, decode errors)
+ * As tracer.probes.buffers.read_ring with ProbeSession._on_record. */
+static PyObject *fp_walk_ring(PyObject *self, PyObject *args)
+{
+    Py_buffer buf;
+    unsigned long long mask, cons;
+    PyObject *producer;
+    Py_ssize_t limit;
+    struct walk_state w;
+    if (!configured())
+        return NULL;
+    if (!PyArg_ParseTuple(args, "y*KKOnO!OO", &buf, &mask, &cons, &producer, &limit,
+                          &PyList_Type, &w.pending, &w.closes, &w.open_conns))
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = 0, errors = 0;
+    int err = 0;
+    if (bind_state(&w) < 0)
+        goto done;
+    __u64 prod = load_u64(producer, &err);
+    const char *data = buf.buf;
+    __u64 len = (__u64)buf.len;
+    while (!err && cons < prod && n < limit) {
+        __u64 off = cons & mask;
+        if (off + RINGBUF_HDR > len) {
+            PyErr_SetString(PyExc_ValueError, "ring record header outside the buffer");
+            err = 1;
+            break;
+        }
+        /* the kernel clears the busy bit when the record is committed (release) */
+        __u32 hdr = __atomic_load_n((const __u32 *)(data + off), __ATOMIC_ACQUIRE);
+        if (hdr & RINGBUF_BUSY)
+            break;
+        __u32 size = hdr & ~(RINGBUF_BUSY | RINGBUF_DISCARD);
+        if (!(hdr & RINGBUF_DISCARD)) {
+            if (off + RINGBUF_HDR + size > len) {
+                PyErr_SetString(PyExc_ValueError, "ring record runs past the buffer");
+                err = 1;
+                break;
+            }
+            int rc = on_record(&w, data + off + RINGBUF_HDR, size);
+            if (rc < 0) {
+                err = 1;
+                break;
+            }
+            errors += rc == 0;
+            n++;
+        }
+        cons += (size + RINGBUF_HDR + 7) & ~7ULL;
+        if (cons >= prod)
+            prod = load_u64(producer, &err);
+    }
+    if (!err)
+        result = Py_BuildValue("Knn", cons, n, errors);
+done:
+    release_state(&w);
+    PyBuffer_Release(&buf);
+    return result;
+}
+
+static PyObject *fp_sizes(PyObject *self, PyObject *unused)
+{
+    return Py_BuildValue("{s:n,s:n,s:n}", "connect_event", (Py_ssize_t)sizeof(struct connect_event),
+                         "accept_event", (Py_ssize_t)sizeof(struct accept_event),
+                         "close_event", (Py_ssize_t)sizeof(struct close_event));
+}
+
+static PyMethodDef methods[] = {
+    {"configure", fp_configure, METH_VARARGS,
+     "configure(Connect, Accept, addr_cache, addr_slow, comm_cache, comm_slow, outcomes, "
+     "unknown_outcome, early_max)"},
+    {"walk_ring", fp_walk_ring, METH_VARARGS,
+     "walk_ring(data, mask, cons, producer, limit, pending, closes, open) -> (cons, n, errors)"},
+    {"sizes", fp_sizes, METH_NOARGS, "sizeof of each record struct, as compiled"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "tracer._fastpath",
+    "The compiled event path (see tracer/fastpath.py).", -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__fastpath(void)
+{
+    struct { PyObject **slot; const char *text; } names[] = {
+        {&str_open, "_open"}, {&str_early, "_early"}, {&str_live, "_live"},
+        {&str_active, "active"}, {&str_passive, "passive"},
+        {&str_connected, "connected"}, {&str_accepted, "accepted"},
+    };
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if ((*names[i].slot = PyUnicode_InternFromString(names[i].text)) == NULL)
+            return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m && PyModule_AddIntConstant(m, "ABI_VERSION", ABI_VERSION) < 0)
+        Py_CLEAR(m);
+    return m;
+}
