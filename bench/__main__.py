@@ -121,7 +121,27 @@ def export_commit(rev: str, dest: Path | None = None) -> tuple[Path, str]:
     archive = subprocess.run(["git", "-C", str(repo), "archive", sha], capture_output=True,
                              check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    compile_in_place(dest)
     return dest, sha
+
+
+def compile_in_place(tree: Path) -> str:
+    """Build an exported tree's compiled event path (tracer/_fastpath.c, from
+    20ea930 on) as its install would, so that a commit is measured as users
+    run it; prints and returns which event path the tree will run."""
+    import subprocess
+    import sys
+
+    if not (tree / "setup.py").exists():
+        return "pure Python (before the compiled path)"
+    proc = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
+                          cwd=tree, capture_output=True, text=True)
+    status = subprocess.run([sys.executable, "-c", "from tracer import fastpath; print(fastpath.STATUS)"],
+                            cwd=tree, capture_output=True, text=True).stdout.strip()
+    if proc.returncode != 0:
+        status += f" (build failed: {proc.stderr.strip().splitlines()[-1:]})"
+    print(f"bench: {tree}: event path {status}", file=sys.stderr)
+    return status
 
 
 def run_commit(args, argv) -> int:

@@ -207,7 +207,18 @@ def worker(per_poll: int, pids: list[int], parquet: str | None = None) -> dict:
     rows_digest, n_rows = rec.digest()
     return {"cpu_s_per_10k": cpu / (per_poll * n_polls) * 1e4, "rows": n_rows,
             "digest": rows_digest + "/" + digest.hexdigest()[:16],
-            "tracer": tracer.__file__}
+            "tracer": tracer.__file__, "event_path": _event_path()}
+
+
+def _event_path() -> str:
+    import tracer
+
+    # (a tree without it would find the venv's editable install's instead)
+    if not (Path(tracer.__file__).parent / "fastpath.py").exists():
+        return "pure Python (before the compiled path)"
+    from tracer import fastpath
+
+    return fastpath.STATUS
 
 
 def export(rev: str) -> tuple[Path, str]:
@@ -215,14 +226,18 @@ def export(rev: str) -> tuple[Path, str]:
     sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", rev],
                          capture_output=True, text=True, check=True).stdout.strip()
     dest = Path(tempfile.mkdtemp(prefix=f"connscope-event-path-{sha}-"))
-    archive = subprocess.run(["git", "-C", str(repo), "archive", sha, "tracer", "bpf"],
+    archive = subprocess.run(["git", "-C", str(repo), "archive", sha],
                              capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    from bench.__main__ import compile_in_place
+
+    compile_in_place(dest)
     return dest, sha
 
 
-def run_side(root: Path, per_poll: int, pids: list[int], parquet: str | None) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(root)}
+def run_side(root: Path, per_poll: int, pids: list[int], parquet: str | None,
+             extra_env: dict | None = None) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(root), **(extra_env or {})}
     out = subprocess.run([sys.executable, __file__, "--worker", "--per-poll", str(per_poll),
                           "--pids", ",".join(map(str, pids))]
                          + (["--parquet", parquet] if parquet else []),
@@ -242,6 +257,8 @@ def main(argv=None) -> None:
     p.add_argument("--pids", default="")
     p.add_argument("--parquet", metavar="DIR",
                    help="write real Parquet recordings under DIR too (rows then not compared)")
+    p.add_argument("--pure-python", action="store_true",
+                   help="also run this tree with CONNSCOPE_PURE_PYTHON=1 (its reference path)")
     args = p.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(args.per_poll, [int(x) for x in args.pids.split(",")],
@@ -250,15 +267,17 @@ def main(argv=None) -> None:
     # long-lived processes of this host (their /proc files are read as record reads them)
     pids = sorted(int(x) for x in os.listdir("/proc") if x.isdigit())[:3]
     here = Path(__file__).resolve().parent.parent
-    sides = [("this tree", here)]
+    sides = [("this tree", here, {})]
+    if args.pure_python:
+        sides.append(("this tree, pure Python", here, {"CONNSCOPE_PURE_PYTHON": "1"}))
     if args.baseline:
         src, sha = export(args.baseline)
-        sides.append((f"baseline {sha}", src))
-    results: dict[str, list[dict]] = {name: [] for name, _ in sides}
+        sides.append((f"baseline {sha}", src, {}))
+    results: dict[str, list[dict]] = {name: [] for name, _, _ in sides}
     try:
         for _ in range(args.rounds):
-            for name, root in sides:   # alternated: the machine's load falls on both alike
-                results[name].append(run_side(root, args.per_poll, pids, args.parquet))
+            for name, root, env in sides:   # alternated: the machine's load falls on all alike
+                results[name].append(run_side(root, args.per_poll, pids, args.parquet, env))
     finally:
         if args.baseline:
             import shutil
@@ -268,17 +287,18 @@ def main(argv=None) -> None:
     print(f"{n:,} connections a round ({args.per_poll} a poll, interval every "
           f"{POLLS_PER_INTERVAL} polls), {args.rounds} rounds alternated; "
           f"CPU s per 10k connections")
-    print("| side | median | min | max | rows | output digest |")
-    print("|---|---:|---:|---:|---:|---|")
+    print("| side | event path | median | min | max | rows | output digest |")
+    print("|---|---|---:|---:|---:|---:|---|")
     for name, rs in results.items():
         xs = [r["cpu_s_per_10k"] for r in rs]
         digests = {r["digest"] for r in rs}
-        print(f"| {name} | {statistics.median(xs):.3f} | {min(xs):.3f} | {max(xs):.3f} | "
-              f"{rs[0]['rows']:,} | {', '.join(sorted(digests))} |")
-    if args.baseline:
-        a, b = (statistics.median(r["cpu_s_per_10k"] for r in rs) for rs in results.values())
+        print(f"| {name} | {rs[0].get('event_path', '?')} | {statistics.median(xs):.3f} | "
+              f"{min(xs):.3f} | {max(xs):.3f} | {rs[0]['rows']:,} | {', '.join(sorted(digests))} |")
+    if len(results) > 1:
+        medians = [statistics.median(r["cpu_s_per_10k"] for r in rs) for rs in results.values()]
+        a, b = medians[0], medians[-1]
         same = {r["digest"] for rs in results.values() for r in rs}
-        print(f"this tree / baseline: {a / b:.2f}; " + (
+        print(f"this tree / {list(results)[-1]}: {a / b:.2f}; " + (
             "event rows went to Parquet, not compared; interval rows "
             if args.parquet else "outputs ") + ("identical" if len(same) == 1 else "DIFFER"))
 
