@@ -60,6 +60,9 @@ class Status:
 
 
 class Sink(Protocol):
+    # A sink that never reads the snapshot's connect views (destinations,
+    # processes_connects, containers_connects) says so with
+    # `uses_connect_views = False`; a sink that does not say is assumed to.
     def on_events(self, events: list) -> None: ...
     def on_interval(self, status: Status, snapshot: Snapshot) -> None: ...
     def close(self, status: Status, snapshot: Snapshot) -> None: ...
@@ -102,6 +105,11 @@ class Collector:
         self.listeners = ListenerTable(drop_points_hooked, limits.get("max_listeners"))
         self.edges = EdgeTable(limits.get("max_edges"))
         self.processes = ProcessTable(limits.get("max_flows"), limits.get("max_processes"))
+        # The connect views (ConnectTable: per destination, process and
+        # container) are kept only when a sink reads them (top, top --plain):
+        # for `record` and `serve` alone they were rows made for no one, and
+        # three latency histograms a connect (BENCHMARKS.md section 18).
+        self.connect_views = any(getattr(s, "uses_connect_views", True) for s in sinks)
         self.log = NotableLog()
         self._events_total = 0
         self._events_at_tick = 0
@@ -152,14 +160,16 @@ class Collector:
                                  [ev.cgroup_id for ev in events if type(ev) is Connect])
             group = self.containers.group_of
         # (per event: bound methods looked up once a poll)
-        connects_add, edges_add = self.connects.add, self.edges.add
+        connects_add = self.connects.add if self.connect_views else None
+        edges_add = self.edges.add
         opened = self.processes.opened
         accept_add, edges_accept = self.listeners.add_accept, self.edges.add_accept
         log = self.log
         wants_connect = log.wants_connect
         for ev in events:
             if isinstance(ev, Connect):
-                connects_add(ev, None if group is None else group(ev.pid, ev.cgroup_id))
+                if connects_add is not None:
+                    connects_add(ev, None if group is None else group(ev.pid, ev.cgroup_id))
                 edges_add(ev)
                 if wants_connect(ev):
                     log.connect(ev, self.clock.wall_us(ev.ts_end_ns))

@@ -17,7 +17,7 @@ from tracer import events, lifetimes
 from tracer.domain import outcomes
 
 # what doctor says to do about the pure-Python path
-TO_COMPILE = ("it costs about 1.4 times the CPU per connection: install a C compiler and "
+TO_COMPILE = ("it costs about 1.3 times the CPU per connection: install a C compiler and "
               "Python's headers (Debian: gcc python3-dev) and reinstall connscope")
 ABI_VERSION = 1   # tracer/_fastpath.c ABI_VERSION: a stale build is not used
 

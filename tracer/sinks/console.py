@@ -199,6 +199,8 @@ class StatusLineSink:
     the start), and says so: the collector's own rate is the last interval's
     only, a fifth of what a line every 5 s stands for."""
 
+    uses_connect_views = False   # (tracer/collector.py Sink)
+
     def __init__(self, every_s: float = 5.0, stream=None, recording_status=None,
                  clock=time.monotonic):
         self.every_s = every_s

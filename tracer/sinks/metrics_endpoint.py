@@ -159,6 +159,8 @@ class MetricsSink:
     """A sink of the collection loop (tracer/collector.py), serving what it
     is fed at http://HOST:PORT/metrics until closed."""
 
+    uses_connect_views = False   # (tracer/collector.py Sink)
+
     def __init__(self, host: str, port: int, caps: Caps = Caps()):
         self.state = MetricsState(caps)     # set_containers() adds the WHERE labels
         registry = CollectorRegistry(auto_describe=False)

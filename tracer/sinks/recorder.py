@@ -116,6 +116,8 @@ class RecordSink:
     BATCH_ROWS): turning rows into Arrow costs ~60 us a call whatever the
     size, which per poll was most of our CPU at a few thousand connects/s."""
 
+    uses_connect_views = False   # (tracer/collector.py Sink)
+
     def __init__(self, recording, clock: Clock, containers=None):
         self.recording = recording
         self.clock = clock
