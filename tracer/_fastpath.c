@@ -12,8 +12,8 @@
  * tests/unit/test_fastpath.py walks the same records, hostile ones included,
  * through both and requires the same events, tallies and table state.
  *
- * Opens are handed to OpenConnections.connected/accepted (Python): their
- * rare cases (a close that came first, a full table) are kept in one place.
+ * Opens are OpenConnections._opened's work; when its table is full (its
+ * eviction of the oldest) they are handed to it.
  *
  * Bounds: every record is checked against the buffer it is read from, and a
  * record too short for its type is a decode error, as in Python.
@@ -26,7 +26,7 @@
 
 #include "bpf/event.h"
 
-#define ABI_VERSION 1
+#define ABI_VERSION 2
 
 #define RINGBUF_BUSY (1U << 31)
 #define RINGBUF_DISCARD (1U << 30)
@@ -40,8 +40,9 @@ static PyObject *comm_cache, *comm_slow;      /* _COMM_CACHE, comm_text */
 static PyObject *outcome_names;               /* OUTCOMES */
 static PyObject *outcome_unknown;             /* outcomes.ERROR */
 static Py_ssize_t early_max;                  /* lifetimes._EARLY_MAX */
-static PyObject *str_open, *str_early, *str_live, *str_active, *str_passive;
-static PyObject *str_connected, *str_accepted;
+static Py_ssize_t max_open;                   /* lifetimes.MAX_OPEN */
+static PyObject *str_open, *str_early, *str_early_prev, *str_live, *str_active, *str_passive,
+    *str_peaks, *str_opened;
 
 static int configured(void)
 {
@@ -55,9 +56,9 @@ static int configured(void)
 static PyObject *fp_configure(PyObject *self, PyObject *args)
 {
     PyObject *c, *a, *ac, *as, *cc, *cs, *on, *ou;
-    Py_ssize_t em;
-    if (!PyArg_ParseTuple(args, "OOO!OO!OO!On", &c, &a, &PyDict_Type, &ac, &as, &PyDict_Type, &cc,
-                          &cs, &PyDict_Type, &on, &ou, &em))
+    Py_ssize_t em, mo;
+    if (!PyArg_ParseTuple(args, "OOO!OO!OO!Onn", &c, &a, &PyDict_Type, &ac, &as, &PyDict_Type, &cc,
+                          &cs, &PyDict_Type, &on, &ou, &em, &mo))
         return NULL;
     PyObject *objs[] = {c, a, ac, as, cc, cs, on, ou};
     PyObject **slots[] = {&Connect_t, &Accept_t, &addr_cache, &addr_slow, &comm_cache,
@@ -67,6 +68,7 @@ static PyObject *fp_configure(PyObject *self, PyObject *args)
         Py_XSETREF(*slots[i], objs[i]);
     }
     early_max = em;
+    max_open = mo;
     Py_RETURN_NONE;
 }
 
@@ -140,7 +142,9 @@ static PyObject *make(PyObject *type, PyObject **args, size_t n)
     return out;
 }
 
-static PyObject *decode_connect(const struct connect_event *r)
+/* The event, and in *key the key its connection is held under
+ * (OpenConnections.connected: (pid, family, daddr, dport)). */
+static PyObject *decode_connect(const struct connect_event *r, PyObject **key)
 {
     unsigned fam = r->family;
     PyObject *args[16] = {
@@ -152,10 +156,17 @@ static PyObject *decode_connect(const struct connect_event *r)
         PyLong_FromUnsignedLong(r->syn_retransmits), PyLong_FromUnsignedLongLong(r->sk),
         PyLong_FromUnsignedLong(r->netns), PyLong_FromUnsignedLongLong(r->cgroup_id),
     };
-    return make(Connect_t, args, 16);
+    *key = NULL;
+    if (args[2] && args[5] && args[8] && args[9])
+        *key = PyTuple_Pack(4, args[2], args[5], args[8], args[9]);
+    PyObject *ev = make(Connect_t, args, 16);
+    if (ev == NULL)
+        Py_CLEAR(*key);
+    return ev;
 }
 
-static PyObject *decode_accept(const struct accept_event *r)
+/* The event, and in *key its pid (OpenConnections.accepted). */
+static PyObject *decode_accept(const struct accept_event *r, PyObject **key)
 {
     unsigned fam = r->family;
     PyObject *args[14] = {
@@ -167,7 +178,12 @@ static PyObject *decode_accept(const struct accept_event *r)
         PyLong_FromUnsignedLong(r->backlog_max), PyLong_FromUnsignedLong(r->netns),
         PyLong_FromUnsignedLongLong(r->sk),
     };
-    return make(Accept_t, args, 14);
+    *key = args[2];
+    Py_XINCREF(*key);
+    PyObject *ev = make(Accept_t, args, 14);
+    if (ev == NULL)
+        Py_CLEAR(*key);
+    return ev;
 }
 
 /* The per-walk state: the dicts of the OpenConnections and Closes objects
@@ -176,7 +192,7 @@ struct walk_state {
     PyObject *pending;          /* list of events */
     PyObject *closes;           /* events.Closes */
     PyObject *open_conns;       /* lifetimes.OpenConnections */
-    PyObject *open, *early, *live, *active, *passive;
+    PyObject *open, *early, *early_prev, *live, *active, *passive, *peaks;
 };
 
 static int add_to(PyObject *dict, PyObject *key, long n)
@@ -215,6 +231,28 @@ static int let_go(struct walk_state *w, PyObject *key)
     return 0;
 }
 
+/* A lifetime into Closes.active[key] (a list made on first use). */
+static int add_lifetime(struct walk_state *w, PyObject *key, double us)
+{
+    PyObject *lifetimes = PyDict_GetItemWithError(w->active, key);
+    if (lifetimes != NULL)
+        Py_INCREF(lifetimes);
+    else if (PyErr_Occurred())
+        return -1;
+    else {
+        lifetimes = PyList_New(0);
+        if (lifetimes == NULL || PyDict_SetItem(w->active, key, lifetimes) < 0) {
+            Py_XDECREF(lifetimes);
+            return -1;
+        }
+    }
+    PyObject *value = PyFloat_FromDouble(us);
+    int rc = value ? PyList_Append(lifetimes, value) : -1;
+    Py_XDECREF(value);
+    Py_DECREF(lifetimes);
+    return rc;
+}
+
 /* OpenConnections.closed_at. */
 static int on_close(struct walk_state *w, const struct close_event *r)
 {
@@ -234,25 +272,9 @@ static int on_close(struct walk_state *w, const struct close_event *r)
         PyObject *key = PyTuple_GET_ITEM(opened, 0);
         if (Py_IS_TYPE(key, &PyTuple_Type)) {
             unsigned long long ts_open = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(opened, 1));
-            PyObject *lifetimes = NULL, *value = NULL;
-            if (!(ts_open == (unsigned long long)-1 && PyErr_Occurred()) && let_go(w, key) == 0) {
-                lifetimes = PyDict_GetItemWithError(w->active, key);
-                if (lifetimes != NULL)
-                    Py_INCREF(lifetimes);
-                else if (!PyErr_Occurred()) {
-                    lifetimes = PyList_New(0);
-                    if (lifetimes && PyDict_SetItem(w->active, key, lifetimes) < 0)
-                        Py_CLEAR(lifetimes);
-                }
-                if (lifetimes) {
-                    double us = r->ts_ns > ts_open ? (double)(r->ts_ns - ts_open) / 1000.0 : 0.0;
-                    value = PyFloat_FromDouble(us);
-                    if (value && PyList_Append(lifetimes, value) == 0)
-                        rc = 0;
-                }
-            }
-            Py_XDECREF(value);
-            Py_XDECREF(lifetimes);
+            if (!(ts_open == (unsigned long long)-1 && PyErr_Occurred()) && let_go(w, key) == 0)
+                rc = add_lifetime(w, key, r->ts_ns > ts_open
+                                  ? (double)(r->ts_ns - ts_open) / 1000.0 : 0.0);
         } else {
             rc = add_to(w->passive, key, 1);
         }
@@ -271,6 +293,92 @@ out:
     return rc;
 }
 
+/* Pop `sk` from an early-close dict: 1 found (*ts set), 0 not, -1 error. */
+static int pop_early(PyObject *dict, PyObject *sk, unsigned long long *ts)
+{
+    if (PyDict_GET_SIZE(dict) == 0)
+        return 0;
+    PyObject *v = PyDict_GetItemWithError(dict, sk);
+    if (v == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    *ts = PyLong_AsUnsignedLongLong(v);
+    if (*ts == (unsigned long long)-1 && PyErr_Occurred())
+        return -1;
+    return PyDict_DelItem(dict, sk) < 0 ? -1 : 1;
+}
+
+/* OpenConnections._opened(sk, key, ts_open, closes). */
+static int on_open(struct walk_state *w, unsigned long long sk_v, PyObject *key,
+                   unsigned long long ts_open)
+{
+    int rc = -1;
+    PyObject *sk = PyLong_FromUnsignedLongLong(sk_v), *ts = NULL, *entry = NULL;
+    if (sk == NULL)
+        return -1;
+    int is_tuple = Py_IS_TYPE(key, &PyTuple_Type);
+    if (PyDict_GET_SIZE(w->open) >= max_open) {
+        /* the table is full: its eviction of the oldest is Python's */
+        ts = PyLong_FromUnsignedLongLong(ts_open);
+        PyObject *res = ts ? PyObject_CallMethodObjArgs(w->open_conns, str_opened, sk, key, ts,
+                                                         w->closes, NULL) : NULL;
+        rc = res ? 0 : -1;
+        Py_XDECREF(res);
+        goto out;
+    }
+    /* a close that came before its open (read earlier): counted closed now */
+    unsigned long long ts_close = 0;
+    int found = pop_early(w->early, sk, &ts_close);
+    if (found == 0)
+        found = pop_early(w->early_prev, sk, &ts_close);
+    if (found < 0)
+        goto out;
+    if (found && ts_close >= ts_open) {
+        rc = is_tuple ? add_lifetime(w, key, (double)(ts_close - ts_open) / 1000.0)
+                      : add_to(w->passive, key, 1);
+        goto out;
+    }
+    PyObject *replaced = PyDict_GetItemWithError(w->open, sk);
+    if (replaced != NULL) {      /* its close was never seen */
+        if (!PyTuple_Check(replaced) || PyTuple_GET_SIZE(replaced) != 2) {
+            PyErr_SetString(PyExc_TypeError, "open connection entry is not (key, ts)");
+            goto out;
+        }
+        PyObject *old_key = PyTuple_GET_ITEM(replaced, 0);
+        if (Py_IS_TYPE(old_key, &PyTuple_Type)) {
+            Py_INCREF(old_key);
+            int r = let_go(w, old_key);
+            Py_DECREF(old_key);
+            if (r < 0)
+                goto out;
+        }
+    } else if (PyErr_Occurred()) {
+        goto out;
+    }
+    ts = PyLong_FromUnsignedLongLong(ts_open);
+    entry = ts ? PyTuple_Pack(2, key, ts) : NULL;
+    if (entry == NULL || PyDict_SetItem(w->open, sk, entry) < 0)
+        goto out;
+    if (is_tuple) {
+        if (add_to(w->live, key, 1) < 0)
+            goto out;
+        PyObject *live = PyDict_GetItemWithError(w->live, key);
+        PyObject *peak = live ? PyDict_GetItemWithError(w->peaks, key) : NULL;
+        if (live == NULL || (peak == NULL && PyErr_Occurred()))
+            goto out;
+        long n = PyLong_AsLong(live), p = peak ? PyLong_AsLong(peak) : 0;
+        if ((n == -1 || p == -1) && PyErr_Occurred())
+            goto out;
+        if (n > p && PyDict_SetItem(w->peaks, key, live) < 0)
+            goto out;
+    }
+    rc = 0;
+out:
+    Py_XDECREF(entry);
+    Py_XDECREF(ts);
+    Py_DECREF(sk);
+    return rc;
+}
+
 /* One record: 1 handled, 0 a decode error, -1 a Python error. */
 static int on_record(struct walk_state *w, const char *p, __u32 size)
 {
@@ -279,36 +387,45 @@ static int on_record(struct walk_state *w, const char *p, __u32 size)
         memcpy(&kind, p, sizeof(kind));
     if (kind == EV_CLOSE && size >= sizeof(struct close_event))
         return on_close(w, (const struct close_event *)p) < 0 ? -1 : 1;
-    PyObject *ev, *method;
+    PyObject *ev, *key = NULL;
+    unsigned long long sk = 0, ts_open = 0;
+    int opens = 0;
     if (kind == EV_CONNECT && size >= sizeof(struct connect_event)) {
         const struct connect_event *r = (const struct connect_event *)p;
-        ev = decode_connect(r);
-        method = r->outcome == OUTCOME_ESTABLISHED ? str_connected : NULL;
+        ev = decode_connect(r, &key);
+        /* held from the connect() call (OpenConnections.connected) */
+        opens = r->outcome == OUTCOME_ESTABLISHED;
+        sk = r->sk;
+        ts_open = r->ts_start_ns;
     } else if (kind == EV_ACCEPT && size >= sizeof(struct accept_event)) {
-        ev = decode_accept((const struct accept_event *)p);
-        method = str_accepted;
+        const struct accept_event *r = (const struct accept_event *)p;
+        ev = decode_accept(r, &key);
+        opens = 1;
+        sk = r->sk;
+        ts_open = r->ts_handshake_ns ? r->ts_handshake_ns : r->ts_ns;
     } else {
         return 0;
     }
     if (ev == NULL)
         return -1;
     int rc = PyList_Append(w->pending, ev);
-    if (rc == 0 && method != NULL) {
-        PyObject *res = PyObject_CallMethodObjArgs(w->open_conns, method, ev, w->closes, NULL);
-        rc = res ? 0 : -1;
-        Py_XDECREF(res);
-    }
+    if (rc == 0 && opens)
+        rc = on_open(w, sk, key, ts_open);
     Py_DECREF(ev);
+    Py_XDECREF(key);
     return rc < 0 ? -1 : 1;
 }
 
 static int bind_state(struct walk_state *w)
 {
-    w->open = w->early = w->live = w->active = w->passive = NULL;
-    PyObject **dst[] = {&w->open, &w->early, &w->live, &w->active, &w->passive};
-    PyObject *owner[] = {w->open_conns, w->open_conns, w->open_conns, w->closes, w->closes};
-    PyObject *name[] = {str_open, str_early, str_live, str_active, str_passive};
-    for (int i = 0; i < 5; i++) {
+    w->open = w->early = w->early_prev = w->live = w->active = w->passive = w->peaks = NULL;
+    PyObject **dst[] = {&w->open, &w->early, &w->early_prev, &w->live, &w->active, &w->passive,
+                        &w->peaks};
+    PyObject *owner[] = {w->open_conns, w->open_conns, w->open_conns, w->open_conns, w->closes,
+                         w->closes, w->closes};
+    PyObject *name[] = {str_open, str_early, str_early_prev, str_live, str_active, str_passive,
+                        str_peaks};
+    for (int i = 0; i < 7; i++) {
         PyObject *d = PyObject_GetAttr(owner[i], name[i]);
         if (d == NULL)
             return -1;
@@ -326,9 +443,11 @@ static void release_state(struct walk_state *w)
 {
     Py_CLEAR(w->open);
     Py_CLEAR(w->early);
+    Py_CLEAR(w->early_prev);
     Py_CLEAR(w->live);
     Py_CLEAR(w->active);
     Py_CLEAR(w->passive);
+    Py_CLEAR(w->peaks);
 }
 
 static __u64 load_u64(PyObject *producer, int *err)
@@ -431,9 +550,9 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__fastpath(void)
 {
     struct { PyObject **slot; const char *text; } names[] = {
-        {&str_open, "_open"}, {&str_early, "_early"}, {&str_live, "_live"},
-        {&str_active, "active"}, {&str_passive, "passive"},
-        {&str_connected, "connected"}, {&str_accepted, "accepted"},
+        {&str_open, "_open"}, {&str_early, "_early"}, {&str_early_prev, "_early_prev"},
+        {&str_live, "_live"}, {&str_active, "active"}, {&str_passive, "passive"},
+        {&str_peaks, "peaks"}, {&str_opened, "_opened"},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if ((*names[i].slot = PyUnicode_InternFromString(names[i].text)) == NULL)

@@ -19,7 +19,7 @@ from tracer.domain import outcomes
 # what doctor says to do about the pure-Python path
 TO_COMPILE = ("it costs about 1.3 times the CPU per connection: install a C compiler and "
               "Python's headers (Debian: gcc python3-dev) and reinstall connscope")
-ABI_VERSION = 1   # tracer/_fastpath.c ABI_VERSION: a stale build is not used
+ABI_VERSION = 2   # tracer/_fastpath.c ABI_VERSION: a stale build is not used
 
 
 def _load():
@@ -41,10 +41,16 @@ def _load():
     if [c for c, name in events.OUTCOMES.items() if name == outcomes.ESTABLISHED] != [
             events.C["OUTCOME_ESTABLISHED"]]:
         return None, "pure Python (outcome codes differ from the compiled path's)"
+    configure(native)
+    return native, "compiled (tracer/_fastpath.c)"
+
+
+def configure(native) -> None:
+    """Hand the compiled path tracer/events.py's classes, caches and slow
+    paths, and tracer/lifetimes.py's bounds as they are now (tests lower them)."""
     native.configure(events.Connect, events.Accept, events._ADDR_BY_RAW, events._addr_by_raw,
                      events._COMM_CACHE, events.comm_text, events.OUTCOMES, outcomes.ERROR,
-                     lifetimes._EARLY_MAX)
-    return native, "compiled (tracer/_fastpath.c)"
+                     lifetimes._EARLY_MAX, lifetimes.MAX_OPEN)
 
 
 native, STATUS = _load()

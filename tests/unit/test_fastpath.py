@@ -203,6 +203,25 @@ def test_early_closes_are_bounded_alike():
 
 
 @needs_native
+def test_a_full_table_of_open_connections_lets_the_oldest_go_alike(monkeypatch):
+    """Past MAX_OPEN the oldest opens are let go (OpenConnections._opened,
+    which the compiled path hands that case to) and counted."""
+    monkeypatch.setattr(lifetimes, "MAX_OPEN", 64)
+    fastpath.configure(native)
+    try:
+        rng = random.Random(8)
+        recs = [(connect(rng, 64 * i, 1000 + i, outcome=0, family=2), 0) for i in range(150)]
+        recs += [(accept(rng, 64 * (1000 + i), 5000 + i), 0) for i in range(50)]
+        recs += [(close(64 * i, 9000 + i), 0) for i in range(0, 150, 3)]
+        py, c = walk_both(framed(recs), [37, 1000])
+    finally:
+        monkeypatch.undo()
+        fastpath.configure(native)
+    assert py["untracked"] > 0 and len(py["open"]) <= 64
+    assert c == py
+
+
+@needs_native
 def test_a_record_past_the_buffer_is_an_error_not_a_read_out_of_bounds():
     data = framed([(close(1, 2), 0)])
     bad = struct.pack("<II", 4096, 0) + data[8:]       # says 4 KiB, holds 24 bytes
