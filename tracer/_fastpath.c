@@ -22,18 +22,15 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <linux/bpf.h>      /* BPF_RINGBUF_*: the ring's record header, as buffers.py reads it */
 #include <linux/types.h>
 
 #include "bpf/event.h"
 
 #define ABI_VERSION 2
 
-#define RINGBUF_BUSY (1U << 31)
-#define RINGBUF_DISCARD (1U << 30)
-#define RINGBUF_HDR 8
-#define AF_INET_ 2
-
-/* What tracer/fastpath.py configures once: borrowed from tracer.events. */
+/* What tracer/fastpath.py configures (references held until configured again). */
 static PyObject *Connect_t, *Accept_t;        /* the event classes */
 static PyObject *addr_cache, *addr_slow;      /* _ADDR_BY_RAW, _addr_by_raw */
 static PyObject *comm_cache, *comm_slow;      /* _COMM_CACHE, comm_text */
@@ -150,7 +147,7 @@ static PyObject *decode_connect(const struct connect_event *r, PyObject **key)
     PyObject *args[16] = {
         PyLong_FromUnsignedLongLong(r->ts_start_ns), PyLong_FromUnsignedLongLong(r->ts_end_ns),
         PyLong_FromUnsignedLong(r->pid), PyLong_FromUnsignedLong(r->tid), comm_of(r->comm),
-        PyLong_FromLong(fam == AF_INET_ ? 4 : 6), addr_text(fam, r->saddr),
+        PyLong_FromLong(fam == AF_INET ? 4 : 6), addr_text(fam, r->saddr),
         PyLong_FromUnsignedLong(r->sport), addr_text(fam, r->daddr),
         PyLong_FromUnsignedLong(r->dport), outcome_of(r->outcome), PyLong_FromLong(r->err),
         PyLong_FromUnsignedLong(r->syn_retransmits), PyLong_FromUnsignedLongLong(r->sk),
@@ -172,7 +169,7 @@ static PyObject *decode_accept(const struct accept_event *r, PyObject **key)
     PyObject *args[14] = {
         PyLong_FromUnsignedLongLong(r->ts_ns), PyLong_FromUnsignedLongLong(r->ts_handshake_ns),
         PyLong_FromUnsignedLong(r->pid), PyLong_FromUnsignedLong(r->tid), comm_of(r->comm),
-        PyLong_FromLong(fam == AF_INET_ ? 4 : 6), addr_text(fam, r->laddr),
+        PyLong_FromLong(fam == AF_INET ? 4 : 6), addr_text(fam, r->laddr),
         PyLong_FromUnsignedLong(r->lport), addr_text(fam, r->raddr),
         PyLong_FromUnsignedLong(r->rport), PyLong_FromUnsignedLong(r->backlog_len),
         PyLong_FromUnsignedLong(r->backlog_max), PyLong_FromUnsignedLong(r->netns),
@@ -186,8 +183,9 @@ static PyObject *decode_accept(const struct accept_event *r, PyObject **key)
     return ev;
 }
 
-/* The per-walk state: the dicts of the OpenConnections and Closes objects
- * as they are now (both replace some of them between reads). Borrowed. */
+/* The per-walk state: the caller's list, Closes and OpenConnections
+ * (borrowed), and their dicts as they are now, fetched once a walk since
+ * both objects replace some of them between reads (held: release_state). */
 struct walk_state {
     PyObject *pending;          /* list of events */
     PyObject *closes;           /* events.Closes */
@@ -195,7 +193,8 @@ struct walk_state {
     PyObject *open, *early, *early_prev, *live, *active, *passive, *peaks;
 };
 
-static int add_to(PyObject *dict, PyObject *key, long n)
+/* dict[key] = dict.get(key, 0) + 1; the new count, or -1 on an error. */
+static long count_one(PyObject *dict, PyObject *key)
 {
     PyObject *old = PyDict_GetItemWithError(dict, key);
     if (old == NULL && PyErr_Occurred())
@@ -203,12 +202,12 @@ static int add_to(PyObject *dict, PyObject *key, long n)
     long have = old ? PyLong_AsLong(old) : 0;
     if (have == -1 && PyErr_Occurred())
         return -1;
-    PyObject *v = PyLong_FromLong(have + n);
+    PyObject *v = PyLong_FromLong(have + 1);
     if (v == NULL)
         return -1;
     int rc = PyDict_SetItem(dict, key, v);
     Py_DECREF(v);
-    return rc;
+    return rc < 0 ? -1 : have + 1;
 }
 
 /* OpenConnections._let_go: one connection of `key` fewer held. */
@@ -276,7 +275,7 @@ static int on_close(struct walk_state *w, const struct close_event *r)
                 rc = add_lifetime(w, key, r->ts_ns > ts_open
                                   ? (double)(r->ts_ns - ts_open) / 1000.0 : 0.0);
         } else {
-            rc = add_to(w->passive, key, 1);
+            rc = count_one(w->passive, key) < 0 ? -1 : 0;
         }
         Py_DECREF(opened);
     } else if (PyErr_Occurred()) {
@@ -334,7 +333,7 @@ static int on_open(struct walk_state *w, unsigned long long sk_v, PyObject *key,
         goto out;
     if (found && ts_close >= ts_open) {
         rc = is_tuple ? add_lifetime(w, key, (double)(ts_close - ts_open) / 1000.0)
-                      : add_to(w->passive, key, 1);
+                      : (count_one(w->passive, key) < 0 ? -1 : 0);
         goto out;
     }
     PyObject *replaced = PyDict_GetItemWithError(w->open, sk);
@@ -343,14 +342,10 @@ static int on_open(struct walk_state *w, unsigned long long sk_v, PyObject *key,
             PyErr_SetString(PyExc_TypeError, "open connection entry is not (key, ts)");
             goto out;
         }
+        /* (its key stays alive in the entry, which is replaced only below) */
         PyObject *old_key = PyTuple_GET_ITEM(replaced, 0);
-        if (Py_IS_TYPE(old_key, &PyTuple_Type)) {
-            Py_INCREF(old_key);
-            int r = let_go(w, old_key);
-            Py_DECREF(old_key);
-            if (r < 0)
-                goto out;
-        }
+        if (Py_IS_TYPE(old_key, &PyTuple_Type) && let_go(w, old_key) < 0)
+            goto out;
     } else if (PyErr_Occurred()) {
         goto out;
     }
@@ -358,17 +353,17 @@ static int on_open(struct walk_state *w, unsigned long long sk_v, PyObject *key,
     entry = ts ? PyTuple_Pack(2, key, ts) : NULL;
     if (entry == NULL || PyDict_SetItem(w->open, sk, entry) < 0)
         goto out;
-    if (is_tuple) {
-        if (add_to(w->live, key, 1) < 0)
+    if (is_tuple) {     /* held at once: a new peak? (Closes.peaks) */
+        long live = count_one(w->live, key);
+        if (live < 0)
             goto out;
-        PyObject *live = PyDict_GetItemWithError(w->live, key);
-        PyObject *peak = live ? PyDict_GetItemWithError(w->peaks, key) : NULL;
-        if (live == NULL || (peak == NULL && PyErr_Occurred()))
+        PyObject *peak = PyDict_GetItemWithError(w->peaks, key);
+        if (peak == NULL && PyErr_Occurred())
             goto out;
-        long n = PyLong_AsLong(live), p = peak ? PyLong_AsLong(peak) : 0;
-        if ((n == -1 || p == -1) && PyErr_Occurred())
+        long p = peak ? PyLong_AsLong(peak) : 0;
+        if (p == -1 && PyErr_Occurred())
             goto out;
-        if (n > p && PyDict_SetItem(w->peaks, key, live) < 0)
+        if (live > p && PyDict_SetItem(w->peaks, key, PyDict_GetItem(w->live, key)) < 0)
             goto out;
     }
     rc = 0;
@@ -489,23 +484,23 @@ static PyObject *fp_walk_ring(PyObject *self, PyObject *args)
     __u64 len = (__u64)buf.len;
     while (!err && cons < prod && n < limit) {
         __u64 off = cons & mask;
-        if (off + RINGBUF_HDR > len) {
+        if (off + BPF_RINGBUF_HDR_SZ > len) {
             PyErr_SetString(PyExc_ValueError, "ring record header outside the buffer");
             err = 1;
             break;
         }
         /* the kernel clears the busy bit when the record is committed (release) */
         __u32 hdr = __atomic_load_n((const __u32 *)(data + off), __ATOMIC_ACQUIRE);
-        if (hdr & RINGBUF_BUSY)
+        if (hdr & BPF_RINGBUF_BUSY_BIT)
             break;
-        __u32 size = hdr & ~(RINGBUF_BUSY | RINGBUF_DISCARD);
-        if (!(hdr & RINGBUF_DISCARD)) {
-            if (off + RINGBUF_HDR + size > len) {
+        __u32 size = hdr & ~(BPF_RINGBUF_BUSY_BIT | BPF_RINGBUF_DISCARD_BIT);
+        if (!(hdr & BPF_RINGBUF_DISCARD_BIT)) {
+            if (off + BPF_RINGBUF_HDR_SZ + size > len) {
                 PyErr_SetString(PyExc_ValueError, "ring record runs past the buffer");
                 err = 1;
                 break;
             }
-            int rc = on_record(&w, data + off + RINGBUF_HDR, size);
+            int rc = on_record(&w, data + off + BPF_RINGBUF_HDR_SZ, size);
             if (rc < 0) {
                 err = 1;
                 break;
@@ -513,7 +508,7 @@ static PyObject *fp_walk_ring(PyObject *self, PyObject *args)
             errors += rc == 0;
             n++;
         }
-        cons += (size + RINGBUF_HDR + 7) & ~7ULL;
+        cons += (size + BPF_RINGBUF_HDR_SZ + 7) & ~7ULL;
         if (cons >= prod)
             prod = load_u64(producer, &err);
     }
@@ -535,7 +530,7 @@ static PyObject *fp_sizes(PyObject *self, PyObject *unused)
 static PyMethodDef methods[] = {
     {"configure", fp_configure, METH_VARARGS,
      "configure(Connect, Accept, addr_cache, addr_slow, comm_cache, comm_slow, outcomes, "
-     "unknown_outcome, early_max)"},
+     "unknown_outcome, early_max, max_open)"},
     {"walk_ring", fp_walk_ring, METH_VARARGS,
      "walk_ring(data, mask, cons, producer, limit, pending, closes, open) -> (cons, n, errors)"},
     {"sizes", fp_sizes, METH_NOARGS, "sizeof of each record struct, as compiled"},
