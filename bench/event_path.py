@@ -221,20 +221,6 @@ def _event_path() -> str:
     return fastpath.STATUS
 
 
-def export(rev: str) -> tuple[Path, str]:
-    repo = Path(__file__).resolve().parent.parent
-    sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", rev],
-                         capture_output=True, text=True, check=True).stdout.strip()
-    dest = Path(tempfile.mkdtemp(prefix=f"connscope-event-path-{sha}-"))
-    archive = subprocess.run(["git", "-C", str(repo), "archive", sha],
-                             capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
-    from bench.__main__ import compile_in_place
-
-    compile_in_place(dest)
-    return dest, sha
-
-
 def run_side(root: Path, per_poll: int, pids: list[int], parquet: str | None,
              extra_env: dict | None = None) -> dict:
     env = {**os.environ, "PYTHONPATH": str(root), **(extra_env or {})}
@@ -271,7 +257,9 @@ def main(argv=None) -> None:
     if args.pure_python:
         sides.append(("this tree, pure Python", here, {"CONNSCOPE_PURE_PYTHON": "1"}))
     if args.baseline:
-        src, sha = export(args.baseline)
+        from bench.__main__ import export_commit
+
+        src, sha = export_commit(args.baseline)
         sides.append((f"baseline {sha}", src, {}))
     results: dict[str, list[dict]] = {name: [] for name, _, _ in sides}
     try:

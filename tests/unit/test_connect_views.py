@@ -7,28 +7,12 @@ from __future__ import annotations
 import random
 
 from tests.unit.test_fastpath import connect, framed
-from tests.unit.test_poll_backlog import Session
+from tests.unit.test_poll_backlog import Ring, Session
 from tracer.aggregate.snapshot import Header
 from tracer.clock import Clock
 from tracer.collector import Collector, Status
 from tracer.sinks.console import StatusLineSink
 from tracer.sinks.recorder import RecordSink
-
-
-class Ring:
-    def __init__(self, data: bytes):
-        self.data, self.cons, self.lost = memoryview(data), 0, 0
-
-    def read(self, handle, limit, walk=None):
-        from tracer.probes import buffers
-
-        end = len(self.data)
-        if walk is None:
-            self.cons, n = buffers.read_ring(self.data, (1 << 62) - 1, self.cons, lambda: end,
-                                             handle, limit)
-        else:
-            self.cons, n = walk(self.data, (1 << 62) - 1, self.cons, lambda: end, limit)
-        return n
 
 
 class Rows:
@@ -57,12 +41,9 @@ class Viewer:
     close = on_interval
 
 
-def run(sinks, data: bytes):
-    ring = Ring(data)
-    s = Session(ring)
-    s._buffer = ring
-    c = Collector(s, sinks, 1.0, header=Header(host="h", kernel="k", backend="tracepoint"),
-                  clock=sinks[0].clock if hasattr(sinks[0], "clock") else Clock())
+def run(sinks, data: bytes, clock: Clock):
+    c = Collector(Session(Ring(data)), sinks, 1.0,
+                  header=Header(host="h", kernel="k", backend="tracepoint"), clock=clock)
     c._drain(0)
     status = Status(elapsed_s=1.0, events_total=0, events_per_s=0.0, lost_events=0,
                     untracked_connects=0, decode_errors=0, inflight=0)
@@ -81,9 +62,8 @@ def test_record_alone_keeps_no_connect_views_and_writes_the_same_rows():
     clock = Clock()
     clock.offset_ns = 0
     alone, with_view = Rows(), Rows()
-    c1, snap1 = run([RecordSink(alone, clock), StatusLineSink(every_s=10**9)], traffic())
-    viewer = Viewer()
-    c2, snap2 = run([RecordSink(with_view, clock), viewer], traffic())
+    c1, snap1 = run([RecordSink(alone, clock), StatusLineSink(every_s=10**9)], traffic(), clock)
+    c2, snap2 = run([RecordSink(with_view, clock), Viewer()], traffic(), clock)
 
     assert not c1.connect_views and c2.connect_views
     assert snap1.destinations == snap1.processes_connects == snap1.containers_connects == ()

@@ -26,10 +26,11 @@ def close_records(n: int) -> bytes:
 
 
 class Ring:
-    """The records in memory, read by the real ring walker."""
+    """Records in memory (a ring's data area, as close_records makes it),
+    read by the real ring walker."""
 
-    def __init__(self, n: int):
-        self.data = memoryview(close_records(n))
+    def __init__(self, data: bytes):
+        self.data = memoryview(data)
         self.cons = 0
         self.lost = 0
 
@@ -76,7 +77,7 @@ class Session(sess.ProbeSession):
 def test_a_read_that_stops_at_the_batch_limit_is_followed_at_once(monkeypatch):
     slept = []
     monkeypatch.setattr(sess.time, "sleep", slept.append)
-    ring = Ring(2 * sess.MAX_BATCH + sess.MAX_BATCH // 2)
+    ring = Ring(close_records(2 * sess.MAX_BATCH + sess.MAX_BATCH // 2))
     s = Session(ring)
     s.poll(100)
     assert len(slept) == 1 and s.behind          # a full batch: more is waiting
@@ -91,7 +92,7 @@ def test_a_read_that_stops_at_the_batch_limit_is_followed_at_once(monkeypatch):
 
 def test_the_end_of_a_run_reads_every_batch_the_buffer_holds(monkeypatch):
     monkeypatch.setattr(sess.time, "sleep", lambda s: None)
-    ring = Ring(3 * sess.MAX_BATCH + 7)
+    ring = Ring(close_records(3 * sess.MAX_BATCH + 7))
     c = Collector(Session(ring), [], header=None)
     c.run(lambda: True)          # stopped at once: only the final drain runs
     assert ring.empty
