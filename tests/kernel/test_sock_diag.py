@@ -270,6 +270,77 @@ def test_listeners_in_another_namespace():
         assert os.readlink("/proc/thread-self/ns/net") == home  # the caller never moved
 
 
+def _sockets_of_both_kinds(stack, ns):
+    """Listeners of both families (a dual-stack one), connections over each,
+    an IPv4-mapped one, and a TIME_WAIT socket, in namespace ns."""
+    l4 = listener(stack, ns=ns)
+    l6 = listener(stack, socket.AF_INET6, "::1", ns=ns)
+    dual = listener(stack, socket.AF_INET6, "::", backlog=8, ns=ns)
+    client(stack, socket.AF_INET, "127.0.0.1", l4.getsockname()[1], ns=ns)
+    client(stack, socket.AF_INET6, "::1", l6.getsockname()[1], ns=ns)
+    client(stack, socket.AF_INET, "127.0.0.1", dual.getsockname()[1], ns=ns)
+    lt = listener(stack, ns=ns)
+    first = client(stack, socket.AF_INET, "127.0.0.1", lt.getsockname()[1], ns=ns)
+    served, _ = lt.accept()
+    first.close()           # the client closes first: its side waits in TIME_WAIT
+    served.close()
+
+
+def _per_family(fd, states=sd.ALL_STATES):
+    """What a request per family gives (the way sock_diag asked before)."""
+    sock = sd._open_socket(fd)
+    try:
+        return sd._dump(sock, 4, states) + sd._dump(sock, 6, states)
+    finally:
+        sock.close()
+
+
+def _identity(sockets):
+    return [(s.family, s.state, s.saddr, s.sport, s.daddr, s.dport, s.inode, s.cookie)
+            for s in sockets]
+
+
+def test_one_walk_for_both_families_finds_what_a_walk_per_family_finds():
+    """tcp_sockets asks for both families in one request (TCPDIAG_GETSOCK):
+    the same sockets, in the same order, as one request per family, in every
+    state and for the listener-only mask the collector reads each interval."""
+    assert not sd._one_walk_refused
+    with ExitStack() as stack:
+        ns = stack.enter_context(fresh_netns())
+        fd = ns_fd(stack, ns)
+        _sockets_of_both_kinds(stack, ns)
+        assert wait_for(lambda: any(s.state == sd.TIME_WAIT for s in sd.tcp_sockets(netns_fd=fd)))
+        for states in (sd.ALL_STATES, sd.state_mask(sd.LISTEN),
+                       sd.ALL_STATES & ~sd.state_mask(sd.TIME_WAIT, sd.SYN_RECV)):
+            ours, theirs = settled(lambda: _identity(sd.tcp_sockets(states, netns_fd=fd)),
+                                   lambda: _identity(_per_family(fd, states)))
+            assert ours == theirs and ours, states
+            assert {f for f, *_ in ours} == {4, 6}
+        assert _identity(sd.tcp_sockets(families=(6, 4), netns_fd=fd)) == \
+            _identity(sorted(_per_family(fd), key=lambda s: s.family, reverse=True))
+    assert not sd._one_walk_refused
+
+
+def test_a_kernel_refusing_the_one_walk_is_asked_per_family(monkeypatch):
+    """A kernel that refused the old request (here: a message type it does
+    not know, which this kernel answers with EINVAL) is asked per family,
+    with the same answer, and is not asked the old way again."""
+    monkeypatch.setattr(sd, "TCPDIAG_GETSOCK", 17)
+    monkeypatch.setattr(sd, "_one_walk_refused", False)
+    with ExitStack() as stack:
+        ns = stack.enter_context(fresh_netns())
+        fd = ns_fd(stack, ns)
+        _sockets_of_both_kinds(stack, ns)
+        ours, theirs = settled(lambda: _identity(sd.tcp_sockets(netns_fd=fd)),
+                               lambda: _identity(_per_family(fd)))
+        assert ours == theirs and ours
+        assert sd._one_walk_refused
+        asked = []
+        monkeypatch.setattr(sd, "build_request_both", lambda *a: asked.append(a))
+        assert _identity(sd.tcp_sockets(netns_fd=fd)) == ours
+        assert asked == []
+
+
 def test_bad_namespace_fd_is_a_clear_error(tmp_path):
     path = tmp_path / "not-a-netns"
     path.write_text("")

@@ -3,7 +3,6 @@ the projection and its finding, and one figure for the same data in the live
 rows, the `sockets` table (recorder -> replay) and the report."""
 from __future__ import annotations
 
-import dataclasses
 
 import pyarrow as pa
 import pytest
@@ -184,7 +183,7 @@ def test_socket_memory_is_summed_per_process_and_recorded():
                                                  run_id="r")])
     (back,) = process_rows(table.to_pylist(), [], 1.0)
     assert (back.socket_rmem_bytes, back.socket_wmem_bytes) == (12288, 1792)
-    no_meminfo = [dataclasses.replace(s, rmem_alloc=None, wmem_queued=None)
+    no_meminfo = [s._replace(rmem_alloc=None, wmem_queued=None)
                   for s in socks]
     (row,) = ProcessTable().update(1.0, tally(no_meminfo, {s.inode: (7,) for s in socks},
                                               {7: "api"}, {}, {}), scanned_at=1.0)

@@ -188,6 +188,25 @@ def test_request_layout():
     assert req[24:] == b"\0" * 48  # no socket id: dump everything
 
 
+def test_request_for_both_families_layout():
+    req = sd.build_request_both(sd.state_mask(sd.ESTABLISHED, sd.LISTEN), seq=98)
+    assert len(req) == 16 + 60  # nlmsghdr + inet_diag_req
+    length, mtype, flags, seq, pid = struct.unpack_from("<IHHII", req)
+    assert (length, mtype, flags, seq, pid) == (76, 18, 0x301, 98, 0)  # TCPDIAG_GETSOCK
+    family, src_len, dst_len, ext = struct.unpack_from("<BBBB", req, 16)
+    assert (family, src_len, dst_len) == (socket.AF_UNSPEC, 0, 0)  # no family: both
+    assert ext == 1 << (7 - 1)  # INET_DIAG_SKMEMINFO
+    assert req[20:68] == b"\0" * 48  # no socket id: dump everything
+    assert struct.unpack_from("<II", req, 68) == ((1 << 1) | (1 << 10), 0)  # states, dbs
+
+
+def test_replies_to_the_old_request_parse_alike():
+    msg = diag_msg(socket.AF_INET6, 1, "::1", 80, "::1", 5000, inode=9, attrs=skmeminfo())
+    old = msg[:4] + struct.pack("<H", 18) + msg[6:]   # the same body, type TCPDIAG_GETSOCK
+    assert parse(old + done()) == parse(msg + done())
+    assert parse(old)[0][0].sport == 80
+
+
 def test_state_mask_adds_request_sockets_to_syn_recv():
     assert sd.state_mask(sd.SYN_RECV) == (1 << 3) | (1 << 12)
     assert sd.ALL_STATES & (1 << sd.BOUND_INACTIVE) == 0
