@@ -17,18 +17,29 @@
  *
  * Bounds: every record is checked against the buffer it is read from, and a
  * record too short for its type is a decode error, as in Python.
+ *
+ * It also holds the other loop run per item thousands of times a second: the
+ * scan of a process's fd table for its sockets (fd_sockets, the compiled
+ * tracer/probes/procfs.py _scan_fd_dir, which stays the reference), done once
+ * an interval for every process.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/socket.h>
 #include <linux/bpf.h>      /* BPF_RINGBUF_*: the ring's record header, as buffers.py reads it */
 #include <linux/types.h>
 
 #include "bpf/event.h"
 
-#define ABI_VERSION 2
+#define ABI_VERSION 3
 
 /* What tracer/fastpath.py configures (references held until configured again). */
 static PyObject *Connect_t, *Accept_t;        /* the event classes */
@@ -527,6 +538,106 @@ static PyObject *fp_sizes(PyObject *self, PyObject *unused)
                          "close_event", (Py_ssize_t)sizeof(struct close_event));
 }
 
+/* ---------------------------------------------------------- fd tables */
+
+#define SOCKET_PREFIX "socket:["
+
+/* The inode of a link target "socket:[INODE]"; 0 for any other target. */
+static unsigned long long socket_inode(const char *target, ssize_t len)
+{
+    const ssize_t plen = sizeof(SOCKET_PREFIX) - 1;
+    if (len <= plen + 1 || memcmp(target, SOCKET_PREFIX, plen) != 0 || target[len - 1] != ']')
+        return 0;
+    unsigned long long ino = 0;
+    for (ssize_t i = plen; i < len - 1; i++) {
+        if (target[i] < '0' || target[i] > '9' || ino > (~0ULL - 9) / 10)
+            return 0;
+        ino = ino * 10 + (unsigned)(target[i] - '0');
+    }
+    return ino;
+}
+
+struct inodes { unsigned long long *v; size_t n, cap; };
+
+static int inodes_add(struct inodes *a, unsigned long long ino)
+{
+    if (a->n == a->cap) {
+        size_t cap = a->cap ? 2 * a->cap : 256;
+        unsigned long long *v = realloc(a->v, cap * sizeof(*v));
+        if (!v)
+            return -1;
+        a->v = v;
+        a->cap = cap;
+    }
+    a->v[a->n++] = ino;
+    return 0;
+}
+
+/* fd_sockets(pid) -> (number of fds, {socket inode}) or None if pid is gone
+ * or its fd table unreadable: _scan_fd_dir's answer. One listing of
+ * /proc/PID/fd and a readlink of each entry relative to it, without the GIL
+ * (the Parquet flusher runs meanwhile). An fd closed between the listing and
+ * its readlink still counts and holds no socket, as in Python. */
+static PyObject *fp_fd_sockets(PyObject *self, PyObject *args)
+{
+    int pid;
+    if (!PyArg_ParseTuple(args, "i", &pid))
+        return NULL;
+    char path[48];
+    snprintf(path, sizeof(path), "/proc/%d/fd", pid);
+    struct inodes found = {0};
+    Py_ssize_t count = 0;
+    int failed = 0, oom = 0;
+    Py_BEGIN_ALLOW_THREADS
+    int dfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    DIR *dir = dfd >= 0 ? fdopendir(dfd) : NULL;
+    if (!dir) {
+        if (dfd >= 0)
+            close(dfd);
+        failed = 1;
+    } else {
+        struct dirent *e;
+        char target[64];
+        for (;;) {
+            errno = 0;
+            if ((e = readdir(dir)) == NULL) {
+                failed = errno != 0;      /* os.listdir raises: None */
+                break;
+            }
+            if (e->d_name[0] == '.' && (!e->d_name[1] || (e->d_name[1] == '.' && !e->d_name[2])))
+                continue;
+            count++;
+            ssize_t len = readlinkat(dfd, e->d_name, target, sizeof(target));
+            unsigned long long ino = len > 0 ? socket_inode(target, len) : 0;
+            if (ino && inodes_add(&found, ino) < 0) {
+                oom = 1;
+                break;
+            }
+        }
+        closedir(dir);
+    }
+    Py_END_ALLOW_THREADS
+    PyObject *result = NULL;
+    if (oom) {
+        PyErr_NoMemory();
+    } else if (failed) {
+        Py_INCREF(Py_None);     /* (Py_NewRef is 3.10+) */
+        result = Py_None;
+    } else {
+        PyObject *set = PySet_New(NULL);
+        for (size_t i = 0; set && i < found.n; i++) {
+            PyObject *ino = PyLong_FromUnsignedLongLong(found.v[i]);
+            if (!ino || PySet_Add(set, ino) < 0)
+                Py_CLEAR(set);
+            Py_XDECREF(ino);
+        }
+        if (set)
+            result = Py_BuildValue("(nN)", count, set);
+    }
+    free(found.v);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"configure", fp_configure, METH_VARARGS,
      "configure(Connect, Accept, addr_cache, addr_slow, comm_cache, comm_slow, outcomes, "
@@ -534,12 +645,14 @@ static PyMethodDef methods[] = {
     {"walk_ring", fp_walk_ring, METH_VARARGS,
      "walk_ring(data, mask, cons, producer, limit, pending, closes, open) -> (cons, n, errors)"},
     {"sizes", fp_sizes, METH_NOARGS, "sizeof of each record struct, as compiled"},
+    {"fd_sockets", fp_fd_sockets, METH_VARARGS,
+     "fd_sockets(pid) -> (fds, {socket inode}) or None: tracer/probes/procfs.py _scan_fd_dir"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "tracer._fastpath",
-    "The compiled event path (see tracer/fastpath.py).", -1, methods,
+    "The compiled event path and fd-table scan (see tracer/fastpath.py).", -1, methods,
 };
 
 PyMODINIT_FUNC PyInit__fastpath(void)
