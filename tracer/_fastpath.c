@@ -21,10 +21,15 @@
  * It also holds the other loop run per item thousands of times a second: the
  * scan of a process's fd table for its sockets (fd_sockets, the compiled
  * tracer/probes/procfs.py _scan_fd_dir, which stays the reference), done once
- * an interval for every process.
+ * an interval for every process; and of the sock_diag replies, one message a
+ * TCP socket (diag_messages, the bulk of tracer/probes/sock_diag.py
+ * parse_datagram: it stops at the first message that is not a well-formed
+ * socket and leaves that one, and the rest, to the Python parser, so errors
+ * and the end of a dump have one definition).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -36,10 +41,13 @@
 #include <sys/socket.h>
 #include <linux/bpf.h>      /* BPF_RINGBUF_*: the ring's record header, as buffers.py reads it */
 #include <linux/types.h>
+#include <linux/inet_diag.h>  /* struct inet_diag_msg, INET_DIAG_SKMEMINFO, INET_DIAG_SHUTDOWN */
+#include <linux/netlink.h>    /* struct nlmsghdr, struct nlattr, NLM_F_DUMP_INTR */
+#include <linux/sock_diag.h>  /* SOCK_DIAG_BY_FAMILY, SK_MEMINFO_* */
 
 #include "bpf/event.h"
 
-#define ABI_VERSION 3
+#define ABI_VERSION 4
 
 /* What tracer/fastpath.py configures (references held until configured again). */
 static PyObject *Connect_t, *Accept_t;        /* the event classes */
@@ -638,6 +646,148 @@ static PyObject *fp_fd_sockets(PyObject *self, PyObject *args)
     return result;
 }
 
+/* ------------------------------------------------------ sock_diag replies */
+
+#ifndef TCPDIAG_GETSOCK
+#define TCPDIAG_GETSOCK 18     /* linux/inet_diag.h; the old request's replies */
+#endif
+
+static PyObject *u32_or_none(const __u32 *v, size_t n, size_t i)
+{
+    if (i < n)
+        return PyLong_FromUnsignedLong(v[i]);
+    Py_INCREF(Py_None);
+    return Py_None;
+}
+
+static PyObject *addr_text_of(int af, const __be32 *raw)
+{
+    char text[INET6_ADDRSTRLEN];
+    if (!inet_ntop(af, raw, text, sizeof(text)))
+        return PyErr_SetFromErrno(PyExc_OSError);
+    return PyUnicode_FromString(text);
+}
+
+/* One TcpSocket from the message body of len bytes (at least an
+ * inet_diag_msg), or NULL with no error set when it is not a well-formed
+ * socket (Python then says why). */
+static PyObject *diag_socket(PyObject *cls, const unsigned char *body, size_t len)
+{
+    struct inet_diag_msg m;
+    memcpy(&m, body, sizeof(m));
+    if (m.idiag_family != AF_INET && m.idiag_family != AF_INET6)
+        return NULL;
+    __u32 mem[SK_MEMINFO_VARS] = {0};
+    size_t nmem = 0;
+    int has_mem = 0, shutdown = -1;
+    size_t attr = sizeof(m);
+    while (attr + sizeof(struct nlattr) <= len) {
+        struct nlattr a;
+        memcpy(&a, body + attr, sizeof(a));
+        if (a.nla_len < sizeof(a) || a.nla_len > len - attr)
+            return NULL;
+        int type = a.nla_type & NLA_TYPE_MASK;
+        size_t plen = a.nla_len - sizeof(a);
+        if (type == INET_DIAG_SKMEMINFO) {
+            /* (the last one wins, as in Python; only the slots read are kept) */
+            nmem = plen / 4;
+            memset(mem, 0, sizeof(mem));
+            memcpy(mem, body + attr + sizeof(a),
+                   (nmem < SK_MEMINFO_VARS ? nmem : SK_MEMINFO_VARS) * 4);
+            has_mem = 1;
+        } else if (type == INET_DIAG_SHUTDOWN && plen > 0) {
+            shutdown = body[attr + sizeof(a)];
+        }
+        attr += (a.nla_len + 3) & ~3u;
+    }
+    if (!has_mem)
+        nmem = 0;
+    int af = m.idiag_family;
+    PyObject *items[15] = {
+        PyLong_FromLong(af == AF_INET ? 4 : 6),
+        PyLong_FromLong(m.idiag_state),
+        addr_text_of(af, m.id.idiag_src),
+        PyLong_FromLong(ntohs(m.id.idiag_sport)),
+        addr_text_of(af, m.id.idiag_dst),
+        PyLong_FromLong(ntohs(m.id.idiag_dport)),
+        PyLong_FromUnsignedLong(m.idiag_inode),
+        PyLong_FromUnsignedLong(m.idiag_uid),
+        PyLong_FromUnsignedLongLong((unsigned long long)m.id.idiag_cookie[0]
+                                    | ((unsigned long long)m.id.idiag_cookie[1] << 32)),
+        PyLong_FromUnsignedLong(m.idiag_rqueue),
+        PyLong_FromUnsignedLong(m.idiag_wqueue),
+        u32_or_none(mem, nmem, SK_MEMINFO_DROPS),
+        u32_or_none(mem, nmem, SK_MEMINFO_RMEM_ALLOC),
+        u32_or_none(mem, nmem, SK_MEMINFO_WMEM_QUEUED),
+        shutdown >= 0 ? PyLong_FromLong(shutdown) : (Py_INCREF(Py_None), Py_None),
+    };
+    PyObject *values = PyTuple_New(15), *args = NULL, *out = NULL;
+    int complete = values != NULL;
+    for (int i = 0; i < 15; i++) {
+        complete &= items[i] != NULL;
+        if (values)
+            PyTuple_SET_ITEM(values, i, items[i]);   /* (a NULL is released as none) */
+        else
+            Py_XDECREF(items[i]);
+    }
+    if (complete && (args = PyTuple_Pack(1, values)) != NULL)
+        out = PyTuple_Type.tp_new((PyTypeObject *)cls, args, NULL);   /* tuple.__new__(cls, values) */
+    Py_XDECREF(args);
+    Py_XDECREF(values);
+    return out;                     /* NULL: the failed allocation's error is set */
+}
+
+/* diag_messages(data, seq, out, TcpSocket) -> offset: the messages of one
+ * netlink datagram, from its start, appended to out as TcpSocket while they
+ * are sockets (or another request's, skipped); the offset of the first one
+ * that is not (the end of the dump, an error, anything malformed), where
+ * tracer/probes/sock_diag.py parse_datagram goes on. */
+static PyObject *fp_diag_messages(PyObject *self, PyObject *args)
+{
+    Py_buffer buf;
+    unsigned int seq;
+    PyObject *out, *cls;
+    if (!PyArg_ParseTuple(args, "y*IO!O", &buf, &seq, &PyList_Type, &out, &cls))
+        return NULL;
+    if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, &PyTuple_Type)) {
+        PyBuffer_Release(&buf);
+        PyErr_SetString(PyExc_TypeError, "diag_messages: the socket class must be a tuple type");
+        return NULL;
+    }
+    const unsigned char *data = buf.buf;
+    size_t end = (size_t)buf.len, off = 0;
+    int err = 0;
+    while (off + sizeof(struct nlmsghdr) <= end) {
+        struct nlmsghdr h;
+        memcpy(&h, data + off, sizeof(h));
+        if (h.nlmsg_len < sizeof(h) || h.nlmsg_len > end - off)
+            break;
+        size_t next = off + ((h.nlmsg_len + 3) & ~3u);
+        if (h.nlmsg_seq != seq) {      /* a late answer to an earlier request */
+            off = next;
+            continue;
+        }
+        if ((h.nlmsg_flags & NLM_F_DUMP_INTR)
+            || (h.nlmsg_type != SOCK_DIAG_BY_FAMILY && h.nlmsg_type != TCPDIAG_GETSOCK)
+            || h.nlmsg_len < sizeof(h) + sizeof(struct inet_diag_msg))
+            break;
+        PyObject *sock = diag_socket(cls, data + off + sizeof(h), h.nlmsg_len - sizeof(h));
+        if (sock == NULL) {
+            err = PyErr_Occurred() != NULL;
+            break;
+        }
+        int failed = PyList_Append(out, sock) < 0;
+        Py_DECREF(sock);
+        if (failed) {
+            err = 1;
+            break;
+        }
+        off = next;
+    }
+    PyBuffer_Release(&buf);
+    return err ? NULL : PyLong_FromSize_t(off);
+}
+
 static PyMethodDef methods[] = {
     {"configure", fp_configure, METH_VARARGS,
      "configure(Connect, Accept, addr_cache, addr_slow, comm_cache, comm_slow, outcomes, "
@@ -645,6 +795,8 @@ static PyMethodDef methods[] = {
     {"walk_ring", fp_walk_ring, METH_VARARGS,
      "walk_ring(data, mask, cons, producer, limit, pending, closes, open) -> (cons, n, errors)"},
     {"sizes", fp_sizes, METH_NOARGS, "sizeof of each record struct, as compiled"},
+    {"diag_messages", fp_diag_messages, METH_VARARGS,
+     "diag_messages(data, seq, out, TcpSocket) -> offset: tracer/probes/sock_diag.py parse_datagram's bulk"},
     {"fd_sockets", fp_fd_sockets, METH_VARARGS,
      "fd_sockets(pid) -> (fds, {socket inode}) or None: tracer/probes/procfs.py _scan_fd_dir"},
     {NULL, NULL, 0, NULL},
@@ -652,7 +804,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "tracer._fastpath",
-    "The compiled event path and fd-table scan (see tracer/fastpath.py).", -1, methods,
+    "The compiled event path, fd-table scan and sock_diag parser (see tracer/fastpath.py).", -1, methods,
 };
 
 PyMODINIT_FUNC PyInit__fastpath(void)

@@ -36,6 +36,8 @@ import struct
 import threading
 from typing import Iterable, NamedTuple, Optional
 
+from tracer import fastpath
+
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -102,6 +104,9 @@ _RECV_BUF = 64 * 1024  # the kernel fills at most ~32 KiB per dump datagram
 
 CLONE_NEWNET = 0x40000000
 _seq = itertools.count(1)
+# tracer/_fastpath.c diag_messages: this file's parser in C, ~10x faster a
+# socket (BENCHMARKS.md section 19); None: pure Python (tests set it so)
+_native = fastpath.native
 # True once a kernel refused TCPDIAG_GETSOCK (none is known to: the request
 # per family is the fallback for one that would)
 _one_walk_refused = False
@@ -208,7 +213,9 @@ def parse_datagram(data, seq: int, out: list[TcpSocket]) -> bool:
     on NLMSG_ERROR, an interrupted dump or a malformed message."""
     view = memoryview(data)
     end = len(view)
-    off = 0
+    # The compiled parser takes the sockets, up to the first message that is
+    # not one (the end, an error, anything malformed): from there on, this.
+    off = _native.diag_messages(view, seq, out, TcpSocket) if _native is not None else 0
     while off + _NLMSGHDR.size <= end:
         length, mtype, flags, mseq, _ = _NLMSGHDR.unpack_from(view, off)
         if length < _NLMSGHDR.size or off + length > end:
