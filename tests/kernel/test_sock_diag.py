@@ -397,7 +397,8 @@ def _tracefs() -> Path | None:
 def _drop_reason(tracefs: Path, name: str) -> int:
     fmt = (tracefs / "events/skb/kfree_skb/format").read_text()
     m = re.search(rf'\{{\s*(\d+),\s*"{name}"\s*\}}', fmt)
-    assert m, f"{name} not in kfree_skb's format"
+    if m is None:   # (5.10 and 6.12 have no such reason: the guests showed it)
+        pytest.skip(f"this kernel's kfree_skb has no drop reason {name}")
     return int(m.group(1))
 
 
