@@ -125,6 +125,25 @@ def export_commit(rev: str, dest: Path | None = None) -> tuple[Path, str]:
     return dest, sha
 
 
+def run_worker_in(root: Path, script: str, args: list, extra_env: dict | None = None,
+                  timeout: float | None = None) -> dict:
+    """Run `script --worker ARGS` with tree `root` first on the path, and
+    return the JSON of its last line; it must say (key "tracer") that it
+    imported that tree's tracer, not the venv's editable install."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(root), **(extra_env or {})}
+    out = subprocess.run([sys.executable, script, "--worker", *args], env=env,
+                         capture_output=True, text=True, check=True, cwd=root, timeout=timeout)
+    got = json.loads(out.stdout.splitlines()[-1])
+    if not got["tracer"].startswith(str(root)):
+        raise SystemExit(f"wrong tree imported: {got['tracer']}")
+    return got
+
+
 def compile_in_place(tree: Path) -> str:
     """Build an exported tree's compiled event path (tracer/_fastpath.c, from
     20ea930 on) as its install would, so that a commit is measured as users

@@ -28,8 +28,6 @@ import json
 import os
 import random
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -223,15 +221,11 @@ def _event_path() -> str:
 
 def run_side(root: Path, per_poll: int, pids: list[int], parquet: str | None,
              extra_env: dict | None = None) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(root), **(extra_env or {})}
-    out = subprocess.run([sys.executable, __file__, "--worker", "--per-poll", str(per_poll),
-                          "--pids", ",".join(map(str, pids))]
-                         + (["--parquet", parquet] if parquet else []),
-                         env=env, capture_output=True, text=True, check=True, cwd=root)
-    got = json.loads(out.stdout.splitlines()[-1])
-    if not got["tracer"].startswith(str(root)):
-        raise SystemExit(f"wrong tree imported: {got['tracer']}")
-    return got
+    from bench.__main__ import run_worker_in
+
+    return run_worker_in(root, __file__, ["--per-poll", str(per_poll),
+                                          "--pids", ",".join(map(str, pids))]
+                         + (["--parquet", parquet] if parquet else []), extra_env)
 
 
 def main(argv=None) -> None:

@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -50,15 +47,10 @@ def worker(reads: int, gap_s: float) -> dict:
 
 
 def run_side(root: Path, reads: int, gap_s: float) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(root)}
-    out = subprocess.run([sys.executable, __file__, "--worker",
-                          "--reads", str(reads), "--gap", str(gap_s)],
-                         env=env, capture_output=True, text=True, check=True, cwd=root,
+    from bench.__main__ import run_worker_in
+
+    return run_worker_in(root, __file__, ["--reads", str(reads), "--gap", str(gap_s)],
                          timeout=300)
-    got = json.loads(out.stdout.splitlines()[-1])
-    if not got["tracer"].startswith(str(root)):
-        raise SystemExit(f"wrong tree imported: {got['tracer']}")
-    return got
 
 
 def main(argv=None) -> None:
