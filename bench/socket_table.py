@@ -31,19 +31,19 @@ def worker(reads: int, gap_s: float) -> dict:
 
     table = SocketTable()
     table.read()                       # the first read pays imports and caches
-    cpu, wall, sockets, fds, tw = [], [], [], [], []
+    cpu, wall, sockets, fds = [], [], [], []
     for _ in range(reads):
         time.sleep(gap_s)
         table._next_at = 0.0           # a full read every time, as at one read an interval
         c0, w0 = time.process_time(), time.perf_counter()
-        listeners, held, snap, fresh = table.read()
+        listeners, held, snap, _ = table.read()
         cpu.append(time.process_time() - c0)
         wall.append(time.perf_counter() - w0)
         sockets.append(len(held) + len(listeners))
         fds.append(sum(snap.fds_by_pid.values()))
-    tw.append(len(sock_diag.tcp_sockets(sock_diag.state_mask(sock_diag.TIME_WAIT))))
+    time_wait = len(sock_diag.tcp_sockets(sock_diag.state_mask(sock_diag.TIME_WAIT)))
     return {"cpu_ms": [c * 1e3 for c in cpu], "wall_ms": [w * 1e3 for w in wall],
-            "sockets": sockets, "fds": fds, "time_wait": tw[0], "tracer": tracer.__file__}
+            "sockets": sockets, "fds": fds, "time_wait": time_wait, "tracer": tracer.__file__}
 
 
 def run_side(root: Path, reads: int, gap_s: float) -> dict:

@@ -678,8 +678,8 @@ static PyObject *diag_socket(PyObject *cls, const unsigned char *body, size_t le
     if (m.idiag_family != AF_INET && m.idiag_family != AF_INET6)
         return NULL;
     __u32 mem[SK_MEMINFO_VARS] = {0};
-    size_t nmem = 0;
-    int has_mem = 0, shutdown = -1;
+    size_t nmem = 0;                /* slots of the last SKMEMINFO; 0: none */
+    int shutdown = -1;
     size_t attr = sizeof(m);
     while (attr + sizeof(struct nlattr) <= len) {
         struct nlattr a;
@@ -694,14 +694,11 @@ static PyObject *diag_socket(PyObject *cls, const unsigned char *body, size_t le
             memset(mem, 0, sizeof(mem));
             memcpy(mem, body + attr + sizeof(a),
                    (nmem < SK_MEMINFO_VARS ? nmem : SK_MEMINFO_VARS) * 4);
-            has_mem = 1;
         } else if (type == INET_DIAG_SHUTDOWN && plen > 0) {
             shutdown = body[attr + sizeof(a)];
         }
         attr += (a.nla_len + 3) & ~3u;
     }
-    if (!has_mem)
-        nmem = 0;
     int af = m.idiag_family;
     PyObject *items[15] = {
         PyLong_FromLong(af == AF_INET ? 4 : 6),

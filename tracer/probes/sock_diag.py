@@ -160,13 +160,13 @@ def tcp_sockets(states: int = ALL_STATES, families: Iterable[int] = (4, 6),
     """Every TCP socket in the given states (a state_mask) of the caller's
     network namespace, or of the one netns_fd refers to (an fd of
     /run/netns/NAME or /proc/PID/ns/net)."""
+    global _one_walk_refused
     families = tuple(families)
     for family in families:
         if family not in _FAMILY_AF:
             raise SockDiagError(f"family must be 4 or 6, not {family!r}")
     sock = _open_socket(netns_fd)
     try:
-        global _one_walk_refused
         if sorted(families) == [4, 6] and not _one_walk_refused:
             seq = next(_seq)
             try:
