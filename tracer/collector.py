@@ -292,17 +292,23 @@ class Collector:
         started = last_tick = time.monotonic()
         deadline = started + duration if duration else None
         try:
+            # Intervals fall due on a grid from the start (a late tick does
+            # not push the next ones later), and one that is due is closed
+            # before the deadline is looked at: a --duration of N intervals
+            # prints and records N, however early a poll returned or late
+            # this thread ran.
+            next_tick = started + self.interval
             while not should_stop():
-                now = time.monotonic()
-                if deadline is not None and now >= deadline:
-                    break
-                next_tick = last_tick + self.interval
-                wait = min(next_tick, deadline or next_tick) - now
-                self._drain(max(0, min(100, int(wait * 1000))))
                 now = time.monotonic()
                 if now >= next_tick:
                     self._tick(started, last_tick, now)
                     last_tick = now
+                    # after a stall of more than an interval: the next slot
+                    next_tick = started + self.interval * ((now - started) // self.interval + 1)
+                if deadline is not None and now >= deadline:
+                    break
+                wait = min(next_tick, deadline or next_tick) - now
+                self._drain(max(0, min(100, int(wait * 1000))))
         finally:
             # Events already in the buffer belong to this run: take them all
             # (a read stops at a batch; bounded, as the kernel may go on

@@ -179,6 +179,7 @@ class ConsoleSink:
         self.stream = stream or sys.stdout
         self.limit = limit
         self.title = title
+        self._events_printed: int | None = None   # events_total at the last table
 
     def on_events(self, events) -> None:
         pass
@@ -186,9 +187,17 @@ class ConsoleSink:
     def on_interval(self, status, snapshot) -> None:
         self.stream.write(format_table(status, snapshot, self.limit, self.title) + "\n")
         self.stream.flush()
+        self._events_printed = status.events_total
 
     def close(self, status, snapshot) -> None:
-        self.stream.flush()
+        """The last, partial interval (Ctrl-C, --duration) is printed when it
+        saw events no table showed, or when no table was printed at all (a
+        --duration shorter than the interval): what the recording holds, the
+        console showed."""
+        if self._events_printed is None or status.events_total > self._events_printed:
+            self.on_interval(status, snapshot)
+        else:
+            self.stream.flush()
 
 
 class StatusLineSink:
