@@ -1,7 +1,10 @@
 """The compiled fd-table scan (tracer/_fastpath.c fd_sockets) against the
 Python one it replaces (tracer/probes/procfs.py _scan_fd_dir_python) and
 against what the process itself says it holds: real processes with every
-kind of fd, files named to look like sockets among them."""
+kind of fd, files named to look like sockets among them. The holders are
+the hostile side: as root, the test starts them as nobody, so the files
+named like socket links are another user's choice, as they would be on a
+shared host."""
 from __future__ import annotations
 
 import json
@@ -19,7 +22,7 @@ pytestmark = pytest.mark.skipif(fastpath.native is None,
                                 reason=f"no compiled path here: {fastpath.STATUS}")
 
 HOLDER = textwrap.dedent(r"""
-    import json, os, resource, socket, sys, tempfile
+    import json, os, resource, shutil, socket, sys, tempfile
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(max(soft, 4096), hard), hard))
     keep, inodes = [], []
@@ -39,19 +42,24 @@ HOLDER = textwrap.dedent(r"""
     os.unlink(os.path.join(d, "deleted"))
     null = os.open("/dev/null", os.O_RDONLY)
     inodes = sorted(os.fstat(s.fileno()).st_ino for s in keep)
-    print(json.dumps({"inodes": inodes, "fds": len(os.listdir("/proc/self/fd")) - 1}), flush=True)
+    print(json.dumps({"inodes": inodes, "fds": len(os.listdir("/proc/self/fd")) - 1,
+                      "uid": os.getuid()}), flush=True)
     sys.stdin.read()
+    shutil.rmtree(d)
 """)
+AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 
 @pytest.fixture
 def holder():
     """A process holding sockets of every kind, a pipe, files (one deleted,
-    some named like socket links) and /dev/null; what it says it holds."""
+    some named like socket links) and /dev/null; what it says it holds. As
+    root: the process is nobody's."""
     procs = []
+    as_nobody = AS_NOBODY if os.geteuid() == 0 else []
 
-    def start(connections: int = 20):
-        p = subprocess.Popen([sys.executable, "-c", HOLDER, str(connections)],
+    def start(connections: int = 20, own: bool = False):
+        p = subprocess.Popen([*([] if own else as_nobody), sys.executable, "-c", HOLDER, str(connections)],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         procs.append(p)
         return p, json.loads(p.stdout.readline())
@@ -69,6 +77,7 @@ def test_the_compiled_scan_is_in_use():
 @pytest.mark.parametrize("connections", [0, 20, 450])
 def test_same_answer_as_python_and_as_the_process_itself(holder, connections):
     p, said = holder(connections)
+    assert said["uid"] == (65534 if os.geteuid() == 0 else os.geteuid())
     count, inodes = fastpath.native.fd_sockets(p.pid)
     assert (count, inodes) == procfs._scan_fd_dir_python(p.pid)
     assert sorted(inodes) == said["inodes"]           # the process's own fstat
@@ -90,12 +99,11 @@ def test_gone_and_invalid_processes_are_none():
 
 def test_a_table_it_may_not_read_is_none(holder):
     """As another user: a root process's fd table is unreadable (EACCES)."""
-    p, _ = holder(1)
+    p, _ = holder(1, own=True)
     code = ("import sys; from tracer import fastpath; from tracer.probes import procfs; "
             f"print(fastpath.native.fd_sockets({p.pid}), procfs._scan_fd_dir_python({p.pid}))")
     if os.geteuid() == 0:
-        argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                sys.executable, "-c", code]
+        argv = [*AS_NOBODY, sys.executable, "-c", code]
     elif os.stat(f"/proc/{p.pid}").st_uid == os.geteuid():
         pytest.skip("not root, and the only processes this test can start are this user's own")
     else:
