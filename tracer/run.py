@@ -65,7 +65,11 @@ def _open_recording(out_dir: str, backend: str, options: dict, start: float,
 # extras install both) to check whether an argument is one of theirs: 50 MB of
 # RSS and 0.1 s in a process that never hands it either. The tracer's own
 # process blocks them; `report` and `replay` run in processes of their own.
-NOT_IN_THE_TRACER = ("pandas", "numpy")
+# Likewise pyarrow's cloud file systems, which pyarrow.parquet imports when it
+# can (libarrow_s3, OpenSSL: ~3 MB of RSS) and a recording to a local
+# directory never uses.
+NOT_IN_THE_TRACER = ("pandas", "numpy", "pyarrow._s3fs", "pyarrow._gcsfs", "pyarrow._azurefs",
+                     "pyarrow._hdfs")
 
 
 class _Refuse:
@@ -76,7 +80,7 @@ class _Refuse:
         self.modules = frozenset(modules)
 
     def find_spec(self, name, path=None, target=None):
-        if name.split(".", 1)[0] in self.modules:
+        if name in self.modules or name.split(".", 1)[0] in self.modules:
             raise ModuleNotFoundError(f"{name} is kept out of the tracer process", name=name)
         return None
 

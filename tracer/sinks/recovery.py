@@ -23,11 +23,10 @@ from __future__ import annotations
 import json
 import os
 import stat
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Iterator
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tracer.safe_text import printable
@@ -55,7 +54,10 @@ from tracer.sinks.names import (
     is_run_id,
     manifest_run_id,
 )
+from tracer.sinks.table_writer import ts_bounds
 from tracer.sinks.trusted_dir import Dir, NotRegular, UnsafeDirectory, kind
+
+_EPOCH_UTC = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 # Only a Parquet file's footer is read to check it, whatever its size.
 _ANY_SIZE = 1 << 50
@@ -230,7 +232,8 @@ def _recover_partition(root: Dir, part: Dir, table: str, rel_dir: tuple[str, str
         run_id = meta.get(RUN_ID_KEY.encode(), b"").decode(errors="replace") or "unknown"
         salvaged.setdefault(run_id, {}).setdefault(table, 0)
         salvaged[run_id][table] += rows
-        newest = pc.max(tbl.column("ts")).as_py()
+        bounds = ts_bounds(tbl)
+        newest = _EPOCH_UTC + timedelta(microseconds=bounds[1]) if bounds is not None else None
         if newest is not None and (run_id not in last_ts or newest > last_ts[run_id]):
             last_ts[run_id] = newest
         how = "" if clean else "; the last batch was cut short and is lost"

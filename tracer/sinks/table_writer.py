@@ -24,7 +24,6 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Callable, Iterable, Iterator, Mapping, Sequence, Union
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tracer.schema import schema
@@ -123,11 +122,42 @@ def _fill_constant(batch: pa.RecordBatch, name: str, value: str) -> pa.RecordBat
     col = batch.column(i)
     if not col.null_count:
         return batch
-    return batch.set_column(i, batch.schema.field(i), pc.fill_null(col, value))
+    field = batch.schema.field(i)
+    if col.null_count == len(col):
+        filled = pa.repeat(pa.scalar(value, field.type), len(col))
+    else:
+        filled = pa.array([value if v is None else v for v in col.to_pylist()], field.type)
+    return batch.set_column(i, field, filled)
+
+
+def ts_bounds(table: pa.RecordBatch | pa.Table) -> tuple[int, int] | None:
+    """(earliest, latest) `ts` of the rows, int microseconds since the epoch;
+    None for no rows. Read from the column's buffers: the tracer process
+    does without pyarrow.compute (~9 MB of RSS, BENCHMARKS.md section 20)."""
+    col = table.column("ts")
+    chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
+    lo = hi = None
+    for chunk in chunks:
+        if not len(chunk):
+            continue
+        if chunk.null_count:
+            values = [v for v in chunk.view(pa.int64()).to_pylist() if v is not None]
+            if not values:
+                continue
+        else:
+            data = chunk.buffers()[1]
+            values = memoryview(data).cast("q")[chunk.offset:chunk.offset + len(chunk)]
+        a, b = min(values), max(values)
+        lo = a if lo is None or a < lo else lo
+        hi = b if hi is None or b > hi else hi
+    return None if lo is None else (lo, hi)
 
 
 def _days(batch: pa.RecordBatch | pa.Table) -> pa.Array:
-    """UTC day number (days since 1970-01-01) of every row's ts."""
+    """UTC day number (days since 1970-01-01) of every row's ts. (Only for
+    rows that span more than a day, which is rare: a run over midnight.)"""
+    import pyarrow.compute as pc
+
     us = batch.column("ts").cast(pa.int64())
     # floor division so a (nonsensical) pre-1970 ts still lands on a real day
     return pc.floor(pc.divide(pc.cast(us, pa.float64()), float(_US_PER_DAY))).cast(pa.int64())
@@ -332,12 +362,16 @@ class TableWriter:
                 self._parts.clear()
 
     def _append(self, table: pa.Table) -> None:
-        days = _days(table)
-        bounds = pc.min_max(days)
-        lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
+        bounds = ts_bounds(table)
+        if bounds is None:
+            return
+        lo, hi = bounds[0] // _US_PER_DAY, bounds[1] // _US_PER_DAY
         if lo == hi:
             parts = [(lo, table)]
         else:
+            import pyarrow.compute as pc    # (rows over midnight: rare)
+
+            days = _days(table)
             parts = [(d, table.filter(pc.equal(days, d)))
                      for d in sorted(pc.unique(days).to_pylist())]
         done = 0
