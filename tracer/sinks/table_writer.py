@@ -153,14 +153,23 @@ def ts_bounds(table: pa.RecordBatch | pa.Table) -> tuple[int, int] | None:
     return None if lo is None else (lo, hi)
 
 
-def _days(batch: pa.RecordBatch | pa.Table) -> pa.Array:
-    """UTC day number (days since 1970-01-01) of every row's ts. (Only for
-    rows that span more than a day, which is rare: a run over midnight.)"""
+def _by_day(table: pa.Table) -> list[tuple[int, pa.Table]]:
+    """The rows of `table` by UTC day (days since 1970-01-01), in day order.
+    One day, every flush but one over midnight, is known from the ts
+    bounds alone; only rows of several days import pyarrow.compute to be
+    split, which the tracer process otherwise does without."""
+    bounds = ts_bounds(table)
+    if bounds is None:
+        return []
+    lo, hi = bounds[0] // _US_PER_DAY, bounds[1] // _US_PER_DAY
+    if lo == hi:
+        return [(lo, table)]
     import pyarrow.compute as pc
 
-    us = batch.column("ts").cast(pa.int64())
+    us = table.column("ts").cast(pa.int64())
     # floor division so a (nonsensical) pre-1970 ts still lands on a real day
-    return pc.floor(pc.divide(pc.cast(us, pa.float64()), float(_US_PER_DAY))).cast(pa.int64())
+    days = pc.floor(pc.divide(pc.cast(us, pa.float64()), float(_US_PER_DAY))).cast(pa.int64())
+    return [(d, table.filter(pc.equal(days, d))) for d in sorted(pc.unique(days).to_pylist())]
 
 
 def _day_name(day: int) -> str:
@@ -362,21 +371,9 @@ class TableWriter:
                 self._parts.clear()
 
     def _append(self, table: pa.Table) -> None:
-        bounds = ts_bounds(table)
-        if bounds is None:
-            return
-        lo, hi = bounds[0] // _US_PER_DAY, bounds[1] // _US_PER_DAY
-        if lo == hi:
-            parts = [(lo, table)]
-        else:
-            import pyarrow.compute as pc    # (rows over midnight: rare)
-
-            days = _days(table)
-            parts = [(d, table.filter(pc.equal(days, d)))
-                     for d in sorted(pc.unique(days).to_pylist())]
         done = 0
         try:
-            for day, part in parts:
+            for day, part in _by_day(table):
                 j = self._journals.get(day) or self._open(day)
                 j.append(part.combine_chunks().to_batches(max_chunksize=part.num_rows or 1)[0])
                 done += part.num_rows
