@@ -79,12 +79,27 @@ def test_a_duration_of_whole_intervals_ends_on_its_last_interval(monkeypatch, ea
     assert keep.closed is not None and keep.closed < 0.01     # the rest: next to nothing
 
 
-def plain_run(monkeypatch, duration: float, pending: int) -> list[str]:
-    """The tables a plain console printed: their first lines."""
+def plain_run(monkeypatch, duration: float, pending: int, after_first_tick: int = 0) -> list[str]:
+    """The tables a plain console printed (their first lines): `pending`
+    connects for the first poll, `after_first_tick` more once the first
+    interval has been closed."""
     clock = Clock(step=0.001)
     monkeypatch.setattr(col.time, "monotonic", clock)
+    session = EarlySession(clock, 0.0, pending)
     out = io.StringIO()
-    Collector(EarlySession(clock, 0.0, pending), [ConsoleSink(stream=out, title="[t] ")],
+
+    class FillAfterFirstTick:
+        def on_events(self, events):
+            pass
+
+        def on_interval(self, status, snapshot):
+            if after_first_tick and not status.events_total:
+                session.pending = connects(after_first_tick)
+
+        def close(self, status, snapshot):
+            pass
+
+    Collector(session, [ConsoleSink(stream=out, title="[t] "), FillAfterFirstTick()],
               interval=1.0, header=None).run(lambda: False, duration=duration)
     return [line for line in out.getvalue().splitlines() if " [t] events " in line]
 
@@ -102,23 +117,5 @@ def test_a_last_partial_interval_that_saw_nothing_is_not_printed(monkeypatch):
 def test_the_last_partial_interval_is_printed_when_it_has_events(monkeypatch):
     """Events arriving after the last full interval (here: seven connects
     come after the first tick) are in a last table, not lost to the eye."""
-    clock = Clock(step=0.001)
-    monkeypatch.setattr(col.time, "monotonic", clock)
-    session = EarlySession(clock, 0.0)
-    out = io.StringIO()
-    console = ConsoleSink(stream=out, title="[t] ")
-
-    class FillAfterFirstTick:
-        def on_events(self, events):
-            pass
-
-        def on_interval(self, status, snapshot):
-            session.pending = connects(7)
-
-        def close(self, status, snapshot):
-            pass
-
-    Collector(session, [console, FillAfterFirstTick()], interval=1.0, header=None).run(
-        lambda: False, duration=1.5)
-    firsts = [line for line in out.getvalue().splitlines() if " [t] events " in line]
+    firsts = plain_run(monkeypatch, 1.5, pending=0, after_first_tick=7)
     assert len(firsts) == 2 and " events 0 " in firsts[0] and " events 7 " in firsts[1], firsts

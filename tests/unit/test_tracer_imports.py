@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pytest
 
 from tracer.sinks.table_writer import ts_bounds
 
@@ -103,7 +102,8 @@ def test_recording_and_recovering_need_neither_compute_nor_cloud_file_systems(tm
     (its rows, and its end from its last row's ts)."""
     import pyarrow.parquet as pq
 
-    from tracer.sinks.manifest import read_manifest  # noqa: F401  (the reader below)
+    from tracer.sinks.manifest import read_manifest
+    from tracer.sinks.names import RUNS_DIR, manifest_name
 
     d = str(tmp_path / "rec")
     first = 19_000 * DAY + 3_600_000_000
@@ -112,10 +112,9 @@ def test_recording_and_recovering_need_neither_compute_nor_cloud_file_systems(tm
     t = pq.read_table(Path(d, "connects"))
     assert t.num_rows == 200
     assert sorted(set(t.column("run_id").to_pylist())) == ["crashed", "second"]
-    manifests = {m["run_id"]: m for m in
-                 (json.loads(f.read_text()) for f in Path(d).rglob("*.json"))
-                 if isinstance(m, dict) and "run_id" in m}
-    assert manifests["crashed"]["end"] == "2022-01-08T01:01:39.000000Z"   # its last row's ts
+    crashed = read_manifest(Path(d, RUNS_DIR, manifest_name("crashed")))
+    assert crashed["status"] == "crashed"
+    assert crashed["end"] == "2022-01-08T01:01:39.000000Z"   # its last row's ts
 
 
 def test_rows_over_midnight_still_go_to_their_days(tmp_path):
