@@ -20,6 +20,16 @@
 
 #include "event.h"
 
+/* Without BTF, offsets come from the running kernel's own headers (below).
+ * They go first: the names defined next are enum constants in them
+ * (IPPROTO_TCP, TCP_*), which a macro defined earlier would break. */
+#ifdef OFFSETS_FROM_HEADERS
+#include <net/sock.h>
+#include <net/inet_connection_sock.h>
+#include <linux/fdtable.h>
+#include <linux/net.h>
+#endif
+
 #define AF_INET 2
 #define AF_INET6 10
 #define IPPROTO_TCP 6
@@ -172,10 +182,6 @@ static __always_inline int ports_wanted(u16 lport, u16 rport)
 /* Without BTF, offsets can only come from headers, and only when those are
  * the running kernel's own (the loader checks that before defining this). */
 #ifdef OFFSETS_FROM_HEADERS
-#include <net/sock.h>
-#include <net/inet_connection_sock.h>
-#include <linux/fdtable.h>
-#include <linux/net.h>
 #define OFF_SK_ERR offsetof(struct sock, sk_err)
 #define OFF_SKC_NET offsetof(struct sock, __sk_common.skc_net)
 #define OFF_NET_NS_INUM offsetof(struct net, ns.inum)
