@@ -208,6 +208,8 @@ static __always_inline int ports_wanted(u16 lport, u16 rport)
 #define OFF_SOCKET_TYPE offsetof(struct socket, type)
 #define OFF_SK_SOCKET offsetof(struct sock, sk_socket)
 #define OFF_SK_PROTOCOL offsetof(struct sock, sk_protocol)
+#define OFF_INET_SPORT offsetof(struct inet_sock, inet_sport)
+#define OFF_INET_SADDR offsetof(struct inet_sock, inet_saddr)
 #endif
 
 /* Read a kernel struct member at an offset that came from the running

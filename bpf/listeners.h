@@ -373,6 +373,11 @@ static __always_inline void accept_end(void *ctx, u64 child, u64 lsk_arg)
 
     struct listener_key k = {};
     local_key_of(child, &k);
+    /* A child the peer reset while it sat in the queue is in CLOSE now, and
+     * CLOSE gave its port back: tcp_set_state() -> inet_put_port() zeroes
+     * skc_num. inet_sport keeps the port it was accepted on (the listener's),
+     * as the kernel's own tracepoints report it. */
+    k.port = bpf_ntohs(READ_AT(child, OFF_INET_SPORT, u16));
     ev.family = k.family;
     ev.netns = k.netns;
     ev.lport = k.port;
