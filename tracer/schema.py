@@ -95,7 +95,9 @@ def _server_containers() -> list[Column]:
 
 _TABLE_ROWS = {
     "connects": "one row per outgoing connect attempt, written when it resolves",
-    "accepts": "one row per connection accepted by an application",
+    "accepts": "one row per connection accepted by an application, also one its client had "
+               "already closed or reset while it waited in the accept queue (queue_wait_us then "
+               "says how long the server kept it waiting)",
     "overflows": "one row per listening socket and interval with at least one drop",
     "listeners": "one row per listening socket and interval",
     "sockets": "one row per process and interval",
@@ -144,7 +146,9 @@ _COLUMNS: dict[str, list[Column]] = {
         *_common("when accept() returned"),
         *_process(),
         _FAMILY,
-        *_endpoint("laddr", "lport", "local (listening)"),
+        Column("laddr", _STR, "local (listening) address (IPv4 dotted or IPv6 text)"),
+        Column("lport", _I32, "local (listening) port; in recordings older than 2026-12-06, 0 for "
+               "a connection its client reset while it waited in the accept queue"),
         *_endpoint("raddr", "rport", "remote (client)"),
         Column("queue_wait_us", _F64,
                "handshake done to accept() returned, microseconds; null if unknown", True),

@@ -229,24 +229,25 @@ def test_queue_wait_is_time_spent_in_the_queue(collector_run):
     assert {e.backlog_max for e in accepts.values()} == {16}
 
 
-def test_accept_of_a_connection_reset_in_the_queue_keeps_its_port(collector_run):
+@pytest.mark.parametrize("addr", ["127.0.0.1", "::1"])
+def test_accept_of_a_connection_reset_in_the_queue_keeps_its_port(collector_run, addr):
     # A client that gives up (here: an RST, SO_LINGER 0) while its connection
     # waits in the accept queue leaves the child in CLOSE, and CLOSE gives the
     # port back: the kernel zeroes the child's skc_num. accept() still returns
     # it, and getsockname() still says the listener's port. Read from skc_num,
     # these accepts had port 0 (82 of 189,328 in a ceiling step at 48,000/s
     # asked) and made a listener ":0" of their own in the live view.
-    srv, port = listener(backlog=16)
+    srv, port = listener(addr, backlog=16, family=socket.AF_INET6 if ":" in addr else socket.AF_INET)
     n = 5
     with collector_run(0.5) as run:
-        clients = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(n)]
+        clients = [socket.create_connection((addr, port), timeout=5) for _ in range(n)]
         reset_ports = {c.getsockname()[1] for c in clients}
         for c in clients:
             c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             c.close()
         time.sleep(0.2)
         # And one that is still connected when it is accepted, for contrast.
-        live = socket.create_connection(("127.0.0.1", port), timeout=5)
+        live = socket.create_connection((addr, port), timeout=5)
         srv.settimeout(5)
         accepted = [srv.accept() for _ in range(n + 1)]
         time.sleep(1.2)
@@ -263,7 +264,7 @@ def test_accept_of_a_connection_reset_in_the_queue_keeps_its_port(collector_run)
                and e.rport in names and e.pid == os.getpid()]
     assert len(accepts) == n + 1
     assert {e.lport for e in accepts} == {port}, sorted((e.rport, e.lport) for e in accepts)
-    assert {e.laddr for e in accepts} == {"127.0.0.1"}
+    assert {e.laddr for e in accepts} == {addr}
     rows = run.listener_rows(port)
     assert sum(r.accepts for r in rows) == n + 1
     assert not [r for s in run.snapshots for r in s.listeners if r.lport == 0 and r.family]
