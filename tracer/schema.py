@@ -146,7 +146,7 @@ _COLUMNS: dict[str, list[Column]] = {
         *_common("when accept() returned"),
         *_process(),
         _FAMILY,
-        Column("laddr", _STR, "local (listening) address (IPv4 dotted or IPv6 text)"),
+        _endpoint("laddr", "lport", "local (listening)")[0],
         Column("lport", _I32, "local (listening) port; in recordings older than 2026-12-06, 0 for "
                "a connection its client reset while it waited in the accept queue"),
         *_endpoint("raddr", "rport", "remote (client)"),
