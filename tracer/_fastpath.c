@@ -26,6 +26,12 @@
  * parse_datagram: it stops at the first message that is not a well-formed
  * socket and leaves that one, and the rest, to the Python parser, so errors
  * and the end of a dump have one definition).
+ *
+ * And the turn of the recorder's event rows into Arrow columns
+ * (arrow_columns: the buffers tracer/sinks/table_writer.py
+ * columns_of_rows hands to pyarrow), where pyarrow's own conversion of
+ * Python lists stays the reference and the fallback: any column holding a
+ * value this code does not convert exactly as pa.array would is left to it.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -47,7 +53,7 @@
 
 #include "bpf/event.h"
 
-#define ABI_VERSION 4
+#define ABI_VERSION 5
 
 /* What tracer/fastpath.py configures (references held until configured again). */
 static PyObject *Connect_t, *Accept_t;        /* the event classes */
@@ -785,6 +791,191 @@ static PyObject *fp_diag_messages(PyObject *self, PyObject *args)
     return err ? NULL : PyLong_FromSize_t(off);
 }
 
+/* ------------------------------------------------------------ rows to Arrow */
+
+/* One column of `rows` (a list of tuples) as Arrow buffers, or None when
+ * any value is one this code does not convert exactly as pa.array(values,
+ * type) does (then the caller does that): of another Python type than the
+ * column's, out of its range, or a str without a UTF-8 form.
+ * kind: 'b' int8, 'i' int32, 'q' int64 (and timestamp[us]: ints only),
+ * 'd' double (a float, or an int a double holds exactly), 's' string.
+ * Result: (null_count, validity or None, data, offsets or None), the data
+ * of a string column its characters. */
+static PyObject *arrow_column(PyObject *rows, Py_ssize_t n, Py_ssize_t col, int kind)
+{
+    size_t width = kind == 'b' ? 1 : kind == 'i' ? 4 : kind == 's' ? 0 : 8;
+    PyObject *valid = NULL, *data = NULL, *offsets = NULL, *out = NULL;
+    const char **text = NULL;
+    Py_ssize_t *lens = NULL;
+    Py_ssize_t nulls = 0, i;
+    size_t chars = 0;
+    int fallback = 0;
+
+    valid = PyBytes_FromStringAndSize(NULL, (n + 7) / 8);
+    if (valid == NULL)
+        goto done;
+    unsigned char *bits = (unsigned char *)PyBytes_AS_STRING(valid);
+    memset(bits, 0, (size_t)(n + 7) / 8);
+    if (kind == 's') {
+        offsets = PyBytes_FromStringAndSize(NULL, (n + 1) * 4);
+        text = PyMem_Malloc(sizeof(*text) * (size_t)(n ? n : 1));
+        lens = PyMem_Malloc(sizeof(*lens) * (size_t)(n ? n : 1));
+        if (offsets == NULL || text == NULL || lens == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_NoMemory();
+            goto done;
+        }
+    } else {
+        data = PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)width);
+        if (data == NULL)
+            goto done;
+        memset(PyBytes_AS_STRING(data), 0, (size_t)n * width);
+    }
+    char *dst = data ? PyBytes_AS_STRING(data) : NULL;
+
+    for (i = 0; i < n && !fallback; i++) {
+        PyObject *row = PyList_GET_ITEM(rows, i);
+        if (!PyTuple_CheckExact(row) || PyTuple_GET_SIZE(row) <= col) {
+            fallback = 1;
+            break;
+        }
+        PyObject *v = PyTuple_GET_ITEM(row, col);
+        if (v == Py_None) {
+            nulls++;
+            if (kind == 's') {
+                text[i] = NULL;
+                lens[i] = 0;
+            }
+            continue;
+        }
+        bits[i >> 3] |= (unsigned char)(1u << (i & 7));
+        if (kind == 's') {
+            if (!PyUnicode_CheckExact(v)) {
+                fallback = 1;
+                break;
+            }
+            text[i] = PyUnicode_AsUTF8AndSize(v, &lens[i]);
+            if (text[i] == NULL) {    /* lone surrogates: pa.array's own error */
+                PyErr_Clear();
+                fallback = 1;
+                break;
+            }
+            chars += (size_t)lens[i];
+            if (chars > INT32_MAX)    /* past a string array's offsets */
+                fallback = 1;
+        } else if (kind == 'd') {
+            double x;
+            if (PyFloat_CheckExact(v)) {
+                x = PyFloat_AS_DOUBLE(v);
+            } else if (PyLong_CheckExact(v)) {
+                int over = 0;
+                long long w = PyLong_AsLongLongAndOverflow(v, &over);
+                /* pa.array takes an int for a double only where it is exact */
+                if (over || w > (1LL << 53) || w < -(1LL << 53)) {
+                    PyErr_Clear();
+                    fallback = 1;
+                    break;
+                }
+                x = (double)w;
+            } else {
+                fallback = 1;
+                break;
+            }
+            memcpy(dst + (size_t)i * 8, &x, 8);
+        } else {
+            int over = 0;
+            long long w;
+            if (!PyLong_CheckExact(v)) {
+                fallback = 1;
+                break;
+            }
+            w = PyLong_AsLongLongAndOverflow(v, &over);
+            if (over || (w == -1 && PyErr_Occurred())) {
+                PyErr_Clear();
+                fallback = 1;
+                break;
+            }
+            if (kind == 'b') {
+                if (w < INT8_MIN || w > INT8_MAX) {
+                    fallback = 1;
+                    break;
+                }
+                int8_t x = (int8_t)w;
+                memcpy(dst + i, &x, 1);
+            } else if (kind == 'i') {
+                if (w < INT32_MIN || w > INT32_MAX) {
+                    fallback = 1;
+                    break;
+                }
+                int32_t x = (int32_t)w;
+                memcpy(dst + (size_t)i * 4, &x, 4);
+            } else {
+                int64_t x = (int64_t)w;
+                memcpy(dst + (size_t)i * 8, &x, 8);
+            }
+        }
+    }
+    if (fallback) {
+        out = Py_None;
+        Py_INCREF(out);
+        goto done;
+    }
+    if (kind == 's') {
+        data = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)chars);
+        if (data == NULL)
+            goto done;
+        char *c = PyBytes_AS_STRING(data);
+        char *o = PyBytes_AS_STRING(offsets);
+        int32_t at = 0;
+        for (i = 0; i < n; i++) {
+            memcpy(o + (size_t)i * 4, &at, 4);
+            if (lens[i]) {
+                memcpy(c + at, text[i], (size_t)lens[i]);
+                at += (int32_t)lens[i];
+            }
+        }
+        memcpy(o + (size_t)n * 4, &at, 4);
+    }
+    out = Py_BuildValue("nOOO", nulls, nulls ? valid : Py_None, data,
+                        offsets ? offsets : Py_None);
+done:
+    PyMem_Free(text);
+    PyMem_Free(lens);
+    Py_XDECREF(valid);
+    Py_XDECREF(data);
+    Py_XDECREF(offsets);
+    return out;
+}
+
+/* arrow_columns(rows, kinds) -> [arrow_column of each column]: `kinds` one
+ * letter a column (as arrow_column). */
+static PyObject *fp_arrow_columns(PyObject *self, PyObject *args)
+{
+    PyObject *rows;
+    const char *kinds;
+    Py_ssize_t nkinds;
+    if (!PyArg_ParseTuple(args, "O!s#", &PyList_Type, &rows, &kinds, &nkinds))
+        return NULL;
+    for (Py_ssize_t k = 0; k < nkinds; k++)
+        if (!strchr("biqds", kinds[k]) || kinds[k] == '\0') {
+            PyErr_Format(PyExc_ValueError, "arrow_columns: unknown column kind %c", kinds[k]);
+            return NULL;
+        }
+    Py_ssize_t n = PyList_GET_SIZE(rows);
+    PyObject *out = PyList_New(nkinds);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t k = 0; k < nkinds; k++) {
+        PyObject *c = arrow_column(rows, n, k, kinds[k]);
+        if (c == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, k, c);
+    }
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"configure", fp_configure, METH_VARARGS,
      "configure(Connect, Accept, addr_cache, addr_slow, comm_cache, comm_slow, outcomes, "
@@ -794,6 +985,9 @@ static PyMethodDef methods[] = {
     {"sizes", fp_sizes, METH_NOARGS, "sizeof of each record struct, as compiled"},
     {"diag_messages", fp_diag_messages, METH_VARARGS,
      "diag_messages(data, seq, out, TcpSocket) -> offset: tracer/probes/sock_diag.py parse_datagram's bulk"},
+    {"arrow_columns", fp_arrow_columns, METH_VARARGS,
+     "arrow_columns(rows, kinds) -> [(null_count, validity, data, offsets) or None]: "
+     "tracer/sinks/table_writer.py columns_of_rows"},
     {"fd_sockets", fp_fd_sockets, METH_VARARGS,
      "fd_sockets(pid) -> (fds, {socket inode}) or None: tracer/probes/procfs.py _scan_fd_dir"},
     {NULL, NULL, 0, NULL},
@@ -801,7 +995,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "tracer._fastpath",
-    "The compiled event path, fd-table scan and sock_diag parser (see tracer/fastpath.py).", -1, methods,
+    "The compiled event path, fd-table scan, sock_diag parser and rows-to-Arrow columns (see tracer/fastpath.py).", -1, methods,
 };
 
 PyMODINIT_FUNC PyInit__fastpath(void)

@@ -22,7 +22,7 @@ from tracer.domain import outcomes
 # what doctor says to do about the pure-Python path
 TO_COMPILE = ("it costs about 1.3 times the CPU per connection: install a C compiler and "
               "Python's headers (Debian: gcc python3-dev) and reinstall connscope")
-ABI_VERSION = 4   # tracer/_fastpath.c ABI_VERSION: a stale build is not used
+ABI_VERSION = 5   # tracer/_fastpath.c ABI_VERSION: a stale build is not used
 
 
 def _load():

@@ -55,7 +55,12 @@ def run(sinks, data: bytes, clock: Clock):
 
 def traffic() -> bytes:
     rng = random.Random(3)
-    return framed([(connect(rng, 64 * i, 10_000 + i, family=2), 0) for i in range(500)])
+    # hostile text, but ids the kernel can give: a recording refuses a pid
+    # or a cgroup id past its int32 and int64 columns (rows_to_batch)
+    return framed([(connect(rng, 64 * i, 10_000 + i, family=2, pid=rng.choice([1, 4242, 4194304]),
+                            tid=rng.randrange(1, 4194305), syn_retransmits=rng.randrange(256),
+                            cgroup_id=rng.choice([0, 77, 2**63 - 1])), 0)
+                   for i in range(500)])
 
 
 def test_record_alone_keeps_no_connect_views_and_writes_the_same_rows():

@@ -39,9 +39,11 @@ def pack(layout, names, **fields) -> bytes:
     return layout.pack(*(fields[f] for f in names._fields))
 
 
-def connect(rng: random.Random, sk: int, t: int, *, outcome=None, comm=None, family=None) -> bytes:
+def connect(rng: random.Random, sk: int, t: int, *, outcome=None, comm=None, family=None,
+            **fields) -> bytes:
+    """`fields`: values of the record's fields instead of random ones."""
     fam = family if family is not None else rng.choice([2, 2, 2, 10, 0, 255])
-    return pack(e._CONNECT, e._ConnectT, type=C["EV_CONNECT"], pid=rng.choice([1, 4242, 2**32 - 1]),
+    return pack(e._CONNECT, e._ConnectT, **{**dict(type=C["EV_CONNECT"], pid=rng.choice([1, 4242, 2**32 - 1]),
                 tid=rng.randrange(2**32), err=rng.choice([0, 111, -1, 2**31 - 1, -2**31]),
                 ts_start_ns=t, ts_end_ns=t + rng.choice([0, 1, 123_456, -5]),
                 sk=sk, saddr=rng.randbytes(16), daddr=rng.choice([bytes([127, 0, 0, 1]) + bytes(12),
@@ -50,7 +52,8 @@ def connect(rng: random.Random, sk: int, t: int, *, outcome=None, comm=None, fam
                 syn_retransmits=rng.randrange(65536), family=fam,
                 outcome=outcome if outcome is not None else rng.choice([0, 0, 0, 1, 2, 3, 4, 5, 9, 255]),
                 comm=comm if comm is not None else rng.choice(HOSTILE_COMMS),
-                netns=rng.randrange(2**32), pad=bytes(4), cgroup_id=rng.choice([0, 2**64 - 1, 77]))
+                netns=rng.randrange(2**32), pad=bytes(4), cgroup_id=rng.choice([0, 2**64 - 1, 77])),
+                                               **fields})
 
 
 def accept(rng: random.Random, sk: int, t: int, *, handshake=None) -> bytes:

@@ -130,8 +130,10 @@ class RecordSink:
     def _hand_over(self, table: str) -> None:
         rows = self._rows[table]
         if rows:
+            # (imported here: pyarrow comes after the probes load, run.py)
+            from tracer.sinks.table_writer import columns_of_rows
             self._rows[table] = []
-            self.recording.write(table, dict(zip(self._fields[table], map(list, zip(*rows)))))
+            self.recording.write(table, columns_of_rows(table, self._fields[table], rows))
 
     def on_events(self, events) -> None:
         connects, accepts = self._rows["connects"], self._rows["accepts"]
