@@ -111,7 +111,8 @@ def export_commit(rev: str, dest: Path | None = None) -> tuple[Path, str]:
     """git archive REV into dest (a new temporary directory if None)."""
     import subprocess
 
-    repo = Path(__file__).resolve().parent.parent
+    # (an exported --commit has no history: its revisions are the repository's)
+    repo = Path(os.environ.get("CONNSCOPE_BENCH_REPO") or Path(__file__).resolve().parent.parent)
     sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", rev],
                          capture_output=True, text=True, check=True).stdout.strip()
     if dest is None:
@@ -177,7 +178,7 @@ def run_commit(args, argv) -> int:
                         ignore=shutil.ignore_patterns("results", "__pycache__"))
         rest = [a for a in argv if a != "--commit" and a != args.commit]
         rest += ["--json", str(args.json.resolve())] if "--json" not in rest else []
-        env = dict(os.environ, PYTHONPATH=str(src),
+        env = dict(os.environ, PYTHONPATH=str(src), CONNSCOPE_BENCH_REPO=str(repo),
                    CONNSCOPE_BENCH_SOURCE=f"{args.commit} = {sha} (exported, clean)")
         log(f"bench: measuring commit {sha} exported to {src}")
         return subprocess.call([sys.executable, "-m", "bench", *rest], cwd=src, env=env)
