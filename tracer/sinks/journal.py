@@ -36,7 +36,11 @@ ROW_GROUP_ROWS = 1 << 16
 JOURNAL_MAX_BYTES = 1 << 30
 
 # lz4 costs little CPU and shrinks the journal ~2x; Parquet gets zstd.
-_IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
+# Arrow's thread pool is not used: for the tracer's batches of a few thousand
+# rows its hand-offs cost more CPU than they spread (BENCHMARKS.md section 22),
+# and the tracer's CPU is taken from the server it watches.
+_IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4", use_threads=False)
+_IPC_READ = pa.ipc.IpcReadOptions(use_threads=False)
 
 
 def parquet_options(sch: pa.Schema) -> dict:
@@ -102,8 +106,16 @@ class Journal:
             pass
 
 
-def read_journal(part: Dir, name: str) -> tuple[pa.Schema | None, list[pa.RecordBatch], bool]:
+def read_journal(part: Dir, name: str, *, every_value: bool = True
+                 ) -> tuple[pa.Schema | None, list[pa.RecordBatch], bool]:
     """(schema, every complete batch, whether the stream ended cleanly).
+
+    Each batch is checked, every value of it (offsets, UTF-8) unless
+    `every_value` is False: for the writer's own journal, written by this
+    process moments ago into the recording's trusted directory, the check of
+    its structure is enough, and the full one was a fifth of the CPU of
+    turning rows into Parquet (BENCHMARKS.md section 22). Recovery reads
+    the journals of other runs, and checks everything.
 
     Raises NotRegular for a journal that is not a regular file of sane size."""
     fd, st = part.open_regular(name, JOURNAL_MAX_BYTES)
@@ -115,14 +127,14 @@ def read_journal(part: Dir, name: str) -> tuple[pa.Schema | None, list[pa.Record
     finally:
         os.close(fd)
     try:
-        reader = pa.ipc.open_stream(pa.BufferReader(data))
+        reader = pa.ipc.open_stream(pa.BufferReader(data), options=_IPC_READ)
     except (pa.ArrowException, OSError, ValueError):
         return None, [], False
     batches = []
     while True:
         try:
             batch = reader.read_next_batch()
-            batch.validate(full=True)
+            batch.validate(full=every_value)
         except StopIteration:
             return reader.schema, batches, True
         except (pa.ArrowException, OSError, ValueError):
@@ -185,14 +197,15 @@ def write_parquet_parts(part: Dir, name: str, sch: pa.Schema, tables: Iterable[p
     return write_via(part.fd, tmp, name, write)
 
 
-def journal_to_parquet(part: Dir, journal: str, row_group_rows: int = ROW_GROUP_ROWS
-                       ) -> tuple[str, int, int, pa.Table] | None:
+def journal_to_parquet(part: Dir, journal: str, row_group_rows: int = ROW_GROUP_ROWS, *,
+                       own: bool = False) -> tuple[str, int, int, pa.Table] | None:
     """Convert a closed or abandoned journal to `<name>.parquet` and delete it.
+    `own`: the caller wrote it (read_journal's every_value).
 
     Returns (parquet name, rows, file size, the rows as a Table), or None, leaving
     the journal alone, if it holds no complete batch.
     """
-    sch, batches, _ = read_journal(part, journal)
+    sch, batches, _ = read_journal(part, journal, every_value=not own)
     if not batches:
         return None
     table = pa.Table.from_batches(batches, schema=sch)

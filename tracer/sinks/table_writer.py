@@ -223,7 +223,8 @@ def _row_groups(part: Dir, name: str) -> Iterator[pa.Table]:
     with os.fdopen(fd, "rb") as f:
         pf = pq.ParquetFile(f)
         for i in range(pf.num_row_groups):
-            yield pf.read_row_group(i)
+            # (one thread: Arrow's pool cost more CPU than it spread, journal.py)
+            yield pf.read_row_group(i, use_threads=False)
 
 
 class TableWriter:
@@ -478,7 +479,7 @@ class TableWriter:
             if not part.exists(name):
                 self._pending.pop(0)
                 continue
-            result = journal_to_parquet(part, name, self.row_group_rows)
+            result = journal_to_parquet(part, name, self.row_group_rows, own=True)
             self._pending.pop(0)
             if result is None:
                 # not one complete batch reached the disk: nothing to keep
