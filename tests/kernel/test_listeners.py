@@ -229,7 +229,6 @@ def test_queue_wait_is_time_spent_in_the_queue(collector_run):
     assert {e.backlog_max for e in accepts.values()} == {16}
 
 
-# ids without "::": the guest runner splits node ids on it (test_backends_in_guest.junit_key)
 @pytest.mark.parametrize("addr", ["127.0.0.1", "::1"], ids=["ipv4", "ipv6"])
 def test_accept_of_a_connection_reset_in_the_queue_keeps_its_port(collector_run, addr):
     # A client that gives up (here: an RST, SO_LINGER 0) while its connection

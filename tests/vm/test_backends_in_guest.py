@@ -85,9 +85,12 @@ def collect_test_ids(paths, *options: str) -> list[str]:
 
 
 def junit_key(nodeid: str) -> tuple[str, str]:
-    """(classname, name) pytest writes to JUnit XML for a node id."""
-    path, *scopes, name = nodeid.split("::")
-    return ".".join([path.removesuffix(".py").replace("/", "."), *scopes]), name
+    """(classname, name) pytest writes to JUnit XML for a node id. As
+    pytest does (junitxml.mangle_test_address), the parameters are set
+    apart first: they may hold "::" themselves (an IPv6 address)."""
+    address, bracket, params = nodeid.partition("[")
+    path, *scopes, name = address.split("::")
+    return ".".join([path.removesuffix(".py").replace("/", "."), *scopes]), name + bracket + params
 
 
 # --- the one guest run ------------------------------------------------------------------

@@ -296,3 +296,20 @@ def test_guest_command_gets_its_environment_and_scalar_arrow_kernels(tmp_path):
     assert "export ARROW_USER_SIMD_LEVEL=NONE" in script
     assert "export A='b c'" in script and script[-1] == "echo hi"
     assert not (tmp_path / "disk" / "project" / ".venv").exists()
+
+
+@pytest.mark.parametrize("nodeid", [
+    "tests/kernel/test_listeners.py::test_reset[ipv4]",
+    "tests/kernel/test_listeners.py::test_reset[::1]",
+    "tests/kernel/test_x.py::TestGroup::test_y[a::b-::ffff:127.0.0.1]",
+    "tests/kernel/sub/test_z.py::test_plain",
+])
+def test_junit_keys_are_the_ones_pytest_writes(nodeid):
+    """Checked against pytest's own naming of JUnit test cases: a guest
+    test whose parameters held "::" was reported as never run (CI of 9e4a00b)."""
+    from _pytest.junitxml import mangle_test_address
+
+    from test_backends_in_guest import junit_key
+
+    *classname, name = mangle_test_address(nodeid)
+    assert junit_key(nodeid) == (".".join(classname), name)
