@@ -14,6 +14,7 @@ CONNSCOPE_PURE_PYTHON=1 turns it off (benchmarks and debugging).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from tracer import events, lifetimes
@@ -22,7 +23,7 @@ from tracer.domain import outcomes
 # what doctor says to do about the pure-Python path
 TO_COMPILE = ("it costs about 1.3 times the CPU per connection: install a C compiler and "
               "Python's headers (Debian: gcc python3-dev) and reinstall connscope")
-ABI_VERSION = 5   # tracer/_fastpath.c ABI_VERSION: a stale build is not used
+ABI_VERSION = 6   # tracer/_fastpath.c ABI_VERSION: a stale build is not used
 
 
 def _load():
@@ -53,7 +54,11 @@ def configure(native) -> None:
     paths, and tracer/lifetimes.py's bounds as they are now (tests lower them)."""
     native.configure(events.Connect, events.Accept, events._ADDR_BY_RAW, events._addr_by_raw,
                      events._COMM_CACHE, events.comm_text, events.OUTCOMES, outcomes.ERROR,
-                     lifetimes._EARLY_MAX, lifetimes.MAX_OPEN)
+                     lifetimes._EARLY_MAX, lifetimes.MAX_OPEN,
+                     # the order the compiled decoders hand the values in, as the
+                     # classes take them (events.decode_connect_at)
+                     tuple(f.name for f in dataclasses.fields(events.Connect)),
+                     tuple(f.name for f in dataclasses.fields(events.Accept)))
 
 
 native, STATUS = _load()

@@ -250,3 +250,66 @@ def test_pure_python_is_chosen_by_the_environment_and_said():
                          env={**os.environ, "CONNSCOPE_PURE_PYTHON": "1"}, capture_output=True,
                          text=True, check=True, cwd=REPO).stdout
     assert out.strip() == "None pure Python (CONNSCOPE_PURE_PYTHON=1)"
+
+
+@needs_native
+@pytest.mark.skipif(sys.version_info < (3, 10), reason="Python 3.9's dataclasses have no "
+                    "__slots__: the compiled path calls the classes there")
+def test_events_are_made_by_filling_their_slots_and_are_ordinary_instances():
+    """The compiled path allocates Connect and Accept and fills their slots
+    (no __init__ run); what it makes equals, prints, copies and is garbage
+    collected as an instance the class made."""
+    import copy
+    import dataclasses
+    import gc
+    import weakref
+
+    assert native.slots_filled() == (True, True)
+    rng = random.Random(21)
+    recs = [(connect(rng, 64 * i, 1000 + i, outcome=0, family=2), 0) for i in range(40)]
+    recs += [(accept(rng, 64 * (100 + i), 5000 + i), 0) for i in range(40)]
+    py, c = walk_both(framed(recs), [1000])
+    assert c["events"] == py["events"] and len(c["events"]) == 80
+    for mine, ref in zip(c["events"], py["events"]):
+        assert type(mine) is type(ref)
+        assert repr(mine) == repr(ref) and dataclasses.astuple(mine) == dataclasses.astuple(ref)
+        twin = copy.copy(mine)
+        twin.pid = -1                               # slots stay writable, per instance
+        assert twin.pid == -1 and mine.pid == ref.pid
+        assert set(map(id, gc.get_referents(mine))) >= {id(mine.comm), id(mine.pid)}
+    # an event the walk made is freed when let go (no reference leaked or lost)
+    comm = c["events"][0].comm
+    before = sys.getrefcount(comm)
+    del c["events"][0]
+    assert sys.getrefcount(comm) == before - 1
+    assert gc.collect() >= 0
+
+
+@needs_native
+def test_a_class_with_more_to_do_at_construction_is_called(monkeypatch):
+    """A class whose instances are not just their fields (here a __post_init__)
+    is called, as the Python path calls it, not filled slot by slot."""
+    import dataclasses
+
+    from tracer.compat import SLOTS
+
+    made = []
+    fields = [(f.name, f.type, f) for f in dataclasses.fields(e.Connect)]
+    Checked = dataclasses.make_dataclass(
+        "Checked", [(n, t, dataclasses.field(default=f.default)) if f.default is not
+                    dataclasses.MISSING else (n, t) for n, t, f in fields],
+        namespace={"__post_init__": lambda self: made.append(self.pid)}, **SLOTS)
+    monkeypatch.setattr(e, "Connect", Checked)
+    fastpath.configure(native)
+    try:
+        assert native.slots_filled()[0] is False
+        rng = random.Random(5)
+        s = session()
+        data = framed([(connect(rng, 64 * i, 1000 + i, outcome=0, family=2), 0) for i in range(5)])
+        s._walk_compiled(memoryview(data), (1 << 62) - 1, 0, lambda: len(data), 100)
+        assert [type(ev) for ev in s._pending] == [Checked] * 5
+        assert made == [ev.pid for ev in s._pending]
+    finally:
+        monkeypatch.undo()
+        fastpath.configure(native)
+    assert native.slots_filled()[0] is (sys.version_info >= (3, 10))
