@@ -66,7 +66,7 @@ def _reference(fields, types, rows):
     return out
 
 
-def _same(table, fields, rows, monkeypatch=None):
+def _same(table, fields, rows):
     types = [schema(table).field(f).type for f in fields]
     try:
         want = _reference(fields, types, rows)
