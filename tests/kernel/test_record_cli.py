@@ -332,3 +332,45 @@ def test_kill_9_report_as_another_user_is_one_line(tmp_path):
         assert p.returncode == 0 and "recovered connects/" in p.stderr, p.stderr
     finally:
         shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_a_hostile_process_name_is_recorded_as_its_escaped_text(tmp_path):
+    """nobody names its process with bytes that are not UTF-8, a terminal
+    escape and a right-to-left override, and connects to our listener: every
+    one of its connects is a row (the compiled rows-to-Arrow path included,
+    tracer/_fastpath.c arrow_columns), its comm the text tracer.events.comm_text
+    makes of the bytes, and pyarrow and DuckDB read the files."""
+    from tracer.events import comm_text
+
+    raw = b"\xe2\x80\xae\x1b[2J\xff\xed\xa0\x80x"          # 12 bytes: all of it is the comm
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(64)
+    port = srv.getsockname()[1]
+    out = tmp_path / "rec"
+    proc = start_recorder(out, "--duration", "4")
+    try:
+        wait_started(proc)
+        child = ("import ctypes, socket\n"
+                 f"ctypes.CDLL(None).prctl(15, {raw!r}, 0, 0, 0)\n"
+                 f"for _ in range(20): socket.create_connection(('127.0.0.1', {port})).close()\n"
+                 "print(open('/proc/self/comm', 'rb').read().rstrip(b'\\n').hex())\n")
+        p = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                            sys.executable, "-c", child], capture_output=True, text=True,
+                           timeout=30, cwd="/")
+        assert p.returncode == 0, p.stderr
+        assert bytes.fromhex(p.stdout.strip()) == raw          # the trap is set as asked
+        for _ in range(20):
+            srv.accept()[0].close()
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        srv.close()
+    assert proc.returncode == 0, err
+    rows = [r for f in sorted(Path(out, "connects").glob("date=*/*.parquet"))
+            for r in pq.read_table(f, columns=["comm", "dport"]).to_pylist() if r["dport"] == port]
+    assert len(rows) == 20 == connects_rows(out, port)
+    # the name as the kernel holds it, the bytes that are not UTF-8 escaped
+    # (printing escapes the rest: tracer/safe_text.py)
+    assert {r["comm"] for r in rows} == {comm_text(raw)} == {"\u202e\x1b[2J\\xff\\xed\\xa0\\x80x"}
