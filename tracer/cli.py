@@ -2,7 +2,9 @@
 by tracer.run (live and recording), tracer.doctor, and the sinks."""
 from __future__ import annotations
 
+import errno
 import math
+import os
 import sys
 
 import click
@@ -381,6 +383,10 @@ def main(argv=None):
     from tracer.safe_text import printable_message
 
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    if sys.stdout is not None and not isinstance(sys.stdout, _WatchedStream):
+        sys.stdout = _WatchedStream(sys.stdout)
+    if sys.stderr is not None and not isinstance(sys.stderr, _WatchedStream):
+        sys.stderr = _WatchedStream(sys.stderr, keep_going=True)
     try:
         cli.main(args=argv, prog_name="connscope", standalone_mode=False)
     except click.exceptions.Abort:
@@ -398,10 +404,80 @@ def main(argv=None):
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
+    except OSError as e:
+        # (EPIPE, the reader gone as in `| head`, is click's: a quiet exit)
+        if not debug and _stdout_refuses(e):
+            # a full disk or a failing device behind `> file`: no traceback,
+            # and nothing left for Python to fail on again at exit
+            click.echo(f"Error: cannot write to standard output: {os.strerror(e.errno)}",
+                       err=True)
+            _drop_stdout()
+            sys.exit(1)
+        _internal_error(e, debug)
     except Exception as e:  # a bug: still one line unless --debug
-        if debug:
-            _print_traceback()
-            sys.exit(2)
-        click.echo(f"Error: internal error: {type(e).__name__}: {printable_message(e)} "
-                   f"(run with --debug for details)", err=True)
+        _internal_error(e, debug)
+
+
+class _WatchedStream:
+    """sys.stdout or sys.stderr as it was, remembering the error a write or
+    flush of it raised, so that the CLI boundary tells standard output's own
+    failure (a full disk behind `> file`, /dev/full) from any other OSError.
+
+    A stderr that takes no more text (`2>>log` on a full disk) has its
+    failure remembered and nothing else: the progress and status lines are
+    lost, but `record` goes on recording and every command exits as it
+    would have (a broken pipe, the reader gone, is still raised)."""
+
+    def __init__(self, stream, keep_going: bool = False):
+        self._stream = stream
+        self._keep_going = keep_going
+        self.failed: OSError | None = None
+
+    def _failed(self, e: OSError):
+        self.failed = e
+        if not self._keep_going or e.errno == errno.EPIPE:
+            raise e
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except OSError as e:
+            self._failed(e)
+            return len(text)
+
+    def flush(self):
+        try:
+            return self._stream.flush()
+        except OSError as e:
+            self._failed(e)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _stdout_refuses(e: OSError) -> bool:
+    """Whether e is what writing standard output raised (_WatchedStream)."""
+    watched = sys.stdout
+    return isinstance(watched, _WatchedStream) and watched.failed is e and e.errno is not None
+
+
+def _drop_stdout() -> None:
+    """Point fd 1 at /dev/null, so the interpreter's flush at exit has
+    nowhere to fail and prints no 'Exception ignored' after our Error line."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+    except (OSError, ValueError):
+        pass
+
+
+def _internal_error(e: Exception, debug: bool) -> None:
+    from tracer.safe_text import printable_message
+
+    if debug:
+        _print_traceback()
         sys.exit(2)
+    click.echo(f"Error: internal error: {type(e).__name__}: {printable_message(e)} "
+               f"(run with --debug for details)", err=True)
+    sys.exit(2)

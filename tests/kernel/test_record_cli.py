@@ -374,3 +374,27 @@ def test_a_hostile_process_name_is_recorded_as_its_escaped_text(tmp_path):
     # the name as the kernel holds it, the bytes that are not UTF-8 escaped
     # (printing escapes the rest: tracer/safe_text.py)
     assert {r["comm"] for r in rows} == {comm_text(raw)} == {"\u202e\x1b[2J\\xff\\xed\\xa0\\x80x"}
+
+
+def test_a_full_standard_error_does_not_stop_the_recording(tmp_path):
+    """`record ... 2>>log` with the log's disk full (here /dev/full, ENOSPC on
+    every write): its start line and status lines are lost, the recording is
+    not: every connect is a row, the run complete, exit 0. (Before: the
+    start line's failure stopped `record` with "internal error".)"""
+    out = tmp_path / "rec"
+    with open("/dev/full", "w") as full:
+        proc = subprocess.Popen([*CONNSCOPE, "record", "--out", str(out), "--duration", "6"],
+                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=full)
+    deadline = time.monotonic() + 30
+    while not list(out.glob("runs/*.json")) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.returncode
+        time.sleep(0.05)
+    assert list(out.glob("runs/*.json")), "the recorder did not start within 30 s"
+    time.sleep(0.5)
+    with Connector(period=0.02, limit=17) as c:
+        time.sleep(1.5)
+    assert proc.wait(timeout=60) == 0
+    assert len(c.made) == 17
+    assert connects_rows(out, c.port) == 17
+    import json
+    assert [json.loads(p.read_text())["status"] for p in out.glob("runs/*.json")] == ["complete"]

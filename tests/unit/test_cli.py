@@ -98,3 +98,48 @@ def test_doctor_json_is_json():
     assert code == 0, err
     report = json.loads(out)
     assert "backend" in report or "auto" in json.dumps(report)
+
+
+def run_to(stdout, stderr, *args, timeout=120):
+    p = subprocess.run([*CONNSCOPE, *args], stdout=stdout, stderr=stderr, timeout=timeout,
+                       cwd=ROOT, stdin=subprocess.DEVNULL)
+    return p.returncode
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full on this host")
+@pytest.mark.parametrize("command", ["doctor", "report"])
+def test_standard_output_on_a_full_device_is_one_error_line(command, tmp_path):
+    """`> file` on a full disk (here /dev/full, which refuses every write
+    with ENOSPC): one Error line naming standard output, exit 1; not
+    "internal error", and no second complaint from the interpreter's own
+    flush at exit ("Exception ignored ...")."""
+    args = [command]
+    if command == "report":
+        from tests.report.hostile import write_base
+        write_base(tmp_path / "rec")
+        args.append(str(tmp_path / "rec"))
+    err = tmp_path / "stderr"
+    with open("/dev/full", "w") as full, open(err, "w") as e:
+        code = run_to(full, e, *args)
+    text = err.read_text()
+    assert code == 1, text
+    assert "Traceback" not in text and "Exception ignored" not in text, text
+    assert [line for line in text.splitlines() if line.startswith("Error")] == [
+        "Error: cannot write to standard output: " + os.strerror(28)], text
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full on this host")
+def test_a_full_standard_error_does_not_stop_a_command(tmp_path):
+    """stderr on a full disk (`2>>log`): what would have gone there is lost,
+    the command's own output and exit are as without it (the same holds for
+    `record`'s start line and status lines: tests/kernel/test_record_cli.py)."""
+    from tests.report.hostile import write_base
+    write_base(tmp_path / "rec")
+    out = tmp_path / "stdout"
+    with open(out, "w") as o, open("/dev/full", "w") as full:
+        code = run_to(o, full, "report", str(tmp_path / "rec"))
+    assert code == 0
+    assert out.read_text().startswith("connscope report: "), out.read_text()[:200]
+    # and a real error still exits non-zero when it cannot even be printed
+    with open(out, "w") as o, open("/dev/full", "w") as full:
+        assert run_to(o, full, "report", str(tmp_path / "absent")) == 1

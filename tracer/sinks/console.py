@@ -220,6 +220,7 @@ class StatusLineSink:
         self._line_at = self._last        # start of what the next line covers
         self._line_events = 0
         self._warned: str | None = None
+        self.unwritable: OSError | None = None   # why the stream took no more lines
 
     def on_events(self, events) -> None:
         pass
@@ -244,8 +245,14 @@ class StatusLineSink:
 
     def _write(self, status, suffix: str = "") -> None:
         now = self._clock()
-        self.stream.write(self.line(status, now) + suffix + "\n")
-        self.stream.flush()
+        if self.unwritable is None:
+            try:
+                self.stream.write(self.line(status, now) + suffix + "\n")
+                self.stream.flush()
+            except OSError as e:
+                # stderr on a full disk or gone: the recording goes on without
+                # its status line (which is all this sink is), and stops trying
+                self.unwritable = e
         self._line_at, self._line_events = now, status.events_total
 
     def on_interval(self, status, snapshot) -> None:
