@@ -32,6 +32,10 @@
  * columns_of_rows hands to pyarrow), where pyarrow's own conversion of
  * Python lists stays the reference and the fallback: any column holding a
  * value this code does not convert exactly as pa.array would is left to it.
+ *
+ * And Histogram.add of a float (HistogramCore, the base class of
+ * tracer/aggregate/histogram.py's Histogram: four adds a connection), where
+ * the Python add stays the definition and takes every other case.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -54,7 +58,7 @@
 
 #include "bpf/event.h"
 
-#define ABI_VERSION 6
+#define ABI_VERSION 7
 
 /* What tracer/fastpath.py configures (references held until configured again). */
 static PyObject *Connect_t, *Accept_t;        /* the event classes */
@@ -1048,6 +1052,169 @@ static PyObject *fp_arrow_columns(PyObject *self, PyObject *args)
     return out;
 }
 
+/* ------------------------------------------------------------ histogram */
+
+/* HistogramCore: the instance layout of tracer/aggregate/histogram.py's
+ * Histogram (its five attributes, as __slots__ would hold them) and its
+ * add() for the one case the event path makes thousands of times a second:
+ * a float value, n == 1, into a dict of int counts. Every other case (an int
+ * or any other value, n != 1, NaN, infinity, a value beyond 2**62, counts
+ * or totals of other types) is handed to the class's own _add_any, the
+ * Python definition, which stays the reference
+ * (tests/unit/test_histogram.py runs both on the same values). */
+typedef struct {
+    PyObject_HEAD
+    PyObject *counts, *count, *total, *min, *max;
+} HistogramCore;
+
+static PyObject *str_add_any;
+
+static int hc_traverse(HistogramCore *h, visitproc visit, void *arg)
+{
+    Py_VISIT(h->counts);
+    Py_VISIT(h->count);
+    Py_VISIT(h->total);
+    Py_VISIT(h->min);
+    Py_VISIT(h->max);
+    return 0;
+}
+
+static int hc_clear(HistogramCore *h)
+{
+    Py_CLEAR(h->counts);
+    Py_CLEAR(h->count);
+    Py_CLEAR(h->total);
+    Py_CLEAR(h->min);
+    Py_CLEAR(h->max);
+    return 0;
+}
+
+static void hc_dealloc(HistogramCore *h)
+{
+    /* (a subclass's instance comes here from subtype_dealloc, which then
+     * releases the subclass itself) */
+    PyObject_GC_UnTrack(h);
+    hc_clear(h);
+    Py_TYPE(h)->tp_free((PyObject *)h);
+}
+
+/* The bucket of int(v) for a finite v with |v| < 2**62 (histogram.py
+ * bucket_of / Histogram.add, SUB_BITS 5). */
+#define HIST_SUB_BITS 5
+#define HIST_SUB (1LL << HIST_SUB_BITS)
+static long long hist_bucket(double v)
+{
+    long long iv = (long long)v;            /* int(): toward zero */
+    if (iv < HIST_SUB)
+        return iv > 0 ? iv : 0;
+    int shift = 63 - __builtin_clzll((unsigned long long)iv) - HIST_SUB_BITS;
+    return (shift + 1) * HIST_SUB + ((iv >> shift) - HIST_SUB);
+}
+
+/* The call as it came, to the class's _add_any (the Python definition). */
+static PyObject *hc_add_any(HistogramCore *h, PyObject *const *args, Py_ssize_t nargs,
+                            PyObject *kwnames)
+{
+    PyObject *all[4] = {(PyObject *)h};
+    Py_ssize_t given = nargs + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0);
+    if (given > 3) {
+        PyErr_Format(PyExc_TypeError, "add() takes at most 2 arguments (%zd given)", given);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < given; i++)
+        all[i + 1] = args[i];
+    return PyObject_VectorcallMethod(str_add_any, all, nargs + 1, kwnames);
+}
+
+static PyObject *one;   /* 1 */
+
+static PyObject *hc_add(HistogramCore *h, PyObject *const *args, Py_ssize_t nargs,
+                        PyObject *kwnames)
+{
+    if (kwnames != NULL || nargs < 1 || nargs > 2)
+        return hc_add_any(h, args, nargs, kwnames);
+    PyObject *value = args[0], *n = nargs == 2 ? args[1] : NULL;
+    if (!PyFloat_CheckExact(value) || (n != NULL && !(PyLong_CheckExact(n) && PyLong_AsLong(n) == 1))
+            || h->counts == NULL || !PyDict_CheckExact(h->counts)
+            || h->count == NULL || !PyLong_CheckExact(h->count)
+            || h->total == NULL || !PyFloat_CheckExact(h->total)
+            || h->min == NULL || !PyFloat_CheckExact(h->min)
+            || h->max == NULL || !PyFloat_CheckExact(h->max)) {
+        PyErr_Clear();
+        return hc_add_any(h, args, nargs, NULL);
+    }
+    double v = PyFloat_AS_DOUBLE(value);
+    if (!(v > -4.6e18 && v < 4.6e18))       /* NaN, infinities, beyond 2**62 */
+        return hc_add_any(h, args, nargs, NULL);
+    PyObject *key = PyLong_FromLongLong(hist_bucket(v));
+    if (key == NULL)
+        return NULL;
+    PyObject *old = PyDict_GetItemWithError(h->counts, key);   /* borrowed */
+    PyObject *now;
+    if (old != NULL) {
+        Py_INCREF(old);
+        now = PyNumber_Add(old, one);
+        Py_DECREF(old);
+    } else if (PyErr_Occurred()) {
+        now = NULL;
+    } else {
+        now = PyLong_FromLong(1);
+    }
+    if (now == NULL || PyDict_SetItem(h->counts, key, now) < 0) {
+        Py_XDECREF(now);
+        Py_DECREF(key);
+        return NULL;
+    }
+    Py_DECREF(now);
+    Py_DECREF(key);
+    PyObject *count = PyNumber_Add(h->count, one);
+    if (count == NULL)
+        return NULL;
+    Py_SETREF(h->count, count);
+    PyObject *total = PyFloat_FromDouble(PyFloat_AS_DOUBLE(h->total) + v);
+    if (total == NULL)
+        return NULL;
+    Py_SETREF(h->total, total);
+    if (v < PyFloat_AS_DOUBLE(h->min)) {
+        Py_INCREF(value);
+        Py_SETREF(h->min, value);
+    }
+    if (v > PyFloat_AS_DOUBLE(h->max)) {
+        Py_INCREF(value);
+        Py_SETREF(h->max, value);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMemberDef hc_members[] = {
+    {"counts", T_OBJECT_EX, offsetof(HistogramCore, counts), 0, NULL},
+    {"count", T_OBJECT_EX, offsetof(HistogramCore, count), 0, NULL},
+    {"total", T_OBJECT_EX, offsetof(HistogramCore, total), 0, NULL},
+    {"min", T_OBJECT_EX, offsetof(HistogramCore, min), 0, NULL},
+    {"max", T_OBJECT_EX, offsetof(HistogramCore, max), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyMethodDef hc_methods[] = {
+    {"add", (PyCFunction)(void (*)(void))hc_add, METH_FASTCALL | METH_KEYWORDS,
+     "add(value, n=1): Histogram.add (tracer/aggregate/histogram.py)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject HistogramCore_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "tracer._fastpath.HistogramCore",
+    .tp_basicsize = sizeof(HistogramCore),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Histogram's attributes and its float add (tracer/aggregate/histogram.py)",
+    .tp_traverse = (traverseproc)hc_traverse,
+    .tp_clear = (inquiry)hc_clear,
+    .tp_dealloc = (destructor)hc_dealloc,
+    .tp_members = hc_members,
+    .tp_methods = hc_methods,
+    .tp_new = PyType_GenericNew,
+};
+
 static PyMethodDef methods[] = {
     {"configure", fp_configure, METH_VARARGS,
      "configure(Connect, Accept, addr_cache, addr_slow, comm_cache, comm_slow, outcomes, "
@@ -1069,7 +1236,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "tracer._fastpath",
-    "The compiled event path, fd-table scan, sock_diag parser and rows-to-Arrow columns (see tracer/fastpath.py).", -1, methods,
+    "The compiled event path, fd-table scan, sock_diag parser, rows-to-Arrow columns and histogram add (see tracer/fastpath.py).", -1, methods,
 };
 
 PyMODINIT_FUNC PyInit__fastpath(void)
@@ -1082,8 +1249,20 @@ PyMODINIT_FUNC PyInit__fastpath(void)
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if ((*names[i].slot = PyUnicode_InternFromString(names[i].text)) == NULL)
             return NULL;
+    if ((str_add_any = PyUnicode_InternFromString("_add_any")) == NULL
+            || (one = PyLong_FromLong(1)) == NULL)
+        return NULL;
+    if (PyType_Ready(&HistogramCore_Type) < 0)
+        return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m && PyModule_AddIntConstant(m, "ABI_VERSION", ABI_VERSION) < 0)
         Py_CLEAR(m);
+    if (m) {
+        Py_INCREF(&HistogramCore_Type);
+        if (PyModule_AddObject(m, "HistogramCore", (PyObject *)&HistogramCore_Type) < 0) {
+            Py_DECREF(&HistogramCore_Type);
+            Py_CLEAR(m);
+        }
+    }
     return m;
 }

@@ -156,3 +156,115 @@ def test_mean_and_buckets_count_repeated_adds():
     assert [c for _, _, c in bk] == [3, 1]
     assert bk[0][:2] == (10.0, 11.0)
     assert bk[1][0] <= 100_000 < bk[1][1]
+
+
+# ---- the compiled add (tracer/_fastpath.c HistogramCore) against the definition
+
+class _Reference:
+    """Histogram's attributes with its Python add(), the definition
+    (Histogram._add_any), whichever path Histogram itself takes."""
+    __slots__ = ("counts", "count", "total", "min", "max")
+    __init__ = Histogram.__init__
+    add = Histogram._add_any
+
+
+def _state(h):
+    return ([(k, type(k), v, type(v)) for k, v in h.counts.items()],
+            (h.count, type(h.count)), (repr(h.total), type(h.total)),
+            (repr(h.min), type(h.min)), (repr(h.max), type(h.max)))
+
+
+ODD_VALUES = [0.0, -0.0, -1.5, 0.999, 31.999999, 32.0, 63.99, 64.0, 1e-300, 5e-324,
+              2.0**52 + 0.5, 2.0**53, 2.0**61, 2.0**62, -2.0**62, 4.6e18, 4.7e18, 2.0**63,
+              1e300, math.inf, -math.inf, math.nan, 7, 0, -3, 2**70, True, False,
+              Fraction(7, 2)]
+
+
+def _same_outcome(ours, ref, *args, **kwargs):
+    outcome = []
+    for h in (ours, ref):
+        try:
+            h.add(*args, **kwargs)
+            outcome.append(None)
+        except Exception as e:      # the same refusal, if any
+            outcome.append((type(e), str(e).replace("_add_any", "add")))
+    assert outcome[0] == outcome[1], (args, kwargs, outcome)
+    assert _state(ours) == _state(ref), (args, kwargs)
+
+
+def test_the_histogram_is_compiled_where_the_event_path_is():
+    from tracer import fastpath
+    from tracer.aggregate import histogram
+    assert (histogram._CORE is not None) == (fastpath.native is not None)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_add_gives_what_the_definition_gives(seed):
+    """Random floats of every magnitude and sign, the odd values above, other
+    types and other n: the same counts, totals, extremes (and their types),
+    or the same error, after every add."""
+    rnd = random.Random(seed)
+    ours, ref = Histogram(), _Reference()
+    for _ in range(2000):
+        pick = rnd.random()
+        if pick < 0.6:
+            v = rnd.uniform(-10, 10) * 10 ** rnd.randint(0, 19)
+        elif pick < 0.8:
+            v = rnd.choice(ODD_VALUES)
+        else:
+            v = float(rnd.getrandbits(rnd.randint(1, 64)))
+        if rnd.random() < 0.1:
+            n = rnd.choice([0, 2, -1, 1.0, 10**20, True])
+            _same_outcome(ours, ref, v, n)
+        elif rnd.random() < 0.02:
+            _same_outcome(ours, ref, value=v)
+        else:
+            _same_outcome(ours, ref, v)
+
+
+def test_add_on_counts_and_totals_of_other_types():
+    """What replay assigns (tracer/replay/latency.py) and anything else: the
+    compiled add hands the call to the definition, so the same results."""
+    for counts, count, total, low in (({5: 2}, 2, 11, 5), ({}, 0, 0.0, math.inf),
+                                      ({5: 1.5}, 1.5, 3.0, 2.5)):
+        ours, ref = Histogram(), _Reference()
+        for h in (ours, ref):
+            h.counts, h.count, h.total, h.min, h.max = dict(counts), count, total, low, low
+        for v in (3.5, 40.25, 7, 1e9):
+            _same_outcome(ours, ref, v)
+
+
+def test_add_with_wrong_arguments_is_refused_as_the_definition_refuses():
+    ours, ref = Histogram(), _Reference()
+    _same_outcome(ours, ref)
+    _same_outcome(ours, ref, 1.0, 1, 2)
+    _same_outcome(ours, ref, 1.0, k=2)
+    _same_outcome(ours, ref, "1.0")
+    _same_outcome(ours, ref, None)
+
+
+def test_add_keeps_the_first_of_equal_extremes():
+    """0.0 and -0.0 are equal: the extreme seen first stays (value < min,
+    value > max), on both paths."""
+    for first, second in ((0.0, -0.0), (-0.0, 0.0)):
+        ours, ref = Histogram(), _Reference()
+        for v in (first, second, 1.0, -1.0, -1.0, 1.0):
+            _same_outcome(ours, ref, v)
+        assert repr(ours.min) == "-1.0" and repr(Histogram().max) == "-inf"
+        ours, ref = Histogram(), _Reference()
+        _same_outcome(ours, ref, first)
+        _same_outcome(ours, ref, second)
+        assert repr(ours.min) == repr(first) and repr(ours.max) == repr(first)
+
+
+def test_copies_and_pickles_are_equal_histograms():
+    import copy
+    import pickle
+    h = Histogram()
+    for v in (3.5, 100.25, 7, 1e9):
+        h.add(v)
+    assert type(copy.copy(h)) is Histogram and _state(copy.copy(h)) == _state(h)
+    for other in (copy.deepcopy(h), pickle.loads(pickle.dumps(h))):
+        assert type(other) is Histogram and _state(other) == _state(h)
+        other.add(2.0)
+        assert other.count == h.count + 1 and 2 not in h.counts

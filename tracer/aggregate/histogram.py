@@ -31,8 +31,19 @@ def bucket_bounds(index: int) -> tuple[float, float]:
     return float(low), float(low + (1 << shift))
 
 
-class Histogram:
-    __slots__ = ("counts", "count", "total", "min", "max")
+def _compiled_core():
+    """tracer/_fastpath.c's HistogramCore (the five attributes, and add() of
+    a float in C: four of them a connection, BENCHMARKS.md section 23), or
+    None on the pure-Python path."""
+    from tracer import fastpath
+    return getattr(fastpath.native, "HistogramCore", None)
+
+
+_CORE = _compiled_core()
+
+
+class Histogram(_CORE or object):
+    __slots__ = () if _CORE else ("counts", "count", "total", "min", "max")
 
     def __init__(self):
         self.counts: dict[int, int] = {}
@@ -41,7 +52,9 @@ class Histogram:
         self.min = math.inf
         self.max = -math.inf
 
-    def add(self, value: float, n: int = 1) -> None:
+    def _add_any(self, value: float, n: int = 1) -> None:
+        """add(), the definition: the compiled add() does the same for a
+        float and n == 1 and calls this for anything else."""
         v = int(value)                   # bucket_of, inlined: called per event
         if v < SUB:
             b = v if v > 0 else 0
@@ -56,6 +69,14 @@ class Histogram:
             self.min = value
         if value > self.max:
             self.max = value
+
+    if not _CORE:
+        add = _add_any
+
+    def __reduce__(self):
+        # copy and pickle alike on both paths (the compiled base's attributes
+        # are not __slots__, which is what they would look for)
+        return (_rebuilt, (self.counts, self.count, self.total, self.min, self.max))
 
     def merge(self, other: "Histogram") -> None:
         for b, n in other.counts.items():
@@ -86,3 +107,9 @@ class Histogram:
     def buckets(self) -> list[tuple[float, float, int]]:
         """(low, high, count) in increasing order, for drawing."""
         return [(*bucket_bounds(b), self.counts[b]) for b in sorted(self.counts)]
+
+
+def _rebuilt(counts, count, total, low, high) -> Histogram:
+    h = Histogram()
+    h.counts, h.count, h.total, h.min, h.max = counts, count, total, low, high
+    return h
