@@ -33,6 +33,11 @@
  * Python lists stays the reference and the fallback: any column holding a
  * value this code does not convert exactly as pa.array would is left to it.
  *
+ * The recorder's loop over a poll's events (event_rows: each Connect and
+ * Accept as its connects or accepts row, RecordSink.on_events, whose Python
+ * loop stays the definition; the rows' derived values, latency_us and
+ * queue_wait_us, are the classes' own properties, called).
+ *
  * And Histogram.add of a float (HistogramCore, the base class of
  * tracer/aggregate/histogram.py's Histogram: four adds a connection), where
  * the Python add stays the definition and takes every other case.
@@ -82,6 +87,33 @@ struct layout {
     Py_ssize_t offset[MAX_FIELDS];
 };
 static struct layout connect_layout, accept_layout;
+
+/* The fields the rows take, by name; where each is in the configured
+ * field order (-1: not there, then getattr), set by configure. */
+#define CONNECT_USED 14
+#define ACCEPT_USED 11
+static const char *connect_used[CONNECT_USED] = {
+    "ts_start_ns", "pid", "tid", "comm", "family", "saddr", "sport", "daddr", "dport",
+    "outcome", "err", "syn_retransmits", "netns", "cgroup_id"};
+static const char *accept_used[ACCEPT_USED] = {
+    "ts_ns", "pid", "comm", "family", "laddr", "lport", "raddr", "rport", "backlog_len",
+    "backlog_max", "netns"};
+static PyObject *connect_used_str[CONNECT_USED], *accept_used_str[ACCEPT_USED];
+static Py_ssize_t connect_used_at[CONNECT_USED], accept_used_at[ACCEPT_USED];
+static PyObject *str_latency_us, *str_queue_wait_us;
+
+static void used_at(PyObject *names, PyObject **used, Py_ssize_t *at, int n)
+{
+    for (int k = 0; k < n; k++) {
+        at[k] = -1;
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(names); i++)
+            if (PyUnicode_Check(PyTuple_GET_ITEM(names, i))
+                    && PyUnicode_Compare(PyTuple_GET_ITEM(names, i), used[k]) == 0)
+                at[k] = i;
+    }
+    PyErr_Clear();
+}
+
 
 static int configured(void)
 {
@@ -151,6 +183,8 @@ static PyObject *fp_configure(PyObject *self, PyObject *args)
     }
     early_max = em;
     max_open = mo;
+    used_at(cn, connect_used_str, connect_used_at, CONNECT_USED);
+    used_at(an, accept_used_str, accept_used_at, ACCEPT_USED);
     Py_RETURN_NONE;
 }
 
@@ -1052,6 +1086,207 @@ static PyObject *fp_arrow_columns(PyObject *self, PyObject *args)
     return out;
 }
 
+/* ------------------------------------------------------------ event rows */
+
+/* Clock.wall_us: (mono_ns + offset_ns) // 1000, exactly (Python's
+ * arithmetic where C's long long would not hold it). New reference. */
+static PyObject *wall_us(PyObject *mono, long long offset, PyObject *offset_obj)
+{
+    if (PyLong_CheckExact(mono)) {
+        int overflow = 0;
+        long long m = PyLong_AsLongLongAndOverflow(mono, &overflow), sum;
+        if (!overflow && !(m == -1 && PyErr_Occurred()) && !__builtin_add_overflow(m, offset, &sum)) {
+            long long q = sum / 1000;
+            if (sum % 1000 != 0 && sum < 0)
+                q -= 1;                         /* floor, as // */
+            return PyLong_FromLongLong(q);
+        }
+        PyErr_Clear();
+    }
+    PyObject *sum = PyNumber_Add(mono, offset_obj);
+    if (sum == NULL)
+        return NULL;
+    PyObject *thousand = PyLong_FromLong(1000), *out = NULL;
+    if (thousand != NULL)
+        out = PyNumber_FloorDivide(sum, thousand);
+    Py_XDECREF(thousand);
+    Py_DECREF(sum);
+    return out;
+}
+
+/* x or None. New reference. */
+static PyObject *or_none(PyObject *x)
+{
+    int t = PyObject_IsTrue(x);
+    if (t < 0)
+        return NULL;
+    PyObject *out = t ? x : Py_None;
+    Py_INCREF(out);
+    return out;
+}
+
+/* The fields `used` of ev, into f (new references); -1 on an error. */
+static int fields_of(PyObject *ev, const struct layout *l, PyObject **used,
+                     const Py_ssize_t *at, int n, PyObject **f)
+{
+    for (int k = 0; k < n; k++) {
+        PyObject *v = NULL;
+        if (l->n && at[k] >= 0)
+            v = *(PyObject **)((char *)ev + l->offset[at[k]]);
+        if (v != NULL)
+            Py_INCREF(v);
+        else if ((v = PyObject_GetAttr(ev, used[k])) == NULL)
+            return -1;
+        f[k] = v;
+    }
+    return 0;
+}
+
+/* A row: the n values (new references, stolen) and the container columns
+ * `where` (any iterable, as *where takes it). */
+static PyObject *row_of(PyObject **v, Py_ssize_t n, PyObject *where)
+{
+    PyObject *w = PySequence_Tuple(where), *row = NULL;
+    if (w != NULL && (row = PyTuple_New(n + PyTuple_GET_SIZE(w))) != NULL) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyTuple_SET_ITEM(row, i, v[i]);     /* stolen */
+            v[i] = NULL;
+        }
+        for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(w); j++) {
+            PyObject *x = PyTuple_GET_ITEM(w, j);
+            Py_INCREF(x);
+            PyTuple_SET_ITEM(row, n + j, x);
+        }
+    }
+    Py_XDECREF(w);
+    return row;
+}
+
+static PyObject *ref(PyObject *x)
+{
+    Py_INCREF(x);
+    return x;
+}
+
+/* Each value in the order the Python expression evaluates it; the first
+ * error ends the row (nothing further is called with an error set). */
+#define PUT(x) do { if ((v[n++] = (x)) == NULL) goto done; } while (0)
+
+/* tracer/sinks/recorder.py connect_values(ev, clock, container(pid, cgroup_id)). */
+static PyObject *connect_row(PyObject *ev, long long offset, PyObject *offset_obj,
+                             PyObject *container, PyObject *established)
+{
+    PyObject *f[CONNECT_USED] = {NULL}, *v[14] = {NULL}, *row = NULL, *where = NULL;
+    Py_ssize_t n = 0;
+    if (fields_of(ev, &connect_layout, connect_used_str, connect_used_at, CONNECT_USED, f) < 0)
+        goto done;
+    /* f: ts_start_ns 0, pid 1, tid 2, comm 3, family 4, saddr 5, sport 6, daddr 7,
+     * dport 8, outcome 9, err 10, syn_retransmits 11, netns 12, cgroup_id 13 */
+    PyObject *args[2] = {f[1], f[13]};
+    if ((where = PyObject_Vectorcall(container, args, 2, NULL)) == NULL)
+        goto done;
+    PUT(wall_us(f[0], offset, offset_obj));
+    for (int k = 1; k <= 8; k++)            /* pid .. dport */
+        PUT(ref(f[k]));
+    PUT(PyObject_GetAttr(ev, str_latency_us));
+    PUT(ref(f[9]));
+    PUT(ref(f[11]));
+    int est = PyObject_RichCompareBool(f[9], established, Py_EQ);
+    if (est < 0)
+        goto done;
+    PUT(ref(est ? Py_None : f[10]));
+    PUT(or_none(f[12]));
+    row = row_of(v, n, where);
+done:
+    for (int k = 0; k < CONNECT_USED; k++)
+        Py_XDECREF(f[k]);
+    for (Py_ssize_t k = 0; k < n; k++)
+        Py_XDECREF(v[k]);
+    Py_XDECREF(where);
+    return row;
+}
+
+/* accept_values(ev, clock, container(pid, 0)). */
+static PyObject *accept_row(PyObject *ev, long long offset, PyObject *offset_obj,
+                            PyObject *container, PyObject *zero)
+{
+    PyObject *f[ACCEPT_USED] = {NULL}, *v[13] = {NULL}, *row = NULL, *where = NULL;
+    Py_ssize_t n = 0;
+    if (fields_of(ev, &accept_layout, accept_used_str, accept_used_at, ACCEPT_USED, f) < 0)
+        goto done;
+    /* f: ts_ns 0, pid 1, comm 2, family 3, laddr 4, lport 5, raddr 6, rport 7,
+     * backlog_len 8, backlog_max 9, netns 10 */
+    PyObject *args[2] = {f[1], zero};
+    if ((where = PyObject_Vectorcall(container, args, 2, NULL)) == NULL)
+        goto done;
+    PUT(wall_us(f[0], offset, offset_obj));
+    for (int k = 1; k <= 7; k++)            /* pid .. rport */
+        PUT(ref(f[k]));
+    PUT(PyObject_GetAttr(ev, str_queue_wait_us));
+    PUT(ref(f[8]));
+    PUT(ref(f[9]));
+    PUT(ref(Py_None));
+    PUT(or_none(f[10]));
+    row = row_of(v, n, where);
+done:
+    for (int k = 0; k < ACCEPT_USED; k++)
+        Py_XDECREF(f[k]);
+    for (Py_ssize_t k = 0; k < n; k++)
+        Py_XDECREF(v[k]);
+    Py_XDECREF(where);
+    return row;
+}
+#undef PUT
+
+/* event_rows(events, offset_ns, container, connects, accepts, established):
+ * RecordSink.on_events' loop (tracer/sinks/recorder.py), which stays the
+ * definition: each Connect's connect_values row appended to `connects`,
+ * each Accept's accept_values row to `accepts`, anything else passed over;
+ * offset_ns is the Clock's (wall_us), container the sink's. */
+static PyObject *fp_event_rows(PyObject *self, PyObject *args)
+{
+    PyObject *evs, *offset_obj, *container, *connects, *accepts, *established;
+    if (!PyArg_ParseTuple(args, "O!O!OO!O!O", &PyList_Type, &evs, &PyLong_Type, &offset_obj,
+                          &container, &PyList_Type, &connects, &PyList_Type, &accepts,
+                          &established))
+        return NULL;
+    if (!configured())
+        return NULL;
+    int overflow = 0;
+    long long offset = PyLong_AsLongLongAndOverflow(offset_obj, &overflow);
+    if (overflow || (offset == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        PyErr_SetString(PyExc_OverflowError, "event_rows: offset_ns beyond 64 bits");
+        return NULL;
+    }
+    PyObject *zero = PyLong_FromLong(0);
+    if (zero == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(evs); i++) {
+        PyObject *ev = PyList_GET_ITEM(evs, i), *row, *to;
+        Py_INCREF(ev);
+        if (Py_TYPE(ev) == (PyTypeObject *)Connect_t) {
+            row = connect_row(ev, offset, offset_obj, container, established);
+            to = connects;
+        } else if (Py_TYPE(ev) == (PyTypeObject *)Accept_t) {
+            row = accept_row(ev, offset, offset_obj, container, zero);
+            to = accepts;
+        } else {
+            Py_DECREF(ev);
+            continue;
+        }
+        Py_DECREF(ev);
+        if (row == NULL || PyList_Append(to, row) < 0) {
+            Py_XDECREF(row);
+            Py_DECREF(zero);
+            return NULL;
+        }
+        Py_DECREF(row);
+    }
+    Py_DECREF(zero);
+    Py_RETURN_NONE;
+}
+
 /* ------------------------------------------------------------ histogram */
 
 /* HistogramCore: the instance layout of tracer/aggregate/histogram.py's
@@ -1229,6 +1464,9 @@ static PyMethodDef methods[] = {
     {"arrow_columns", fp_arrow_columns, METH_VARARGS,
      "arrow_columns(rows, kinds) -> [(null_count, validity, data, offsets) or None]: "
      "tracer/sinks/table_writer.py columns_of_rows"},
+    {"event_rows", fp_event_rows, METH_VARARGS,
+     "event_rows(events, offset_ns, container, connects, accepts, established): "
+     "tracer/sinks/recorder.py RecordSink.on_events' rows"},
     {"fd_sockets", fp_fd_sockets, METH_VARARGS,
      "fd_sockets(pid) -> (fds, {socket inode}) or None: tracer/probes/procfs.py _scan_fd_dir"},
     {NULL, NULL, 0, NULL},
@@ -1249,6 +1487,15 @@ PyMODINIT_FUNC PyInit__fastpath(void)
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if ((*names[i].slot = PyUnicode_InternFromString(names[i].text)) == NULL)
             return NULL;
+    for (int k = 0; k < CONNECT_USED; k++)
+        if ((connect_used_str[k] = PyUnicode_InternFromString(connect_used[k])) == NULL)
+            return NULL;
+    for (int k = 0; k < ACCEPT_USED; k++)
+        if ((accept_used_str[k] = PyUnicode_InternFromString(accept_used[k])) == NULL)
+            return NULL;
+    if ((str_latency_us = PyUnicode_InternFromString("latency_us")) == NULL
+            || (str_queue_wait_us = PyUnicode_InternFromString("queue_wait_us")) == NULL)
+        return NULL;
     if ((str_add_any = PyUnicode_InternFromString("_add_any")) == NULL
             || (one = PyLong_FromLong(1)) == NULL)
         return NULL;

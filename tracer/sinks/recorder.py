@@ -106,6 +106,12 @@ def edge_row(e, ts_us: int, interval_s: float) -> dict:
     }
 
 
+def compiled_rows():
+    """tracer/_fastpath.c event_rows, or None on the pure-Python path."""
+    from tracer import fastpath
+    return getattr(fastpath.native, "event_rows", None)
+
+
 BATCH_ROWS = 4096   # rows per table handed to the writer at once
 
 
@@ -125,6 +131,9 @@ class RecordSink:
         # columns_of); the collector has resolved this poll's pids and ids before on_events
         self._container = containers.columns_of if containers is not None else _no_container
         self._rows: dict[str, list] = {"connects": [], "accepts": []}
+        # the loop of on_events in C (tracer/_fastpath.c event_rows: the same
+        # rows, tests/unit/test_event_rows.py), for a Clock whose wall_us is Clock's
+        self._compiled_rows = compiled_rows() if type(clock).wall_us is Clock.wall_us else None
         self._fields = {"connects": CONNECT_FIELDS, "accepts": ACCEPT_FIELDS}
 
     def _hand_over(self, table: str) -> None:
@@ -137,13 +146,18 @@ class RecordSink:
 
     def on_events(self, events) -> None:
         connects, accepts = self._rows["connects"], self._rows["accepts"]
-        clock, container = self.clock, self._container
-        for ev in events:
-            kind = type(ev)
-            if kind is Connect:
-                connects.append(connect_values(ev, clock, container(ev.pid, ev.cgroup_id)))
-            elif kind is Accept:
-                accepts.append(accept_values(ev, clock, container(ev.pid, 0)))
+        container = self._container
+        if self._compiled_rows is not None and type(events) is list:
+            self._compiled_rows(events, self.clock.offset_ns, container, connects, accepts,
+                                outcomes.ESTABLISHED)
+        else:
+            clock = self.clock
+            for ev in events:
+                kind = type(ev)
+                if kind is Connect:
+                    connects.append(connect_values(ev, clock, container(ev.pid, ev.cgroup_id)))
+                elif kind is Accept:
+                    accepts.append(accept_values(ev, clock, container(ev.pid, 0)))
         for table, rows in self._rows.items():
             if len(rows) >= BATCH_ROWS:
                 self._hand_over(table)
