@@ -1168,6 +1168,16 @@ static PyObject *ref(PyObject *x)
     return x;
 }
 
+/* What a row was made of, let go (a row's own values were taken from v). */
+static void release_parts(PyObject **f, int nf, PyObject **v, Py_ssize_t n, PyObject *where)
+{
+    for (int k = 0; k < nf; k++)
+        Py_XDECREF(f[k]);
+    for (Py_ssize_t k = 0; k < n; k++)
+        Py_XDECREF(v[k]);
+    Py_XDECREF(where);
+}
+
 /* Each value in the order the Python expression evaluates it; the first
  * error ends the row (nothing further is called with an error set). */
 #define PUT(x) do { if ((v[n++] = (x)) == NULL) goto done; } while (0)
@@ -1198,11 +1208,7 @@ static PyObject *connect_row(PyObject *ev, long long offset, PyObject *offset_ob
     PUT(or_none(f[12]));
     row = row_of(v, n, where);
 done:
-    for (int k = 0; k < CONNECT_USED; k++)
-        Py_XDECREF(f[k]);
-    for (Py_ssize_t k = 0; k < n; k++)
-        Py_XDECREF(v[k]);
-    Py_XDECREF(where);
+    release_parts(f, CONNECT_USED, v, n, where);
     return row;
 }
 
@@ -1229,11 +1235,7 @@ static PyObject *accept_row(PyObject *ev, long long offset, PyObject *offset_obj
     PUT(or_none(f[10]));
     row = row_of(v, n, where);
 done:
-    for (int k = 0; k < ACCEPT_USED; k++)
-        Py_XDECREF(f[k]);
-    for (Py_ssize_t k = 0; k < n; k++)
-        Py_XDECREF(v[k]);
-    Py_XDECREF(where);
+    release_parts(f, ACCEPT_USED, v, n, where);
     return row;
 }
 #undef PUT
