@@ -432,12 +432,23 @@ def crash_a_recorder(d):
     return journal
 
 
-def test_recover_after_sigkill_keeps_every_flushed_row(tmp_path):
+def test_recover_after_sigkill_keeps_every_flushed_row(tmp_path, monkeypatch):
     d = tmp_path / "rec"
     crash_a_recorder(d)
     assert json.loads((d / "runs" / "crashed-run.json").read_text())["status"] == "running"
 
+    from tracer.sinks import journal, recovery
+    reads = []
+    counted = journal.read_journal
+
+    def read_journal(part, name, **kw):
+        reads.append(name)
+        return counted(part, name, **kw)
+
+    monkeypatch.setattr(journal, "read_journal", read_journal)
+    monkeypatch.setattr(recovery, "read_journal", read_journal)
     lines = recover(d)
+    assert len(reads) == 1, reads          # the journal is read (and checked) once
     assert leftovers(d) == []
     [f] = parquet_files(d)
     ts = pq.read_table(f).column("ts").cast(pa.int64()).to_pylist()

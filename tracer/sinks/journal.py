@@ -198,14 +198,18 @@ def write_parquet_parts(part: Dir, name: str, sch: pa.Schema, tables: Iterable[p
 
 
 def journal_to_parquet(part: Dir, journal: str, row_group_rows: int = ROW_GROUP_ROWS, *,
-                       own: bool = False) -> tuple[str, int, int, pa.Table] | None:
+                       own: bool = False, read: tuple | None = None
+                       ) -> tuple[str, int, int, pa.Table] | None:
     """Convert a closed or abandoned journal to `<name>.parquet` and delete it.
-    `own`: the caller wrote it (read_journal's every_value).
+    `own`: the caller wrote it (read_journal's every_value). `read`: the
+    (schema, batches) the caller has already read of it with read_journal
+    (recovery, which looks at them first), so it is not read twice.
 
     Returns (parquet name, rows, file size, the rows as a Table), or None, leaving
     the journal alone, if it holds no complete batch.
     """
-    sch, batches, _ = read_journal(part, journal, every_value=not own)
+    sch, batches = read if read is not None else read_journal(
+        part, journal, every_value=not own)[:2]
     if not batches:
         return None
     table = pa.Table.from_batches(batches, schema=sch)

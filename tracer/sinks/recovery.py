@@ -227,7 +227,7 @@ def _recover_partition(root: Dir, part: Dir, table: str, rel_dir: tuple[str, str
         if foreign:
             quarantine(journal, f"not a {table} journal ({foreign})")
             continue
-        final, rows, _, tbl = journal_to_parquet(part, journal)
+        final, rows, _, tbl = journal_to_parquet(part, journal, read=(sch, batches))
         meta = sch.metadata or {}
         run_id = meta.get(RUN_ID_KEY.encode(), b"").decode(errors="replace") or "unknown"
         salvaged.setdefault(run_id, {}).setdefault(table, 0)
