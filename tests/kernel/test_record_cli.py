@@ -21,9 +21,9 @@ ROOT = Path(__file__).resolve().parents[2]
 CONNSCOPE = [sys.executable, "-m", "tracer"]
 
 
-def start_recorder(out, *extra):
+def start_recorder(out, *extra, stderr=subprocess.PIPE):
     return subprocess.Popen([*CONNSCOPE, "record", "--out", str(out), *extra], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=stderr, text=True)
 
 
 def wait_started(proc, timeout=30):
@@ -383,8 +383,7 @@ def test_a_full_standard_error_does_not_stop_the_recording(tmp_path):
     start line's failure stopped `record` with "internal error".)"""
     out = tmp_path / "rec"
     with open("/dev/full", "w") as full:
-        proc = subprocess.Popen([*CONNSCOPE, "record", "--out", str(out), "--duration", "6"],
-                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=full)
+        proc = start_recorder(out, "--duration", "6", stderr=full)
     deadline = time.monotonic() + 30
     while not list(out.glob("runs/*.json")) and time.monotonic() < deadline:
         assert proc.poll() is None, proc.returncode
