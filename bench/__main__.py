@@ -21,11 +21,11 @@ from bench.results import Results
 SECTIONS = ("overhead", "kernel", "ceiling", "startup", "overflow", "syscalls", "hotpaths",
             "cardinality")
 OVERHEAD_CONFIGS = ["none", "record", "top", "tcplife", "tcpstates", "probes", "probes-skip", "hooks",
-                    "hooks-raw", "record-classic", "record-metrics", "record-metrics-scraped",
+                    "hooks-raw", "hooks-btf", "record-classic", "record-raw", "record-metrics", "record-metrics-scraped",
                     "record-no-containers"]
 # raw vs classic tracepoint hooks, the metrics endpoint, container attribution: asked for by
 # name (--configs), not in every run
-BY_NAME_ONLY = ("hooks-raw", "record-classic", "record-metrics", "record-metrics-scraped",
+BY_NAME_ONLY = ("hooks-raw", "hooks-btf", "record-classic", "record-raw", "record-metrics", "record-metrics-scraped",
                 "record-no-containers")
 # bench/run leaves out the comparison tracers it could not install (it says so)
 WITHOUT = [c for c in os.environ.get("CONNSCOPE_BENCH_WITHOUT", "").split(",") if c]

@@ -9,6 +9,8 @@ apart from what connscope's programs do once called.
                                                      # (bench/run's "hooks" configuration)
     sudo .venv/bin/python -m bench.hook_cost --hold --raw   # the same, shared hooks as raw
                                                            # tracepoints ("hooks-raw")
+    sudo .venv/bin/python -m bench.hook_cost --hold --btf   # shared hooks as BTF tracepoints
+                                                           # (tp_btf, "hooks-btf")
 
 Loopback only; each configuration runs --rounds times; every ab run is
 bounded by apache_bench.run's timeout.
@@ -53,9 +55,35 @@ CONFIGS = {
 
 ALL_HOOKS = "all of the tracepoint backend's hooks"
 ALL_HOOKS_RAW = "all of the tracepoint backend's hooks, shared ones raw"
+# The same shared ones as BTF tracepoints (tp_btf, as connscope hooks them
+# where the kernel loads them): bcc cannot make these, so they are loaded
+# here as `r0 = 0; exit` through connscope's own bpf(2) wrapper; the syscall
+# ones stay bcc's classic tracepoints.
+SHARED_BTF = ("inet_sock_set_state", "tcp_destroy_sock", "tcp_retransmit_skb")
+SYSCALL_HOOKS = ("TRACEPOINT_PROBE(syscalls, sys_enter_accept4) { return 0; }\n"
+                 "TRACEPOINT_PROBE(syscalls, sys_exit_accept4) { return 0; }")
 
 
-def hold(bpf) -> None:
+def btf_tracepoint_fds(events=SHARED_BTF) -> list[int]:
+    """Do-nothing tp_btf programs attached to `events`: their fds (program,
+    link), to close."""
+    import struct
+
+    from tracer.probes import bpf_syscall as sc
+    from tracer.probes.btf import kernel_btf
+
+    return_0 = struct.pack("<QQ", 0x00000000000000B7, 0x0000000000000095)
+    fds: list[int] = []
+    for event in events:
+        prog, _ = sc.prog_load(sc.PROG_TRACING, return_0, expected_attach_type=sc.TRACE_RAW_TP,
+                               attach_btf_id=kernel_btf().tracepoint_id(event), log_size=4096)
+        fds.append(prog)
+        fds.append(sc.raw_tracepoint_open(prog, None))
+    return fds
+
+
+def hold(bpf, fds=()) -> None:
+    import os
     import signal
     import sys
 
@@ -69,6 +97,8 @@ def hold(bpf) -> None:
             signal.pause()
     finally:
         bpf.cleanup()
+        for fd in fds:
+            os.close(fd)
     print("{}")
 
 
@@ -80,6 +110,8 @@ def main(argv=None) -> None:
                    help="load the do-nothing programs on all hooks and keep them until SIGINT/SIGTERM")
     p.add_argument("--raw", action="store_true",
                    help="with --hold: the shared tracepoints as raw tracepoints")
+    p.add_argument("--btf", action="store_true",
+                   help="with --hold: the shared tracepoints as BTF tracepoints (tp_btf)")
     args = p.parse_args(argv)
     import os
 
@@ -91,7 +123,11 @@ def main(argv=None) -> None:
     from bcc import BPF   # an experiment outside connscope: bcc's own loader is fine here
 
     if args.hold:
-        hold(BPF(text=CONFIGS[ALL_HOOKS_RAW if args.raw else ALL_HOOKS]))
+        if args.btf:
+            bpf = BPF(text=SYSCALL_HOOKS)
+            hold(bpf, btf_tracepoint_fds())
+        else:
+            hold(BPF(text=CONFIGS[ALL_HOOKS_RAW if args.raw else ALL_HOOKS]))
         return
 
     rps: dict[str, list[float]] = {k: [] for k in CONFIGS}

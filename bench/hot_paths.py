@@ -44,7 +44,7 @@ marks["probe_features()"] = time.perf_counter()
 btf = startup.kernel_btf() if hasattr(startup, "kernel_btf") else BTF.load(startup.BTF_PATH)
 flags, _ = offset_cflags(btf, f.headers.matches_running_kernel)
 flags += tracepoint_hook_cflags(f.tracepoint_hooks)   # raw or classic, as startup picks
-flags += drop_reason_cflags(btf, raw=f.tracepoint_hooks == "raw")
+flags += drop_reason_cflags(btf, raw=f.tracepoint_hooks != "classic")
 marks["BTF offsets"] = time.perf_counter()
 from tracer.probes.session import ProbeSession
 backend = features.choose_backend("auto", f)

@@ -296,12 +296,28 @@ HOOKS_RAW = TracerSpec(
     about="the same return-0 programs, with the tracepoints every backend shares hooked as raw "
           "tracepoints (as connscope does where the kernel has BTF)")
 
+HOOKS_BTF = TracerSpec(
+    "do-nothing programs, shared hooks BTF (floor)",
+    lambda d: [PYTHON, "-m", "bench.hook_cost", "--hold", "--btf"],
+    _stderr_has("hook_cost: ready"), lambda r, port: Counts(note="programs that return 0"),
+    env=bcc_env, kind="diagnostic",
+    about="the same return-0 programs, with the tracepoints every backend shares hooked as BTF "
+          "tracepoints (tp_btf: as connscope does where the kernel loads them)")
+
 
 def _classic_env() -> dict:
     from tracer.probes.features import CLASSIC_TRACEPOINTS_ENV
 
     e = tracer_env()
     e[CLASSIC_TRACEPOINTS_ENV] = "1"
+    return e
+
+
+def _raw_env() -> dict:
+    from tracer.probes.features import RAW_TRACEPOINTS_ENV
+
+    e = tracer_env()
+    e[RAW_TRACEPOINTS_ENV] = "1"
     return e
 
 
@@ -324,6 +340,12 @@ RECORD_CLASSIC = TracerSpec(
     _stderr_has("recording to"), _record_count, env=_classic_env,
     about="headless recording to Parquet with the shared tracepoints hooked as classic ones "
           "(CONNSCOPE_CLASSIC_TRACEPOINTS=1), as on a kernel without BTF")
+
+RECORD_RAW = TracerSpec(
+    "connscope record, raw tracepoints", lambda d: [*CONNSCOPE, "record", "--out", d / "rec"],
+    _stderr_has("recording to"), _record_count, env=_raw_env,
+    about="headless recording to Parquet with the shared tracepoints hooked as raw ones "
+          "(CONNSCOPE_RAW_TRACEPOINTS=1) where the kernel would load BTF ones (tp_btf)")
 
 
 def baseline_record(source: Path, label: str) -> TracerSpec:
@@ -392,6 +414,6 @@ RECORD_METRICS_SCRAPED = TracerSpec(
 NO_TRACER = None
 CONFIGS = {"none": NO_TRACER, "record": RECORD, "top": TOP_PLAIN, "tcplife": TCPLIFE,
            "tcpstates": TCPSTATES, "probes": PROBE_ONLY, "probes-skip": PROBE_SKIP, "hooks": HOOKS_ONLY,
-           "hooks-raw": HOOKS_RAW, "record-classic": RECORD_CLASSIC,
+           "hooks-raw": HOOKS_RAW, "hooks-btf": HOOKS_BTF, "record-classic": RECORD_CLASSIC, "record-raw": RECORD_RAW,
            "record-metrics": RECORD_METRICS, "record-metrics-scraped": RECORD_METRICS_SCRAPED,
            "record-no-containers": RECORD_NO_CONTAINERS}

@@ -161,11 +161,28 @@ static __always_inline void skb_freed(u64 rx_sk, int reason)
  * dport, num, family; inet_sock keeps inet_saddr six bytes before
  * inet_sport. */
 #define SK_HEAD 24
+#ifdef TP_BTF
+/* As BTF tracepoints (TP_BTF: tp_btf programs, BPF_PROG_TYPE_TRACING on the
+ * same tracepoints, where the kernel loads them): the verifier knows that
+ * argument 0 is a struct sock *, so each field the hook reads is a plain
+ * load, which the JIT guards against faults, where a raw tracepoint pays a
+ * helper call for each (bpf_probe_read_kernel). Same offsets, same values,
+ * same handlers; the handlers' own reads stay helper calls. Each load must
+ * stay inside one member (the verifier checks it against BTF), so the
+ * one-read shortcuts below are for raw tracepoints only. */
+#define SK_FIELD(sk, off, type) (*(volatile const type *)((const char *)(sk) + (off)))
+#define TP_HOOK(name) int tp_btf__##name(struct bpf_raw_tracepoint_args *ctx)
+#define TP_HOOK_COPY(name) int tp_btf__##name##__nested(struct bpf_raw_tracepoint_args *ctx)
+#else
+#define SK_FIELD(sk, off, type) READ_AT(sk, off, type)
+#define TP_HOOK(name) RAW_TRACEPOINT_PROBE(name)
+#define TP_HOOK_COPY(name) int raw_tracepoint__##name##__nested(struct bpf_raw_tracepoint_args *ctx)
 #if OFF_SKC_DADDR + 4 <= SK_HEAD && OFF_SKC_DPORT + 2 <= SK_HEAD && OFF_SKC_FAMILY + 2 <= SK_HEAD
 #define SK_HEAD_IN_ONE_READ
 #endif
 #if OFF_INET_SPORT == OFF_INET_SADDR + 6
 #define INET_IN_ONE_READ
+#endif
 #endif
 
 /* inet_sock_set_state(const struct sock *sk, int oldstate, int newstate) */
@@ -180,7 +197,7 @@ static __always_inline int set_state_raw(struct bpf_raw_tracepoint_args *ctx)
     /* (a change that needs nothing only closes a listener we know: TCP's) */
     if (!need)
         goto run;
-    if (READ_AT(sk, OFF_SK_PROTOCOL, u16) != IPPROTO_TCP)
+    if (SK_FIELD(sk, OFF_SK_PROTOCOL, u16) != IPPROTO_TCP)
         return 0;
     u32 daddr4 = 0, saddr4 = 0;
     if (need & (NEED_FAMILY | NEED_DPORT | NEED_ADDRS)) {
@@ -191,9 +208,9 @@ static __always_inline int set_state_raw(struct bpf_raw_tracepoint_args *ctx)
         __builtin_memcpy(&s.dport, head + OFF_SKC_DPORT, 2);
         __builtin_memcpy(&daddr4, head + OFF_SKC_DADDR, 4);
 #else
-        s.family = READ_AT(sk, OFF_SKC_FAMILY, u16);
-        s.dport = READ_AT(sk, OFF_SKC_DPORT, u16);
-        daddr4 = READ_AT(sk, OFF_SKC_DADDR, u32);
+        s.family = SK_FIELD(sk, OFF_SKC_FAMILY, u16);
+        s.dport = SK_FIELD(sk, OFF_SKC_DPORT, u16);
+        daddr4 = SK_FIELD(sk, OFF_SKC_DADDR, u32);
 #endif
         s.dport = bpf_ntohs(s.dport);
     }
@@ -205,9 +222,22 @@ static __always_inline int set_state_raw(struct bpf_raw_tracepoint_args *ctx)
         bpf_probe_read_kernel(inet, sizeof(inet), (const char *)sk + OFF_INET_SADDR);
         __builtin_memcpy(&saddr4, inet, 4);
         __builtin_memcpy(&s.sport, inet + 6, 2);
+#elif defined(TP_BTF)
+        /* inet_sock's fields lie beyond struct sock, all the verifier lets
+         * the argument reach: the kernel's own cast (a helper that checks
+         * for a full TCP socket, which it is: it is in a TCP state change)
+         * widens it. */
+        u64 tp = (u64)bpf_skc_to_tcp_sock((void *)sk);
+        if (tp) {
+            saddr4 = SK_FIELD(tp, OFF_INET_SADDR, u32);
+            s.sport = SK_FIELD(tp, OFF_INET_SPORT, u16);
+        } else {
+            saddr4 = READ_AT(sk, OFF_INET_SADDR, u32);
+            s.sport = READ_AT(sk, OFF_INET_SPORT, u16);
+        }
 #else
-        saddr4 = READ_AT(sk, OFF_INET_SADDR, u32);
-        s.sport = READ_AT(sk, OFF_INET_SPORT, u16);
+        saddr4 = SK_FIELD(sk, OFF_INET_SADDR, u32);
+        s.sport = SK_FIELD(sk, OFF_INET_SPORT, u16);
 #endif
         s.sport = bpf_ntohs(s.sport);
     }
@@ -239,7 +269,7 @@ run:
 #define RUNNING_DESTROY 1
 BPF_PERCPU_ARRAY(running, u32, 2);
 
-RAW_TRACEPOINT_PROBE(inet_sock_set_state)
+TP_HOOK(inet_sock_set_state)
 {
     int slot = RUNNING_SET_STATE;
     u32 *on = running.lookup(&slot);
@@ -251,7 +281,7 @@ RAW_TRACEPOINT_PROBE(inet_sock_set_state)
     return 0;
 }
 
-int raw_tracepoint__inet_sock_set_state__nested(struct bpf_raw_tracepoint_args *ctx)
+TP_HOOK_COPY(inet_sock_set_state)
 {
     int slot = RUNNING_SET_STATE;
     u32 *on = running.lookup(&slot);
@@ -262,17 +292,17 @@ int raw_tracepoint__inet_sock_set_state__nested(struct bpf_raw_tracepoint_args *
 }
 
 /* tcp_retransmit_synack(const struct sock *sk, const struct request_sock *req) */
-RAW_TRACEPOINT_PROBE(tcp_retransmit_synack)
+TP_HOOK(tcp_retransmit_synack)
 {
     synack_retransmit(ctx->args[0]);
     return 0;
 }
 
 /* tcp_retransmit_skb(const struct sock *sk, const struct sk_buff *skb[, int err]) */
-RAW_TRACEPOINT_PROBE(tcp_retransmit_skb)
+TP_HOOK(tcp_retransmit_skb)
 {
     u64 sk = ctx->args[0];
-    sock_retransmitted(sk, READ_AT(sk, OFF_SKC_STATE, u8));
+    sock_retransmitted(sk, SK_FIELD(sk, OFF_SKC_STATE, u8));
     return 0;
 }
 
@@ -282,11 +312,11 @@ RAW_TRACEPOINT_PROBE(tcp_retransmit_skb)
 static __always_inline int destroy_raw(struct bpf_raw_tracepoint_args *ctx)
 {
     u64 sk = ctx->args[0];
-    sock_destroyed(sk, READ_AT(sk, OFF_SKC_DPORT, u16));
+    sock_destroyed(sk, SK_FIELD(sk, OFF_SKC_DPORT, u16));
     return 0;
 }
 
-RAW_TRACEPOINT_PROBE(tcp_destroy_sock)
+TP_HOOK(tcp_destroy_sock)
 {
     int slot = RUNNING_DESTROY;
     u32 *on = running.lookup(&slot);
@@ -298,7 +328,7 @@ RAW_TRACEPOINT_PROBE(tcp_destroy_sock)
     return 0;
 }
 
-int raw_tracepoint__tcp_destroy_sock__nested(struct bpf_raw_tracepoint_args *ctx)
+TP_HOOK_COPY(tcp_destroy_sock)
 {
     int slot = RUNNING_DESTROY;
     u32 *on = running.lookup(&slot);

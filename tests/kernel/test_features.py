@@ -97,6 +97,25 @@ def test_fentry_matches_a_load_attempt(features, truth):
         assert features.fentry.detail.startswith("EPERM (Operation not permitted)")
 
 
+def test_the_shared_hooks_are_btf_tracepoints_wherever_a_tp_btf_program_loads(features,
+                                                                              probe_session):
+    """Every kernel the tests run on (5.10, 6.1, 6.12, 6.18) loads the
+    features' test tp_btf program: there connscope's own BTF hooks must load
+    too, not fall back to raw ones (which would work, and hide a verifier
+    refusal behind a note)."""
+    if features.tracepoint_hooks != "btf":
+        pytest.skip(f"the shared tracepoints are not hooked as BTF ones here: "
+                    f"{features.tracepoint_hooks_why}")
+    why = probe_session.info.tracepoint_hooks
+    assert why.startswith("BTF tracepoints (tp_btf"), why
+    from tracer.probes import bpf_syscall as sc
+    types = {name: int.from_bytes(sc.obj_info(fd)[0:4], "little")
+             for name, fd in probe_session._prog.prog_fds.items()}
+    for event in ("inet_sock_set_state", "tcp_retransmit_skb", "tcp_retransmit_synack",
+                  "tcp_destroy_sock"):
+        assert types[f"tp_btf__{event}"] == sc.PROG_TRACING
+
+
 def test_tracepoints_match_tracefs(features, truth):
     for tp in TRACEPOINTS:
         exists = os.path.isfile(os.path.join(BCC_TRACING_EVENTS, tp, "format"))

@@ -1,9 +1,10 @@
-"""Raw and classic tracepoint hooks see the same things: both kinds loaded at
-once, on the same real connections (loopback, IPv4 and IPv6), must report
-identical connects, accepts, closes and listener counters, with the client's
-and server's own view as the ground truth for both. (Where the kernel skipped
-runs of one for BPF recursion, which the two kinds cause each other, that one
-may have missed as many events and no more: counted, and then only bounded.)"""
+"""BTF (tp_btf), raw and classic tracepoint hooks see the same things: the
+kinds loaded at once, on the same real connections (loopback, IPv4 and IPv6),
+must report identical connects, accepts, closes and listener counters, with
+the client's and server's own view as the ground truth for each. (Where the
+kernel skipped runs of one for BPF recursion, which the kinds cause each
+other, that one may have missed as many events and no more: counted, and then
+only bounded.)"""
 import errno
 import os
 import socket
@@ -16,39 +17,49 @@ from tracer.filters import Filters
 from tracer.probes import bpf_syscall as sc
 from tracer.probes import startup
 from tracer.probes.btf import kernel_btf
-from tracer.probes.features import CLASSIC_TRACEPOINTS_ENV, probe_features
+from tracer.probes.features import CLASSIC_TRACEPOINTS_ENV, RAW_TRACEPOINTS_ENV, probe_features
 from tracer.probes.offsets import kfree_skb_arg_positions
 
 pytestmark = pytest.mark.kernel
 
 CONNECTS = 20
-BPF_PROG_TYPE_TRACEPOINT, BPF_PROG_TYPE_RAW_TRACEPOINT = 5, 17
+BPF_PROG_TYPE_TRACEPOINT, BPF_PROG_TYPE_RAW_TRACEPOINT, BPF_PROG_TYPE_TRACING = 5, 17, 26
+SHARED = ("inet_sock_set_state", "tcp_retransmit_skb", "tcp_retransmit_synack", "tcp_destroy_sock")
 
 
 def _requires_raw():
     f = probe_features(load_tests=False)
-    if f.tracepoint_hooks != "raw":
+    if f.tracepoint_hooks == "classic":
         pytest.skip(f"this kernel gets classic tracepoint hooks: {f.tracepoint_hooks_why}")
 
 
+def _btf_hooks_load() -> bool:
+    """Whether this kernel loads tp_btf programs (the features' own test)."""
+    return probe_features(load_tests=True).tracepoint_hooks == "btf"
+
+
 @pytest.fixture
-def both(monkeypatch):
-    """A raw-tracepoint session and a classic-tracepoint one, same backend."""
+def kinds(monkeypatch):
+    """{kind: session} of one backend: "btf" (where the kernel loads tp_btf
+    programs: every kernel the tests run on), "raw" and "classic" (forced by
+    their switches)."""
     _requires_raw()
     backend = os.environ.get("CONNSCOPE_TEST_BACKEND", "auto")
     monkeypatch.delenv(CLASSIC_TRACEPOINTS_ENV, raising=False)
-    raw = startup.start(backend, Filters())
+    monkeypatch.delenv(RAW_TRACEPOINTS_ENV, raising=False)
+    sessions = {}
     try:
+        if _btf_hooks_load():
+            sessions["btf"] = startup.start(backend, Filters())
+        monkeypatch.setenv(RAW_TRACEPOINTS_ENV, "1")
+        sessions["raw"] = startup.start(backend, Filters())
+        monkeypatch.delenv(RAW_TRACEPOINTS_ENV)
         monkeypatch.setenv(CLASSIC_TRACEPOINTS_ENV, "1")
-        classic = startup.start(backend, Filters())
-    except BaseException:
-        raw.close()
-        raise
-    try:
-        yield raw, classic
+        sessions["classic"] = startup.start(backend, Filters())
+        yield sessions
     finally:
-        raw.close()
-        classic.close()
+        for s in sessions.values():
+            s.close()
 
 
 def _prog_types(session) -> dict[str, int]:
@@ -71,17 +82,30 @@ def _serve(listener: socket.socket, n: int, accepted: list) -> None:
         conn.close()
 
 
-def test_the_shared_hooks_are_raw_tracepoints_or_classic_as_chosen(both):
-    raw, classic = both
+def test_the_shared_hooks_are_btf_raw_or_classic_as_chosen(kinds):
+    raw, classic = kinds["raw"], kinds["classic"]
     assert raw.info.tracepoint_hooks.startswith("raw tracepoints")
+    assert raw.info.tracepoint_hooks.endswith(f"BTF ones turned off by {RAW_TRACEPOINTS_ENV} "
+                                              f"(a test and benchmark hook)")
     assert classic.info.tracepoint_hooks.startswith("classic tracepoints: forced by")
     raw_types, classic_types = _prog_types(raw), _prog_types(classic)
-    shared = ("inet_sock_set_state", "tcp_retransmit_skb", "tcp_retransmit_synack", "tcp_destroy_sock")
-    for event in shared:
+    for event in SHARED:
         assert raw_types[f"raw_tracepoint__{event}"] == BPF_PROG_TYPE_RAW_TRACEPOINT
         assert any(n.startswith("tracepoint__") and n.endswith(f"__{event}") and
                    t == BPF_PROG_TYPE_TRACEPOINT for n, t in classic_types.items())
-    # the drop split hooks kfree_skb in both kinds, or in neither
+    if "btf" in kinds:
+        btf = kinds["btf"]
+        assert btf.info.tracepoint_hooks.startswith("BTF tracepoints (tp_btf")
+        assert not btf.info.notes or not any("failed to load" in n for n in btf.info.notes)
+        btf_types = _prog_types(btf)
+        for event in SHARED:
+            assert btf_types[f"tp_btf__{event}"] == BPF_PROG_TYPE_TRACING
+        for event in ("inet_sock_set_state", "tcp_destroy_sock"):   # and their nested copies
+            assert btf_types[f"tp_btf__{event}__nested"] == BPF_PROG_TYPE_TRACING
+        assert not any(n.startswith("raw_tracepoint__") and n != "raw_tracepoint__kfree_skb"
+                       for n in btf_types)
+        assert btf.info.drop_split == raw.info.drop_split
+    # the drop split hooks kfree_skb in every kind, or in none
     assert raw.info.drop_split == classic.info.drop_split
 
 
@@ -97,8 +121,7 @@ def test_kfree_skb_argument_positions_agree_with_the_format_file():
 
 
 @pytest.mark.parametrize("family, addr", [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")])
-def test_raw_and_classic_report_identical_events(both, family, addr):
-    raw, classic = both
+def test_every_kind_reports_identical_events(kinds, family, addr):
     listener = socket.socket(family)
     listener.bind((addr, 0))
     listener.listen(64)
@@ -107,10 +130,10 @@ def test_raw_and_classic_report_identical_events(both, family, addr):
     refused.bind((addr, 0))
     closed_port = refused.getsockname()[1]
     refused.close()
-    for s in (raw, classic):
+    for s in kinds.values():
         s.poll(0)
         s.take_closes()
-    missed0 = {id(s): s.counters()["missed_runs"] for s in (raw, classic)}
+    missed0 = {id(s): s.counters()["missed_runs"] for s in kinds.values()}
     accepted: list = []
     server = threading.Thread(target=_serve, args=(listener, CONNECTS, accepted), daemon=True)
     server.start()
@@ -128,7 +151,7 @@ def test_raw_and_classic_report_identical_events(both, family, addr):
     assert len(accepted) == CONNECTS
 
     seen = {}
-    for name, s in (("raw", raw), ("classic", classic)):
+    for name, s in kinds.items():
         evs, closes = [], []
         _drain(s, evs, closes, time.monotonic() + 1.0)
         seen[name] = (evs, closes, s)
@@ -182,12 +205,13 @@ def test_raw_and_classic_report_identical_events(both, family, addr):
             short = sum(len(truth[k]) - len(view[k]) if isinstance(truth[k], list) else truth[k] - view[k]
                         for k in truth)
             assert 0 <= short <= 4 * missed[name], (name, missed[name], view)
-    if missed["raw"] == missed["classic"] == 0:
-        # and the two kinds saw exactly the same, field by field
-        raw_evs, classic_evs = seen["raw"][0], seen["classic"][0]
-        assert connects(classic_evs, port) == connects(raw_evs, port)
-        assert connects(classic_evs, closed_port) == connects(raw_evs, closed_port)
-        assert accepts(classic_evs) == accepts(raw_evs)
+    if not any(missed.values()):
+        # and the kinds saw exactly the same, field by field
+        raw_evs = seen["raw"][0]
+        for name, (evs, _, _) in seen.items():
+            assert connects(evs, port) == connects(raw_evs, port), name
+            assert connects(evs, closed_port) == connects(raw_evs, closed_port), name
+            assert accepts(evs) == accepts(raw_evs), name
     else:
         print(f"recursion misses during the workload: {missed}")
         return
@@ -198,9 +222,9 @@ def test_raw_and_classic_report_identical_events(both, family, addr):
                       for c in rows)
 
     # (a closed listener's entry goes once read: read each once)
-    raw_rows = listener_row(raw)
-    assert raw_rows == listener_row(classic)
-    assert sum(r[0] for r in raw_rows) == CONNECTS
+    rows = {name: listener_row(s) for name, s in kinds.items()}
+    assert all(r == rows["raw"] for r in rows.values()), rows
+    assert sum(r[0] for r in rows["raw"]) == CONNECTS
 
 
 def test_raw_hooks_the_kernel_refuses_fall_back_to_classic(monkeypatch):
@@ -209,15 +233,51 @@ def test_raw_hooks_the_kernel_refuses_fall_back_to_classic(monkeypatch):
     classic tracepoints, and says why."""
     _requires_raw()
     monkeypatch.delenv(CLASSIC_TRACEPOINTS_ENV, raising=False)
+    monkeypatch.setenv(RAW_TRACEPOINTS_ENV, "1")
     monkeypatch.setenv("CONNSCOPE_FAIL_LOAD", "raw_tracepoints")
     session = startup.start(os.environ.get("CONNSCOPE_TEST_BACKEND", "auto"), Filters())
     try:
         why = session.info.tracepoint_hooks
-        assert why.startswith("classic tracepoints: raw ones failed to load (cannot load the ")
+        assert why.startswith("classic tracepoints: raw tracepoints failed to load (cannot load the ")
         assert why.endswith("made to fail by CONNSCOPE_FAIL_LOAD (a test hook))")
         assert why in session.info.notes
         types = _prog_types(session)
         assert BPF_PROG_TYPE_RAW_TRACEPOINT not in types.values()
         assert types["tracepoint__sock__inet_sock_set_state"] == BPF_PROG_TYPE_TRACEPOINT
+    finally:
+        session.close()
+
+
+def test_btf_hooks_the_kernel_refuses_fall_back_to_raw_then_classic(monkeypatch):
+    """CONNSCOPE_FAIL_LOAD=tp_btf makes the BTF hooks' load fail as a
+    kernel's refusal would: the session runs on raw tracepoints and says
+    why; with raw ones refused too, on classic ones, naming both refusals."""
+    _requires_raw()
+    if not _btf_hooks_load():
+        pytest.skip(f"this kernel loads no tp_btf program: "
+                    f"{probe_features(load_tests=True).tracepoint_hooks_why}")
+    monkeypatch.delenv(CLASSIC_TRACEPOINTS_ENV, raising=False)
+    monkeypatch.delenv(RAW_TRACEPOINTS_ENV, raising=False)
+    backend = os.environ.get("CONNSCOPE_TEST_BACKEND", "auto")
+    monkeypatch.setenv("CONNSCOPE_FAIL_LOAD", "tp_btf")
+    session = startup.start(backend, Filters())
+    try:
+        why = session.info.tracepoint_hooks
+        assert why.startswith("raw tracepoints: BTF tracepoints failed to load (cannot load the ")
+        assert why.endswith("tp_btf__inet_sock_set_state: made to fail by CONNSCOPE_FAIL_LOAD "
+                            "(a test hook))")
+        assert why in session.info.notes
+        types = _prog_types(session)
+        assert BPF_PROG_TYPE_TRACING not in types.values() or backend == "fentry"
+        assert types["raw_tracepoint__inet_sock_set_state"] == BPF_PROG_TYPE_RAW_TRACEPOINT
+    finally:
+        session.close()
+    monkeypatch.setenv("CONNSCOPE_FAIL_LOAD", "tp_btf,raw_tracepoints")
+    session = startup.start(backend, Filters())
+    try:
+        why = session.info.tracepoint_hooks
+        assert why.startswith("classic tracepoints: BTF tracepoints failed to load (")
+        assert "; raw tracepoints failed to load (" in why
+        assert _prog_types(session)["tracepoint__sock__inet_sock_set_state"] == BPF_PROG_TYPE_TRACEPOINT
     finally:
         session.close()

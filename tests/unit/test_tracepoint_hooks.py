@@ -1,14 +1,16 @@
-"""Raw or classic tracepoint hooks: which kind, why, and what a raw hook must
-know of its arguments (from BTF's btf_trace_<name> typedefs, never from the
-kernel version)."""
+"""BTF (tp_btf), raw or classic tracepoint hooks: which kind, why, and what a
+raw hook must know of its arguments (from BTF's btf_trace_<name> typedefs,
+never from the kernel version)."""
 import pytest
 
 from tests.unit.btf_builder import BTFBuilder
 from tests.unit.test_doctor import error, make
 from tracer.probes import features
 from tracer.probes.btf import BTF, BTFError
-from tracer.probes.features import (CLASSIC_TRACEPOINTS_ENV, HOOKED_TRACEPOINTS, choose_backend,
-                                    choose_tracepoint_hooks, classic_tracepoints_forced)
+from tracer.domain.hooks import hook_label
+from tracer.probes.features import (CLASSIC_TRACEPOINTS_ENV, HOOKED_TRACEPOINTS, RAW_TRACEPOINTS_ENV,
+                                    Feature, choose_backend, choose_tracepoint_hooks,
+                                    classic_tracepoints_forced, raw_tracepoints_forced)
 from tracer.probes.loader import kernel_name
 from tracer.probes.offsets import drop_reason_cflags, kfree_skb_arg_positions, tracepoint_hook_cflags
 
@@ -86,6 +88,22 @@ def test_classic_drop_flags_follow_the_format_file(tmp_path):
 def test_choice_of_hook_kind():
     assert choose_tracepoint_hooks(True, []) == (
         "raw", "raw tracepoints (fields read at BTF offsets, no trace record filled)")
+    loads = Feature(True, "a test tp_btf program on inet_sock_set_state loaded and attached")
+    refused = Feature(False, "a test tp_btf program on inet_sock_set_state fails to load with EPERM")
+    assert choose_tracepoint_hooks(True, [], tp_btf=loads) == (
+        "btf", "BTF tracepoints (tp_btf: fields read by plain loads at BTF offsets, "
+               "no trace record filled)")
+    assert choose_tracepoint_hooks(True, [], tp_btf=refused) == (
+        "raw", "raw tracepoints (fields read at BTF offsets, no trace record filled); not BTF ones: "
+               "a test tp_btf program on inet_sock_set_state fails to load with EPERM")
+    # the switches win over a kernel that would load them, classic over raw
+    kind, why = choose_tracepoint_hooks(True, [], tp_btf=loads, forced_raw=True)
+    assert kind == "raw" and why.endswith(f"BTF ones turned off by {RAW_TRACEPOINTS_ENV} "
+                                          f"(a test and benchmark hook)")
+    assert choose_tracepoint_hooks(True, [], True, loads, True)[0] == "classic"
+    # without BTF, or BTF that does not describe a hooked tracepoint: classic, whatever loads
+    assert choose_tracepoint_hooks(False, [], tp_btf=loads)[0] == "classic"
+    assert choose_tracepoint_hooks(True, ["tcp_destroy_sock"], tp_btf=loads)[0] == "classic"
     assert choose_tracepoint_hooks(False, []) == (
         "classic", "classic tracepoints: no kernel BTF, so fields come from the trace records")
     kind, why = choose_tracepoint_hooks(True, ["tcp_destroy_sock"])
@@ -93,6 +111,7 @@ def test_choice_of_hook_kind():
     kind, why = choose_tracepoint_hooks(True, [], forced_classic=True)
     assert (kind, why) == ("classic", f"classic tracepoints: forced by {CLASSIC_TRACEPOINTS_ENV} "
                                       f"(a test hook)")
+    assert tracepoint_hook_cflags("btf") == ["-DRAW_TRACEPOINTS", "-DTP_BTF"]
     assert tracepoint_hook_cflags("raw") == ["-DRAW_TRACEPOINTS"]
     assert tracepoint_hook_cflags("classic") == []
 
@@ -101,17 +120,37 @@ def test_choice_of_hook_kind():
 def test_the_switch_to_classic(monkeypatch, value, forced):
     monkeypatch.setenv(CLASSIC_TRACEPOINTS_ENV, value)
     assert classic_tracepoints_forced() is forced
-    kind, _ = features._tracepoint_hooks(kernel_like(KFREE_6_18))
+    kind, _ = features._tracepoint_hooks(kernel_like(KFREE_6_18), False, False)
     assert kind == ("classic" if forced else "raw")
+
+
+@pytest.mark.parametrize("value, forced", [("1", True), ("yes", True), ("0", False), ("", False)])
+def test_the_switch_to_raw(monkeypatch, value, forced):
+    monkeypatch.delenv(CLASSIC_TRACEPOINTS_ENV, raising=False)
+    monkeypatch.setenv(RAW_TRACEPOINTS_ENV, value)
+    assert raw_tracepoints_forced() is forced
+    kind, why = features._tracepoint_hooks(kernel_like(KFREE_6_18), False, False)
+    assert kind == "raw"
+    # forced: no test program is even tried; else one would be, as root
+    assert why.endswith("(a test and benchmark hook)" if forced else
+                        "not BTF ones: not tested: loading a test program needs root")
+
+
+def test_the_btf_typedef_is_what_a_tp_btf_program_attaches_to():
+    btf = kernel_like(KFREE_6_18)
+    tid = btf.tracepoint_id("inet_sock_set_state")
+    assert tid > 0 and btf.tracepoint_id("tcp_probe") == 0
+    assert btf.tracepoint_id("kfree_skb") not in (0, tid)
+    assert features._test_tp_btf(0).tested is False   # nothing to attach to: not tried
 
 
 def test_a_tracepoint_btf_does_not_describe_means_classic(monkeypatch):
     monkeypatch.delenv(CLASSIC_TRACEPOINTS_ENV, raising=False)
     btf = kernel_like(KFREE_6_18, hooked=("tcp_retransmit_skb", "tcp_retransmit_synack",
                                           "tcp_destroy_sock"))
-    kind, why = features._tracepoint_hooks(btf)
+    kind, why = features._tracepoint_hooks(btf, False, False)
     assert kind == "classic" and why.endswith("inet_sock_set_state (no btf_trace_ typedef)")
-    assert features._tracepoint_hooks(None)[0] == "classic"
+    assert features._tracepoint_hooks(None, False, False)[0] == "classic"
 
 
 def test_records_lacking_fields_matter_only_to_classic_hooks():
@@ -135,9 +174,21 @@ def test_raw_programs_have_distinct_kernel_names():
     assert len(set(names)) == len(names) and all(len(n) <= 15 for n in names)
     assert kernel_name("raw_tracepoint__inet_sock_set_state") == kernel_name(
         "tracepoint__sock__inet_sock_set_state") == "sock_set_state"
+    # BTF ones, and the nested copies of either kind, are named alike
+    for tp in HOOKED_TRACEPOINTS:
+        event = tp.split("/")[1]
+        assert kernel_name(f"tp_btf__{event}") == kernel_name(f"raw_tracepoint__{event}")
+        assert kernel_name(f"tp_btf__{event}__nested") == kernel_name(f"raw_tracepoint__{event}__nested")
+        assert kernel_name(f"tp_btf__{event}__nested") != kernel_name(f"tp_btf__{event}")
+
+
+def test_btf_hooks_are_labelled_for_people():
+    assert hook_label("tp_btf__inet_sock_set_state") == "BTF tracepoint inet_sock_set_state"
+    assert hook_label("raw_tracepoint__inet_sock_set_state") == "raw tracepoint inet_sock_set_state"
 
 
 @pytest.mark.parametrize("kind, why", [
+    ("btf", "BTF tracepoints (tp_btf: fields read by plain loads at BTF offsets, no trace record filled)"),
     ("raw", "raw tracepoints (fields read at BTF offsets, no trace record filled)"),
     ("classic", "classic tracepoints: no kernel BTF, so fields come from the trace records"),
 ])

@@ -11,6 +11,7 @@ import re
 # (prefix of the program's function name, kind of hook), longest first
 _PREFIXES = (
     ("raw_tracepoint__", "raw tracepoint"),
+    ("tp_btf__", "BTF tracepoint"),
     ("tracepoint__", "tracepoint"),
     ("kretfunc__", "fexit"),
     ("kfunc__", "fentry"),

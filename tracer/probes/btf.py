@@ -323,6 +323,12 @@ class BTF:
             raise self._error(f"function {name!r} has no prototype")
         return vlen
 
+    def tracepoint_id(self, name: str) -> int:
+        """Type id of tracepoint `name`'s `btf_trace_<name>` typedef, 0 if
+        none: what a tp_btf program attaches to (as libbpf finds it)."""
+        ids = self._named(f"btf_trace_{name}", (TYPEDEF,))
+        return ids[0] if ids else 0
+
     def tracepoint_params(self, name: str) -> list[str]:
         """The C types of tracepoint `name`'s arguments (its TP_PROTO), as a
         raw tracepoint program gets them in ctx->args[]: from the kernel's

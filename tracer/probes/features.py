@@ -83,6 +83,7 @@ HIDE_FEATURES_ENV = "CONNSCOPE_HIDE_FEATURES"    # any of HIDEABLE_FEATURES
 HIDEABLE_FEATURES = ("fentry", "kprobes", "ringbuf")
 FAIL_LOAD_ENV = "CONNSCOPE_FAIL_LOAD"            # backends whose load is made to fail
 CLASSIC_TRACEPOINTS_ENV = "CONNSCOPE_CLASSIC_TRACEPOINTS"   # 1: classic tracepoint hooks even with BTF
+RAW_TRACEPOINTS_ENV = "CONNSCOPE_RAW_TRACEPOINTS"   # 1: raw tracepoint hooks even where BTF ones load
 
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 RINGBUF_MIN_KERNEL = (5, 8)
@@ -118,8 +119,8 @@ class Features:
     # hooked tracepoint -> the fields connscope reads that its record lacks here
     # (only from tracefs, as root; {} when not checked)
     tracepoint_fields_missing: dict[str, list[str]] = field(default_factory=dict)
-    # how HOOKED_TRACEPOINTS are hooked: "raw" or "classic", and why, one line
-    # (choose_tracepoint_hooks)
+    # how HOOKED_TRACEPOINTS are hooked: "btf" (tp_btf), "raw" or "classic",
+    # and why, one line (choose_tracepoint_hooks)
     tracepoint_hooks: str = "classic"
     tracepoint_hooks_why: str = ""
 
@@ -162,6 +163,18 @@ def hidden_features() -> set[str]:
     return _names_in(HIDE_FEATURES_ENV) & set(HIDEABLE_FEATURES)
 
 
+def tp_btf_made_to_fail() -> bool:
+    """CONNSCOPE_FAIL_LOAD=tp_btf: the BTF tracepoint hooks' load fails as a
+    kernel's refusal would (a test hook for the fall back to raw ones)."""
+    return "tp_btf" in _names_in(FAIL_LOAD_ENV)
+
+
+def raw_tracepoints_forced() -> bool:
+    """CONNSCOPE_RAW_TRACEPOINTS=1: hook with raw tracepoints even where BTF
+    ones load (a test and benchmark hook)."""
+    return os.environ.get(RAW_TRACEPOINTS_ENV, "").strip() not in ("", "0")
+
+
 def classic_tracepoints_forced() -> bool:
     """CONNSCOPE_CLASSIC_TRACEPOINTS=1: hook with classic tracepoints even
     where raw ones would do (a test and benchmark hook)."""
@@ -169,12 +182,16 @@ def classic_tracepoints_forced() -> bool:
 
 
 def choose_tracepoint_hooks(has_btf: bool, undescribed: list[str],
-                            forced_classic: bool = False) -> tuple[str, str]:
-    """("raw" or "classic", why in one line) for the tracepoints every
+                            forced_classic: bool = False, tp_btf: Optional[Feature] = None,
+                            forced_raw: bool = False) -> tuple[str, str]:
+    """("btf", "raw" or "classic", why in one line) for the tracepoints every
     backend hooks. Raw tracepoints read the socket's fields at BTF offsets
     and take their arguments as BTF describes them (btf_trace_<name>), so
     they need BTF that describes each of them; classic ones read the trace
-    record, which the format file describes."""
+    record, which the format file describes. BTF tracepoints (tp_btf) are
+    raw ones whose arguments the verifier knows the types of, so the fields
+    are plain loads instead of a helper call each: where a test program of
+    that kind loads and attaches (tp_btf, None: not tested)."""
     if forced_classic:
         return "classic", f"classic tracepoints: forced by {CLASSIC_TRACEPOINTS_ENV} (a test hook)"
     if not has_btf:
@@ -182,7 +199,14 @@ def choose_tracepoint_hooks(has_btf: bool, undescribed: list[str],
     if undescribed:
         return "classic", (f"classic tracepoints: BTF does not describe "
                            f"{', '.join(undescribed)} (no btf_trace_ typedef)")
-    return "raw", "raw tracepoints (fields read at BTF offsets, no trace record filled)"
+    if forced_raw:
+        return "raw", (f"raw tracepoints (fields read at BTF offsets, no trace record filled): "
+                       f"BTF ones turned off by {RAW_TRACEPOINTS_ENV} (a test and benchmark hook)")
+    if tp_btf is not None and tp_btf.ok:
+        return "btf", ("BTF tracepoints (tp_btf: fields read by plain loads at BTF offsets, "
+                       "no trace record filled)")
+    return "raw", ("raw tracepoints (fields read at BTF offsets, no trace record filled)"
+                   + (f"; not BTF ones: {tp_btf.detail}" if tp_btf is not None else ""))
 
 
 # The kernel's BTF describes all of its tracepoints (btf_trace_<name>
@@ -191,14 +215,21 @@ def choose_tracepoint_hooks(has_btf: bool, undescribed: list[str],
 BTF_DESCRIBED_TRACEPOINT = "inet_sock_set_state"
 
 
-def _tracepoint_hooks(btf: Optional[BTF]) -> tuple[str, str]:
+def _tracepoint_hooks(btf: Optional[BTF], can_load: bool, is_root: bool) -> tuple[str, str]:
     undescribed = []
+    tp_btf = None
     if btf is not None:
         try:
             btf.tracepoint_params(BTF_DESCRIBED_TRACEPOINT)
         except BTFError:
             undescribed.append(BTF_DESCRIBED_TRACEPOINT)
-    return choose_tracepoint_hooks(btf is not None, undescribed, classic_tracepoints_forced())
+        forced = classic_tracepoints_forced() or raw_tracepoints_forced()
+        if not undescribed and not forced:
+            tp_btf = (_test_tp_btf(btf.tracepoint_id(BTF_DESCRIBED_TRACEPOINT)) if can_load else
+                      Feature(False, "not tested: loading a test program needs root" if not is_root
+                              else "not tested (load tests were not asked for)", tested=False))
+    return choose_tracepoint_hooks(btf is not None, undescribed, classic_tracepoints_forced(),
+                                   tp_btf, raw_tracepoints_forced())
 
 
 def _hiding_notes() -> list[str]:
@@ -476,6 +507,29 @@ def _test_fentry(fn: str = FENTRY_TEST_FUNCTION, btf_id: Optional[int] = None) -
     return Feature(True, f"a test fentry program on {fn} loaded and attached")
 
 
+def _test_tp_btf(btf_id: int, tp: str = BTF_DESCRIBED_TRACEPOINT) -> Feature:
+    """Load `r0 = 0; exit` as a BTF tracepoint program (tp_btf) on `tp` and
+    attach it, as the loader does, then detach. (This host's kernel loads
+    these where fentry is refused: no trampoline is involved.)"""
+    if btf_id <= 0:
+        return Feature(False, f"not tested: BTF has no btf_trace_{tp}", tested=False)
+    try:
+        prog, _ = sc.prog_load(sc.PROG_TRACING, _RETURN_0, expected_attach_type=sc.TRACE_RAW_TP,
+                               attach_btf_id=btf_id, log_size=4096)
+    except OSError as e:
+        return Feature(False, f"a test tp_btf program on {tp} fails to load with {sc.errno_text(e.errno)}")
+    try:
+        try:
+            link = sc.raw_tracepoint_open(prog, None)
+        except OSError as e:
+            return Feature(False, f"a test tp_btf program on {tp} loaded but attaching it fails "
+                                  f"with {sc.errno_text(e.errno)}")
+        os.close(link)
+    finally:
+        os.close(prog)
+    return Feature(True, f"a test tp_btf program on {tp} loaded and attached")
+
+
 def _check_ringbuf(release: str, btf: Optional[BTF], load_tests: bool, is_root: bool) -> Feature:
     version = kernel_version(release)
     if version < RINGBUF_MIN_KERNEL:
@@ -537,9 +591,9 @@ def probe_features(load_tests: Optional[bool] = None, *, release: Optional[str] 
     bcc = _check_bcc()
     config = kernel_config(release)
     kprobes = Feature(False, _HIDDEN) if "kprobes" in hidden else _check_kprobes(config)
-    hooks, hooks_why = _tracepoint_hooks(btf)
-    tracepoints, presence, lacking = _check_tracepoints(is_root, raw=hooks == "raw")
     can_load = load_tests and privileges.ok
+    hooks, hooks_why = _tracepoint_hooks(btf, can_load, is_root)
+    tracepoints, presence, lacking = _check_tracepoints(is_root, raw=hooks != "classic")
     fentry = Feature(False, _HIDDEN) if "fentry" in hidden else _check_fentry(btf, can_load, is_root)
     kprobe_targets: dict[str, bool] = {}
     if kprobes.ok or fentry.ok or not only_to_choose:
@@ -589,7 +643,7 @@ def _hooked_tracepoint_problem(f: Features) -> Optional[str]:
     works (the reason is the kernel's own format file). Raw tracepoints read
     the socket instead: only absent tracepoints matter to them."""
     lacking = {tp: names for tp, names in f.tracepoint_fields_missing.items()
-               if tp in HOOKED_TRACEPOINTS and f.tracepoint_hooks != "raw"}
+               if tp in HOOKED_TRACEPOINTS and f.tracepoint_hooks == "classic"}
     absent = [tp for tp in HOOKED_TRACEPOINTS if not f.tracepoint_presence.get(tp, False)]
     if f.tracepoints.tested and absent and absent != list(HOOKED_TRACEPOINTS):
         # (none at all: tracefs could not be read, said elsewhere)

@@ -2,7 +2,8 @@
 
 How each function attaches follows from its name, as bcc names them:
 `tracepoint__CAT__NAME` (a tracepoint), `raw_tracepoint__NAME` (and
-`raw_tracepoint__NAME__COPY`, a second program on it), `kfunc__FN` /
+`raw_tracepoint__NAME__COPY`, a second program on it), `tp_btf__NAME[__COPY]`
+(the same as a BTF tracepoint: a tracing program), `kfunc__FN` /
 `kretfunc__FN` (fentry/fexit); kprobe functions are named by the caller
 (tracer/probes/program.py: KPROBES). Everything is undone by close(), and a
 kretprobe made through tracefs is removed from kprobe_events again.
@@ -296,6 +297,16 @@ def load(prog: CompiledProgram, *, kprobes: tuple[KprobeSpec, ...] = (), hidden:
                 # raw_tracepoint__NAME__COPY: another program on NAME (main.c)
                 tp = fn.name[len("raw_tracepoint__"):].split("__", 1)[0]
                 loaded._links.append(sc.raw_tracepoint_open(fd, tp))
+            elif fn.name.startswith("tp_btf__"):
+                # tp_btf__NAME[__COPY]: a tracing program on tracepoint NAME,
+                # found by its btf_trace_NAME typedef
+                tp = fn.name[len("tp_btf__"):].split("__", 1)[0]
+                btf_id = (vmlinux_btf_id or find_vmlinux_btf_id)(tp, sc.TRACE_RAW_TP)
+                if btf_id <= 0:
+                    raise LoadError(f"no BTF id for tracepoint {tp}")
+                fd = _load(loaded, prog, fn.name, insns, sc.PROG_TRACING,
+                           expected_attach_type=sc.TRACE_RAW_TP, attach_btf_id=btf_id)
+                loaded._links.append(sc.raw_tracepoint_open(fd, None))
             elif fn.name.startswith(("kfunc__", "kretfunc__")):
                 ret = fn.name.startswith("kretfunc__")
                 target = fn.name.split("__", 1)[1]
@@ -324,9 +335,9 @@ def kernel_name(function: str) -> str:
     at most, and distinct for every hook (bcc's function names are not: all
     four accept syscall tracepoints begin `tracepoint__sys`)."""
     copy = ""
-    if function.startswith("raw_tracepoint__") and function.count("__") == 2:
+    if function.startswith(("raw_tracepoint__", "tp_btf__")) and function.count("__") == 2:
         function, copy = function.rsplit("__", 1)    # a second program on one tracepoint
-    if function.startswith(("tracepoint__", "raw_tracepoint__")):
+    if function.startswith(("tracepoint__", "raw_tracepoint__", "tp_btf__")):
         event = function.split("__")[-1]
         for long, short in (("inet_sock_set_state", "sock_set_state"), ("sys_", ""),
                             ("retransmit", "rtx")):

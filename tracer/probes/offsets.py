@@ -67,9 +67,11 @@ KFREE_SKB_FORMAT = "/sys/kernel/tracing/events/skb/kfree_skb/format"
 
 
 def tracepoint_hook_cflags(kind: str) -> list[str]:
-    """-DRAW_TRACEPOINTS for raw tracepoint hooks (features.tracepoint_hooks
-    says which kind and why); classic ones need no switch."""
-    return ["-DRAW_TRACEPOINTS"] if kind == "raw" else []
+    """-DRAW_TRACEPOINTS for raw tracepoint hooks, and -DTP_BTF too for BTF
+    ones (tp_btf: the same arguments, fields read by plain loads);
+    features.tracepoint_hooks says which kind and why. Classic ones need no
+    switch."""
+    return {"btf": ["-DRAW_TRACEPOINTS", "-DTP_BTF"], "raw": ["-DRAW_TRACEPOINTS"]}.get(kind, [])
 
 
 def kfree_skb_arg_positions(params: list[str]) -> tuple[int, int] | None:

@@ -20,6 +20,7 @@ from tracer.domain.hooks import NESTED_COPY, unhandled_misses
 from tracer.events import C
 from tracer.filters import Filters
 from tracer.probes import blocked_accepts, buffers, loader, program
+from tracer.probes import bpf_syscall as sc
 from tracer.probes.features import OPTIONAL_HOOKS, hidden_functions
 
 
@@ -69,6 +70,19 @@ class LoadInfo:
     passed_over: list[str] = field(default_factory=list)
     # how the tracepoints every backend shares are hooked, and why (one line)
     tracepoint_hooks: str = ""
+
+
+def _vmlinux_btf_id(name: str, attach_type: int) -> int:
+    """A tracepoint's btf_trace_ typedef from the BTF this process already
+    read (libbpf would parse the kernel's BTF again for each program, ~10 ms);
+    kernel functions as libbpf finds them."""
+    if attach_type == sc.TRACE_RAW_TP:
+        from tracer.probes.btf import BTFError, kernel_btf
+        try:
+            return kernel_btf().tracepoint_id(name)
+        except (BTFError, OSError):
+            return 0
+    return loader.find_vmlinux_btf_id(name, attach_type)
 
 
 class ProbeSession:
@@ -121,7 +135,7 @@ class ProbeSession:
                     before_attach = self.blocked_accepts.start
             self._prog, notes = loader.load(
                 compiled, kprobes=program.kprobe_specs() if backend == "kprobe" else (), hidden=hidden,
-                on_demand=on_demand, before_attach=before_attach)
+                on_demand=on_demand, before_attach=before_attach, vmlinux_btf_id=_vmlinux_btf_id)
             self.info.notes.extend(notes)
             if self.blocked_accepts is not None:
                 if before_attach is None:
@@ -255,10 +269,11 @@ class ProbeSession:
     def handled_runs_by(self) -> dict[str, int]:
         """{program: its skipped runs that its nested copy handled} (main.c)."""
         handled = {}
-        for program, slot in (("raw_tracepoint__inet_sock_set_state", "CTR_NESTED_STATE_CHANGES"),
-                              ("raw_tracepoint__tcp_destroy_sock", "CTR_NESTED_DESTROYS")):
-            if program + NESTED_COPY in self._prog.prog_fds:
-                handled[program] = self._counter(C[slot])
+        for prefix in ("raw_tracepoint__", "tp_btf__"):
+            for hook, slot in (("inet_sock_set_state", "CTR_NESTED_STATE_CHANGES"),
+                               ("tcp_destroy_sock", "CTR_NESTED_DESTROYS")):
+                if prefix + hook + NESTED_COPY in self._prog.prog_fds:
+                    handled[prefix + hook] = self._counter(C[slot])
         return handled
 
     def _blocked_unseen(self) -> int:

@@ -8,7 +8,7 @@ from tracer.filters import Filters
 from tracer.probes import blocked_accepts, headers, loader
 from tracer.probes.btf import BTFError, kernel_btf
 from tracer.probes.features import (BackendUnavailable, backends_to_try, failing_loads,
-                                    raw_tracepoints_made_to_fail,
+                                    raw_tracepoints_made_to_fail, tp_btf_made_to_fail,
                                     probe_features)
 from tracer.probes.offsets import (OffsetError, drop_reason_cflags, fentry_cflags, offset_cflags,
                                    tracepoint_hook_cflags)
@@ -63,20 +63,34 @@ def start(requested: str, filters: Filters) -> ProbeSession:
 
 
 def _open_hooks(backend, filters, features, tree, btf, flags, offsets_from, hooks) -> ProbeSession:
-    """_open with the shared tracepoints hooked as `hooks` says; raw ones the
+    """_open with the shared tracepoints hooked as `hooks` says; BTF ones the
     kernel refuses (a verifier or attach failure detection cannot foresee)
-    are replaced by classic ones, and the session says so."""
+    are replaced by raw ones, raw ones by classic ones, and the session says
+    so."""
     why = features.tracepoint_hooks_why
-    try:
-        session = _open_with(backend, filters, features, tree, btf, flags, offsets_from, hooks)
-    except ProbeError as e:
-        if hooks != "raw" or "raw_tracepoint__" not in str(e):
-            raise
-        why = f"classic tracepoints: raw ones failed to load ({e})"
-        session = _open_with(backend, filters, features, tree, btf, flags, offsets_from, "classic")
+    failures = []
+    while True:
+        try:
+            session = _open_with(backend, filters, features, tree, btf, flags, offsets_from, hooks)
+            break
+        except ProbeError as e:
+            fallback = _HOOKS_FALLBACK.get(hooks)
+            if fallback is None or _HOOK_PREFIX[hooks] not in str(e):
+                raise
+            failures.append(f"{_HOOK_WORDS[hooks]} failed to load ({e})")
+            hooks = fallback
+    if failures:
+        why = f"{_HOOK_WORDS[hooks]}: " + "; ".join(failures)
         session.info.notes.append(why)
     session.info.tracepoint_hooks = why
     return session
+
+
+# what each kind of hook for the shared tracepoints falls back to when the
+# kernel refuses it, the prefix of its programs' names, and its name
+_HOOKS_FALLBACK = {"btf": "raw", "raw": "classic"}
+_HOOK_PREFIX = {"btf": "tp_btf__", "raw": "raw_tracepoint__"}
+_HOOK_WORDS = {"btf": "BTF tracepoints", "raw": "raw tracepoints", "classic": "classic tracepoints"}
 
 
 def _open_with(backend, filters, features, tree, btf, flags, offsets_from, hooks) -> ProbeSession:
@@ -84,7 +98,11 @@ def _open_with(backend, filters, features, tree, btf, flags, offsets_from, hooks
         raise ProbeError(f"cannot load the {backend} programs: cannot attach "
                          f"raw_tracepoint__inet_sock_set_state: made to fail by "
                          f"CONNSCOPE_FAIL_LOAD (a test hook)")
-    reason_flags = drop_reason_cflags(btf, raw=hooks == "raw")
+    if hooks == "btf" and tp_btf_made_to_fail():
+        raise ProbeError(f"cannot load the {backend} programs: cannot attach "
+                         f"tp_btf__inet_sock_set_state: made to fail by "
+                         f"CONNSCOPE_FAIL_LOAD (a test hook)")
+    reason_flags = drop_reason_cflags(btf, raw=hooks != "classic")
     session = _open(backend, filters, features, tree, btf,
                     flags + tracepoint_hook_cflags(hooks) + reason_flags, offsets_from)
     session.info.drop_split = bool(reason_flags)   # tracer/blind_spots.py says what it means
