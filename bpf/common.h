@@ -229,6 +229,20 @@ static __always_inline u32 netns_of(u64 sk)
     return net ? READ_AT(net, OFF_NET_NS_INUM, u32) : 0;
 }
 
+/* Two fields a few bytes apart cost one bpf_probe_read_kernel() instead of
+ * two (each costs about as much for 16 bytes as for 4: BENCHMARKS.md section
+ * 9), where the offsets are numbers the preprocessor can compare (from BTF;
+ * not offsetof() from headers). struct fdtable begins with max_fds and fd;
+ * struct socket with state and type, sk a few words on. */
+#ifndef OFFSETS_FROM_HEADERS   /* (nested: #if cannot even parse offsetof()) */
+#if OFF_FDT_MAX_FDS + 4 <= 16 && OFF_FDT_FD + 8 <= 16
+#define FDT_IN_ONE_READ
+#endif
+#if OFF_SOCKET_STATE + 4 <= 32 && OFF_SOCKET_TYPE + 2 <= 32 && OFF_SOCKET_SK + 8 <= 32
+#define SOCKET_IN_ONE_READ
+#endif
+#endif
+
 /* The private_data of file descriptor fd of the current task, or 0:
  * task->files->fdt->fd[fd]->private_data (a struct socket if fd is a socket;
  * anything else otherwise: callers check). */
@@ -239,9 +253,22 @@ static __always_inline u64 socket_of_fd(int fd)
     if (!files || fd < 0)
         return 0;
     u64 fdt = READ_AT(files, OFF_FILES_FDT, u64);
-    if (!fdt || (u32)fd >= READ_AT(fdt, OFF_FDT_MAX_FDS, u32))
+    if (!fdt)
         return 0;
-    u64 fds = READ_AT(fdt, OFF_FDT_FD, u64);
+    u32 max_fds = 0;
+    u64 fds = 0;
+#ifdef FDT_IN_ONE_READ
+    u8 head[16];
+    if (bpf_probe_read_kernel(head, sizeof(head), (const void *)fdt) != 0)
+        return 0;
+    __builtin_memcpy(&max_fds, head + OFF_FDT_MAX_FDS, 4);
+    __builtin_memcpy(&fds, head + OFF_FDT_FD, 8);
+#else
+    max_fds = READ_AT(fdt, OFF_FDT_MAX_FDS, u32);
+    fds = READ_AT(fdt, OFF_FDT_FD, u64);
+#endif
+    if ((u32)fd >= max_fds || !fds)
+        return 0;
     u64 file = READ_AT(fds + 8 * (u64)fd, 0, u64);
     if (!file)
         return 0;
@@ -253,6 +280,31 @@ static __always_inline u64 sk_of_fd(int fd)
 {
     u64 sock = socket_of_fd(fd);
     return sock ? READ_AT(sock, OFF_SOCKET_SK, u64) : 0;
+}
+
+/* A struct socket's state, type and sock, in one read where the layout
+ * allows (SOCKET_IN_ONE_READ); 0 if unreadable. */
+struct socket_fields {
+    u32 state;
+    u16 type;
+    u64 sk;
+};
+
+static __always_inline int socket_fields_of(u64 sock, struct socket_fields *f)
+{
+#ifdef SOCKET_IN_ONE_READ
+    u8 head[32];
+    if (bpf_probe_read_kernel(head, sizeof(head), (const void *)sock) != 0)
+        return 0;
+    __builtin_memcpy(&f->state, head + OFF_SOCKET_STATE, 4);
+    __builtin_memcpy(&f->type, head + OFF_SOCKET_TYPE, 2);
+    __builtin_memcpy(&f->sk, head + OFF_SOCKET_SK, 8);
+#else
+    f->type = READ_AT(sock, OFF_SOCKET_TYPE, u16);
+    f->sk = READ_AT(sock, OFF_SOCKET_SK, u64);
+    f->state = READ_AT(sock, OFF_SOCKET_STATE, u32);
+#endif
+    return 1;
 }
 
 #endif

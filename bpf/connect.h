@@ -185,11 +185,11 @@ BPF_HASH(connect_calls, u32, struct connect_call, MAX_CONNECT_CALLS);
  * socket that is unconnected (struct socket) and closed (struct sock) does;
  * any other gets EISCONN/EALREADY, or the error of an earlier non-blocking
  * connect that connect_end already reported. */
-static __always_inline int connect_call_fresh(u64 sock, u64 sk)
+static __always_inline int connect_call_fresh(u32 sock_state, u64 sk)
 {
-    if (READ_AT(sk, OFF_SK_PROTOCOL, u16) != IPPROTO_TCP)
+    if (sock_state != SS_UNCONNECTED)
         return 0;
-    if (READ_AT(sock, OFF_SOCKET_STATE, u32) != SS_UNCONNECTED)
+    if (READ_AT(sk, OFF_SK_PROTOCOL, u16) != IPPROTO_TCP)
         return 0;
     return READ_AT(sk, OFF_SKC_STATE, u8) == TCP_CLOSE;
 }

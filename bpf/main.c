@@ -419,12 +419,11 @@ TRACEPOINT_PROBE(skb, kfree_skb)
 TRACEPOINT_PROBE(syscalls, sys_enter_connect)
 {
     u64 sock = socket_of_fd((int)args->fd);
-    /* (struct socket's type first: UDP, the common other connect(), leaves
-     * two reads sooner) */
-    if (!sock || READ_AT(sock, OFF_SOCKET_TYPE, u16) != SOCK_STREAM)
+    struct socket_fields f = {};
+    if (!sock || !socket_fields_of(sock, &f) || f.type != SOCK_STREAM)
         return 0;
-    u64 sk = READ_AT(sock, OFF_SOCKET_SK, u64);
-    if (!sk || READ_AT(sk, OFF_SK_SOCKET, u64) != sock || !connect_call_fresh(sock, sk))
+    u64 sk = f.sk;
+    if (!sk || !connect_call_fresh(f.state, sk) || READ_AT(sk, OFF_SK_SOCKET, u64) != sock)
         return 0;
     connect_call_begin(sk, (u64)args->uservaddr, (u32)args->addrlen);
     return 0;
@@ -532,9 +531,9 @@ static __always_inline void connect_entered(u64 sk, u16 fn_family)
  * pre-connect hook and before tcp_v4/v6_connect (connect.h, connect_call_*). */
 static __always_inline void stream_connect_entered(u64 sock, u64 uaddr, int addr_len)
 {
-    u64 sk = READ_AT(sock, OFF_SOCKET_SK, u64);
-    if (sk && connect_call_fresh(sock, sk))
-        connect_call_begin(sk, uaddr, (u32)addr_len);
+    struct socket_fields f = {};
+    if (socket_fields_of(sock, &f) && f.sk && connect_call_fresh(f.state, f.sk))
+        connect_call_begin(f.sk, uaddr, (u32)addr_len);
 }
 
 /* inet_csk_accept returned through the kretprobe/fexit: a call seen from its
