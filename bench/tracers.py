@@ -279,30 +279,26 @@ PROBE_SKIP = TracerSpec(
           "the kernel side's cost alone")
 
 
-HOOKS_ONLY = TracerSpec(
-    "do-nothing programs on the same hooks (floor)",
-    lambda d: [PYTHON, "-m", "bench.hook_cost", "--hold"],
-    _stderr_has("hook_cost: ready"), lambda r, port: Counts(note="programs that return 0"),
-    env=bcc_env, kind="diagnostic",
-    about="return-0 programs on every hook of the tracepoint backend: what being hooked costs "
-          "before any work, the floor under connscope's figure")
+def _floor(name: str, flags: list[str], about: str) -> TracerSpec:
+    """Do-nothing programs held by bench.hook_cost until the run ends."""
+    return TracerSpec(name, lambda d: [PYTHON, "-m", "bench.hook_cost", "--hold", *flags],
+                      _stderr_has("hook_cost: ready"),
+                      lambda r, port: Counts(note="programs that return 0"),
+                      env=bcc_env, kind="diagnostic", about=about)
 
 
-HOOKS_RAW = TracerSpec(
-    "do-nothing programs, shared hooks raw (floor)",
-    lambda d: [PYTHON, "-m", "bench.hook_cost", "--hold", "--raw"],
-    _stderr_has("hook_cost: ready"), lambda r, port: Counts(note="programs that return 0"),
-    env=bcc_env, kind="diagnostic",
-    about="the same return-0 programs, with the tracepoints every backend shares hooked as raw "
-          "tracepoints (as connscope does where the kernel has BTF)")
-
-HOOKS_BTF = TracerSpec(
-    "do-nothing programs, shared hooks BTF (floor)",
-    lambda d: [PYTHON, "-m", "bench.hook_cost", "--hold", "--btf"],
-    _stderr_has("hook_cost: ready"), lambda r, port: Counts(note="programs that return 0"),
-    env=bcc_env, kind="diagnostic",
-    about="the same return-0 programs, with the tracepoints every backend shares hooked as BTF "
-          "tracepoints (tp_btf: as connscope does where the kernel loads them)")
+HOOKS_ONLY = _floor(
+    "do-nothing programs on the same hooks (floor)", [],
+    "return-0 programs on every hook of the tracepoint backend: what being hooked costs "
+    "before any work, the floor under connscope's figure")
+HOOKS_RAW = _floor(
+    "do-nothing programs, shared hooks raw (floor)", ["--raw"],
+    "the same return-0 programs, with the tracepoints every backend shares hooked as raw "
+    "tracepoints (as connscope does where the kernel has BTF)")
+HOOKS_BTF = _floor(
+    "do-nothing programs, shared hooks BTF (floor)", ["--btf"],
+    "the same return-0 programs, with the tracepoints every backend shares hooked as BTF "
+    "tracepoints (tp_btf: as connscope does where the kernel loads them)")
 
 
 def _classic_env() -> dict:

@@ -487,24 +487,7 @@ def _test_fentry(fn: str = FENTRY_TEST_FUNCTION, btf_id: Optional[int] = None) -
     if btf_id <= 0:
         return Feature(False, f"not tested: no BTF id for {fn} (libbpf: "
                               f"{sc.errno_text(-btf_id) if btf_id < 0 else 'none'})", tested=False)
-    try:
-        prog, _ = sc.prog_load(sc.PROG_TRACING, _RETURN_0, expected_attach_type=sc.TRACE_FENTRY,
-                               attach_btf_id=btf_id, log_size=4096)
-    except OSError as e:
-        verifier = getattr(e, "log", "").splitlines()
-        as_root = ", even as root" if e.errno == errno.EPERM and os.geteuid() == 0 else ""
-        return Feature(False, f"{sc.errno_text(e.errno)} when loading a BPF_PROG_TYPE_TRACING program"
-                              f"{as_root}" + (f": {verifier[-1]}" if verifier else ""))
-    try:
-        try:
-            link = sc.raw_tracepoint_open(prog, None)   # attach at attach_btf_id
-        except OSError as e:
-            return Feature(False, f"a test fentry program on {fn} loaded but attaching it fails with "
-                                  f"{sc.errno_text(e.errno)}")
-        os.close(link)
-    finally:
-        os.close(prog)
-    return Feature(True, f"a test fentry program on {fn} loaded and attached")
+    return _test_tracing(sc.TRACE_FENTRY, btf_id, f"fentry program on {fn}")
 
 
 def _test_tp_btf(btf_id: int, tp: str = BTF_DESCRIBED_TRACEPOINT) -> Feature:
@@ -513,21 +496,30 @@ def _test_tp_btf(btf_id: int, tp: str = BTF_DESCRIBED_TRACEPOINT) -> Feature:
     these where fentry is refused: no trampoline is involved.)"""
     if btf_id <= 0:
         return Feature(False, f"not tested: BTF has no btf_trace_{tp}", tested=False)
+    return _test_tracing(sc.TRACE_RAW_TP, btf_id, f"tp_btf program on {tp}")
+
+
+def _test_tracing(attach_type: int, btf_id: int, what: str) -> Feature:
+    """Load `r0 = 0; exit` as a BPF_PROG_TYPE_TRACING program of attach_type
+    at btf_id, attach it (BPF_RAW_TRACEPOINT_OPEN at attach_btf_id), detach."""
     try:
-        prog, _ = sc.prog_load(sc.PROG_TRACING, _RETURN_0, expected_attach_type=sc.TRACE_RAW_TP,
+        prog, _ = sc.prog_load(sc.PROG_TRACING, _RETURN_0, expected_attach_type=attach_type,
                                attach_btf_id=btf_id, log_size=4096)
     except OSError as e:
-        return Feature(False, f"a test tp_btf program on {tp} fails to load with {sc.errno_text(e.errno)}")
+        verifier = getattr(e, "log", "").splitlines()
+        as_root = ", even as root" if e.errno == errno.EPERM and os.geteuid() == 0 else ""
+        return Feature(False, f"{sc.errno_text(e.errno)} when loading a BPF_PROG_TYPE_TRACING program"
+                              f" ({what}){as_root}" + (f": {verifier[-1]}" if verifier else ""))
     try:
         try:
             link = sc.raw_tracepoint_open(prog, None)
         except OSError as e:
-            return Feature(False, f"a test tp_btf program on {tp} loaded but attaching it fails "
-                                  f"with {sc.errno_text(e.errno)}")
+            return Feature(False, f"a test {what} loaded but attaching it fails with "
+                                  f"{sc.errno_text(e.errno)}")
         os.close(link)
     finally:
         os.close(prog)
-    return Feature(True, f"a test tp_btf program on {tp} loaded and attached")
+    return Feature(True, f"a test {what} loaded and attached")
 
 
 def _check_ringbuf(release: str, btf: Optional[BTF], load_tests: bool, is_root: bool) -> Feature:
