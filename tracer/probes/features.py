@@ -151,22 +151,20 @@ def failing_loads() -> set[str]:
     return _names_in(FAIL_LOAD_ENV) & set(AUTO_ORDER)
 
 
-def raw_tracepoints_made_to_fail() -> bool:
-    """CONNSCOPE_FAIL_LOAD=raw_tracepoints: the raw tracepoint hooks' load
-    fails as a kernel's refusal would (a test hook for the fall back to
-    classic ones)."""
-    return "raw_tracepoints" in _names_in(FAIL_LOAD_ENV)
+# the CONNSCOPE_FAIL_LOAD name of each kind of hook for the shared tracepoints
+_FAIL_LOAD_HOOKS = {"raw": "raw_tracepoints", "btf": "tp_btf"}
+
+
+def hooks_made_to_fail(kind: str) -> bool:
+    """CONNSCOPE_FAIL_LOAD=raw_tracepoints (or tp_btf): that kind of hook's
+    load fails as a kernel's refusal would (a test hook for the fall back to
+    classic, or raw, ones)."""
+    return kind in _FAIL_LOAD_HOOKS and _FAIL_LOAD_HOOKS[kind] in _names_in(FAIL_LOAD_ENV)
 
 
 def hidden_features() -> set[str]:
     """Features CONNSCOPE_HIDE_FEATURES makes count as unavailable (a test hook)."""
     return _names_in(HIDE_FEATURES_ENV) & set(HIDEABLE_FEATURES)
-
-
-def tp_btf_made_to_fail() -> bool:
-    """CONNSCOPE_FAIL_LOAD=tp_btf: the BTF tracepoint hooks' load fails as a
-    kernel's refusal would (a test hook for the fall back to raw ones)."""
-    return "tp_btf" in _names_in(FAIL_LOAD_ENV)
 
 
 def raw_tracepoints_forced() -> bool:
@@ -223,13 +221,11 @@ def _tracepoint_hooks(btf: Optional[BTF], can_load: bool, is_root: bool) -> tupl
             btf.tracepoint_params(BTF_DESCRIBED_TRACEPOINT)
         except BTFError:
             undescribed.append(BTF_DESCRIBED_TRACEPOINT)
-        forced = classic_tracepoints_forced() or raw_tracepoints_forced()
-        if not undescribed and not forced:
-            tp_btf = (_test_tp_btf(btf.tracepoint_id(BTF_DESCRIBED_TRACEPOINT)) if can_load else
-                      Feature(False, "not tested: loading a test program needs root" if not is_root
-                              else "not tested (load tests were not asked for)", tested=False))
-    return choose_tracepoint_hooks(btf is not None, undescribed, classic_tracepoints_forced(),
-                                   tp_btf, raw_tracepoints_forced())
+    forced_classic, forced_raw = classic_tracepoints_forced(), raw_tracepoints_forced()
+    if btf is not None and not undescribed and not (forced_classic or forced_raw):
+        tp_btf = (_test_tp_btf(btf.tracepoint_id(BTF_DESCRIBED_TRACEPOINT)) if can_load
+                  else _not_load_tested(is_root))
+    return choose_tracepoint_hooks(btf is not None, undescribed, forced_classic, tp_btf, forced_raw)
 
 
 def _hiding_notes() -> list[str]:
@@ -499,6 +495,12 @@ def _test_tp_btf(btf_id: int, tp: str = BTF_DESCRIBED_TRACEPOINT) -> Feature:
     return _test_tracing(sc.TRACE_RAW_TP, btf_id, f"tp_btf program on {tp}")
 
 
+def _not_load_tested(is_root: bool) -> Feature:
+    """A test program that was not loaded, and why."""
+    return Feature(False, "not tested: loading a test program needs root" if not is_root
+                   else "not tested (load tests were not asked for)", tested=False)
+
+
 def _test_tracing(attach_type: int, btf_id: int, what: str) -> Feature:
     """Load `r0 = 0; exit` as a BPF_PROG_TYPE_TRACING program of attach_type
     at btf_id, attach it (BPF_RAW_TRACEPOINT_OPEN at attach_btf_id), detach."""
@@ -549,8 +551,7 @@ def _check_fentry(btf: Optional[BTF], load_tests: bool, is_root: bool) -> Featur
     if not btf.has_function(FENTRY_TEST_FUNCTION):
         return Feature(False, f"BTF does not describe {FENTRY_TEST_FUNCTION}")
     if not load_tests:
-        return Feature(False, "not tested: loading a test program needs root" if not is_root
-                       else "not tested (load tests were not asked for)", tested=False)
+        return _not_load_tested(is_root)
     return _test_fentry(FENTRY_TEST_FUNCTION, btf.function_id(FENTRY_TEST_FUNCTION))
 
 

@@ -8,7 +8,7 @@ from tracer.filters import Filters
 from tracer.probes import blocked_accepts, headers, loader
 from tracer.probes.btf import BTFError, kernel_btf
 from tracer.probes.features import (BackendUnavailable, backends_to_try, failing_loads,
-                                    raw_tracepoints_made_to_fail, tp_btf_made_to_fail,
+                                    hooks_made_to_fail,
                                     probe_features)
 from tracer.probes.offsets import (OffsetError, drop_reason_cflags, fentry_cflags, offset_cflags,
                                    tracepoint_hook_cflags)
@@ -94,13 +94,9 @@ _HOOK_WORDS = {"btf": "BTF tracepoints", "raw": "raw tracepoints", "classic": "c
 
 
 def _open_with(backend, filters, features, tree, btf, flags, offsets_from, hooks) -> ProbeSession:
-    if hooks == "raw" and raw_tracepoints_made_to_fail():
+    if hooks_made_to_fail(hooks):
         raise ProbeError(f"cannot load the {backend} programs: cannot attach "
-                         f"raw_tracepoint__inet_sock_set_state: made to fail by "
-                         f"CONNSCOPE_FAIL_LOAD (a test hook)")
-    if hooks == "btf" and tp_btf_made_to_fail():
-        raise ProbeError(f"cannot load the {backend} programs: cannot attach "
-                         f"tp_btf__inet_sock_set_state: made to fail by "
+                         f"{_HOOK_PREFIX[hooks]}inet_sock_set_state: made to fail by "
                          f"CONNSCOPE_FAIL_LOAD (a test hook)")
     reason_flags = drop_reason_cflags(btf, raw=hooks != "classic")
     session = _open(backend, filters, features, tree, btf,
