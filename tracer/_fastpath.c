@@ -63,7 +63,7 @@
 
 #include "bpf/event.h"
 
-#define ABI_VERSION 7
+#define ABI_VERSION 8
 
 /* What tracer/fastpath.py configures (references held until configured again). */
 static PyObject *Connect_t, *Accept_t;        /* the event classes */
@@ -101,6 +101,15 @@ static const char *accept_used[ACCEPT_USED] = {
 static PyObject *connect_used_str[CONNECT_USED], *accept_used_str[ACCEPT_USED];
 static Py_ssize_t connect_used_at[CONNECT_USED], accept_used_at[ACCEPT_USED];
 static PyObject *str_latency_us, *str_queue_wait_us;
+/* ... and the fields tally() takes (Collector._drain's loop) */
+#define TC_USED 11
+#define TA_USED 6
+static const char *tc_used[TC_USED] = {
+    "pid", "family", "daddr", "dport", "comm", "saddr", "netns", "outcome", "syn_retransmits",
+    "ts_start_ns", "ts_end_ns"};
+static const char *ta_used[TA_USED] = {"pid", "comm", "family", "laddr", "lport", "netns"};
+static PyObject *tc_used_str[TC_USED], *ta_used_str[TA_USED];
+static Py_ssize_t tc_used_at[TC_USED], ta_used_at[TA_USED];
 
 static void used_at(PyObject *names, PyObject **used, Py_ssize_t *at, int n)
 {
@@ -185,6 +194,8 @@ static PyObject *fp_configure(PyObject *self, PyObject *args)
     max_open = mo;
     used_at(cn, connect_used_str, connect_used_at, CONNECT_USED);
     used_at(an, accept_used_str, accept_used_at, ACCEPT_USED);
+    used_at(cn, tc_used_str, tc_used_at, TC_USED);
+    used_at(an, ta_used_str, ta_used_at, TA_USED);
     Py_RETURN_NONE;
 }
 
@@ -1289,6 +1300,234 @@ static PyObject *fp_event_rows(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* ------------------------------------------------------------ tally */
+
+/* tally(events, established, slow_ns): one poll's events summed per key of
+ * each live table, in C, so the tables are fed once a key and not once an
+ * event (tracer/aggregate/tally.py, which says what each part is and how
+ * each table takes it; Collector._drain's loop over the events stays the
+ * definition: tests/unit/test_tally.py). None when an event is of a
+ * subclass of Connect or Accept (the caller then runs the loop). */
+
+/* d[key], made by make() (a new reference) when not there; borrowed. */
+static PyObject *entry(PyObject *d, PyObject *key, PyObject *(*make)(void))
+{
+    PyObject *v = PyDict_GetItemWithError(d, key);
+    if (v != NULL || PyErr_Occurred())
+        return v;
+    if ((v = make()) == NULL)
+        return NULL;
+    int bad = PyDict_SetItem(d, key, v);
+    Py_DECREF(v);
+    return bad ? NULL : v;
+}
+
+static PyObject *count_and_list(void)   /* [0, []] */
+{
+    return Py_BuildValue("[i[]]", 0);
+}
+
+/* l[i] += by (l a list, by a new reference, stolen); -1 on an error. */
+static int list_add(PyObject *l, Py_ssize_t i, PyObject *by)
+{
+    if (by == NULL)
+        return -1;
+    PyObject *sum = PyNumber_Add(PyList_GET_ITEM(l, i), by);
+    Py_DECREF(by);
+    if (sum == NULL)
+        return -1;
+    PyList_SetItem(l, i, sum);     /* steals sum, releases the old value */
+    return 0;
+}
+
+/* [n, values]: n += 1, and value appended unless None (stolen). */
+static int count_value(PyObject *cl, PyObject *value)
+{
+    if (value == NULL)
+        return -1;
+    int bad = list_add(cl, 0, PyLong_FromLong(1)) < 0
+        || (value != Py_None && PyList_Append(PyList_GET_ITEM(cl, 1), value) < 0);
+    Py_DECREF(value);
+    return bad ? -1 : 0;
+}
+
+static PyObject *tuple_of(PyObject **f, const int *pick, int n)
+{
+    PyObject *t = PyTuple_New(n);
+    if (t != NULL)
+        for (int k = 0; k < n; k++)
+            PyTuple_SET_ITEM(t, k, ref(f[pick[k]]));
+    return t;
+}
+
+struct tally {
+    PyObject *edges, *listeners, *notes, *opened, *flows, *notable;
+    PyObject *established, *slow_ns;
+};
+
+/* One Connect: Collector._drain's edges.add, log.wants_connect and, when
+ * established, processes.opened. */
+static int tally_connect(struct tally *t, PyObject *ev)
+{
+    PyObject *f[TC_USED] = {NULL}, *key = NULL, *lat = NULL;
+    int rc = -1;
+    if (fields_of(ev, &connect_layout, tc_used_str, tc_used_at, TC_USED, f) < 0)
+        goto done;
+    /* f: pid 0, family 1, daddr 2, dport 3, comm 4, saddr 5, netns 6, outcome 7,
+     * syn_retransmits 8, ts_start_ns 9, ts_end_ns 10 */
+    static const int edge_key[] = {0, 1, 2, 3};
+    if ((key = tuple_of(f, edge_key, 4)) == NULL)
+        goto done;
+    PyObject *e = PyDict_GetItemWithError(t->edges, key);   /* borrowed */
+    if (e == NULL) {
+        if (PyErr_Occurred())
+            goto done;
+        /* [first event, SYN retransmits, {outcome: [n, latencies]}, own source, netns] */
+        PyObject *fresh = Py_BuildValue("[OiNOi]", ev, 0, PyDict_New(), Py_False, 0);
+        if (fresh == NULL)
+            goto done;
+        int bad = PyDict_SetItem(t->edges, key, fresh);
+        Py_DECREF(fresh);
+        if (bad)
+            goto done;
+        e = fresh;
+    }
+    if (list_add(e, 1, ref(f[8])) < 0)
+        goto done;
+    if ((lat = PyObject_GetAttr(ev, str_latency_us)) == NULL)
+        goto done;
+    PyObject *cl = entry(PyList_GET_ITEM(e, 2), f[7], count_and_list);
+    if (cl == NULL || count_value(cl, ref(lat)) < 0)
+        goto done;
+    if (PyList_GET_ITEM(e, 3) == Py_False) {
+        int own = PyObject_RichCompareBool(f[5], f[2], Py_EQ);
+        if (own < 0)
+            goto done;
+        if (own)
+            PyList_SetItem(e, 3, ref(Py_True));
+    }
+    int netns_unset = PyObject_Not(PyList_GET_ITEM(e, 4));
+    if (netns_unset < 0)
+        goto done;
+    if (netns_unset) {
+        int has = PyObject_IsTrue(f[6]);
+        if (has < 0)
+            goto done;
+        if (has)
+            PyList_SetItem(e, 4, ref(f[6]));
+    }
+    /* NotableLog.wants_connect */
+    int est = PyObject_RichCompareBool(f[7], t->established, Py_EQ);
+    if (est < 0)
+        goto done;
+    int wants = !est;
+    if (est) {
+        PyObject *took = PyNumber_Subtract(f[10], f[9]);
+        if (took == NULL)
+            goto done;
+        wants = PyObject_RichCompareBool(took, t->slow_ns, Py_GE);
+        Py_DECREF(took);
+        if (wants < 0)
+            goto done;
+    }
+    if (wants && PyList_Append(t->notable, ev) < 0)
+        goto done;
+    if (est) {
+        PyObject *o = entry(t->opened, f[0], count_and_list);
+        if (o == NULL || list_add(o, 0, PyLong_FromLong(1)) < 0)
+            goto done;
+        PyList_SetItem(o, 1, ref(f[4]));   /* last comm */
+        PyObject *fl = entry(t->flows, key, count_and_list);
+        if (fl == NULL || count_value(fl, ref(lat)) < 0)
+            goto done;
+    }
+    rc = 0;
+done:
+    for (int k = 0; k < TC_USED; k++)
+        Py_XDECREF(f[k]);
+    Py_XDECREF(key);
+    Py_XDECREF(lat);
+    return rc;
+}
+
+/* One Accept: listeners.add_accept, edges.add_accept (the address's owner,
+ * noted last-seen last) and processes.opened. */
+static int tally_accept(struct tally *t, PyObject *ev)
+{
+    PyObject *f[TA_USED] = {NULL}, *key = NULL, *note = NULL;
+    int rc = -1;
+    if (fields_of(ev, &accept_layout, ta_used_str, ta_used_at, TA_USED, f) < 0)
+        goto done;
+    /* f: pid 0, comm 1, family 2, laddr 3, lport 4, netns 5 */
+    static const int listener_key[] = {5, 2, 3, 4}, note_key[] = {5, 2, 3};
+    if ((key = tuple_of(f, listener_key, 4)) == NULL || (note = tuple_of(f, note_key, 3)) == NULL)
+        goto done;
+    PyObject *l = entry(t->listeners, key, count_and_list);
+    if (l == NULL || count_value(l, PyObject_GetAttr(ev, str_queue_wait_us)) < 0)
+        goto done;
+    if (PyDict_Contains(t->notes, note) == 1 && PyDict_DelItem(t->notes, note) < 0)
+        goto done;
+    if (PyErr_Occurred() || PyDict_SetItem(t->notes, note, Py_None) < 0)
+        goto done;
+    PyObject *o = entry(t->opened, f[0], count_and_list);
+    if (o == NULL || list_add(o, 0, PyLong_FromLong(1)) < 0)
+        goto done;
+    PyList_SetItem(o, 1, ref(f[1]));   /* last comm */
+    rc = 0;
+done:
+    for (int k = 0; k < TA_USED; k++)
+        Py_XDECREF(f[k]);
+    Py_XDECREF(key);
+    Py_XDECREF(note);
+    return rc;
+}
+
+static PyObject *fp_tally(PyObject *self, PyObject *args)
+{
+    PyObject *evs;
+    struct tally t = {0};
+    if (!PyArg_ParseTuple(args, "O!OO", &PyList_Type, &evs, &t.established, &t.slow_ns))
+        return NULL;
+    if (!configured())
+        return NULL;
+    PyObject *out = NULL;
+    PyObject **parts[] = {&t.edges, &t.listeners, &t.notes, &t.opened, &t.flows};
+    for (size_t i = 0; i < 5; i++)
+        if ((*parts[i] = PyDict_New()) == NULL)
+            goto done;
+    if ((t.notable = PyList_New(0)) == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(evs); i++) {
+        PyObject *ev = PyList_GET_ITEM(evs, i);
+        int rc = 0;
+        Py_INCREF(ev);
+        if (Py_TYPE(ev) == (PyTypeObject *)Connect_t) {
+            rc = tally_connect(&t, ev);
+        } else if (Py_TYPE(ev) == (PyTypeObject *)Accept_t) {
+            rc = tally_accept(&t, ev);
+        } else {
+            int sub = PyObject_IsInstance(ev, Connect_t);
+            if (sub == 0)
+                sub = PyObject_IsInstance(ev, Accept_t);
+            if (sub != 0) {           /* a subclass (the loop's), or an error */
+                Py_DECREF(ev);
+                if (sub > 0)
+                    out = ref(Py_None);
+                goto done;
+            }
+        }
+        Py_DECREF(ev);
+        if (rc < 0)
+            goto done;
+    }
+    out = PyTuple_Pack(6, t.edges, t.listeners, t.notes, t.opened, t.flows, t.notable);
+done:
+    for (size_t i = 0; i < 5; i++)
+        Py_XDECREF(*parts[i]);
+    Py_XDECREF(t.notable);
+    return out;
+}
+
 /* ------------------------------------------------------------ histogram */
 
 /* HistogramCore: the instance layout of tracer/aggregate/histogram.py's
@@ -1423,6 +1662,28 @@ static PyObject *hc_add(HistogramCore *h, PyObject *const *args, Py_ssize_t narg
     Py_RETURN_NONE;
 }
 
+/* add_all(values): add(v) for each v in order (Histogram._add_each, the
+ * definition); what add() does not take in C goes to _add_any as there. */
+static PyObject *hc_add_all(HistogramCore *h, PyObject *values)
+{
+    PyObject *it = PyObject_GetIter(values), *v;
+    if (it == NULL)
+        return NULL;
+    while ((v = PyIter_Next(it)) != NULL) {
+        PyObject *r = hc_add(h, &v, 1, NULL);
+        Py_DECREF(v);
+        if (r == NULL) {
+            Py_DECREF(it);
+            return NULL;
+        }
+        Py_DECREF(r);
+    }
+    Py_DECREF(it);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyMemberDef hc_members[] = {
     {"counts", T_OBJECT_EX, offsetof(HistogramCore, counts), 0, NULL},
     {"count", T_OBJECT_EX, offsetof(HistogramCore, count), 0, NULL},
@@ -1435,6 +1696,8 @@ static PyMemberDef hc_members[] = {
 static PyMethodDef hc_methods[] = {
     {"add", (PyCFunction)(void (*)(void))hc_add, METH_FASTCALL | METH_KEYWORDS,
      "add(value, n=1): Histogram.add (tracer/aggregate/histogram.py)"},
+    {"add_all", (PyCFunction)hc_add_all, METH_O,
+     "add_all(values): add() of each, in order (Histogram._add_each)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1469,6 +1732,9 @@ static PyMethodDef methods[] = {
     {"event_rows", fp_event_rows, METH_VARARGS,
      "event_rows(events, offset_ns, container, connects, accepts, established): "
      "tracer/sinks/recorder.py RecordSink.on_events' rows"},
+    {"tally", fp_tally, METH_VARARGS,
+     "tally(events, established, slow_ns) -> (edges, listeners, notes, opened, flows, notable) "
+     "or None: tracer/aggregate/tally.py"},
     {"fd_sockets", fp_fd_sockets, METH_VARARGS,
      "fd_sockets(pid) -> (fds, {socket inode}) or None: tracer/probes/procfs.py _scan_fd_dir"},
     {NULL, NULL, 0, NULL},
@@ -1494,6 +1760,12 @@ PyMODINIT_FUNC PyInit__fastpath(void)
             return NULL;
     for (int k = 0; k < ACCEPT_USED; k++)
         if ((accept_used_str[k] = PyUnicode_InternFromString(accept_used[k])) == NULL)
+            return NULL;
+    for (int k = 0; k < TC_USED; k++)
+        if ((tc_used_str[k] = PyUnicode_InternFromString(tc_used[k])) == NULL)
+            return NULL;
+    for (int k = 0; k < TA_USED; k++)
+        if ((ta_used_str[k] = PyUnicode_InternFromString(ta_used[k])) == NULL)
             return NULL;
     if ((str_latency_us = PyUnicode_InternFromString("latency_us")) == NULL
             || (str_queue_wait_us = PyUnicode_InternFromString("queue_wait_us")) == NULL)

@@ -18,10 +18,11 @@ from tracer.aggregate.listeners import ListenerTable
 from tracer.aggregate.notable import NotableLog
 from tracer.aggregate.sockets import ProcessTable
 from tracer.aggregate.snapshot import Header, Snapshot, TcpMemoryRow
+from tracer.aggregate.tally import feed_connect_views, feed_each, feed_summed
+from tracer import fastpath
 from tracer.clock import Clock
 from tracer.domain import tcp_memory
-from tracer.domain.outcomes import ESTABLISHED
-from tracer.events import Accept, Connect
+from tracer.events import Connect
 from tracer.filters import Filters
 
 # At the end of a run, batches read at most to empty the buffer (the 8 MiB ring
@@ -111,6 +112,9 @@ class Collector:
         # three latency histograms a connect (BENCHMARKS.md section 18).
         self.connect_views = any(getattr(s, "uses_connect_views", True) for s in sinks)
         self.log = NotableLog()
+        # the poll's events summed a key at a time in C (tracer/aggregate/tally.py;
+        # the connect views batch their own); None: fed one at a time
+        self._tally = getattr(fastpath.native, "tally", None)
         self._events_total = 0
         self._events_at_tick = 0
         self._lost_at_tick = 0
@@ -159,26 +163,11 @@ class Collector:
             self.containers.note([ev.pid for ev in events],
                                  [ev.cgroup_id for ev in events if type(ev) is Connect])
             group = self.containers.group_of
-        # (per event: bound methods looked up once a poll)
         connects_add = self.connects.add if self.connect_views else None
-        edges_add = self.edges.add
-        opened = self.processes.opened
-        accept_add, edges_accept = self.listeners.add_accept, self.edges.add_accept
-        log = self.log
-        wants_connect = log.wants_connect
-        for ev in events:
-            if isinstance(ev, Connect):
-                if connects_add is not None:
-                    connects_add(ev, None if group is None else group(ev.pid, ev.cgroup_id))
-                edges_add(ev)
-                if wants_connect(ev):
-                    log.connect(ev, self.clock.wall_us(ev.ts_end_ns))
-                if ev.outcome == ESTABLISHED:
-                    opened(ev.pid, ev.comm, (ev.family, ev.daddr, ev.dport), ev.latency_us)
-            elif isinstance(ev, Accept):
-                accept_add(ev)
-                edges_accept(ev)
-                opened(ev.pid, ev.comm, None)
+        if self._tally is None or not feed_summed(self, events, self._tally):
+            feed_each(self, events, connects_add, group)
+        elif connects_add is not None:
+            feed_connect_views(connects_add, events, group)
         for sink in self.sinks:
             sink.on_events(events)
 

@@ -4,8 +4,9 @@ The ring buffer's records are walked, decoded and their closes joined in C:
 about four Python calls a connection fewer (BENCHMARKS.md section 18). The
 same module scans a process's fd table for its sockets (half the CPU of the
 Python loop) and parses sock_diag's socket messages (BENCHMARKS.md section
-19; tracer/probes/procfs.py and sock_diag.py use them), and holds the
-histograms' add() of a float (tracer/aggregate/histogram.py). It is
+19; tracer/probes/procfs.py and sock_diag.py use them), holds the
+histograms' add() of a float (tracer/aggregate/histogram.py) and sums a
+poll's events per key of the live tables (tracer/aggregate/tally.py). It is
 built from the package's sources when a C compiler and Python's headers are
 there (`./run` installs them), and the pure-Python path, which stays the
 reference, is used when it is not: same events, same tallies
@@ -24,7 +25,7 @@ from tracer.domain import outcomes
 # what doctor says to do about the pure-Python path
 TO_COMPILE = ("it costs about 1.3 times the CPU per connection: install a C compiler and "
               "Python's headers (Debian: gcc python3-dev) and reinstall connscope")
-ABI_VERSION = 7   # tracer/_fastpath.c ABI_VERSION: a stale build is not used
+ABI_VERSION = 8   # tracer/_fastpath.c ABI_VERSION: a stale build is not used
 
 
 def _load():

@@ -56,14 +56,15 @@ def connect(rng: random.Random, sk: int, t: int, *, outcome=None, comm=None, fam
                                                **fields})
 
 
-def accept(rng: random.Random, sk: int, t: int, *, handshake=None) -> bytes:
-    return pack(e._ACCEPT, e._AcceptT, type=C["EV_ACCEPT"], pid=rng.choice([2, 9999]),
+def accept(rng: random.Random, sk: int, t: int, *, handshake=None, **fields) -> bytes:
+    """`fields`: values of the record's fields instead of random ones."""
+    return pack(e._ACCEPT, e._AcceptT, **{**dict(type=C["EV_ACCEPT"], pid=rng.choice([2, 9999]),
                 tid=rng.randrange(2**32), backlog_len=rng.randrange(2**32),
                 ts_ns=t, ts_handshake_ns=handshake if handshake is not None else rng.choice([0, t - 10, t + 10]),
                 sk=sk, laddr=rng.randbytes(16), raddr=rng.randbytes(16), lport=rng.randrange(65536),
                 rport=rng.randrange(65536), backlog_max=rng.randrange(2**32),
                 netns=rng.randrange(2**32), family=rng.choice([2, 10, 7]), pad=bytes(3),
-                comm=rng.choice(HOSTILE_COMMS))
+                comm=rng.choice(HOSTILE_COMMS)), **fields})
 
 
 def close(sk: int, t: int) -> bytes:

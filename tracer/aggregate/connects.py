@@ -14,6 +14,11 @@ from tracer.events import Connect
 HISTORY = 300  # intervals of p99 history kept per key (5 min at 1 s)
 
 
+# add()'s counter for each outcome it only counts (add_sums)
+_COUNTED_AS = {outcomes.REFUSED: "refused", outcomes.TIMEOUT: "timeout",
+               outcomes.UNREACHABLE: "unreachable"}
+
+
 @dataclass
 class ConnectStats:
     """Counts per outcome (tracer/domain/outcomes.py). The latency histogram
@@ -37,7 +42,9 @@ class ConnectStats:
         outcome = ev.outcome
         if outcome == outcomes.ESTABLISHED:
             self.established += 1
-            self.latency.add((ev.ts_end_ns - ev.ts_start_ns) / 1000.0)
+            latency = ev.latency_us       # (None: the end unknown, no handshake time)
+            if latency is not None:
+                self.latency.add(latency)
         elif outcome == outcomes.REFUSED:
             self.refused += 1
         elif outcome == outcomes.TIMEOUT:
@@ -51,6 +58,24 @@ class ConnectStats:
             self.unreachable += 1
         else:
             self.error += 1
+
+    def add_sums(self, syn_retransmits: int, by_outcome: dict) -> None:
+        """add() of a poll's connects of one key at once: their SYN
+        retransmits summed, and {outcome: [n, their latency_us but None]}
+        in the order they came (tracer/aggregate/tally.py)."""
+        self.syn_retransmits += syn_retransmits
+        for outcome, (n, latencies) in by_outcome.items():
+            self.attempts += n
+            if outcome == outcomes.ESTABLISHED:
+                self.established += n
+                self.latency.add_all(latencies)
+            elif outcome == outcomes.ABANDONED:
+                self.abandoned += n
+                if latencies and max(latencies) > self.waited_max_us:
+                    self.waited_max_us = max(latencies)
+            else:
+                name = _COUNTED_AS.get(outcome, "error")
+                setattr(self, name, getattr(self, name) + n)
 
     def merge(self, o: "ConnectStats") -> None:
         # (spelled out: merged for every key active in an interval, and for

@@ -126,6 +126,18 @@ class _AddressOwners:
         self._owners: OrderedDict[tuple[int, str], tuple[int, ...]] = OrderedDict()
         self.evicted = 0
 
+    def note_all(self, notes) -> bool:
+        """note() of each (netns, family, addr) of a poll's accepts, each
+        once, in the order each was last seen (tracer/aggregate/tally.py):
+        what note() of every accept leaves, unless one is evicted on the
+        way; False, and nothing done, when one could be."""
+        if len(self._owners) + len(notes) > self.max_addresses:
+            return False
+        note = self.note
+        for netns, family, addr in notes:
+            note(netns, family, addr)
+        return True
+
     def note(self, netns: int, family: int, addr: str) -> None:
         if not netns or not family:
             return
@@ -221,6 +233,27 @@ class EdgeTable:
             w.own_source = True
         if ev.netns and not w.netns:
             w.netns = ev.netns
+
+    def add_sums(self, sums: dict) -> bool:
+        """add() of a poll's connects, a key at a time: {key: [its first
+        connect, SYN retransmits, {outcome: [n, latencies]}, whether a
+        source was the destination, its first namespace]}, keys in the order
+        first seen (tracer/aggregate/tally.py). False, and nothing done, when
+        a new key could be evicted (the events are then add()ed)."""
+        window = self._window
+        if len(window) + len(sums) > self.max_edges:
+            return False
+        for key, (ev, syn_retransmits, by_outcome, own_source, netns) in sums.items():
+            w = window.get(key)
+            if w is None:
+                w = window[key] = _Window(ev.comm, ev.netns, False, ConnectStats(),
+                                          ev.cgroup_id)
+            w.stats.add_sums(syn_retransmits, by_outcome)
+            if own_source:
+                w.own_source = True
+            if netns and not w.netns:
+                w.netns = netns
+        return True
 
     def roll(self, seconds: float, listener_rows=(), holdings=None) -> list[EdgeRow]:
         """Close the interval: one row per edge with connects in it or

@@ -169,6 +169,21 @@ class ListenerTable:
         if wait is not None:
             lst.waits.add(wait)
 
+    def add_accept_sums(self, sums: dict) -> bool:
+        """add_accept() of a poll's accepts, a key at a time: {(netns,
+        family, laddr, lport): [n, their queue_wait_us but None]}
+        (tracer/aggregate/tally.py). False, and nothing done, unless each
+        key's listener is already known and no two keys share one (the
+        waits of one listener are then added in the order they came)."""
+        cache = self._accept_cache
+        found = [cache.get(raw) for raw in sums]
+        if any(lst is None for lst in found) or len({id(lst) for lst in found}) < len(found):
+            return False
+        for lst, (n, waits) in zip(found, sums.values()):
+            lst.accepts_window += n
+            lst.waits.add_all(waits)
+        return True
+
     def _counter_deltas(self, counters) -> dict[tuple, list[int]]:
         """key -> [ack, cookie, syn, synack] added since the last read, summed
         over the key's sockets. A socket not seen before counts from zero

@@ -173,6 +173,24 @@ class ProcessTable:
         if connect_us is not None:
             f.connect.add(connect_us)
 
+    def opened_sums(self, opened: dict, flows: dict) -> bool:
+        """opened() of a poll's connections at once (tracer/aggregate/tally.py):
+        opened {pid: [n, its last comm]}, flows {(pid, family, raddr, rport):
+        [n, their connect latencies but None]} of those it connected, each in
+        the order first seen. False, and nothing done, when a new flow could
+        be evicted."""
+        if self._n_flows + len(flows) > self.max_flows:
+            return False
+        counts, comms = self._opened, self._comm
+        for pid, (n, comm) in opened.items():
+            counts[pid] = counts.get(pid, 0) + n
+            comms[pid] = comm
+        for (pid, family, raddr, rport), (n, latencies) in flows.items():
+            f = self._flow(pid, (family, raddr, rport))
+            f.opens_now += n
+            f.connect.add_all(latencies)
+        return True
+
     def closed(self, ev) -> None:
         """One connection closed (a decoded tracer.events.Close)."""
         self._closed[ev.pid] = self._closed.get(ev.pid, 0) + 1
@@ -189,9 +207,7 @@ class ProcessTable:
                 f.peak_now = peak
         for (pid, family, raddr, rport), lifetimes in closes.active.items():
             self._closed[pid] = self._closed.get(pid, 0) + len(lifetimes)
-            hist = self._flow(pid, (family, raddr, rport)).lifetimes_now
-            for us in lifetimes:
-                hist.add(us)
+            self._flow(pid, (family, raddr, rport)).lifetimes_now.add_all(lifetimes)
 
     def _advice(self, pid: int) -> tuple[PoolAdvice, ...]:
         out = []
