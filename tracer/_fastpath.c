@@ -101,12 +101,17 @@ static const char *accept_used[ACCEPT_USED] = {
 static PyObject *connect_used_str[CONNECT_USED], *accept_used_str[ACCEPT_USED];
 static Py_ssize_t connect_used_at[CONNECT_USED], accept_used_at[ACCEPT_USED];
 static PyObject *str_latency_us, *str_queue_wait_us;
+/* ... the fields latency_of and queue_wait_of take */
+static const char *lat_used[2] = {"ts_start_ns", "ts_end_ns"};
+static const char *wait_used[2] = {"ts_handshake_ns", "ts_ns"};
+static PyObject *lat_used_str[2], *wait_used_str[2];
+static Py_ssize_t lat_used_at[2], wait_used_at[2];
 /* ... and the fields tally() takes (Collector._drain's loop) */
-#define TC_USED 11
+#define TC_USED 12
 #define TA_USED 6
 static const char *tc_used[TC_USED] = {
     "pid", "family", "daddr", "dport", "comm", "saddr", "netns", "outcome", "syn_retransmits",
-    "ts_start_ns", "ts_end_ns"};
+    "ts_start_ns", "ts_end_ns", "cgroup_id"};
 static const char *ta_used[TA_USED] = {"pid", "comm", "family", "laddr", "lport", "netns"};
 static PyObject *tc_used_str[TC_USED], *ta_used_str[TA_USED];
 static Py_ssize_t tc_used_at[TC_USED], ta_used_at[TA_USED];
@@ -194,6 +199,8 @@ static PyObject *fp_configure(PyObject *self, PyObject *args)
     max_open = mo;
     used_at(cn, connect_used_str, connect_used_at, CONNECT_USED);
     used_at(an, accept_used_str, accept_used_at, ACCEPT_USED);
+    used_at(cn, lat_used_str, lat_used_at, 2);
+    used_at(an, wait_used_str, wait_used_at, 2);
     used_at(cn, tc_used_str, tc_used_at, TC_USED);
     used_at(an, ta_used_str, ta_used_at, TA_USED);
     Py_RETURN_NONE;
@@ -1193,6 +1200,56 @@ static void release_parts(PyObject **f, int nf, PyObject **v, Py_ssize_t n, PyOb
  * error ends the row (nothing further is called with an error set). */
 #define PUT(x) do { if ((v[n++] = (x)) == NULL) goto done; } while (0)
 
+/* a and b as C values when both are exact ints in [0, 2**63); else 0. */
+static int both_small(PyObject *a, PyObject *b, long long *x, long long *y)
+{
+    if (!PyLong_CheckExact(a) || !PyLong_CheckExact(b))
+        return 0;
+    int oa = 0, ob = 0;
+    *x = PyLong_AsLongLongAndOverflow(a, &oa);
+    *y = PyLong_AsLongLongAndOverflow(b, &ob);
+    return !oa && !ob && *x >= 0 && *y >= 0;
+}
+
+/* Connect.latency_us (tracer/events.py, the definition) of an event of the
+ * configured class: worked out here when its two times are ints of up to 63
+ * bits (as the property would: the difference, exact, converted to the
+ * nearest double and divided by 1000.0), else the property's own answer. */
+static PyObject *latency_of(PyObject *ev)
+{
+    PyObject *f[2] = {NULL}, *out;
+    long long start, end;
+    if (fields_of(ev, &connect_layout, lat_used_str, lat_used_at, 2, f) < 0) {
+        Py_XDECREF(f[0]);
+        return NULL;
+    }
+    if (both_small(f[0], f[1], &start, &end))
+        out = end < start ? ref(Py_None) : PyFloat_FromDouble((double)(end - start) / 1000.0);
+    else
+        out = PyObject_GetAttr(ev, str_latency_us);
+    Py_DECREF(f[0]);
+    Py_DECREF(f[1]);
+    return out;
+}
+
+/* Accept.queue_wait_us, likewise. */
+static PyObject *queue_wait_of(PyObject *ev)
+{
+    PyObject *f[2] = {NULL}, *out;
+    long long hs, ts;
+    if (fields_of(ev, &accept_layout, wait_used_str, wait_used_at, 2, f) < 0) {
+        Py_XDECREF(f[0]);
+        return NULL;
+    }
+    if (both_small(f[0], f[1], &hs, &ts))
+        out = (hs == 0 || hs > ts) ? ref(Py_None) : PyFloat_FromDouble((double)(ts - hs) / 1000.0);
+    else
+        out = PyObject_GetAttr(ev, str_queue_wait_us);
+    Py_DECREF(f[0]);
+    Py_DECREF(f[1]);
+    return out;
+}
+
 /* tracer/sinks/recorder.py connect_values(ev, clock, container(pid, cgroup_id)). */
 static PyObject *connect_row(PyObject *ev, long long offset, PyObject *offset_obj,
                              PyObject *container, PyObject *established)
@@ -1209,7 +1266,7 @@ static PyObject *connect_row(PyObject *ev, long long offset, PyObject *offset_ob
     PUT(wall_us(f[0], offset, offset_obj));
     for (int k = 1; k <= 8; k++)            /* pid .. dport */
         PUT(ref(f[k]));
-    PUT(PyObject_GetAttr(ev, str_latency_us));
+    PUT(latency_of(ev));
     PUT(ref(f[9]));
     PUT(ref(f[11]));
     int est = PyObject_RichCompareBool(f[9], established, Py_EQ);
@@ -1239,7 +1296,7 @@ static PyObject *accept_row(PyObject *ev, long long offset, PyObject *offset_obj
     PUT(wall_us(f[0], offset, offset_obj));
     for (int k = 1; k <= 7; k++)            /* pid .. rport */
         PUT(ref(f[k]));
-    PUT(PyObject_GetAttr(ev, str_queue_wait_us));
+    PUT(queue_wait_of(ev));
     PUT(ref(f[8]));
     PUT(ref(f[9]));
     PUT(ref(Py_None));
@@ -1361,7 +1418,7 @@ static PyObject *tuple_of(PyObject **f, const int *pick, int n)
 }
 
 struct tally {
-    PyObject *edges, *listeners, *notes, *opened, *flows, *notable;
+    PyObject *edges, *listeners, *notes, *opened, *flows, *notable, *pids, *cgroup_ids;
     PyObject *established, *slow_ns;
 };
 
@@ -1374,7 +1431,9 @@ static int tally_connect(struct tally *t, PyObject *ev)
     if (fields_of(ev, &connect_layout, tc_used_str, tc_used_at, TC_USED, f) < 0)
         goto done;
     /* f: pid 0, family 1, daddr 2, dport 3, comm 4, saddr 5, netns 6, outcome 7,
-     * syn_retransmits 8, ts_start_ns 9, ts_end_ns 10 */
+     * syn_retransmits 8, ts_start_ns 9, ts_end_ns 10, cgroup_id 11 */
+    if (PyList_Append(t->pids, f[0]) < 0 || PyList_Append(t->cgroup_ids, f[11]) < 0)
+        goto done;
     static const int edge_key[] = {0, 1, 2, 3};
     if ((key = tuple_of(f, edge_key, 4)) == NULL)
         goto done;
@@ -1394,7 +1453,7 @@ static int tally_connect(struct tally *t, PyObject *ev)
     }
     if (list_add(e, 1, ref(f[8])) < 0)
         goto done;
-    if ((lat = PyObject_GetAttr(ev, str_latency_us)) == NULL)
+    if ((lat = latency_of(ev)) == NULL)
         goto done;
     PyObject *cl = entry(PyList_GET_ITEM(e, 2), f[7], count_and_list);
     if (cl == NULL || count_value(cl, ref(lat)) < 0)
@@ -1459,11 +1518,13 @@ static int tally_accept(struct tally *t, PyObject *ev)
     if (fields_of(ev, &accept_layout, ta_used_str, ta_used_at, TA_USED, f) < 0)
         goto done;
     /* f: pid 0, comm 1, family 2, laddr 3, lport 4, netns 5 */
+    if (PyList_Append(t->pids, f[0]) < 0)
+        goto done;
     static const int listener_key[] = {5, 2, 3, 4}, note_key[] = {5, 2, 3};
     if ((key = tuple_of(f, listener_key, 4)) == NULL || (note = tuple_of(f, note_key, 3)) == NULL)
         goto done;
     PyObject *l = entry(t->listeners, key, count_and_list);
-    if (l == NULL || count_value(l, PyObject_GetAttr(ev, str_queue_wait_us)) < 0)
+    if (l == NULL || count_value(l, queue_wait_of(ev)) < 0)
         goto done;
     if (PyDict_Contains(t->notes, note) == 1 && PyDict_DelItem(t->notes, note) < 0)
         goto done;
@@ -1495,7 +1556,8 @@ static PyObject *fp_tally(PyObject *self, PyObject *args)
     for (size_t i = 0; i < 5; i++)
         if ((*parts[i] = PyDict_New()) == NULL)
             goto done;
-    if ((t.notable = PyList_New(0)) == NULL)
+    if ((t.notable = PyList_New(0)) == NULL || (t.pids = PyList_New(0)) == NULL
+            || (t.cgroup_ids = PyList_New(0)) == NULL)
         goto done;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(evs); i++) {
         PyObject *ev = PyList_GET_ITEM(evs, i);
@@ -1520,11 +1582,14 @@ static PyObject *fp_tally(PyObject *self, PyObject *args)
         if (rc < 0)
             goto done;
     }
-    out = PyTuple_Pack(6, t.edges, t.listeners, t.notes, t.opened, t.flows, t.notable);
+    out = PyTuple_Pack(8, t.edges, t.listeners, t.notes, t.opened, t.flows, t.notable, t.pids,
+                       t.cgroup_ids);
 done:
     for (size_t i = 0; i < 5; i++)
         Py_XDECREF(*parts[i]);
     Py_XDECREF(t.notable);
+    Py_XDECREF(t.pids);
+    Py_XDECREF(t.cgroup_ids);
     return out;
 }
 
@@ -1733,7 +1798,8 @@ static PyMethodDef methods[] = {
      "event_rows(events, offset_ns, container, connects, accepts, established): "
      "tracer/sinks/recorder.py RecordSink.on_events' rows"},
     {"tally", fp_tally, METH_VARARGS,
-     "tally(events, established, slow_ns) -> (edges, listeners, notes, opened, flows, notable) "
+     "tally(events, established, slow_ns) -> (edges, listeners, notes, opened, flows, notable, "
+     "pids, cgroup_ids) "
      "or None: tracer/aggregate/tally.py"},
     {"fd_sockets", fp_fd_sockets, METH_VARARGS,
      "fd_sockets(pid) -> (fds, {socket inode}) or None: tracer/probes/procfs.py _scan_fd_dir"},
@@ -1760,6 +1826,10 @@ PyMODINIT_FUNC PyInit__fastpath(void)
             return NULL;
     for (int k = 0; k < ACCEPT_USED; k++)
         if ((accept_used_str[k] = PyUnicode_InternFromString(accept_used[k])) == NULL)
+            return NULL;
+    for (int k = 0; k < 2; k++)
+        if ((lat_used_str[k] = PyUnicode_InternFromString(lat_used[k])) == NULL
+                || (wait_used_str[k] = PyUnicode_InternFromString(wait_used[k])) == NULL)
             return NULL;
     for (int k = 0; k < TC_USED; k++)
         if ((tc_used_str[k] = PyUnicode_InternFromString(tc_used[k])) == NULL)

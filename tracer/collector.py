@@ -18,7 +18,7 @@ from tracer.aggregate.listeners import ListenerTable
 from tracer.aggregate.notable import NotableLog
 from tracer.aggregate.sockets import ProcessTable
 from tracer.aggregate.snapshot import Header, Snapshot, TcpMemoryRow
-from tracer.aggregate.tally import feed_connect_views, feed_each, feed_summed
+from tracer.aggregate.tally import feed_connect_views, feed_each, feed_summed, sums_of
 from tracer import fastpath
 from tracer.clock import Clock
 from tracer.domain import tcp_memory
@@ -158,16 +158,22 @@ class Collector:
         if not events:
             return
         self._events_total += len(events)
+        sums = sums_of(self._tally, events) if self._tally is not None else None
         group = None
         if self.containers is not None:
-            self.containers.note([ev.pid for ev in events],
-                                 [ev.cgroup_id for ev in events if type(ev) is Connect])
+            if sums is not None:
+                self.containers.note(sums[6], sums[7])
+            else:
+                self.containers.note([ev.pid for ev in events],
+                                     [ev.cgroup_id for ev in events if type(ev) is Connect])
             group = self.containers.group_of
         connects_add = self.connects.add if self.connect_views else None
-        if self._tally is None or not feed_summed(self, events, self._tally):
+        if sums is None:
             feed_each(self, events, connects_add, group)
-        elif connects_add is not None:
-            feed_connect_views(connects_add, events, group)
+        else:
+            feed_summed(self, events, sums)
+            if connects_add is not None:
+                feed_connect_views(connects_add, events, group)
         for sink in self.sinks:
             sink.on_events(events)
 

@@ -51,14 +51,18 @@ def feed_each(c, events: list, connects_add=None, group=None) -> None:
             opened(ev.pid, ev.comm, None)
 
 
-def feed_summed(c, events: list, tally) -> bool:
-    """The events into c's tables a key at a time, from tally(events, ...);
-    False, and nothing fed, when tally() cannot sum them (an event of a
-    subclass of Connect or Accept: feed_each() then)."""
-    sums = tally(events, ESTABLISHED, SLOW_NS)
-    if sums is None:
-        return False
-    edges, listeners, notes, opened, flows, notable = sums
+def sums_of(tally, events: list):
+    """tally(events, ...) (tracer._fastpath.tally): (edges, listeners, notes,
+    opened, flows, notable, pids, cgroup_ids), the last two as the collector
+    hands them to the container cache (every event's pid, every connect's
+    cgroup id); None when it cannot sum them (an event of a subclass of
+    Connect or Accept: feed_each() then)."""
+    return tally(events, ESTABLISHED, SLOW_NS)
+
+
+def feed_summed(c, events: list, sums) -> None:
+    """The events into c's tables a key at a time, from sums_of(events)."""
+    edges, listeners, notes, opened, flows, notable = sums[:6]
     if not c.edges.add_sums(edges):
         add = c.edges.add
         for ev in _of(events, Connect):
@@ -82,7 +86,6 @@ def feed_summed(c, events: list, tally) -> bool:
     log = c.log
     for ev in notable:
         log.connect(ev, c.clock.wall_us(ev.ts_end_ns))
-    return True
 
 
 def feed_connect_views(connects_add, events: list, group=None) -> None:
