@@ -73,6 +73,7 @@ static PyObject *outcome_names;               /* OUTCOMES */
 static PyObject *outcome_unknown;             /* outcomes.ERROR */
 static Py_ssize_t early_max;                  /* lifetimes._EARLY_MAX */
 static Py_ssize_t max_open;                   /* lifetimes.MAX_OPEN */
+static void front_clear(void);                /* the addr and comm front caches */
 static PyObject *str_open, *str_early, *str_early_prev, *str_live, *str_active, *str_passive,
     *str_peaks, *str_opened;
 
@@ -197,6 +198,7 @@ static PyObject *fp_configure(PyObject *self, PyObject *args)
     }
     early_max = em;
     max_open = mo;
+    front_clear();      /* (texts of the caches configured before) */
     used_at(cn, connect_used_str, connect_used_at, CONNECT_USED);
     used_at(an, accept_used_str, accept_used_at, ACCEPT_USED);
     used_at(cn, lat_used_str, lat_used_at, 2);
@@ -206,10 +208,83 @@ static PyObject *fp_configure(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* Text of an address field (family, the field's 16 raw bytes): the cache's,
- * or the slow path's (which fills the cache). New reference. */
+/* A small direct-mapped cache in front of the address and comm caches of
+ * tracer/events.py: the text of a raw value is a function of its bytes, so
+ * a slot keeps the last text looked up for the raw bytes that hash to it
+ * (only a non-empty text, which the dict path would hand back too). It
+ * saves the bytes, tuple and int objects a dict lookup needs, 4 addresses
+ * and 2 comms a connection. Bounded (FRONT_SLOTS texts held); any bytes
+ * another user chooses only make misses, which take the dict path as
+ * before. Emptied by configure(). */
+#define FRONT_SLOTS 1024
+struct front {
+    unsigned family;          /* addresses: the record's family; comms: 0 */
+    unsigned char raw[16];
+    PyObject *text;           /* NULL: empty */
+};
+static struct front addr_front[FRONT_SLOTS], comm_front[FRONT_SLOTS];
+
+static unsigned front_slot(unsigned family, const unsigned char *raw)
+{
+    __u64 h = 1469598103934665603ULL ^ family;      /* FNV-1a */
+    for (int i = 0; i < 16; i++)
+        h = (h ^ raw[i]) * 1099511628211ULL;
+    return (unsigned)(h ^ (h >> 32)) & (FRONT_SLOTS - 1);
+}
+
+static PyObject *front_get(struct front *f, unsigned family, const unsigned char *raw)
+{
+    if (f->text != NULL && f->family == family && memcmp(f->raw, raw, 16) == 0) {
+        Py_INCREF(f->text);
+        return f->text;
+    }
+    return NULL;
+}
+
+static void front_put(struct front *f, unsigned family, const unsigned char *raw, PyObject *text)
+{
+    if (text == NULL || !PyUnicode_CheckExact(text) || PyUnicode_GET_LENGTH(text) == 0)
+        return;
+    Py_INCREF(text);
+    Py_XSETREF(f->text, text);
+    f->family = family;
+    memcpy(f->raw, raw, 16);
+}
+
+/* front_slot(family, raw) -> the slot raw's text is kept in (tests). */
+static PyObject *fp_front_slot(PyObject *self, PyObject *args)
+{
+    unsigned family;
+    Py_buffer raw;
+    if (!PyArg_ParseTuple(args, "Iy*", &family, &raw))
+        return NULL;
+    if (raw.len != 16) {
+        PyBuffer_Release(&raw);
+        PyErr_SetString(PyExc_ValueError, "front_slot: 16 bytes");
+        return NULL;
+    }
+    unsigned slot = front_slot(family, raw.buf);
+    PyBuffer_Release(&raw);
+    return PyLong_FromUnsignedLong(slot);
+}
+
+static void front_clear(void)
+{
+    for (int i = 0; i < FRONT_SLOTS; i++) {
+        Py_CLEAR(addr_front[i].text);
+        Py_CLEAR(comm_front[i].text);
+    }
+}
+
+/* Text of an address field (family, the field's 16 raw bytes): the front
+ * cache's, the cache's, or the slow path's (which fills the cache). New
+ * reference. */
 static PyObject *addr_text(unsigned family, const __u8 *raw)
 {
+    struct front *slot = &addr_front[front_slot(family, raw)];
+    PyObject *hit = front_get(slot, family, raw);
+    if (hit != NULL)
+        return hit;
     PyObject *fam = PyLong_FromUnsignedLong(family);
     PyObject *bytes = PyBytes_FromStringAndSize((const char *)raw, 16);
     PyObject *key = (fam && bytes) ? PyTuple_Pack(2, fam, bytes) : NULL;
@@ -226,11 +301,16 @@ static PyObject *addr_text(unsigned family, const __u8 *raw)
     Py_XDECREF(key);
     Py_XDECREF(bytes);
     Py_XDECREF(fam);
+    front_put(slot, family, raw, text);
     return text;
 }
 
 static PyObject *comm_of(const char *raw)
 {
+    struct front *slot = &comm_front[front_slot(0, (const unsigned char *)raw)];
+    PyObject *hit = front_get(slot, 0, (const unsigned char *)raw);
+    if (hit != NULL)
+        return hit;
     PyObject *bytes = PyBytes_FromStringAndSize(raw, 16);
     if (bytes == NULL)
         return NULL;
@@ -242,6 +322,7 @@ static PyObject *comm_of(const char *raw)
     else
         text = NULL;
     Py_DECREF(bytes);
+    front_put(slot, 0, (const unsigned char *)raw, text);
     return text;
 }
 
@@ -1797,6 +1878,8 @@ static PyMethodDef methods[] = {
     {"event_rows", fp_event_rows, METH_VARARGS,
      "event_rows(events, offset_ns, container, connects, accepts, established): "
      "tracer/sinks/recorder.py RecordSink.on_events' rows"},
+    {"front_slot", fp_front_slot, METH_VARARGS,
+     "front_slot(family, raw16) -> the front cache's slot of an address (comm: family 0)"},
     {"tally", fp_tally, METH_VARARGS,
      "tally(events, established, slow_ns) -> (edges, listeners, notes, opened, flows, notable, "
      "pids, cgroup_ids) "

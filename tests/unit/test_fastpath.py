@@ -181,6 +181,56 @@ def test_text_fields_are_the_python_paths_text_hostile_bytes_included():
     assert c["events"] == py["events"]
 
 
+def _sharing_a_slot(slot, family: int, head: bytes, tail: bytes) -> tuple[bytes, bytes]:
+    """Two 16-byte values head + 2 bytes (no NUL) + tail in one slot."""
+    seen = {}
+    for a in range(1, 256):
+        for b in range(1, 256):
+            raw = head + bytes([a, b]) + tail
+            other = seen.setdefault(slot(family, raw), raw)
+            if other != raw:
+                return other, raw
+    raise AssertionError("no two values share a slot")
+
+
+@needs_native
+def test_the_front_cache_of_texts_gives_the_dict_paths_texts(monkeypatch):
+    """The compiled walk keeps the last text of each of 1024 slots of raw
+    address and comm bytes in front of events.py's dicts: with 3,000
+    distinct addresses and comms, repeating, across families (the same
+    bytes in another family are another address), the dicts emptied at a
+    lower bound and configure() called again half-way, every text is the
+    Python path's."""
+    monkeypatch.setattr(e, "_CACHE_MAX", 700)      # the dicts emptied as they fill
+    rng = random.Random(9)
+    addrs = [rng.randbytes(16) for _ in range(3000)] + [bytes([127, 0, 0, 1]) + bytes(12)]
+    comms = [rng.randbytes(15) + b"\0" for _ in range(3000)] + HOSTILE_COMMS
+    recs = []
+    for i in range(6000):
+        a = rng.choice(addrs[:40] if rng.random() < 0.5 else addrs)
+        recs.append((connect(rng, 64 * i, 1000 + i, family=rng.choice([2, 10, 0]), daddr=a,
+                             saddr=rng.choice(addrs), comm=rng.choice(comms)), 0))
+    # and, met one after the other, raw values that share a slot: the same
+    # bytes in two families, bytes that differ only in their last two
+    slot = native.front_slot
+    same_bytes = next(a for a in iter(lambda: rng.randbytes(16), None)
+                      if slot(2, a) == slot(10, a))
+    twins = _sharing_a_slot(slot, 10, rng.randbytes(14), b"")
+    comm_twins = _sharing_a_slot(slot, 0, rng.randbytes(13), b"\0")
+    for k in range(40):
+        recs.insert(rng.randrange(len(recs)), (connect(
+            rng, 64 * (6000 + k), 9000 + k, family=10, daddr=same_bytes if k % 3 else twins[0],
+            saddr=twins[k % 2], comm=comm_twins[k % 2]), 0))
+        recs.insert(rng.randrange(len(recs)), (connect(
+            rng, 64 * (7000 + k), 9500 + k, family=2, daddr=same_bytes, saddr=twins[1]), 0))
+    for half in (recs[:3000], recs[3000:]):
+        py, c = walk_both(framed(half), [500] * 7)
+        assert [(ev.comm, ev.saddr, ev.daddr, ev.family) for ev in c["events"]] == [
+            (ev.comm, ev.saddr, ev.daddr, ev.family) for ev in py["events"]]
+        assert c["events"] == py["events"]
+        fastpath.configure(native)      # empties the front cache
+
+
 @needs_native
 def test_a_record_across_the_rings_end_and_a_busy_record():
     size, start = 512, 256          # the reader is half-way round the ring
