@@ -1292,43 +1292,40 @@ static int both_small(PyObject *a, PyObject *b, long long *x, long long *y)
     return !oa && !ob && *x >= 0 && *y >= 0;
 }
 
-/* Connect.latency_us (tracer/events.py, the definition) of an event of the
- * configured class: worked out here when its two times are ints of up to 63
- * bits (as the property would: the difference, exact, converted to the
- * nearest double and divided by 1000.0), else the property's own answer. */
-static PyObject *latency_of(PyObject *ev)
+/* The microseconds from time a to time b of an event of a configured
+ * class, as its property works them out (tracer/events.py, the definition:
+ * Connect.latency_us from ts_start_ns to ts_end_ns, Accept.queue_wait_us
+ * from ts_handshake_ns to ts_ns): None when b is before a (or a is 0 and
+ * zero_a_unknown), else the exact difference converted to the nearest
+ * double and divided by 1000.0. Done here when both are ints of up to 63
+ * bits; anything else is the property's own answer. */
+static PyObject *micros_between(PyObject *ev, const struct layout *l, PyObject **used,
+                                const Py_ssize_t *at, PyObject *property, int zero_a_unknown)
 {
     PyObject *f[2] = {NULL}, *out;
-    long long start, end;
-    if (fields_of(ev, &connect_layout, lat_used_str, lat_used_at, 2, f) < 0) {
+    long long a, b;
+    if (fields_of(ev, l, used, at, 2, f) < 0) {
         Py_XDECREF(f[0]);
         return NULL;
     }
-    if (both_small(f[0], f[1], &start, &end))
-        out = end < start ? ref(Py_None) : PyFloat_FromDouble((double)(end - start) / 1000.0);
+    if (both_small(f[0], f[1], &a, &b))
+        out = (b < a || (zero_a_unknown && a == 0)) ? ref(Py_None)
+            : PyFloat_FromDouble((double)(b - a) / 1000.0);
     else
-        out = PyObject_GetAttr(ev, str_latency_us);
+        out = PyObject_GetAttr(ev, property);
     Py_DECREF(f[0]);
     Py_DECREF(f[1]);
     return out;
 }
 
-/* Accept.queue_wait_us, likewise. */
+static PyObject *latency_of(PyObject *ev)
+{
+    return micros_between(ev, &connect_layout, lat_used_str, lat_used_at, str_latency_us, 0);
+}
+
 static PyObject *queue_wait_of(PyObject *ev)
 {
-    PyObject *f[2] = {NULL}, *out;
-    long long hs, ts;
-    if (fields_of(ev, &accept_layout, wait_used_str, wait_used_at, 2, f) < 0) {
-        Py_XDECREF(f[0]);
-        return NULL;
-    }
-    if (both_small(f[0], f[1], &hs, &ts))
-        out = (hs == 0 || hs > ts) ? ref(Py_None) : PyFloat_FromDouble((double)(ts - hs) / 1000.0);
-    else
-        out = PyObject_GetAttr(ev, str_queue_wait_us);
-    Py_DECREF(f[0]);
-    Py_DECREF(f[1]);
-    return out;
+    return micros_between(ev, &accept_layout, wait_used_str, wait_used_at, str_queue_wait_us, 1);
 }
 
 /* tracer/sinks/recorder.py connect_values(ev, clock, container(pid, cgroup_id)). */
@@ -1503,6 +1500,16 @@ struct tally {
     PyObject *established, *slow_ns;
 };
 
+/* processes.opened(pid, comm, ...): opened[pid] = [n + 1, comm] (its last). */
+static int count_opened(struct tally *t, PyObject *pid, PyObject *comm)
+{
+    PyObject *o = entry(t->opened, pid, count_and_list);
+    if (o == NULL || list_add(o, 0, PyLong_FromLong(1)) < 0)
+        return -1;
+    PyList_SetItem(o, 1, ref(comm));
+    return 0;
+}
+
 /* One Connect: Collector._drain's edges.add, log.wants_connect and, when
  * established, processes.opened. */
 static int tally_connect(struct tally *t, PyObject *ev)
@@ -1573,10 +1580,8 @@ static int tally_connect(struct tally *t, PyObject *ev)
     if (wants && PyList_Append(t->notable, ev) < 0)
         goto done;
     if (est) {
-        PyObject *o = entry(t->opened, f[0], count_and_list);
-        if (o == NULL || list_add(o, 0, PyLong_FromLong(1)) < 0)
+        if (count_opened(t, f[0], f[4]) < 0)
             goto done;
-        PyList_SetItem(o, 1, ref(f[4]));   /* last comm */
         PyObject *fl = entry(t->flows, key, count_and_list);
         if (fl == NULL || count_value(fl, ref(lat)) < 0)
             goto done;
@@ -1611,10 +1616,8 @@ static int tally_accept(struct tally *t, PyObject *ev)
         goto done;
     if (PyErr_Occurred() || PyDict_SetItem(t->notes, note, Py_None) < 0)
         goto done;
-    PyObject *o = entry(t->opened, f[0], count_and_list);
-    if (o == NULL || list_add(o, 0, PyLong_FromLong(1)) < 0)
+    if (count_opened(t, f[0], f[1]) < 0)
         goto done;
-    PyList_SetItem(o, 1, ref(f[1]));   /* last comm */
     rc = 0;
 done:
     for (int k = 0; k < TA_USED; k++)
