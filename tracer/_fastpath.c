@@ -1462,6 +1462,11 @@ static PyObject *count_and_list(void)   /* [0, []] */
     return Py_BuildValue("[i[]]", 0);
 }
 
+static PyObject *count_and_none(void)   /* [0, None]: opened's count and last comm */
+{
+    return Py_BuildValue("[iO]", 0, Py_None);
+}
+
 /* l[i] += by (l a list, by a new reference, stolen); -1 on an error. */
 static int list_add(PyObject *l, Py_ssize_t i, PyObject *by)
 {
@@ -1503,7 +1508,7 @@ struct tally {
 /* processes.opened(pid, comm, ...): opened[pid] = [n + 1, comm] (its last). */
 static int count_opened(struct tally *t, PyObject *pid, PyObject *comm)
 {
-    PyObject *o = entry(t->opened, pid, count_and_list);
+    PyObject *o = entry(t->opened, pid, count_and_none);
     if (o == NULL || list_add(o, 0, PyLong_FromLong(1)) < 0)
         return -1;
     PyList_SetItem(o, 1, ref(comm));

@@ -14,7 +14,8 @@ from tracer.events import Connect
 HISTORY = 300  # intervals of p99 history kept per key (5 min at 1 s)
 
 
-# add()'s counter for each outcome it only counts (add_sums)
+# the counter of each outcome ConnectStats only counts (no time kept); any
+# other outcome it does not know is an error
 _COUNTED_AS = {outcomes.REFUSED: "refused", outcomes.TIMEOUT: "timeout",
                outcomes.UNREACHABLE: "unreachable"}
 
@@ -45,19 +46,14 @@ class ConnectStats:
             latency = ev.latency_us       # (None: the end unknown, no handshake time)
             if latency is not None:
                 self.latency.add(latency)
-        elif outcome == outcomes.REFUSED:
-            self.refused += 1
-        elif outcome == outcomes.TIMEOUT:
-            self.timeout += 1
         elif outcome == outcomes.ABANDONED:
             self.abandoned += 1
             waited = ev.latency_us
             if waited is not None and waited > self.waited_max_us:
                 self.waited_max_us = waited
-        elif outcome == outcomes.UNREACHABLE:
-            self.unreachable += 1
         else:
-            self.error += 1
+            name = _COUNTED_AS.get(outcome, "error")
+            setattr(self, name, getattr(self, name) + 1)
 
     def add_sums(self, syn_retransmits: int, by_outcome: dict) -> None:
         """add() of a poll's connects of one key at once: their SYN
@@ -71,8 +67,9 @@ class ConnectStats:
                 self.latency.add_all(latencies)
             elif outcome == outcomes.ABANDONED:
                 self.abandoned += n
-                if latencies and max(latencies) > self.waited_max_us:
-                    self.waited_max_us = max(latencies)
+                waited = max(latencies, default=None)
+                if waited is not None and waited > self.waited_max_us:
+                    self.waited_max_us = waited
             else:
                 name = _COUNTED_AS.get(outcome, "error")
                 setattr(self, name, getattr(self, name) + n)

@@ -115,6 +115,11 @@ class _Window:
     stats: ConnectStats
     cgroup_id: int = 0
 
+    @classmethod
+    def first(cls, ev: Connect) -> "_Window":
+        """The window of an edge, opened by its first connect of the interval."""
+        return cls(ev.comm, ev.netns, False, ConnectStats(), ev.cgroup_id)
+
 
 class _AddressOwners:
     """Which network namespaces own which (non-loopback) addresses, kept
@@ -225,8 +230,7 @@ class EdgeTable:
                 self._other.add(ev)
                 self.evicted_edges += 1
                 return
-            w = self._window[key] = _Window(ev.comm, ev.netns, False, ConnectStats(),
-                                            ev.cgroup_id)
+            w = self._window[key] = _Window.first(ev)
         # (per event: only what can change within an interval is looked at)
         w.stats.add(ev)
         if not w.own_source and ev.saddr == ev.daddr:
@@ -246,8 +250,7 @@ class EdgeTable:
         for key, (ev, syn_retransmits, by_outcome, own_source, netns) in sums.items():
             w = window.get(key)
             if w is None:
-                w = window[key] = _Window(ev.comm, ev.netns, False, ConnectStats(),
-                                          ev.cgroup_id)
+                w = window[key] = _Window.first(ev)
             w.stats.add_sums(syn_retransmits, by_outcome)
             if own_source:
                 w.own_source = True

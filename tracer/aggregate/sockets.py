@@ -11,6 +11,8 @@ from tracer.aggregate.histogram import Histogram
 from tracer.aggregate.snapshot import PoolAdvice, ProcessRow
 from tracer.domain import memory as mem, pools, tcp_memory
 from tracer.domain.addresses import endpoint
+from tracer.domain import outcomes
+from tracer.events import Accept, Connect
 
 # TCP state numbers (include/net/tcp_states.h)
 ESTABLISHED, SYN_SENT, LISTEN, CLOSE_WAIT = 1, 2, 10, 8
@@ -172,6 +174,15 @@ class ProcessTable:
         f.opens_now += 1
         if connect_us is not None:
             f.connect.add(connect_us)
+
+    def opened_by(self, ev) -> None:
+        """opened() of one decoded event: every accept, and every connect
+        once established (with its handshake time); anything else passed over."""
+        if isinstance(ev, Connect):
+            if ev.outcome == outcomes.ESTABLISHED:
+                self.opened(ev.pid, ev.comm, (ev.family, ev.daddr, ev.dport), ev.latency_us)
+        elif isinstance(ev, Accept):
+            self.opened(ev.pid, ev.comm, None)
 
     def opened_sums(self, opened: dict, flows: dict) -> bool:
         """opened() of a poll's connections at once (tracer/aggregate/tally.py):

@@ -32,7 +32,7 @@ SLOW_NS = SLOW_CONNECT_US * 1000     # NotableLog.wants_connect's bound, as tall
 def feed_each(c, events: list, connects_add=None, group=None) -> None:
     """The events into c's tables one at a time (c: a Collector)."""
     edges_add = c.edges.add
-    opened = c.processes.opened
+    opened_by = c.processes.opened_by
     accept_add, edges_accept = c.listeners.add_accept, c.edges.add_accept
     log = c.log
     wants_connect = log.wants_connect
@@ -43,12 +43,10 @@ def feed_each(c, events: list, connects_add=None, group=None) -> None:
             edges_add(ev)
             if wants_connect(ev):
                 log.connect(ev, c.clock.wall_us(ev.ts_end_ns))
-            if ev.outcome == ESTABLISHED:
-                opened(ev.pid, ev.comm, (ev.family, ev.daddr, ev.dport), ev.latency_us)
         elif isinstance(ev, Accept):
             accept_add(ev)
             edges_accept(ev)
-            opened(ev.pid, ev.comm, None)
+        opened_by(ev)
 
 
 def sums_of(tally, events: list):
@@ -76,13 +74,9 @@ def feed_summed(c, events: list, sums) -> None:
         for ev in _of(events, Accept):
             add(ev)
     if not c.processes.opened_sums(opened, flows):
-        add = c.processes.opened
+        opened_by = c.processes.opened_by
         for ev in events:
-            if isinstance(ev, Connect):
-                if ev.outcome == ESTABLISHED:
-                    add(ev.pid, ev.comm, (ev.family, ev.daddr, ev.dport), ev.latency_us)
-            elif isinstance(ev, Accept):
-                add(ev.pid, ev.comm, None)
+            opened_by(ev)
     log = c.log
     for ev in notable:
         log.connect(ev, c.clock.wall_us(ev.ts_end_ns))
