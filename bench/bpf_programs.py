@@ -50,6 +50,19 @@ def owned_by(pids, progs: list[dict] | None = None) -> list[dict]:
     return [p for p in progs if p.get("id") in ids]
 
 
+def tracepoint_hooks(progs: list[dict]) -> str:
+    """Which kind of hook a tracer's programs put on the shared tracepoints,
+    from their names (bpftool keeps 15 bytes of each): connscope falls back
+    from BTF to raw to classic ones when the kernel refuses a kind, and a
+    benchmark must say which it measured."""
+    names = [p.get("name", "") for p in progs]
+    if any(n.startswith("tp_btf__") for n in names):
+        return "BTF"
+    if any(n.startswith("raw_tracepoint") for n in names):
+        return "raw"
+    return "classic" if names else "none"
+
+
 def others(pids) -> list[dict]:
     """Programs loaded by anyone else (other engineers' tests): noise to report."""
     ids = set().union(*(prog_ids_of(p) for p in pids)) if pids else set()

@@ -86,8 +86,9 @@ def one_step(procs: Processes, workdir: Path, rate: int, seconds: float, tag: st
         out["peak_rss_mb"] = round(tree_kb(r.pid, "VmHWM") / 1024, 1)
         # runs the kernel skipped (a BPF program already running on that CPU):
         # events lost before any buffer, so not in lost_events
-        out["recursion_misses"] = sum(p.get("recursion_misses", 0)
-                                      for p in bpf_programs.owned_by({r.pid}))
+        owned = bpf_programs.owned_by({r.pid})
+        out["recursion_misses"] = sum(p.get("recursion_misses", 0) for p in owned)
+        out["tracepoint_hooks"] = bpf_programs.tracepoint_hooks(owned)
     finally:
         if r is not None:
             out["tracer_exit"] = procs.stop(r.proc)
@@ -187,6 +188,12 @@ def run(procs: Processes, workdir: Path, quick: bool = False, log=print,
         "no nested copy of the program handled (the manifest's missed_runs, by program in the "
         "JSON): with lost, what may explain missing rows.",
         "Tracer CPU % of one core over the step, including draining its buffer after it.",
+        "Tracepoint hooks (the tracer's programs' names in bpftool): "
+        + ", ".join(f"{fmt(st['rate'])}{st.get('side', '')}: {st.get('tracepoint_hooks', '?')}"
+                    for st in steps)
+        if len({st.get("tracepoint_hooks") for st in steps}) > 1 else
+        f"Tracepoint hooks (the tracer's programs' names in bpftool): "
+        f"{steps[0].get('tracepoint_hooks', '?') if steps else '?'} in every step.",
     ]
     for e in (st for st in steps if st.get("endurance")):
         s.notes.append(f"Endurance step{e.get('side', '')}: RSS over time, (seconds, VmRSS MB, "

@@ -106,6 +106,24 @@ def test_has_function(btf):
     assert not btf.has_function("tcp_v4")  # a prefix of a function name
 
 
+def test_task_stack_size_is_doubled_where_kasan_is_built_in():
+    """bpf/main.c taken_slot tells a task's stack from an interrupt's by
+    THREAD_SIZE, which BTF does not hold; KASAN doubles it, and its
+    functions are in BTF."""
+    from tracer.probes.offsets import task_stack_size
+
+    def with_functions(*names):
+        b = BTFBuilder()
+        proto = b.func_proto(0, [])
+        for name in names:
+            b.func(name, proto)
+        return BTF.from_bytes(b.build(), SOURCE)
+
+    assert task_stack_size(with_functions("tcp_v4_connect")) == 16384
+    assert task_stack_size(with_functions("tcp_v4_connect", "kasan_report")) == 32768
+    assert task_stack_size(with_functions("kasan_report_x")) == 16384
+
+
 def test_function_id(btf):
     tid = btf.function_id("tcp_v4_connect")
     assert tid > 0 and btf._type(tid)[1] == KINDS["FUNC"]
@@ -223,6 +241,7 @@ KERNEL_FIELDS = [
     ("sock", "__sk_common.skc_rcv_saddr"), ("sock", "__sk_common.skc_v6_daddr"),
     ("sock", "__sk_common.skc_family"), ("sock", "__sk_common.skc_state"),
     ("inet_connection_sock", "icsk_accept_queue"), ("request_sock_queue", "qlen"), ("inet_sock", "inet_sport"),
+    ("task_struct", "stack"),
 ]
 _TYPE_LINE = re.compile(r"^\[(\d+)\] (\w+) '([^']*)'(.*)$")
 _ENTRY_LINE = re.compile(r"^\t'([^']*)'(.*)$")

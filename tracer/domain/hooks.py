@@ -46,8 +46,8 @@ def skipped_runs_text(missed: dict[str, int], limit: int = 3) -> str:
     return f"{total:,} probe run{'s' if total != 1 else ''} skipped by the kernel ({named}{more})"
 
 
-# A second program on a raw tracepoint, run only while the first is running
-# on its CPU (bpf/main.c: the set-state program's nested copy).
+# A second program on a raw tracepoint that handles the changes the kernel
+# skipped the first for (bpf/main.c: the set-state program's nested copy).
 NESTED_COPY = "__nested"
 
 

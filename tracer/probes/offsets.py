@@ -29,6 +29,7 @@ NEEDED = {
     "OFF_SK_MAX_ACK_BACKLOG": ("sock", "sk_max_ack_backlog"),
     "OFF_ICSK_ACCEPT_QUEUE_QLEN": ("inet_connection_sock", "icsk_accept_queue.qlen"),
     "OFF_TASK_FILES": ("task_struct", "files"),
+    "OFF_TASK_STACK": ("task_struct", "stack"),
     "OFF_FILES_FDT": ("files_struct", "fdt"),
     "OFF_FDT_MAX_FDS": ("fdtable", "max_fds"),
     "OFF_FDT_FD": ("fdtable", "fd"),
@@ -50,11 +51,20 @@ class OffsetError(Exception):
     pass
 
 
+def task_stack_size(btf) -> int:
+    """THREAD_SIZE, which the nested copies' marks need (bpf/main.c
+    taken_slot) and BTF does not hold: 16 KiB on x86-64 and arm64, twice
+    that where KASAN is built in (its functions are in BTF). With the
+    kernel's own headers, their THREAD_SIZE is used instead."""
+    return 32768 if btf.has_function("kasan_report") else 16384
+
+
 def offset_cflags(btf, headers_match_kernel: bool) -> tuple[list[str], str]:
     """-D flags for every needed offset, and a sentence saying where they came from."""
     if btf is not None:
         values = btf.offsets(NEEDED)
-        return [f"-D{k}={v}" for k, v in sorted(values.items())], "struct offsets from kernel BTF"
+        return ([f"-D{k}={v}" for k, v in sorted(values.items())]
+                + [f"-DTASK_STACK_SIZE={task_stack_size(btf)}"]), "struct offsets from kernel BTF"
     if headers_match_kernel:
         return ["-DOFFSETS_FROM_HEADERS"], "struct offsets from the running kernel's headers (no BTF)"
     raise OffsetError(
