@@ -51,16 +51,16 @@ def owned_by(pids, progs: list[dict] | None = None) -> list[dict]:
 
 
 def tracepoint_hooks(progs: list[dict]) -> str:
-    """Which kind of hook a tracer's programs put on the shared tracepoints,
-    from their names (bpftool keeps 15 bytes of each): connscope falls back
-    from BTF to raw to classic ones when the kernel refuses a kind, and a
-    benchmark must say which it measured."""
-    names = [p.get("name", "") for p in progs]
-    if any(n.startswith("tp_btf__") for n in names):
-        return "BTF"
-    if any(n.startswith("raw_tracepoint") for n in names):
-        return "raw"
-    return "classic" if names else "none"
+    """Which kind of hook a tracer's programs put on inet_sock_set_state, by
+    the program's kernel type: connscope falls back from BTF to raw to
+    classic ones when the kernel refuses a kind, and a benchmark must say
+    which it measured. (Its loader names the program sock_set_state,
+    tracer/probes/loader.py; tracers that name it otherwise show as "?".)"""
+    kinds = {"tracing": "BTF", "raw_tracepoint": "raw", "tracepoint": "classic"}
+    for p in progs:
+        if p.get("name") == "sock_set_state":
+            return kinds.get(p.get("type"), str(p.get("type")))
+    return "?"
 
 
 def others(pids) -> list[dict]:
