@@ -296,7 +296,12 @@ BPF_PERCPU_ARRAY(taken, struct taken_mark, 4);
  * 1 if not. Comparing a pointer needs CAP_PERFMON, which loading needs. */
 static __always_inline int taken_slot(struct bpf_raw_tracepoint_args *ctx, int hook)
 {
+#if defined(TP_BTF) && defined(HAVE_CURRENT_TASK_BTF)
+    /* a plain load, as for the socket's fields (5.11+) */
+    u64 stack = SK_FIELD(bpf_get_current_task_btf(), OFF_TASK_STACK, u64);
+#else
     u64 stack = READ_AT(bpf_get_current_task(), OFF_TASK_STACK, u64);
+#endif
     if ((u64)ctx >= stack && (u64)ctx < stack + TASK_STACK_SIZE)
         return hook * 2;
     return hook * 2 + 1;

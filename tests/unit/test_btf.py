@@ -124,6 +124,22 @@ def test_task_stack_size_is_doubled_where_kasan_is_built_in():
     assert task_stack_size(with_functions("kasan_report_x")) == 16384
 
 
+def test_current_task_btf_is_known_by_its_helper_number():
+    """bpf_get_current_task_btf (5.11+) is used where BTF's enum bpf_func_id
+    names it; a 5.10 kernel's does not, and there the task is read with
+    bpf_probe_read_kernel."""
+    from tracer.probes.offsets import has_current_task_btf
+
+    def with_helpers(*names):
+        b = BTFBuilder()
+        b.enum("bpf_func_id", {name: i for i, name in enumerate(names)})
+        return BTF.from_bytes(b.build(), SOURCE)
+
+    assert has_current_task_btf(with_helpers("BPF_FUNC_unspec", "BPF_FUNC_get_current_task_btf"))
+    assert not has_current_task_btf(with_helpers("BPF_FUNC_unspec", "BPF_FUNC_get_current_task"))
+    assert not has_current_task_btf(BTF.from_bytes(BTFBuilder().build(), SOURCE))
+
+
 def test_function_id(btf):
     tid = btf.function_id("tcp_v4_connect")
     assert tid > 0 and btf._type(tid)[1] == KINDS["FUNC"]

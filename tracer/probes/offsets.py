@@ -59,12 +59,25 @@ def task_stack_size(btf) -> int:
     return 32768 if btf.has_function("kasan_report") else 16384
 
 
+def has_current_task_btf(btf) -> bool:
+    """Whether the kernel has bpf_get_current_task_btf (5.11+: its helper
+    number is in BTF's enum bpf_func_id), through which a BTF tracepoint
+    program reads the task's fields as plain loads."""
+    try:
+        btf.enum_value("bpf_func_id", "BPF_FUNC_get_current_task_btf")
+    except Exception:
+        return False
+    return True
+
+
 def offset_cflags(btf, headers_match_kernel: bool) -> tuple[list[str], str]:
     """-D flags for every needed offset, and a sentence saying where they came from."""
     if btf is not None:
         values = btf.offsets(NEEDED)
         return ([f"-D{k}={v}" for k, v in sorted(values.items())]
-                + [f"-DTASK_STACK_SIZE={task_stack_size(btf)}"]), "struct offsets from kernel BTF"
+                + [f"-DTASK_STACK_SIZE={task_stack_size(btf)}"]
+                + (["-DHAVE_CURRENT_TASK_BTF"] if has_current_task_btf(btf) else [])
+                ), "struct offsets from kernel BTF"
     if headers_match_kernel:
         return ["-DOFFSETS_FROM_HEADERS"], "struct offsets from the running kernel's headers (no BTF)"
     raise OffsetError(
