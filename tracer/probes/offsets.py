@@ -8,6 +8,7 @@ and there is no BTF.
 """
 from __future__ import annotations
 
+from tracer.probes.btf import BTFError
 from tracer.probes.features import OPTIONAL_HOOKS, hidden_functions
 
 # -D name -> (struct, member path). Add here when a program reads a new field.
@@ -65,7 +66,7 @@ def has_current_task_btf(btf) -> bool:
     program reads the task's fields as plain loads."""
     try:
         btf.enum_value("bpf_func_id", "BPF_FUNC_get_current_task_btf")
-    except Exception:
+    except BTFError:
         return False
     return True
 
