@@ -271,7 +271,7 @@ def record(*, backend: str, interval: float, filters: Filters, out_dir: str,
             backend, filters, out_dir, _options_dict(backend, interval, filters,
                                                      duration=duration, max_bytes=max_bytes),
             start, max_bytes)
-    recording.set_backend(session.info.backend)
+    recording.set_backend(session.info.backend, session.info.tracepoint_hooks)
     clock = Clock()
     sys.stderr.write(f"connscope: recording to {printable(out_dir)} (run {recording.run_id}, "
                      f"backend {session.info.backend}, {session.info.offsets_from}); "
@@ -388,7 +388,7 @@ def live(*, backend: str, interval: float, filters: Filters, record_dir: str | N
     if metrics_sink is not None:
         metrics_sink.set_containers(containers)
     if recording is not None:
-        recording.set_backend(session.info.backend)
+        recording.set_backend(session.info.backend, session.info.tracepoint_hooks)
         sinks.append(RecordSink(recording, clock, containers))
     # Not a terminal (| tee, ssh without a pty, scripts) or asked for: plain tables.
     if plain or not (sys.stdout.isatty() and sys.stdin.isatty()):

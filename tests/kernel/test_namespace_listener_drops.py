@@ -173,6 +173,10 @@ def test_record_keeps_ack_time_drops_of_a_listener_in_a_test_namespace(tmp_path,
                 c.close()
     assert rec.returncode == 0, err
     [used] = {json.loads(m.read_text())["backend"] for m in (out / "runs").glob("*.json")}
+    # and which kind of hook the tracepoints had, with why (BTF, raw or classic ones)
+    [hooks] = {json.loads(m.read_text()).get("tracepoint_hooks")
+               for m in (out / "runs").glob("*.json")}
+    assert hooks and hooks.split(" ", 1)[0] in ("BTF", "raw", "classic"), hooks
     if used == "tracepoint" and not drop_split_here():
         pytest.skip(no_split)
     overflows = c1["TcpExt.ListenOverflows"] - c0["TcpExt.ListenOverflows"]

@@ -328,6 +328,10 @@ def test_backend_lost_totals_and_abandon_reach_the_manifest(tmp_path):
     path = d / "runs" / "run2.json"
     r.set_backend("tracepoint")
     assert json.loads(path.read_text())["backend"] == "tracepoint"  # written at once
+    assert "tracepoint_hooks" not in json.loads(path.read_text())
+    r.set_backend("tracepoint", "raw tracepoints: BTF tracepoints failed to load (...)")
+    assert json.loads(path.read_text())["tracepoint_hooks"] == \
+        "raw tracepoints: BTF tracepoints failed to load (...)"
     r.set_lost({"connects": 3})
     r.set_lost({"connects": 5, "accepts": 1})
     with pytest.raises(UnknownTable):

@@ -390,10 +390,15 @@ class Recording:
         of them may have been an event of any table."""
         self.missed_runs = {str(k): int(v) for k, v in totals.items() if v}
 
-    def set_backend(self, backend: str) -> None:
-        """Record the backend actually used (known only after the probes load)."""
+    def set_backend(self, backend: str, tracepoint_hooks: str = "") -> None:
+        """Record the backend actually used (known only after the probes
+        load), and which kind of hook it put on the shared tracepoints and
+        why (ProbeSession.info.tracepoint_hooks: BTF, raw or classic ones,
+        after any fall-back; what its skipped runs mean depends on it)."""
         with self._io_lock:
             self.manifest["backend"] = backend
+            if tracepoint_hooks:
+                self.manifest["tracepoint_hooks"] = tracepoint_hooks
             try:
                 write_manifest(self._runs, self.manifest)
             except OSError as e:
