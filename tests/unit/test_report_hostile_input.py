@@ -122,6 +122,32 @@ def test_manifest_fields_of_the_wrong_shape(rec, field, value, why):
     assert_reported_with(code, out, err, manifest_file(rec), why)
 
 
+@pytest.mark.parametrize("sentence,shown", [
+    ("BTF tracepoints (tp_btf: fields read by plain loads at BTF offsets)", "BTF"),
+    ("raw tracepoints: BTF tracepoints failed to load (EINVAL)", "raw"),
+    ("classic tracepoints: no kernel BTF, so fields come from the trace records", "classic"),
+    ("\x1b]0;pwned\x07 tracepoints", None), ("BTFx tracepoints", None), (["BTF"], None),
+    ("B" * 100_000, None)])
+def test_manifest_tracepoint_hooks_only_ever_show_one_of_three_words(rec, sentence, shown):
+    """The runs table says which kind of tracepoint hook a run had (the
+    manifest's tracepoint_hooks, first word); anything else in that field
+    shows nothing, in the text and the HTML report."""
+    m = json.loads(manifest_file(rec).read_text())
+    m["tracepoint_hooks"] = sentence
+    manifest_file(rec).write_text(json.dumps(m))
+    code, out, err = report(rec)
+    assert code == 0, err
+    [line] = [ln for ln in out.splitlines() if ln.lstrip().startswith(RUN_ID)]
+    html = Path(rec).parent / "report.html"
+    code, _, err = report(rec, "--html", str(html))
+    assert code == 0, err
+    page = html.read_text()
+    if shown is None:
+        assert " hooks)" not in line and "pwned" not in out and " hooks)" not in page
+    else:
+        assert f"({shown} hooks)" in line and f"({shown} hooks)" in page
+
+
 def test_manifest_nested_too_deep(rec):
     manifest_file(rec).write_text('{"run_id": ' + "[" * 200_000 + "]" * 200_000 + "}")
     code, out, err = report(rec)

@@ -29,6 +29,7 @@ class RunInfo:
     dropped_rows: int           # we had these but the disk refused them
     rows: int
     reason: str | None = None   # why an abandoned run never started
+    hooks: str = ""             # the tracepoint hooks: BTF, raw or classic ("" before 2026-12-07)
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,21 @@ def _run_info(m: dict) -> RunInfo:
         version=str(m.get("version") or "?"), start=m.get("start"), end=m.get("end"),
         status=str(m.get("status") or "?"), lost_events=_int_sum(m.get("lost_events")),
         dropped_rows=_int_sum(m.get("dropped_rows")), rows=_int_sum(m.get("rows")),
-        reason=m.get("reason"))
+        reason=m.get("reason"), hooks=hooks_kind(m.get("tracepoint_hooks")))
+
+
+HOOK_KINDS = ("BTF", "raw", "classic")
+
+
+def hooks_kind(sentence) -> str:
+    """The kind of tracepoint hook a manifest's tracepoint_hooks sentence
+    names (its first word: tracer/probes/startup.py), or "" for anything
+    else: a manifest is read as someone else's file, and only these three
+    words are shown from it."""
+    if not isinstance(sentence, str):
+        return ""
+    word = sentence[:16].split(" ", 1)[0]
+    return word if word in HOOK_KINDS else ""
 
 
 def _runs_in_data(tables: dict[str, pa.Table]) -> dict[str, str]:
