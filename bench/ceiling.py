@@ -188,12 +188,11 @@ def run(procs: Processes, workdir: Path, quick: bool = False, log=print,
         "no nested copy of the program handled (the manifest's missed_runs, by program in the "
         "JSON): with lost, what may explain missing rows.",
         "Tracer CPU % of one core over the step, including draining its buffer after it.",
-        "Tracepoint hooks (the tracer's programs' names in bpftool): "
-        + ", ".join(f"{fmt(st['rate'])}{st.get('side', '')}: {st.get('tracepoint_hooks', '?')}"
-                    for st in steps)
-        if len({st.get("tracepoint_hooks") for st in steps}) > 1 else
-        f"Tracepoint hooks (the tracer's programs' names in bpftool): "
-        f"{steps[0].get('tracepoint_hooks', '?') if steps else '?'} in every step.",
+        "Tracepoint hooks (the kind of the tracer's set-state program in bpftool): "
+        + (", ".join(f"{fmt(st['rate'])}{st.get('side', '')}: {st.get('tracepoint_hooks', '?')}"
+                     for st in steps)
+           if len({st.get("tracepoint_hooks") for st in steps}) > 1 else
+           f"{steps[0].get('tracepoint_hooks', '?') if steps else '?'} in every step."),
     ]
     for e in (st for st in steps if st.get("endurance")):
         s.notes.append(f"Endurance step{e.get('side', '')}: RSS over time, (seconds, VmRSS MB, "

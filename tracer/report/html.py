@@ -133,8 +133,7 @@ def _findings(s: Summary) -> str:
 
 def _overview(s: Summary) -> str:
     ov = s.overview
-    rows = [(r.run_id, r.host, f"{r.backend} ({r.hooks} hooks)" if r.hooks else r.backend,
-             r.kernel, r.status, iso_stamp(r.start), iso_stamp(r.end),
+    rows = [(r.run_id, r.host, r.backend_text, r.kernel, r.status, iso_stamp(r.start), iso_stamp(r.end),
              r.lost_events, r.dropped_rows) for r in ov.runs]
     bad = [[False] * 4 + [r.status not in ("complete",)] + [False] * 2
            + [r.lost_events > 0, r.dropped_rows > 0] for r in ov.runs]

@@ -31,6 +31,11 @@ class RunInfo:
     reason: str | None = None   # why an abandoned run never started
     hooks: str = ""             # the tracepoint hooks: BTF, raw or classic ("" before 2026-12-07)
 
+    @property
+    def backend_text(self) -> str:
+        """The backend as the runs tables show it: with its hooks where known."""
+        return f"{self.backend} ({self.hooks} hooks)" if self.hooks else self.backend
+
 
 @dataclass(frozen=True)
 class Overview:

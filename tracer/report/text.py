@@ -92,7 +92,7 @@ def _recording(s: Summary) -> list[str]:
            f"  kernels   {clean(', '.join(ov.kernels)) or '-'}",
            "  rows      " + ", ".join(f"{t} {_n(n)}" for t, n in ov.rows.items()),
            f"  files     {ov.files_read} read, {len(ov.problems)} skipped", ""]
-    rows = [(r.run_id, r.host, f"{r.backend} ({r.hooks} hooks)" if r.hooks else r.backend, r.kernel,
+    rows = [(r.run_id, r.host, r.backend_text, r.kernel,
              r.status.upper() if r.status != "complete" else r.status,
              iso_stamp(r.start), iso_stamp(r.end), r.lost_events or "", r.dropped_rows or "")
             for r in ov.runs]
