@@ -123,6 +123,28 @@ def test_map_items_batched_and_key_by_key_return_what_was_put_in():
         os.close(fd)
 
 
+@pytest.mark.parametrize("max_entries,n", [(3, 3), (3, 0), (1024, 512), (1024, 257), (1024, 255)])
+def test_batched_reads_at_chunk_edges_return_every_entry(max_entries, n):
+    """The batch buffers are a chunk's (at most the map's size) and only
+    the entries copied are read back: a map smaller than a chunk, full and
+    empty, and entries a whole number of chunks (the last call then copies
+    none), one more and one fewer, each against what was put in."""
+    import struct
+
+    from tracer.probes import bpf_syscall as sc
+
+    fd = sc.map_create(sc.MAP_HASH, 8, 16, max_entries, 0, "t_chunks")
+    try:
+        want = {struct.pack("<Q", i * 104729 + 1): struct.pack("<QQ", i, i ^ 0x5A5A) for i in range(n)}
+        for k, v in want.items():
+            sc.map_update(fd, k, v)
+        got = sc.map_lookup_batch(fd, 8, 16)
+        assert got is not None and len(got) == n and dict(got) == want
+        assert dict(sc.map_lookup_batch(fd, 8, 16, chunk=256, limit=max_entries)) == want
+    finally:
+        os.close(fd)
+
+
 def test_a_backend_that_fails_to_load_is_one_error_line():
     """CONNSCOPE_FAIL_LOAD (a test hook) fails the load after detection found
     the backend usable. Asked for by name, there is nothing to fall back to:

@@ -172,11 +172,15 @@ def map_keys(fd: int, key_size: int, limit: int = 1 << 22) -> list[bytes]:
     return out
 
 
-def map_lookup_batch(fd: int, key_size: int, value_size: int, chunk: int = 4096,
+def map_lookup_batch(fd: int, key_size: int, value_size: int, chunk: int = 256,
                      limit: int = 1 << 22) -> list[tuple[bytes, bytes]] | None:
     """All (key, value) pairs, `chunk` at a time in one syscall each
     (BPF_MAP_LOOKUP_BATCH, 5.6+); None when the kernel or map type has no
-    batch operations (then walk the keys)."""
+    batch operations (then walk the keys). The buffers are a chunk's (at
+    most the map's size) and only the entries copied are read back: 4,096
+    entries' buffers made, zeroed and copied whole a call were most of an
+    idle tracer's map reads (BENCHMARKS.md section 27)."""
+    chunk = max(1, min(chunk, limit))
     keys = ctypes.create_string_buffer(key_size * chunk)
     values = ctypes.create_string_buffer(value_size * chunk)
     token = max(key_size, 8)            # the kernel's cursor between calls
@@ -199,7 +203,7 @@ def map_lookup_batch(fd: int, key_size: int, value_size: int, chunk: int = 4096,
                 raise
             done = True     # the last call: `count` still says how many it copied
         n = struct.unpack_from("<I", attr, 32)[0]
-        kraw, vraw = keys.raw, values.raw
+        kraw, vraw = ctypes.string_at(keys, n * key_size), ctypes.string_at(values, n * value_size)
         out += [(kraw[i * key_size:(i + 1) * key_size], vraw[i * value_size:(i + 1) * value_size])
                 for i in range(n)]
         if done:

@@ -91,10 +91,12 @@ class SocketTable:
         (netns, TcpSocket) pairs; fresh is False when the previous full scan
         is reused to keep its cost bounded (listeners are always fresh)."""
         now = time.monotonic()
+        spaces = None
         if self._last is None or now >= self._next_at:
             t0 = time.monotonic()
             snap = self.scanner.scan()
-            sockets = [(netns, s) for netns, path in self._spaces(snap).items()
+            spaces = self._spaces(snap)
+            sockets = [(netns, s) for netns, path in spaces.items()
                        for s in _dump(netns, path, self.own_netns, HELD_STATES)
                        if s.state != sock_diag.LISTEN]
             self.last_cost_s = time.monotonic() - t0
@@ -104,6 +106,9 @@ class SocketTable:
         else:
             fresh = False
         sockets, snap = self._last
-        listeners = [(netns, s) for netns, path in self._spaces(snap).items()
+        # the namespaces just listed for a fresh scan (a stat of every pid's)
+        if spaces is None:
+            spaces = self._spaces(snap)
+        listeners = [(netns, s) for netns, path in spaces.items()
                      for s in _dump(netns, path, self.own_netns, LISTEN_ONLY)]
         return listeners, sockets, snap, fresh
