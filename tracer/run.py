@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from tracer import __version__, allocator
 from tracer.clock import Clock
 from tracer.aggregate.snapshot import Header
+from tracer.domain.hooks import hooks_kind
 from tracer.blind_spots import blind_spots
 from tracer.collector import Collector
 from tracer.filters import Filters
@@ -146,6 +147,7 @@ def header_for(session, recording_path=None, source="live",
     passed_over = tuple(session.info.passed_over)
     return Header(host=socket.gethostname(), kernel=os.uname().release,
                   backend=session.info.backend,
+                  hooks=hooks_kind(getattr(session.info, "tracepoint_hooks", None)),
                   blind_spots=spots + tuple(session.info.notes) + tuple(
                       f"not running {why}" for why in passed_over) + tuple(notes),
                   passed_over=tuple(why.split(":", 1)[0] for why in passed_over),

@@ -297,6 +297,19 @@ async def test_help_lists_every_key(snaps):
         assert not isinstance(app.screen, HelpScreen)
 
 
+async def test_help_and_status_name_the_tracepoint_hooks(snaps):
+    """The data source says which tracepoint hooks the session uses, as
+    replay and the report do (tracer/domain/hooks.py backend_text)."""
+    header = replace(synthetic.HEADER, hooks="BTF")
+    app = build_app(header)
+    app.post_snapshot(replace(snaps[-1], header=header))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert "backend tracepoint (BTF hooks)" in text(app, "#status")
+        await pilot.press("question_mark")
+        assert "tracepoint (BTF hooks)" in screen_text(app.screen)
+
+
 async def test_q_quits(snaps):
     app = live_app(snaps[-1])
     async with app.run_test(size=SIZE) as pilot:

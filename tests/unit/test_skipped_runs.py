@@ -121,3 +121,50 @@ def test_the_copy_has_its_own_kernel_name():
     assert kernel_name(first) == "sock_set_state"
     assert kernel_name(first + NESTED_COPY) == "sock_set_state2"
     assert len(kernel_name("raw_tracepoint__a_very_long_tracepoint_name" + NESTED_COPY)) == 15
+
+
+def test_report_replay_and_live_view_name_the_same_tracepoint_hooks(tmp_path):
+    """One truth on which tracepoint hooks a run used (what its skipped-run
+    counts mean depends on them): the runs tables of both reports, the
+    replay's header and its run line, and the live view's status line and
+    help all show "tracepoint (BTF hooks)" through tracer/domain/hooks.py,
+    from the manifest's sentence or the session's."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from tests.report.synthetic import write_incident
+    from tracer.replay.timeline import RecordingTimeline
+    from tracer.report.html import render_html
+    from tracer.report.reader import read_recording
+    from tracer.report.summary import summarize
+    from tracer.report.text import render_text
+    from tracer.run import header_for
+    from tracer.tui.status import source_line
+
+    sentence = "BTF tracepoints (tp_btf: fields read by plain loads at BTF offsets)"
+    write_incident(tmp_path)
+    for path in (tmp_path / "runs").glob("run-*.json"):
+        m = json.loads(path.read_text())
+        m["backend"], m["tracepoint_hooks"] = "tracepoint", sentence
+        path.write_text(json.dumps(m))
+    data = read_recording(tmp_path)
+    s = summarize(data)
+    shown = "tracepoint (BTF hooks)"
+    assert shown in render_text(s, str(tmp_path)) and shown in render_html(s, str(tmp_path))
+    timeline = RecordingTimeline(data, tmp_path)
+    assert (timeline.header.backend, timeline.header.hooks) == ("tracepoint", "BTF")
+    snap = timeline.snapshot(0)
+    assert any(f"backend {shown}," in n.text for n in snap.notable if n.kind == "run")
+    assert f"backend {shown}" in source_line(timeline.header, snap).plain
+    info = SimpleNamespace(backend="tracepoint", tracepoint_hooks=sentence, passed_over=[],
+                           notes=[], drop_split=False)
+    live = header_for(SimpleNamespace(info=info))
+    assert live.hooks == "BTF"
+    assert f"backend {shown}" in source_line(live, replace(snap, header=live)).plain
+    # a session that never said (an older kind of session): the backend alone
+    assert header_for(SimpleNamespace(info=replace_info(info))).hooks == ""
+
+
+def replace_info(info):
+    from types import SimpleNamespace
+    return SimpleNamespace(**{k: v for k, v in vars(info).items() if k != "tracepoint_hooks"})

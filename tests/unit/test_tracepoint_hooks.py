@@ -223,3 +223,30 @@ def test_a_record_lacking_a_field_does_not_break_the_tracepoints_for_raw_hooks(t
     assert lacking == {"tcp/tcp_destroy_sock": ["dport"]}
     assert not classic.ok and "tcp:tcp_destroy_sock lacks dport (" in classic.detail
     assert raw.ok and "tcp:tcp_destroy_sock lacks dport (not needed: raw tracepoints)" in raw.detail
+
+
+def test_every_hook_choice_is_named_by_the_first_word_every_view_shows():
+    """The sentence that says which tracepoint hooks a run uses (the
+    manifest's tracepoint_hooks, the session's info) starts with the word
+    for its kind, the one word top, replay and report show from it
+    (tracer/domain/hooks.py hooks_kind): for every choice detection makes,
+    and for the fall-backs startup writes when the kernel refuses a kind."""
+    from tracer.domain.hooks import TRACEPOINT_HOOKS, backend_text, hooks_kind
+    from tracer.probes import startup
+
+    loads = Feature(True, "loaded and attached")
+    refused = Feature(False, "fails to load with EPERM")
+    choices = [choose_tracepoint_hooks(*args, **kw) for args, kw in [
+        ((True, []), {}), ((True, []), {"tp_btf": loads}), ((True, []), {"tp_btf": refused}),
+        ((True, []), {"tp_btf": loads, "forced_raw": True}), ((False, []), {"tp_btf": loads}),
+        ((True, ["tcp_destroy_sock"]), {}), ((True, []), {"forced_classic": True})]]
+    assert {kind for kind, _ in choices} == set(TRACEPOINT_HOOKS)
+    for kind, why in choices:
+        assert hooks_kind(why) == TRACEPOINT_HOOKS[kind], why
+    for kind in ("raw", "classic"):      # what a fall-back to this kind says
+        assert hooks_kind(f"{startup._HOOK_WORDS[kind]}: BTF tracepoints failed to load (x)") \
+            == TRACEPOINT_HOOKS[kind]
+    assert backend_text("tracepoint", "BTF") == "tracepoint (BTF hooks)"
+    assert backend_text("kprobe", "") == "kprobe"
+    for hostile in (None, 7, ["BTF"], "\x1b[2JBTF", "BTFtracepoints", "bpf hooks", ""):
+        assert hooks_kind(hostile) == ""

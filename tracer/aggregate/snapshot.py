@@ -155,6 +155,7 @@ class Header:
     source: str = "live"                # "live" or "replay <dir>"
     filters: str = ""                   # --pid/--comm/--port/-4/-6 in words; "" if none
     passed_over: tuple[str, ...] = ()   # `auto`: better backends that failed to load here
+    hooks: str = ""                     # BTF, raw or classic tracepoint hooks (domain.hooks); "" unknown
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,29 @@ def hook_label(program: str) -> str:
     return program
 
 
+# The kinds of hook for the tracepoints every backend shares, as the first
+# word of the sentence that says which were chosen and why
+# (tracer/probes/features.py choose_tracepoint_hooks: a run manifest's
+# tracepoint_hooks, the probe session's info): key -> that word.
+TRACEPOINT_HOOKS = {"btf": "BTF", "raw": "raw", "classic": "classic"}
+
+
+def hooks_kind(sentence) -> str:
+    """The kind of tracepoint hook a tracepoint_hooks sentence names (its
+    first word), or "" for anything else: a manifest is read as someone
+    else's file, and only these words are ever shown from it."""
+    if not isinstance(sentence, str):
+        return ""
+    word = sentence[:16].split(" ", 1)[0]
+    return word if word in TRACEPOINT_HOOKS.values() else ""
+
+
+def backend_text(backend: str, hooks: str) -> str:
+    """'tracepoint (BTF hooks)': a backend with the kind of its tracepoint
+    hooks (hooks_kind), as the live view, replay and report show it."""
+    return f"{backend} ({hooks} hooks)" if hooks else backend
+
+
 def skipped_runs_text(missed: dict[str, int], limit: int = 3) -> str:
     """'1,167 runs skipped (tracepoint sock:inet_sock_set_state 1,100, ...)':
     the programs with the most skipped runs first, at most `limit` named."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from tracer.domain.hooks import TRACEPOINT_HOOKS
 from tracer.filters import Filters
 from tracer.probes import blocked_accepts, headers, loader
 from tracer.probes.btf import BTFError, kernel_btf
@@ -90,7 +91,7 @@ def _open_hooks(backend, filters, features, tree, btf, flags, offsets_from, hook
 # kernel refuses it, the prefix of its programs' names, and its name
 _HOOKS_FALLBACK = {"btf": "raw", "raw": "classic"}
 _HOOK_PREFIX = {"btf": "tp_btf__", "raw": "raw_tracepoint__"}
-_HOOK_WORDS = {"btf": "BTF tracepoints", "raw": "raw tracepoints", "classic": "classic tracepoints"}
+_HOOK_WORDS = {kind: f"{word} tracepoints" for kind, word in TRACEPOINT_HOOKS.items()}
 
 
 def _open_with(backend, filters, features, tree, btf, flags, offsets_from, hooks) -> ProbeSession:

@@ -26,7 +26,7 @@ from tracer.aggregate.notable import NotableLog
 from tracer.aggregate.snapshot import Header, Notable, Snapshot
 from tracer.domain.containers import group_of_row
 from tracer.domain.durations import duration
-from tracer.domain.hooks import missed_runs_from, skipped_runs_text
+from tracer.domain.hooks import backend_text, hooks_kind, missed_runs_from, skipped_runs_text
 from tracer.replay.controller import ReplayError
 from tracer.replay.latency import ConnectIndex, LatencyAt
 from tracer.replay.rows import (connect_from_row, edge_rows, listener_rows, process_rows,
@@ -148,8 +148,9 @@ class _Cursor:
         m = run.manifest
         start = int(run.ends[0]) if len(run) else 0
         # facts about the whole run go straight into the log, before its first interval
+        backend = backend_text(str(m.get("backend", "?")), hooks_kind(m.get("tracepoint_hooks")))
         notes = [("info", "run", f"run {run.run_id}: host {m.get('host', '?')}, backend "
-                                 f"{m.get('backend', '?')}, {len(run)} intervals")]
+                                 f"{backend}, {len(run)} intervals")]
         self.lost = sum(v for v in (m.get("lost_events") or {}).values() if isinstance(v, int))
         if self.lost:
             notes.append(("crit", "lost events",
@@ -327,6 +328,7 @@ class RecordingTimeline:
         self.hosts = hosts
         return Header(host=hosts_text(hosts) or "?", kernel=first.get("kernel") or "?",
                       backend=first.get("backend") or "?",
+                      hooks=hooks_kind(first.get("tracepoint_hooks")),
                       blind_spots=tuple(first.get("blind_spots") or ()),
                       recording_path=self.directory, source=f"replay {self.directory}")
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tracer.domain.hooks import MAX_PROGRAMS, missed_runs_from
+from tracer.domain.hooks import MAX_PROGRAMS, backend_text, hooks_kind, missed_runs_from
 from tracer.report.arrow_stats import time_range
 from tracer.schema import TABLES
 
@@ -34,7 +34,7 @@ class RunInfo:
     @property
     def backend_text(self) -> str:
         """The backend as the runs tables show it: with its hooks where known."""
-        return f"{self.backend} ({self.hooks} hooks)" if self.hooks else self.backend
+        return backend_text(self.backend, self.hooks)
 
 
 @dataclass(frozen=True)
@@ -89,20 +89,6 @@ def _run_info(m: dict) -> RunInfo:
         status=str(m.get("status") or "?"), lost_events=_int_sum(m.get("lost_events")),
         dropped_rows=_int_sum(m.get("dropped_rows")), rows=_int_sum(m.get("rows")),
         reason=m.get("reason"), hooks=hooks_kind(m.get("tracepoint_hooks")))
-
-
-HOOK_KINDS = ("BTF", "raw", "classic")
-
-
-def hooks_kind(sentence) -> str:
-    """The kind of tracepoint hook a manifest's tracepoint_hooks sentence
-    names (its first word: tracer/probes/startup.py), or "" for anything
-    else: a manifest is read as someone else's file, and only these three
-    words are shown from it."""
-    if not isinstance(sentence, str):
-        return ""
-    word = sentence[:16].split(" ", 1)[0]
-    return word if word in HOOK_KINDS else ""
 
 
 def _runs_in_data(tables: dict[str, pa.Table]) -> dict[str, str]:
