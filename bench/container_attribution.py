@@ -27,6 +27,9 @@ class NoRecording:
     def tick(self):
         pass
 
+    def interval_tick(self):
+        pass
+
 
 def events(n: int, pids: list[int]) -> list[Connect]:
     return [Connect(ts_start_ns=i, ts_end_ns=i + 1000, pid=pids[i % len(pids)], tid=1,

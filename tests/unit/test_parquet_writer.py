@@ -292,6 +292,51 @@ def test_background_flush_puts_rows_on_disk_without_calls(tmp_path):
     assert duck_count(d) == 7
 
 
+def test_the_collectors_interval_tick_never_waits_for_the_flusher(tmp_path):
+    """With a background flusher, the collector's tick once an interval does
+    no I/O and takes no lock (the flusher may be fsyncing under it while
+    records pile into the kernel's ring buffer); it still raises what the
+    flusher ran into. Without one, it is tick(): the due flush happens."""
+    import threading
+
+    d = tmp_path / "rec"
+    r = Recording(d, flush_interval_s=3600, background_flush=True)
+    held, release, done = threading.Event(), threading.Event(), threading.Event()
+
+    def hold_the_io_lock():            # as the flusher does while it writes
+        with r._io_lock:
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold_the_io_lock)
+    holder.start()
+    try:
+        assert held.wait(5)
+        caller = threading.Thread(target=lambda: (r.interval_tick(), done.set()))
+        caller.start()
+        assert done.wait(2), "interval_tick waited for the I/O lock the flusher held"
+        caller.join()
+    finally:
+        release.set()
+        holder.join()
+    r._background_error = OSError(28, "No space left on device")
+    with pytest.raises(OSError, match="No space left"):
+        r.interval_tick()
+    r.close()
+
+    d2 = tmp_path / "rec2"
+    clock = FakeClock()
+    r2 = Recording(d2, flush_interval_s=2.0, clock=clock)
+    r2.write("connects", connect_rows(5))
+    assert leftovers(d2) == []
+    clock.t += 2.5
+    r2.interval_tick()                              # no flusher: the due flush happens here
+    assert sum(pa.ipc.open_stream(pa.memory_map(str(j))).read_all().num_rows
+               for j in leftovers(d2)) == 5
+    r2.close()
+    assert duck_count(d2) == 5
+
+
 # ---------------------------------------------------------------- manifest, lock, limits
 
 def test_manifest_at_start_and_at_close(tmp_path):

@@ -421,6 +421,20 @@ class Recording:
         """Do what is due: flushes, age rotations, retries after a storage error."""
         self._each_writer(lambda w: w.tick())
 
+    def interval_tick(self) -> None:
+        """The caller's tick once an interval: tick() when no background
+        flusher runs; when one does, only raise what it ran into. It does
+        the due work four times a flush interval, fsyncs and Parquet
+        conversions under the I/O lock: the caller (the collector, which
+        reads the kernel's ring buffer) waiting for that lock was a stall
+        of up to a fifth of a second an interval under load, records
+        arriving into the ring all the while (BENCHMARKS.md section 27)."""
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            self._raise_background_error()
+            return
+        self.tick()
+
     def flush(self) -> None:
         """Flush every table's buffer to its journal now, and do what `tick` would."""
         self._each_writer(lambda w: w.tick(flush=True))

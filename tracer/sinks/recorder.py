@@ -197,7 +197,7 @@ class RecordSink:
 
     def on_interval(self, status, snapshot: Snapshot) -> None:
         self._interval(status, snapshot)
-        self.recording.tick()
+        self.recording.interval_tick()
 
     def close(self, status, snapshot: Snapshot) -> None:
         self._interval(status, snapshot)
