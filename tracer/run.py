@@ -147,7 +147,7 @@ def header_for(session, recording_path=None, source="live",
     passed_over = tuple(session.info.passed_over)
     return Header(host=socket.gethostname(), kernel=os.uname().release,
                   backend=session.info.backend,
-                  hooks=hooks_kind(getattr(session.info, "tracepoint_hooks", None)),
+                  hooks=hooks_kind(session.info.tracepoint_hooks),
                   blind_spots=spots + tuple(session.info.notes) + tuple(
                       f"not running {why}" for why in passed_over) + tuple(notes),
                   passed_over=tuple(why.split(":", 1)[0] for why in passed_over),

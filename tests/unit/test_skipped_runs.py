@@ -133,6 +133,7 @@ def test_report_replay_and_live_view_name_the_same_tracepoint_hooks(tmp_path):
     from types import SimpleNamespace
 
     from tests.report.synthetic import write_incident
+    from tracer.probes.session import LoadInfo
     from tracer.replay.timeline import RecordingTimeline
     from tracer.report.html import render_html
     from tracer.report.reader import read_recording
@@ -156,15 +157,10 @@ def test_report_replay_and_live_view_name_the_same_tracepoint_hooks(tmp_path):
     snap = timeline.snapshot(0)
     assert any(f"backend {shown}," in n.text for n in snap.notable if n.kind == "run")
     assert f"backend {shown}" in source_line(timeline.header, snap).plain
-    info = SimpleNamespace(backend="tracepoint", tracepoint_hooks=sentence, passed_over=[],
-                           notes=[], drop_split=False)
+    info = LoadInfo(backend="tracepoint", transport="ring buffer", offsets_from="kernel BTF",
+                    headers="", load_seconds=0.0, tracepoint_hooks=sentence)
     live = header_for(SimpleNamespace(info=info))
     assert live.hooks == "BTF"
     assert f"backend {shown}" in source_line(live, replace(snap, header=live)).plain
-    # a session that never said (an older kind of session): the backend alone
-    assert header_for(SimpleNamespace(info=replace_info(info))).hooks == ""
-
-
-def replace_info(info):
-    from types import SimpleNamespace
-    return SimpleNamespace(**{k: v for k, v in vars(info).items() if k != "tracepoint_hooks"})
+    # a session that has not said (LoadInfo's default): the backend alone
+    assert header_for(SimpleNamespace(info=replace(info, tracepoint_hooks=""))).hooks == ""

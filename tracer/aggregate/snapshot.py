@@ -10,6 +10,7 @@ from tracer.aggregate.connects import ConnectRow
 from tracer.aggregate.edges import EdgeRow
 from tracer.domain import memory, tcp_memory
 from tracer.domain.containers import Attribution
+from tracer.domain.hooks import backend_text
 from tracer.domain.addresses import endpoint
 from tracer.domain.listeners import spans_namespaces, with_netns
 
@@ -156,6 +157,11 @@ class Header:
     filters: str = ""                   # --pid/--comm/--port/-4/-6 in words; "" if none
     passed_over: tuple[str, ...] = ()   # `auto`: better backends that failed to load here
     hooks: str = ""                     # BTF, raw or classic tracepoint hooks (domain.hooks); "" unknown
+
+    @property
+    def backend_text(self) -> str:
+        """The backend as the live view and replay show it: with its hooks where known."""
+        return backend_text(self.backend, self.hooks)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ from rich.text import Text
 from textual.binding import Binding
 
 from tracer.aggregate.snapshot import Header
-from tracer.domain.hooks import backend_text
 
 VIEWS = ("overview", "connects", "listeners", "processes", "log", "map")
 VIEW_TITLES = ("1 Overview", "2 Connects", "3 Listeners", "4 Processes", "5 Log", "6 Map")
@@ -77,7 +76,7 @@ def help_entries(app, header: Header, replay: bool) -> list[tuple[str, str]]:
         groups.setdefault(description, []).extend(
             app.get_key_display(Binding(k, b.action)) for k in b.key.split(","))
     out = [("", "data source"), ("host", header.host), ("kernel", header.kernel),
-           ("backend", backend_text(header.backend, header.hooks))]
+           ("backend", header.backend_text)]
     out += [("cannot see", spot) for spot in header.blind_spots]
     if header.recording_path:
         out.append(("recording" if header.source == "live" else "replay of",

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from rich.text import Text
 
 from tracer.aggregate.snapshot import Header, Snapshot
-from tracer.domain.hooks import backend_text
 from tracer.safe_text import printable
 from tracer.tui.text_charts import bar
 from tracer.tui.units import fmt_bytes, fmt_clock, fmt_count, fmt_rate
@@ -50,7 +49,7 @@ def source_line(h: Header, snap: Snapshot | None) -> Text:
     t.append(printable(h.kernel))
     t.append(*SEP)
     t.append("backend ", style="dim")
-    t.append(printable(backend_text(h.backend, h.hooks)), style="bold")
+    t.append(printable(h.backend_text), style="bold")
     if h.passed_over:       # `auto` fell back: the reasons are with the blind spots (?)
         t.append(f", {printable(', '.join(h.passed_over))} failed to load", style="yellow")
     if h.blind_spots:
