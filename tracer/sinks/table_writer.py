@@ -217,14 +217,25 @@ FLUSH_ROWS = 1 << 14
 PUBLISH_ROWS = 1 << 15
 
 
-def _row_groups(part: Dir, name: str) -> Iterator[pa.Table]:
-    """The row groups of one of our Parquet files, read one at a time."""
+# Compacted files: a minute's rows (rotate_rows) are read back in pieces of
+# COMPACT_READ_ROWS and written in row groups of COMPACT_ROW_GROUP_ROWS. Each
+# row group is held decoded until it is encoded (~170 bytes a connects row):
+# 64k-row groups, read a small file's whole row group at a time, raised the
+# tracer's peak RSS 25-32 MB during each compaction; these sizes, 6 MB, for
+# a file 2 % larger (BENCHMARKS.md section 28).
+COMPACT_ROW_GROUP_ROWS = 1 << 14
+COMPACT_READ_ROWS = 1 << 12
+
+
+def _pieces(part: Dir, name: str, rows: int) -> Iterator[pa.Table]:
+    """The rows of one of our Parquet files, read `rows` at a time."""
     fd, _ = part.open_regular(name, 1 << 40)
     with os.fdopen(fd, "rb") as f:
         pf = pq.ParquetFile(f)
-        for i in range(pf.num_row_groups):
-            # (one thread: Arrow's pool cost more CPU than it spread, journal.py)
-            yield pf.read_row_group(i, use_threads=False)
+        sch = pf.schema_arrow
+        # (one thread: Arrow's pool cost more CPU than it spread, journal.py)
+        for batch in pf.iter_batches(batch_size=rows, use_threads=False):
+            yield pa.Table.from_batches([batch], sch)
 
 
 class TableWriter:
@@ -260,6 +271,8 @@ class TableWriter:
         self.rotate_age_s = rotate_age_s
         self.max_buffer_rows = max_buffer_rows
         self.row_group_rows = row_group_rows
+        self.compact_row_group_rows = min(row_group_rows, COMPACT_ROW_GROUP_ROWS)
+        self.compact_read_rows = min(self.compact_row_group_rows, COMPACT_READ_ROWS)
         # Rows buffered, and rows journaled, that are flushed or published
         # whatever their age: each becomes Arrow and then Parquet in one piece,
         # so these sizes, not the rate, set the writer's peak memory
@@ -528,15 +541,17 @@ class TableWriter:
                 if other == target or (o and o[0] == prefix and other not in names
                                        and o[1] <= last and o[2] >= first):
                     return
-            # One row group in memory at a time: the group can hold a minute of
-            # rows (rotate_rows), which read whole was the tracer's peak RSS.
-            # ParquetFile, not read_table: the dataset layer read_table goes
-            # through maps ~50 MB more of Arrow's libraries into the process.
+            # A few thousand rows in memory at a time (COMPACT_READ_ROWS): the
+            # group can hold a minute of rows (rotate_rows), which read whole
+            # was the tracer's peak RSS. ParquetFile, not read_table: the
+            # dataset layer read_table goes through maps ~50 MB more of
+            # Arrow's libraries into the process.
             # (the small files are this writer's journals, of its journal schema)
             rows, size = write_parquet_parts(
                 part, target, self._journal_schema,
-                itertools.chain.from_iterable(_row_groups(part, n) for n in sorted(names)),
-                self.row_group_rows)
+                itertools.chain.from_iterable(_pieces(part, n, self.compact_read_rows)
+                                              for n in sorted(names)),
+                self.compact_row_group_rows)
             for name in names:
                 part.unlink(name)
             part.fsync()
