@@ -16,7 +16,7 @@ import pytest
 from tracer.sinks import table_writer
 from tracer.sinks.parquet_writer import Recording
 
-from tests.unit.test_recording_readable import FakeClock, count, data_files, rows
+from tests.unit.test_recording_readable import T0, FakeClock, count, data_files, rows
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -87,6 +87,46 @@ def test_compaction_reads_one_small_file_at_a_time_and_keeps_every_row_in_order(
     assert pq.read_table(f).column("sport").to_pylist() == [x["sport"] for x in rows(2100)]
     assert reads["most"] == 1 and reads["files"] >= 14, reads
     assert reads["piece"] == 30, reads
+
+
+def accept_rows(n):
+    return [dict(ts=T0 + i * 1000, pid=8, comm="nginx", family=4, laddr="127.0.0.1",
+                 lport=8080, raddr="127.0.0.1", rport=20000 + i, queue_wait_us=5.0,
+                 backlog_len=0, backlog_max=511) for i in range(n)]
+
+
+def test_flushes_that_fall_due_during_a_compaction_happen_in_it(tmp_path, monkeypatch):
+    """A compaction is seconds of work at a high rate, on the thread that
+    flushes every table: rows written meanwhile, to its own table and to
+    another, are flushed between its row groups once due, not held in memory
+    until it ends."""
+    d = tmp_path / "rec"
+    clock = FakeClock()
+    r = Recording(d, clock=clock, flush_interval_s=2.0, publish_age_s=5.0, rotate_age_s=1000.0)
+    small_groups(r, 100, read=30)
+    for k in range(10):
+        r.write("connects", rows(70, start=70 * k))
+        clock.t += 5.0
+        r.tick()
+    assert len(files(d)) >= 5
+    seen = []
+    real_pieces = table_writer._pieces
+
+    def pieces(part, name, n):
+        seen.append({t: r._writers[t].buffered_rows for t in ("connects", "accepts")})
+        if len(seen) == 1:   # rows arrive while the compaction runs
+            r.write("connects", rows(50, start=700))
+            r.write("accepts", accept_rows(40))
+            clock.t += 3.0   # past the flush interval
+        yield from real_pieces(part, name, n)
+
+    monkeypatch.setattr(table_writer, "_pieces", pieces)
+    r.rotate()
+    assert seen[0] == {"connects": 0, "accepts": 0}
+    assert seen[-1] == {"connects": 0, "accepts": 0}, seen
+    assert len(seen) >= 5
+    r.close()
+    assert count(d) == 750 and count(d, "accepts") == 40
 
 
 def test_compacted_files_have_row_groups_of_the_compaction_size(tmp_path):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import mmap
 import os
-from typing import Iterable
+from typing import Callable, Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -169,11 +169,13 @@ def write_parquet(part: Dir, name: str, table: pa.Table, row_group_rows: int) ->
 
 
 def write_parquet_parts(part: Dir, name: str, sch: pa.Schema, tables: Iterable[pa.Table],
-                        row_group_rows: int) -> tuple[int, int]:
+                        row_group_rows: int, between: Callable[[], object] | None = None
+                        ) -> tuple[int, int]:
     """Write the rows of `tables` (of schema `sch`, read one at a time, in
     order) to `name` in `part` via a temporary name, durably, holding no more
     than one table and a row group at once; row groups are `row_group_rows`
-    rows but for the last. Returns (rows, file size)."""
+    rows but for the last. `between` is called after each write of whole row
+    groups (a long write lets other work in). Returns (rows, file size)."""
     tmp = name[: -len(PARQUET_SUFFIX)] + PARQUET_TMP_SUFFIX
 
     def write(f) -> tuple[int, int]:
@@ -190,6 +192,8 @@ def write_parquet_parts(part: Dir, name: str, sch: pa.Schema, tables: Iterable[p
                     whole = held - held % row_group_rows
                     w.write_table(joined.slice(0, whole), row_group_size=row_group_rows)
                     pending, held = [joined.slice(whole)], held - whole
+                    if between is not None:
+                        between()
             if held or not rows:
                 w.write_table(pa.concat_tables(pending) if pending else sch.empty_table(),
                               row_group_size=row_group_rows)

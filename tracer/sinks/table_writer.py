@@ -259,6 +259,7 @@ class TableWriter:
                  on_file: Callable[[str, str, str, int, int], None] | None = None,
                  publish_age_s: float | None = None,
                  on_compacted: Callable[[str, str, list[str]], None] | None = None,
+                 on_busy: Callable[[], object] | None = None,
                  run_token: str = ""):
         self.root = root          # the recording directory, held open by Recording
         self.table = table
@@ -281,6 +282,10 @@ class TableWriter:
         self._clock = clock
         self._on_file = on_file
         self._on_compacted = on_compacted
+        # called between the row groups of a compaction (a minute's rows at
+        # a high rate: seconds of work holding this writer's I/O lock, on the
+        # thread that flushes every table), so flushes that fall due go on
+        self._on_busy = on_busy
         # a journal older than this is published as a small file (None: only at rotation)
         self.publish_age_s = (rotate_age_s if publish_age_s is None
                               else min(publish_age_s, rotate_age_s))
@@ -551,7 +556,7 @@ class TableWriter:
                 part, target, self._journal_schema,
                 itertools.chain.from_iterable(_pieces(part, n, self.compact_read_rows)
                                               for n in sorted(names)),
-                self.compact_row_group_rows)
+                self.compact_row_group_rows, between=self._on_busy)
             for name in names:
                 part.unlink(name)
             part.fsync()
