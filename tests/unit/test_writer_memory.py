@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tracer.sinks import table_writer
+from tracer.sinks import journal, table_writer
 from tracer.sinks.parquet_writer import Recording
 
 from tests.unit.test_recording_readable import T0, FakeClock, count, data_files, rows
@@ -29,7 +29,7 @@ def files(d) -> list:
 
 def small_groups(r: Recording, n: int, read: int | None = None) -> None:
     for w in r._writers.values():
-        w.row_group_rows = w.flush_rows = w.publish_rows = w.compact_row_group_rows = n
+        w.row_group_rows = w.flush_rows = w.publish_rows = n
         w.compact_read_rows = read or n
 
 
@@ -129,14 +129,14 @@ def test_flushes_that_fall_due_during_a_compaction_happen_in_it(tmp_path, monkey
     assert count(d) == 750 and count(d, "accepts") == 40
 
 
-def test_compacted_files_have_row_groups_of_the_compaction_size(tmp_path):
+def test_compacted_files_have_row_groups_of_the_writers_size(tmp_path):
     """At the writer's own sizes: small files published with more rows than a
-    compacted row group are merged into row groups of COMPACT_ROW_GROUP_ROWS
+    row group are merged into row groups of ROW_GROUP_ROWS
     (the last shorter), every row kept in order."""
     d = tmp_path / "rec"
     clock = FakeClock()
     r = Recording(d, clock=clock, flush_interval_s=2.0, publish_age_s=5.0, rotate_age_s=1000.0)
-    n = table_writer.COMPACT_ROW_GROUP_ROWS
+    n = journal.ROW_GROUP_ROWS
     per_write = 2 * n + n // 2                    # each past publish_rows: a file each
     for k in range(3):
         r.write("connects", rows(per_write, start=per_write * k))
@@ -152,20 +152,18 @@ def test_compacted_files_have_row_groups_of_the_compaction_size(tmp_path):
     assert pq.read_table(f).column("sport").to_pylist() == [x["sport"] for x in rows(3 * per_write)]
 
 
-def _compaction_peak_mb(compact_row_group_rows: int | None = None) -> int:
+def _compaction_peak_mb(row_group_rows: int | None = None) -> int:
     """MB the process's peak RSS rose by while a recording closed and
     compacted 320,000 connects rows published as eight small files (VmHWM
     reset just before, by /proc/self/clear_refs), with the tracer's allocator
-    settings; optionally with another compaction row group size."""
+    settings; optionally with another row group size."""
     code = textwrap.dedent(f"""
         import gc, tempfile
         from tracer import allocator
         allocator.configure()
-        from tracer.sinks import table_writer
+        from tracer.sinks import journal, table_writer
         from tracer.sinks.parquet_writer import Recording
         from tests.unit.test_recording_readable import FakeClock, rows
-        if {compact_row_group_rows!r}:
-            table_writer.COMPACT_ROW_GROUP_ROWS = {compact_row_group_rows!r}
 
         def kb(key):
             for line in open("/proc/self/status"):
@@ -175,6 +173,8 @@ def _compaction_peak_mb(compact_row_group_rows: int | None = None) -> int:
         clock = FakeClock()
         r = Recording(tempfile.mkdtemp() + "/rec", clock=clock, flush_interval_s=2.0,
                       publish_age_s=5.0, rotate_age_s=1000.0)
+        for w in r._writers.values():
+            w.row_group_rows = {row_group_rows!r} or w.row_group_rows
         for k in range(8):
             r.write("connects", rows(40_000, start=40_000 * k))
             clock.t += 5.0

@@ -28,8 +28,11 @@ RUN_ID_KEY = "connscope.run_id"
 HOST_KEY = "connscope.host"
 
 # Row groups are sized for readers, not per flush: a quiet table flushed every
-# 2 s would otherwise get thousands of tiny row groups a day.
-ROW_GROUP_ROWS = 1 << 16
+# 2 s would otherwise get thousands of tiny row groups a day. And for the
+# writer's memory: a row group is held decoded until it is encoded (~170
+# bytes a connects row), and 64k-row groups raised the tracer's peak RSS by
+# 25-32 MB each time a minute's rows were compacted (BENCHMARKS.md section 28).
+ROW_GROUP_ROWS = 1 << 14
 
 # A journal rotates at 64 MiB by default; one far larger was not written by us
 # and is not read back (recovery quarantines it instead).

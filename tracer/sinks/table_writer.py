@@ -217,13 +217,8 @@ FLUSH_ROWS = 1 << 14
 PUBLISH_ROWS = 1 << 15
 
 
-# Compacted files: a minute's rows (rotate_rows) are read back in pieces of
-# COMPACT_READ_ROWS and written in row groups of COMPACT_ROW_GROUP_ROWS. Each
-# row group is held decoded until it is encoded (~170 bytes a connects row):
-# 64k-row groups, read a small file's whole row group at a time, raised the
-# tracer's peak RSS 25-32 MB during each compaction; these sizes, 6 MB, for
-# a file 2 % larger (BENCHMARKS.md section 28).
-COMPACT_ROW_GROUP_ROWS = 1 << 14
+# Compaction reads the small files back COMPACT_READ_ROWS rows at a time
+# (it read a small file's whole row group, tens of thousands of rows).
 COMPACT_READ_ROWS = 1 << 12
 
 
@@ -272,8 +267,7 @@ class TableWriter:
         self.rotate_age_s = rotate_age_s
         self.max_buffer_rows = max_buffer_rows
         self.row_group_rows = row_group_rows
-        self.compact_row_group_rows = min(row_group_rows, COMPACT_ROW_GROUP_ROWS)
-        self.compact_read_rows = min(self.compact_row_group_rows, COMPACT_READ_ROWS)
+        self.compact_read_rows = min(row_group_rows, COMPACT_READ_ROWS)
         # Rows buffered, and rows journaled, that are flushed or published
         # whatever their age: each becomes Arrow and then Parquet in one piece,
         # so these sizes, not the rate, set the writer's peak memory
@@ -556,7 +550,7 @@ class TableWriter:
                 part, target, self._journal_schema,
                 itertools.chain.from_iterable(_pieces(part, n, self.compact_read_rows)
                                               for n in sorted(names)),
-                self.compact_row_group_rows, between=self._on_busy)
+                self.row_group_rows, between=self._on_busy)
             for name in names:
                 part.unlink(name)
             part.fsync()
