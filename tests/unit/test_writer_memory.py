@@ -152,6 +152,16 @@ def test_compacted_files_have_row_groups_of_the_writers_size(tmp_path):
     assert pq.read_table(f).column("sport").to_pylist() == [x["sport"] for x in rows(3 * per_write)]
 
 
+def _number_printed_by(code: str, timeout: float) -> int:
+    """Run `code` in a fresh interpreter of this repository (nothing of this
+    process's memory in its figures) and return the integer it prints."""
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=timeout, env=env, cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    return int(p.stdout)
+
+
 def _compaction_peak_mb(row_group_rows: int | None = None) -> int:
     """MB the process's peak RSS rose by while a recording closed and
     compacted 320,000 connects rows published as eight small files (VmHWM
@@ -186,11 +196,7 @@ def _compaction_peak_mb(row_group_rows: int | None = None) -> int:
         r.close()
         print((kb("VmHWM") - before) >> 10)
     """)
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                       env=env, cwd=ROOT)
-    assert p.returncode == 0, p.stderr
-    return int(p.stdout)
+    return _number_printed_by(code, timeout=120)
 
 
 def _clear_refs_resets_the_peak() -> bool:
@@ -239,11 +245,7 @@ def _retained_after_free(configured: bool) -> int:
             libc.free(b)
         print(anon() - base)
     """)
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                       env=env, cwd=ROOT)
-    assert p.returncode == 0, p.stderr
-    return int(p.stdout)
+    return _number_printed_by(code, timeout=60)
 
 
 def _glibc() -> bool:
