@@ -212,10 +212,11 @@ def _clear_refs_resets_the_peak() -> bool:
                     reason="/proc/self/clear_refs cannot reset the peak RSS here")
 def test_compaction_raises_the_peak_rss_by_a_few_mb_not_a_64k_row_group():
     """Ground truth from the process's own VmHWM: compacting 320,000 rows at
-    the writer's sizes raises the peak by under 16 MB; the same compaction in
-    64k-row groups (as before) by more than 20 MB (28 when measured)."""
+    the writer's sizes raises the peak by under 16 MB (9-10 measured with
+    pyarrow 26; the same compaction in 64k-row groups, as before, 28-29 there,
+    but 4 with pyarrow 21, which CI installs for Python 3.9: how much a row
+    group costs is the library's, so only the bound is asserted)."""
     assert _compaction_peak_mb() < 16
-    assert _compaction_peak_mb(1 << 16) > 20
 
 
 def _retained_after_free(configured: bool) -> int:
