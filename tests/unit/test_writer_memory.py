@@ -55,7 +55,7 @@ def test_compaction_reads_one_small_file_at_a_time_and_keeps_every_row_in_order(
         tmp_path, monkeypatch):
     """Thirty writes of 70 rows published as small files, compacted at close: one file
     whose rows are the same rows in the same order, in row groups of the
-    writer's compaction size (the last shorter); while compacting, the small
+    writer's row group size (the last shorter); while compacting, the small
     files were read one after the other, never more than the writer's read
     size at a time."""
     d = tmp_path / "rec"
@@ -162,16 +162,15 @@ def _number_printed_by(code: str, timeout: float) -> int:
     return int(p.stdout)
 
 
-def _compaction_peak_mb(row_group_rows: int | None = None) -> int:
+def _compaction_peak_mb() -> int:
     """MB the process's peak RSS rose by while a recording closed and
     compacted 320,000 connects rows published as eight small files (VmHWM
     reset just before, by /proc/self/clear_refs), with the tracer's allocator
-    settings; optionally with another row group size."""
-    code = textwrap.dedent(f"""
+    settings."""
+    code = textwrap.dedent("""
         import gc, tempfile
         from tracer import allocator
         allocator.configure()
-        from tracer.sinks import journal, table_writer
         from tracer.sinks.parquet_writer import Recording
         from tests.unit.test_recording_readable import FakeClock, rows
 
@@ -183,8 +182,6 @@ def _compaction_peak_mb(row_group_rows: int | None = None) -> int:
         clock = FakeClock()
         r = Recording(tempfile.mkdtemp() + "/rec", clock=clock, flush_interval_s=2.0,
                       publish_age_s=5.0, rotate_age_s=1000.0)
-        for w in r._writers.values():
-            w.row_group_rows = {row_group_rows!r} or w.row_group_rows
         for k in range(8):
             r.write("connects", rows(40_000, start=40_000 * k))
             clock.t += 5.0
@@ -210,7 +207,7 @@ def _clear_refs_resets_the_peak() -> bool:
 
 @pytest.mark.skipif(not _clear_refs_resets_the_peak(),
                     reason="/proc/self/clear_refs cannot reset the peak RSS here")
-def test_compaction_raises_the_peak_rss_by_a_few_mb_not_a_64k_row_group():
+def test_compaction_raises_the_peak_rss_by_a_few_mb():
     """Ground truth from the process's own VmHWM: compacting 320,000 rows at
     the writer's sizes raises the peak by under 16 MB (9-10 measured with
     pyarrow 26; the same compaction in 64k-row groups, as before, 28-29 there,
