@@ -56,8 +56,9 @@ BPF_PERCPU_ARRAY(counters, u64, CTR_MAX);
 static __always_inline void count(u32 slot)
 {
     u64 *v = counters.lookup(&slot);
+    /* atomic: a softirq on this CPU can count the same slot in between */
     if (v)
-        (*v)++;
+        __sync_fetch_and_add(v, 1);
 }
 
 /* bcc cannot rewrite map calls inside macros, hence a function; inlined, so

@@ -9,12 +9,13 @@
  *   connect_dest    kprobe/fentry: the socket enters SYN_SENT, destination known
  *   connect_syn_rtx each SYN retransmit (a sign of life: ts_active_ns)
  *   connect_end     the socket leaves SYN_SENT: one event, entry deleted
- *   connect_forget  tcp_destroy_sock of a socket whose connect() failed
- *                   before SYN_SENT (kprobe/fentry only): nothing outlives it
- * An exit we never saw (the tracepoint skipped for BPF recursion) would leave
- * an entry for ever: user space removes entries with no sign of life for
- * longer than the kernel ever waits between SYNs, and counts them
- * (tracer/probes/session.py, sweep_stale_connects).
+ *   connect_forget  connect() failed before SYN_SENT (its syscall exit)
+ *   connect_gone    tcp_destroy_sock: nothing outlives the socket; an entry
+ *                   that reached SYN_SENT lost its exit, and is counted
+ * An exit we never saw would otherwise leave an entry until its socket goes
+ * (or, if that too was never seen, for ever: user space removes entries with
+ * no sign of life for longer than the kernel ever waits between SYNs, and
+ * counts them: tracer/probes/session.py, sweep_stale_connects).
  */
 #ifndef CONNSCOPE_CONNECT_H
 #define CONNSCOPE_CONNECT_H
@@ -135,6 +136,26 @@ static __always_inline void connect_end(void *ctx, u64 sk, int newstate, u16 spo
     if (!ports_wanted(ev.sport, ev.dport))
         return;
     emit(ctx, &ev, sizeof(ev));
+}
+
+/* The socket is destroyed (tcp_destroy_sock): nothing of its connect may
+ * outlive it. An entry still here that reached SYN_SENT (have_dest) lost its
+ * way out of SYN_SENT: the kernel can fire the tracepoint and run neither
+ * program on it, without counting a skipped run (seen in softirqs that
+ * interrupted one process; BENCHMARKS.md section 29), so its outcome and
+ * latency are not known: counted with the lost connects, once (a sweep that
+ * got there first leaves nothing to delete). One that did not reach it is a
+ * connect() that failed before (kprobe/fentry begin at tcp_v4/v6_connect):
+ * that call's own error is reported elsewhere. */
+static __always_inline void connect_gone(u64 sk)
+{
+    /* A lookup costs a fifth of a delete, and there is rarely anything. */
+    struct inflight_connect *c = inflight.lookup(&sk);
+    if (!c)
+        return;
+    u8 reached = c->have_dest;
+    if (inflight.delete(&sk) == 0 && reached)
+        count(CTR_CONNECT_ENDS_MISSED);
 }
 
 static __always_inline void connect_forget(u64 sk)

@@ -32,8 +32,9 @@
 #define CTR_CONNECT_CALLS_FULL 5 /* connect() not watched for its own error: map of threads in connect() full */
 #define CTR_NESTED_STATE_CHANGES 6 /* state changes the raw program's second copy handled (main.c) */
 #define CTR_NESTED_DESTROYS 7  /* destroyed sockets the raw program's second copy handled (main.c) */
+#define CTR_CONNECT_ENDS_MISSED 8 /* connected socket destroyed with its connect still in flight: its outcome was never seen */
 /* (user space counts the in-flight connects it sweeps as stale: session.py) */
-#define CTR_MAX 8
+#define CTR_MAX 9
 
 struct connect_event {
     __u32 type;          /* EV_CONNECT */

@@ -114,15 +114,17 @@ static __always_inline void sock_destroyed(u64 sk, u16 dport)
 {
     if (dport) {
         /* A connection (the common case, twice per connection): only a
-         * child that was never accepted can have left something. */
+         * child that was never accepted, or a connect whose end we never
+         * saw, can have left something. */
         child_forget(sk);
+        connect_gone(sk);
         return;
     }
     /* Not connected: a connect() that failed before SYN_SENT (the kernel
-     * clears the port again), or a listener, which can go without a
-     * LISTEN -> CLOSE we saw (its network namespace deleted, or known to us
-     * only from a drop). */
-    connect_forget(sk);
+     * clears the port again), one closed by a reset (tcp_disconnect clears
+     * it too), or a listener, which can go without a LISTEN -> CLOSE we saw
+     * (its network namespace deleted, or known to us only from a drop). */
+    connect_gone(sk);
     listener_close(sk);
 }
 

@@ -189,6 +189,69 @@ def test_in_flight_connect_whose_end_was_missed_is_swept_and_counted(tracer):
         table.delete(fresh_key)
 
 
+@pytest.mark.parametrize("close", ["fin", "reset"])
+def test_connected_socket_destroyed_with_its_connect_in_flight_is_counted_once(tracer, close):
+    """A connect whose way out of SYN_SENT no program ran for: the kernel can
+    fire the tracepoint and run neither the first program nor its copy, and
+    count no skipped run (BENCHMARKS.md section 29: seen at the load
+    generator's top rate). Made here by putting the entry back under a real
+    client socket's own address after its connect ended: when the kernel
+    destroys that socket (closed normally, with the port still set, or by a
+    reset, which clears it) the entry goes and one lost connect is counted;
+    the other sockets' destroys and the sweep count nothing more."""
+    import struct
+
+    from tracer import events
+
+    session = tracer.session
+    table = session._prog.maps["inflight"]
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    port = srv.getsockname()[1]
+    cli = socket.create_connection(("127.0.0.1", port), timeout=5)
+    acc, _ = srv.accept()
+    sport = cli.getsockname()[1]
+    seen = tracer.wait_for(lambda evs: any(getattr(e, "dport", None) == port and
+                                           getattr(e, "sport", None) == sport for e in evs))
+    mine = [e for e in seen if getattr(e, "dport", None) == port and e.sport == sport
+            and e.outcome == "established"]
+    assert len(mine) == 1 and mine[0].sk, mine
+    key = mine[0].sk.to_bytes(8, "little")
+    assert table.lookup(key) is None          # its real end took it out
+    v = events.InflightRecord()
+    v.ts_ns = v.ts_active_ns = time.monotonic_ns()
+    v.pid, v.tid = os.getpid(), os.getpid()
+    v.family = socket.AF_INET
+    v.daddr[:4] = socket.inet_aton("127.0.0.1")
+    v.dport = port
+    v.have_dest = 1                           # it had reached SYN_SENT
+    before = session.counters()["untracked_connects"]
+    table.update(key, bytes(v))
+    try:
+        if close == "reset":
+            cli.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            cli.close()
+        else:
+            cli.close()                       # FIN first: the client ends in TIME_WAIT,
+            assert acc.recv(1) == b""         # its full socket destroyed when the
+            acc.close()                       # server's FIN arrives
+        deadline = time.monotonic() + 5
+        while table.lookup(key) is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert table.lookup(key) is None, "the socket's destroy left its entry"
+        assert session.counters()["untracked_connects"] == before + 1
+        acc.close()
+        srv.close()
+        session.pending_connects(time.monotonic_ns())
+        time.sleep(0.3)
+        assert session.counters()["untracked_connects"] == before + 1
+    finally:
+        table.delete(key)
+        for s_ in (cli, acc, srv):
+            s_.close()
+
+
 def test_live_view_shows_an_abandoned_connect_pending_then_as_a_timeout(collector_run):
     """Through the real collection loop: while the SYN is unanswered the
     destination shows it pending; once the application gives up, the row

@@ -241,7 +241,9 @@ class ProbeSession:
             # PERF_RECORD_LOST records (written late, once a record fits again).
             # Either alone is exact; the larger is the more current.
             "lost_events": max(total(C["CTR_LOST_EVENTS"]), self._buffer.lost),
-            "untracked_connects": total(C["CTR_INFLIGHT_FULL"]),
+            # in-flight map full, or a connected socket destroyed with its
+            # connect still in flight (its way out of SYN_SENT never handled)
+            "untracked_connects": total(C["CTR_INFLIGHT_FULL"]) + total(C["CTR_CONNECT_ENDS_MISSED"]),
             "untracked_accept_waits": total(C["CTR_HANDSHAKES_FULL"]),
             "untracked_listeners": total(C["CTR_LISTENERS_FULL"]),
             # the map of threads in accept() full, or a thread blocked in
